@@ -1,0 +1,246 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the bearer-protected `/admin` API.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::circuit::{Action, Change, Circuit, Evidence, Scope, Source, Table};
+use crate::config::{is_graph_id, Secret};
+use crate::metrics::METRICS;
+use crate::proxy::Body;
+
+const MAX_BODY: usize = 64 * 1024;
+
+/// Shared state of the admin listener.
+pub struct Admin {
+    table: Arc<Table>,
+    token: Option<Secret>,
+    ready: Arc<AtomicBool>,
+    configured: HashSet<String>,
+}
+
+impl Admin {
+    /// `ready` flips to true once state is loaded.
+    pub fn new(
+        table: Arc<Table>,
+        token: Option<Secret>,
+        ready: Arc<AtomicBool>,
+        configured: HashSet<String>,
+    ) -> Admin {
+        Admin {
+            table,
+            token,
+            ready,
+            configured,
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        match (req.method(), path.as_str()) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") => {
+                if self.ready.load(Ordering::Acquire) {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "loading state\n")
+                }
+            }
+            (&Method::GET, "/metrics") => {
+                let mut r = text(StatusCode::OK, &METRICS.render());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            }
+            (_, p) if p == "/admin" || p.starts_with("/admin/") => self.admin(req, p).await,
+            _ => json_error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    async fn admin(&self, req: Request<Incoming>, path: &str) -> Response<Body> {
+        let Some(token) = &self.token else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "the admin API is disabled: set admin_token to enable it",
+            );
+        };
+        if !authorized(req.headers().get(header::AUTHORIZATION), token) {
+            let mut r = json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wa-breaker\""),
+            );
+            return r;
+        }
+        let segs: Vec<&str> = path
+            .trim_start_matches("/admin")
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        match (req.method().clone(), segs.as_slice()) {
+            (Method::GET, ["circuits"]) => json(StatusCode::OK, &self.table.list()),
+            (Method::GET, ["circuits", id]) => match self.view(id) {
+                Some(c) => json(StatusCode::OK, &c),
+                None => json_error(StatusCode::NOT_FOUND, "no circuit for that WABA"),
+            },
+            (Method::POST, ["circuits", id, op @ ("open" | "close")]) => {
+                if !is_graph_id(id) {
+                    return json_error(StatusCode::BAD_REQUEST, "waba_id must be a numeric id");
+                }
+                let body = match read_json::<OpRequest>(req.into_body()).await {
+                    Ok(b) => b,
+                    Err(resp) => return resp,
+                };
+                self.operate(id, op, body)
+            }
+            (_, ["circuits"]) | (_, ["circuits", _]) | (_, ["circuits", _, "open" | "close"]) => {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => json_error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    fn view(&self, id: &str) -> Option<Circuit> {
+        self.table.get(id).or_else(|| {
+            self.configured
+                .contains(id)
+                .then(|| Circuit::new(id, Utc::now()))
+        })
+    }
+
+    fn operate(&self, id: &str, op: &str, body: OpRequest) -> Response<Body> {
+        let now = Utc::now();
+        let reason = body
+            .reason
+            .unwrap_or_else(|| format!("{op} by operator"));
+        if reason.len() > 1024 {
+            return json_error(StatusCode::BAD_REQUEST, "reason is longer than 1024 bytes");
+        }
+        let action = if op == "open" {
+            if let Some(u) = body.until {
+                if u <= now {
+                    return json_error(StatusCode::BAD_REQUEST, "until must be in the future");
+                }
+            }
+            Action::Open {
+                scope: body.scope.unwrap_or(Scope::AllSends),
+                code: Some(body.code.unwrap_or(368)),
+                until: body.until,
+            }
+        } else {
+            Action::Close
+        };
+        tracing::info!(waba_id = id, op, "admin request");
+        self.table.apply(Change {
+            waba_id: id.to_string(),
+            action,
+            source: Source::Admin,
+            at: now,
+            reason: reason.clone(),
+            evidence: Some(Evidence::Admin { reason }),
+        });
+        match self.view(id) {
+            Some(c) => json(StatusCode::OK, &c),
+            None => json(StatusCode::OK, &Circuit::new(id, now)),
+        }
+    }
+}
+
+/// Body of `POST /admin/circuits/{id}/open|close` (all optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpRequest {
+    reason: Option<String>,
+    until: Option<DateTime<Utc>>,
+    scope: Option<Scope>,
+    code: Option<i64>,
+}
+
+async fn read_json<T: serde::de::DeserializeOwned + Default>(
+    body: Incoming,
+) -> Result<T, Response<Body>> {
+    let bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => {
+            return Err(json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large or broken",
+            ))
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| json_error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
+}
+
+/// Constant-time bearer check (both sides hashed first so lengths don't leak either).
+fn authorized(header: Option<&HeaderValue>, token: &Secret) -> bool {
+    let Some(given) = header
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let a = Sha256::digest(given.trim().as_bytes());
+    let b = Sha256::digest(token.expose().as_bytes());
+    a.as_slice().ct_eq(b.as_slice()).into()
+}
+
+fn text(status: StatusCode, s: &str) -> Response<Body> {
+    let mut r = Response::new(Body::full(s.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Body> {
+    match serde_json::to_vec_pretty(v) {
+        Ok(b) => {
+            let mut r = Response::new(Body::full(b));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "serialization failed\n"),
+    }
+}
+
+fn json_error(status: StatusCode, msg: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": msg }))
+}
+
+/// The admin listener's hyper service.
+#[derive(Clone)]
+pub struct AdminService(pub Arc<Admin>);
+
+impl hyper::service::Service<Request<Incoming>> for AdminService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let admin = self.0.clone();
+        Box::pin(async move { Ok(admin.handle(req).await) })
+    }
+}

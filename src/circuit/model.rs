@@ -1,0 +1,157 @@
+//! The circuit model of design §2, as the admin API and the stores see it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Open or closed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Sends pass.
+    #[default]
+    Closed,
+    /// In-scope sends are answered locally.
+    Open,
+}
+
+/// Which sends an open circuit answers locally.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Only template sends (business-initiated conversations).
+    BusinessInitiated,
+    /// Every send.
+    #[default]
+    AllSends,
+}
+
+/// What caused a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A send answered with an enforcement error.
+    Send,
+    /// An `account_update` webhook.
+    Webhook,
+    /// A Health Status poll.
+    Health,
+    /// An operator through the admin API.
+    Admin,
+    /// A known `until` passed.
+    Expiry,
+}
+
+impl Source {
+    /// Label value for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Send => "send",
+            Source::Webhook => "webhook",
+            Source::Health => "health",
+            Source::Admin => "admin",
+            Source::Expiry => "expiry",
+        }
+    }
+}
+
+/// Why a change happened: what an operator pastes into Meta's appeal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Evidence {
+    /// The send that tripped the circuit.
+    Send {
+        code: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error_subcode: Option<i64>,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fbtrace_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phone_number_id: Option<String>,
+    },
+    /// A webhook change.
+    Webhook {
+        entry_id: String,
+        field: String,
+        event: String,
+        value: serde_json::Value,
+    },
+    /// A Health Status answer.
+    Health { health_status: serde_json::Value },
+    /// An operator's reason.
+    Admin { reason: String },
+    /// The known end of a restriction.
+    Expiry { until: DateTime<Utc> },
+}
+
+/// One recorded transition (or note) with its evidence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    /// When it happened (event time).
+    pub at: DateTime<Utc>,
+    /// State after it: `open`, `closed`, or unchanged for a note.
+    pub to: State,
+    /// What caused it.
+    pub source: Source,
+    /// True for a recorded event that did not change the state.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub note: bool,
+    /// Short human text.
+    pub reason: String,
+    /// The evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+}
+
+/// One WABA's circuit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Circuit {
+    pub waba_id: String,
+    pub state: State,
+    pub scope: Scope,
+    /// Graph error code local replies carry (368 unless opened by another code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i64>,
+    /// The error message, webhook event or operator reason.
+    pub reason: String,
+    pub source: Source,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    /// Event time of the last applied change: the ordering key.
+    pub updated_at: DateTime<Utc>,
+    /// Bumped on every applied change; breaks event-time ties.
+    pub version: u64,
+    /// Replica that made the last change; the final tie-breaker.
+    #[serde(default)]
+    pub origin: String,
+    /// Newest last, bounded by `history_limit`.
+    #[serde(default)]
+    pub history: Vec<Transition>,
+}
+
+impl Circuit {
+    /// A closed circuit with no history.
+    pub fn new(waba_id: &str, now: DateTime<Utc>) -> Circuit {
+        Circuit {
+            waba_id: waba_id.to_string(),
+            state: State::Closed,
+            scope: Scope::AllSends,
+            code: None,
+            reason: String::new(),
+            source: Source::Admin,
+            opened_at: None,
+            until: None,
+            updated_at: now,
+            version: 0,
+            origin: String::new(),
+            history: Vec::new(),
+        }
+    }
+
+    /// True while open.
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+}

@@ -1,0 +1,362 @@
+//! The transition rules: what a change does to a circuit. Pure and exhaustively tested.
+
+use chrono::{DateTime, Utc};
+
+use super::model::{Circuit, Evidence, Scope, Source, State, Transition};
+
+/// What a change asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Open (or re-open / re-scope) the circuit.
+    Open {
+        scope: Scope,
+        code: Option<i64>,
+        until: Option<DateTime<Utc>>,
+    },
+    /// Close it.
+    Close,
+    /// Close it only if it is still open with exactly this `until`.
+    Expire { until: DateTime<Utc> },
+    /// Record an event that does not change the state.
+    Note,
+}
+
+/// A change from any signal: a send, a webhook, a poll, an operator, a timer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub waba_id: String,
+    pub action: Action,
+    pub source: Source,
+    /// Event time: orders changes; an older one never overwrites a newer state.
+    pub at: DateTime<Utc>,
+    pub reason: String,
+    pub evidence: Option<Evidence>,
+}
+
+/// The result of [`decide`].
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// The circuit changed; `transition` is true when its state or scope did.
+    Applied { circuit: Circuit, transition: bool },
+    /// Nothing changes; the reason is for logs.
+    Ignored(&'static str),
+}
+
+/// Applies `change` to `current` (a fresh closed circuit when none), `now` being wall time.
+pub fn decide(
+    current: Option<&Circuit>,
+    change: &Change,
+    origin: &str,
+    history_limit: usize,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let fresh;
+    let cur = match current {
+        Some(c) => c,
+        None => {
+            fresh = Circuit::new(&change.waba_id, DateTime::<Utc>::MIN_UTC);
+            &fresh
+        }
+    };
+    let mut next = cur.clone();
+    next.version = cur.version + 1;
+    next.origin = origin.to_string();
+
+    let stale = change.at < cur.updated_at;
+    let note = |next: &mut Circuit| {
+        push(
+            next,
+            Transition {
+                at: change.at,
+                to: cur.state,
+                source: change.source,
+                note: true,
+                reason: change.reason.clone(),
+                evidence: change.evidence.clone(),
+            },
+            history_limit,
+        )
+    };
+
+    match &change.action {
+        Action::Note => {
+            let dup = cur
+                .history
+                .iter()
+                .any(|t| t.note && t.at == change.at && t.reason == change.reason);
+            if dup {
+                return Outcome::Ignored("duplicate note");
+            }
+            note(&mut next);
+            Outcome::Applied {
+                circuit: next,
+                transition: false,
+            }
+        }
+        Action::Open { scope, code, until } => {
+            if stale {
+                return Outcome::Ignored("older than the circuit's state");
+            }
+            if until.is_some_and(|u| u <= now) {
+                // A late webhook for a restriction that is already over: keep it as evidence only.
+                if cur.history.iter().any(|t| t.at == change.at && t.reason == change.reason) {
+                    return Outcome::Ignored("duplicate note");
+                }
+                note(&mut next);
+                return Outcome::Applied {
+                    circuit: next,
+                    transition: false,
+                };
+            }
+            if cur.is_open() {
+                let same = cur.scope == *scope && cur.until == *until;
+                // A send that fails while already open only matters if it widens the scope.
+                let redundant_send = change.source == Source::Send && cur.scope >= *scope;
+                if same || redundant_send {
+                    if change.at == cur.updated_at {
+                        return Outcome::Ignored("duplicate");
+                    }
+                    next.updated_at = change.at;
+                    return Outcome::Applied {
+                        circuit: next,
+                        transition: false,
+                    };
+                }
+            }
+            let was_open = cur.is_open();
+            next.state = State::Open;
+            next.scope = *scope;
+            next.code = code.or(cur.code.filter(|_| was_open)).or(Some(368));
+            next.reason = change.reason.clone();
+            next.source = change.source;
+            if !was_open {
+                next.opened_at = Some(change.at);
+            }
+            next.until = *until;
+            next.updated_at = change.at;
+            push(
+                &mut next,
+                Transition {
+                    at: change.at,
+                    to: State::Open,
+                    source: change.source,
+                    note: false,
+                    reason: change.reason.clone(),
+                    evidence: change.evidence.clone(),
+                },
+                history_limit,
+            );
+            Outcome::Applied {
+                circuit: next,
+                transition: true,
+            }
+        }
+        Action::Close | Action::Expire { .. } => {
+            if let Action::Expire { until } = &change.action {
+                if !cur.is_open() || cur.until != Some(*until) {
+                    return Outcome::Ignored("circuit no longer holds that expiry");
+                }
+            }
+            if stale {
+                return Outcome::Ignored("older than the circuit's state");
+            }
+            if !cur.is_open() {
+                if change.at == cur.updated_at || current.is_none() {
+                    return Outcome::Ignored("already closed");
+                }
+                // Remember the newer event time so a stale open cannot slip in after it.
+                next.updated_at = change.at;
+                return Outcome::Applied {
+                    circuit: next,
+                    transition: false,
+                };
+            }
+            next.state = State::Closed;
+            next.reason = change.reason.clone();
+            next.source = change.source;
+            next.until = None;
+            next.updated_at = change.at;
+            push(
+                &mut next,
+                Transition {
+                    at: change.at,
+                    to: State::Closed,
+                    source: change.source,
+                    note: false,
+                    reason: change.reason.clone(),
+                    evidence: change.evidence.clone(),
+                },
+                history_limit,
+            );
+            Outcome::Applied {
+                circuit: next,
+                transition: true,
+            }
+        }
+    }
+}
+
+/// Replica merge rule: last writer wins by (event time, version, origin).
+pub fn newer(candidate: &Circuit, current: &Circuit) -> bool {
+    (candidate.updated_at, candidate.version, &candidate.origin)
+        > (current.updated_at, current.version, &current.origin)
+}
+
+fn push(c: &mut Circuit, t: Transition, limit: usize) {
+    c.history.push(t);
+    if c.history.len() > limit {
+        let extra = c.history.len() - limit;
+        c.history.drain(..extra);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn change(action: Action, source: Source, at: i64) -> Change {
+        Change {
+            waba_id: "1".into(),
+            action,
+            source,
+            at: t(at),
+            reason: format!("{source:?}@{at}"),
+            evidence: None,
+        }
+    }
+
+    fn open(scope: Scope, until: Option<i64>) -> Action {
+        Action::Open {
+            scope,
+            code: Some(368),
+            until: until.map(t),
+        }
+    }
+
+    fn apply(cur: Option<Circuit>, ch: &Change) -> (Circuit, bool) {
+        match decide(cur.as_ref(), ch, "a", 5, t(0)) {
+            Outcome::Applied {
+                circuit,
+                transition,
+            } => (circuit, transition),
+            Outcome::Ignored(why) => panic!("ignored: {why}"),
+        }
+    }
+
+    fn ignored(cur: &Circuit, ch: &Change) -> bool {
+        matches!(decide(Some(cur), ch, "a", 5, t(0)), Outcome::Ignored(_))
+    }
+
+    #[test]
+    fn open_then_close() {
+        let (c, tr) = apply(None, &change(open(Scope::AllSends, None), Source::Send, 1));
+        assert!(tr && c.is_open());
+        assert_eq!(c.opened_at, Some(t(1)));
+        assert_eq!(c.code, Some(368));
+        let (c, tr) = apply(Some(c), &change(Action::Close, Source::Admin, 2));
+        assert!(tr && !c.is_open());
+        assert_eq!(c.history.len(), 2);
+        assert_eq!(c.version, 2);
+    }
+
+    #[test]
+    fn stale_events_never_overwrite() {
+        let (c, _) = apply(None, &change(open(Scope::AllSends, None), Source::Webhook, 10));
+        let (c, _) = apply(Some(c), &change(Action::Close, Source::Webhook, 20));
+        assert!(ignored(&c, &change(open(Scope::AllSends, None), Source::Webhook, 15)));
+        let (c2, _) = apply(Some(c), &change(open(Scope::AllSends, None), Source::Webhook, 30));
+        assert!(ignored(&c2, &change(Action::Close, Source::Webhook, 25)));
+    }
+
+    #[test]
+    fn duplicates_are_noops() {
+        let ch = change(open(Scope::AllSends, None), Source::Webhook, 10);
+        let (c, _) = apply(None, &ch);
+        assert!(ignored(&c, &ch));
+        let close = change(Action::Close, Source::Admin, 10);
+        assert!(!ignored(&c, &close)); // same time, different action: applies
+        assert!(ignored(&Circuit::new("1", t(0)), &change(Action::Close, Source::Admin, 0)));
+    }
+
+    #[test]
+    fn concurrent_send_trips_collapse() {
+        let (c, _) = apply(None, &change(open(Scope::AllSends, None), Source::Send, 1));
+        let (c2, tr) = apply(Some(c.clone()), &change(open(Scope::AllSends, None), Source::Send, 2));
+        assert!(!tr);
+        assert_eq!(c2.history.len(), 1);
+        assert_eq!(c2.opened_at, c.opened_at);
+    }
+
+    #[test]
+    fn send_widens_business_scope() {
+        let (c, _) = apply(None, &change(open(Scope::BusinessInitiated, Some(100)), Source::Webhook, 1));
+        let (c, tr) = apply(Some(c), &change(open(Scope::AllSends, None), Source::Send, 2));
+        assert!(tr);
+        assert_eq!(c.scope, Scope::AllSends);
+        assert_eq!(c.opened_at, Some(t(1)));
+    }
+
+    #[test]
+    fn expiry_only_for_the_same_until() {
+        let (c, _) = apply(None, &change(open(Scope::AllSends, Some(100)), Source::Webhook, 1));
+        let (c, _) = apply(Some(c), &change(open(Scope::AllSends, Some(200)), Source::Webhook, 50));
+        assert!(ignored(&c, &change(Action::Expire { until: t(100) }, Source::Expiry, 100)));
+        let (c, tr) = apply(Some(c), &change(Action::Expire { until: t(200) }, Source::Expiry, 200));
+        assert!(tr && !c.is_open());
+    }
+
+    #[test]
+    fn already_expired_restriction_is_a_note() {
+        let ch = change(open(Scope::AllSends, Some(-5)), Source::Webhook, -10);
+        let (c, tr) = apply(None, &ch);
+        assert!(!tr && !c.is_open());
+        assert!(c.history[0].note);
+        assert!(ignored(&c, &ch));
+    }
+
+    #[test]
+    fn close_on_closed_advances_time() {
+        let (c, _) = apply(None, &change(open(Scope::AllSends, None), Source::Send, 1));
+        let (c, _) = apply(Some(c), &change(Action::Close, Source::Admin, 5));
+        let (c, tr) = apply(Some(c), &change(Action::Close, Source::Webhook, 9));
+        assert!(!tr);
+        assert_eq!(c.updated_at, t(9));
+        assert!(ignored(&c, &change(open(Scope::AllSends, None), Source::Webhook, 7)));
+    }
+
+    #[test]
+    fn notes_keep_state_and_dedupe() {
+        let ch = change(Action::Note, Source::Webhook, 3);
+        let (c, tr) = apply(None, &ch);
+        assert!(!tr && !c.is_open() && c.history.len() == 1);
+        assert!(ignored(&c, &ch));
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut c = None;
+        for i in 0..20 {
+            let action = if i % 2 == 0 { open(Scope::AllSends, None) } else { Action::Close };
+            c = Some(apply(c, &change(action, Source::Admin, i)).0);
+        }
+        assert_eq!(c.unwrap().history.len(), 5);
+    }
+
+    #[test]
+    fn merge_order_is_total() {
+        let mut a = Circuit::new("1", t(1));
+        let mut b = a.clone();
+        a.origin = "a".into();
+        b.origin = "b".into();
+        assert!(newer(&b, &a) && !newer(&a, &b));
+        a.version = 2;
+        assert!(newer(&a, &b));
+        b.updated_at = t(2);
+        assert!(newer(&b, &a));
+    }
+}

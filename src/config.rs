@@ -1,0 +1,388 @@
+//! Typed configuration: TOML file + `WA_BREAKER_…` environment overrides,
+//! layered by `figment`, validated once at start-up.
+//!
+//! Nested keys use a double underscore in the environment:
+//! `WA_BREAKER_WEBHOOK__APP_SECRET`, `WA_BREAKER_HEALTH__INTERVAL`.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "WA_BREAKER_";
+
+/// A secret string: never printed by `Debug`/`Display`, masked when serialized.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself; call only where it is used (compare, sign, send).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+/// Accepts `"x"` or `["x", "y"]` (one app secret per Meta app).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Secret),
+        Many(Vec<Secret>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    }
+    .into_iter()
+    .filter(|s| !s.expose().is_empty())
+    .collect())
+}
+
+/// `enforce` answers open circuits locally; `observe` only records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Answer in-scope sends of open circuits locally.
+    #[default]
+    Enforce,
+    /// Trip and record circuits, but forward everything.
+    Observe,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole configuration. See the README's configuration table.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub upstream: String,
+    pub state_dir: PathBuf,
+    pub admin_token: Option<Secret>,
+    pub redis_url: Option<Secret>,
+    pub redis_prefix: String,
+    pub mode: Mode,
+    pub trip_codes: Vec<i64>,
+    pub graph_version: String,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    pub upstream_concurrency: usize,
+    pub classify_body_limit: usize,
+    pub history_limit: usize,
+    pub webhook: WebhookConfig,
+    pub health: HealthConfig,
+    pub accounts: Vec<Account>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: ([0, 0, 0, 0], 8080).into(),
+            admin_listen: ([127, 0, 0, 1], 9090).into(),
+            upstream: "https://graph.facebook.com".into(),
+            state_dir: "./wa-breaker-state".into(),
+            admin_token: None,
+            redis_url: None,
+            redis_prefix: "wa-breaker".into(),
+            mode: Mode::Enforce,
+            trip_codes: vec![368, 131031],
+            graph_version: "v21.0".into(),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(15),
+            upstream_concurrency: 1024,
+            classify_body_limit: 64 * 1024,
+            history_limit: 20,
+            webhook: WebhookConfig::default(),
+            health: HealthConfig::default(),
+            accounts: Vec::new(),
+        }
+    }
+}
+
+/// `[webhook]`: Meta's webhook receiver on the main listener.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    pub path: String,
+    #[serde(deserialize_with = "one_or_many")]
+    pub app_secret: Vec<Secret>,
+    pub verify_token: Option<Secret>,
+    pub forward_url: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub forward_timeout: Duration,
+    pub max_body: usize,
+    pub violation_opens: bool,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            path: "/webhook".into(),
+            app_secret: Vec::new(),
+            verify_token: None,
+            forward_url: None,
+            forward_timeout: Duration::from_secs(5),
+            max_body: 1024 * 1024,
+            violation_opens: false,
+        }
+    }
+}
+
+/// `[health]`: Health Status polling while a circuit is open.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub access_token: Option<Secret>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub jitter: f64,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    pub max_concurrent: usize,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            access_token: None,
+            interval: Duration::from_secs(60),
+            jitter: 0.1,
+            timeout: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(900),
+            max_concurrent: 4,
+        }
+    }
+}
+
+/// `[[accounts]]`: one WABA and its phone numbers.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    pub waba_id: String,
+    pub phone_number_ids: Vec<String>,
+}
+
+/// A configuration that could not be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0}: not found")]
+    NotFound(PathBuf),
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid config: `{key}`: {msg}")]
+    Invalid { key: String, msg: String },
+}
+
+fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        msg: msg.into(),
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the file (if any), then `WA_BREAKER_…` variables, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::new();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::NotFound(path.to_path_buf()));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let cfg: Config = fig.extract().map_err(|e| {
+            // figment names the key path and the source (file or env var).
+            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            ConfigError::Parse(format!("invalid config: {}", msgs.join("; ")))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: URLs, ranges, duplicate ids.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let up: http::Uri = self
+            .upstream
+            .parse()
+            .map_err(|e| invalid("upstream", format!("not a URL: {e}")))?;
+        match up.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => return Err(invalid("upstream", "must start with http:// or https://")),
+        }
+        if up.host().is_none() {
+            return Err(invalid("upstream", "has no host"));
+        }
+        if up.path() != "/" && !up.path().is_empty() {
+            return Err(invalid(
+                "upstream",
+                "must be scheme://host[:port] without a path",
+            ));
+        }
+        if let Some(t) = &self.admin_token {
+            if t.expose().len() < 16 {
+                return Err(invalid("admin_token", "must be at least 16 characters"));
+            }
+        }
+        if let Some(u) = &self.redis_url {
+            let ok = u.expose().starts_with("redis://")
+                || u.expose().starts_with("rediss://")
+                || u.expose().starts_with("unix://");
+            if !ok {
+                return Err(invalid(
+                    "redis_url",
+                    "must start with redis://, rediss:// or unix://",
+                ));
+            }
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            return Err(invalid(
+                "redis_prefix",
+                "must be non-empty without whitespace",
+            ));
+        }
+        if self.trip_codes.is_empty() {
+            return Err(invalid(
+                "trip_codes",
+                "must list at least one code (default [368, 131031])",
+            ));
+        }
+        if !self.graph_version.starts_with('v') || self.graph_version.contains('/') {
+            return Err(invalid("graph_version", "must look like \"v21.0\""));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| invalid("log_level", e.to_string()))?;
+        for (key, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+            ("health.interval", self.health.interval),
+            ("health.timeout", self.health.timeout),
+            ("health.max_backoff", self.health.max_backoff),
+            ("webhook.forward_timeout", self.webhook.forward_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        if self.upstream_concurrency == 0 {
+            return Err(invalid("upstream_concurrency", "must be at least 1"));
+        }
+        if self.classify_body_limit < 1024 {
+            return Err(invalid("classify_body_limit", "must be at least 1024 bytes"));
+        }
+        if self.history_limit == 0 {
+            return Err(invalid("history_limit", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.health.jitter) {
+            return Err(invalid("health.jitter", "must be between 0.0 and 1.0"));
+        }
+        if self.health.max_concurrent == 0 {
+            return Err(invalid("health.max_concurrent", "must be at least 1"));
+        }
+        if !self.webhook.path.starts_with('/') || self.webhook.path.contains('?') {
+            return Err(invalid(
+                "webhook.path",
+                "must be an absolute path like \"/webhook\"",
+            ));
+        }
+        if self.webhook.max_body < 1024 {
+            return Err(invalid("webhook.max_body", "must be at least 1024 bytes"));
+        }
+        if let Some(u) = &self.webhook.forward_url {
+            let uri: http::Uri = u
+                .parse()
+                .map_err(|e| invalid("webhook.forward_url", format!("not a URL: {e}")))?;
+            if !matches!(uri.scheme_str(), Some("http") | Some("https")) {
+                return Err(invalid(
+                    "webhook.forward_url",
+                    "must start with http:// or https://",
+                ));
+            }
+        }
+        let mut phones: HashMap<&str, &str> = HashMap::new();
+        let mut wabas: HashSet<&str> = HashSet::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            let key = format!("accounts[{i}]");
+            if !is_graph_id(&a.waba_id) {
+                return Err(invalid(&format!("{key}.waba_id"), "must be a numeric id"));
+            }
+            if !wabas.insert(&a.waba_id) {
+                return Err(invalid(
+                    &format!("{key}.waba_id"),
+                    format!("WABA {} is listed twice", a.waba_id),
+                ));
+            }
+            for p in &a.phone_number_ids {
+                if !is_graph_id(p) {
+                    return Err(invalid(
+                        &format!("{key}.phone_number_ids"),
+                        format!("{p:?} is not a numeric id"),
+                    ));
+                }
+                if let Some(other) = phones.insert(p, &a.waba_id) {
+                    return Err(invalid(
+                        &format!("{key}.phone_number_ids"),
+                        format!("phone number {p} is already mapped to WABA {other}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets masked (for `check-config`).
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# could not render config: {e}\n"))
+    }
+}
+
+/// Graph ids are decimal digit strings.
+pub fn is_graph_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit())
+}
+

@@ -1,0 +1,141 @@
+//! The Graph API error envelope: parse upstream errors, build the gateway's own.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// The fields of a Graph error the gateway uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct GraphError {
+    /// `error.code` (368 for a policy block).
+    pub code: i64,
+    /// `error.error_subcode`, when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_subcode: Option<i64>,
+    /// `error.message`.
+    #[serde(default)]
+    pub message: String,
+    /// `error.type`.
+    #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// `error.fbtrace_id`: what Meta support asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fbtrace_id: Option<String>,
+    /// `error.error_data.details`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    error: RawError,
+}
+
+#[derive(Deserialize)]
+struct RawError {
+    code: i64,
+    #[serde(default)]
+    error_subcode: Option<i64>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    fbtrace_id: Option<String>,
+    #[serde(default)]
+    error_data: Option<serde_json::Value>,
+}
+
+/// Parses a Graph error envelope; `None` when the body is not one.
+pub fn parse(body: &[u8]) -> Option<GraphError> {
+    let env: Envelope = serde_json::from_slice(body).ok()?;
+    let e = env.error;
+    // error_data is an object in Cloud API answers, sometimes a JSON string elsewhere in Graph.
+    let details = match e.error_data {
+        Some(serde_json::Value::Object(m)) => m
+            .get("details")
+            .and_then(|d| d.as_str())
+            .map(str::to_owned),
+        _ => None,
+    };
+    Some(GraphError {
+        code: e.code,
+        error_subcode: e.error_subcode,
+        message: e.message.unwrap_or_default(),
+        kind: e.kind.unwrap_or_default(),
+        fbtrace_id: e.fbtrace_id,
+        details,
+    })
+}
+
+/// Builds a Cloud-API-shaped error body.
+pub fn build(
+    code: i64,
+    subcode: Option<i64>,
+    kind: &str,
+    message: &str,
+    details: &str,
+) -> Bytes {
+    let mut err = serde_json::json!({
+        "message": message,
+        "type": kind,
+        "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": details},
+    });
+    if let Some(sc) = subcode {
+        err["error_subcode"] = sc.into();
+    }
+    Bytes::from(serde_json::json!({ "error": err }).to_string())
+}
+
+/// The title Graph uses for well-known enforcement codes.
+pub fn title_for(code: i64) -> &'static str {
+    match code {
+        368 => "(#368) Temporarily blocked for policies violations",
+        131031 => "(#131031) Account has been locked",
+        _ => "Sending is blocked for this WhatsApp Business Account",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BLOCKED: &str = r#"{"error": {
+      "message": "(#368) Temporarily blocked for policies violations",
+      "type": "OAuthException", "code": 368,
+      "error_data": {"messaging_product": "whatsapp", "details": "restricted"},
+      "error_subcode": 2494100, "fbtrace_id": "AbCdEfGhIjK"}}"#;
+
+    #[test]
+    fn parses_368() {
+        let e = parse(BLOCKED.as_bytes()).unwrap();
+        assert_eq!(e.code, 368);
+        assert_eq!(e.error_subcode, Some(2494100));
+        assert_eq!(e.fbtrace_id.as_deref(), Some("AbCdEfGhIjK"));
+        assert_eq!(e.details.as_deref(), Some("restricted"));
+    }
+
+    #[test]
+    fn rejects_non_envelopes() {
+        assert!(parse(b"<html>forbidden</html>").is_none());
+        assert!(parse(b"{}").is_none());
+        assert!(parse(br#"{"error":"nope"}"#).is_none());
+        assert!(parse(br#"{"error":{"message":"no code"}}"#).is_none());
+    }
+
+    #[test]
+    fn minimal_and_string_error_data() {
+        let e = parse(br#"{"error":{"code":190,"error_data":"x"}}"#).unwrap();
+        assert_eq!(e.code, 190);
+        assert_eq!(e.details, None);
+    }
+
+    #[test]
+    fn build_roundtrips() {
+        let b = build(368, Some(1), "OAuthException", title_for(368), "local");
+        let e = parse(&b).unwrap();
+        assert_eq!(e.code, 368);
+        assert_eq!(e.details.as_deref(), Some("local"));
+        assert_eq!(e.error_subcode, Some(1));
+    }
+}

@@ -1,0 +1,4 @@
+//! What the gateway knows about Meta's Graph API. Pure: no I/O here.
+
+pub mod envelope;
+pub mod route;

@@ -1,0 +1,80 @@
+//! The `wa-breaker` binary: flags, config, logging, runtime.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wa_breaker::config::{Config, LogFormat};
+
+/// wa-breaker: a WhatsApp Cloud API send gateway that stops sending for a WhatsApp
+/// Business Account the moment Meta blocks it (HTTP 403 / error 368) and resumes when
+/// Meta says it may send again.
+///
+/// Every setting can also be given as an environment variable WA_BREAKER_<KEY>
+/// (nested keys with a double underscore, e.g. WA_BREAKER_WEBHOOK__APP_SECRET).
+#[derive(Parser, Debug)]
+#[command(name = "wa-breaker", version, about, long_about)]
+struct Cli {
+    /// TOML config file. Without it, the gateway runs on its defaults
+    /// (listen 0.0.0.0:8080, admin 127.0.0.1:9090, upstream https://graph.facebook.com).
+    #[arg(short, long, value_name = "FILE", env = "WA_BREAKER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the config and print the effective settings, secrets masked.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wa-breaker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::CheckConfig) = cli.command {
+        print!("{}", cfg.to_masked_toml());
+        eprintln!("wa-breaker: config OK");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&cfg);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wa-breaker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(wa_breaker::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "wa-breaker stopped");
+            eprintln!("wa-breaker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

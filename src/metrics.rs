@@ -1,0 +1,164 @@
+//! Prometheus metrics. Hot-path counters are resolved once, so recording is an atomic add.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Graph error codes that get their own label value; anything else is `other`.
+const KNOWN_CODES: &[i64] = &[
+    0, 1, 2, 3, 4, 10, 190, 368, 80007, 130429, 130497, 131000, 131026, 131031, 131042, 131047,
+    131048, 131049, 131050, 131051, 131056,
+];
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    pub circuit_open: IntGaugeVec,
+    pub transitions: IntCounterVec,
+    pub forwarded: IntCounter,
+    pub answered_locally: IntCounter,
+    pub upstream_error: IntCounter,
+    pub unmapped: IntCounter,
+    upstream_duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    pub webhooks: IntCounterVec,
+    pub health_polls: IntCounterVec,
+    pub redis_connected: IntGauge,
+}
+
+/// The process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let circuit_open = IntGaugeVec::new(
+            Opts::new("wa_breaker_circuit_open", "1 while the WABA's circuit is open"),
+            &["waba_id"],
+        )
+        .expect("valid metric");
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_circuit_transitions_total",
+                "Circuit state changes by WABA, new state and source",
+            ),
+            &["waba_id", "to", "source"],
+        )
+        .expect("valid metric");
+        let requests = IntCounterVec::new(
+            Opts::new("wa_breaker_requests_total", "Proxied requests by outcome"),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "wa_breaker_upstream_duration_seconds",
+                "Time to the upstream's response headers, by status class",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["class"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_upstream_errors_total",
+                "Graph error codes seen in upstream answers (known codes, else other)",
+            ),
+            &["code"],
+        )
+        .expect("valid metric");
+        let webhooks = IntCounterVec::new(
+            Opts::new("wa_breaker_webhooks_total", "Webhook deliveries by result"),
+            &["result"],
+        )
+        .expect("valid metric");
+        let health_polls = IntCounterVec::new(
+            Opts::new("wa_breaker_health_polls_total", "Health Status polls by result"),
+            &["result"],
+        )
+        .expect("valid metric");
+        let redis_connected = IntGauge::new(
+            "wa_breaker_redis_connected",
+            "1 while the Redis connection is up (0 when away or not configured)",
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("wa_breaker_build_info", "Build information"),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for c in [
+            Box::new(circuit_open.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(transitions.clone()),
+            Box::new(requests.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(webhooks.clone()),
+            Box::new(health_polls.clone()),
+            Box::new(redis_connected.clone()),
+            Box::new(build_info),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        for r in ["received", "rejected_signature", "invalid", "applied", "relay_failed"] {
+            webhooks.with_label_values(&[r]);
+        }
+        Metrics {
+            forwarded: requests.with_label_values(&["forwarded"]),
+            answered_locally: requests.with_label_values(&["answered_locally"]),
+            upstream_error: requests.with_label_values(&["upstream_error"]),
+            unmapped: requests.with_label_values(&["unmapped"]),
+            registry,
+            circuit_open,
+            transitions,
+            upstream_duration,
+            upstream_errors,
+            webhooks,
+            health_polls,
+            redis_connected,
+        }
+    }
+
+    /// Records the upstream's time to headers by status class (`error` for no answer).
+    pub fn observe_upstream(&self, status: Option<u16>, secs: f64) {
+        let class = match status {
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(_) => "5xx",
+            None => "error",
+        };
+        self.upstream_duration
+            .with_label_values(&[class])
+            .observe(secs);
+    }
+
+    /// Counts a Graph error code seen upstream, bounded to the known set.
+    pub fn upstream_code(&self, code: i64) {
+        let label = if KNOWN_CODES.contains(&code) {
+            itoa_label(code)
+        } else {
+            "other".to_string()
+        };
+        self.upstream_errors.with_label_values(&[&label]).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+fn itoa_label(code: i64) -> String {
+    code.to_string()
+}

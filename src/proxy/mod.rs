@@ -1,0 +1,42 @@
+//! The hot path, as a tower stack:
+//! route → guard → classify → limit → guard (again, after any wait) → upstream.
+
+pub mod body;
+pub mod classify;
+pub mod error;
+pub mod guard;
+pub mod limit;
+pub mod route;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use tower::ServiceBuilder;
+
+use crate::circuit::Table;
+use crate::config::Config;
+pub use body::Body;
+pub use error::ProxyError;
+pub use route::Accounts;
+pub use upstream::{client, HttpClient, Upstream};
+
+/// The assembled proxy service.
+pub type Stack = route::RouteService<
+    guard::Guard<classify::Classify<limit::Limit<guard::Guard<upstream::Upstream>>>>,
+>;
+
+/// Builds the proxy stack for `cfg` over `table`.
+pub fn stack(cfg: &Config, table: Arc<Table>, client: HttpClient) -> Result<Stack, ProxyError> {
+    let guard = guard::GuardLayer::new(table.clone(), cfg.mode, cfg.classify_body_limit);
+    Ok(ServiceBuilder::new()
+        .layer(route::RouteLayer::new(Accounts::new(&cfg.accounts)))
+        .layer(guard.clone())
+        .layer(classify::ClassifyLayer::new(
+            table,
+            cfg.trip_codes.clone(),
+            cfg.classify_body_limit,
+        ))
+        .layer(limit::LimitLayer::new(cfg.upstream_concurrency))
+        .layer(guard)
+        .service(Upstream::new(cfg, client)?))
+}

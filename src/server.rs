@@ -1,0 +1,152 @@
+//! Listeners: accept loops, the main listener's dispatch (webhook path or proxy),
+//! and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use pin_project_lite::pin_project;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::util::Oneshot;
+use tower::ServiceExt;
+
+use crate::proxy::{Body, ProxyError, Stack};
+use crate::signals::webhook::Webhook;
+
+/// The main listener's service: the webhook path goes to the receiver, everything else to the proxy.
+#[derive(Clone)]
+pub struct Edge {
+    proxy: Stack,
+    webhook: Arc<Webhook>,
+}
+
+impl Edge {
+    /// Dispatches between `proxy` and `webhook`.
+    pub fn new(proxy: Stack, webhook: Arc<Webhook>) -> Edge {
+        Edge { proxy, webhook }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+pin_project! {
+    /// The proxy's answer (errors converted to Cloud API envelopes here, once), or the webhook's.
+    #[project = EdgeProj]
+    pub enum EdgeFuture {
+        Proxy { #[pin] fut: Oneshot<Stack, Request<Body>> },
+        Webhook { fut: BoxFuture<Response<Body>> },
+    }
+}
+
+impl Future for EdgeFuture {
+    type Output = Result<Response<Body>, Infallible>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            EdgeProj::Proxy { fut } => Poll::Ready(Ok(match ready!(fut.poll(cx)) {
+                Ok(resp) => resp,
+                Err(e) => ProxyError::into_response(e),
+            })),
+            EdgeProj::Webhook { fut } => fut.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Edge {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = EdgeFuture;
+
+    fn call(&self, req: Request<Incoming>) -> EdgeFuture {
+        if self.webhook.matches(req.uri().path()) {
+            let wh = self.webhook.clone();
+            return EdgeFuture::Webhook {
+                fut: Box::pin(async move { wh.handle(req).await }),
+            };
+        }
+        EdgeFuture::Proxy {
+            fut: self.proxy.clone().oneshot(req.map(Body::stream)),
+        }
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown` flips, then drains for up to `drain`.
+pub async fn serve<S>(
+    name: &'static str,
+    listener: TcpListener,
+    service: S,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(listener = name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service.clone())
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(listener = name, error = %e, "connection closed with error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!(listener = name, "drained"),
+        _ = tokio::time::sleep(drain) => tracing::warn!(listener = name, ?drain, "drain timeout; closing remaining connections"),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
