@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod signals;
+pub mod store;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -35,6 +36,9 @@ pub enum RunError {
         what: &'static str,
         source: std::io::Error,
     },
+    /// Circuit state could not be loaded.
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
     /// The proxy could not be built.
     #[error("{0}")]
     Proxy(#[from] proxy::ProxyError),
@@ -50,6 +54,8 @@ fn replica_id() -> String {
 pub async fn run(cfg: Config) -> Result<(), RunError> {
     let table = Arc::new(Table::new(replica_id(), cfg.history_limit));
     let ready = Arc::new(AtomicBool::new(false));
+    // State is loaded before any listener accepts traffic.
+    let store = store::start(&cfg, table.clone()).await?;
 
     let main = TcpListener::bind(cfg.listen)
         .await
@@ -68,7 +74,12 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 
     let client = proxy::client(cfg.connect_timeout);
     let stack = proxy::stack(&cfg, table.clone(), client.clone())?;
-    let webhook = Arc::new(signals::webhook::Webhook::new(&cfg));
+    let webhook = Arc::new(signals::webhook::Webhook::new(
+        &cfg,
+        table.clone(),
+        client.clone(),
+    ));
+    signals::start(&cfg, table.clone(), client.clone());
     let configured: HashSet<String> = cfg.accounts.iter().map(|a| a.waba_id.clone()).collect();
     let admin = admin::AdminService(Arc::new(admin::Admin::new(
         table.clone(),
@@ -108,6 +119,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let _ = stop_tx.send(true);
     let _ = main_task.await;
     let _ = admin_task.await;
+    store.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,7 +3,11 @@
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use std::sync::Arc;
+
+use crate::circuit::Table;
 use crate::config::Config;
+use crate::proxy::HttpClient;
 use crate::proxy::Body;
 
 /// The webhook receiver on the main listener.
@@ -13,7 +17,7 @@ pub struct Webhook {
 
 impl Webhook {
     /// A receiver for `cfg.webhook`.
-    pub fn new(cfg: &Config) -> Webhook {
+    pub fn new(cfg: &Config, _table: Arc<Table>, _client: HttpClient) -> Webhook {
         Webhook {
             path: cfg.webhook.path.clone(),
         }
