@@ -21,6 +21,7 @@ use crate::metrics::METRICS;
 use crate::proxy::Body;
 
 const MAX_BODY: usize = 64 * 1024;
+const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Shared state of the admin listener.
 pub struct Admin {
@@ -104,7 +105,7 @@ impl Admin {
                     Ok(b) => b,
                     Err(resp) => return resp,
                 };
-                self.operate(id, op, body)
+                self.operate(id, op, body).await
             }
             (_, ["circuits"]) | (_, ["circuits", _]) | (_, ["circuits", _, "open" | "close"]) => {
                 json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -121,7 +122,7 @@ impl Admin {
         })
     }
 
-    fn operate(&self, id: &str, op: &str, body: OpRequest) -> Response<Body> {
+    async fn operate(&self, id: &str, op: &str, body: OpRequest) -> Response<Body> {
         let now = Utc::now();
         let reason = body
             .reason
@@ -144,7 +145,7 @@ impl Admin {
             Action::Close
         };
         tracing::info!(waba_id = id, op, "admin request");
-        self.table.apply(Change {
+        let applied = self.table.apply(Change {
             waba_id: id.to_string(),
             action,
             source: Source::Admin,
@@ -152,9 +153,17 @@ impl Admin {
             reason: reason.clone(),
             evidence: Some(Evidence::Admin { reason }),
         });
+        // 200 once the change is durable; 202 if it is applied but not yet stored.
+        let mut status = StatusCode::OK;
+        if let Some((_, seq)) = applied {
+            if !self.table.wait_durable(seq, DURABLE_WAIT).await {
+                tracing::warn!(waba_id = id, "admin change applied but not yet durable");
+                status = StatusCode::ACCEPTED;
+            }
+        }
         match self.view(id) {
-            Some(c) => json(StatusCode::OK, &c),
-            None => json(StatusCode::OK, &Circuit::new(id, now)),
+            Some(c) => json(status, &c),
+            None => json(status, &Circuit::new(id, now)),
         }
     }
 }

@@ -6,7 +6,10 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use dashmap::DashMap;
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
 
 use super::model::{Circuit, Evidence, Scope, State};
 use super::order::{decide, newer, Change, Outcome};
@@ -40,6 +43,8 @@ pub struct Notice {
     pub circuit: Circuit,
     /// Who made it.
     pub origin: Origin,
+    /// Table-wide sequence number of this change; stores report durability by it.
+    pub seq: u64,
 }
 
 /// Every WABA's circuit.
@@ -49,6 +54,8 @@ pub struct Table {
     origin: String,
     history_limit: usize,
     listeners: RwLock<Vec<mpsc::UnboundedSender<Notice>>>,
+    seq: AtomicU64,
+    durable: watch::Sender<u64>,
 }
 
 impl Table {
@@ -60,6 +67,8 @@ impl Table {
             origin: origin.into(),
             history_limit,
             listeners: RwLock::new(Vec::new()),
+            seq: AtomicU64::new(0),
+            durable: watch::channel(0).0,
         }
     }
 
@@ -98,13 +107,38 @@ impl Table {
         v
     }
 
+    /// The sequence number of the last notified change.
+    pub fn last_seq(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    /// Called by the store once every change up to `seq` is durable.
+    pub fn mark_durable(&self, seq: u64) {
+        self.durable.send_if_modified(|d| {
+            let newer = seq > *d;
+            if newer {
+                *d = seq;
+            }
+            newer
+        });
+    }
+
+    /// Waits until the change `seq` is durable; false on timeout (the change still applies).
+    pub async fn wait_durable(&self, seq: u64, timeout: Duration) -> bool {
+        let mut rx = self.durable.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|d| *d >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// Number of open circuits.
     pub fn open_count(&self) -> usize {
         self.open.len()
     }
 
-    /// Applies a local change by the ordering rule. Returns the circuit when it changed.
-    pub fn apply(&self, change: Change) -> Option<Circuit> {
+    /// Applies a local change by the ordering rule. Returns the circuit and the change's
+    /// sequence number (see [`Table::wait_durable`]) when it changed.
+    pub fn apply(&self, change: Change) -> Option<(Circuit, u64)> {
         let key: Arc<str> = Arc::from(change.waba_id.as_str());
         let entry = self.circuits.entry(key.clone());
         let current = match &entry {
@@ -131,7 +165,7 @@ impl Table {
         };
         // Update the hot-path view while holding the entry, so guard and view never disagree for long.
         self.sync_guard(&key, &circuit);
-        drop(entry.insert(circuit.clone()));
+        let held = entry.insert(circuit.clone());
         if transition {
             log_transition(&circuit, was_open);
             METRICS
@@ -145,8 +179,10 @@ impl Table {
         } else if let Some(t) = circuit.history.last().filter(|t| t.note && t.at == change.at) {
             tracing::warn!(waba_id = %circuit.waba_id, source = t.source.as_str(), reason = %t.reason, "circuit event recorded (no state change)");
         }
-        self.notify(&circuit, Origin::Local);
-        Some(circuit)
+        // Notified while the entry is held, so one WABA's notices arrive in order.
+        let seq = self.notify(&circuit, Origin::Local);
+        drop(held);
+        Some((circuit, seq))
     }
 
     /// Merges a circuit from another replica or a store: kept only if newer.
@@ -166,8 +202,9 @@ impl Table {
         if was_open != incoming.is_open() {
             log_transition(&incoming, was_open);
         }
-        drop(entry.insert(incoming.clone()));
+        let held = entry.insert(incoming.clone());
         self.notify(&incoming, Origin::Remote);
+        drop(held);
         true
     }
 
@@ -180,15 +217,18 @@ impl Table {
         }
     }
 
-    fn notify(&self, c: &Circuit, origin: Origin) {
+    fn notify(&self, c: &Circuit, origin: Origin) -> u64 {
+        let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
         if let Ok(listeners) = self.listeners.read() {
             for l in listeners.iter() {
                 let _ = l.send(Notice {
                     circuit: c.clone(),
                     origin,
+                    seq,
                 });
             }
         }
+        seq
     }
 }
 
