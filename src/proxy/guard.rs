@@ -185,7 +185,8 @@ pub fn is_template(body: &[u8]) -> bool {
         .is_some_and(|k| k == "template")
 }
 
-fn local_reply(guard: &OpenGuard) -> Response<Body> {
+/// The local answer for an open circuit: 403, the envelope, `x-wa-breaker: open`, `retry-after` when known.
+pub fn local_reply(guard: &OpenGuard) -> Response<Body> {
     METRICS.answered_locally.inc();
     let mut resp = Response::new(Body::full(guard.body.clone()));
     *resp.status_mut() = StatusCode::FORBIDDEN;

@@ -1,0 +1,26 @@
+//! Integration-test support for wa-breaker: a fake Cloud API, a redis-server launcher,
+//! a launcher for the built binary, and signed-webhook helpers.
+//!
+//! Each test file includes it with `mod support;` (so each compiles its own copy;
+//! unused items are expected).
+#![allow(dead_code, unused_imports)]
+
+pub mod fake_cloud;
+pub mod gateway;
+pub mod redis;
+pub mod webhook;
+
+pub use self::fake_cloud::{
+    graph_error_body, health_json, health_json_phone, FakeCloud, Recorded, Reply, WebhookSink,
+    BLOCKED_368_BODY, FBTRACE_ID, OK_SEND_BODY,
+};
+pub use self::gateway::{
+    client, metric, metric_sum, run_cli_in, samples, send, template_body, text_body, write_config,
+    Gateway, GatewayBuilder, Sample, TempConfig, TEMPLATE_BODY, TEST_TOKEN, TEST_VERSION,
+    TEXT_BODY,
+};
+pub use self::redis::{free_port, redis_available, RedisServer, RedisSubscriber, Resp};
+pub use self::webhook::{
+    account_update, change, disabled, entry, envelope, event, now_unix, post_signed,
+    post_with_signature, restriction, sign, verify_get, violation,
+};
