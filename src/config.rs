@@ -95,6 +95,16 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     pub redis_url: Option<Secret>,
     pub redis_prefix: String,
+    /// TTL of a closed circuit's Redis key (open circuits: `until` + 1 h, or none).
+    #[serde(with = "humantime_serde")]
+    pub redis_closed_ttl: Duration,
+    /// Cap of the exponential backoff between Redis reconnect attempts.
+    #[serde(with = "humantime_serde")]
+    pub redis_retry_max: Duration,
+    /// Set by the `--move-aside-corrupt-state` flag only (not a config key): rename an
+    /// unreadable state store to `<name>.corrupt-<timestamp>` and start empty.
+    #[serde(skip)]
+    pub move_aside_corrupt_state: bool,
     pub mode: Mode,
     pub trip_codes: Vec<i64>,
     pub graph_version: String,
@@ -124,6 +134,9 @@ impl Default for Config {
             admin_token: None,
             redis_url: None,
             redis_prefix: "wa-breaker".into(),
+            redis_closed_ttl: Duration::from_secs(7 * 24 * 3600),
+            redis_retry_max: Duration::from_secs(5),
+            move_aside_corrupt_state: false,
             mode: Mode::Enforce,
             trip_codes: vec![368, 131031],
             graph_version: "v21.0".into(),
@@ -235,10 +248,13 @@ impl Config {
             }
             fig = fig.merge(Toml::file_exact(path));
         }
-        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        fig = fig.merge(
+            Env::prefixed(ENV_PREFIX)
+                .split("__")
+                .filter(|k| known_env_key(k.as_str())),
+        );
         let cfg: Config = fig.extract().map_err(|e| {
-            // figment names the key path and the source (file or env var).
-            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            let msgs: Vec<String> = e.into_iter().map(describe).collect();
             ConfigError::Parse(format!("invalid config: {}", msgs.join("; ")))
         })?;
         cfg.validate()?;
@@ -270,13 +286,11 @@ impl Config {
             }
         }
         if let Some(u) = &self.redis_url {
-            let ok = u.expose().starts_with("redis://")
-                || u.expose().starts_with("rediss://")
-                || u.expose().starts_with("unix://");
+            let ok = u.expose().starts_with("redis://") || u.expose().starts_with("unix://");
             if !ok {
                 return Err(invalid(
                     "redis_url",
-                    "must start with redis://, rediss:// or unix://",
+                    "must start with redis:// or unix:// (TLS to Redis is not built in)",
                 ));
             }
         }
@@ -304,16 +318,24 @@ impl Config {
             ("health.timeout", self.health.timeout),
             ("health.max_backoff", self.health.max_backoff),
             ("webhook.forward_timeout", self.webhook.forward_timeout),
+            ("redis_closed_ttl", self.redis_closed_ttl),
+            ("redis_retry_max", self.redis_retry_max),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "must be greater than zero"));
             }
         }
+        if self.redis_retry_max < Duration::from_millis(10) {
+            return Err(invalid("redis_retry_max", "must be at least 10ms"));
+        }
         if self.upstream_concurrency == 0 {
             return Err(invalid("upstream_concurrency", "must be at least 1"));
         }
         if self.classify_body_limit < 1024 {
-            return Err(invalid("classify_body_limit", "must be at least 1024 bytes"));
+            return Err(invalid(
+                "classify_body_limit",
+                "must be at least 1024 bytes",
+            ));
         }
         if self.history_limit == 0 {
             return Err(invalid("history_limit", "must be at least 1"));
@@ -381,8 +403,70 @@ impl Config {
     }
 }
 
+/// Top-level keys, for the environment: other `WA_BREAKER_…` variables (such as the
+/// service links Kubernetes injects for a Service named `wa-breaker`) are ignored.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "admin_listen",
+    "upstream",
+    "state_dir",
+    "admin_token",
+    "redis_url",
+    "redis_prefix",
+    "mode",
+    "trip_codes",
+    "graph_version",
+    "log_format",
+    "log_level",
+    "connect_timeout",
+    "request_timeout",
+    "drain_timeout",
+    "upstream_concurrency",
+    "classify_body_limit",
+    "history_limit",
+    "webhook",
+    "health",
+    "accounts",
+];
+
+fn known_env_key(key: &str) -> bool {
+    let top = key.split('.').next().unwrap_or(key);
+    let known = TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top));
+    if !known && key != "config" {
+        eprintln!(
+            "wa-breaker: ignoring environment variable {ENV_PREFIX}{}: not a config key",
+            key.to_uppercase()
+        );
+    }
+    known
+}
+
+/// One figment error as "key: problem (where)", naming the env variable when it came from one.
+fn describe(e: figment::Error) -> String {
+    let key = e.path.join(".");
+    let from_env = e
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.contains("environment"));
+    let place = if from_env {
+        format!("{ENV_PREFIX}{}", e.path.join("__").to_uppercase())
+    } else {
+        let src = e
+            .metadata
+            .as_ref()
+            .and_then(|m| m.source.as_ref())
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "config".into());
+        if key.is_empty() {
+            src
+        } else {
+            format!("`{key}` in {src}")
+        }
+    };
+    format!("{place}: {}", e.kind)
+}
+
 /// Graph ids are decimal digit strings.
 pub fn is_graph_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit())
 }
-

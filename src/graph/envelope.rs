@@ -51,10 +51,9 @@ pub fn parse(body: &[u8]) -> Option<GraphError> {
     let e = env.error;
     // error_data is an object in Cloud API answers, sometimes a JSON string elsewhere in Graph.
     let details = match e.error_data {
-        Some(serde_json::Value::Object(m)) => m
-            .get("details")
-            .and_then(|d| d.as_str())
-            .map(str::to_owned),
+        Some(serde_json::Value::Object(m)) => {
+            m.get("details").and_then(|d| d.as_str()).map(str::to_owned)
+        }
         _ => None,
     };
     Some(GraphError {
@@ -67,24 +66,40 @@ pub fn parse(body: &[u8]) -> Option<GraphError> {
     })
 }
 
-/// Builds a Cloud-API-shaped error body.
-pub fn build(
-    code: i64,
-    subcode: Option<i64>,
-    kind: &str,
-    message: &str,
-    details: &str,
-) -> Bytes {
-    let mut err = serde_json::json!({
-        "message": message,
-        "type": kind,
-        "code": code,
-        "error_data": {"messaging_product": "whatsapp", "details": details},
-    });
-    if let Some(sc) = subcode {
-        err["error_subcode"] = sc.into();
+/// Builds a Cloud-API-shaped error body (fields in Graph's order).
+pub fn build(code: i64, subcode: Option<i64>, kind: &str, message: &str, details: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        error: Inner<'a>,
     }
-    Bytes::from(serde_json::json!({ "error": err }).to_string())
+    #[derive(Serialize)]
+    struct Inner<'a> {
+        message: &'a str,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        code: i64,
+        error_data: Data<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error_subcode: Option<i64>,
+    }
+    #[derive(Serialize)]
+    struct Data<'a> {
+        messaging_product: &'static str,
+        details: &'a str,
+    }
+    let out = Out {
+        error: Inner {
+            message,
+            kind,
+            code,
+            error_data: Data {
+                messaging_product: "whatsapp",
+                details,
+            },
+            error_subcode: subcode,
+        },
+    };
+    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
 }
 
 /// The title Graph uses for well-known enforcement codes.

@@ -1,5 +1,7 @@
 //! The hot path, as a tower stack:
-//! route → guard → classify → limit → guard (again, after any wait) → upstream.
+//! route → guard → limit → guard (again, after any wait) → classify → upstream.
+//! The limit's permit is held until the classifier has decided, so a queued send
+//! never slips out between an upstream 368 and the trip it causes.
 
 pub mod body;
 pub mod classify;
@@ -22,7 +24,7 @@ pub use upstream::{client, HttpClient, Upstream};
 
 /// The assembled proxy service.
 pub type Stack = route::RouteService<
-    guard::Guard<classify::Classify<limit::Limit<guard::Guard<upstream::Upstream>>>>,
+    guard::Guard<limit::Limit<guard::Guard<classify::Classify<upstream::Upstream>>>>,
 >;
 
 /// Builds the proxy stack for `cfg` over `table`.
@@ -31,12 +33,12 @@ pub fn stack(cfg: &Config, table: Arc<Table>, client: HttpClient) -> Result<Stac
     Ok(ServiceBuilder::new()
         .layer(route::RouteLayer::new(Accounts::new(&cfg.accounts)))
         .layer(guard.clone())
+        .layer(limit::LimitLayer::new(cfg.upstream_concurrency))
+        .layer(guard)
         .layer(classify::ClassifyLayer::new(
             table,
             cfg.trip_codes.clone(),
             cfg.classify_body_limit,
         ))
-        .layer(limit::LimitLayer::new(cfg.upstream_concurrency))
-        .layer(guard)
         .service(Upstream::new(cfg, client)?))
 }
