@@ -99,7 +99,9 @@ fn benches(c: &mut Criterion) {
         b.iter(|| guard_check(black_box(&open_path)).is_some())
     });
     let g = table.guard(&waba(0)).expect("open");
-    c.bench_function("local_reply_build", |b| b.iter(|| local_reply(black_box(&g))));
+    c.bench_function("local_reply_build", |b| {
+        b.iter(|| local_reply(black_box(&g)))
+    });
     c.bench_function("classify_368_body", |b| {
         b.iter(|| envelope::parse(black_box(BLOCKED)).map(|e| e.code))
     });

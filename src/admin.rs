@@ -124,9 +124,7 @@ impl Admin {
 
     async fn operate(&self, id: &str, op: &str, body: OpRequest) -> Response<Body> {
         let now = Utc::now();
-        let reason = body
-            .reason
-            .unwrap_or_else(|| format!("{op} by operator"));
+        let reason = body.reason.unwrap_or_else(|| format!("{op} by operator"));
         if reason.len() > 1024 {
             return json_error(StatusCode::BAD_REQUEST, "reason is longer than 1024 bytes");
         }

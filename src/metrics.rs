@@ -36,7 +36,10 @@ impl Metrics {
     fn new() -> Metrics {
         let registry = Registry::new();
         let circuit_open = IntGaugeVec::new(
-            Opts::new("wa_breaker_circuit_open", "1 while the WABA's circuit is open"),
+            Opts::new(
+                "wa_breaker_circuit_open",
+                "1 while the WABA's circuit is open",
+            ),
             &["waba_id"],
         )
         .expect("valid metric");
@@ -78,7 +81,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let health_polls = IntCounterVec::new(
-            Opts::new("wa_breaker_health_polls_total", "Health Status polls by result"),
+            Opts::new(
+                "wa_breaker_health_polls_total",
+                "Health Status polls by result",
+            ),
             &["result"],
         )
         .expect("valid metric");
@@ -108,7 +114,13 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
-        for r in ["received", "rejected_signature", "invalid", "applied", "relay_failed"] {
+        for r in [
+            "received",
+            "rejected_signature",
+            "invalid",
+            "applied",
+            "relay_failed",
+        ] {
             webhooks.with_label_values(&[r]);
         }
         Metrics {

@@ -99,7 +99,11 @@ pub fn decide(
             }
             if until.is_some_and(|u| u <= now) {
                 // A late webhook for a restriction that is already over: keep it as evidence only.
-                if cur.history.iter().any(|t| t.at == change.at && t.reason == change.reason) {
+                if cur
+                    .history
+                    .iter()
+                    .any(|t| t.at == change.at && t.reason == change.reason)
+                {
                     return Outcome::Ignored("duplicate note");
                 }
                 note(&mut next);
@@ -266,10 +270,19 @@ mod tests {
 
     #[test]
     fn stale_events_never_overwrite() {
-        let (c, _) = apply(None, &change(open(Scope::AllSends, None), Source::Webhook, 10));
+        let (c, _) = apply(
+            None,
+            &change(open(Scope::AllSends, None), Source::Webhook, 10),
+        );
         let (c, _) = apply(Some(c), &change(Action::Close, Source::Webhook, 20));
-        assert!(ignored(&c, &change(open(Scope::AllSends, None), Source::Webhook, 15)));
-        let (c2, _) = apply(Some(c), &change(open(Scope::AllSends, None), Source::Webhook, 30));
+        assert!(ignored(
+            &c,
+            &change(open(Scope::AllSends, None), Source::Webhook, 15)
+        ));
+        let (c2, _) = apply(
+            Some(c),
+            &change(open(Scope::AllSends, None), Source::Webhook, 30),
+        );
         assert!(ignored(&c2, &change(Action::Close, Source::Webhook, 25)));
     }
 
@@ -280,13 +293,19 @@ mod tests {
         assert!(ignored(&c, &ch));
         let close = change(Action::Close, Source::Admin, 10);
         assert!(!ignored(&c, &close)); // same time, different action: applies
-        assert!(ignored(&Circuit::new("1", t(0)), &change(Action::Close, Source::Admin, 0)));
+        assert!(ignored(
+            &Circuit::new("1", t(0)),
+            &change(Action::Close, Source::Admin, 0)
+        ));
     }
 
     #[test]
     fn concurrent_send_trips_collapse() {
         let (c, _) = apply(None, &change(open(Scope::AllSends, None), Source::Send, 1));
-        let (c2, tr) = apply(Some(c.clone()), &change(open(Scope::AllSends, None), Source::Send, 2));
+        let (c2, tr) = apply(
+            Some(c.clone()),
+            &change(open(Scope::AllSends, None), Source::Send, 2),
+        );
         assert!(!tr);
         assert_eq!(c2.history.len(), 1);
         assert_eq!(c2.opened_at, c.opened_at);
@@ -294,8 +313,18 @@ mod tests {
 
     #[test]
     fn send_widens_business_scope() {
-        let (c, _) = apply(None, &change(open(Scope::BusinessInitiated, Some(100)), Source::Webhook, 1));
-        let (c, tr) = apply(Some(c), &change(open(Scope::AllSends, None), Source::Send, 2));
+        let (c, _) = apply(
+            None,
+            &change(
+                open(Scope::BusinessInitiated, Some(100)),
+                Source::Webhook,
+                1,
+            ),
+        );
+        let (c, tr) = apply(
+            Some(c),
+            &change(open(Scope::AllSends, None), Source::Send, 2),
+        );
         assert!(tr);
         assert_eq!(c.scope, Scope::AllSends);
         assert_eq!(c.opened_at, Some(t(1)));
@@ -303,10 +332,22 @@ mod tests {
 
     #[test]
     fn expiry_only_for_the_same_until() {
-        let (c, _) = apply(None, &change(open(Scope::AllSends, Some(100)), Source::Webhook, 1));
-        let (c, _) = apply(Some(c), &change(open(Scope::AllSends, Some(200)), Source::Webhook, 50));
-        assert!(ignored(&c, &change(Action::Expire { until: t(100) }, Source::Expiry, 100)));
-        let (c, tr) = apply(Some(c), &change(Action::Expire { until: t(200) }, Source::Expiry, 200));
+        let (c, _) = apply(
+            None,
+            &change(open(Scope::AllSends, Some(100)), Source::Webhook, 1),
+        );
+        let (c, _) = apply(
+            Some(c),
+            &change(open(Scope::AllSends, Some(200)), Source::Webhook, 50),
+        );
+        assert!(ignored(
+            &c,
+            &change(Action::Expire { until: t(100) }, Source::Expiry, 100)
+        ));
+        let (c, tr) = apply(
+            Some(c),
+            &change(Action::Expire { until: t(200) }, Source::Expiry, 200),
+        );
         assert!(tr && !c.is_open());
     }
 
@@ -326,7 +367,10 @@ mod tests {
         let (c, tr) = apply(Some(c), &change(Action::Close, Source::Webhook, 9));
         assert!(!tr);
         assert_eq!(c.updated_at, t(9));
-        assert!(ignored(&c, &change(open(Scope::AllSends, None), Source::Webhook, 7)));
+        assert!(ignored(
+            &c,
+            &change(open(Scope::AllSends, None), Source::Webhook, 7)
+        ));
     }
 
     #[test]
@@ -341,7 +385,11 @@ mod tests {
     fn history_is_bounded() {
         let mut c = None;
         for i in 0..20 {
-            let action = if i % 2 == 0 { open(Scope::AllSends, None) } else { Action::Close };
+            let action = if i % 2 == 0 {
+                open(Scope::AllSends, None)
+            } else {
+                Action::Close
+            };
             c = Some(apply(c, &change(action, Source::Admin, i)).0);
         }
         assert_eq!(c.unwrap().history.len(), 5);

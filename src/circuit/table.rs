@@ -176,7 +176,11 @@ impl Table {
                     circuit.source.as_str(),
                 ])
                 .inc();
-        } else if let Some(t) = circuit.history.last().filter(|t| t.note && t.at == change.at) {
+        } else if let Some(t) = circuit
+            .history
+            .last()
+            .filter(|t| t.note && t.at == change.at)
+        {
             tracing::warn!(waba_id = %circuit.waba_id, source = t.source.as_str(), reason = %t.reason, "circuit event recorded (no state change)");
         }
         // Notified while the entry is held, so one WABA's notices arrive in order.
@@ -244,7 +248,9 @@ fn log_transition(c: &Circuit, was_open: bool) {
         Some(Evidence::Send { fbtrace_id, .. }) => fbtrace_id.clone(),
         _ => None,
     });
-    let until = c.until.map(|u| u.to_rfc3339_opts(SecondsFormat::Secs, true));
+    let until = c
+        .until
+        .map(|u| u.to_rfc3339_opts(SecondsFormat::Secs, true));
     tracing::warn!(
         waba_id = %c.waba_id,
         from = if was_open { "open" } else { "closed" },

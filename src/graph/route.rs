@@ -119,7 +119,9 @@ mod tests {
         // "vx" is not a version: it is the node.
         assert_eq!(parse(&Method::POST, "/vx/messages").unwrap().node, "vx");
         assert_eq!(
-            parse(&Method::POST, "/v21.0/1/messages/extra").unwrap().kind,
+            parse(&Method::POST, "/v21.0/1/messages/extra")
+                .unwrap()
+                .kind,
             Kind::Write
         );
     }

@@ -71,7 +71,9 @@ impl HttpBody for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Stream { inner } => inner.size_hint(),
-            Body::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Body::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             Body::Prefixed { prefix, rest } => {
                 let p = prefix.as_ref().map_or(0, |d| d.len() as u64);
                 let r = rest.size_hint();

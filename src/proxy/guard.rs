@@ -216,7 +216,9 @@ mod tests {
         assert!(is_template(
             br#"{"messaging_product":"whatsapp","type":"template","template":{}}"#
         ));
-        assert!(!is_template(br#"{"type":"text","text":{"body":"template"}}"#));
+        assert!(!is_template(
+            br#"{"type":"text","text":{"body":"template"}}"#
+        ));
         assert!(!is_template(br#"{"messaging_product":"whatsapp"}"#));
         assert!(!is_template(b"not json"));
     }
