@@ -109,7 +109,6 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(webhooks.clone()),
             Box::new(health_polls.clone()),
-            Box::new(redis_connected.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric registered once");
@@ -137,6 +136,14 @@ impl Metrics {
             health_polls,
             redis_connected,
         }
+    }
+
+    /// Exports `wa_breaker_redis_connected`: only when Redis is configured, so an alert on
+    /// it never fires for a single instance.
+    pub fn enable_redis_gauge(&self) {
+        let _ = self
+            .registry
+            .register(Box::new(self.redis_connected.clone()));
     }
 
     /// Records the upstream's time to headers by status class (`error` for no answer).
