@@ -17,17 +17,31 @@ use hyper_util::server::conn::auto;
 const OK: &str = r#"{"messaging_product":"whatsapp","contacts":[{"input":"15551234567","wa_id":"15551234567"}],"messages":[{"id":"wamid.HBgLMTU1NTEyMzQ1NjcVAgARGBI5QTNDQTVCM0Q0Q0Q2RTY3RTcA"}]}"#;
 const BLOCKED: &str = r#"{"error":{"message":"(#368) Temporarily blocked for policies violations","type":"OAuthException","code":368,"error_data":{"messaging_product":"whatsapp","details":"The WhatsApp Business Account associated with the app has been restricted or disabled for violating a platform policy."},"error_subcode":2494100,"fbtrace_id":"AbCdEfGhIjK"}}"#;
 
-async fn answer(req: Request<Incoming>, blocked: Vec<String>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    blocked: Vec<String>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let auth = if req.headers().contains_key("authorization") { "Bearer ***" } else { "none" };
+    let auth = if req.headers().contains_key("authorization") {
+        "Bearer ***"
+    } else {
+        "none"
+    };
     let method = req.method().clone();
     let _ = req.into_body().collect().await;
     println!("fake-cloud: {method} {path} (authorization: {auth})");
     let (status, body) = if query.contains("health_status") {
         let node = path.trim_matches('/').rsplit('/').next().unwrap_or("");
-        (StatusCode::OK, format!(r#"{{"health_status":{{"can_send_message":"AVAILABLE","entities":[{{"entity_type":"WABA","id":"{node}","can_send_message":"AVAILABLE"}}]}},"id":"{node}"}}"#))
-    } else if path.ends_with("/messages") && blocked.iter().any(|p| path.contains(&format!("/{p}/"))) {
+        (
+            StatusCode::OK,
+            format!(
+                r#"{{"health_status":{{"can_send_message":"AVAILABLE","entities":[{{"entity_type":"WABA","id":"{node}","can_send_message":"AVAILABLE"}}]}},"id":"{node}"}}"#
+            ),
+        )
+    } else if path.ends_with("/messages")
+        && blocked.iter().any(|p| path.contains(&format!("/{p}/")))
+    {
         (StatusCode::FORBIDDEN, BLOCKED.to_string())
     } else {
         (StatusCode::OK, OK.to_string())

@@ -54,6 +54,9 @@ fn replica_id() -> String {
 pub async fn run(cfg: Config) -> Result<(), RunError> {
     let table = Arc::new(Table::new(replica_id(), cfg.history_limit));
     let ready = Arc::new(AtomicBool::new(false));
+    if cfg.redis_url.is_some() {
+        metrics::METRICS.enable_redis_gauge();
+    }
     // State is loaded before any listener accepts traffic.
     let store = store::start(&cfg, table.clone()).await?;
 
@@ -74,12 +77,13 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 
     let client = proxy::client(cfg.connect_timeout);
     let stack = proxy::stack(&cfg, table.clone(), client.clone())?;
+    let signals = signals::start(&cfg, table.clone(), client.clone());
     let webhook = Arc::new(signals::webhook::Webhook::new(
         &cfg,
         table.clone(),
         client.clone(),
+        signals.health(),
     ));
-    signals::start(&cfg, table.clone(), client.clone());
     let configured: HashSet<String> = cfg.accounts.iter().map(|a| a.waba_id.clone()).collect();
     let admin = admin::AdminService(Arc::new(admin::Admin::new(
         table.clone(),

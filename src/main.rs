@@ -17,8 +17,20 @@ use wa_breaker::config::{Config, LogFormat};
 struct Cli {
     /// TOML config file. Without it, the gateway runs on its defaults
     /// (listen 0.0.0.0:8080, admin 127.0.0.1:9090, upstream https://graph.facebook.com).
-    #[arg(short, long, value_name = "FILE", env = "WA_BREAKER_CONFIG", global = true)]
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        env = "WA_BREAKER_CONFIG",
+        global = true
+    )]
     config: Option<PathBuf>,
+
+    /// When the state store under state_dir is corrupt or unreadable, rename it to
+    /// `<name>.corrupt-<timestamp>` and start with empty state (logged loudly).
+    /// Without it, such a store stops the start-up with an error naming the file.
+    #[arg(long, global = true)]
+    move_aside_corrupt_state: bool,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -34,7 +46,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cfg = match Config::load(cli.config.as_deref()) {
+    let mut cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wa-breaker: {e}");
@@ -46,6 +58,7 @@ fn main() -> ExitCode {
         eprintln!("wa-breaker: config OK");
         return ExitCode::SUCCESS;
     }
+    cfg.move_aside_corrupt_state = cli.move_aside_corrupt_state;
     init_logging(&cfg);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

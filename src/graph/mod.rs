@@ -1,4 +1,6 @@
 //! What the gateway knows about Meta's Graph API. Pure: no I/O here.
 
 pub mod envelope;
+pub mod health;
 pub mod route;
+pub mod webhook;

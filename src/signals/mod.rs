@@ -1,13 +1,128 @@
 //! Everything that opens or closes circuits from outside the hot path:
-//! Meta's webhooks, Health Status polls, and expiry timers.
+//! Meta's webhooks ([`webhook`]), Health Status polls ([`health`]) and expiry timers
+//! ([`expiry`]).
+//!
+//! [`start`] runs one supervisor task that follows every circuit change
+//! ([`Table::subscribe`], including changes that arrive from other replicas) and keeps, per
+//! open circuit, a health poll loop (when a token is configured) and an expiry timer (when
+//! the circuit has an `until`). Closing a circuit, from any source, stops both; a new
+//! `until` re-arms the timer. Circuits an operator opened are not polled: the operator's
+//! decision stands until an operator, a webhook or its `until` ends it. Circuits loaded from the store before start are scanned
+//! first, so a restriction whose end passed while the gateway was down expires at once.
 
+pub mod expiry;
+pub mod health;
 pub mod webhook;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::circuit::Table;
-use crate::config::Config;
-use crate::proxy::HttpClient;
+use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
 
-/// Starts the background signal tasks (health poller, expiry timers).
-pub fn start(_cfg: &Config, _table: Arc<Table>, _client: HttpClient) {}
+use crate::circuit::{Circuit, Source, Table};
+use crate::config::{Config, HealthConfig};
+use crate::proxy::HttpClient;
+use health::HealthChecker;
+
+/// The running signal tasks, and what the webhook receiver shares with them.
+pub struct Signals {
+    health: Option<Arc<HealthChecker>>,
+}
+
+impl Signals {
+    /// The Health Status checker (with its global concurrency limit), when a token is set.
+    pub fn health(&self) -> Option<Arc<HealthChecker>> {
+        self.health.clone()
+    }
+}
+
+/// Starts the background signal tasks (health poller, expiry timers). Call after the
+/// store has loaded state into `table`, inside the runtime.
+pub fn start(cfg: &Config, table: Arc<Table>, client: HttpClient) -> Signals {
+    let checker = HealthChecker::new(cfg, client);
+    if checker.is_none() {
+        tracing::info!("no health.access_token: Health Status polling is off (webhooks, expiry and operators still close circuits)");
+    }
+    let mut rx = table.subscribe();
+    let initial = table.list();
+    let mut watchers = Watchers {
+        table,
+        checker: checker.clone(),
+        health: cfg.health.clone(),
+        polls: HashMap::new(),
+        timers: HashMap::new(),
+    };
+    tokio::spawn(async move {
+        for c in &initial {
+            watchers.update(c);
+        }
+        while let Some(notice) = rx.recv().await {
+            watchers.update(&notice.circuit);
+        }
+    });
+    Signals { health: checker }
+}
+
+/// A spawned task, aborted when dropped.
+struct Task(JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Per-WABA poll loops and expiry timers; owned by the supervisor task alone.
+struct Watchers {
+    table: Arc<Table>,
+    checker: Option<Arc<HealthChecker>>,
+    health: HealthConfig,
+    polls: HashMap<String, Task>,
+    /// The `until` each timer was armed for. A finished timer stays here so the same
+    /// `until` is not armed twice (an expiry held open by BLOCKED is the poller's job).
+    timers: HashMap<String, (DateTime<Utc>, Task)>,
+}
+
+impl Watchers {
+    fn update(&mut self, c: &Circuit) {
+        let id = &c.waba_id;
+        if !c.is_open() {
+            self.polls.remove(id);
+            self.timers.remove(id);
+            return;
+        }
+        match &self.checker {
+            // An operator's open stands until an operator (or its `until`) ends it.
+            Some(_) if c.source == Source::Admin => {
+                self.polls.remove(id);
+            }
+            Some(checker) if self.polls.get(id).is_none_or(|t| t.0.is_finished()) => {
+                let task = tokio::spawn(health::poll_loop(
+                    self.table.clone(),
+                    checker.clone(),
+                    self.health.clone(),
+                    id.clone(),
+                ));
+                tracing::debug!(waba_id = %id, "health polling started");
+                self.polls.insert(id.clone(), Task(task));
+            }
+            _ => {}
+        }
+        match c.until {
+            Some(until) if self.timers.get(id).is_some_and(|(u, _)| *u == until) => {}
+            Some(until) => {
+                let task = tokio::spawn(expiry::expire_at(
+                    self.table.clone(),
+                    self.checker.clone(),
+                    id.clone(),
+                    until,
+                ));
+                self.timers.insert(id.clone(), (until, Task(task)));
+            }
+            None => {
+                self.timers.remove(id);
+            }
+        }
+    }
+}

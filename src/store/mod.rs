@@ -1,36 +1,164 @@
 //! Persistence behind the circuit table: an embedded store on disk (single instance) and
 //! Redis keys + pub/sub (several replicas). Nothing here is on the hot path: the table
 //! notifies the store of changes, and the store feeds remote changes back through `Table::merge`.
+//!
+//! - [`embedded`]: one redb file, `{state_dir}/circuits.redb`, always on. Loaded before the
+//!   listeners bind; every change is committed (fsync) by a writer task that coalesces bursts,
+//!   then reported with [`Table::mark_durable`].
+//! - [`replica`]: when `redis_url` is set, `{prefix}:circuit:{waba_id}` keys written with a
+//!   compare-and-set script that publishes on `{prefix}:changes`; reloaded with SCAN on every
+//!   (re)connect. Redis being away never stops the gateway.
+//! - [`rules`]: the pure part (key layout, ordering key, TTLs), unit-tested.
+//!
+//! See `docs/state.md` for the operator's view.
+
+pub mod embedded;
+pub mod replica;
+pub mod rules;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::circuit::Table;
 use crate::config::Config;
+
+/// How long `start` waits for the first Redis sync before serving without it.
+const REDIS_START_WAIT: Duration = Duration::from_secs(5);
+/// How long `shutdown` waits for each store task to finish its last write.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// Why state could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The embedded store is unreadable.
-    #[error("state store {path}: {msg}")]
+    #[error(
+        "state store {path} is corrupt or unreadable: {msg}. Nothing was changed. To keep a copy \
+         and start with empty state, restart once with --move-aside-corrupt-state (the file is \
+         renamed to {path}.corrupt-<timestamp>)"
+    )]
     Corrupt { path: String, msg: String },
+    /// The state directory cannot be created or written.
+    #[error("state_dir {path} cannot be created or written: {msg}")]
+    Dir { path: String, msg: String },
+    /// The store file cannot be opened (permissions, read-only or full file system…).
+    #[error("state store {path} cannot be opened: {msg}")]
+    Open { path: String, msg: String },
+    /// Another process has the store open.
+    #[error(
+        "state store {path} is in use by another process: each wa-breaker instance needs its \
+         own state_dir (share state between replicas with redis_url)"
+    )]
+    InUse { path: String },
+    /// `redis_url` cannot be used.
+    #[error("redis_url cannot be used: {0}")]
+    Redis(String),
 }
 
 /// The running store tasks.
-pub struct StoreHandle {}
+pub struct StoreHandle {
+    stop: watch::Sender<bool>,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
 
 impl StoreHandle {
-    /// Flushes pending writes before exit.
-    pub async fn shutdown(self) {}
+    /// Flushes pending writes (embedded store, then the last Redis writes) before exit.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for (name, task) in self.tasks {
+            if tokio::time::timeout(SHUTDOWN_WAIT, task).await.is_err() {
+                tracing::warn!(task = name, "store task did not finish in time");
+            }
+        }
+    }
 }
 
 /// Loads state into `table` (before the listeners accept traffic) and starts the writers.
-pub async fn start(_cfg: &Config, table: Arc<Table>) -> Result<StoreHandle, StoreError> {
-    // Placeholder until the embedded store lands: everything counts as durable at once.
-    let mut rx = table.subscribe();
-    tokio::spawn(async move {
-        while let Some(n) = rx.recv().await {
-            table.mark_durable(n.seq);
+pub async fn start(cfg: &Config, table: Arc<Table>) -> Result<StoreHandle, StoreError> {
+    // Absolute, so every message names the file unambiguously.
+    let dir = std::path::absolute(&cfg.state_dir).unwrap_or_else(|_| cfg.state_dir.clone());
+    let path = dir.join(embedded::FILE_NAME).display().to_string();
+    let move_aside = cfg.move_aside_corrupt_state;
+    let (db, circuits) = tokio::task::spawn_blocking(move || embedded::open(&dir, move_aside))
+        .await
+        .map_err(|e| StoreError::Open {
+            path: path.clone(),
+            msg: e.to_string(),
+        })??;
+    let open = circuits.iter().filter(|c| c.is_open()).count();
+    let total = circuits.len();
+    // Past-due `until`s stay open here: the expiry task closes them right after start.
+    for c in circuits {
+        table.merge(c);
+    }
+    tracing::info!(path = %path, circuits = total, open, "circuit state loaded");
+
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let rx = table.subscribe();
+    let base = table.last_seq();
+    tasks.push((
+        "embedded-store",
+        tokio::spawn(embedded::writer(
+            db,
+            path,
+            table.clone(),
+            rx,
+            base,
+            stop_rx.clone(),
+        )),
+    ));
+    // Everything loaded is durable already.
+    table.mark_durable(base);
+
+    if let Some(url) = &cfg.redis_url {
+        let (replica, mut status) = replica::Replica::new(
+            url.expose(),
+            &cfg.redis_prefix,
+            table.clone(),
+            cfg.redis_closed_ttl,
+            cfg.redis_retry_max,
+        )
+        .map_err(StoreError::Redis)?;
+        let notices = table.subscribe();
+        tasks.push(("redis", tokio::spawn(replica.run(notices, stop_rx))));
+        // Serve with Redis's state when it answers; never wait long when it does not.
+        let first = tokio::time::timeout(
+            REDIS_START_WAIT,
+            status.wait_for(|s| *s != replica::Status::Connecting),
+        )
+        .await;
+        if !matches!(first, Ok(Ok(s)) if *s == replica::Status::Up) {
+            tracing::warn!(
+                "starting without redis: state comes from the embedded store until it answers"
+            );
         }
-    });
-    Ok(StoreHandle {})
+    }
+    Ok(StoreHandle { stop, tasks })
+}
+
+/// Capped exponential backoff with jitter: attempt 1 → ~100 ms, doubling up to `cap`,
+/// each delay drawn from [½, 1] of its step so replicas do not retry in lockstep.
+pub(crate) fn backoff_delay(attempt: u32, cap: Duration) -> Duration {
+    let step = Duration::from_millis(100).saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let step = step.min(cap);
+    step.mul_f64(rand::random_range(0.5..=1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let cap = Duration::from_secs(5);
+        for attempt in 0..40 {
+            let d = backoff_delay(attempt, cap);
+            assert!(d <= cap, "{attempt}: {d:?}");
+            assert!(d >= Duration::from_millis(50), "{attempt}: {d:?}");
+        }
+        assert!(backoff_delay(30, cap) >= Duration::from_millis(2500));
+    }
 }

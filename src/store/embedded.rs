@@ -1,0 +1,386 @@
+//! The embedded store: one redb file under `state_dir`, one table (WABA id → circuit JSON),
+//! written by one task that coalesces bursts into one durable transaction.
+
+use std::collections::{BTreeSet, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError, TableDefinition,
+};
+use tokio::sync::{mpsc, watch};
+
+use super::{backoff_delay, StoreError};
+use crate::circuit::{Circuit, Notice, Table};
+
+/// The store's file name inside `state_dir`.
+pub const FILE_NAME: &str = "circuits.redb";
+
+const CIRCUITS: TableDefinition<&str, &str> = TableDefinition::new("circuits");
+
+/// Page cache redb may use; the whole state is a few kilobytes per WABA.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why a store file could not be opened.
+enum Failure {
+    /// The file is damaged or not a redb store: the operator may move it aside.
+    Corrupt(String),
+    /// Another process holds it.
+    InUse,
+    /// The file system refused (permissions, read-only, full…).
+    Io(String),
+}
+
+/// Opens (creating when missing) the store under `state_dir` and reads every circuit.
+/// Blocking: run on a blocking thread.
+pub fn open(state_dir: &Path, move_aside: bool) -> Result<(Database, Vec<Circuit>), StoreError> {
+    std::fs::create_dir_all(state_dir).map_err(|e| StoreError::Dir {
+        path: state_dir.display().to_string(),
+        msg: e.to_string(),
+    })?;
+    let path = state_dir.join(FILE_NAME);
+    let shown = path.display().to_string();
+    match open_and_load(&path) {
+        Ok(ok) => Ok(ok),
+        Err(Failure::Corrupt(msg)) if move_aside => {
+            let aside = aside_path(&path);
+            std::fs::rename(&path, &aside).map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                msg: format!(
+                    "corrupt ({msg}) and could not be moved aside to {}: {e}",
+                    aside.display()
+                ),
+            })?;
+            tracing::error!(
+                path = %shown,
+                moved_to = %aside.display(),
+                error = %msg,
+                "STATE STORE WAS CORRUPT AND HAS BEEN MOVED ASIDE (--move-aside-corrupt-state): \
+                 starting with EMPTY circuit state; circuits that were open are forgotten until \
+                 a send, webhook or operator opens them again (or another replica shares them)"
+            );
+            open_and_load(&path).map_err(|f| failure_to_error(f, &shown))
+        }
+        Err(f) => Err(failure_to_error(f, &shown)),
+    }
+}
+
+fn failure_to_error(f: Failure, path: &str) -> StoreError {
+    match f {
+        Failure::Corrupt(msg) => StoreError::Corrupt {
+            path: path.to_string(),
+            msg,
+        },
+        Failure::InUse => StoreError::InUse {
+            path: path.to_string(),
+        },
+        Failure::Io(msg) => StoreError::Open {
+            path: path.to_string(),
+            msg,
+        },
+    }
+}
+
+/// `<name>.corrupt-<UTC timestamp>` next to the file (a suffix when that exists already).
+fn aside_path(path: &Path) -> PathBuf {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| FILE_NAME.to_string());
+    let mut candidate = path.with_file_name(format!("{name}.corrupt-{stamp}"));
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = path.with_file_name(format!("{name}.corrupt-{stamp}-{n}"));
+        n += 1;
+    }
+    candidate
+}
+
+fn open_and_load(path: &Path) -> Result<(Database, Vec<Circuit>), Failure> {
+    // A damaged file may make redb panic instead of returning an error: both are "corrupt".
+    let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(true)
+            .create(path)
+    }));
+    let db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(e)) => return Err(classify(e)),
+        Err(panic) => return Err(Failure::Corrupt(panic_text(panic))),
+    };
+    let loaded = std::panic::catch_unwind(AssertUnwindSafe(|| load(&db)));
+    match loaded {
+        Ok(Ok(circuits)) => Ok((db, circuits)),
+        Ok(Err(msg)) => Err(Failure::Corrupt(msg)),
+        Err(panic) => Err(Failure::Corrupt(panic_text(panic))),
+    }
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("reading the file failed: {msg}")
+}
+
+fn classify(e: DatabaseError) -> Failure {
+    use std::io::ErrorKind as K;
+    match e {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => Failure::InUse,
+        DatabaseError::Storage(StorageError::Io(io))
+            if matches!(
+                io.kind(),
+                K::PermissionDenied
+                    | K::ReadOnlyFilesystem
+                    | K::StorageFull
+                    | K::QuotaExceeded
+                    | K::NotFound
+                    | K::IsADirectory
+                    | K::NotADirectory
+                    | K::WouldBlock
+            ) =>
+        {
+            Failure::Io(io.to_string())
+        }
+        other => Failure::Corrupt(other.to_string()),
+    }
+}
+
+fn load(db: &Database) -> Result<Vec<Circuit>, String> {
+    let rtx = db.begin_read().map_err(|e| e.to_string())?;
+    let table = match rtx.open_table(CIRCUITS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut out = Vec::new();
+    for row in table.iter().map_err(|e| e.to_string())? {
+        let (k, v) = row.map_err(|e| e.to_string())?;
+        let (key, json) = (k.value(), v.value());
+        let c: Circuit = serde_json::from_str(json)
+            .map_err(|e| format!("record {key:?} is not a circuit: {e}"))?;
+        if c.waba_id != key {
+            return Err(format!(
+                "record {key:?} holds the circuit of WABA {:?}",
+                c.waba_id
+            ));
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// Writes one batch in one durable (fsync'd) transaction.
+fn write(db: &Database, batch: &[(String, String)]) -> Result<(), redb::Error> {
+    let wtx = db.begin_write()?;
+    {
+        let mut t = wtx.open_table(CIRCUITS)?;
+        for (k, v) in batch {
+            t.insert(k.as_str(), v.as_str())?;
+        }
+    }
+    wtx.commit()?;
+    Ok(())
+}
+
+/// Tracks which change sequence numbers are durable: every one up to `watermark`.
+struct Durable {
+    watermark: u64,
+    done: BTreeSet<u64>,
+}
+
+impl Durable {
+    fn add(&mut self, seqs: impl IntoIterator<Item = u64>) -> u64 {
+        for s in seqs {
+            if s > self.watermark {
+                self.done.insert(s);
+            }
+        }
+        while self.done.remove(&(self.watermark + 1)) {
+            self.watermark += 1;
+        }
+        self.watermark
+    }
+}
+
+/// Adds a change to the batch: the latest circuit per WABA wins.
+fn take(n: Notice, pending: &mut HashMap<String, (u64, Circuit)>, seqs: &mut Vec<u64>) {
+    seqs.push(n.seq);
+    match pending.get(&n.circuit.waba_id) {
+        Some((s, _)) if *s > n.seq => {}
+        _ => {
+            pending.insert(n.circuit.waba_id.clone(), (n.seq, n.circuit));
+        }
+    }
+}
+
+/// The writer task: receives every change, keeps the latest circuit per WABA of whatever is
+/// queued, commits it in one transaction, then reports durability to the table. `base` is
+/// the table's last sequence number when `rx` was subscribed.
+pub async fn writer(
+    db: Database,
+    path: String,
+    table: Arc<Table>,
+    mut rx: mpsc::UnboundedReceiver<Notice>,
+    base: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let db = Arc::new(db);
+    let mut durable = Durable {
+        watermark: base,
+        done: BTreeSet::new(),
+    };
+    let mut pending: HashMap<String, (u64, Circuit)> = HashMap::new();
+    let mut seqs: Vec<u64> = Vec::new();
+    let mut failures: u32 = 0;
+    let mut last_error_log: Option<Instant> = None;
+    let mut stopping = false;
+
+    loop {
+        if seqs.is_empty() {
+            if stopping {
+                break;
+            }
+            tokio::select! {
+                n = rx.recv() => match n {
+                    Some(n) => take(n, &mut pending, &mut seqs),
+                    None => stopping = true,
+                },
+                _ = shutdown.changed() => stopping = true,
+            }
+        }
+        // Coalesce: everything queued right now goes into this transaction.
+        while let Ok(n) = rx.try_recv() {
+            take(n, &mut pending, &mut seqs);
+        }
+        if seqs.is_empty() {
+            continue;
+        }
+        let mut batch = Vec::with_capacity(pending.len());
+        for (waba, (_, c)) in &pending {
+            match serde_json::to_string(c) {
+                Ok(json) => batch.push((waba.clone(), json)),
+                Err(e) => tracing::error!(waba_id = %waba, error = %e, "cannot encode circuit"),
+            }
+        }
+        let started = Instant::now();
+        let db2 = db.clone();
+        let result = tokio::task::spawn_blocking(move || write(&db2, &batch))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match result {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(path = %path, "state store writable again");
+                }
+                failures = 0;
+                tracing::debug!(
+                    circuits = pending.len(),
+                    changes = seqs.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "state committed"
+                );
+                pending.clear();
+                let w = durable.add(seqs.drain(..));
+                table.mark_durable(w);
+            }
+            Err(e) => {
+                failures += 1;
+                if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                    last_error_log = Some(Instant::now());
+                    tracing::error!(
+                        path = %path,
+                        error = %e,
+                        "cannot write the state store; changes apply in memory and are retried (admin answers 202 meanwhile)"
+                    );
+                }
+                if stopping && failures >= 3 {
+                    tracing::error!(path = %path, "giving up on the state store at shutdown: the last changes are not durable");
+                    break;
+                }
+                let delay = backoff_delay(failures, Duration::from_secs(5));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed(), if !stopping => stopping = true,
+                }
+            }
+        }
+    }
+    // Dropping the last handle closes the file cleanly.
+    drop(db);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durability_watermark_waits_for_gaps() {
+        let mut d = Durable {
+            watermark: 10,
+            done: BTreeSet::new(),
+        };
+        assert_eq!(d.add([12, 13]), 10);
+        assert_eq!(d.add([9, 11]), 13);
+        assert_eq!(d.add([14]), 14);
+        assert!(d.done.is_empty());
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_and_can_be_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        std::fs::write(&file, vec![0xA5u8; 64 * 1024]).unwrap();
+        let Err(err) = open(dir.path(), false) else {
+            panic!("corrupt store must fail")
+        };
+        let text = err.to_string();
+        assert!(text.contains(&file.display().to_string()), "{text}");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{text}");
+        let (_db, loaded) = open(dir.path(), true).expect("moved aside");
+        assert!(loaded.is_empty());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with("circuits.redb.corrupt-")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, loaded) = open(dir.path(), false).unwrap();
+        assert!(loaded.is_empty());
+        let c = Circuit::new("102290129340398", chrono::Utc::now());
+        write(
+            &db,
+            &[(c.waba_id.clone(), serde_json::to_string(&c).unwrap())],
+        )
+        .unwrap();
+        drop(db);
+        let (_db, loaded) = open(dir.path(), false).unwrap();
+        assert_eq!(loaded, vec![c]);
+    }
+
+    #[test]
+    fn second_process_handle_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, _) = open(dir.path(), false).unwrap();
+        let Err(err) = open(dir.path(), true) else {
+            panic!("in use")
+        };
+        assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+    }
+}

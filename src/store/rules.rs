@@ -1,0 +1,274 @@
+//! The pure part of the Redis layout: key names, the ordering key the compare-and-set script
+//! compares, TTLs, and which local circuits to write back after an outage. No I/O here.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::circuit::{Circuit, State};
+
+/// An open circuit with a known end keeps its Redis key this long past `until`.
+pub const UNTIL_GRACE: Duration = Duration::from_secs(3600);
+
+/// The shortest TTL ever set (a key that should already be gone lives this long).
+const MIN_TTL: Duration = Duration::from_secs(1);
+
+/// Name of the JSON field holding [`order_key`] in a Redis value.
+pub const ORDER_FIELD: &str = "order_key";
+
+/// Keys and channel under a prefix: `{prefix}:circuit:{waba_id}` and `{prefix}:changes`.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    key_prefix: String,
+    channel: String,
+    pattern: String,
+}
+
+impl Layout {
+    /// The layout for `redis_prefix`.
+    pub fn new(prefix: &str) -> Layout {
+        Layout {
+            key_prefix: format!("{prefix}:circuit:"),
+            channel: format!("{prefix}:changes"),
+            pattern: format!("{}*", glob_escape(&format!("{prefix}:circuit:"))),
+        }
+    }
+
+    /// The key of one WABA's circuit.
+    pub fn key(&self, waba_id: &str) -> String {
+        format!("{}{waba_id}", self.key_prefix)
+    }
+
+    /// The WABA id of a circuit key, if it is one.
+    pub fn waba_of<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(&self.key_prefix)
+    }
+
+    /// The pub/sub channel changes are published on.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The `SCAN … MATCH` pattern of every circuit key (the prefix glob-escaped).
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+}
+
+/// Escapes Redis glob metacharacters so a prefix matches literally.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// A string whose bytewise order is the replica merge order [`crate::circuit::newer`]:
+/// `(updated_at, version, origin)`. Fixed-width decimal fields, then the origin.
+pub fn order_key(c: &Circuit) -> String {
+    // Flipping the sign bit maps i64 seconds onto u64 monotonically (pre-1970 times too).
+    let secs = (c.updated_at.timestamp() as u64) ^ (1u64 << 63);
+    // Up to 1_999_999_999 during a leap second: ten digits.
+    let nanos = c.updated_at.timestamp_subsec_nanos();
+    format!("{secs:020}.{nanos:010}|{:020}|{}", c.version, c.origin)
+}
+
+/// The Redis value of a circuit: its JSON plus [`ORDER_FIELD`]. Readers that deserialize a
+/// [`Circuit`] ignore the extra field.
+pub fn encode(c: &Circuit) -> Result<(String, String), serde_json::Error> {
+    let key = order_key(c);
+    let mut v = serde_json::to_value(c)?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert(
+            ORDER_FIELD.to_string(),
+            serde_json::Value::String(key.clone()),
+        );
+    }
+    Ok((serde_json::to_string(&v)?, key))
+}
+
+/// How long a circuit's key lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ttl {
+    /// No TTL: an open circuit that only a signal or an operator closes.
+    Persist,
+    /// Expire after this many milliseconds.
+    Millis(u64),
+}
+
+/// The TTL of a circuit's key written at `now`: open with `until` → `until` + [`UNTIL_GRACE`];
+/// open until a signal → none; closed → `closed_ttl`.
+pub fn ttl_for(c: &Circuit, now: DateTime<Utc>, closed_ttl: Duration) -> Ttl {
+    match (c.state, c.until) {
+        (State::Open, None) => Ttl::Persist,
+        (State::Open, Some(until)) => {
+            let left = (until - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .saturating_add(UNTIL_GRACE);
+            Ttl::Millis(left.max(MIN_TTL).as_millis() as u64)
+        }
+        (State::Closed, _) => Ttl::Millis(closed_ttl.max(MIN_TTL).as_millis() as u64),
+    }
+}
+
+/// Whether a local circuit that Redis does not hold should be written back after an outage
+/// or a restart: not when its key would already have expired.
+pub fn worth_restoring(c: &Circuit, now: DateTime<Utc>, closed_ttl: Duration) -> bool {
+    let end = match (c.state, c.until) {
+        (State::Open, None) => return true,
+        (State::Open, Some(until)) => add(until, UNTIL_GRACE),
+        (State::Closed, _) => add(c.updated_at, closed_ttl),
+    };
+    end.is_some_and(|end| end > now)
+}
+
+fn add(t: DateTime<Utc>, d: Duration) -> Option<DateTime<Utc>> {
+    t.checked_add_signed(chrono::Duration::from_std(d).ok()?)
+}
+
+/// The compare-and-set script. `KEYS[1]`: the circuit key; `ARGV[1]`: the new value;
+/// `ARGV[2]`: its order key; `ARGV[3]`: the channel; `ARGV[4]`: TTL in ms (0: none).
+/// Writes and publishes only when the new value is newer than the stored one (bytewise
+/// order keys; a stored value without one, or not JSON, counts as older). Returns 1 when
+/// written, 0 when the stored value is newer or the same.
+pub const CAS_SCRIPT: &str = r#"
+local function before(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, stored = pcall(cjson.decode, cur)
+  if ok and type(stored) == 'table' and type(stored['order_key']) == 'string'
+      and not before(stored['order_key'], ARGV[2]) then
+    return 0
+  end
+end
+local ttl = tonumber(ARGV[4])
+if ttl and ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[1])
+return 1
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::circuit::newer;
+    use chrono::TimeZone;
+
+    fn at(secs: i64, nanos: u32) -> DateTime<Utc> {
+        Utc.timestamp_opt(secs, nanos).unwrap()
+    }
+
+    fn circuit(t: DateTime<Utc>, version: u64, origin: &str) -> Circuit {
+        let mut c = Circuit::new("102290129340398", t);
+        c.version = version;
+        c.origin = origin.to_string();
+        c
+    }
+
+    /// The order key sorts exactly like the merge rule, over edge cases of every field.
+    #[test]
+    fn order_key_matches_merge_rule() {
+        let times = [
+            DateTime::<Utc>::MIN_UTC,
+            at(-5, 0),
+            at(0, 0),
+            at(0, 1),
+            at(1_800_000_000, 0),
+            at(1_800_000_000, 999_999_999),
+            at(1_800_000_001, 0),
+            at(1_800_057_599, 999_999_999),
+            at(1_800_057_599, 1_500_000_000), // leap second (23:59:60.5)
+            at(1_800_057_600, 0),
+            DateTime::<Utc>::MAX_UTC,
+        ];
+        let versions = [0, 1, 9, 10, 123_456, u64::MAX];
+        let origins = ["", "a", "a-1", "a-10", "a-2", "b", "host-99", "Z", "ä"];
+        let mut all = Vec::new();
+        for t in times {
+            for v in versions {
+                for o in origins {
+                    all.push(circuit(t, v, o));
+                }
+            }
+        }
+        for a in &all {
+            for b in all.iter().step_by(7) {
+                assert_eq!(
+                    order_key(a) > order_key(b),
+                    newer(a, b),
+                    "{} vs {}",
+                    order_key(a),
+                    order_key(b)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn encoded_value_is_a_circuit_with_its_order_key() {
+        let c = circuit(at(1_800_000_000, 5), 3, "r1");
+        let (json, key) = encode(&c).unwrap();
+        let back: Circuit = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v[ORDER_FIELD], serde_json::Value::String(key));
+    }
+
+    #[test]
+    fn layout_names_and_escapes() {
+        let l = Layout::new("t");
+        assert_eq!(l.key("1"), "t:circuit:1");
+        assert_eq!(l.channel(), "t:changes");
+        assert_eq!(l.pattern(), "t:circuit:*");
+        assert_eq!(l.waba_of("t:circuit:42"), Some("42"));
+        assert_eq!(l.waba_of("u:circuit:42"), None);
+        assert_eq!(Layout::new("a*b[1]").pattern(), "a\\*b\\[1\\]:circuit:*");
+    }
+
+    #[test]
+    fn ttls() {
+        let now = at(1_800_000_000, 0);
+        let week = Duration::from_secs(7 * 86400);
+        let mut c = circuit(now, 1, "a");
+        assert_eq!(ttl_for(&c, now, week), Ttl::Millis(week.as_millis() as u64));
+        c.state = State::Open;
+        assert_eq!(ttl_for(&c, now, week), Ttl::Persist);
+        c.until = Some(at(1_800_000_060, 0));
+        assert_eq!(ttl_for(&c, now, week), Ttl::Millis((60 + 3600) * 1000));
+        c.until = Some(at(1_700_000_000, 0));
+        assert_eq!(ttl_for(&c, now, week), Ttl::Millis(3600 * 1000));
+    }
+
+    #[test]
+    fn restoring_skips_what_would_have_expired() {
+        let now = at(1_800_000_000, 0);
+        let week = Duration::from_secs(7 * 86400);
+        let mut c = circuit(at(1_800_000_000 - 8 * 86400, 0), 1, "a");
+        assert!(!worth_restoring(&c, now, week));
+        c.updated_at = at(1_800_000_000 - 86400, 0);
+        assert!(worth_restoring(&c, now, week));
+        c.state = State::Open;
+        assert!(worth_restoring(&c, now, week));
+        c.until = Some(at(1_800_000_000 - 7200, 0));
+        assert!(!worth_restoring(&c, now, week));
+        c.until = Some(at(1_800_000_000 - 60, 0));
+        assert!(worth_restoring(&c, now, week));
+        let ancient = circuit(DateTime::<Utc>::MIN_UTC, 0, "");
+        assert!(!worth_restoring(&ancient, now, week));
+    }
+}
