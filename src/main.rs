@@ -60,6 +60,7 @@ fn main() -> ExitCode {
     }
     cfg.move_aside_corrupt_state = cli.move_aside_corrupt_state;
     init_logging(&cfg);
+    release_freed_memory();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,5 +90,15 @@ fn init_logging(cfg: &Config) {
     match cfg.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// Parsing a large config (10 000 accounts) leaves tens of MB of freed heap that glibc keeps;
+/// hand it back to the OS once, before serving.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

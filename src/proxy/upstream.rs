@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,8 @@ pub fn client(connect_timeout: Duration) -> HttpClient {
 /// The innermost service: forwards to `upstream`.
 #[derive(Clone)]
 pub struct Upstream {
-    client: HttpClient,
+    // Behind an Arc: the stack is cloned per request, and a client clone is a dozen Arcs.
+    client: Arc<HttpClient>,
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
@@ -60,7 +62,7 @@ impl Upstream {
             .map_err(|e| ProxyError::Connect(format!("bad upstream: {e}")))?;
         let parts = uri.into_parts();
         Ok(Upstream {
-            client,
+            client: Arc::new(client),
             scheme: parts.scheme.unwrap_or(Scheme::HTTPS),
             authority: parts
                 .authority
@@ -84,6 +86,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Common case first: one pass over the few headers present, no removal.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if let Some(conn) = h.get(header::CONNECTION) {
         if let Ok(list) = conn.to_str() {
             let named: Vec<HeaderName> = list

@@ -1,0 +1,605 @@
+#!/usr/bin/env bash
+# Load benchmark: wa-breaker against peer proxies on the same machine, in the same run.
+#
+#   bash benches/load/run.sh
+#
+# Targets (all driven with `wrk -t2 -cC -dD --latency -s post.lua URL`,
+# URL path /v21.0/106540352242922/messages, loopback only):
+#   direct     stand-in upstream, nginx :9001 (200 + Cloud API send result)
+#   nginx      nginx reverse proxy :9012 -> :9001
+#   haproxy    HAProxy :9013 -> :9001 (2 threads)
+#   wab_pass   wa-breaker :9015 -> :9001, circuit closed (pass-through)
+#   nginx_403  nginx :9014 answering 403 / code 368 locally
+#   wab_local  wa-breaker :9015 answering 403 locally (circuit opened via admin API)
+#
+# Environment:
+#   DURATION=8s          measured run length per target x connection level
+#   WARMUP=2s            warm-up run before each measured run (output discarded)
+#   CONNS="64 256"       connection levels
+#   ROUNDS=1             repeat the whole sweep; each reported column is the
+#                        median over rounds (computed per column)
+#   WAB_NO_BUILD=1       do not run `cargo build --release`
+#   WAB_SKIP_GATEWAY=1   benchmark the peers only (no build, no wa-breaker rows)
+#   WAB_BIN=path         gateway binary (default target/release/wa-breaker)
+#   WAB_ACCOUNTS=10000   number of [[accounts]] in the generated config
+#   TASKSET=1            pin wrk to WRK_CPUS (default 0) and every server to
+#                        SRV_CPUS (default 1); default is no pinning
+#   OUT_DIR=path         results (default target/bench-load): latest.md, raw/
+#   KEEP_TMP=1           keep the temp dir (configs, pid files, logs)
+#   NO_INSTALL=1         never call apt-get; fail if a tool is missing
+#
+# Every process this script starts is stopped on exit, error, INT or TERM.
+set -euo pipefail
+
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+export LC_ALL=C
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+DURATION=${DURATION:-8s}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-"64 256"}
+ROUNDS=${ROUNDS:-1}
+THREADS=2
+WAB_ACCOUNTS=${WAB_ACCOUNTS:-10000}
+WAB_BIN=${WAB_BIN:-$ROOT/target/release/wa-breaker}
+OUT_DIR=${OUT_DIR:-$ROOT/target/bench-load}
+
+PHONE_ID=106540352242922
+WABA_ID=102290129340398
+URL_PATH=/v21.0/$PHONE_ID/messages
+ADMIN_TOKEN=bench-admin-token
+ADMIN=http://127.0.0.1:9016
+PORTS=(9001 9012 9013 9014 9015 9016)
+HZ=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+RUNDIR=""
+WAB_PID=""
+WRK_PID=""
+SERVER_PIDS=()
+POLICY_RC_CREATED=0
+T0=$(date +%s)
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- cleanup
+stop_pid() { # pid name
+  local pid=$1 name=$2 i
+  [[ -n $pid ]] || return 0
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || { log "stopped $name (pid $pid)"; return 0; }
+    sleep 0.1
+  done
+  log "$name (pid $pid) did not stop on TERM; sending KILL"
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+stop_pidfile() { # file name
+  local f=$1 name=$2 pid
+  [[ -f $f ]] || return 0
+  while read -r pid; do
+    [[ $pid =~ ^[0-9]+$ ]] && stop_pid "$pid" "$name"
+  done <"$f"
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  set +e
+  stop_pid "$WRK_PID" wrk
+  stop_pid "$WAB_PID" wa-breaker
+  if [[ -n $RUNDIR ]]; then
+    stop_pidfile "$RUNDIR/haproxy.pid" haproxy
+    # TERM to an nginx master is its fast shutdown; it reaps its workers.
+    stop_pidfile "$RUNDIR/nginx-proxy.pid" "nginx proxy"
+    stop_pidfile "$RUNDIR/nginx-up.pid" "nginx upstream"
+  fi
+  if [[ $POLICY_RC_CREATED == 1 ]]; then
+    rm -f /usr/sbin/policy-rc.d && log "removed the temporary /usr/sbin/policy-rc.d"
+  fi
+  if [[ -n $RUNDIR && -d $RUNDIR ]]; then
+    if [[ $rc != 0 ]]; then
+      mkdir -p "$OUT_DIR/failed-run"
+      cp "$RUNDIR"/*.log "$RUNDIR"/*.err "$OUT_DIR/failed-run/" 2>/dev/null
+      log "run failed (exit $rc); logs copied to $OUT_DIR/failed-run/"
+    fi
+    if [[ ${KEEP_TMP:-0} == 1 ]]; then
+      log "kept temp dir $RUNDIR"
+    else
+      rm -rf -- "$RUNDIR"
+    fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT
+trap 'log "terminated"; exit 143' TERM
+
+# ---------------------------------------------------------------- helpers
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port seconds name
+  local i
+  for i in $(seq 1 $(($2 * 10))); do
+    port_open "$1" && return 0
+    sleep 0.1
+  done
+  die "$3 did not listen on 127.0.0.1:$1 within $2 s"
+}
+
+wait_pidfile() { # file seconds name
+  local i
+  for i in $(seq 1 $(($2 * 10))); do
+    [[ -s $1 ]] && return 0
+    sleep 0.1
+  done
+  die "$3 wrote no pid file $1 within $2 s"
+}
+
+as_root() {
+  if [[ $(id -u) == 0 ]]; then "$@"
+  elif command -v sudo >/dev/null; then sudo -n "$@"
+  else return 1
+  fi
+}
+
+PIN_WRK=()
+PIN_SRV=()
+if [[ ${TASKSET:-0} == 1 ]]; then
+  command -v taskset >/dev/null || die "TASKSET=1 but taskset is not installed (util-linux)"
+  PIN_WRK=(taskset -c "${WRK_CPUS:-0}")
+  PIN_SRV=(taskset -c "${SRV_CPUS:-1}")
+fi
+
+# ---------------------------------------------------------------- tools
+ensure_tools() {
+  local missing=() pkgs=() t
+  for t in wrk nginx haproxy curl; do
+    if command -v "$t" >/dev/null; then log "found $t: $(command -v "$t")"
+    else missing+=("$t")
+    fi
+  done
+  [[ ${#missing[@]} == 0 ]] && return 0
+  log "missing tools: ${missing[*]}"
+  [[ ${NO_INSTALL:-0} == 1 ]] && die "NO_INSTALL=1; install them first: apt-get install -y wrk nginx-light haproxy curl"
+  command -v apt-get >/dev/null || die "no apt-get here; install ${missing[*]} by hand"
+  as_root true || die "need root (or passwordless sudo) to apt-get install ${missing[*]}"
+  # Keep the packages' own init scripts from starting system-wide nginx/haproxy services.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    log "creating a temporary /usr/sbin/policy-rc.d (exit 101) so apt does not start the packaged services"
+    printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+    as_root chmod 755 /usr/sbin/policy-rc.d
+    POLICY_RC_CREATED=1
+  fi
+  log "running: apt-get update"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq || die "apt-get update failed"
+  for t in "${missing[@]}"; do
+    case $t in
+      nginx)
+        # nginx-light is smaller (Debian 12); later releases only ship nginx.
+        if apt-cache show nginx-light >/dev/null 2>&1; then pkgs+=(nginx-light); else pkgs+=(nginx); fi ;;
+      *) pkgs+=("$t") ;;
+    esac
+  done
+  log "running: apt-get install -y --no-install-recommends ${pkgs[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >&2 \
+    || die "apt-get install ${pkgs[*]} failed"
+  if [[ $POLICY_RC_CREATED == 1 ]]; then
+    as_root rm -f /usr/sbin/policy-rc.d && POLICY_RC_CREATED=0
+  fi
+  for t in "${missing[@]}"; do
+    command -v "$t" >/dev/null || die "$t still not found after apt-get install"
+  done
+}
+
+ensure_tools
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+V_WRK=$(wrk -v 2>&1 | sed -n 1p | awk '{print $1" "$2}' || true)
+V_NGINX=$(nginx -v 2>&1 | sed 's/^nginx version: //' | sed -n 1p)
+V_HAPROXY=$(haproxy -v 2>&1 | sed -n 1p | awk '{print $1" "$3}')
+V_CPU=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | sed -n 1p)
+V_NPROC=$(nproc)
+V_KERNEL=$(uname -r)
+
+# ---------------------------------------------------------------- gateway binary
+GATEWAY=1
+if [[ ${WAB_SKIP_GATEWAY:-0} == 1 ]]; then
+  log "WAB_SKIP_GATEWAY=1: benchmarking the peers only"
+  GATEWAY=0
+else
+  if [[ ${WAB_NO_BUILD:-0} != 1 ]]; then
+    log "running: cargo build --release (set WAB_NO_BUILD=1 to skip)"
+    (cd "$ROOT" && cargo build --release >&2) \
+      || die "cargo build --release failed (WAB_SKIP_GATEWAY=1 benchmarks the peers only)"
+  fi
+  if [[ ! -x $WAB_BIN ]]; then
+    log "no gateway binary at $WAB_BIN: skipping the wa-breaker rows"
+    GATEWAY=0
+  fi
+fi
+
+# ---------------------------------------------------------------- machine quiet?
+# CPU used by other processes over 1 s, from /proc/stat (all CPUs).
+cpu_busy_pct() {
+  local a b
+  a=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat)
+  sleep 1
+  b=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[1] - x[1]
+    printf "%.0f", (t > 0) ? 100 * (t - (y[2] - x[2])) / t : 0 }'
+}
+BUSY_START=$(cpu_busy_pct)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+if ((BUSY_START > 15)); then
+  log "WARNING: the machine is busy before the benchmark starts (${BUSY_START}% CPU in use, load $LOAD_START);"
+  log "WARNING: with wrk and the servers sharing the cores, every figure will be lower and noisier"
+fi
+
+# ---------------------------------------------------------------- start servers
+for p in "${PORTS[@]}"; do
+  port_open "$p" && die "127.0.0.1:$p is already in use; stop whatever listens there first"
+done
+
+RUNDIR=$(mktemp -d "${TMPDIR:-/tmp}/wab-bench.XXXXXX")
+log "temp dir $RUNDIR"
+for f in nginx-up.conf nginx-proxy.conf; do
+  sed "s#@RUNDIR@#$RUNDIR#g" "$HERE/$f" >"$RUNDIR/$f"
+done
+cp "$HERE/haproxy.cfg" "$RUNDIR/haproxy.cfg"
+
+log "starting nginx upstream :9001"
+"${PIN_SRV[@]}" nginx -p "$RUNDIR" -e "$RUNDIR/nginx-up.err" -c "$RUNDIR/nginx-up.conf" \
+  || die "nginx (upstream) failed to start: $(tail -5 "$RUNDIR/nginx-up.err" 2>/dev/null)"
+wait_pidfile "$RUNDIR/nginx-up.pid" 10 "nginx upstream"
+wait_port 9001 10 "nginx upstream"
+
+log "starting nginx proxy :9012 and nginx local 403 :9014"
+"${PIN_SRV[@]}" nginx -p "$RUNDIR" -e "$RUNDIR/nginx-proxy.err" -c "$RUNDIR/nginx-proxy.conf" \
+  || die "nginx (proxy) failed to start: $(tail -5 "$RUNDIR/nginx-proxy.err" 2>/dev/null)"
+wait_pidfile "$RUNDIR/nginx-proxy.pid" 10 "nginx proxy"
+wait_port 9012 10 "nginx proxy"
+wait_port 9014 10 "nginx local 403"
+
+log "starting HAProxy :9013"
+"${PIN_SRV[@]}" haproxy -f "$RUNDIR/haproxy.cfg" -D -p "$RUNDIR/haproxy.pid" >"$RUNDIR/haproxy.log" 2>&1 \
+  || die "haproxy failed to start: $(tail -5 "$RUNDIR/haproxy.log")"
+wait_pidfile "$RUNDIR/haproxy.pid" 10 haproxy
+wait_port 9013 10 haproxy
+mapfile -t -O "${#SERVER_PIDS[@]}" SERVER_PIDS < <(cat "$RUNDIR/nginx-up.pid" "$RUNDIR/nginx-proxy.pid" "$RUNDIR/haproxy.pid")
+declare -A ROOT=(
+  [direct]=$(cat "$RUNDIR/nginx-up.pid")
+  [nginx]=$(cat "$RUNDIR/nginx-proxy.pid")
+  [nginx_403]=$(cat "$RUNDIR/nginx-proxy.pid")
+  [haproxy]=$(cat "$RUNDIR/haproxy.pid")
+)
+
+rss_kb() { # pid field(VmRSS|VmHWM)
+  awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status" 2>/dev/null || true
+}
+kb_mb() { [[ -n $1 ]] && awk -v k="$1" 'BEGIN{printf "%.1f MB", k/1024}' || echo "n/a"; }
+
+RSS_IDLE="" HWM_IDLE="" RSS_END="" HWM_END=""
+if [[ $GATEWAY == 1 ]]; then
+  mkdir -p "$RUNDIR/state"
+  cfg=$RUNDIR/wa-breaker.toml
+  {
+    printf 'listen = "127.0.0.1:9015"\n'
+    printf 'admin_listen = "127.0.0.1:9016"\n'
+    printf 'upstream = "http://127.0.0.1:9001"\n'
+    printf 'state_dir = "%s/state"\n' "$RUNDIR"
+    printf 'admin_token = "%s"\n' "$ADMIN_TOKEN"
+    printf 'log_level = "warn"\n\n'
+    printf '[[accounts]]\nwaba_id = "%s"\nphone_number_ids = ["%s"]\n\n' "$WABA_ID" "$PHONE_ID"
+    # %.0f, not %d: mawk's %d overflows at 2^31.
+    awk -v n=$((WAB_ACCOUNTS - 1)) 'BEGIN {
+      for (i = 1; i <= n; i++)
+        printf "[[accounts]]\nwaba_id = \"%.0f\"\nphone_number_ids = [\"%.0f\"]\n\n", 100000000000000 + i, 200000000000000 + i
+    }'
+  } >"$cfg"
+  log "generated $cfg with $(grep -c '^\[\[accounts\]\]' "$cfg") accounts (incl. $PHONE_ID -> $WABA_ID)"
+
+  log "starting wa-breaker :9015 (admin :9016): $WAB_BIN --config $cfg"
+  "${PIN_SRV[@]}" "$WAB_BIN" --config "$cfg" >"$RUNDIR/wa-breaker.log" 2>&1 &
+  WAB_PID=$!
+  SERVER_PIDS+=("$WAB_PID")
+  ROOT[wab_pass]=$WAB_PID
+  ROOT[wab_local]=$WAB_PID
+  ready=0
+  for i in $(seq 1 300); do
+    kill -0 "$WAB_PID" 2>/dev/null || die "wa-breaker exited during startup: $(tail -20 "$RUNDIR/wa-breaker.log")"
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$ADMIN/readyz" || true)
+    [[ $code == 200 ]] && { ready=1; break; }
+    sleep 0.1
+  done
+  [[ $ready == 1 ]] || die "wa-breaker /readyz not 200 within 30 s (last: ${code:-none}): $(tail -20 "$RUNDIR/wa-breaker.log")"
+  log "wa-breaker ready after ~$((i / 10)).$((i % 10)) s"
+  sleep 1
+  RSS_IDLE=$(rss_kb "$WAB_PID" VmRSS)
+  HWM_IDLE=$(rss_kb "$WAB_PID" VmHWM)
+  log "wa-breaker idle RSS with $WAB_ACCOUNTS WABAs: $(kb_mb "$RSS_IDLE") (peak so far $(kb_mb "$HWM_IDLE"))"
+fi
+
+# ---------------------------------------------------------------- sample requests
+BODY=$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$HERE/post.lua")
+AUTH=$(sed -n 's/^wrk.headers\["Authorization"\] = "\(.*\)"$/\1/p' "$HERE/post.lua")
+[[ -n $BODY && -n $AUTH ]] || die "could not read the body/token from post.lua"
+
+sample() { # port out_prefix -> prints status; body in PREFIX.body, headers in PREFIX.hdr
+  curl -s -o "$2.body" -D "$2.hdr" -w '%{http_code}' --max-time 5 -X POST \
+    -H 'Content-Type: application/json' -H "Authorization: $AUTH" \
+    --data-binary "$BODY" "http://127.0.0.1:$1$URL_PATH" || true
+}
+
+admin_post() { # path -> prints status
+  curl -s -o "$RUNDIR/admin.out" -w '%{http_code}' --max-time 5 -X POST \
+    -H "Authorization: Bearer $ADMIN_TOKEN" -H 'content-type: application/json' \
+    -d '{"reason":"bench"}' "$ADMIN$1" || true
+}
+
+code=$(sample 9001 "$RUNDIR/direct")
+[[ $code == 200 ]] || die "direct upstream sample answered $code, want 200"
+for p in 9012 9013; do
+  code=$(sample $p "$RUNDIR/peer$p")
+  [[ $code == 200 ]] || die "peer :$p sample answered $code, want 200"
+done
+code=$(sample 9014 "$RUNDIR/peer9014")
+[[ $code == 403 ]] || die "nginx local 403 sample answered $code, want 403"
+
+# ---------------------------------------------------------------- measuring
+RESULTS=$RUNDIR/results.tsv
+: >"$RESULTS"
+declare -A SKIP=()
+CIRCUIT=closed
+rm -rf "$OUT_DIR/raw" "$OUT_DIR/failed-run" "$OUT_DIR/wa-breaker.log"
+mkdir -p "$OUT_DIR/raw"
+
+TARGETS=(direct nginx haproxy wab_pass nginx_403 wab_local)
+declare -A PORT=([direct]=9001 [nginx]=9012 [haproxy]=9013 [wab_pass]=9015 [nginx_403]=9014 [wab_local]=9015)
+declare -A LABEL=(
+  [direct]="direct upstream (nginx :9001)"
+  [nginx]="nginx proxy :9012"
+  [haproxy]="HAProxy :9013"
+  [wab_pass]="wa-breaker pass-through :9015"
+  [nginx_403]="nginx local 403 :9014"
+  [wab_local]="wa-breaker local 403 (open) :9015"
+)
+
+run_wrk() { # port conns duration outfile
+  local rc=0
+  "${PIN_WRK[@]}" wrk -t"$THREADS" -c"$2" -d"$3" --latency -s "$HERE/post.lua" \
+    "http://127.0.0.1:$1$URL_PATH" >"$4" 2>&1 &
+  WRK_PID=$!
+  wait "$WRK_PID" || rc=$?
+  WRK_PID=""
+  return $rc
+}
+
+# -> "rps p50_ms p99_ms p999_ms non2xx sock_errors requests"
+parse_wrk() {
+  awk '
+    function ms(s) {
+      if (s ~ /us$/) return substr(s, 1, length(s) - 2) / 1000
+      if (s ~ /ms$/) return substr(s, 1, length(s) - 2) + 0
+      if (s ~ /m$/)  return substr(s, 1, length(s) - 1) * 60000
+      if (s ~ /s$/)  return substr(s, 1, length(s) - 1) * 1000
+      return s + 0
+    }
+    /^Requests\/sec:/ { rps = $2 }
+    /^ +50% / { p50 = ms($2) }
+    /^ +99% / { p99 = ms($2) }
+    /^WAB_LAT_US / || /^WAB_SUMMARY / {
+      for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    }
+    END {
+      if (rps == "" || !("p999" in v)) exit 1
+      if (p50 == "") p50 = v["p50"] / 1000
+      if (p99 == "") p99 = v["p99"] / 1000
+      printf "%.0f %.3f %.3f %.3f %d %d %d\n", rps, p50, p99, v["p999"] / 1000,
+        v["status"], v["connect"] + v["read"] + v["write"] + v["timeout"], v["requests"]
+    }' "$1"
+}
+
+# CPU ticks of this script (incl. reaped children such as wrk) and of every
+# server it started (SERVER_PIDS, and their children, e.g. nginx workers).
+our_ticks() { ticks_of "$$ ${SERVER_PIDS[*]}" $$; }
+# CPU ticks (utime+stime) of the processes in $1 and their children; with $2,
+# also that process's reaped children (cutime+cstime).
+ticks_of() {
+  # A process may exit between the glob and the read: cat then fails, which is fine.
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v roots="$1" -v self="${2:-}" '
+    BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) root[r[i]] = 1 }
+    { pid = $1; rest = substr($0, match($0, /\) [A-Za-z] /) + 2); split(rest, f, " ")
+      # f[1] state, f[2] ppid, f[12] utime, f[13] stime, f[14] cutime, f[15] cstime
+      if ((pid in root) || (f[2] in root)) sum += f[12] + f[13]
+      if (pid == self) sum += f[14] + f[15] }
+    END { printf "%.0f\n", sum }'
+}
+# "busy total" CPU ticks from /proc/stat (busy = all but idle and iowait; softirq
+# must count: loopback traffic's softirq time is charged to our processes' stime).
+cpu_ticks() { awk '/^cpu / { printf "%.0f %.0f\n", $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+# -> % of all CPU used by processes this script did not start, between two samples.
+foreign_pct() { # "busy0 total0" ours0 "busy1 total1" ours1
+  awk -v a="$1" -v o0="$2" -v b="$3" -v o1="$4" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    t = y[2] - x[2]; f = (y[1] - x[1]) - (o1 - o0); if (f < 0) f = 0
+    printf "%.0f", (t > 0) ? 100 * f / t : 0 }'
+}
+
+# Prepares the gateway for target $1; returns non-zero (and sets SKIP) when it cannot.
+prepare() {
+  local t=$1 code
+  case $t in
+    wab_pass)
+      if [[ $CIRCUIT == open ]]; then
+        code=$(admin_post "/admin/circuits/$WABA_ID/close")
+        [[ $code == 200 ]] || { SKIP[wab_pass]="admin close answered $code"; log "close circuit: HTTP $code"; return 1; }
+        CIRCUIT=closed
+      fi
+      code=$(sample 9015 "$RUNDIR/wab")
+      [[ $code == 200 ]] || { SKIP[wab_pass]="sample through wa-breaker answered $code"; log "pass-through sample: HTTP $code"; return 1; }
+      cmp -s "$RUNDIR/wab.body" "$RUNDIR/direct.body" \
+        || { SKIP[wab_pass]="sample body differs from direct"; log "pass-through body differs from direct"; return 1; }
+      log "pass-through sample: 200, body identical to direct"
+      ;;
+    wab_local)
+      if [[ $CIRCUIT != open ]]; then
+        code=$(admin_post "/admin/circuits/$WABA_ID/open")
+        [[ $code == 200 ]] || {
+          SKIP[wab_local]="admin open answered ${code:-no answer}"
+          log "POST /admin/circuits/$WABA_ID/open: HTTP ${code:-none} $(head -c 200 "$RUNDIR/admin.out" 2>/dev/null)"
+          return 1
+        }
+        CIRCUIT=open
+      fi
+      code=$(sample 9015 "$RUNDIR/wabopen")
+      if [[ $code != 403 ]] || ! grep -qi '^x-wa-breaker: *open' "$RUNDIR/wabopen.hdr"; then
+        SKIP[wab_local]="open-circuit sample answered $code without x-wa-breaker: open"
+        log "local sample: HTTP $code; headers: $(tr '\r\n' '  ' <"$RUNDIR/wabopen.hdr")"
+        return 1
+      fi
+      log "local-answer sample: 403 with x-wa-breaker: open"
+      ;;
+  esac
+  return 0
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  for c in $CONNS; do
+    for t in "${TARGETS[@]}"; do
+      if [[ $t == wab_* ]]; then
+        [[ $GATEWAY == 1 ]] || { SKIP[$t]="gateway not run"; continue; }
+        [[ -n ${SKIP[$t]:-} ]] && continue
+        kill -0 "$WAB_PID" 2>/dev/null || die "wa-breaker died: $(tail -20 "$RUNDIR/wa-breaker.log")"
+        prepare "$t" || continue
+      fi
+      port=${PORT[$t]}
+      log "round $round/$ROUNDS  $t  -c$c  warm-up $WARMUP"
+      run_wrk "$port" "$c" "$WARMUP" "$RUNDIR/warmup.out" || die "wrk warm-up failed: $(tail -5 "$RUNDIR/warmup.out")"
+      raw=$OUT_DIR/raw/$t-c$c-r$round.txt
+      log "round $round/$ROUNDS  $t  -c$c  measuring $DURATION"
+      c0=$(cpu_ticks); o0=$(our_ticks); s0=$(ticks_of "${ROOT[$t]}")
+      run_wrk "$port" "$c" "$DURATION" "$raw" || die "wrk failed: $(tail -5 "$raw")"
+      c1=$(cpu_ticks); o1=$(our_ticks); s1=$(ticks_of "${ROOT[$t]}")
+      bg=$(foreign_pct "$c0" "$o0" "$c1" "$o1")
+      vals=$(parse_wrk "$raw") || die "could not parse wrk output $raw"
+      read -r rps p50 p99 p999 n2 err reqs <<<"$vals"
+      # CPU of the server under test (not wrk, not the upstream) per request, in µs.
+      us=$(awk -v d=$((s1 - s0)) -v n="$reqs" -v hz="$HZ" 'BEGIN { printf "%.1f", (n > 0) ? d * 1e6 / hz / n : 0 }')
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$c" "$round" \
+        "$rps" "$p50" "$p99" "$p999" "$n2" "$err" "$bg" "$us" >>"$RESULTS"
+      log "  -> rps $rps  p50 $p50  p99 $p99  p99.9 $p999 ms  non-2xx $n2  errors $err  other-cpu $bg%  server-cpu $us us/req"
+      ((bg > 10)) && log "  WARNING: other processes used ${bg}% of the CPU during this run"
+    done
+  done
+done
+
+if [[ $GATEWAY == 1 ]]; then
+  kill -0 "$WAB_PID" 2>/dev/null || die "wa-breaker died during the run: $(tail -20 "$RUNDIR/wa-breaker.log")"
+  RSS_END=$(rss_kb "$WAB_PID" VmRSS)
+  HWM_END=$(rss_kb "$WAB_PID" VmHWM)
+  V_WAB=$("$WAB_BIN" --version 2>/dev/null | sed -n 1p || true)
+fi
+
+ELAPSED=$(($(date +%s) - T0))
+
+# ---------------------------------------------------------------- report
+# medians per (target, conns) and column -> AGG lines:
+#   target conns rps p50 p99 p999 non2xx err other-cpu%(max over rounds) server-cpu-us/req
+AGG=$(awk -F'\t' '
+  function med(key, col,   n, i, j, a, x) {
+    n = cnt[key]
+    for (i = 1; i <= n; i++) a[i] = val[key, i, col] + 0
+    for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  { key = $1 SUBSEP $2; if (!(key in cnt)) order[++k] = key
+    cnt[key]++; for (c = 4; c <= 11; c++) val[key, cnt[key], c] = $c
+    if ($10 + 0 > max[key] + 0) max[key] = $10 + 0 }
+  END { for (i = 1; i <= k; i++) { split(order[i], p, SUBSEP)
+          printf "%s %s %.0f %.2f %.2f %.2f %.0f %.0f %.0f %.1f\n", p[1], p[2],
+            med(order[i], 4), med(order[i], 5), med(order[i], 6), med(order[i], 7), med(order[i], 8), med(order[i], 9),
+            max[order[i]], med(order[i], 11) } }' "$RESULTS")
+
+get() { # target conns field(3..8)
+  awk -v t="$1" -v c="$2" -v f="$3" '$1 == t && $2 == c { print $f }' <<<"$AGG"
+}
+
+REPORT=$RUNDIR/report.md
+{
+  echo "## Load benchmark — $(date -u '+%Y-%m-%d %H:%M UTC') (real run)"
+  echo
+  if [[ ${TASKSET:-0} == 1 ]]; then pinning="TASKSET=1: wrk on CPU ${WRK_CPUS:-0}, every server on CPU ${SRV_CPUS:-1}"
+  else pinning="no CPU pinning: wrk, the proxy under test and the upstream share the cores"; fi
+  echo "- machine: $V_NPROC cores, ${V_CPU:-unknown CPU}, kernel $V_KERNEL; $pinning"
+  echo "- background load before the run: ${BUSY_START}% CPU in use, loadavg $LOAD_START$( ((BUSY_START > 15)) && echo " (**busy machine: figures skewed**)")"
+  echo "- tools: $V_WRK, $V_NGINX, $V_HAPROXY$([[ $GATEWAY == 1 ]] && echo ", ${V_WAB:-wa-breaker (no --version)}")"
+  echo "- wrk -t$THREADS -d$DURATION --latency (warm-up $WARMUP before each run), POST $URL_PATH, ~330-byte body; rounds: $ROUNDS$([[ $ROUNDS -gt 1 ]] && echo " (each column is the median over rounds)")"
+  echo
+  echo "| target | conns | rps | p50 ms | p99 ms | p99.9 ms | non-2xx | socket errors | server CPU µs/req | other CPU % |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  for c in $CONNS; do
+    for t in "${TARGETS[@]}"; do
+      line=$(awk -v t="$t" -v c="$c" '$1 == t && $2 == c' <<<"$AGG")
+      if [[ -n $line ]]; then
+        read -r _ _ rps p50 p99 p999 n2 err bg us <<<"$line"
+        printf '| %s | %s | %s | %.2f | %.2f | %.2f | %s | %s | %s | %s |\n' "${LABEL[$t]}" "$c" "$rps" "$p50" "$p99" "$p999" "$n2" "$err" "$us" "$bg"
+      else
+        printf '| %s | %s | skipped | | | | | %s | | |\n' "${LABEL[$t]}" "$c" "${SKIP[$t]:-not run}"
+      fi
+    done
+  done
+  echo
+  echo "\`server CPU µs/req\` is the CPU time (user+system) of the server under test alone (not wrk, not the upstream) divided by the requests it served."
+  echo "\`other CPU %\` is the share of all CPU time used, during the measured run, by processes this script did not start (max over rounds)."
+  bgmax=$(awk 'BEGIN { m = 0 } $9 + 0 > m { m = $9 + 0 } END { print m }' <<<"$AGG")
+  if ((bgmax > 10)); then
+    echo "**Warning: other processes used up to ${bgmax}% of the CPU during some runs; those rows (and ratios built on them) are skewed. Re-run on a quiet machine.**"
+  fi
+  echo
+  echo "Ratios (targets: pass-through rps >= 1.05x nginx and HAProxy with p99 no worse; local answers >= 1.0x nginx local 403):"
+  echo
+  ratio() { # label num den min_ratio
+    local t1=$1 t2=$2 min=$3 label=$4 c r1 r2 p1 p2
+    for c in $CONNS; do
+      r1=$(get "$t1" "$c" 3); r2=$(get "$t2" "$c" 3)
+      p1=$(get "$t1" "$c" 5); p2=$(get "$t2" "$c" 5)
+      if [[ -z $r1 || -z $r2 ]]; then
+        echo "- $label @ $c conns: n/a (${SKIP[$t1]:-${SKIP[$t2]:-not run}})"
+        continue
+      fi
+      awk -v l="$label" -v c="$c" -v r1="$r1" -v r2="$r2" -v p1="$p1" -v p2="$p2" -v m="$min" 'BEGIN {
+        q = r2 > 0 ? r1 / r2 : 0
+        ok = (q >= m && p1 <= p2) ? "PASS" : "FAIL"
+        printf "- %s @ %s conns: rps %.2fx (%d vs %d, target >= %.2fx); p99 %.2f ms vs %.2f ms (%.2fx) -> %s\n",
+          l, c, q, r1, r2, m, p1, p2, (p2 > 0 ? p1 / p2 : 0), ok }'
+    done
+  }
+  ratio wab_pass nginx 1.05 "wa-breaker pass-through / nginx proxy"
+  ratio wab_pass haproxy 1.05 "wa-breaker pass-through / HAProxy"
+  ratio wab_local nginx_403 1.00 "wa-breaker local 403 / nginx local 403"
+  echo
+  if [[ $GATEWAY == 1 ]]; then
+    echo "wa-breaker memory ($WAB_ACCOUNTS WABAs configured; target: idle RSS <= 30 MB):"
+    echo
+    echo "- idle after startup: VmRSS $(kb_mb "$RSS_IDLE")"
+    echo "- after the whole run: VmRSS $(kb_mb "$RSS_END"), peak VmHWM $(kb_mb "$HWM_END")"
+    echo "- its log (log_level warn): $(wc -l <"$RUNDIR/wa-breaker.log") lines, copied to $OUT_DIR/wa-breaker.log"
+  else
+    echo "wa-breaker: not run (${SKIP[wab_pass]:-gateway skipped})."
+  fi
+  echo
+  echo "Total run time: ${ELAPSED} s."
+} >"$REPORT"
+
+cp "$REPORT" "$OUT_DIR/latest.md"
+[[ $GATEWAY == 1 ]] && cp "$RUNDIR/wa-breaker.log" "$OUT_DIR/wa-breaker.log"
+cp "$RESULTS" "$OUT_DIR/results.tsv"
+echo
+cat "$REPORT"
+echo
+log "written $OUT_DIR/latest.md (raw wrk output in $OUT_DIR/raw/)"
