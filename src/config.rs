@@ -117,6 +117,7 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     pub upstream_concurrency: usize,
+    pub workers: usize,
     pub classify_body_limit: usize,
     pub history_limit: usize,
     pub webhook: WebhookConfig,
@@ -146,6 +147,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(15),
             upstream_concurrency: 1024,
+            workers: 0,
             classify_body_limit: 64 * 1024,
             history_limit: 20,
             webhook: WebhookConfig::default(),
@@ -328,6 +330,12 @@ impl Config {
         if self.redis_retry_max < Duration::from_millis(10) {
             return Err(invalid("redis_retry_max", "must be at least 10ms"));
         }
+        if self.workers > 256 {
+            return Err(invalid(
+                "workers",
+                "must be between 0 (one per CPU) and 256",
+            ));
+        }
         if self.upstream_concurrency == 0 {
             return Err(invalid("upstream_concurrency", "must be at least 1"));
         }
@@ -422,6 +430,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "request_timeout",
     "drain_timeout",
     "upstream_concurrency",
+    "workers",
     "classify_body_limit",
     "history_limit",
     "webhook",

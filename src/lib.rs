@@ -60,13 +60,16 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     // State is loaded before any listener accepts traffic.
     let store = store::start(&cfg, table.clone()).await?;
 
-    let main = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: cfg.listen,
-            what: "listen",
-            source,
-        })?;
+    let workers = if cfg.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        cfg.workers
+    };
+    let main = server::bind_workers(cfg.listen, workers).map_err(|source| RunError::Bind {
+        addr: cfg.listen,
+        what: "listen",
+        source,
+    })?;
     let admin_l = TcpListener::bind(cfg.admin_listen)
         .await
         .map_err(|source| RunError::Bind {
@@ -76,7 +79,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         })?;
 
     let client = proxy::client(cfg.connect_timeout);
-    let stack = proxy::stack(&cfg, table.clone(), client.clone())?;
+    let shared = proxy::Shared::new(&cfg);
     let signals = signals::start(&cfg, table.clone(), client.clone());
     let webhook = Arc::new(signals::webhook::Webhook::new(
         &cfg,
@@ -93,13 +96,18 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     )));
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let main_task = tokio::spawn(server::serve(
-        "main",
-        main,
-        server::Edge::new(stack, webhook),
-        stop_rx.clone(),
-        cfg.drain_timeout,
-    ));
+    let mut main_tasks = Vec::new();
+    for (i, listener) in main.into_iter().enumerate() {
+        main_tasks.push(spawn_worker(
+            i,
+            listener,
+            &cfg,
+            table.clone(),
+            &shared,
+            webhook.clone(),
+            stop_rx.clone(),
+        )?);
+    }
     let admin_task = tokio::spawn(server::serve(
         "admin",
         admin_l,
@@ -114,6 +122,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         upstream = %cfg.upstream,
         mode = ?cfg.mode,
         accounts = cfg.accounts.len(),
+        workers,
         "wa-breaker ready"
     );
 
@@ -121,9 +130,63 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     tracing::info!("shutting down: draining in-flight requests");
     ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
-    let _ = main_task.await;
+    for t in main_tasks {
+        let _ = t.await;
+    }
     let _ = admin_task.await;
     store.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts one proxy worker: a thread with its own single-threaded runtime, listener
+/// (`SO_REUSEPORT`), upstream connection pool and stack, so a request never crosses threads.
+/// The circuit table, account map and upstream limit are shared. Resolves when it has drained.
+fn spawn_worker(
+    i: usize,
+    listener: std::net::TcpListener,
+    cfg: &Config,
+    table: Arc<Table>,
+    shared: &proxy::Shared,
+    webhook: Arc<signals::webhook::Webhook>,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::sync::oneshot::Receiver<()>, RunError> {
+    let stack = proxy::stack(cfg, table, proxy::client(cfg.connect_timeout), shared)?;
+    let drain = cfg.drain_timeout;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("wa-breaker-worker-{i}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(worker = i, error = %e, "cannot start a worker runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let serving = tokio::spawn(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => {
+                            server::serve("main", l, server::Edge::new(stack, webhook), stop, drain)
+                                .await
+                        }
+                        Err(e) => {
+                            tracing::error!(worker = i, error = %e, "cannot register listener")
+                        }
+                    }
+                });
+                let _ = serving.await;
+            });
+            let _ = done_tx.send(());
+        })
+        .map_err(|source| RunError::Bind {
+            addr: cfg.listen,
+            what: "listen (worker thread)",
+            source,
+        })?;
+    Ok(done_rx)
 }

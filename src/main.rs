@@ -61,7 +61,8 @@ fn main() -> ExitCode {
     cfg.move_aside_corrupt_state = cli.move_aside_corrupt_state;
     init_logging(&cfg);
     release_freed_memory();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // The control runtime (admin, store, signals); proxy workers run their own (see lib.rs).
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -125,6 +126,27 @@ pub async fn serve<S>(
         _ = graceful.shutdown() => tracing::info!(listener = name, "drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!(listener = name, ?drain, "drain timeout; closing remaining connections"),
     }
+}
+
+/// Binds `n` listening sockets on `addr` with `SO_REUSEPORT`, so each worker thread accepts
+/// its own connections (the kernel spreads them). Port 0 binds once and reuses the port.
+pub fn bind_workers(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut at = addr;
+    for _ in 0..n.max(1) {
+        let sock = Socket::new(Domain::for_address(at), Type::STREAM, None)?;
+        sock.set_reuse_address(true)?;
+        #[cfg(unix)]
+        sock.set_reuse_port(true)?;
+        sock.set_nonblocking(true)?;
+        sock.bind(&at.into())?;
+        sock.listen(1024)?;
+        let l: std::net::TcpListener = sock.into();
+        at = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -27,13 +27,35 @@ pub type Stack = route::RouteService<
     guard::Guard<limit::Limit<guard::Guard<classify::Classify<upstream::Upstream>>>>,
 >;
 
-/// Builds the proxy stack for `cfg` over `table`.
-pub fn stack(cfg: &Config, table: Arc<Table>, client: HttpClient) -> Result<Stack, ProxyError> {
+/// What every worker's stack shares: the account map and the upstream limit.
+#[derive(Clone)]
+pub struct Shared {
+    accounts: Accounts,
+    limit: limit::LimitLayer,
+}
+
+impl Shared {
+    /// Built once per process from `cfg`.
+    pub fn new(cfg: &Config) -> Shared {
+        Shared {
+            accounts: Accounts::new(&cfg.accounts),
+            limit: limit::LimitLayer::new(cfg.upstream_concurrency),
+        }
+    }
+}
+
+/// Builds a proxy stack for `cfg` over `table` (one per worker thread; `shared` is common).
+pub fn stack(
+    cfg: &Config,
+    table: Arc<Table>,
+    client: HttpClient,
+    shared: &Shared,
+) -> Result<Stack, ProxyError> {
     let guard = guard::GuardLayer::new(table.clone(), cfg.mode, cfg.classify_body_limit);
     Ok(ServiceBuilder::new()
-        .layer(route::RouteLayer::new(Accounts::new(&cfg.accounts)))
+        .layer(route::RouteLayer::new(shared.accounts.clone()))
         .layer(guard.clone())
-        .layer(limit::LimitLayer::new(cfg.upstream_concurrency))
+        .layer(shared.limit.clone())
         .layer(guard)
         .layer(classify::ClassifyLayer::new(
             table,
