@@ -27,6 +27,15 @@ impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
         Secret(s.into())
     }
+    /// Constant-time comparison (both sides hashed first, so the length does not leak either).
+    pub fn matches(&self, given: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let a = Sha256::digest(given.as_bytes());
+        let b = Sha256::digest(self.0.as_bytes());
+        a.as_slice().ct_eq(b.as_slice()).into()
+    }
+
     /// The secret itself; call only where it is used (compare, sign, send).
     pub fn expose(&self) -> &str {
         &self.0
