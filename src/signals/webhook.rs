@@ -544,8 +544,6 @@ pub fn verify(secrets: &[Secret], body: &[u8], sig: &[u8]) -> bool {
     ok
 }
 
-/// Constant-time comparison that does not leak the length either.
-
 /// The first value of `name` in a query string, percent-decoded (`+` is a space).
 fn query_param(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
