@@ -178,11 +178,14 @@ CONFIG_KEYS = {
     "listen", "admin_listen", "upstream", "state_dir", "admin_token", "redis_url",
     "redis_prefix", "mode", "trip_codes", "graph_version", "log_format", "log_level",
     "connect_timeout", "request_timeout", "drain_timeout", "upstream_concurrency",
+    "workers", "classify_body_limit", "history_limit", "redis_closed_ttl", "redis_retry_max",
     "webhook", "health", "accounts",
 }
 TABLE_KEYS = {
-    "webhook": {"path", "app_secret", "verify_token", "forward_url"},
-    "health": {"access_token", "interval"},
+    "webhook": {"path", "app_secret", "verify_token", "forward_url", "forward_timeout",
+                "max_body", "violation_opens"},
+    "health": {"access_token", "interval", "jitter", "timeout", "max_backoff",
+               "max_concurrent"},
 }
 ACCOUNT_KEYS = {"waba_id", "phone_number_ids"}
 SECRET_KEYS = {("admin_token",), ("redis_url",), ("webhook", "app_secret"),

@@ -259,10 +259,11 @@ impl Config {
             }
             fig = fig.merge(Toml::file_exact(path));
         }
+        let keys = top_level_keys();
         fig = fig.merge(
             Env::prefixed(ENV_PREFIX)
                 .split("__")
-                .filter(|k| known_env_key(k.as_str())),
+                .filter(move |k| known_env_key(&keys, k.as_str())),
         );
         let cfg: Config = fig.extract().map_err(|e| {
             let msgs: Vec<String> = e.into_iter().map(describe).collect();
@@ -422,34 +423,17 @@ impl Config {
 
 /// Top-level keys, for the environment: other `WA_BREAKER_…` variables (such as the
 /// service links Kubernetes injects for a Service named `wa-breaker`) are ignored.
-const TOP_LEVEL_KEYS: &[&str] = &[
-    "listen",
-    "admin_listen",
-    "upstream",
-    "state_dir",
-    "admin_token",
-    "redis_url",
-    "redis_prefix",
-    "mode",
-    "trip_codes",
-    "graph_version",
-    "log_format",
-    "log_level",
-    "connect_timeout",
-    "request_timeout",
-    "drain_timeout",
-    "upstream_concurrency",
-    "workers",
-    "classify_body_limit",
-    "history_limit",
-    "webhook",
-    "health",
-    "accounts",
-];
+/// Derived from the struct itself, so a new key never needs a second list.
+fn top_level_keys() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
 
-fn known_env_key(key: &str) -> bool {
+fn known_env_key(keys: &[String], key: &str) -> bool {
     let top = key.split('.').next().unwrap_or(key);
-    let known = TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top));
+    let known = keys.iter().any(|k| k.eq_ignore_ascii_case(top));
     if !known && key != "config" {
         eprintln!(
             "wa-breaker: ignoring environment variable {ENV_PREFIX}{}: not a config key",
@@ -487,4 +471,27 @@ fn describe(e: figment::Error) -> String {
 /// Graph ids are decimal digit strings.
 pub fn is_graph_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_is_a_known_env_key() {
+        let keys = top_level_keys();
+        for k in [
+            "listen",
+            "admin_token",
+            "redis_url",
+            "redis_closed_ttl",
+            "redis_retry_max",
+            "workers",
+            "webhook",
+            "accounts",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+        }
+        assert!(!keys.iter().any(|x| x == "move_aside_corrupt_state"));
+    }
 }
