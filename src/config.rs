@@ -127,6 +127,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub upstream_concurrency: usize,
     pub workers: usize,
+    /// Serve plain HTTP/1.1 requests with the byte relay (see `src/relay`); `false` sends
+    /// every request through the hyper stack.
+    pub fast_path: bool,
     pub classify_body_limit: usize,
     pub history_limit: usize,
     pub webhook: WebhookConfig,
@@ -157,6 +160,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(15),
             upstream_concurrency: 1024,
             workers: 0,
+            fast_path: true,
             classify_body_limit: 64 * 1024,
             history_limit: 20,
             webhook: WebhookConfig::default(),

@@ -11,6 +11,7 @@ pub mod config;
 pub mod graph;
 pub mod metrics;
 pub mod proxy;
+pub mod relay;
 pub mod server;
 pub mod signals;
 pub mod store;
@@ -95,16 +96,30 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         configured,
     )));
 
+    let relay = if cfg.fast_path {
+        Some(
+            relay::RelayBuilder::new(&cfg, table.clone(), &shared, webhook.clone())
+                .map_err(|e| RunError::Proxy(proxy::ProxyError::Connect(e)))?,
+        )
+    } else {
+        None
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut main_tasks = Vec::new();
     for (i, listener) in main.into_iter().enumerate() {
+        // Each worker gets its own stack (and so its own hyper client pool) and relay pool.
+        let stack = proxy::stack(
+            &cfg,
+            table.clone(),
+            proxy::client(cfg.connect_timeout),
+            &shared,
+        )?;
         main_tasks.push(spawn_worker(
             i,
             listener,
             &cfg,
-            table.clone(),
-            &shared,
-            webhook.clone(),
+            server::Edge::new(stack, webhook.clone()),
+            relay.as_ref().map(relay::RelayBuilder::worker),
             stop_rx.clone(),
         )?);
     }
@@ -140,18 +155,17 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 }
 
 /// Starts one proxy worker: a thread with its own single-threaded runtime, listener
-/// (`SO_REUSEPORT`), upstream connection pool and stack, so a request never crosses threads.
-/// The circuit table, account map and upstream limit are shared. Resolves when it has drained.
+/// (`SO_REUSEPORT`), relay and stack with their upstream pools, so a request never crosses
+/// threads. The circuit table, account map and upstream limit are shared. Resolves when it
+/// has drained.
 fn spawn_worker(
     i: usize,
     listener: std::net::TcpListener,
     cfg: &Config,
-    table: Arc<Table>,
-    shared: &proxy::Shared,
-    webhook: Arc<signals::webhook::Webhook>,
+    edge: server::Edge,
+    relay: Option<relay::Relay>,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::sync::oneshot::Receiver<()>, RunError> {
-    let stack = proxy::stack(cfg, table, proxy::client(cfg.connect_timeout), shared)?;
     let drain = cfg.drain_timeout;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -170,10 +184,7 @@ fn spawn_worker(
             rt.block_on(async move {
                 let serving = tokio::spawn(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(l) => {
-                            server::serve("main", l, server::Edge::new(stack, webhook), stop, drain)
-                                .await
-                        }
+                        Ok(l) => relay::serve(l, relay, edge, stop, drain).await,
                         Err(e) => {
                             tracing::error!(worker = i, error = %e, "cannot register listener")
                         }

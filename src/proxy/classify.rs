@@ -159,13 +159,31 @@ async fn classify(
             return Err(ProxyError::Broken(e.to_string()));
         }
     };
-    if let Some(err) = envelope::parse(&bytes) {
+    judge(
+        &shared.table,
+        &shared.trip_codes,
+        parts.status.as_u16(),
+        &bytes,
+        resolved.as_ref(),
+    );
+    Ok(Response::from_parts(parts, Body::full(bytes)))
+}
+
+/// Judges a non-2xx answer's body: counts its Graph error code and trips the WABA's circuit
+/// on a trip code. Shared with the relay.
+pub fn judge(
+    table: &Table,
+    trip_codes: &[i64],
+    status: u16,
+    body: &[u8],
+    resolved: Option<&Resolved>,
+) {
+    if let Some(err) = envelope::parse(body) {
         METRICS.upstream_code(err.code);
-        if let Some(r) = resolved.filter(|_| shared.trip_codes.contains(&err.code)) {
-            trip(&shared.table, &r, parts.status.as_u16(), err);
+        if let Some(r) = resolved.filter(|_| trip_codes.contains(&err.code)) {
+            trip(table, r, status, err);
         }
     }
-    Ok(Response::from_parts(parts, Body::full(bytes)))
 }
 
 fn trip(table: &Table, r: &Resolved, status: u16, err: envelope::GraphError) {

@@ -26,6 +26,13 @@ impl LimitLayer {
     }
 }
 
+impl LimitLayer {
+    /// The semaphore itself, shared with the relay so both paths count against one limit.
+    pub fn semaphore(&self) -> Arc<Semaphore> {
+        self.sem.clone()
+    }
+}
+
 impl<S> Layer<S> for LimitLayer {
     type Service = Limit<S>;
     fn layer(&self, inner: S) -> Self::Service {

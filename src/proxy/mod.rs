@@ -42,6 +42,16 @@ impl Shared {
             limit: limit::LimitLayer::new(cfg.upstream_concurrency),
         }
     }
+
+    /// phone-number id → WABA.
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    /// The upstream concurrency limit.
+    pub fn semaphore(&self) -> Arc<tokio::sync::Semaphore> {
+        self.limit.semaphore()
+    }
 }
 
 /// Builds a proxy stack for `cfg` over `table` (one per worker thread; `shared` is common).
