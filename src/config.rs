@@ -100,6 +100,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub upstream: String,
+    /// Extra CA certificates (PEM) trusted for an `https://` upstream.
+    pub upstream_ca_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub admin_token: Option<Secret>,
     pub redis_url: Option<Secret>,
@@ -143,6 +145,7 @@ impl Default for Config {
             listen: ([0, 0, 0, 0], 8080).into(),
             admin_listen: ([127, 0, 0, 1], 9090).into(),
             upstream: "https://graph.facebook.com".into(),
+            upstream_ca_file: None,
             state_dir: "./wa-breaker-state".into(),
             admin_token: None,
             redis_url: None,
@@ -295,6 +298,9 @@ impl Config {
                 "upstream",
                 "must be scheme://host[:port] without a path",
             ));
+        }
+        if let Some(path) = &self.upstream_ca_file {
+            crate::tls::read_ca_file(path).map_err(|e| invalid("upstream_ca_file", e))?;
         }
         if let Some(t) = &self.admin_token {
             if t.expose().len() < 16 {

@@ -15,6 +15,7 @@ pub mod relay;
 pub mod server;
 pub mod signals;
 pub mod store;
+pub mod tls;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -43,6 +44,9 @@ pub enum RunError {
     /// The proxy could not be built.
     #[error("{0}")]
     Proxy(#[from] proxy::ProxyError),
+    /// The upstream TLS settings are unusable.
+    #[error("upstream TLS: {0}")]
+    Tls(String),
 }
 
 /// A name for this replica, used to break ordering ties between replicas.
@@ -79,7 +83,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             source,
         })?;
 
-    let client = proxy::client(cfg.connect_timeout);
+    let tls = tls::client_config(cfg.upstream_ca_file.as_deref()).map_err(RunError::Tls)?;
+    let client = proxy::client(cfg.connect_timeout, tls.clone());
     let shared = proxy::Shared::new(&cfg);
     let signals = signals::start(&cfg, table.clone(), client.clone());
     let webhook = Arc::new(signals::webhook::Webhook::new(
@@ -98,8 +103,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 
     let relay = if cfg.fast_path {
         Some(
-            relay::RelayBuilder::new(&cfg, table.clone(), &shared, webhook.clone())
-                .map_err(|e| RunError::Proxy(proxy::ProxyError::Connect(e)))?,
+            relay::RelayBuilder::new(&cfg, table.clone(), &shared, webhook.clone(), tls.clone())
+                .map_err(RunError::Tls)?,
         )
     } else {
         None
@@ -111,7 +116,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         let stack = proxy::stack(
             &cfg,
             table.clone(),
-            proxy::client(cfg.connect_timeout),
+            proxy::client(cfg.connect_timeout, tls.clone()),
             &shared,
         )?;
         main_tasks.push(spawn_worker(

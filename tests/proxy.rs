@@ -617,6 +617,9 @@ fn config_errors_are_clear_and_exit_non_zero() {
         ("[health]\ninterval = \"soon\"\n", &["interval"]),
         ("[[accounts]]\nwaba_id = \"1\"\nphone_number_ids = [\"2\"]\n[[accounts]]\nwaba_id = \"3\"\nphone_number_ids = [\"2\"]\n", &["accounts[1].phone_number_ids", "already mapped"]),
         ("listen = ", &["listen"]),
+        ("upstream_ca_file = \"/nonexistent/ca.pem\"\n", &["upstream_ca_file", "/nonexistent/ca.pem"]),
+        (concat!("upstream_ca_file = \"", env!("CARGO_MANIFEST_DIR"), "/Cargo.toml\"\n"), &["upstream_ca_file", "no certificate"]),
+        ("fast_path = \"yes\"\n", &["fast_path"]),
     ];
     for (cfg, needles) in cases {
         let tc = write_config(cfg);

@@ -74,8 +74,40 @@ struct RawUpstream {
 const OK_RAW: &str =
     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
 
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Serves TLS with the test CA's certificate for 127.0.0.1 and localhost.
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{crypto::ring, ServerConfig};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(fixture("upstream.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(fixture("upstream.key")).unwrap();
+    let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 impl RawUpstream {
     async fn start() -> RawUpstream {
+        Self::start_with(None).await
+    }
+
+    async fn start_tls() -> RawUpstream {
+        Self::start_with(Some(tls_acceptor())).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> RawUpstream {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up = RawUpstream {
             addr: Some(l.local_addr().unwrap()),
@@ -85,7 +117,16 @@ impl RawUpstream {
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
                 me.connections.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(me.clone().serve(s));
+                let me = me.clone();
+                match tls.clone() {
+                    None => drop(tokio::spawn(me.serve(s))),
+                    Some(acceptor) => drop(tokio::spawn(async move {
+                        // A failed handshake (an untrusting client) just ends the connection.
+                        if let Ok(s) = acceptor.accept(s).await {
+                            me.serve(s).await;
+                        }
+                    })),
+                }
             }
         });
         up
@@ -106,7 +147,7 @@ impl RawUpstream {
             .collect()
     }
 
-    async fn serve(self, mut s: TcpStream) {
+    async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(self, mut s: S) {
         let mut buf = Vec::new();
         loop {
             // One request: head, then content-length bytes.
@@ -502,4 +543,50 @@ async fn fast_path_off_proxies_trips_and_answers_locally_through_hyper() {
     assert_eq!(r.status(), 403);
     assert_eq!(r.headers()["x-wa-breaker"], "open");
     assert_eq!(fake.count(), 2);
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file() {
+    let up = RawUpstream::start_tls().await;
+    let port = up.addr.unwrap().port();
+    let url = format!("https://localhost:{port}");
+    let ca = fixture("ca.pem");
+    let gw = start(&url, &format!("upstream_ca_file = \"{ca}\"")).await;
+
+    let r = gw.send_str(PHONE_A1, TEMPLATE_BODY).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "{\"ok\":true}");
+    let seen = up.requests();
+    assert!(
+        seen[0].contains(&format!("host: localhost:{port}\r\n")),
+        "{}",
+        seen[0]
+    );
+
+    // A body too large for the relay is served by hyper's client, over the same trust.
+    let big = format!(
+        r#"{{"messaging_product":"whatsapp","type":"text","text":{{"body":"{}"}}}}"#,
+        "y".repeat(70 * 1024)
+    );
+    let r = gw.send_str(PHONE_A1, &big).await;
+    assert_eq!(r.status(), 200);
+    assert!(up.requests()[1].ends_with(&big));
+
+    // A 368 over TLS trips the circuit like any other.
+    up.push(raw(&format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{BLOCKED_368_BODY}",
+        BLOCKED_368_BODY.len()
+    )));
+    assert_eq!(gw.send_str(PHONE_A1, TEMPLATE_BODY).await.status(), 403);
+    let r = gw.send_str(PHONE_A2, TEMPLATE_BODY).await;
+    assert_eq!(r.headers()["x-wa-breaker"], "open");
+    assert_eq!(up.requests().len(), 3);
+
+    // Without the CA the upstream's certificate is refused: 502, nothing delivered.
+    let gw2 = start(&url, "").await;
+    let r = gw2.send_str(PHONE_A1, TEMPLATE_BODY).await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-wa-breaker"], "upstream-error");
+    assert_eq!(up.requests().len(), 3);
+    assert!(gw2.logs().contains("upstream request failed"));
 }

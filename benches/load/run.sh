@@ -9,6 +9,8 @@
 #   nginx      nginx reverse proxy :9012 -> :9001
 #   haproxy    HAProxy :9013 -> :9001 (2 threads)
 #   wab_pass   wa-breaker :9015 -> :9001, circuit closed (pass-through)
+#   wab_hyper  wa-breaker :9017 -> :9001 with fast_path = false: the hyper
+#              stack alone, the before/after row for the relay
 #   nginx_403  nginx :9014 answering 403 / code 368 locally
 #   wab_local  wa-breaker :9015 answering 403 locally (circuit opened via admin API)
 #
@@ -22,6 +24,7 @@
 #   WAB_SKIP_GATEWAY=1   benchmark the peers only (no build, no wa-breaker rows)
 #   WAB_BIN=path         gateway binary (default target/release/wa-breaker)
 #   WAB_ACCOUNTS=10000   number of [[accounts]] in the generated config
+#   WAB_HYPER_ROW=0      skip the fast_path = false row (wab_hyper)
 #   TASKSET=1            pin wrk to WRK_CPUS (default 0) and every server to
 #                        SRV_CPUS (default 1); default is no pinning
 #   OUT_DIR=path         results (default target/bench-load): latest.md, raw/
@@ -51,7 +54,7 @@ WABA_ID=102290129340398
 URL_PATH=/v21.0/$PHONE_ID/messages
 ADMIN_TOKEN=bench-admin-token
 ADMIN=http://127.0.0.1:9016
-PORTS=(9001 9012 9013 9014 9015 9016)
+PORTS=(9001 9012 9013 9014 9015 9016 9017 9018)
 HZ=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
 RUNDIR=""
@@ -323,6 +326,26 @@ if [[ $GATEWAY == 1 ]]; then
   RSS_IDLE=$(rss_kb "$WAB_PID" VmRSS)
   HWM_IDLE=$(rss_kb "$WAB_PID" VmHWM)
   log "wa-breaker idle RSS with $WAB_ACCOUNTS WABAs: $(kb_mb "$RSS_IDLE") (peak so far $(kb_mb "$HWM_IDLE"))"
+
+  if [[ ${WAB_HYPER_ROW:-1} != 0 ]]; then
+    # Same config, own ports and state, relay off: every request through the hyper stack.
+    mkdir -p "$RUNDIR/state-hyper"
+    sed -e 's/127.0.0.1:9015/127.0.0.1:9017/; s/127.0.0.1:9016/127.0.0.1:9018/' \
+      -e "s#^state_dir = .*#state_dir = \"$RUNDIR/state-hyper\"#" \
+      -e 's/^log_level = "warn"$/log_level = "warn"\nfast_path = false/' "$cfg" >"$RUNDIR/wa-breaker-hyper.toml"
+    log "starting wa-breaker :9017 with fast_path = false (admin :9018)"
+    "${PIN_SRV[@]}" "$WAB_BIN" --config "$RUNDIR/wa-breaker-hyper.toml" >"$RUNDIR/wa-breaker-hyper.log" 2>&1 &
+    WAB2_PID=$!
+    SERVER_PIDS+=("$WAB2_PID")
+    ROOT[wab_hyper]=$WAB2_PID
+    for i in $(seq 1 300); do
+      kill -0 "$WAB2_PID" 2>/dev/null || die "wa-breaker (fast_path = false) exited during startup: $(tail -20 "$RUNDIR/wa-breaker-hyper.log")"
+      code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:9018/readyz" || true)
+      [[ $code == 200 ]] && break
+      sleep 0.1
+    done
+    [[ $code == 200 ]] || die "wa-breaker (fast_path = false) /readyz not 200 within 30 s"
+  fi
 fi
 
 # ---------------------------------------------------------------- sample requests
@@ -359,13 +382,15 @@ CIRCUIT=closed
 rm -rf "$OUT_DIR/raw" "$OUT_DIR/failed-run" "$OUT_DIR/wa-breaker.log"
 mkdir -p "$OUT_DIR/raw"
 
-TARGETS=(direct nginx haproxy wab_pass nginx_403 wab_local)
-declare -A PORT=([direct]=9001 [nginx]=9012 [haproxy]=9013 [wab_pass]=9015 [nginx_403]=9014 [wab_local]=9015)
+TARGETS=(direct nginx haproxy wab_pass wab_hyper nginx_403 wab_local)
+[[ ${WAB_HYPER_ROW:-1} != 0 ]] || TARGETS=(direct nginx haproxy wab_pass nginx_403 wab_local)
+declare -A PORT=([direct]=9001 [nginx]=9012 [haproxy]=9013 [wab_pass]=9015 [wab_hyper]=9017 [nginx_403]=9014 [wab_local]=9015)
 declare -A LABEL=(
   [direct]="direct upstream (nginx :9001)"
   [nginx]="nginx proxy :9012"
   [haproxy]="HAProxy :9013"
   [wab_pass]="wa-breaker pass-through :9015"
+  [wab_hyper]="wa-breaker pass-through, fast_path = false :9017"
   [nginx_403]="nginx local 403 :9014"
   [wab_local]="wa-breaker local 403 (open) :9015"
 )
@@ -445,6 +470,12 @@ prepare() {
       cmp -s "$RUNDIR/wab.body" "$RUNDIR/direct.body" \
         || { SKIP[wab_pass]="sample body differs from direct"; log "pass-through body differs from direct"; return 1; }
       log "pass-through sample: 200, body identical to direct"
+      ;;
+    wab_hyper)
+      code=$(sample 9017 "$RUNDIR/wabhyper")
+      [[ $code == 200 ]] || { SKIP[wab_hyper]="sample answered $code"; log "fast_path = false sample: HTTP $code"; return 1; }
+      cmp -s "$RUNDIR/wabhyper.body" "$RUNDIR/direct.body" \
+        || { SKIP[wab_hyper]="sample body differs from direct"; log "fast_path = false body differs from direct"; return 1; }
       ;;
     wab_local)
       if [[ $CIRCUIT != open ]]; then
@@ -582,6 +613,12 @@ REPORT=$RUNDIR/report.md
   ratio wab_pass nginx 1.05 "wa-breaker pass-through / nginx proxy"
   ratio wab_pass haproxy 1.05 "wa-breaker pass-through / HAProxy"
   ratio wab_local nginx_403 1.00 "wa-breaker local 403 / nginx local 403"
+  if [[ ${WAB_HYPER_ROW:-1} != 0 ]]; then
+    echo
+    echo "Before/after (no target): the relay against the hyper stack alone (fast_path = false):"
+    echo
+    ratio wab_pass wab_hyper 1.00 "wa-breaker pass-through / same with fast_path = false"
+  fi
   echo
   if [[ $GATEWAY == 1 ]]; then
     echo "wa-breaker memory ($WAB_ACCOUNTS WABAs configured; target: idle RSS <= 30 MB):"

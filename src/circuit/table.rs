@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -51,6 +51,9 @@ pub struct Notice {
 pub struct Table {
     circuits: DashMap<Arc<str>, Circuit>,
     open: DashMap<Arc<str>, Arc<OpenGuard>>,
+    /// At least `open.len()`: lets the hot path skip the map with one plain load when nothing
+    /// is open (`DashMap::is_empty` read-locks every shard, a write to lines every core shares).
+    open_len: AtomicUsize,
     origin: String,
     history_limit: usize,
     listeners: RwLock<Vec<mpsc::UnboundedSender<Notice>>>,
@@ -64,6 +67,7 @@ impl Table {
         Table {
             circuits: DashMap::new(),
             open: DashMap::new(),
+            open_len: AtomicUsize::new(0),
             origin: origin.into(),
             history_limit,
             listeners: RwLock::new(Vec::new()),
@@ -89,7 +93,7 @@ impl Table {
     /// Hot path: the open guard for a WABA, if its circuit is open. No allocation.
     #[inline]
     pub fn guard(&self, waba_id: &str) -> Option<Arc<OpenGuard>> {
-        if self.open.is_empty() {
+        if self.open_len.load(Ordering::Acquire) == 0 {
             return None;
         }
         self.open.get(waba_id).map(|g| Arc::clone(g.value()))
@@ -213,10 +217,19 @@ impl Table {
     }
 
     fn sync_guard(&self, key: &Arc<str>, c: &Circuit) {
+        // Count up before inserting and down after removing, so the count never reads low.
         if c.is_open() {
-            self.open.insert(key.clone(), Arc::new(build_guard(c)));
+            self.open_len.fetch_add(1, Ordering::AcqRel);
+            if self
+                .open
+                .insert(key.clone(), Arc::new(build_guard(c)))
+                .is_some()
+            {
+                self.open_len.fetch_sub(1, Ordering::AcqRel);
+            }
             METRICS.circuit_open.with_label_values(&[&c.waba_id]).set(1);
         } else if self.open.remove(key.as_ref()).is_some() {
+            self.open_len.fetch_sub(1, Ordering::AcqRel);
             METRICS.circuit_open.with_label_values(&[&c.waba_id]).set(0);
         }
     }

@@ -49,8 +49,8 @@ impl Shared {
     }
 
     /// The upstream concurrency limit.
-    pub fn semaphore(&self) -> Arc<tokio::sync::Semaphore> {
-        self.limit.semaphore()
+    pub fn limiter(&self) -> &'static limit::Limiter {
+        self.limit.limiter()
     }
 }
 

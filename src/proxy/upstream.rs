@@ -26,14 +26,15 @@ use crate::metrics::METRICS;
 /// The HTTP client type shared by the proxy, the health poller and the webhook relay.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-/// Builds the pooled client (http and https, HTTP/2 by ALPN on TLS).
-pub fn client(connect_timeout: Duration) -> HttpClient {
+/// Builds the pooled client (http and https, HTTP/2 by ALPN on TLS) over `tls`
+/// (see [`crate::tls::client_config`]).
+pub fn client(connect_timeout: Duration, tls: tokio_rustls::rustls::ClientConfig) -> HttpClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()

@@ -46,13 +46,10 @@ impl Relay {
         if let Some(resp) = self.local_answer(kind, resolved, body) {
             return answer(client, resp, close, s).await;
         }
-        let sem = &self.shared.limit;
-        let permit = match sem.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => match sem.clone().acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => return false, // closed: the process is going away
-            },
+        let limit = self.shared.limit;
+        let permit = match limit.try_acquire() {
+            Some(p) => p,
+            None => limit.acquire().await,
         };
         // Again: the circuit may have tripped while this send waited for a permit.
         if let Some(resp) = self.local_answer(kind, resolved, body) {

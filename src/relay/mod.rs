@@ -25,7 +25,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
 use crate::circuit::Table;
 use crate::config::{Config, Mode};
@@ -38,7 +38,7 @@ struct Shared {
     accounts: Accounts,
     table: Arc<Table>,
     mode: Mode,
-    limit: Arc<Semaphore>,
+    limit: &'static crate::proxy::limit::Limiter,
     trip_codes: Vec<i64>,
     classify_limit: usize,
     request_timeout: Duration,
@@ -68,6 +68,7 @@ impl RelayBuilder {
         table: Arc<Table>,
         proxy: &crate::proxy::Shared,
         webhook: Arc<Webhook>,
+        tls: tokio_rustls::rustls::ClientConfig,
     ) -> Result<RelayBuilder, String> {
         let uri: http::Uri = cfg.upstream.parse().map_err(|e| format!("{e}"))?;
         let authority = uri
@@ -79,13 +80,13 @@ impl RelayBuilder {
                 accounts: proxy.accounts().clone(),
                 table,
                 mode: cfg.mode,
-                limit: proxy.semaphore(),
+                limit: proxy.limiter(),
                 trip_codes: cfg.trip_codes.clone(),
                 classify_limit: cfg.classify_body_limit,
                 request_timeout: cfg.request_timeout,
                 authority,
                 webhook,
-                target: pool::Target::new(&uri, cfg.connect_timeout)?,
+                target: pool::Target::new(&uri, cfg.connect_timeout, tls)?,
             }),
         })
     }

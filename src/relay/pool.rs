@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 
 /// Idle connections older than this are closed rather than reused (servers commonly close
@@ -38,7 +38,11 @@ pub struct Target {
 
 impl Target {
     /// From the validated `upstream` URL.
-    pub fn new(upstream: &http::Uri, connect_timeout: Duration) -> Result<Target, String> {
+    pub fn new(
+        upstream: &http::Uri,
+        connect_timeout: Duration,
+        mut tls: ClientConfig,
+    ) -> Result<Target, String> {
         let host = upstream
             .host()
             .ok_or("upstream has no host")?
@@ -48,16 +52,10 @@ impl Target {
         let https = upstream.scheme_str() == Some("https");
         let port = upstream.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
-            let roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-            let mut config = ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            // The relay speaks HTTP/1.1 only.
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
             let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-            Some((TlsConnector::from(Arc::new(config)), name))
+            Some((TlsConnector::from(Arc::new(tls)), name))
         } else {
             None
         };
