@@ -82,6 +82,20 @@ pub enum Mode {
     Observe,
 }
 
+/// Whether proxy worker threads are pinned to CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinWorkers {
+    /// Pin when there is one worker per CPU the process may run on (the whole machine or an
+    /// exclusive cpuset); a worker count below that (a CPU quota) is left to the scheduler.
+    #[default]
+    Auto,
+    /// Pin worker `i` to the `i`-th allowed CPU (wrapping around).
+    Always,
+    /// Never pin.
+    Never,
+}
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -129,6 +143,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub upstream_concurrency: usize,
     pub workers: usize,
+    pub pin_workers: PinWorkers,
     /// Serve plain HTTP/1.1 requests with the byte relay (see `src/relay`); `false` sends
     /// every request through the hyper stack.
     pub fast_path: bool,
@@ -163,6 +178,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(15),
             upstream_concurrency: 1024,
             workers: 0,
+            pin_workers: PinWorkers::Auto,
             fast_path: true,
             classify_body_limit: 64 * 1024,
             history_limit: 20,

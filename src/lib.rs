@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod circuit;
 pub mod config;
+pub mod cpu;
 pub mod graph;
 pub mod metrics;
 pub mod proxy;
@@ -111,6 +112,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut main_tasks = Vec::new();
+    let pins = cpu::plan(workers, cfg.pin_workers, &cpu::allowed());
     for (i, listener) in main.into_iter().enumerate() {
         // Each worker gets its own stack (and so its own hyper client pool) and relay pool.
         let stack = proxy::stack(
@@ -121,6 +123,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         )?;
         main_tasks.push(spawn_worker(
             i,
+            pins[i],
             listener,
             &cfg,
             server::Edge::new(stack, webhook.clone()),
@@ -143,6 +146,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         mode = ?cfg.mode,
         accounts = cfg.accounts.len(),
         workers,
+        pinned = pins.iter().any(Option::is_some),
+        fast_path = cfg.fast_path,
         "wa-breaker ready"
     );
 
@@ -165,6 +170,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 /// has drained.
 fn spawn_worker(
     i: usize,
+    pin: Option<usize>,
     listener: std::net::TcpListener,
     cfg: &Config,
     edge: server::Edge,
@@ -176,6 +182,12 @@ fn spawn_worker(
     std::thread::Builder::new()
         .name(format!("wa-breaker-worker-{i}"))
         .spawn(move || {
+            if let Some(cpu) = pin {
+                match cpu::pin_current_thread(cpu) {
+                    Ok(()) => tracing::debug!(worker = i, cpu, "worker pinned"),
+                    Err(e) => tracing::warn!(worker = i, cpu, error = %e, "cannot pin worker; the scheduler places it"),
+                }
+            }
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
