@@ -1,6 +1,7 @@
 //! Hot-path pieces in isolation: route parsing, phone → WABA resolution, the guard check
 //! with 10 000 configured WABAs and 1 000 open, local-reply construction, and classifying
-//! a 368 body. Also counts heap allocations on the guard path for a closed circuit.
+//! a 368 body, and the relay's request and answer head parsing. Also counts heap allocations
+//! on the guard path for a closed circuit and in the relay's parsing.
 //!
 //! `cargo bench --bench hot_path`
 
@@ -17,6 +18,7 @@ use wa_breaker::config::Account;
 use wa_breaker::graph::{envelope, route};
 use wa_breaker::proxy::guard::local_reply;
 use wa_breaker::proxy::Accounts;
+use wa_breaker::relay::http1;
 
 /// Counts allocations so the bench can report them.
 struct Counting;
@@ -105,6 +107,43 @@ fn benches(c: &mut Criterion) {
     c.bench_function("classify_368_body", |b| {
         b.iter(|| envelope::parse(black_box(BLOCKED)).map(|e| e.code))
     });
+
+    // The relay's per-request parsing: the load benchmark's request and a typical answer.
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:9015\r\nContent-Type: application/json\r\nAuthorization: Bearer EAAGm0PX4ZCpsBAKZCZAexampletokenexampletokenexampletoken\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    let mut up = Vec::with_capacity(1024);
+    c.bench_function("relay_parse_request", |b| {
+        b.iter(|| {
+            http1::parse_request(black_box(req.as_bytes()), "127.0.0.1:9001", &mut up, |p| {
+                p == "/webhook"
+            })
+        })
+    });
+    let answer = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 16:51:19 GMT\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}";
+    let mut out = Vec::with_capacity(1024);
+    c.bench_function("relay_parse_response", |b| {
+        b.iter(|| {
+            http1::parse_response(black_box(answer), false, false, &mut out)
+                .map(|h| h.map(|h| h.status))
+        })
+    });
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..10_000 {
+        black_box(http1::parse_request(
+            req.as_bytes(),
+            "127.0.0.1:9001",
+            &mut up,
+            |_| false,
+        ));
+        black_box(http1::parse_response(answer, false, false, &mut out).is_ok());
+    }
+    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    println!("heap allocations parsing a relayed request and answer: {allocs} in 10000");
+    assert_eq!(
+        allocs, 0,
+        "relay parsing must not allocate once its buffers are warm"
+    );
 
     // Allocation count of the guard path (route + resolve + guard) for a closed circuit.
     let before = ALLOCS.load(Ordering::Relaxed);

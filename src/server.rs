@@ -1,5 +1,6 @@
-//! Listeners: accept loops, the main listener's dispatch (webhook path or proxy),
-//! and graceful shutdown.
+//! Listeners: the main listener's hyper service (webhook path or proxy stack), the admin
+//! listener's accept loop with graceful shutdown, socket binding and signals. The main
+//! listener's accept loop is in [`crate::relay`], which hands connections here as needed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -79,7 +80,8 @@ impl hyper::service::Service<Request<Incoming>> for Edge {
     }
 }
 
-/// Serves `service` on `listener` until `shutdown` flips, then drains for up to `drain`.
+/// Serves `service` on `listener` (the admin listener) until `shutdown` flips, then drains
+/// for up to `drain`.
 pub async fn serve<S>(
     name: &'static str,
     listener: TcpListener,

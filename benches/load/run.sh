@@ -59,6 +59,7 @@ HZ=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
 RUNDIR=""
 WAB_PID=""
+WAB2_PID=""
 WRK_PID=""
 SERVER_PIDS=()
 POLICY_RC_CREATED=0
@@ -95,6 +96,7 @@ cleanup() {
   set +e
   stop_pid "$WRK_PID" wrk
   stop_pid "$WAB_PID" wa-breaker
+  stop_pid "$WAB2_PID" "wa-breaker (fast_path = false)"
   if [[ -n $RUNDIR ]]; then
     stop_pidfile "$RUNDIR/haproxy.pid" haproxy
     # TERM to an nginx master is its fast shutdown; it reaps its workers.
