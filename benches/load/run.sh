@@ -18,7 +18,7 @@
 #   DURATION=8s          measured run length per target x connection level
 #   WARMUP=2s            warm-up run before each measured run (output discarded)
 #   CONNS="64 256"       connection levels
-#   ROUNDS=1             repeat the whole sweep; each reported column is the
+#   ROUNDS=3             repeat the whole sweep; each reported column is the
 #                        median over rounds (computed per column)
 #   WAB_NO_BUILD=1       do not run `cargo build --release`
 #   WAB_SKIP_GATEWAY=1   benchmark the peers only (no build, no wa-breaker rows)
@@ -43,7 +43,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 DURATION=${DURATION:-8s}
 WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-"64 256"}
-ROUNDS=${ROUNDS:-1}
+ROUNDS=${ROUNDS:-3}
 THREADS=2
 WAB_ACCOUNTS=${WAB_ACCOUNTS:-10000}
 WAB_BIN=${WAB_BIN:-$ROOT/target/release/wa-breaker}
@@ -567,7 +567,7 @@ REPORT=$RUNDIR/report.md
   echo "## Load benchmark — $(date -u '+%Y-%m-%d %H:%M UTC') (real run)"
   echo
   if [[ ${TASKSET:-0} == 1 ]]; then pinning="TASKSET=1: wrk on CPU ${WRK_CPUS:-0}, every server on CPU ${SRV_CPUS:-1}"
-  else pinning="no CPU pinning: wrk, the proxy under test and the upstream share the cores"; fi
+  else pinning="no CPU pinning by this script: wrk, the proxy under test and the upstream share the cores (wa-breaker's default pin_workers = auto pins each of its workers to its own CPU)"; fi
   echo "- machine: $V_NPROC cores, ${V_CPU:-unknown CPU}, kernel $V_KERNEL; $pinning"
   echo "- background load before the run: ${BUSY_START}% CPU in use, loadavg $LOAD_START$( ((BUSY_START > 15)) && echo " (**busy machine: figures skewed**)")"
   echo "- tools: $V_WRK, $V_NGINX, $V_HAPROXY$([[ $GATEWAY == 1 ]] && echo ", ${V_WAB:-wa-breaker (no --version)}")"
