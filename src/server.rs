@@ -99,17 +99,7 @@ pub async fn serve<S>(
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(listener = name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+            stream = accept(&listener, name) => {
                 let conn = builder
                     .serve_connection(TokioIo::new(stream), service.clone())
                     .into_owned();
@@ -127,6 +117,23 @@ pub async fn serve<S>(
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!(listener = name, "drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!(listener = name, ?drain, "drain timeout; closing remaining connections"),
+    }
+}
+
+/// The next connection on `listener`, with `TCP_NODELAY` set. Accept errors (EMFILE and
+/// friends) are logged and retried after a short pause instead of spinning.
+pub async fn accept(listener: &TcpListener, name: &'static str) -> tokio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                return stream;
+            }
+            Err(e) => {
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 

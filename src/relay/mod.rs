@@ -113,19 +113,22 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     // Each relay connection holds a sender; all dropped = all drained.
     let (alive, mut drained) = mpsc::channel::<()>(1);
+    if let Some(relay) = &relay {
+        let pool = relay.pool.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(15));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => pool.sweep(),
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+    }
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(listener = "main", error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+            stream = crate::server::accept(&listener, "main") => {
                 let hyper = Hyper { builder: builder.clone(), edge: edge.clone(), watcher: graceful.watcher() };
                 match &relay {
                     Some(relay) => {

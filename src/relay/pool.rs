@@ -109,6 +109,16 @@ impl Pool {
         None
     }
 
+    /// Closes idle connections that are stale or that the upstream closed, so a quiet worker
+    /// does not sit on sockets in `CLOSE_WAIT`. Run now and then by the worker.
+    pub fn sweep(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain_mut(|(conn, since)| {
+                since.elapsed() < IDLE_TIMEOUT && conn.is_idle_and_open()
+            });
+        }
+    }
+
     /// Returns a connection whose last exchange ended cleanly.
     pub fn put(&self, conn: Conn) {
         if let Ok(mut idle) = self.idle.lock() {
@@ -168,5 +178,33 @@ impl AsyncWrite for Conn {
             Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn pair(l: &tokio::net::TcpListener) -> (Conn, TcpStream) {
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (Conn::Plain(c), s)
+    }
+
+    #[tokio::test]
+    async fn take_and_sweep_drop_connections_the_upstream_closed() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let (a, server_a) = pair(&l).await;
+        let (b, _server_b) = pair(&l).await;
+        pool.put(b);
+        pool.put(a);
+        drop(server_a); // the upstream closes `a`, the most recently returned
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pool.sweep();
+        assert_eq!(pool.idle.lock().unwrap().len(), 1, "only the open one is kept");
+        assert!(pool.take().is_some());
+        assert!(pool.take().is_none());
     }
 }
