@@ -203,7 +203,11 @@ mod tests {
         drop(server_a); // the upstream closes `a`, the most recently returned
         tokio::time::sleep(Duration::from_millis(50)).await;
         pool.sweep();
-        assert_eq!(pool.idle.lock().unwrap().len(), 1, "only the open one is kept");
+        assert_eq!(
+            pool.idle.lock().unwrap().len(),
+            1,
+            "only the open one is kept"
+        );
         assert!(pool.take().is_some());
         assert!(pool.take().is_none());
     }
