@@ -99,6 +99,16 @@ impl Table {
         self.open.get(waba_id).map(|g| Arc::clone(g.value()))
     }
 
+    /// Hot path without reference counting: runs `f` on the open guard of a WABA, if its
+    /// circuit is open (the map's shard stays read-locked meanwhile: keep `f` short).
+    #[inline]
+    pub fn with_guard<R>(&self, waba_id: &str, f: impl FnOnce(&OpenGuard) -> R) -> Option<R> {
+        if self.open_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.open.get(waba_id).map(|g| f(g.value()))
+    }
+
     /// One circuit.
     pub fn get(&self, waba_id: &str) -> Option<Circuit> {
         self.circuits.get(waba_id).map(|c| c.value().clone())

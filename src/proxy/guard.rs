@@ -185,23 +185,33 @@ pub fn is_template(body: &[u8]) -> bool {
         .is_some_and(|k| k == "template")
 }
 
+/// The headers of every local answer, besides `retry-after` (the relay writes the same).
+pub const LOCAL_REPLY_HEADERS: [(&str, &str); 2] = [
+    ("content-type", "application/json"),
+    ("x-wa-breaker", "open"),
+];
+
+/// Seconds until a known restriction end (at least 1), for `retry-after`.
+pub fn retry_after(guard: &OpenGuard) -> Option<i64> {
+    let until = guard.until_unix?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Some((until - now).max(1))
+}
+
 /// The local answer for an open circuit: 403, the envelope, `x-wa-breaker: open`, `retry-after` when known.
 pub fn local_reply(guard: &OpenGuard) -> Response<Body> {
     METRICS.answered_locally.inc();
     let mut resp = Response::new(Body::full(guard.body.clone()));
     *resp.status_mut() = StatusCode::FORBIDDEN;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert("x-wa-breaker", HeaderValue::from_static("open"));
-    if let Some(until) = guard.until_unix {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        h.insert(header::RETRY_AFTER, HeaderValue::from((until - now).max(1)));
+    for (name, value) in LOCAL_REPLY_HEADERS {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    if let Some(secs) = retry_after(guard) {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp.extensions_mut().insert(LocalReply);
     resp

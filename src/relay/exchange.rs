@@ -14,7 +14,7 @@ use crate::circuit::Scope;
 use crate::config::Mode;
 use crate::graph::route::{self, Kind};
 use crate::metrics::METRICS;
-use crate::proxy::guard::{is_template, local_reply};
+use crate::proxy::guard::is_template;
 use crate::proxy::route::Resolved;
 use crate::proxy::{classify, upstream::error_chain, Body, ProxyError};
 
@@ -43,8 +43,8 @@ impl Relay {
             None => (Kind::Read, None),
         };
 
-        if let Some(resp) = self.local_answer(kind, resolved, body) {
-            return answer(client, resp, close, s).await;
+        if self.answer_locally(kind, resolved, body, close, s) {
+            return send(client, close, s).await;
         }
         let limit = self.shared.limit;
         let permit = match limit.try_acquire() {
@@ -52,8 +52,9 @@ impl Relay {
             None => limit.acquire().await,
         };
         // Again: the circuit may have tripped while this send waited for a permit.
-        if let Some(resp) = self.local_answer(kind, resolved, body) {
-            return answer(client, resp, close, s).await;
+        if self.answer_locally(kind, resolved, body, close, s) {
+            drop(permit);
+            return send(client, close, s).await;
         }
 
         s.up.extend_from_slice(body);
@@ -110,22 +111,38 @@ impl Relay {
         !close && rh.framing != Framing::Close
     }
 
-    /// The guard: an open circuit's local answer for an in-scope send.
-    fn local_answer(
+    /// The guard: when the send is in scope of an open circuit, puts the local answer in
+    /// `s.out` and returns true. Borrows the circuit's guard (no reference counting) and
+    /// builds no response object: this path runs at the rate a blocked app retries.
+    fn answer_locally(
         &self,
         kind: Kind,
         resolved: Option<&Resolved>,
         body: &[u8],
-    ) -> Option<Response<Body>> {
+        close: bool,
+        s: &mut Scratch,
+    ) -> bool {
         if self.shared.mode == Mode::Observe || kind != Kind::Send {
-            return None;
+            return false;
         }
-        let guard = self.shared.table.guard(&resolved?.waba)?;
-        match guard.scope {
-            Scope::AllSends => Some(local_reply(&guard)),
-            Scope::BusinessInitiated if is_template(body) => Some(local_reply(&guard)),
-            Scope::BusinessInitiated => None,
-        }
+        let Some(resolved) = resolved else {
+            return false;
+        };
+        self.shared
+            .table
+            .with_guard(&resolved.waba, |guard| {
+                let in_scope = match guard.scope {
+                    Scope::AllSends => true,
+                    Scope::BusinessInitiated => is_template(body),
+                };
+                if in_scope {
+                    METRICS.answered_locally.inc();
+                    s.out.clear();
+                    http1::encode_local(guard, close, &mut s.out);
+                }
+                in_scope
+            })
+            .unwrap_or(false)
     }
 
     /// Writes `s.up` to an upstream connection and reads the answer's head into `s.resp`
@@ -248,6 +265,11 @@ async fn answer(
 ) -> bool {
     s.out.clear();
     http1::encode_response(&resp, close, &mut s.out);
+    send(client, close, s).await
+}
+
+/// Writes `s.out`. Returns whether the connection stays open.
+async fn send(client: &mut TcpStream, close: bool, s: &mut Scratch) -> bool {
     client.write_all(&s.out).await.is_ok() && !close
 }
 

@@ -7,6 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{Method, Response};
 
+use crate::circuit::OpenGuard;
+use crate::proxy::guard::{retry_after, LOCAL_REPLY_HEADERS};
 use crate::proxy::Body;
 
 /// Longest request or response head the relay reads; a longer one goes to hyper (431).
@@ -410,8 +412,28 @@ pub fn encode_response(resp: &Response<Body>, close: bool, out: &mut Vec<u8>) {
     for (name, value) in resp.headers() {
         push_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    finish(body, close, out);
+}
+
+/// Encodes an open circuit's local answer straight from its guard: the same status, headers
+/// and body as [`crate::proxy::guard::local_reply`], without building a response.
+pub fn encode_local(guard: &OpenGuard, close: bool, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 403 Forbidden\r\n");
+    for (name, value) in LOCAL_REPLY_HEADERS {
+        push_header(out, name.as_bytes(), value.as_bytes());
+    }
+    if let Some(secs) = retry_after(guard) {
+        out.extend_from_slice(b"retry-after: ");
+        push_decimal(out, secs as u64);
+        out.extend_from_slice(b"\r\n");
+    }
+    finish(&guard.body, close, out);
+}
+
+/// `content-length`, `date`, `connection: close` when closing, the blank line, the body.
+fn finish(body: &[u8], close: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(body.len().to_string().as_bytes());
+    push_decimal(out, body.len() as u64);
     out.extend_from_slice(b"\r\ndate: ");
     with_date(|d| out.extend_from_slice(d));
     if close {
@@ -419,6 +441,20 @@ pub fn encode_response(resp: &Response<Body>, close: bool, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 thread_local! {
@@ -606,6 +642,33 @@ mod tests {
         let mut c = Chunks::default();
         assert!(c.advance(b"3\r\nabcdef", None).is_err());
         assert!(Chunks::default().advance(b"zz\r\n", None).is_err());
+    }
+
+    #[test]
+    fn local_answer_bytes_match_the_hyper_path() {
+        let guard = OpenGuard {
+            scope: crate::circuit::Scope::AllSends,
+            until_unix: Some(i64::MAX / 2),
+            body: bytes::Bytes::from_static(b"{\"error\":{}}"),
+        };
+        let mut direct = Vec::new();
+        encode_local(&guard, false, &mut direct);
+        let mut via_response = Vec::new();
+        encode_response(
+            &crate::proxy::guard::local_reply(&guard),
+            false,
+            &mut via_response,
+        );
+        assert_eq!(
+            String::from_utf8(direct).unwrap(),
+            String::from_utf8(via_response).unwrap()
+        );
+        let mut n = Vec::new();
+        for v in [0u64, 7, 10, 1234567890123] {
+            n.clear();
+            push_decimal(&mut n, v);
+            assert_eq!(n, v.to_string().as_bytes());
+        }
     }
 
     #[test]
