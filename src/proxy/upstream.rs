@@ -73,8 +73,8 @@ impl Upstream {
     }
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and `host`, which the client sets for the upstream.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1), dropped in both directions (here and in the relay).
+pub const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

@@ -9,6 +9,7 @@ use http::{Method, Response};
 
 use crate::circuit::OpenGuard;
 use crate::proxy::guard::{retry_after, LOCAL_REPLY_HEADERS};
+use crate::proxy::upstream::HOP_BY_HOP;
 use crate::proxy::Body;
 
 /// Longest request or response head the relay reads; a longer one goes to hyper (431).
@@ -18,19 +19,20 @@ pub const MAX_HEADERS: usize = 64;
 /// Largest request body the relay buffers; a larger one is streamed by hyper.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), plus `host` on requests, which is rewritten.
+/// Hop-by-hop headers: the same list the hyper stack strips.
 fn hop_by_hop(name: &str) -> bool {
-    const HOP: [&str; 8] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ];
-    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str()))
+}
+
+/// A `content-length` value: digits only (no sign, no list), else `None`.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let v = std::str::from_utf8(value).ok()?.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
 }
 
 /// What the start of a client's buffer holds.
@@ -95,12 +97,8 @@ pub fn parse_request(
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<usize>().ok());
-            match (n, body_len) {
-                (Some(n), None) if n <= MAX_BODY => body_len = Some(n),
+            match (content_length(h.value), body_len) {
+                (Some(n), None) if n <= MAX_BODY as u64 => body_len = Some(n as usize),
                 _ => return Parsed::Handoff, // invalid, repeated or large
             }
         } else if name.eq_ignore_ascii_case("connection") {
@@ -231,12 +229,7 @@ pub fn parse_response(
         let mut close = resp.version != Some(1);
         for h in resp.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
-                let n = std::str::from_utf8(h.value)
-                    .ok()
-                    .map(str::trim)
-                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|v| v.parse::<u64>().ok());
-                match (n, length) {
+                match (content_length(h.value), length) {
                     (Some(n), None) => length = Some(n),
                     (Some(n), Some(m)) if n == m => {}
                     _ => return Err(BadResponse::Framing),
