@@ -316,7 +316,8 @@ impl Config {
             ));
         }
         if let Some(path) = &self.upstream_ca_file {
-            crate::tls::read_ca_file(path).map_err(|e| invalid("upstream_ca_file", e))?;
+            crate::tls::read_ca_file(path)
+                .map_err(|e| invalid("upstream_ca_file", crate::upstream::error_chain(&e)))?;
         }
         if let Some(t) = &self.admin_token {
             if t.expose().len() < 16 {

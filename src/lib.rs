@@ -1,24 +1,44 @@
-//! wa-breaker: an outbound send gateway for the WhatsApp Cloud API that stops sending
-//! for a WhatsApp Business Account as soon as Meta blocks it (HTTP 403, Graph error 368),
-//! and starts again when a signal says the account may send.
+//! wa-breaker: an outbound send gateway for the WhatsApp Cloud API that stops sending for a
+//! WhatsApp Business Account as soon as Meta blocks it (HTTP 403, Graph error 368), and
+//! starts again when a signal says the account may send.
 //!
-//! Data flows one way: [`proxy`] asks [`circuit`] and reports trips to it; [`signals`] and
-//! [`admin`] change circuits too; [`circuit`] notifies listeners (stores) of every change.
+//! The crate's map, in the order a request meets it:
+//!
+//! - [`server`](crate) — listeners, accept loops, drains; hands each connection to an engine.
+//! - engines, which move bytes and ask the policy at every step: the byte relay
+//!   (`relay`, with its HTTP/1 codec [`h1`]) and the hyper + tower stack (`proxy`).
+//! - [`policy`] — every decision on the request path, pure: route, guard, classify, the
+//!   local reply, the hop-by-hop rule, metrics by outcome.
+//! - `upstream` — the upstream parsed once, its pools, the in-flight limit.
+//! - [`circuit`] — the circuit model, the ordering rule and the table the policy reads.
+//! - `signals` (webhooks, Health Status polls, expiry timers) and `admin` change circuits;
+//!   `store` keeps them on disk and shares them through Redis.
+//! - [`graph`] — what the gateway knows of Meta's API: routes, error envelopes, webhook and
+//!   health payloads and what their events mean for a circuit.
+//!
+//! Data flows one way: the engines ask [`policy`], which reads and changes [`circuit`];
+//! signals and admin change circuits too; the table notifies the stores, and the stores feed
+//! other replicas' changes back into it. Nothing on the request path waits for a store.
+#![warn(missing_docs)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod circuit;
 pub mod config;
-pub mod cpu;
+pub(crate) mod cpu;
 pub mod graph;
-pub mod metrics;
-pub mod proxy;
-pub mod relay;
-pub mod server;
-pub mod signals;
-pub mod store;
-pub mod tls;
+pub(crate) mod metrics;
+pub mod policy;
+pub(crate) mod proxy;
+pub(crate) mod relay;
+pub(crate) mod server;
+pub(crate) mod signals;
+pub(crate) mod store;
+pub(crate) mod tls;
+pub(crate) mod upstream;
 
-use std::collections::HashSet;
+pub use relay::h1;
+pub use upstream::error_chain;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,26 +48,29 @@ use tokio::sync::watch;
 
 use crate::circuit::Table;
 use crate::config::Config;
+use crate::policy::Policy;
+use crate::upstream::{Limiter, Target};
 
-/// Why the gateway could not start or stopped with an error.
+/// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// A listener could not bind.
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what})")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// Which listener.
         what: &'static str,
+        /// The OS's answer.
+        #[source]
         source: std::io::Error,
     },
     /// Circuit state could not be loaded.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] store::StoreError),
-    /// The proxy could not be built.
-    #[error("{0}")]
-    Proxy(#[from] proxy::ProxyError),
-    /// The upstream TLS settings are unusable.
-    #[error("upstream TLS: {0}")]
-    Tls(String),
+    /// The upstream cannot be used.
+    #[error(transparent)]
+    Upstream(#[from] upstream::TargetError),
 }
 
 /// A name for this replica, used to break ordering ties between replicas.
@@ -58,82 +81,67 @@ fn replica_id() -> String {
 
 /// Runs the gateway until SIGTERM/SIGINT, then drains.
 pub async fn run(cfg: Config) -> Result<(), RunError> {
+    // 1. State, loaded before any listener accepts traffic.
     let table = Arc::new(Table::new(replica_id(), cfg.history_limit));
-    let ready = Arc::new(AtomicBool::new(false));
     if cfg.redis_url.is_some() {
         metrics::METRICS.enable_redis_gauge();
     }
-    // State is loaded before any listener accepts traffic.
     let store = store::start(&cfg, table.clone()).await?;
 
-    let workers = if cfg.workers == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        cfg.workers
-    };
-    let main = server::bind_workers(cfg.listen, workers).map_err(|source| RunError::Bind {
-        addr: cfg.listen,
-        what: "listen",
-        source,
-    })?;
-    let admin_l = TcpListener::bind(cfg.admin_listen)
+    // 2. Listeners, so a taken port fails the start before anything else runs.
+    let workers = worker_count(&cfg);
+    let bind_err = |addr, what| move |source| RunError::Bind { addr, what, source };
+    let main = server::bind_workers(cfg.listen, workers).map_err(bind_err(cfg.listen, "listen"))?;
+    let admin_listener = TcpListener::bind(cfg.admin_listen)
         .await
-        .map_err(|source| RunError::Bind {
-            addr: cfg.admin_listen,
-            what: "admin_listen",
-            source,
-        })?;
+        .map_err(bind_err(cfg.admin_listen, "admin_listen"))?;
 
-    let tls = tls::client_config(cfg.upstream_ca_file.as_deref()).map_err(RunError::Tls)?;
-    let client = proxy::client(cfg.connect_timeout, tls.clone());
-    let shared = proxy::Shared::new(&cfg);
-    let signals = signals::start(&cfg, table.clone(), client.clone());
+    // 3. What every worker shares: the policy core, the upstream, its limit, the signals.
+    let target = Target::new(&cfg)?;
+    let policy = Arc::new(Policy::new(&cfg, table.clone()));
+    let limiter = Arc::new(Limiter::new(cfg.upstream_concurrency));
+    let signals = signals::start(&cfg, &target, table.clone());
     let webhook = Arc::new(signals::webhook::Webhook::new(
         &cfg,
         table.clone(),
-        client.clone(),
+        target.client(),
         signals.health(),
     ));
-    let configured: HashSet<String> = cfg.accounts.iter().map(|a| a.waba_id.clone()).collect();
-    let admin = admin::AdminService(Arc::new(admin::Admin::new(
-        table.clone(),
-        cfg.admin_token.clone(),
-        ready.clone(),
-        configured,
-    )));
+    let relay = cfg
+        .fast_path
+        .then(|| relay::Relay::new(policy.clone(), limiter.clone(), &target));
 
-    let relay = if cfg.fast_path {
-        Some(
-            relay::RelayBuilder::new(&cfg, table.clone(), &shared, webhook.clone(), tls.clone())
-                .map_err(RunError::Tls)?,
-        )
-    } else {
-        None
-    };
+    // 4. Proxy workers, each with its own engines and upstream pools.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut main_tasks = Vec::new();
     let pins = cpu::plan(workers, cfg.pin_workers, &cpu::allowed());
+    let mut running = Vec::with_capacity(workers);
     for (i, listener) in main.into_iter().enumerate() {
-        // Each worker gets its own stack (and so its own hyper client pool) and relay pool.
-        let stack = proxy::stack(
-            &cfg,
-            table.clone(),
-            proxy::client(cfg.connect_timeout, tls.clone()),
-            &shared,
-        )?;
-        main_tasks.push(spawn_worker(
+        let stack = proxy::stack(policy.clone(), limiter.clone(), &target, target.client());
+        let engines = server::Engines {
+            relay: relay.as_ref().map(relay::Relay::worker),
+            edge: proxy::Edge::new(policy.clone(), stack, webhook.clone()),
+        };
+        running.push(spawn_worker(
             i,
             pins[i],
             listener,
             &cfg,
-            server::Edge::new(stack, webhook.clone()),
-            relay.as_ref().map(relay::RelayBuilder::worker),
+            engines,
             stop_rx.clone(),
         )?);
     }
+
+    // 5. The admin listener, and ready.
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = admin::AdminService(Arc::new(admin::Admin::new(
+        table.clone(),
+        cfg.admin_token.clone(),
+        ready.clone(),
+        cfg.accounts.iter().map(|a| a.waba_id.clone()).collect(),
+    )));
     let admin_task = tokio::spawn(server::serve(
         "admin",
-        admin_l,
+        admin_listener,
         admin,
         stop_rx,
         cfg.drain_timeout,
@@ -151,12 +159,13 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         "wa-breaker ready"
     );
 
+    // 6. Until a signal, then drain and flush state.
     server::shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
-    for t in main_tasks {
-        let _ = t.await;
+    for w in running {
+        let _ = w.await;
     }
     let _ = admin_task.await;
     store.shutdown().await;
@@ -164,17 +173,24 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     Ok(())
 }
 
+fn worker_count(cfg: &Config) -> usize {
+    if cfg.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        cfg.workers
+    }
+}
+
 /// Starts one proxy worker: a thread with its own single-threaded runtime, listener
-/// (`SO_REUSEPORT`), relay and stack with their upstream pools, so a request never crosses
-/// threads. The circuit table, account map and upstream limit are shared. Resolves when it
-/// has drained.
+/// (`SO_REUSEPORT`) and engines with their upstream pools, so a request never crosses
+/// threads. The policy (circuit table, account map) and the upstream limit are shared.
+/// Resolves when it has drained.
 fn spawn_worker(
     i: usize,
     pin: Option<usize>,
     listener: std::net::TcpListener,
     cfg: &Config,
-    edge: server::Edge,
-    relay: Option<relay::Relay>,
+    engines: server::Engines,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::sync::oneshot::Receiver<()>, RunError> {
     let drain = cfg.drain_timeout;
@@ -199,15 +215,10 @@ fn spawn_worker(
                 }
             };
             rt.block_on(async move {
-                let serving = tokio::spawn(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(l) => relay::serve(l, relay, edge, stop, drain).await,
-                        Err(e) => {
-                            tracing::error!(worker = i, error = %e, "cannot register listener")
-                        }
-                    }
-                });
-                let _ = serving.await;
+                match TcpListener::from_std(listener) {
+                    Ok(l) => server::serve_main(l, engines, stop, drain).await,
+                    Err(e) => tracing::error!(worker = i, error = %e, "cannot register listener"),
+                }
             });
             let _ = done_tx.send(());
         })

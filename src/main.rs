@@ -75,6 +75,7 @@ fn main() -> ExitCode {
     match rt.block_on(wa_breaker::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let e = wa_breaker::error_chain(&e);
             tracing::error!(error = %e, "wa-breaker stopped");
             eprintln!("wa-breaker: {e}");
             ExitCode::FAILURE

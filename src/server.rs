@@ -1,81 +1,93 @@
-//! Listeners: the main listener's hyper service (webhook path or proxy stack), the admin
-//! listener's accept loop with graceful shutdown, socket binding and signals. The main
-//! listener's accept loop is in [`crate::relay`], which hands connections here as needed.
+//! Listeners: binding, accept loops, graceful drains, signals. The main listener's accept
+//! loop hands each connection to an engine — the byte relay ([`crate::relay`]) when
+//! `fast_path` is on, which passes what it does not take to hyper, or hyper with the proxy
+//! stack ([`crate::proxy`]) for every connection.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use pin_project_lite::pin_project;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tower::util::Oneshot;
-use tower::ServiceExt;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 
-use crate::proxy::{Body, ProxyError, Stack};
-use crate::signals::webhook::Webhook;
+use crate::proxy::{Body, Edge};
+use crate::relay::rewind::Rewind;
+use crate::relay::Relay;
 
-/// The main listener's service: the webhook path goes to the receiver, everything else to the proxy.
-#[derive(Clone)]
-pub struct Edge {
-    proxy: Stack,
-    webhook: Arc<Webhook>,
+/// One worker's engines for the main listener.
+pub struct Engines {
+    /// The relay, when `fast_path` is on.
+    pub relay: Option<Relay>,
+    /// The hyper engine's service.
+    pub edge: Edge,
 }
 
-impl Edge {
-    /// Dispatches between `proxy` and `webhook`.
-    pub fn new(proxy: Stack, webhook: Arc<Webhook>) -> Edge {
-        Edge { proxy, webhook }
+/// Serves the main listener until `shutdown` flips, then drains for up to `drain`.
+pub async fn serve_main(
+    listener: TcpListener,
+    engines: Engines,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    // Each relay connection holds a sender; all dropped = all drained.
+    let (alive, mut drained) = mpsc::channel::<()>(1);
+    if let Some(relay) = &engines.relay {
+        tokio::spawn(relay.clone().sweep_idle(shutdown.clone()));
     }
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-pin_project! {
-    /// The proxy's answer (errors converted to Cloud API envelopes here, once), or the webhook's.
-    #[project = EdgeProj]
-    pub enum EdgeFuture {
-        Proxy { #[pin] fut: Oneshot<Stack, Request<Body>> },
-        Webhook { fut: BoxFuture<Response<Body>> },
-    }
-}
-
-impl Future for EdgeFuture {
-    type Output = Result<Response<Body>, Infallible>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            EdgeProj::Proxy { fut } => Poll::Ready(Ok(match ready!(fut.poll(cx)) {
-                Ok(resp) => resp,
-                Err(e) => ProxyError::into_response(e),
-            })),
-            EdgeProj::Webhook { fut } => fut.as_mut().poll(cx).map(Ok),
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            stream = accept(&listener, "main") => {
+                let hyper = Hyper { builder: builder.clone(), edge: engines.edge.clone(), watcher: graceful.watcher() };
+                match &engines.relay {
+                    Some(relay) => {
+                        let (relay, stop, alive) = (relay.clone(), shutdown.clone(), alive.clone());
+                        tokio::spawn(async move {
+                            relay.connection(stream, |s, read| hyper.serve(s, read), stop).await;
+                            drop(alive);
+                        });
+                    }
+                    None => {
+                        tokio::spawn(hyper.serve(stream, Vec::new()));
+                    }
+                }
+            }
+            _ = stop.changed() => break,
         }
     }
+    drop(listener);
+    drop(alive);
+    let both = async {
+        tokio::join!(graceful.shutdown(), drained.recv());
+    };
+    tokio::select! {
+        _ = both => tracing::info!(listener = "main", "drained"),
+        _ = tokio::time::sleep(drain) => tracing::warn!(listener = "main", ?drain, "drain timeout; closing remaining connections"),
+    }
 }
 
-impl hyper::service::Service<Request<Incoming>> for Edge {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = EdgeFuture;
+/// What a connection needs to be served by hyper.
+struct Hyper {
+    builder: auto::Builder<TokioExecutor>,
+    edge: Edge,
+    watcher: Watcher,
+}
 
-    fn call(&self, req: Request<Incoming>) -> EdgeFuture {
-        if self.webhook.matches(req.uri().path()) {
-            let wh = self.webhook.clone();
-            return EdgeFuture::Webhook {
-                fut: Box::pin(async move { wh.handle(req).await }),
-            };
-        }
-        EdgeFuture::Proxy {
-            fut: self.proxy.clone().oneshot(req.map(Body::stream)),
+impl Hyper {
+    /// Serves the rest of the connection with hyper, replaying `read` (bytes the relay
+    /// already read) first.
+    async fn serve(self, stream: TcpStream, read: Vec<u8>) {
+        let io = TokioIo::new(Rewind::new(stream, read));
+        let conn = self.builder.serve_connection(io, self.edge).into_owned();
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!(listener = "main", error = %e, "connection closed with error");
         }
     }
 }
@@ -122,7 +134,7 @@ pub async fn serve<S>(
 
 /// The next connection on `listener`, with `TCP_NODELAY` set. Accept errors (EMFILE and
 /// friends) are logged and retried after a short pause instead of spinning.
-pub async fn accept(listener: &TcpListener, name: &'static str) -> tokio::net::TcpStream {
+pub async fn accept(listener: &TcpListener, name: &'static str) -> TcpStream {
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {

@@ -2,5 +2,6 @@
 
 pub mod envelope;
 pub mod health;
+pub mod plan;
 pub mod route;
 pub mod webhook;

@@ -1,47 +1,34 @@
-//! Classify: on a non-2xx upstream answer, read the (capped) body, parse the Graph error
-//! envelope, and trip the WABA's circuit on a configured enforcement code. The answer goes
-//! back to the app byte for byte either way; 2xx answers are never touched.
+//! Classify as a layer, over the forwarder: asks [`Policy::inspect`] on the answer's head,
+//! reads a non-2xx body (capped) so [`Policy::classify`] can judge it, and records the
+//! request's outcome ([`Policy::record`]) once. The answer goes back to the app byte for
+//! byte either way; 2xx answers are streamed untouched.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use http::{header, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::body::{self, Body};
-use super::error::ProxyError;
-use super::guard::LocalReply;
-use super::route::{Resolved, Target};
-use crate::circuit::{Action, Change, Evidence, Scope, Source, Table};
-use crate::graph::envelope;
-use crate::metrics::METRICS;
-
-struct Shared {
-    table: Arc<Table>,
-    trip_codes: Vec<i64>,
-    limit: usize,
-}
+use super::route::Target;
+use super::LocalReply;
+use crate::policy::{Inspect, Outcome, Policy};
+use crate::upstream::{error_chain, ForwardError};
 
 /// See module docs.
 #[derive(Clone)]
 pub struct ClassifyLayer {
-    shared: Arc<Shared>,
+    policy: Arc<Policy>,
 }
 
 impl ClassifyLayer {
-    /// Trips `table` circuits on `trip_codes`; error bodies over `limit` bytes pass unclassified.
-    pub fn new(table: Arc<Table>, trip_codes: Vec<i64>, limit: usize) -> Self {
-        ClassifyLayer {
-            shared: Arc::new(Shared {
-                table,
-                trip_codes,
-                limit,
-            }),
-        }
+    /// Judges answers with `policy`.
+    pub fn new(policy: Arc<Policy>) -> Self {
+        ClassifyLayer { policy }
     }
 }
 
@@ -50,7 +37,7 @@ impl<S> Layer<S> for ClassifyLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Classify {
             inner,
-            shared: self.shared.clone(),
+            policy: self.policy.clone(),
         }
     }
 }
@@ -59,15 +46,15 @@ impl<S> Layer<S> for ClassifyLayer {
 #[derive(Clone)]
 pub struct Classify<S> {
     inner: S,
-    shared: Arc<Shared>,
+    policy: Arc<Policy>,
 }
 
 impl<S> Service<Request<Body>> for Classify<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = ForwardError>,
 {
     type Response = Response<Body>;
-    type Error = ProxyError;
+    type Error = ForwardError;
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -75,15 +62,13 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let resolved = req
-            .extensions()
-            .get::<Target>()
-            .and_then(|t| t.resolved.clone());
+        let target = req.extensions().get::<Target>().cloned();
         ResponseFuture {
             state: State::Call {
                 fut: self.inner.call(req),
             },
-            ctx: Some((self.shared.clone(), resolved)),
+            ctx: Some((self.policy.clone(), target)),
+            start: Instant::now(),
         }
     }
 }
@@ -94,7 +79,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Call { #[pin] fut: F },
-        Read { fut: BoxFuture<Result<Response<Body>, ProxyError>> },
+        Read { fut: BoxFuture<Result<Response<Body>, ForwardError>> },
     }
 }
 
@@ -103,31 +88,40 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
-        ctx: Option<(Arc<Shared>, Option<Resolved>)>,
+        ctx: Option<(Arc<Policy>, Option<Target>)>,
+        start: Instant,
     }
 }
 
 impl<F> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<Response<Body>, ProxyError>>,
+    F: Future<Output = Result<Response<Body>, ForwardError>>,
 {
-    type Output = Result<Response<Body>, ProxyError>;
+    type Output = Result<Response<Body>, ForwardError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Call { fut } => {
-                    let resp = ready!(fut.poll(cx))?;
-                    if resp.status().is_success() || resp.extensions().get::<LocalReply>().is_some()
-                    {
+                    let result = ready!(fut.poll(cx));
+                    let elapsed = this.start.elapsed();
+                    let Some((policy, target)) = this.ctx.take() else {
+                        return Poll::Ready(result);
+                    };
+                    let resp = match result {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            let call = target_call(&target);
+                            failed(&policy, call, &e, elapsed);
+                            return Poll::Ready(Err(e));
+                        }
+                    };
+                    if resp.extensions().get::<LocalReply>().is_some() {
                         return Poll::Ready(Ok(resp));
                     }
-                    let Some((shared, resolved)) = this.ctx.take() else {
-                        return Poll::Ready(Ok(resp));
-                    };
                     this.state.set(State::Read {
-                        fut: Box::pin(classify(resp, shared, resolved)),
+                        fut: Box::pin(classify(resp, policy, target, elapsed)),
                     });
                 }
                 StateProj::Read { fut } => return fut.as_mut().poll(cx),
@@ -136,78 +130,58 @@ where
     }
 }
 
+fn target_call(t: &Option<Target>) -> crate::policy::Call<'_> {
+    match t {
+        Some(t) => t.call(),
+        None => crate::policy::Call {
+            kind: crate::graph::route::Kind::Read,
+            account: None,
+        },
+    }
+}
+
+fn failed(policy: &Policy, call: crate::policy::Call<'_>, e: &ForwardError, after: Duration) {
+    tracing::warn!(error = %error_chain(e), "upstream request failed");
+    policy.record(call, Outcome::Failed { after });
+}
+
 async fn classify(
     resp: Response<Body>,
-    shared: Arc<Shared>,
-    resolved: Option<Resolved>,
-) -> Result<Response<Body>, ProxyError> {
+    policy: Arc<Policy>,
+    target: Option<Target>,
+    to_head: Duration,
+) -> Result<Response<Body>, ForwardError> {
+    let call = target_call(&target);
+    let status = resp.status().as_u16();
     let declared = resp
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > shared.limit) {
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let Inspect::Read { limit } = policy.inspect(status, declared) else {
+        policy.record(call, Outcome::Answered { status, to_head });
         return Ok(resp);
-    }
+    };
     let (parts, body) = resp.into_parts();
-    let bytes = match body::buffer(body, shared.limit).await {
+    let bytes = match body::buffer(body, limit).await {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(too_big)) => return Ok(Response::from_parts(parts, too_big)),
+        Ok(Err(too_big)) => {
+            policy.record(call, Outcome::Answered { status, to_head });
+            return Ok(Response::from_parts(parts, too_big));
+        }
         Err(e) => {
-            METRICS.upstream_error.inc();
-            tracing::warn!(error = %e, "upstream error body broke off");
-            return Err(ProxyError::Broken(e.to_string()));
+            let e = ForwardError::Broken(Box::new(e));
+            failed(&policy, call, &e, to_head);
+            return Err(e);
         }
     };
-    judge(
-        &shared.table,
-        &shared.trip_codes,
-        parts.status.as_u16(),
-        &bytes,
-        resolved.as_ref(),
-    );
+    let codings: Vec<&[u8]> = parts
+        .headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    policy.classify(call, status, &codings, &bytes);
+    policy.record(call, Outcome::Answered { status, to_head });
     Ok(Response::from_parts(parts, Body::full(bytes)))
-}
-
-/// Judges a non-2xx answer's body: counts its Graph error code and trips the WABA's circuit
-/// on a trip code. Shared with the relay.
-pub fn judge(
-    table: &Table,
-    trip_codes: &[i64],
-    status: u16,
-    body: &[u8],
-    resolved: Option<&Resolved>,
-) {
-    if let Some(err) = envelope::parse(body) {
-        METRICS.upstream_code(err.code);
-        if let Some(r) = resolved.filter(|_| trip_codes.contains(&err.code)) {
-            trip(table, r, status, err);
-        }
-    }
-}
-
-fn trip(table: &Table, r: &Resolved, status: u16, err: envelope::GraphError) {
-    let reason = if err.message.is_empty() {
-        format!("HTTP {status}, Graph error {}", err.code)
-    } else {
-        err.message.clone()
-    };
-    table.apply(Change {
-        waba_id: r.waba.to_string(),
-        action: Action::Open {
-            scope: Scope::AllSends,
-            code: Some(err.code),
-            until: None,
-        },
-        source: Source::Send,
-        at: Utc::now(),
-        reason,
-        evidence: Some(Evidence::Send {
-            code: err.code,
-            error_subcode: err.error_subcode,
-            message: err.message,
-            fbtrace_id: err.fbtrace_id,
-            phone_number_id: Some(r.phone.to_string()),
-        }),
-    });
 }

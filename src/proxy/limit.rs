@@ -1,113 +1,31 @@
-//! Limit: bounds the requests in flight to the upstream (`upstream_concurrency`).
-//! Unlike `tower::limit`, the permit is taken inside the call, after the request is known,
-//! so the guard behind this layer re-checks the circuit when a queued request gets its turn.
+//! Limit as a layer: holds one of the upstream limit's permits ([`Limiter`], shared with
+//! the relay) from the inner call until its answer is classified. Unlike `tower::limit`,
+//! the permit is taken inside the call, after the request is known, so the guard behind
+//! this layer re-checks the circuit when a queued request gets its turn.
 //!
-//! The count is one atomic: taking and returning a permit under the limit touches no lock
-//! (a `tokio::sync::Semaphore` locks its wait list on every release, a lock every worker
-//! would share). Waiting, only when the limit is reached, goes through a `Notify`; a newly
-//! arriving request may take a freed permit before a waiter does (no strict FIFO).
+//! Readiness is the inner service's: `poll_ready` drives the inner `poll_ready`; a request
+//! that has to wait for a permit takes the service that was polled ready along with it.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
-use tokio::sync::Notify;
 use tower::{Layer, Service};
 
-/// The process-wide upstream limit, shared by every worker's stack and relay.
-#[derive(Debug)]
-pub struct Limiter {
-    max: usize,
-    in_flight: AtomicUsize,
-    waiting: AtomicUsize,
-    freed: Notify,
-}
-
-/// One request's place upstream; returned on drop.
-#[derive(Debug)]
-pub struct Permit<'a>(&'a Limiter);
-
-impl Limiter {
-    /// At most `max` permits out at once (`max` ≥ 1, validated with the config).
-    pub fn new(max: usize) -> Limiter {
-        Limiter {
-            max: max.max(1),
-            in_flight: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-            freed: Notify::new(),
-        }
-    }
-
-    /// A permit if one is free now.
-    pub fn try_acquire(&self) -> Option<Permit<'_>> {
-        let mut cur = self.in_flight.load(Ordering::Relaxed);
-        loop {
-            if cur >= self.max {
-                return None;
-            }
-            match self.in_flight.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Some(Permit(self)),
-                Err(now) => cur = now,
-            }
-        }
-    }
-
-    /// A permit, waiting for one if all are out.
-    pub async fn acquire(&self) -> Permit<'_> {
-        loop {
-            if let Some(p) = self.try_acquire() {
-                return p;
-            }
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            // Registered before counting as waiting and retrying, so a release in between
-            // cannot be missed.
-            freed.as_mut().enable();
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            if let Some(p) = self.try_acquire() {
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
-                return p;
-            }
-            freed.await;
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if self.0.waiting.load(Ordering::SeqCst) > 0 {
-            self.0.freed.notify_one();
-        }
-    }
-}
+use crate::upstream::{Limiter, OwnedPermit};
 
 /// See module docs.
 #[derive(Clone)]
 pub struct LimitLayer {
-    limiter: &'static Limiter,
+    limiter: Arc<Limiter>,
 }
 
 impl LimitLayer {
-    /// At most `max` requests in flight upstream. The limiter lives as long as the process
-    /// (one per run), so permits need no reference count.
-    pub fn new(max: usize) -> Self {
-        LimitLayer {
-            limiter: Box::leak(Box::new(Limiter::new(max))),
-        }
-    }
-
-    /// The limiter itself, shared with the relay so both paths count against one limit.
-    pub fn limiter(&self) -> &'static Limiter {
-        self.limiter
+    /// Counts against `limiter`.
+    pub fn new(limiter: Arc<Limiter>) -> Self {
+        LimitLayer { limiter }
     }
 }
 
@@ -116,7 +34,7 @@ impl<S> Layer<S> for LimitLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Limit {
             inner,
-            limiter: self.limiter,
+            limiter: self.limiter.clone(),
         }
     }
 }
@@ -125,16 +43,16 @@ impl<S> Layer<S> for LimitLayer {
 #[derive(Clone)]
 pub struct Limit<S> {
     inner: S,
-    limiter: &'static Limiter,
+    limiter: Arc<Limiter>,
 }
 
-type Acquire = Pin<Box<dyn Future<Output = Permit<'static>> + Send>>;
+type Acquire = Pin<Box<dyn Future<Output = OwnedPermit> + Send>>;
 
 pin_project! {
     #[project = StateProj]
     enum State<F, S, R> {
-        Waiting { acquire: Acquire, inner: S, req: Option<R> },
-        Calling { #[pin] fut: F, permit: Option<Permit<'static>> },
+        Waiting { acquire: Acquire, inner: Option<S>, req: Option<R> },
+        Calling { #[pin] fut: F, permit: Option<OwnedPermit> },
     }
 }
 
@@ -154,22 +72,26 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, S, R>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Readiness is decided per request, inside the call.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Permits are per request, taken in `call`; readiness is the inner service's.
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        let state = match self.limiter.try_acquire() {
+        let state = match self.limiter.try_acquire_owned() {
             Some(permit) => State::Calling {
                 fut: self.inner.call(req),
                 permit: Some(permit),
             },
-            None => State::Waiting {
-                acquire: Box::pin(self.limiter.acquire()),
-                inner: self.inner.clone(),
-                req: Some(req),
-            },
+            None => {
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                State::Waiting {
+                    acquire: Box::pin(self.limiter.clone().acquire_owned()),
+                    inner: Some(ready),
+                    req: Some(req),
+                }
+            }
         };
         ResponseFuture { state }
     }
@@ -192,7 +114,7 @@ where
                     req,
                 } => {
                     let permit = ready!(acquire.as_mut().poll(cx));
-                    let Some(req) = req.take() else {
+                    let (Some(mut inner), Some(req)) = (inner.take(), req.take()) else {
                         panic!("limit future polled after completion");
                     };
                     let fut = inner.call(req);
@@ -210,33 +132,37 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::time::Duration;
+    use tower::ServiceExt;
+    use tower_test::{assert_request_eq, mock};
 
     #[tokio::test]
-    async fn never_more_than_max_and_waiters_get_freed_permits() {
-        let l: &'static Limiter = Box::leak(Box::new(Limiter::new(3)));
-        let peak = Arc::new(AtomicUsize::new(0));
-        let now = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..50 {
-            let (peak, now) = (peak.clone(), now.clone());
-            tasks.push(tokio::spawn(async move {
-                let _p = l.acquire().await;
-                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(n, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                now.fetch_sub(1, Ordering::SeqCst);
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert_eq!(peak.load(Ordering::SeqCst), 3);
-        assert_eq!(l.in_flight.load(Ordering::SeqCst), 0);
-        let held: Vec<_> = (0..3).map(|_| l.try_acquire().unwrap()).collect();
-        assert!(l.try_acquire().is_none());
-        drop(held);
-        assert!(l.try_acquire().is_some());
+    async fn drives_inner_readiness_and_holds_the_permit_until_the_answer() {
+        let limiter = Arc::new(Limiter::new(1));
+        let (service, mut handle) = mock::pair::<&'static str, &'static str>();
+        let mut svc = LimitLayer::new(limiter.clone()).layer(service);
+
+        // Readiness is the inner service's.
+        handle.allow(0);
+        let mut task = tokio_test::task::spawn(());
+        task.enter(|cx, _| assert!(svc.poll_ready(cx).is_pending()));
+        handle.allow(2);
+        task.enter(|cx, _| assert!(svc.poll_ready(cx).is_ready()));
+
+        let first = svc.call("a");
+        assert_eq!(limiter.in_flight(), 1);
+        // The second request waits for the permit, with the service that was polled ready.
+        svc.ready().await.unwrap();
+        let mut second = tokio_test::task::spawn(svc.call("b"));
+        assert!(second.poll().is_pending());
+
+        let first = tokio::spawn(first);
+        assert_request_eq!(handle, "a").send_response("A");
+        assert_eq!(first.await.unwrap().unwrap(), "A");
+        // The permit came back: the waiting request is called now.
+        assert!(second.is_woken());
+        assert!(second.poll().is_pending());
+        assert_request_eq!(handle, "b").send_response("B");
+        assert_eq!(second.await.unwrap(), "B");
+        assert_eq!(limiter.in_flight(), 0);
     }
 }

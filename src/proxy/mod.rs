@@ -1,76 +1,50 @@
-//! The hot path, as a tower stack:
-//! route → guard → limit → guard (again, after any wait) → classify → upstream.
-//! The limit's permit is held until the classifier has decided, so a queued send
-//! never slips out between an upstream 368 and the trip it causes.
+//! Engine 2: the hyper + tower stack (every request when `fast_path = false`; what the relay
+//! hands over otherwise). Thin layers, each calling the policy core ([`crate::policy`]):
+//!
+//! (route, in [`edge`]) → guard → limit → guard (again, after any wait) → classify → forward.
+//!
+//! The limit's permit is held until the classifier has decided, so a queued send never
+//! slips out between an upstream 368 and the trip it causes. [`edge`] is the main
+//! listener's hyper service: the webhook path or this stack, and the one conversion of a
+//! failed forward into the Cloud API envelope.
 
 pub mod body;
 pub mod classify;
-pub mod error;
+pub mod edge;
+pub mod forward;
 pub mod guard;
 pub mod limit;
 pub mod route;
-pub mod upstream;
 
 use std::sync::Arc;
 
 use tower::ServiceBuilder;
 
-use crate::circuit::Table;
-use crate::config::Config;
+use crate::policy::Policy;
+use crate::upstream::{HttpClient, Limiter, Target};
 pub use body::Body;
-pub use error::ProxyError;
-pub use route::Accounts;
-pub use upstream::{client, HttpClient, Upstream};
+pub use edge::Edge;
 
-/// The assembled proxy service.
-pub type Stack = route::RouteService<
-    guard::Guard<limit::Limit<guard::Guard<classify::Classify<upstream::Upstream>>>>,
->;
+/// Marks a response the gateway made itself (the classifier skips it).
+#[derive(Clone, Copy, Debug)]
+pub struct LocalReply;
 
-/// What every worker's stack shares: the account map and the upstream limit.
-#[derive(Clone)]
-pub struct Shared {
-    accounts: Accounts,
-    limit: limit::LimitLayer,
-}
+/// The assembled proxy service (requests carry their [`route::Target`]).
+pub type Stack = guard::Guard<limit::Limit<guard::Guard<classify::Classify<forward::Forward>>>>;
 
-impl Shared {
-    /// Built once per process from `cfg`.
-    pub fn new(cfg: &Config) -> Shared {
-        Shared {
-            accounts: Accounts::new(&cfg.accounts),
-            limit: limit::LimitLayer::new(cfg.upstream_concurrency),
-        }
-    }
-
-    /// phone-number id → WABA.
-    pub fn accounts(&self) -> &Accounts {
-        &self.accounts
-    }
-
-    /// The upstream concurrency limit.
-    pub fn limiter(&self) -> &'static limit::Limiter {
-        self.limit.limiter()
-    }
-}
-
-/// Builds a proxy stack for `cfg` over `table` (one per worker thread; `shared` is common).
+/// Builds a worker's stack over `policy`, counting against `limiter` (shared with the
+/// relay), forwarding with `client` (one per worker: its own pool).
 pub fn stack(
-    cfg: &Config,
-    table: Arc<Table>,
+    policy: Arc<Policy>,
+    limiter: Arc<Limiter>,
+    target: &Target,
     client: HttpClient,
-    shared: &Shared,
-) -> Result<Stack, ProxyError> {
-    let guard = guard::GuardLayer::new(table.clone(), cfg.mode, cfg.classify_body_limit);
-    Ok(ServiceBuilder::new()
-        .layer(route::RouteLayer::new(shared.accounts.clone()))
+) -> Stack {
+    let guard = guard::GuardLayer::new(policy.clone());
+    ServiceBuilder::new()
         .layer(guard.clone())
-        .layer(shared.limit.clone())
+        .layer(limit::LimitLayer::new(limiter))
         .layer(guard)
-        .layer(classify::ClassifyLayer::new(
-            table,
-            cfg.trip_codes.clone(),
-            cfg.classify_body_limit,
-        ))
-        .service(Upstream::new(cfg, client)?))
+        .layer(classify::ClassifyLayer::new(policy))
+        .service(forward::Forward::new(target, client))
 }

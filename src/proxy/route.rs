@@ -1,129 +1,45 @@
-//! Route + resolve: find the Graph node, classify the call, map a phone-number id to its WABA.
-//! The result rides along as a request extension, [`Target`].
-
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+//! What the route step ([`crate::policy::Policy::route`], asked once per request by the
+//! [`super::Edge`]) found, kept with the request as a [`Target`] extension for the layers.
 
 use http::Request;
-use tower::{Layer, Service};
 
-use crate::config::Account;
-use crate::graph::route::{self, Kind};
+use crate::graph::route::Kind;
+use crate::policy::{Call, Resolved};
 
-/// phone-number id → WABA id, from `[[accounts]]`. Immutable after start.
-#[derive(Clone, Debug, Default)]
-pub struct Accounts {
-    by_phone: Arc<HashMap<Box<str>, Resolved>>,
-}
-
-/// A resolved phone number.
-#[derive(Clone, Debug)]
-pub struct Resolved {
-    /// The phone-number id.
-    pub phone: Arc<str>,
-    /// Its WABA.
-    pub waba: Arc<str>,
-}
-
-impl Accounts {
-    /// Builds the map (ids were validated with the config).
-    pub fn new(accounts: &[Account]) -> Accounts {
-        let mut by_phone = HashMap::new();
-        for a in accounts {
-            let waba: Arc<str> = Arc::from(a.waba_id.as_str());
-            for p in &a.phone_number_ids {
-                by_phone.insert(
-                    Box::from(p.as_str()),
-                    Resolved {
-                        phone: Arc::from(p.as_str()),
-                        waba: waba.clone(),
-                    },
-                );
-            }
-        }
-        Accounts {
-            by_phone: Arc::new(by_phone),
-        }
-    }
-
-    /// The WABA of a phone-number id.
-    #[inline]
-    pub fn resolve(&self, phone: &str) -> Option<&Resolved> {
-        self.by_phone.get(phone)
-    }
-}
-
-/// What the route stage learned about a request.
+/// What the route step learned about a request (an owned [`Call`]).
 #[derive(Clone, Debug)]
 pub struct Target {
     /// Send, other write, or read.
     pub kind: Kind,
-    /// The phone number and its WABA, when the node is a configured phone number.
-    pub resolved: Option<Resolved>,
+    /// The phone number and its WABA, when the node is a known phone number.
+    pub account: Option<Resolved>,
 }
 
 impl Target {
-    /// The WABA, when known.
-    pub fn waba(&self) -> Option<&str> {
-        self.resolved.as_ref().map(|r| &*r.waba)
-    }
-}
-
-/// Adds [`Target`] to every request.
-#[derive(Clone)]
-pub struct RouteLayer {
-    accounts: Accounts,
-}
-
-impl RouteLayer {
-    /// A route layer over these accounts.
-    pub fn new(accounts: Accounts) -> Self {
-        RouteLayer { accounts }
-    }
-}
-
-impl<S> Layer<S> for RouteLayer {
-    type Service = RouteService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RouteService {
-            inner,
-            accounts: self.accounts.clone(),
+    /// As the policy takes it.
+    pub fn call(&self) -> Call<'_> {
+        Call {
+            kind: self.kind,
+            account: self.account.as_ref(),
         }
     }
-}
 
-/// See [`RouteLayer`].
-#[derive(Clone)]
-pub struct RouteService<S> {
-    inner: S,
-    accounts: Accounts,
-}
-
-impl<S, B> Service<Request<B>> for RouteService<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// For a routed call.
+    pub fn new(call: Call<'_>) -> Target {
+        Target {
+            kind: call.kind,
+            account: call.account.cloned(),
+        }
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let target = match route::parse(req.method(), req.uri().path()) {
-            Some(r) => Target {
-                kind: r.kind,
-                resolved: self.accounts.resolve(r.node).cloned(),
-            },
-            None => Target {
+    /// The call of a request (one without a target is a read: nothing to guard).
+    pub fn of<B>(req: &Request<B>) -> Call<'_> {
+        match req.extensions().get::<Target>() {
+            Some(t) => t.call(),
+            None => Call {
                 kind: Kind::Read,
-                resolved: None,
+                account: None,
             },
-        };
-        req.extensions_mut().insert(target);
-        self.inner.call(req)
+        }
     }
 }

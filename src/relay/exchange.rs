@@ -1,29 +1,20 @@
-//! One relayed request: route → resolve → guard → limit → guard → forward → classify →
-//! respond, the same steps and metrics as the tower stack in [`crate::proxy`].
+//! One relayed request, the steps of [`crate::policy`] in order: guard → limit → guard →
+//! forward → classify → respond, recorded once.
 
 use std::time::Instant;
 
-use http::{Method, Response};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::http1::{self, BadResponse, Chunks, Framing, RequestHead, ResponseHead};
-use super::pool::Conn;
+use super::h1::body::BodyReader;
+use super::h1::request::RequestHead;
+use super::h1::response::{parse_response, ResponseHead};
+use super::h1::BadResponse;
 use super::{Relay, Scratch};
-use crate::circuit::Scope;
-use crate::config::Mode;
-use crate::graph::route::{self, Kind};
-use crate::metrics::METRICS;
-use crate::proxy::guard::is_template;
-use crate::proxy::route::Resolved;
-use crate::proxy::{classify, upstream::error_chain, Body, ProxyError};
-
-/// Why forwarding failed, before any answer byte reached the client.
-enum Failed {
-    Connect(std::io::Error),
-    Io(std::io::Error),
-    Bad(BadResponse),
-}
+use crate::policy::{Admit, Body, Call, Inspect, Outcome, Reply};
+use crate::upstream::pool::Conn;
+use crate::upstream::{error_chain, ForwardError};
 
 impl Relay {
     /// Answers the request in `req` (`head` says where its parts are) on `client`.
@@ -31,28 +22,24 @@ impl Relay {
     pub(super) async fn exchange(
         &self,
         client: &mut TcpStream,
+        call: Call<'_>,
         req: &[u8],
         head: &RequestHead,
         close: bool,
         s: &mut Scratch,
     ) -> bool {
-        let path = std::str::from_utf8(&req[head.path.0..head.path.1]).unwrap_or("");
+        let policy = &self.shared.policy;
         let body = &req[head.head_len..];
-        let (kind, resolved) = match route::parse(&head.method, path) {
-            Some(r) => (r.kind, self.shared.accounts.resolve(r.node)),
-            None => (Kind::Read, None),
-        };
-
-        if self.answer_locally(kind, resolved, body, close, s) {
+        if self.answer_locally(call, body, close, s) {
             return send(client, close, s).await;
         }
-        let limit = self.shared.limit;
-        let permit = match limit.try_acquire() {
+        let limiter = &self.shared.limiter;
+        let permit = match limiter.try_acquire() {
             Some(p) => p,
-            None => limit.acquire().await,
+            None => limiter.acquire().await,
         };
         // Again: the circuit may have tripped while this send waited for a permit.
-        if self.answer_locally(kind, resolved, body, close, s) {
+        if self.answer_locally(call, body, close, s) {
             drop(permit);
             return send(client, close, s).await;
         }
@@ -63,86 +50,84 @@ impl Relay {
         let sent =
             tokio::time::timeout(timeout, self.forward(head.method == Method::HEAD, close, s))
                 .await;
-        let elapsed = start.elapsed().as_secs_f64();
         let (mut conn, rh) = match sent {
             Ok(Ok(ok)) => ok,
-            Ok(Err(failed)) => {
-                METRICS.upstream_error.inc();
-                METRICS.observe_upstream(None, elapsed);
-                let err = match failed {
-                    Failed::Connect(e) => ProxyError::Connect(error_chain(&e)),
-                    Failed::Io(e) => ProxyError::Broken(error_chain(&e)),
-                    Failed::Bad(e) => ProxyError::Broken(e.to_string()),
-                };
-                tracing::warn!(error = %err, "upstream request failed");
-                return answer(client, err.into_response(), close, s).await;
-            }
+            Ok(Err(e)) => return self.failed(client, call, e, start, close, s).await,
             Err(_) => {
-                METRICS.upstream_error.inc();
-                METRICS.observe_upstream(None, elapsed);
-                tracing::warn!(timeout = ?timeout, "upstream request timed out");
-                let resp = ProxyError::Timeout(timeout).into_response();
-                return answer(client, resp, close, s).await;
+                let e = ForwardError::Timeout(timeout);
+                return self.failed(client, call, e, start, close, s).await;
             }
         };
-        METRICS.observe_upstream(Some(rh.status), elapsed);
-        if kind == Kind::Send && resolved.is_none() {
-            METRICS.unmapped.inc();
-        } else {
-            METRICS.forwarded.inc();
-        }
+        let to_head = start.elapsed();
 
-        if !(200..300).contains(&rh.status) {
-            if let Err(e) = self.classify(&mut conn, &rh, resolved, s).await {
-                METRICS.upstream_error.inc();
-                tracing::warn!(error = %error_chain(&e), "upstream error body broke off");
-                let resp = ProxyError::Broken(e.to_string()).into_response();
-                return answer(client, resp, close, s).await;
+        let mut reader = BodyReader::new(rh.framing, std::mem::take(&mut s.resp), rh.head_len);
+        if let Inspect::Read { limit } = policy.inspect(rh.status, rh.content_length()) {
+            match reader.buffer(&mut conn, limit, &mut s.decoded).await {
+                Ok(true) => {
+                    let judged: &[u8] = if reader.chunked() {
+                        &s.decoded
+                    } else {
+                        reader.framed()
+                    };
+                    let mut codings = [&[][..]; 5];
+                    let mut n = 0;
+                    for c in rh.content_encoding(reader.head()) {
+                        codings[n] = c;
+                        n += 1;
+                    }
+                    policy.classify(call, rh.status, &codings[..n], judged);
+                }
+                Ok(false) => {} // too large to judge: relayed as it comes
+                Err(e) => {
+                    s.resp = reader.into_buffer();
+                    let e = ForwardError::Broken(Box::new(e));
+                    return self.failed(client, call, e, start, close, s).await;
+                }
             }
         }
         // The classifier has decided: queued sends may go (or be answered locally) now.
         drop(permit);
+        policy.record(
+            call,
+            Outcome::Answered {
+                status: rh.status,
+                to_head,
+            },
+        );
 
-        match relay_body(&mut conn, client, &rh, s).await {
-            Ok(true) if !rh.close => self.pool.put(conn),
-            Ok(_) => {}
-            Err(_) => return false,
+        let relayed = relay_body(&mut reader, &mut conn, client, &mut s.out).await;
+        let reusable = reader.reusable() && !rh.close;
+        s.resp = reader.into_buffer();
+        match relayed {
+            Ok(()) if reusable => self.pool.put(conn),
+            Ok(()) => {}
+            Err(e) => {
+                // The head is out: all that is left is to close the client's connection.
+                tracing::debug!(error = %e, "answer body broke off mid-relay");
+                return false;
+            }
         }
-        !close && rh.framing != Framing::Close
+        !close && reusable
     }
 
     /// The guard: when the send is in scope of an open circuit, puts the local answer in
-    /// `s.out` and returns true. Borrows the circuit's guard (no reference counting) and
-    /// builds no response object: this path runs at the rate a blocked app retries.
-    fn answer_locally(
-        &self,
-        kind: Kind,
-        resolved: Option<&Resolved>,
-        body: &[u8],
-        close: bool,
-        s: &mut Scratch,
-    ) -> bool {
-        if self.shared.mode == Mode::Observe || kind != Kind::Send {
-            return false;
+    /// `s.out` and returns true. Builds no response object: this path runs at the rate a
+    /// blocked app retries.
+    fn answer_locally(&self, call: Call<'_>, body: &[u8], close: bool, s: &mut Scratch) -> bool {
+        let policy = &self.shared.policy;
+        let out = &mut s.out;
+        let local = policy.admit(call, Body::Read(body), |reply| {
+            out.clear();
+            reply.write_h1(close, out);
+        });
+        match local {
+            Admit::Local(()) => {
+                policy.record(call, Outcome::Local);
+                true
+            }
+            // The relay always has the whole body: the guard never asks to read it.
+            Admit::Forward | Admit::Inspect { .. } => false,
         }
-        let Some(resolved) = resolved else {
-            return false;
-        };
-        self.shared
-            .table
-            .with_guard(&resolved.waba, |guard| {
-                let in_scope = match guard.scope {
-                    Scope::AllSends => true,
-                    Scope::BusinessInitiated => is_template(body),
-                };
-                if in_scope {
-                    METRICS.answered_locally.inc();
-                    s.out.clear();
-                    http1::encode_local(guard, close, &mut s.out);
-                }
-                in_scope
-            })
-            .unwrap_or(false)
     }
 
     /// Writes `s.up` to an upstream connection and reads the answer's head into `s.resp`
@@ -152,120 +137,59 @@ impl Relay {
         head_request: bool,
         close: bool,
         s: &mut Scratch,
-    ) -> Result<(Conn, ResponseHead), Failed> {
+    ) -> Result<(Conn, ResponseHead), ForwardError> {
         let mut conn = match self.pool.take() {
             Some(c) => c,
             None => self
                 .shared
-                .target
+                .connector
                 .connect()
                 .await
-                .map_err(Failed::Connect)?,
+                .map_err(|e| ForwardError::Connect(Box::new(e)))?,
         };
-        conn.write_all(&s.up).await.map_err(Failed::Io)?;
+        let broken = |e: std::io::Error| ForwardError::Broken(Box::new(e));
+        conn.write_all(&s.up).await.map_err(broken)?;
         s.resp.clear();
         loop {
             if s.resp.capacity() - s.resp.len() < 1024 {
                 s.resp.reserve(4096);
             }
-            let n = conn.read_buf(&mut s.resp).await.map_err(Failed::Io)?;
+            let n = conn.read_buf(&mut s.resp).await.map_err(broken)?;
             if n == 0 {
-                return Err(Failed::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "upstream closed the connection before answering",
-                )));
+                return Err(ForwardError::Broken(
+                    "upstream closed the connection before answering".into(),
+                ));
             }
-            if let Some(rh) = http1::parse_response(&s.resp, head_request, close, &mut s.out)
-                .map_err(Failed::Bad)?
+            if let Some(rh) = parse_response(&s.resp, head_request, close, &mut s.out)
+                .map_err(|e: BadResponse| ForwardError::Broken(Box::new(e)))?
             {
                 return Ok((conn, rh));
             }
         }
     }
 
-    /// Reads a non-2xx answer's body (up to `classify_body_limit`) and lets the classifier
-    /// judge it; a body too large to judge passes unjudged, as in the tower stack.
-    async fn classify(
+    /// A forward that failed before any answer byte reached the client: logged, recorded,
+    /// answered with the gateway's 502/504.
+    async fn failed(
         &self,
-        conn: &mut Conn,
-        rh: &ResponseHead,
-        resolved: Option<&Resolved>,
+        client: &mut TcpStream,
+        call: Call<'_>,
+        e: ForwardError,
+        start: Instant,
+        close: bool,
         s: &mut Scratch,
-    ) -> std::io::Result<()> {
-        let limit = self.shared.classify_limit;
-        let judged: &[u8] = match rh.framing {
-            Framing::Empty => return Ok(()),
-            Framing::Length(n) if n as usize > limit => return Ok(()),
-            Framing::Length(n) => {
-                let end = rh.head_len + n as usize;
-                while s.resp.len() < end {
-                    read_more(conn, &mut s.resp).await?;
-                }
-                &s.resp[rh.head_len..end]
-            }
-            Framing::Chunked => {
-                s.decoded.clear();
-                let mut chunks = Chunks::default();
-                let mut at = rh.head_len;
-                loop {
-                    at += chunks
-                        .advance(&s.resp[at..], Some(&mut s.decoded))
-                        .map_err(std::io::Error::other)?;
-                    if chunks.done() {
-                        break;
-                    }
-                    if s.decoded.len() > limit || s.resp.len() - rh.head_len > 4 * limit {
-                        return Ok(());
-                    }
-                    read_more(conn, &mut s.resp).await?;
-                }
-                &s.decoded
-            }
-            Framing::Close => {
-                loop {
-                    if s.resp.len() - rh.head_len > limit {
-                        return Ok(());
-                    }
-                    s.resp.reserve(4096);
-                    if conn.read_buf(&mut s.resp).await? == 0 {
-                        break;
-                    }
-                }
-                &s.resp[rh.head_len..]
-            }
-        };
-        classify::judge(
-            &self.shared.table,
-            &self.shared.trip_codes,
-            rh.status,
-            judged,
-            resolved,
+    ) -> bool {
+        tracing::warn!(error = %error_chain(&e), "upstream request failed");
+        self.shared.policy.record(
+            call,
+            Outcome::Failed {
+                after: start.elapsed(),
+            },
         );
-        Ok(())
+        s.out.clear();
+        Reply::forward_failed(&e).write_h1(close, &mut s.out);
+        send(client, close, s).await
     }
-}
-
-async fn read_more<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    buf.reserve(4096);
-    match r.read_buf(buf).await? {
-        0 => Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "upstream closed the connection mid-body",
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Writes a gateway-made answer. Returns whether the connection stays open.
-async fn answer(
-    client: &mut TcpStream,
-    resp: Response<Body>,
-    close: bool,
-    s: &mut Scratch,
-) -> bool {
-    s.out.clear();
-    http1::encode_response(&resp, close, &mut s.out);
-    send(client, close, s).await
 }
 
 /// Writes `s.out`. Returns whether the connection stays open.
@@ -273,59 +197,72 @@ async fn send(client: &mut TcpStream, close: bool, s: &mut Scratch) -> bool {
     client.write_all(&s.out).await.is_ok() && !close
 }
 
-/// Sends the client head (in `s.out`) and the body: what is in `s.resp` first, then the rest
-/// as it arrives. `Ok(true)` when the upstream connection ended cleanly and can be reused.
-async fn relay_body<W: AsyncWrite + Unpin>(
-    conn: &mut Conn,
+/// Sends the client's head (in `out`) with the first piece of the body in one write, then
+/// the rest as it arrives.
+async fn relay_body<R, W>(
+    reader: &mut BodyReader,
+    conn: &mut R,
     client: &mut W,
-    rh: &ResponseHead,
-    s: &mut Scratch,
-) -> std::io::Result<bool> {
-    let mut chunks = Chunks::default();
-    let mut have = &s.resp[rh.head_len..];
-    // Bytes of the body still to come (Length), or None for Chunked/Close.
-    let mut left: Option<u64> = match rh.framing {
-        Framing::Empty => Some(0),
-        Framing::Length(n) => Some(n),
-        _ => None,
-    };
-    let mut first = true;
-    loop {
-        let (take, done) = match (rh.framing, left) {
-            (Framing::Chunked, _) => {
-                let n = chunks.advance(have, None).map_err(std::io::Error::other)?;
-                (n, chunks.done())
+    out: &mut Vec<u8>,
+) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    if let Some(first) = reader.next(conn).await? {
+        out.extend_from_slice(first);
+    }
+    client.write_all(out).await?;
+    while let Some(piece) = reader.next(conn).await? {
+        client.write_all(piece).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::h1::Framing;
+
+    /// The answer relay through its caller: the head and body from an upstream that writes
+    /// the answer in two pieces, split at every point, over an in-memory pipe.
+    #[tokio::test]
+    async fn answers_split_at_every_point_reach_the_client_whole() {
+        let answers: [&[u8]; 2] = [
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5;x=1\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"a\":1}",
+        ];
+        for answer in answers {
+            for split in 1..answer.len() {
+                let (mut up, mut conn) = tokio::io::duplex(32);
+                let (a, b) = (answer[..split].to_vec(), answer[split..].to_vec());
+                let writer = tokio::spawn(async move {
+                    up.write_all(&a).await.unwrap();
+                    tokio::task::yield_now().await;
+                    up.write_all(&b).await.unwrap();
+                    up
+                });
+                let mut resp = Vec::new();
+                let mut out = Vec::new();
+                let rh = loop {
+                    conn.read_buf(&mut resp).await.unwrap();
+                    if let Some(rh) = parse_response(&resp, false, false, &mut out).unwrap() {
+                        break rh;
+                    }
+                };
+                let mut reader = BodyReader::new(rh.framing, resp, rh.head_len);
+                let (mut client_w, mut client_r) = tokio::io::duplex(4096);
+                relay_body(&mut reader, &mut conn, &mut client_w, &mut out)
+                    .await
+                    .unwrap();
+                drop(client_w);
+                let mut got = Vec::new();
+                client_r.read_to_end(&mut got).await.unwrap();
+                assert_eq!(got, answer, "split {split}");
+                assert!(reader.reusable(), "split {split}");
+                assert!(matches!(rh.framing, Framing::Chunked | Framing::Length(7)));
+                let _ = writer.await;
             }
-            (_, Some(l)) => {
-                let n = l.min(have.len() as u64);
-                left = Some(l - n);
-                (n as usize, l == n)
-            }
-            (_, None) => (have.len(), false),
-        };
-        // Bytes past the end of the answer: the connection is out of step, do not reuse.
-        let clean = take == have.len();
-        if first {
-            s.out.extend_from_slice(&have[..take]);
-            client.write_all(&s.out).await?;
-            first = false;
-        } else if take > 0 {
-            client.write_all(&have[..take]).await?;
         }
-        if done {
-            return Ok(clean);
-        }
-        s.resp.clear();
-        s.resp.reserve(16 * 1024);
-        if conn.read_buf(&mut s.resp).await? == 0 {
-            return match rh.framing {
-                Framing::Close => Ok(false),
-                _ => Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "upstream closed the connection mid-body",
-                )),
-            };
-        }
-        have = &s.resp[..];
     }
 }

@@ -27,7 +27,8 @@ use crate::config::{is_graph_id, Config, HealthConfig, Secret};
 use crate::graph::envelope;
 use crate::graph::health::{self, Verdict};
 use crate::metrics::METRICS;
-use crate::proxy::{Body, HttpClient};
+use crate::proxy::Body;
+use crate::upstream::{HttpClient, Target};
 
 /// Largest Health Status answer read.
 const MAX_ANSWER: usize = 256 * 1024;
@@ -58,19 +59,15 @@ pub struct HealthChecker {
 
 impl HealthChecker {
     /// A checker for `cfg`, or `None` when no `health.access_token` is configured.
-    pub fn new(cfg: &Config, client: HttpClient) -> Option<Arc<HealthChecker>> {
+    pub fn new(cfg: &Config, target: &Target) -> Option<Arc<HealthChecker>> {
         let token = cfg
             .health
             .access_token
             .clone()
             .filter(|t| !t.expose().is_empty())?;
         Some(Arc::new(HealthChecker {
-            client,
-            base: format!(
-                "{}/{}/",
-                cfg.upstream.trim_end_matches('/'),
-                cfg.graph_version
-            ),
+            client: target.client(),
+            base: format!("{}/{}/", target.base_url(), cfg.graph_version),
             token,
             timeout: cfg.health.timeout,
             permits: Semaphore::new(cfg.health.max_concurrent.max(1)),

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::circuit::{Circuit, Source, Table};
 use crate::config::{Config, HealthConfig};
-use crate::proxy::HttpClient;
+use crate::upstream::Target;
 use health::HealthChecker;
 
 /// The running signal tasks, and what the webhook receiver shares with them.
@@ -39,8 +39,8 @@ impl Signals {
 
 /// Starts the background signal tasks (health poller, expiry timers). Call after the
 /// store has loaded state into `table`, inside the runtime.
-pub fn start(cfg: &Config, table: Arc<Table>, client: HttpClient) -> Signals {
-    let checker = HealthChecker::new(cfg, client);
+pub fn start(cfg: &Config, target: &Target, table: Arc<Table>) -> Signals {
+    let checker = HealthChecker::new(cfg, target);
     if checker.is_none() {
         tracing::info!("no health.access_token: Health Status polling is off (webhooks, expiry and operators still close circuits)");
     }

@@ -1,24 +1,22 @@
-//! The relay's upstream connections: one idle pool per worker (HTTP/1.1, plain or TLS),
-//! so taking a connection never crosses threads.
+//! The relay's upstream connections: one idle pool per worker (HTTP/1.1, plain or TLS), so
+//! taking a connection never crosses threads. Idle policy: [`super::POOL_IDLE_TIMEOUT`] and
+//! [`super::POOL_MAX_IDLE`], the same as hyper's pools.
+//!
+//! Concurrency: a pool is touched only by its own worker's tasks (a single-threaded
+//! runtime), so its lock is never contended; connections never move between pools.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 
-/// Idle connections older than this are closed rather than reused (servers commonly close
-/// at 60–75 s; reusing one they are about to close risks a lost send).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
-/// Idle connections kept per worker.
-const MAX_IDLE: usize = 512;
+use super::{Target, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE};
 
 /// An upstream connection.
 pub enum Conn {
@@ -28,63 +26,47 @@ pub enum Conn {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// Where and how to connect.
-pub struct Target {
-    host: String,
-    port: u16,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
-    connect_timeout: Duration,
+/// Opens the relay's upstream connections: TCP, then TLS (ALPN `http/1.1`) for https.
+#[derive(Clone)]
+pub struct Connector {
+    target: Target,
+    tls: Option<TlsConnector>,
 }
 
-impl Target {
-    /// From the validated `upstream` URL.
-    pub fn new(
-        upstream: &http::Uri,
-        connect_timeout: Duration,
-        mut tls: ClientConfig,
-    ) -> Result<Target, String> {
-        let host = upstream
-            .host()
-            .ok_or("upstream has no host")?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let https = upstream.scheme_str() == Some("https");
-        let port = upstream.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tls = if https {
+impl Connector {
+    /// A connector for `target`.
+    pub fn new(target: &Target) -> Connector {
+        let tls = target.tls_name.as_ref().map(|_| {
+            let mut config = (*target.trust).clone();
             // The relay speaks HTTP/1.1 only.
-            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-            let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-            Some((TlsConnector::from(Arc::new(tls)), name))
-        } else {
-            None
-        };
-        Ok(Target {
-            host,
-            port,
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            TlsConnector::from(Arc::new(config))
+        });
+        Connector {
+            target: target.clone(),
             tls,
-            connect_timeout,
-        })
+        }
     }
 
-    /// Opens a new connection (TCP, then TLS when https), within the connect timeout.
+    /// Opens a new connection within the connect timeout.
     pub async fn connect(&self) -> io::Result<Conn> {
+        let t = &self.target;
         let fut = async {
-            let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+            let tcp = TcpStream::connect((t.host.as_str(), t.port)).await?;
             tcp.set_nodelay(true)?;
-            match &self.tls {
-                None => Ok(Conn::Plain(tcp)),
-                Some((connector, name)) => {
+            match (&self.tls, &t.tls_name) {
+                (Some(connector), Some(name)) => {
                     let tls = connector.connect(name.clone(), tcp).await?;
                     Ok(Conn::Tls(Box::new(tls)))
                 }
+                _ => Ok(Conn::Plain(tcp)),
             }
         };
-        match tokio::time::timeout(self.connect_timeout, fut).await {
+        match tokio::time::timeout(t.connect_timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("connect timed out after {:?}", self.connect_timeout),
+                format!("connect timed out after {:?}", t.connect_timeout),
             )),
         }
     }
@@ -102,7 +84,7 @@ impl Pool {
     pub fn take(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         while let Some((mut conn, since)) = idle.pop() {
-            if since.elapsed() < IDLE_TIMEOUT && conn.is_idle_and_open() {
+            if since.elapsed() < POOL_IDLE_TIMEOUT && conn.is_idle_and_open() {
                 return Some(conn);
             }
         }
@@ -114,7 +96,7 @@ impl Pool {
     pub fn sweep(&self) {
         if let Ok(mut idle) = self.idle.lock() {
             idle.retain_mut(|(conn, since)| {
-                since.elapsed() < IDLE_TIMEOUT && conn.is_idle_and_open()
+                since.elapsed() < POOL_IDLE_TIMEOUT && conn.is_idle_and_open()
             });
         }
     }
@@ -122,7 +104,7 @@ impl Pool {
     /// Returns a connection whose last exchange ended cleanly.
     pub fn put(&self, conn: Conn) {
         if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() >= MAX_IDLE {
+            if idle.len() >= POOL_MAX_IDLE {
                 idle.remove(0);
             }
             idle.push((conn, Instant::now()));

@@ -1,0 +1,237 @@
+//! The gateway's own answers, as one value that both engines render: to an
+//! `http::Response` (the hyper engine) and to HTTP/1.1 bytes (the relay). The local answer
+//! for an open circuit and the 502/504 for a failed forward are built here and nowhere else.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::circuit::OpenGuard;
+use crate::graph::envelope;
+use crate::proxy::Body;
+use crate::relay::h1::encode;
+use crate::upstream::ForwardError;
+
+/// The header that marks an answer the gateway made: `open` (a circuit answered locally)
+/// or `upstream-error` (the forward failed).
+pub const MARKER: &str = "x-wa-breaker";
+
+/// Gateway-specific Graph error code in 502/504 answers (Graph's "temporarily unavailable",
+/// which Cloud API clients already treat as retryable); the subcode says which.
+pub const GATEWAY_CODE: i64 = 2;
+
+/// A gateway-made answer.
+#[derive(Debug)]
+pub struct Reply<'a> {
+    status: StatusCode,
+    marker: &'static str,
+    retry_after: Option<i64>,
+    body: ReplyBody<'a>,
+}
+
+#[derive(Debug)]
+enum ReplyBody<'a> {
+    /// The open circuit's prebuilt envelope (the hot path: no copy, no reference count).
+    Borrowed(&'a Bytes),
+    Owned(Bytes),
+}
+
+impl ReplyBody<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            ReplyBody::Borrowed(b) => b,
+            ReplyBody::Owned(b) => b,
+        }
+    }
+}
+
+impl<'a> Reply<'a> {
+    /// An open circuit's local answer: 403, the envelope with the code that opened it,
+    /// `x-wa-breaker: open`, and `retry-after` when the end is known.
+    pub fn open(guard: &'a OpenGuard, now_unix: i64) -> Reply<'a> {
+        Reply {
+            status: StatusCode::FORBIDDEN,
+            marker: "open",
+            retry_after: guard.until_unix.map(|u| (u - now_unix).max(1)),
+            body: ReplyBody::Borrowed(&guard.body),
+        }
+    }
+
+    /// The answer for a failed forward: 502 (unreachable, broken answer) or 504 (timeout)
+    /// in the Cloud API envelope, `"code": 2`, `"error_subcode"` 502 / 504,
+    /// `x-wa-breaker: upstream-error`. The text never carries request data.
+    pub fn forward_failed(e: &ForwardError) -> Reply<'static> {
+        let (status, title, details) = match e {
+            ForwardError::Connect(_) => (
+                StatusCode::BAD_GATEWAY,
+                "wa-breaker: upstream unreachable",
+                "wa-breaker could not connect to the Cloud API; the request was not delivered. Retry later.",
+            ),
+            ForwardError::Timeout(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "wa-breaker: upstream timeout",
+                "The Cloud API did not answer in time; the request may or may not have been delivered.",
+            ),
+            ForwardError::Broken(_) => (
+                StatusCode::BAD_GATEWAY,
+                "wa-breaker: bad upstream answer",
+                "The Cloud API's answer was broken; the request may or may not have been delivered.",
+            ),
+        };
+        Reply {
+            status,
+            marker: "upstream-error",
+            retry_after: None,
+            body: ReplyBody::Owned(envelope::build(
+                GATEWAY_CODE,
+                Some(status.as_u16() as i64),
+                "WaBreakerException",
+                title,
+                details,
+            )),
+        }
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        self.body.bytes()
+    }
+
+    /// As a response for the hyper engine (hyper adds `content-length` and `date`).
+    pub fn to_response(&self) -> Response<Body> {
+        let body = match &self.body {
+            ReplyBody::Borrowed(b) => (*b).clone(),
+            ReplyBody::Owned(b) => b.clone(),
+        };
+        let mut resp = Response::new(Body::full(body));
+        *resp.status_mut() = self.status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(MARKER, HeaderValue::from_static(self.marker));
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp.extensions_mut().insert(crate::proxy::LocalReply);
+        resp
+    }
+
+    /// As HTTP/1.1 bytes for the relay, appended to `out`: the same status, headers and
+    /// body as [`Reply::to_response`] plus `content-length`, `date` and, when `close`,
+    /// `connection: close`.
+    pub fn write_h1(&self, close: bool, out: &mut Vec<u8>) {
+        encode::status_line(out, self.status);
+        encode::header(out, b"content-type", b"application/json");
+        encode::header(out, MARKER.as_bytes(), self.marker.as_bytes());
+        if let Some(secs) = self.retry_after {
+            encode::header_decimal(out, b"retry-after", secs as u64);
+        }
+        encode::finish(out, self.body.bytes(), close);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::circuit::Scope;
+
+    /// Parses what `write_h1` wrote: status, headers (lowercase, without content-length,
+    /// date and connection, which hyper adds itself), body.
+    fn parse_h1(raw: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(n) = r.parse(raw).unwrap() else {
+            panic!("partial")
+        };
+        let hs = r
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8(h.value.to_vec()).unwrap(),
+                )
+            })
+            .filter(|(n, _)| !matches!(n.as_str(), "content-length" | "date" | "connection"))
+            .collect();
+        (r.code.unwrap(), hs, raw[n..].to_vec())
+    }
+
+    fn from_response(r: &Response<Body>) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let hs = r
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        let body = match r.body() {
+            Body::Full { data } => data.clone().unwrap_or_default().to_vec(),
+            _ => panic!("buffered"),
+        };
+        (r.status().as_u16(), hs, body)
+    }
+
+    fn same_both_ways(reply: &Reply<'_>) {
+        let mut raw = Vec::new();
+        reply.write_h1(false, &mut raw);
+        assert_eq!(parse_h1(&raw), from_response(&reply.to_response()));
+        let text = String::from_utf8(raw.clone()).unwrap();
+        assert!(text.contains(&format!("\r\ncontent-length: {}\r\n", reply.body().len())));
+        assert!(!text.contains("connection: close"));
+        raw.clear();
+        reply.write_h1(true, &mut raw);
+        assert!(String::from_utf8(raw)
+            .unwrap()
+            .contains("\r\nconnection: close\r\n"));
+    }
+
+    #[test]
+    fn local_answers_render_the_same_on_both_engines() {
+        let guard = OpenGuard {
+            scope: Scope::AllSends,
+            until_unix: Some(1_000_000 + 3600),
+            body: Bytes::from_static(b"{\"error\":{\"code\":368}}"),
+        };
+        let r = Reply::open(&guard, 1_000_000);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        same_both_ways(&r);
+        let resp = r.to_response();
+        assert_eq!(resp.headers()["retry-after"], "3600");
+        assert_eq!(resp.headers()["x-wa-breaker"], "open");
+        // The end has passed: at least 1.
+        assert_eq!(Reply::open(&guard, 2_000_000).retry_after, Some(1));
+        let no_end = OpenGuard {
+            until_unix: None,
+            ..guard
+        };
+        let r = Reply::open(&no_end, 0);
+        same_both_ways(&r);
+        assert!(r.to_response().headers().get("retry-after").is_none());
+    }
+
+    #[test]
+    fn forward_failures_render_the_same_on_both_engines() {
+        for (e, status) in [
+            (ForwardError::Connect("refused".into()), 502),
+            (
+                ForwardError::Timeout(std::time::Duration::from_secs(1)),
+                504,
+            ),
+            (ForwardError::Broken("eof".into()), 502),
+        ] {
+            let r = Reply::forward_failed(&e);
+            assert_eq!(r.status().as_u16(), status);
+            same_both_ways(&r);
+            let env = envelope::parse(r.body()).unwrap();
+            assert_eq!(env.code, GATEWAY_CODE);
+            assert_eq!(env.error_subcode, Some(status as i64));
+            assert_eq!(env.kind, "WaBreakerException");
+            assert_eq!(r.to_response().headers()[MARKER], "upstream-error");
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The main listener's hyper service and the hyper engine's route step: asks
+//! [`Policy::route`] once per request; the webhook path goes to the receiver, every Graph
+//! call to the proxy stack with its [`Target`]. A failed forward becomes the Cloud API
+//! envelope here, once.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tower::util::Oneshot;
+use tower::ServiceExt;
+
+use super::route::Target;
+use super::{Body, Stack};
+use crate::policy::{Policy, Reply, Route};
+use crate::signals::webhook::Webhook;
+
+/// See module docs.
+#[derive(Clone)]
+pub struct Edge {
+    policy: Arc<Policy>,
+    proxy: Stack,
+    webhook: Arc<Webhook>,
+}
+
+impl Edge {
+    /// Dispatches between `proxy` and `webhook` by [`Policy::route`].
+    pub fn new(policy: Arc<Policy>, proxy: Stack, webhook: Arc<Webhook>) -> Edge {
+        Edge {
+            policy,
+            proxy,
+            webhook,
+        }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+pin_project! {
+    /// The proxy's answer (a failed forward rendered as [`Reply::forward_failed`]), or the
+    /// webhook receiver's.
+    #[project = EdgeProj]
+    pub enum EdgeFuture {
+        Proxy { #[pin] fut: Oneshot<Stack, Request<Body>> },
+        Webhook { fut: BoxFuture<Response<Body>> },
+    }
+}
+
+impl Future for EdgeFuture {
+    type Output = Result<Response<Body>, Infallible>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            EdgeProj::Proxy { fut } => Poll::Ready(Ok(match ready!(fut.poll(cx)) {
+                Ok(resp) => resp,
+                Err(e) => Reply::forward_failed(&e).to_response(),
+            })),
+            EdgeProj::Webhook { fut } => fut.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Edge {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = EdgeFuture;
+
+    fn call(&self, req: Request<Incoming>) -> EdgeFuture {
+        let target = match self.policy.route(req.method(), req.uri().path()) {
+            Route::Webhook => {
+                let wh = self.webhook.clone();
+                return EdgeFuture::Webhook {
+                    fut: Box::pin(async move { wh.handle(req).await }),
+                };
+            }
+            Route::Graph(call) => Target::new(call),
+        };
+        let mut req = req.map(Body::stream);
+        req.extensions_mut().insert(target);
+        EdgeFuture::Proxy {
+            fut: self.proxy.clone().oneshot(req),
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Request heads: which requests the relay takes, and the head as sent upstream.
+
+use http::Method;
+
+use super::{content_length, encode, MAX_BODY, MAX_HEAD, MAX_HEADERS};
+use crate::policy::hop::HopByHop;
+
+/// What the start of a client's buffer holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// Something the relay does not take (HTTP/1.0, chunked or large bodies, `Expect`,
+    /// upgrades, absolute targets, bad syntax…): hyper serves the connection from here on.
+    Handoff,
+    /// A request the relay takes.
+    Request(RequestHead),
+}
+
+/// A request the relay takes: where its parts are in the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    /// The method.
+    pub method: Method,
+    /// Byte range of the path (without the query) in the buffer.
+    pub path: (usize, usize),
+    /// Length of the head, including the blank line.
+    pub head_len: usize,
+    /// `content-length` (0 when absent).
+    pub body_len: usize,
+    /// The client asked to close after this answer.
+    pub close: bool,
+}
+
+/// Parses a request head at the start of `buf`. On [`Parsed::Request`], `upstream` holds
+/// the head to send upstream: the same method, target and header fields (names and values
+/// as the client wrote them) but for hop-by-hop ones ([`crate::policy::hop`]) and `host`,
+/// which becomes `authority`.
+pub fn parse_request(buf: &[u8], authority: &str, upstream: &mut Vec<u8>) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Parsed::Partial,
+        // Too long, too many headers or malformed: hyper gives the precise answer.
+        _ => return Parsed::Handoff,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Handoff;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Handoff;
+    };
+    if !target.starts_with('/') || method == Method::CONNECT {
+        return Parsed::Handoff;
+    }
+    let mut body_len: Option<usize> = None;
+    let mut hop = HopByHop::default();
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match (content_length(h.value), body_len) {
+                (Some(n), None) if n <= MAX_BODY as u64 => body_len = Some(n as usize),
+                _ => return Parsed::Handoff, // invalid, repeated or large
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            hop.connection(h.value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            return Parsed::Handoff;
+        }
+    }
+    if hop.upgrade() {
+        return Parsed::Handoff;
+    }
+
+    upstream.clear();
+    upstream.extend_from_slice(method.as_str().as_bytes());
+    upstream.push(b' ');
+    upstream.extend_from_slice(target.as_bytes());
+    upstream.extend_from_slice(b" HTTP/1.1\r\n");
+    encode::header(upstream, b"host", authority.as_bytes());
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if hop.drops(name) || name.eq_ignore_ascii_case(b"host") {
+            continue;
+        }
+        encode::header(upstream, name, h.value);
+    }
+    upstream.extend_from_slice(b"\r\n");
+
+    let path = target.split('?').next().unwrap_or(target);
+    let start = path.as_ptr() as usize - buf.as_ptr() as usize;
+    Parsed::Request(RequestHead {
+        method,
+        path: (start, start + path.len()),
+        head_len,
+        body_len: body_len.unwrap_or(0),
+        close: hop.close(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(raw: &str) -> (Parsed, String) {
+        let mut up = Vec::new();
+        let p = parse_request(raw.as_bytes(), "up.example:9001", &mut up);
+        (p, String::from_utf8(up).unwrap())
+    }
+
+    #[test]
+    fn takes_a_plain_send_and_rewrites_host_and_hop_by_hop() {
+        let raw = "POST /v21.0/123/messages?x=1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer t\r\nConnection: keep-alive, X-Trace\r\nKeep-Alive: timeout=5\r\nX-Trace: 1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+        let (p, up) = req(raw);
+        let Parsed::Request(h) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(h.method, Method::POST);
+        assert_eq!(&raw[h.path.0..h.path.1], "/v21.0/123/messages");
+        assert_eq!(h.body_len, 2);
+        assert_eq!(h.head_len, raw.len() - 2);
+        assert!(!h.close);
+        assert_eq!(
+            up,
+            "POST /v21.0/123/messages?x=1 HTTP/1.1\r\nhost: up.example:9001\r\nAuthorization: Bearer t\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn partial_then_complete() {
+        assert_eq!(
+            req("POST /v21.0/1/messages HTTP/1.1\r\nHost: x\r\n").0,
+            Parsed::Partial
+        );
+        let (p, _) = req("GET /v21.0/1 HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let Parsed::Request(h) = p else { panic!() };
+        assert!(h.close);
+        assert_eq!(h.body_len, 0);
+    }
+
+    #[test]
+    fn every_split_point_of_a_head_is_partial_until_complete() {
+        let raw = "POST /v21.0/1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+        let head = raw.len() - 2;
+        for n in 0..head {
+            assert_eq!(req(&raw[..n]).0, Parsed::Partial, "{n}");
+        }
+        for n in head..=raw.len() {
+            assert!(matches!(req(&raw[..n]).0, Parsed::Request(_)), "{n}");
+        }
+    }
+
+    #[test]
+    fn hands_off_what_it_does_not_take() {
+        for raw in [
+            "POST /a HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+            "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST /a HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            "GET /a HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            "GET /a HTTP/1.1\r\nConnection: upgrade\r\n\r\n",
+            "POST /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "POST /a HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+            "POST /a HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n",
+            "GET http://x/a HTTP/1.1\r\n\r\n",
+            "CONNECT x:443 HTTP/1.1\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GARBAGE\r\n\r\n",
+        ] {
+            assert_eq!(req(raw).0, Parsed::Handoff, "{raw:?}");
+        }
+        let long = format!("GET /a HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(req(&long).0, Parsed::Handoff);
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: 1\r\n"))
+            .collect();
+        assert_eq!(
+            req(&format!("GET /a HTTP/1.1\r\n{many}\r\n")).0,
+            Parsed::Handoff
+        );
+    }
+}

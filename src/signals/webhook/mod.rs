@@ -1,0 +1,446 @@
+//! Meta's webhook receiver, on the main listener at `webhook.path`.
+//!
+//! - `GET` answers Meta's subscription check (`hub.mode=subscribe`, `hub.verify_token`,
+//!   `hub.challenge`): 200 with the challenge, else 403.
+//! - `POST` verifies `X-Hub-Signature-256` against the raw body with every configured app
+//!   secret (constant time), then applies each `account_update` change of the delivery to
+//!   its WABA's circuit by event time (see [`plan`]), relays the delivery unchanged to
+//!   `webhook.forward_url` when set, and answers 200 once the changes are durable and the
+//!   relay succeeded — anything else is non-2xx so Meta delivers again (changes are
+//!   idempotent: a redelivery is a no-op).
+//!
+//! | answer | when |
+//! |---|---|
+//! | 200 | applied (or nothing to apply), durable, relayed |
+//! | 400 | valid signature, body not a webhook envelope (nothing changes, nothing relayed) |
+//! | 401 | `X-Hub-Signature-256` missing, not `sha256=<64 hex>`, or matching no app secret |
+//! | 413 | body over `webhook.max_body` |
+//! | 502 | the relay to `forward_url` failed or answered non-2xx |
+//! | 503 | no `app_secret` configured; or the changes were not durable in time |
+
+pub mod forward;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use hmac::{Hmac, KeyInit, Mac};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use sha2::Sha256;
+
+use super::health::{HealthChecker, PollOutcome};
+use crate::circuit::{Action, Change, Scope, Table};
+use crate::config::{Config, Secret};
+use crate::graph::health::Verdict;
+use crate::graph::plan::{plan, WEBHOOK_CODE};
+use crate::graph::webhook as payload;
+use crate::metrics::METRICS;
+use crate::proxy::Body;
+use crate::upstream::{error_chain, HttpClient};
+use forward::Forwarder;
+
+/// The signature header Meta sets on every POST.
+pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
+
+/// How long a delivery waits for its changes to be durable before answering 503.
+const DURABLE_WAIT: Duration = Duration::from_secs(5);
+
+/// The webhook receiver on the main listener.
+pub struct Webhook {
+    secrets: Vec<Secret>,
+    verify_token: Option<Secret>,
+    forward: Option<Forwarder>,
+    max_body: usize,
+    violation_opens: bool,
+    table: Arc<Table>,
+    health: Option<Arc<HealthChecker>>,
+    warned_unconfigured: AtomicBool,
+}
+
+impl Webhook {
+    /// A receiver for `cfg.webhook`; `health` (from [`super::Signals::health`]) checks
+    /// Health Status at once after an `ACCOUNT_VIOLATION`.
+    pub fn new(
+        cfg: &Config,
+        table: Arc<Table>,
+        client: HttpClient,
+        health: Option<Arc<HealthChecker>>,
+    ) -> Webhook {
+        let w = &cfg.webhook;
+        // Validated at load time; an unparsable URL here would be a bug, not a config error.
+        let forward = w
+            .forward_url
+            .as_deref()
+            .and_then(|u| u.parse::<Uri>().ok())
+            .map(|uri| Forwarder::new(uri, w.forward_timeout, client));
+        if w.app_secret.is_empty() {
+            tracing::warn!(path = %w.path, "webhook.app_secret is not set: POSTs to the webhook path are refused (503) until it is");
+        } else {
+            tracing::info!(
+                path = %w.path,
+                app_secrets = w.app_secret.len(),
+                relay = forward.is_some(),
+                "webhook receiver ready"
+            );
+        }
+        Webhook {
+            secrets: w.app_secret.clone(),
+            verify_token: w.verify_token.clone(),
+            forward,
+            max_body: w.max_body,
+            violation_opens: w.violation_opens,
+            table,
+            health,
+            warned_unconfigured: AtomicBool::new(false),
+        }
+    }
+
+    /// Handles one webhook request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        match *req.method() {
+            Method::GET => self.challenge(req.uri().query().unwrap_or_default()),
+            Method::POST => self.post(req).await,
+            _ => {
+                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "GET or POST only\n");
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+                r
+            }
+        }
+    }
+
+    /// Meta's subscription check.
+    fn challenge(&self, query: &str) -> Response<Body> {
+        let Some(token) = &self.verify_token else {
+            tracing::warn!("webhook subscription check refused: webhook.verify_token is not set");
+            return text(StatusCode::FORBIDDEN, "verify_token is not configured\n");
+        };
+        let mode = query_param(query, "hub.mode");
+        let given = query_param(query, "hub.verify_token");
+        let challenge = query_param(query, "hub.challenge");
+        let ok = mode.as_deref() == Some("subscribe")
+            && given.as_deref().is_some_and(|g| token.matches(g))
+            && challenge
+                .as_deref()
+                .is_some_and(|c| !c.is_empty() && c.len() <= 1024);
+        match (ok, challenge) {
+            (true, Some(c)) => {
+                tracing::info!("webhook subscription verified");
+                text(StatusCode::OK, &c)
+            }
+            _ => {
+                tracing::warn!(
+                    mode = mode.as_deref(),
+                    "webhook subscription check refused (wrong mode, token or challenge)"
+                );
+                text(StatusCode::FORBIDDEN, "verification failed\n")
+            }
+        }
+    }
+
+    async fn post(&self, req: Request<Incoming>) -> Response<Body> {
+        METRICS.webhooks.with_label_values(&["received"]).inc();
+        if self.secrets.is_empty() {
+            if !self.warned_unconfigured.swap(true, Ordering::Relaxed) {
+                tracing::error!("webhook POST refused: webhook.app_secret is not configured, so Meta's signature cannot be verified (this is logged once)");
+            }
+            METRICS
+                .webhooks
+                .with_label_values(&["rejected_signature"])
+                .inc();
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "webhook.app_secret is not configured\n",
+            );
+        }
+        let Some(sig) = signature(req.headers()) else {
+            METRICS
+                .webhooks
+                .with_label_values(&["rejected_signature"])
+                .inc();
+            tracing::warn!("webhook POST rejected: missing or malformed X-Hub-Signature-256");
+            return text(
+                StatusCode::UNAUTHORIZED,
+                "missing or invalid X-Hub-Signature-256\n",
+            );
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body as u64) {
+            return too_large(self.max_body);
+        }
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.max_body).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return too_large(self.max_body)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "webhook body aborted");
+                return text(StatusCode::BAD_REQUEST, "body could not be read\n");
+            }
+        };
+        if !verify(&self.secrets, &body, &sig) {
+            METRICS
+                .webhooks
+                .with_label_values(&["rejected_signature"])
+                .inc();
+            tracing::warn!(
+                bytes = body.len(),
+                "webhook POST rejected: X-Hub-Signature-256 matches no configured app secret"
+            );
+            return text(StatusCode::UNAUTHORIZED, "invalid X-Hub-Signature-256\n");
+        }
+        let env = match payload::parse(&body) {
+            Ok(env) => env,
+            Err(e) => {
+                METRICS.webhooks.with_label_values(&["invalid"]).inc();
+                tracing::warn!(error = %e, "signed webhook POST is not a webhook envelope; nothing applied");
+                return text(StatusCode::BAD_REQUEST, &format!("{e}\n"));
+            }
+        };
+
+        let last_seq = self.apply(&env);
+        let durable = async {
+            match last_seq {
+                Some(seq) => self.table.wait_durable(seq, DURABLE_WAIT).await,
+                None => true,
+            }
+        };
+        let relay = async {
+            match &self.forward {
+                Some(f) => f.forward(&parts.headers, body.clone()).await,
+                None => Ok(()),
+            }
+        };
+        let (durable, relayed) = tokio::join!(durable, relay);
+        if !durable {
+            tracing::warn!("webhook changes applied but not durable in time; answering 503 so Meta delivers again");
+            return text(StatusCode::SERVICE_UNAVAILABLE, "state not yet durable\n");
+        }
+        if let Err(e) = relayed {
+            METRICS.webhooks.with_label_values(&["relay_failed"]).inc();
+            tracing::warn!(error = %error_chain(&e), "webhook relay to forward_url failed; answering 502 so Meta delivers again");
+            return text(StatusCode::BAD_GATEWAY, "relay to forward_url failed\n");
+        }
+        text(StatusCode::OK, "ok\n")
+    }
+
+    /// Applies a delivery's changes; returns the sequence number of the last applied one.
+    fn apply(&self, env: &payload::Envelope) -> Option<u64> {
+        if env.skipped > 0 {
+            tracing::info!(
+                skipped = env.skipped,
+                "webhook entries or changes without id/field skipped"
+            );
+        }
+        if !env.object.is_empty() && env.object != payload::OBJECT_WABA {
+            tracing::info!(object = %env.object, "webhook for another object: relayed only");
+            return None;
+        }
+        let now = Utc::now();
+        let has_token = self.health.is_some();
+        let mut last = None;
+        for entry in &env.entries {
+            for ch in &entry.changes {
+                let Some(step) = plan(entry, ch, now, self.violation_opens, has_token) else {
+                    if ch.field == payload::FIELD_ACCOUNT_UPDATE {
+                        tracing::info!(waba_id = %entry.id, event = ch.event_name(), "account_update event ignored (not about sending)");
+                    } else {
+                        tracing::debug!(waba_id = %entry.id, field = %ch.field, "webhook field not acted on");
+                    }
+                    continue;
+                };
+                let check = step.check_health.then(|| step.change.clone());
+                if let Some((_, seq)) = self.table.apply(step.change) {
+                    METRICS.webhooks.with_label_values(&["applied"]).inc();
+                    last = Some(seq);
+                }
+                if let (Some(note), Some(checker)) = (check, &self.health) {
+                    tokio::spawn(check_violation(
+                        self.table.clone(),
+                        checker.clone(),
+                        note,
+                        self.violation_opens,
+                    ));
+                }
+            }
+        }
+        last
+    }
+}
+
+/// After an `ACCOUNT_VIOLATION`: one Health Status poll; BLOCKED opens the circuit with the
+/// violation as evidence. A failed poll opens only when `violation_opens` is set.
+async fn check_violation(
+    table: Arc<Table>,
+    checker: Arc<HealthChecker>,
+    note: Change,
+    violation_opens: bool,
+) {
+    let waba_id = note.waba_id.clone();
+    let why = match checker.check(&waba_id).await {
+        PollOutcome::Status {
+            verdict: verdict @ Verdict::Blocked { .. },
+            ..
+        } => verdict.summary(),
+        PollOutcome::Status { verdict, .. } => {
+            tracing::info!(waba_id, health = %verdict.summary(), "violation recorded; Health Status does not say BLOCKED, the circuit is not opened");
+            return;
+        }
+        PollOutcome::AuthError(e) | PollOutcome::Error(e) => {
+            if !violation_opens {
+                tracing::warn!(waba_id, error = %e, "violation recorded; the health check failed, the circuit is not opened");
+                return;
+            }
+            format!("health check failed ({e}); webhook.violation_opens is set")
+        }
+    };
+    table.apply(Change {
+        action: Action::Open {
+            scope: Scope::AllSends,
+            code: Some(WEBHOOK_CODE),
+            until: None,
+        },
+        // The violation is older; the block is what Meta says now.
+        at: Utc::now().max(note.at),
+        reason: format!("{}; {why}", note.reason),
+        ..note
+    });
+}
+
+/// The 32 signature bytes of `X-Hub-Signature-256: sha256=<hex>`, if well-formed.
+fn signature(h: &HeaderMap) -> Option<[u8; 32]> {
+    let v = h.get(SIGNATURE_HEADER)?.to_str().ok()?.trim();
+    let (algo, hex_sig) = v.split_once('=')?;
+    if !algo.eq_ignore_ascii_case("sha256") {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_sig, &mut out).ok()?;
+    Some(out)
+}
+
+/// True when `sig` is the HMAC-SHA256 of `body` under any of `secrets` (constant time).
+pub fn verify(secrets: &[Secret], body: &[u8], sig: &[u8]) -> bool {
+    let mut ok = false;
+    for s in secrets {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(s.expose().as_bytes()) else {
+            continue;
+        };
+        mac.update(body);
+        // No early exit: every secret is tried.
+        ok |= mac.verify_slice(sig).is_ok();
+    }
+    ok
+}
+
+/// The first value of `name` in a query string, percent-decoded (`+` is a space).
+fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn too_large(max: usize) -> Response<Body> {
+    METRICS.webhooks.with_label_values(&["invalid"]).inc();
+    tracing::warn!(
+        max_body = max,
+        "webhook POST rejected: body over webhook.max_body"
+    );
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("body over {max} bytes (webhook.max_body)\n"),
+    )
+}
+
+fn text(status: StatusCode, s: &str) -> Response<Body> {
+    let mut r = Response::new(Body::full(s.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures() {
+        let secrets = vec![Secret::new("first"), Secret::new("second")];
+        let body = br#"{"entry":[]}"#;
+        let mac = |k: &str| {
+            let mut m = Hmac::<Sha256>::new_from_slice(k.as_bytes()).unwrap();
+            m.update(body);
+            m.finalize().into_bytes().to_vec()
+        };
+        assert!(verify(&secrets, body, &mac("first")));
+        assert!(verify(&secrets, body, &mac("second")));
+        assert!(!verify(&secrets, body, &mac("third")));
+        assert!(!verify(&secrets, b"other", &mac("first")));
+        assert!(!verify(&[], body, &mac("first")));
+
+        let mut h = HeaderMap::new();
+        assert!(signature(&h).is_none());
+        let hex_sig = hex::encode(mac("first"));
+        h.insert(
+            SIGNATURE_HEADER,
+            format!("sha256={hex_sig}").parse().unwrap(),
+        );
+        assert_eq!(signature(&h).unwrap().to_vec(), mac("first"));
+        h.insert(
+            SIGNATURE_HEADER,
+            format!("SHA256={}", hex_sig.to_uppercase())
+                .parse()
+                .unwrap(),
+        );
+        assert!(signature(&h).is_some());
+        for bad in [
+            format!("sha1={hex_sig}"),
+            hex_sig.clone(),
+            "sha256=".to_string(),
+            "sha256=zz".to_string(),
+            format!("sha256={}", &hex_sig[..62]),
+            format!("sha256={hex_sig}00"),
+        ] {
+            h.insert(SIGNATURE_HEADER, bad.parse().unwrap());
+            assert!(signature(&h).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn query_params() {
+        let q = "hub.mode=subscribe&hub.verify_token=a%20b%2Bc+d&hub.challenge=1158201444&x";
+        assert_eq!(query_param(q, "hub.mode").as_deref(), Some("subscribe"));
+        assert_eq!(
+            query_param(q, "hub.verify_token").as_deref(),
+            Some("a b+c d")
+        );
+        assert_eq!(
+            query_param(q, "hub.challenge").as_deref(),
+            Some("1158201444")
+        );
+        assert_eq!(query_param(q, "x").as_deref(), Some(""));
+        assert_eq!(query_param(q, "missing"), None);
+        assert_eq!(
+            query_param("hub%2Emode=subscribe", "hub.mode").as_deref(),
+            Some("subscribe")
+        );
+        // Malformed escapes stay literal (they then simply don't match a token).
+        assert_eq!(query_param("a=%zz", "a").as_deref(), Some("%zz"));
+        assert!(Secret::new("tok").matches("tok"));
+        assert!(!Secret::new("tok").matches("tok2"));
+    }
+}

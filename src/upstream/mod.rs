@@ -1,0 +1,186 @@
+//! The upstream, parsed once: where requests go (scheme, authority, TLS trust), the timeouts,
+//! the one idle/reuse policy of every pool, the limit on requests in flight, and why a
+//! forward failed.
+//!
+//! Both engines forward over pools that follow [`POOL_IDLE_TIMEOUT`] and [`POOL_MAX_IDLE`]:
+//! the relay's per-worker HTTP/1.1 pool ([`pool`]) and hyper's client pool ([`Target::client`]).
+//! Neither retries a request once any of its bytes were written: a send must not reach Meta
+//! twice. A pooled connection that turns out closed before the request is written is
+//! replaced by another (the relay checks it before reuse; hyper retries such "canceled"
+//! requests, which it only does when nothing was written).
+
+pub mod limit;
+pub mod pool;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::Uri;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
+
+use crate::config::Config;
+use crate::proxy::Body;
+pub use limit::{Limiter, OwnedPermit};
+
+/// Idle upstream connections older than this are closed rather than reused (servers
+/// commonly close at 60–75 s; reusing one they are about to close risks a lost send).
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(55);
+/// Idle connections kept per pool (one pool per worker and engine).
+pub const POOL_MAX_IDLE: usize = 512;
+
+/// The HTTP client type of the hyper engine, the health poller and the webhook relay.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// Why the configured upstream cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// `upstream` is not a URL.
+    #[error("upstream {url:?} is not a URL")]
+    Url {
+        /// The configured value.
+        url: String,
+        /// The parser's complaint.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// `upstream` has no host.
+    #[error("upstream {0:?} has no host")]
+    NoHost(String),
+    /// The host is not a valid TLS server name.
+    #[error("upstream host {host:?} is not a valid TLS server name")]
+    ServerName {
+        /// The host.
+        host: String,
+        /// rustls's complaint.
+        #[source]
+        source: tokio_rustls::rustls::pki_types::InvalidDnsNameError,
+    },
+    /// The trust store could not be built.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// The upstream, as every forwarder needs it.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// `host[:port]` as configured: the `Host` sent upstream.
+    pub authority: Authority,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    /// The TLS server name, for `https`.
+    pub(crate) tls_name: Option<ServerName<'static>>,
+    /// Trusted roots (webpki's plus `upstream_ca_file`); no ALPN set: each user sets its own.
+    pub(crate) trust: Arc<ClientConfig>,
+    /// TCP (and TLS) connect timeout.
+    pub connect_timeout: Duration,
+    /// From forwarding to the answer's head.
+    pub request_timeout: Duration,
+}
+
+impl Target {
+    /// Parses `cfg.upstream` (validated at load time) and builds its TLS trust.
+    pub fn new(cfg: &Config) -> Result<Target, TargetError> {
+        let uri: Uri = cfg.upstream.parse().map_err(|source| TargetError::Url {
+            url: cfg.upstream.clone(),
+            source,
+        })?;
+        let parts = uri.into_parts();
+        let authority = parts
+            .authority
+            .ok_or_else(|| TargetError::NoHost(cfg.upstream.clone()))?;
+        let scheme = parts.scheme.unwrap_or(Scheme::HTTPS);
+        let https = scheme == Scheme::HTTPS;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls_name = if https {
+            Some(
+                ServerName::try_from(host.clone()).map_err(|source| TargetError::ServerName {
+                    host: host.clone(),
+                    source,
+                })?,
+            )
+        } else {
+            None
+        };
+        let trust = Arc::new(crate::tls::client_config(cfg.upstream_ca_file.as_deref())?);
+        Ok(Target {
+            scheme,
+            authority,
+            host,
+            port,
+            tls_name,
+            trust,
+            connect_timeout: cfg.connect_timeout,
+            request_timeout: cfg.request_timeout,
+        })
+    }
+
+    /// `scheme://authority`, for the gateway's own calls (`{base}/{version}/{node}…`).
+    pub fn base_url(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+
+    /// A pooled hyper client (HTTP/1.1 and, over TLS, HTTP/2 by ALPN) with the shared pool
+    /// policy. The trust store is the one configured; the client also reaches other URLs
+    /// (the webhook relay) over it.
+    pub fn client(&self) -> HttpClient {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*self.trust).clone())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE)
+            // Only requests not yet written are retried (see the module docs).
+            .retry_canceled_requests(true)
+            .build(https)
+    }
+}
+
+/// An error boxed with its sources.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request could not be forwarded; rendered once, at the edge, by
+/// [`crate::policy::Reply::forward_failed`].
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// TCP connect or TLS handshake failed.
+    #[error("upstream unreachable")]
+    Connect(#[source] BoxError),
+    /// No answer head within `request_timeout`.
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The upstream closed or sent something that is not HTTP.
+    #[error("upstream answer broken")]
+    Broken(#[source] BoxError),
+}
+
+/// An error and its sources, `a: b: c`, for one log line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
