@@ -13,6 +13,14 @@
 #              stack alone, the before/after row for the relay
 #   nginx_403  nginx :9014 answering 403 / code 368 locally
 #   wab_local  wa-breaker :9015 answering 403 locally (circuit opened via admin API)
+#   wab_before_pass, wab_before_local
+#              only with WAB_BIN_BEFORE: the same two rows for an older binary on
+#              :9019 (admin :9020), each measured right after its current counterpart
+#
+# CPU placement: wa-breaker's default pin_workers = "auto" pins worker i to CPU i,
+# and the peers are pinned the same way by their configs (nginx-proxy.conf:
+# worker_cpu_affinity auto; haproxy.cfg: cpu-map auto:1/1-2 0-1). wrk and the
+# stand-in upstream (nginx :9001, 1 worker) are not pinned.
 #
 # Environment:
 #   DURATION=8s          measured run length per target x connection level
@@ -23,10 +31,20 @@
 #   WAB_NO_BUILD=1       do not run `cargo build --release`
 #   WAB_SKIP_GATEWAY=1   benchmark the peers only (no build, no wa-breaker rows)
 #   WAB_BIN=path         gateway binary (default target/release/wa-breaker)
+#   WAB_BIN_BEFORE=path  also run an older ("before") wa-breaker binary, with the same
+#                        generated config (same accounts, fast_path default) on :9019
+#                        (admin :9020) with its own state_dir, and report two extra rows
+#                        per connection level (pass-through and local 403, each right
+#                        after the current binary's row), "current / before" ratio lines
+#                        (no target) and its memory. Never built by this script.
 #   WAB_ACCOUNTS=10000   number of [[accounts]] in the generated config
 #   WAB_HYPER_ROW=0      skip the fast_path = false row (wab_hyper)
 #   TASKSET=1            pin wrk to WRK_CPUS (default 0) and every server to
-#                        SRV_CPUS (default 1); default is no pinning
+#                        SRV_CPUS (default 1) with taskset. The nginx proxy and HAProxy
+#                        configs are then generated without their pin lines
+#                        (worker_cpu_affinity, cpu-map): those would re-bind the workers
+#                        to CPUs 0 and 1, outside the taskset CPU. wa-breaker sees one
+#                        allowed CPU, runs one worker and does not pin it.
 #   OUT_DIR=path         results (default target/bench-load): latest.md, raw/
 #   KEEP_TMP=1           keep the temp dir (configs, pid files, logs)
 #   NO_INSTALL=1         never call apt-get; fail if a tool is missing
@@ -47,20 +65,30 @@ ROUNDS=${ROUNDS:-3}
 THREADS=2
 WAB_ACCOUNTS=${WAB_ACCOUNTS:-10000}
 WAB_BIN=${WAB_BIN:-$ROOT/target/release/wa-breaker}
+WAB_BIN_BEFORE=${WAB_BIN_BEFORE:-}
 OUT_DIR=${OUT_DIR:-$ROOT/target/bench-load}
 
 PHONE_ID=106540352242922
 WABA_ID=102290129340398
 URL_PATH=/v21.0/$PHONE_ID/messages
 ADMIN_TOKEN=bench-admin-token
-ADMIN=http://127.0.0.1:9016
 PORTS=(9001 9012 9013 9014 9015 9016 9017 9018)
+[[ -z $WAB_BIN_BEFORE ]] || PORTS+=(9019 9020)
 HZ=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
 RUNDIR=""
-WAB_PID=""
-WAB2_PID=""
 WRK_PID=""
+# wa-breaker instances: main (the current binary, :9015), hyper (same binary with
+# fast_path = false, :9017), before (WAB_BIN_BEFORE, :9019). Each has its listen port,
+# admin base URL, binary, log, name in messages, and (once started) its pid.
+GATEWAYS=(main hyper before)
+declare -A GW_PORT=([main]=9015 [hyper]=9017 [before]=9019)
+declare -A GW_ADMIN=([main]=http://127.0.0.1:9016 [hyper]=http://127.0.0.1:9018 [before]=http://127.0.0.1:9020)
+declare -A GW_NAME=([main]=wa-breaker [hyper]="wa-breaker (fast_path = false)" [before]="wa-breaker (before)")
+declare -A GW_LOG=([main]=wa-breaker.log [hyper]=wa-breaker-hyper.log [before]=wa-breaker-before.log)
+declare -A GW_PID=()
+# the gateway each wa-breaker target runs against
+declare -A GW_OF=([wab_pass]=main [wab_local]=main [wab_hyper]=hyper [wab_before_pass]=before [wab_before_local]=before)
 SERVER_PIDS=()
 POLICY_RC_CREATED=0
 T0=$(date +%s)
@@ -91,12 +119,13 @@ stop_pidfile() { # file name
 }
 
 cleanup() {
-  local rc=$?
+  local rc=$? g
   trap - EXIT INT TERM
   set +e
   stop_pid "$WRK_PID" wrk
-  stop_pid "$WAB_PID" wa-breaker
-  stop_pid "$WAB2_PID" "wa-breaker (fast_path = false)"
+  for g in "${GATEWAYS[@]}"; do
+    stop_pid "${GW_PID[$g]:-}" "${GW_NAME[$g]}"
+  done
   if [[ -n $RUNDIR ]]; then
     stop_pidfile "$RUNDIR/haproxy.pid" haproxy
     # TERM to an nginx master is its fast shutdown; it reaps its workers.
@@ -228,6 +257,15 @@ else
     GATEWAY=0
   fi
 fi
+BEFORE=0
+if [[ -n $WAB_BIN_BEFORE ]]; then
+  if [[ $GATEWAY == 1 ]]; then
+    [[ -x $WAB_BIN_BEFORE ]] || die "WAB_BIN_BEFORE=$WAB_BIN_BEFORE is not an executable file"
+    BEFORE=1
+  else
+    log "WAB_BIN_BEFORE is set but the current gateway is not run: skipping the before rows too"
+  fi
+fi
 
 # ---------------------------------------------------------------- machine quiet?
 # CPU used by other processes over 1 s, from /proc/stat (all CPUs).
@@ -253,10 +291,18 @@ done
 
 RUNDIR=$(mktemp -d "${TMPDIR:-/tmp}/wab-bench.XXXXXX")
 log "temp dir $RUNDIR"
-for f in nginx-up.conf nginx-proxy.conf; do
-  sed "s#@RUNDIR@#$RUNDIR#g" "$HERE/$f" >"$RUNDIR/$f"
+# The peers pin their workers like wa-breaker (worker_cpu_affinity / cpu-map), except
+# with TASKSET=1: every server is then confined to SRV_CPUS, and those lines would make
+# nginx and HAProxy re-bind their workers to CPUs 0 and 1, outside that set.
+if [[ ${TASKSET:-0} == 1 ]]; then
+  PEER_UNPIN=(-e '/^[[:space:]]*worker_cpu_affinity[[:space:]]/d' -e '/^[[:space:]]*cpu-map[[:space:]]/d')
+  log "TASKSET=1: nginx proxy and HAProxy configs generated without worker_cpu_affinity / cpu-map"
+else
+  PEER_UNPIN=()
+fi
+for f in nginx-up.conf nginx-proxy.conf haproxy.cfg; do
+  sed -e "s#@RUNDIR@#$RUNDIR#g" "${PEER_UNPIN[@]}" "$HERE/$f" >"$RUNDIR/$f"
 done
-cp "$HERE/haproxy.cfg" "$RUNDIR/haproxy.cfg"
 
 log "starting nginx upstream :9001"
 "${PIN_SRV[@]}" nginx -p "$RUNDIR" -e "$RUNDIR/nginx-up.err" -c "$RUNDIR/nginx-up.conf" \
@@ -277,25 +323,81 @@ log "starting HAProxy :9013"
 wait_pidfile "$RUNDIR/haproxy.pid" 10 haproxy
 wait_port 9013 10 haproxy
 mapfile -t -O "${#SERVER_PIDS[@]}" SERVER_PIDS < <(cat "$RUNDIR/nginx-up.pid" "$RUNDIR/nginx-proxy.pid" "$RUNDIR/haproxy.pid")
-declare -A ROOT=(
+# the process (with its children) whose CPU time is charged to each target
+declare -A SRV_OF=(
   [direct]=$(cat "$RUNDIR/nginx-up.pid")
   [nginx]=$(cat "$RUNDIR/nginx-proxy.pid")
   [nginx_403]=$(cat "$RUNDIR/nginx-proxy.pid")
   [haproxy]=$(cat "$RUNDIR/haproxy.pid")
 )
 
+# CPUs each worker process (nginx: the master's children) or thread (HAProxy) may run
+# on, as the kernel sees it: "0 1" = two workers, one on CPU 0, one on CPU 1.
+cpus_of_children() { # parent pid
+  local c
+  for c in $(pgrep -P "$1"); do
+    awk '/^Cpus_allowed_list:/ {print $2}' "/proc/$c/status" 2>/dev/null
+  done | sort | paste -sd' ' -
+}
+cpus_of_threads() { # pid
+  awk '/^Cpus_allowed_list:/ {print $2}' /proc/"$1"/task/*/status 2>/dev/null | sort | paste -sd' ' -
+}
+AFF_NGINX=$(cpus_of_children "${SRV_OF[nginx]}")
+AFF_HAPROXY=$(cpus_of_threads "${SRV_OF[haproxy]}")
+AFF_UP=$(cpus_of_children "${SRV_OF[direct]}")
+log "CPUs allowed: nginx proxy workers [$AFF_NGINX], HAProxy threads [$AFF_HAPROXY], upstream worker [$AFF_UP]"
+
 rss_kb() { # pid field(VmRSS|VmHWM)
   awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status" 2>/dev/null || true
 }
 kb_mb() { [[ -n $1 ]] && awk -v k="$1" 'BEGIN{printf "%.1f MB", k/1024}' || echo "n/a"; }
 
-RSS_IDLE="" HWM_IDLE="" RSS_END="" HWM_END=""
+AFF_WAB=""
+# memory per gateway: VmRSS/VmHWM 1 s after /readyz, and after the whole run
+declare -A RSS_IDLE=() HWM_IDLE=() RSS_END=() HWM_END=()
+
+# Starts gateway $1 from binary $2 with config $3 and waits for its /readyz (30 s at most).
+start_gateway() { # gateway binary config
+  local g=$1 bin=$2 cfg=$3 i code="" pid
+  log "starting ${GW_NAME[$g]} :${GW_PORT[$g]} (admin ${GW_ADMIN[$g]#http://}): $bin --config $cfg"
+  "${PIN_SRV[@]}" "$bin" --config "$cfg" >"$RUNDIR/${GW_LOG[$g]}" 2>&1 &
+  pid=$!
+  GW_PID[$g]=$pid
+  SERVER_PIDS+=("$pid")
+  for i in $(seq 1 300); do
+    kill -0 "$pid" 2>/dev/null || die "${GW_NAME[$g]} exited during startup: $(tail -20 "$RUNDIR/${GW_LOG[$g]}")"
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "${GW_ADMIN[$g]}/readyz" || true)
+    if [[ $code == 200 ]]; then
+      log "${GW_NAME[$g]} ready after ~$((i / 10)).$((i % 10)) s"
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "${GW_NAME[$g]} /readyz not 200 within 30 s (last: ${code:-none}): $(tail -20 "$RUNDIR/${GW_LOG[$g]}")"
+}
+
+# Idle memory of gateway $1, 1 s after it turned ready (before any traffic).
+sample_idle_memory() { # gateway
+  local g=$1
+  sleep 1
+  RSS_IDLE[$g]=$(rss_kb "${GW_PID[$g]}" VmRSS)
+  HWM_IDLE[$g]=$(rss_kb "${GW_PID[$g]}" VmHWM)
+  log "${GW_NAME[$g]} idle RSS with $WAB_ACCOUNTS WABAs: $(kb_mb "${RSS_IDLE[$g]}") (peak so far $(kb_mb "${HWM_IDLE[$g]}"))"
+}
+
+# Same config as $1 on gateway $2's ports with its own state_dir $3 -> stdout.
+derive_config() { # base_config gateway state_dir
+  local admin=${GW_ADMIN[$2]#http://}
+  sed -e "s/127.0.0.1:9015/127.0.0.1:${GW_PORT[$2]}/; s/127.0.0.1:9016/$admin/" \
+    -e "s#^state_dir = .*#state_dir = \"$3\"#" "$1"
+}
+
 if [[ $GATEWAY == 1 ]]; then
   mkdir -p "$RUNDIR/state"
   cfg=$RUNDIR/wa-breaker.toml
   {
-    printf 'listen = "127.0.0.1:9015"\n'
-    printf 'admin_listen = "127.0.0.1:9016"\n'
+    printf 'listen = "127.0.0.1:%s"\n' "${GW_PORT[main]}"
+    printf 'admin_listen = "%s"\n' "${GW_ADMIN[main]#http://}"
     printf 'upstream = "http://127.0.0.1:9001"\n'
     printf 'state_dir = "%s/state"\n' "$RUNDIR"
     printf 'admin_token = "%s"\n' "$ADMIN_TOKEN"
@@ -309,44 +411,30 @@ if [[ $GATEWAY == 1 ]]; then
   } >"$cfg"
   log "generated $cfg with $(grep -c '^\[\[accounts\]\]' "$cfg") accounts (incl. $PHONE_ID -> $WABA_ID)"
 
-  log "starting wa-breaker :9015 (admin :9016): $WAB_BIN --config $cfg"
-  "${PIN_SRV[@]}" "$WAB_BIN" --config "$cfg" >"$RUNDIR/wa-breaker.log" 2>&1 &
-  WAB_PID=$!
-  SERVER_PIDS+=("$WAB_PID")
-  ROOT[wab_pass]=$WAB_PID
-  ROOT[wab_local]=$WAB_PID
-  ready=0
-  for i in $(seq 1 300); do
-    kill -0 "$WAB_PID" 2>/dev/null || die "wa-breaker exited during startup: $(tail -20 "$RUNDIR/wa-breaker.log")"
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$ADMIN/readyz" || true)
-    [[ $code == 200 ]] && { ready=1; break; }
-    sleep 0.1
-  done
-  [[ $ready == 1 ]] || die "wa-breaker /readyz not 200 within 30 s (last: ${code:-none}): $(tail -20 "$RUNDIR/wa-breaker.log")"
-  log "wa-breaker ready after ~$((i / 10)).$((i % 10)) s"
-  sleep 1
-  RSS_IDLE=$(rss_kb "$WAB_PID" VmRSS)
-  HWM_IDLE=$(rss_kb "$WAB_PID" VmHWM)
-  log "wa-breaker idle RSS with $WAB_ACCOUNTS WABAs: $(kb_mb "$RSS_IDLE") (peak so far $(kb_mb "$HWM_IDLE"))"
+  start_gateway main "$WAB_BIN" "$cfg"
+  SRV_OF[wab_pass]=${GW_PID[main]}
+  SRV_OF[wab_local]=${GW_PID[main]}
+  sample_idle_memory main
+  AFF_WAB=$(cpus_of_threads "${GW_PID[main]}")
+  log "CPUs allowed: wa-breaker threads [$AFF_WAB]"
 
   if [[ ${WAB_HYPER_ROW:-1} != 0 ]]; then
     # Same config, own ports and state, relay off: every request through the hyper stack.
     mkdir -p "$RUNDIR/state-hyper"
-    sed -e 's/127.0.0.1:9015/127.0.0.1:9017/; s/127.0.0.1:9016/127.0.0.1:9018/' \
-      -e "s#^state_dir = .*#state_dir = \"$RUNDIR/state-hyper\"#" \
-      -e 's/^log_level = "warn"$/log_level = "warn"\nfast_path = false/' "$cfg" >"$RUNDIR/wa-breaker-hyper.toml"
-    log "starting wa-breaker :9017 with fast_path = false (admin :9018)"
-    "${PIN_SRV[@]}" "$WAB_BIN" --config "$RUNDIR/wa-breaker-hyper.toml" >"$RUNDIR/wa-breaker-hyper.log" 2>&1 &
-    WAB2_PID=$!
-    SERVER_PIDS+=("$WAB2_PID")
-    ROOT[wab_hyper]=$WAB2_PID
-    for i in $(seq 1 300); do
-      kill -0 "$WAB2_PID" 2>/dev/null || die "wa-breaker (fast_path = false) exited during startup: $(tail -20 "$RUNDIR/wa-breaker-hyper.log")"
-      code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:9018/readyz" || true)
-      [[ $code == 200 ]] && break
-      sleep 0.1
-    done
-    [[ $code == 200 ]] || die "wa-breaker (fast_path = false) /readyz not 200 within 30 s"
+    derive_config "$cfg" hyper "$RUNDIR/state-hyper" \
+      | sed -e 's/^log_level = "warn"$/log_level = "warn"\nfast_path = false/' >"$RUNDIR/wa-breaker-hyper.toml"
+    start_gateway hyper "$WAB_BIN" "$RUNDIR/wa-breaker-hyper.toml"
+    SRV_OF[wab_hyper]=${GW_PID[hyper]}
+  fi
+
+  if [[ $BEFORE == 1 ]]; then
+    # The older binary: same config (same accounts, fast_path default), own ports and state.
+    mkdir -p "$RUNDIR/state-before"
+    derive_config "$cfg" before "$RUNDIR/state-before" >"$RUNDIR/wa-breaker-before.toml"
+    start_gateway before "$WAB_BIN_BEFORE" "$RUNDIR/wa-breaker-before.toml"
+    SRV_OF[wab_before_pass]=${GW_PID[before]}
+    SRV_OF[wab_before_local]=${GW_PID[before]}
+    sample_idle_memory before
   fi
 fi
 
@@ -361,10 +449,10 @@ sample() { # port out_prefix -> prints status; body in PREFIX.body, headers in P
     --data-binary "$BODY" "http://127.0.0.1:$1$URL_PATH" || true
 }
 
-admin_post() { # path -> prints status
+admin_post() { # gateway path -> prints status; body in $RUNDIR/admin.out
   curl -s -o "$RUNDIR/admin.out" -w '%{http_code}' --max-time 5 -X POST \
     -H "Authorization: Bearer $ADMIN_TOKEN" -H 'content-type: application/json' \
-    -d '{"reason":"bench"}' "$ADMIN$1" || true
+    -d '{"reason":"bench"}' "${GW_ADMIN[$1]}$2" || true
 }
 
 code=$(sample 9001 "$RUNDIR/direct")
@@ -380,21 +468,29 @@ code=$(sample 9014 "$RUNDIR/peer9014")
 RESULTS=$RUNDIR/results.tsv
 : >"$RESULTS"
 declare -A SKIP=()
-CIRCUIT=closed
-rm -rf "$OUT_DIR/raw" "$OUT_DIR/failed-run" "$OUT_DIR/wa-breaker.log"
+declare -A CIRCUIT=([main]=closed [hyper]=closed [before]=closed)
+rm -rf "$OUT_DIR/raw" "$OUT_DIR/failed-run" "$OUT_DIR/wa-breaker.log" "$OUT_DIR/wa-breaker-before.log"
 mkdir -p "$OUT_DIR/raw"
 
-TARGETS=(direct nginx haproxy wab_pass wab_hyper nginx_403 wab_local)
-[[ ${WAB_HYPER_ROW:-1} != 0 ]] || TARGETS=(direct nginx haproxy wab_pass nginx_403 wab_local)
-declare -A PORT=([direct]=9001 [nginx]=9012 [haproxy]=9013 [wab_pass]=9015 [wab_hyper]=9017 [nginx_403]=9014 [wab_local]=9015)
+# Per connection level, in this order; each before row right after its current counterpart.
+TARGETS=(direct nginx haproxy wab_pass)
+if [[ -n $WAB_BIN_BEFORE ]]; then TARGETS+=(wab_before_pass); fi
+if [[ ${WAB_HYPER_ROW:-1} != 0 ]]; then TARGETS+=(wab_hyper); fi
+TARGETS+=(nginx_403 wab_local)
+if [[ -n $WAB_BIN_BEFORE ]]; then TARGETS+=(wab_before_local); fi
+declare -A PORT=([direct]=9001 [nginx]=9012 [haproxy]=9013 [nginx_403]=9014
+  [wab_pass]=${GW_PORT[main]} [wab_local]=${GW_PORT[main]} [wab_hyper]=${GW_PORT[hyper]}
+  [wab_before_pass]=${GW_PORT[before]} [wab_before_local]=${GW_PORT[before]})
 declare -A LABEL=(
   [direct]="direct upstream (nginx :9001)"
   [nginx]="nginx proxy :9012"
   [haproxy]="HAProxy :9013"
-  [wab_pass]="wa-breaker pass-through :9015"
-  [wab_hyper]="wa-breaker pass-through, fast_path = false :9017"
+  [wab_pass]="wa-breaker pass-through :${GW_PORT[main]}"
+  [wab_before_pass]="wa-breaker (before) pass-through :${GW_PORT[before]}"
+  [wab_hyper]="wa-breaker pass-through, fast_path = false :${GW_PORT[hyper]}"
   [nginx_403]="nginx local 403 :9014"
-  [wab_local]="wa-breaker local 403 (open) :9015"
+  [wab_local]="wa-breaker local 403 (open) :${GW_PORT[main]}"
+  [wab_before_local]="wa-breaker (before) local 403 (open) :${GW_PORT[before]}"
 )
 
 run_wrk() { # port conns duration outfile
@@ -457,45 +553,49 @@ foreign_pct() { # "busy0 total0" ours0 "busy1 total1" ours1
     printf "%.0f", (t > 0) ? 100 * f / t : 0 }'
 }
 
-# Prepares the gateway for target $1; returns non-zero (and sets SKIP) when it cannot.
+# Prepares the gateway of wa-breaker target $1 (GW_OF); returns non-zero (and sets
+# SKIP[$1]) when it cannot. Pass-through targets (*_pass, wab_hyper): circuit closed
+# (closed via the admin API if this script opened it), and a sample answers 200 with a
+# body identical to the upstream's. Local targets (*_local): circuit opened via the
+# admin API, and a sample answers 403 with x-wa-breaker: open.
 prepare() {
-  local t=$1 code
+  local t=$1 g=${GW_OF[$1]} code port name
+  port=${GW_PORT[$g]}
+  name=${GW_NAME[$g]}
   case $t in
-    wab_pass)
-      if [[ $CIRCUIT == open ]]; then
-        code=$(admin_post "/admin/circuits/$WABA_ID/close")
-        [[ $code == 200 ]] || { SKIP[wab_pass]="admin close answered $code"; log "close circuit: HTTP $code"; return 1; }
-        CIRCUIT=closed
-      fi
-      code=$(sample 9015 "$RUNDIR/wab")
-      [[ $code == 200 ]] || { SKIP[wab_pass]="sample through wa-breaker answered $code"; log "pass-through sample: HTTP $code"; return 1; }
-      cmp -s "$RUNDIR/wab.body" "$RUNDIR/direct.body" \
-        || { SKIP[wab_pass]="sample body differs from direct"; log "pass-through body differs from direct"; return 1; }
-      log "pass-through sample: 200, body identical to direct"
-      ;;
-    wab_hyper)
-      code=$(sample 9017 "$RUNDIR/wabhyper")
-      [[ $code == 200 ]] || { SKIP[wab_hyper]="sample answered $code"; log "fast_path = false sample: HTTP $code"; return 1; }
-      cmp -s "$RUNDIR/wabhyper.body" "$RUNDIR/direct.body" \
-        || { SKIP[wab_hyper]="sample body differs from direct"; log "fast_path = false body differs from direct"; return 1; }
-      ;;
-    wab_local)
-      if [[ $CIRCUIT != open ]]; then
-        code=$(admin_post "/admin/circuits/$WABA_ID/open")
+    *_pass | wab_hyper)
+      if [[ ${CIRCUIT[$g]} == open ]]; then
+        code=$(admin_post "$g" "/admin/circuits/$WABA_ID/close")
         [[ $code == 200 ]] || {
-          SKIP[wab_local]="admin open answered ${code:-no answer}"
-          log "POST /admin/circuits/$WABA_ID/open: HTTP ${code:-none} $(head -c 200 "$RUNDIR/admin.out" 2>/dev/null)"
+          SKIP[$t]="admin close answered ${code:-no answer}"
+          log "$name: POST /admin/circuits/$WABA_ID/close: HTTP ${code:-none} $(head -c 200 "$RUNDIR/admin.out" 2>/dev/null)"
           return 1
         }
-        CIRCUIT=open
+        CIRCUIT[$g]=closed
       fi
-      code=$(sample 9015 "$RUNDIR/wabopen")
-      if [[ $code != 403 ]] || ! grep -qi '^x-wa-breaker: *open' "$RUNDIR/wabopen.hdr"; then
-        SKIP[wab_local]="open-circuit sample answered $code without x-wa-breaker: open"
-        log "local sample: HTTP $code; headers: $(tr '\r\n' '  ' <"$RUNDIR/wabopen.hdr")"
+      code=$(sample "$port" "$RUNDIR/sample-$t")
+      [[ $code == 200 ]] || { SKIP[$t]="sample through $name answered $code"; log "$name pass-through sample: HTTP $code"; return 1; }
+      cmp -s "$RUNDIR/sample-$t.body" "$RUNDIR/direct.body" \
+        || { SKIP[$t]="sample body differs from direct"; log "$name pass-through body differs from direct"; return 1; }
+      log "$name pass-through sample: 200, body identical to direct"
+      ;;
+    *_local)
+      if [[ ${CIRCUIT[$g]} != open ]]; then
+        code=$(admin_post "$g" "/admin/circuits/$WABA_ID/open")
+        [[ $code == 200 ]] || {
+          SKIP[$t]="admin open answered ${code:-no answer}"
+          log "$name: POST /admin/circuits/$WABA_ID/open: HTTP ${code:-none} $(head -c 200 "$RUNDIR/admin.out" 2>/dev/null)"
+          return 1
+        }
+        CIRCUIT[$g]=open
+      fi
+      code=$(sample "$port" "$RUNDIR/sample-$t")
+      if [[ $code != 403 ]] || ! grep -qi '^x-wa-breaker: *open' "$RUNDIR/sample-$t.hdr"; then
+        SKIP[$t]="open-circuit sample answered $code without x-wa-breaker: open"
+        log "$name local sample: HTTP $code; headers: $(tr '\r\n' '  ' <"$RUNDIR/sample-$t.hdr")"
         return 1
       fi
-      log "local-answer sample: 403 with x-wa-breaker: open"
+      log "$name local-answer sample: 403 with x-wa-breaker: open"
       ;;
   esac
   return 0
@@ -507,7 +607,8 @@ for round in $(seq 1 "$ROUNDS"); do
       if [[ $t == wab_* ]]; then
         [[ $GATEWAY == 1 ]] || { SKIP[$t]="gateway not run"; continue; }
         [[ -n ${SKIP[$t]:-} ]] && continue
-        kill -0 "$WAB_PID" 2>/dev/null || die "wa-breaker died: $(tail -20 "$RUNDIR/wa-breaker.log")"
+        g=${GW_OF[$t]}
+        kill -0 "${GW_PID[$g]}" 2>/dev/null || die "${GW_NAME[$g]} died: $(tail -20 "$RUNDIR/${GW_LOG[$g]}")"
         prepare "$t" || continue
       fi
       port=${PORT[$t]}
@@ -515,9 +616,9 @@ for round in $(seq 1 "$ROUNDS"); do
       run_wrk "$port" "$c" "$WARMUP" "$RUNDIR/warmup.out" || die "wrk warm-up failed: $(tail -5 "$RUNDIR/warmup.out")"
       raw=$OUT_DIR/raw/$t-c$c-r$round.txt
       log "round $round/$ROUNDS  $t  -c$c  measuring $DURATION"
-      c0=$(cpu_ticks); o0=$(our_ticks); s0=$(ticks_of "${ROOT[$t]}")
+      c0=$(cpu_ticks); o0=$(our_ticks); s0=$(ticks_of "${SRV_OF[$t]}")
       run_wrk "$port" "$c" "$DURATION" "$raw" || die "wrk failed: $(tail -5 "$raw")"
-      c1=$(cpu_ticks); o1=$(our_ticks); s1=$(ticks_of "${ROOT[$t]}")
+      c1=$(cpu_ticks); o1=$(our_ticks); s1=$(ticks_of "${SRV_OF[$t]}")
       bg=$(foreign_pct "$c0" "$o0" "$c1" "$o1")
       vals=$(parse_wrk "$raw") || die "could not parse wrk output $raw"
       read -r rps p50 p99 p999 n2 err reqs <<<"$vals"
@@ -532,10 +633,16 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 if [[ $GATEWAY == 1 ]]; then
-  kill -0 "$WAB_PID" 2>/dev/null || die "wa-breaker died during the run: $(tail -20 "$RUNDIR/wa-breaker.log")"
-  RSS_END=$(rss_kb "$WAB_PID" VmRSS)
-  HWM_END=$(rss_kb "$WAB_PID" VmHWM)
+  for g in main before; do
+    [[ -n ${GW_PID[$g]:-} ]] || continue
+    kill -0 "${GW_PID[$g]}" 2>/dev/null || die "${GW_NAME[$g]} died during the run: $(tail -20 "$RUNDIR/${GW_LOG[$g]}")"
+    RSS_END[$g]=$(rss_kb "${GW_PID[$g]}" VmRSS)
+    HWM_END[$g]=$(rss_kb "${GW_PID[$g]}" VmHWM)
+  done
   V_WAB=$("$WAB_BIN" --version 2>/dev/null | sed -n 1p || true)
+  if [[ $BEFORE == 1 ]]; then
+    V_WAB_BEFORE=$("$WAB_BIN_BEFORE" --version 2>/dev/null | sed -n 1p || true)
+  fi
 fi
 
 ELAPSED=$(($(date +%s) - T0))
@@ -558,7 +665,7 @@ AGG=$(awk -F'\t' '
             med(order[i], 4), med(order[i], 5), med(order[i], 6), med(order[i], 7), med(order[i], 8), med(order[i], 9),
             max[order[i]], med(order[i], 11) } }' "$RESULTS")
 
-get() { # target conns field(3..8)
+get() { # target conns field(3 rps, 4 p50, 5 p99, 6 p999, 7 non2xx, 8 err, 9 other%, 10 cpu-us/req)
   awk -v t="$1" -v c="$2" -v f="$3" '$1 == t && $2 == c { print $f }' <<<"$AGG"
 }
 
@@ -566,50 +673,59 @@ REPORT=$RUNDIR/report.md
 {
   echo "## Load benchmark — $(date -u '+%Y-%m-%d %H:%M UTC') (real run)"
   echo
-  if [[ ${TASKSET:-0} == 1 ]]; then pinning="TASKSET=1: wrk on CPU ${WRK_CPUS:-0}, every server on CPU ${SRV_CPUS:-1}"
-  else pinning="no CPU pinning by this script: wrk, the proxy under test and the upstream share the cores (wa-breaker's default pin_workers = auto pins each of its workers to its own CPU)"; fi
+  if [[ ${TASKSET:-0} == 1 ]]; then
+    pinning="TASKSET=1: wrk on CPU ${WRK_CPUS:-0}, every server on CPU ${SRV_CPUS:-1} (taskset); nginx and HAProxy configs without their pin lines, wa-breaker runs one unpinned worker on its one allowed CPU"
+  else
+    pinning="nginx proxy (worker_cpu_affinity auto) and HAProxy (cpu-map auto:1/1-2 0-1) pinned like wa-breaker's workers (pin_workers = auto: worker i on CPU i); wrk and the upstream (nginx :9001) not pinned, sharing the cores"
+  fi
+  pinning+="; CPUs allowed per worker as seen at start: nginx proxy [$AFF_NGINX], HAProxy threads [$AFF_HAPROXY], upstream [$AFF_UP]"
+  if [[ -n ${AFF_WAB:-} ]]; then pinning+=", wa-breaker threads [$AFF_WAB]"; fi
   echo "- machine: $V_NPROC cores, ${V_CPU:-unknown CPU}, kernel $V_KERNEL; $pinning"
   echo "- background load before the run: ${BUSY_START}% CPU in use, loadavg $LOAD_START$( ((BUSY_START > 15)) && echo " (**busy machine: figures skewed**)")"
-  echo "- tools: $V_WRK, $V_NGINX, $V_HAPROXY$([[ $GATEWAY == 1 ]] && echo ", ${V_WAB:-wa-breaker (no --version)}")"
+  echo "- tools: $V_WRK, $V_NGINX, $V_HAPROXY$([[ $GATEWAY == 1 ]] && echo ", ${V_WAB:-wa-breaker (no --version)}")$([[ $BEFORE == 1 ]] && echo "; before: ${V_WAB_BEFORE:-wa-breaker (no --version)} ($WAB_BIN_BEFORE)")"
   echo "- wrk -t$THREADS -d$DURATION --latency (warm-up $WARMUP before each run), POST $URL_PATH, ~330-byte body; rounds: $ROUNDS$([[ $ROUNDS -gt 1 ]] && echo " (each column is the median over rounds)")"
   echo
-  echo "| target | conns | rps | p50 ms | p99 ms | p99.9 ms | non-2xx | socket errors | server CPU µs/req | other CPU % |"
+  echo "| target | conns | server CPU µs/req | rps | p50 ms | p99 ms | p99.9 ms | non-2xx | socket errors | other CPU % |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for c in $CONNS; do
     for t in "${TARGETS[@]}"; do
       line=$(awk -v t="$t" -v c="$c" '$1 == t && $2 == c' <<<"$AGG")
       if [[ -n $line ]]; then
         read -r _ _ rps p50 p99 p999 n2 err bg us <<<"$line"
-        printf '| %s | %s | %s | %.2f | %.2f | %.2f | %s | %s | %s | %s |\n' "${LABEL[$t]}" "$c" "$rps" "$p50" "$p99" "$p999" "$n2" "$err" "$us" "$bg"
+        printf '| %s | %s | %s | %s | %.2f | %.2f | %.2f | %s | %s | %s |\n' "${LABEL[$t]}" "$c" "$us" "$rps" "$p50" "$p99" "$p999" "$n2" "$err" "$bg"
       else
-        printf '| %s | %s | skipped | | | | | %s | | |\n' "${LABEL[$t]}" "$c" "${SKIP[$t]:-not run}"
+        printf '| %s | %s | skipped: %s | | | | | | | |\n' "${LABEL[$t]}" "$c" "${SKIP[$t]:-not run}"
       fi
     done
   done
   echo
-  echo "\`server CPU µs/req\` is the CPU time (user+system) of the server under test alone (not wrk, not the upstream) divided by the requests it served."
+  echo "\`server CPU µs/req\` is the CPU time (user+system) of the server under test alone (not wrk, not the upstream) divided by the requests it served; it comes first because it moves far less than rps from run to run."
   echo "\`other CPU %\` is the share of all CPU time used, during the measured run, by processes this script did not start (max over rounds)."
   bgmax=$(awk 'BEGIN { m = 0 } $9 + 0 > m { m = $9 + 0 } END { print m }' <<<"$AGG")
   if ((bgmax > 10)); then
     echo "**Warning: other processes used up to ${bgmax}% of the CPU during some runs; those rows (and ratios built on them) are skewed. Re-run on a quiet machine.**"
   fi
   echo
-  echo "Ratios (targets: pass-through rps >= 1.05x nginx and HAProxy with p99 no worse; local answers >= 1.0x nginx local 403):"
+  echo "Ratios (targets: pass-through rps >= 1.05x nginx and HAProxy with p99 no worse; local answers >= 1.0x nginx local 403; server CPU per request shown first, no target):"
   echo
-  ratio() { # label num den min_ratio
-    local t1=$1 t2=$2 min=$3 label=$4 c r1 r2 p1 p2
+  # PASS when rps ratio >= min_ratio and p99 <= the denominator's; min_ratio "-": no target.
+  ratio() { # num_target den_target min_ratio label
+    local t1=$1 t2=$2 min=$3 label=$4 c r1 r2 p1 p2 u1 u2
     for c in $CONNS; do
       r1=$(get "$t1" "$c" 3); r2=$(get "$t2" "$c" 3)
       p1=$(get "$t1" "$c" 5); p2=$(get "$t2" "$c" 5)
+      u1=$(get "$t1" "$c" 10); u2=$(get "$t2" "$c" 10)
       if [[ -z $r1 || -z $r2 ]]; then
         echo "- $label @ $c conns: n/a (${SKIP[$t1]:-${SKIP[$t2]:-not run}})"
         continue
       fi
-      awk -v l="$label" -v c="$c" -v r1="$r1" -v r2="$r2" -v p1="$p1" -v p2="$p2" -v m="$min" 'BEGIN {
+      awk -v l="$label" -v c="$c" -v r1="$r1" -v r2="$r2" -v p1="$p1" -v p2="$p2" -v u1="$u1" -v u2="$u2" -v m="$min" 'BEGIN {
+        cpu = (u2 > 0) ? sprintf("%.2fx", u1 / u2) : "n/a"
         q = r2 > 0 ? r1 / r2 : 0
-        ok = (q >= m && p1 <= p2) ? "PASS" : "FAIL"
-        printf "- %s @ %s conns: rps %.2fx (%d vs %d, target >= %.2fx); p99 %.2f ms vs %.2f ms (%.2fx) -> %s\n",
-          l, c, q, r1, r2, m, p1, p2, (p2 > 0 ? p1 / p2 : 0), ok }'
+        if (m == "-") { tgt = ""; ok = "" }
+        else { tgt = sprintf(", target >= %.2fx", m); ok = (q >= m && p1 <= p2) ? " -> PASS" : " -> FAIL" }
+        printf "- %s @ %s conns: CPU/req %s (%.1f vs %.1f µs); rps %.2fx (%d vs %d%s); p99 %.2f ms vs %.2f ms (%.2fx)%s\n",
+          l, c, cpu, u1, u2, q, r1, r2, tgt, p1, p2, (p2 > 0 ? p1 / p2 : 0), ok }'
     done
   }
   ratio wab_pass nginx 1.05 "wa-breaker pass-through / nginx proxy"
@@ -621,13 +737,28 @@ REPORT=$RUNDIR/report.md
     echo
     ratio wab_pass wab_hyper 1.00 "wa-breaker pass-through / same with fast_path = false"
   fi
+  if [[ -n $WAB_BIN_BEFORE ]]; then
+    echo
+    echo "Before/after comparison (no target): current binary ($WAB_BIN) / before binary ($WAB_BIN_BEFORE), same config, same run:"
+    echo
+    ratio wab_pass wab_before_pass - "current / before, pass-through"
+    ratio wab_local wab_before_local - "current / before, local 403"
+  fi
   echo
   if [[ $GATEWAY == 1 ]]; then
     echo "wa-breaker memory ($WAB_ACCOUNTS WABAs configured; target: idle RSS <= 30 MB):"
     echo
-    echo "- idle after startup: VmRSS $(kb_mb "$RSS_IDLE")"
-    echo "- after the whole run: VmRSS $(kb_mb "$RSS_END"), peak VmHWM $(kb_mb "$HWM_END")"
-    echo "- its log (log_level warn): $(wc -l <"$RUNDIR/wa-breaker.log") lines, copied to $OUT_DIR/wa-breaker.log"
+    echo "- idle after startup: VmRSS $(kb_mb "${RSS_IDLE[main]:-}")"
+    echo "- after the whole run: VmRSS $(kb_mb "${RSS_END[main]:-}"), peak VmHWM $(kb_mb "${HWM_END[main]:-}")"
+    echo "- its log (log_level warn): $(wc -l <"$RUNDIR/${GW_LOG[main]}") lines, copied to $OUT_DIR/${GW_LOG[main]}"
+    if [[ $BEFORE == 1 ]]; then
+      echo
+      echo "wa-breaker (before) memory ($WAB_BIN_BEFORE, same config, no target):"
+      echo
+      echo "- idle after startup: VmRSS $(kb_mb "${RSS_IDLE[before]:-}")"
+      echo "- after the whole run: VmRSS $(kb_mb "${RSS_END[before]:-}"), peak VmHWM $(kb_mb "${HWM_END[before]:-}")"
+      echo "- its log (log_level warn): $(wc -l <"$RUNDIR/${GW_LOG[before]}") lines, copied to $OUT_DIR/${GW_LOG[before]}"
+    fi
   else
     echo "wa-breaker: not run (${SKIP[wab_pass]:-gateway skipped})."
   fi
@@ -636,7 +767,8 @@ REPORT=$RUNDIR/report.md
 } >"$REPORT"
 
 cp "$REPORT" "$OUT_DIR/latest.md"
-[[ $GATEWAY == 1 ]] && cp "$RUNDIR/wa-breaker.log" "$OUT_DIR/wa-breaker.log"
+if [[ $GATEWAY == 1 ]]; then cp "$RUNDIR/${GW_LOG[main]}" "$OUT_DIR/${GW_LOG[main]}"; fi
+if [[ $BEFORE == 1 ]]; then cp "$RUNDIR/${GW_LOG[before]}" "$OUT_DIR/${GW_LOG[before]}"; fi
 cp "$RESULTS" "$OUT_DIR/results.tsv"
 echo
 cat "$REPORT"
