@@ -1,28 +1,30 @@
-//! The fast path (`src/relay`) end to end over real sockets: what it sends upstream, the
-//! answer framings it relays (length, chunked, until-close), broken upstream answers,
-//! stale pooled connections, pipelining, handing a connection to hyper mid-way, and the
-//! same behaviour with `fast_path = false`.
+//! The byte relay (`src/relay`) and the hyper stack end to end over real sockets: what they
+//! send upstream, the answer framings they relay (length, chunked, until-close, answers
+//! written in pieces), broken or ambiguous upstream answers, stale pooled connections,
+//! pipelining, `Connection: close`, TLS upstreams, and (relay only) handing a connection to
+//! hyper mid-way.
+//!
+//! Tests listed in `both_engines!` (at the end) run as `relay::…` (`fast_path = true`) and
+//! `hyper::…` (`fast_path = false`).
 
 mod support;
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 const WABA_A: &str = "102290129340398";
 const PHONE_A1: &str = "106540352242922";
 const PHONE_A2: &str = "106540352242923";
 const ADMIN: &str = "test-admin-token-0123456789";
 
-fn config(extra: &str) -> String {
+fn config(engine: Engine, extra: &str) -> String {
+    let engine_line = engine.config_line();
     format!(
         r#"
+{engine_line}
 listen = "{{listen}}"
 admin_listen = "{{admin_listen}}"
 state_dir = "{{state_dir}}"
@@ -38,245 +40,52 @@ phone_number_ids = ["{PHONE_A1}", "{PHONE_A2}"]
     )
 }
 
-async fn start(upstream: &str, extra: &str) -> Gateway {
-    Gateway::builder(&config(extra))
+async fn start(engine: Engine, upstream: &str, extra: &str) -> Gateway {
+    Gateway::builder(&config(engine, extra))
         .var("upstream", upstream)
         .start()
         .await
 }
 
-// ---------------------------------------------------------------------------
-// A raw upstream: answers each request with scripted bytes, records raw requests.
-// ---------------------------------------------------------------------------
-
-#[derive(Clone)]
-struct RawReply {
-    bytes: Vec<u8>,
-    /// Close the connection this long after answering (`Some(ZERO)`: at once).
-    close_after: Option<Duration>,
-}
-
-fn raw(bytes: &str) -> RawReply {
-    RawReply {
-        bytes: bytes.as_bytes().to_vec(),
-        close_after: None,
-    }
-}
-
-#[derive(Clone, Default)]
-struct RawUpstream {
-    addr: Option<SocketAddr>,
-    requests: Arc<Mutex<Vec<Vec<u8>>>>,
-    replies: Arc<Mutex<VecDeque<RawReply>>>,
-    connections: Arc<AtomicUsize>,
-}
-
-const OK_RAW: &str =
-    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Serves TLS with the test CA's certificate for 127.0.0.1 and localhost.
-fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use tokio_rustls::rustls::{crypto::ring, ServerConfig};
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(fixture("upstream.pem"))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key = PrivateKeyDer::from_pem_file(fixture("upstream.key")).unwrap();
-    let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
-}
-
-impl RawUpstream {
-    async fn start() -> RawUpstream {
-        Self::start_with(None).await
-    }
-
-    async fn start_tls() -> RawUpstream {
-        Self::start_with(Some(tls_acceptor())).await
-    }
-
-    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> RawUpstream {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = RawUpstream {
-            addr: Some(l.local_addr().unwrap()),
-            ..Default::default()
-        };
-        let me = up.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                me.connections.fetch_add(1, Ordering::SeqCst);
-                let me = me.clone();
-                match tls.clone() {
-                    None => drop(tokio::spawn(me.serve(s))),
-                    Some(acceptor) => drop(tokio::spawn(async move {
-                        // A failed handshake (an untrusting client) just ends the connection.
-                        if let Ok(s) = acceptor.accept(s).await {
-                            me.serve(s).await;
-                        }
-                    })),
-                }
-            }
-        });
-        up
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr.unwrap())
-    }
-
-    fn push(&self, r: RawReply) {
-        self.replies.lock().unwrap().push_back(r);
-    }
-
-    fn requests(&self) -> Vec<String> {
-        let reqs = self.requests.lock().unwrap();
-        reqs.iter()
-            .map(|r| String::from_utf8_lossy(r).into_owned())
-            .collect()
-    }
-
-    async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(self, mut s: S) {
-        let mut buf = Vec::new();
-        loop {
-            // One request: head, then content-length bytes.
-            let (head_end, len) = loop {
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                    break (end + 4, len);
-                }
-                let mut chunk = [0u8; 4096];
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            };
-            while buf.len() < head_end + len {
-                let mut chunk = [0u8; 4096];
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let req: Vec<u8> = buf.drain(..head_end + len).collect();
-            self.requests.lock().unwrap().push(req);
-            let reply = self
-                .replies
-                .lock()
-                .unwrap()
-                .pop_front()
-                .unwrap_or(raw(OK_RAW));
-            if s.write_all(&reply.bytes).await.is_err() {
-                return;
-            }
-            if let Some(d) = reply.close_after {
-                tokio::time::sleep(d).await;
-                return;
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// A raw client: writes bytes, reads `content-length`-framed answers.
-// ---------------------------------------------------------------------------
-
-struct Answer {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|l| {
+/// The header lines of a raw request or answer (after the start line, before the blank line).
+fn header_lines(raw: &str) -> Vec<(String, String)> {
+    let head = raw.split("\r\n\r\n").next().unwrap_or("");
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
+            Some((k.to_string(), v.trim().to_string()))
         })
+        .collect()
+}
+
+/// True when `raw` has a header `name: value`: exact bytes (`Name: value\r\n`) on the relay,
+/// which keeps header names as sent; name compared case-insensitively on hyper, which
+/// writes its own (lowercase) names.
+fn has_header(engine: Engine, raw: &str, name: &str, value: &str) -> bool {
+    match engine {
+        Engine::Relay => raw.contains(&format!("\r\n{name}: {value}\r\n")),
+        Engine::Hyper => header_lines(raw)
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case(name) && v == value),
     }
 }
 
-async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
-    let fut = async {
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                let status: u16 = head[9..12].parse().unwrap();
-                let a = Answer {
-                    status,
-                    head,
-                    body: Vec::new(),
-                };
-                let len: usize = a
-                    .header("content-length")
-                    .expect("relay answers here are content-length framed")
-                    .parse()
-                    .unwrap();
-                while buf.len() < end + 4 + len {
-                    let mut chunk = [0u8; 4096];
-                    let n = s.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "gateway closed mid-answer");
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let all: Vec<u8> = buf.drain(..end + 4 + len).collect();
-                return Answer {
-                    body: all[end + 4..].to_vec(),
-                    ..a
-                };
-            }
-            let mut chunk = [0u8; 4096];
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(
-                n > 0,
-                "gateway closed before answering: {:?}",
-                String::from_utf8_lossy(buf)
-            );
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .expect("answer in time")
+/// True when `raw` has a header named `name` (any case).
+fn has_header_named(raw: &str, name: &str) -> bool {
+    header_lines(raw)
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case(name))
 }
 
-fn send_req(phone: &str, extra_headers: &str, body: &str) -> String {
-    format!(
-        "POST /v21.0/{phone}/messages HTTP/1.1\r\nHost: gateway.local\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-async fn closed(s: &mut TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await,
-        Ok(Ok(0)) | Ok(Err(_))
-    )
-}
-
-// ---------------------------------------------------------------------------
-
-#[tokio::test]
-async fn upstream_gets_the_request_with_host_rewritten_and_hop_by_hop_headers_removed() {
+/// On the relay the head goes upstream byte for byte (header names keep their case, the
+/// order is kept, `host` comes first). hyper writes header names in lowercase in its own
+/// order, a real engine difference: there names are compared case-insensitively.
+async fn upstream_gets_the_request_with_host_rewritten_and_hop_by_hop_headers_removed(
+    engine: Engine,
+) {
     let up = RawUpstream::start().await;
-    let gw = start(&up.url(), "").await;
+    let gw = start(engine, &up.url(), "").await;
     let mut s = TcpStream::connect(gw.listen_addr()).await.unwrap();
     let req = send_req(
         PHONE_A1,
@@ -292,33 +101,42 @@ async fn upstream_gets_the_request_with_host_rewritten_and_hop_by_hop_headers_re
     let seen = up.requests();
     assert_eq!(seen.len(), 1);
     let r = &seen[0];
-    let port = up.addr.unwrap().port();
+    let port = up.addr().port();
+    let request_line = format!("POST /v21.0/{PHONE_A1}/messages HTTP/1.1\r\n");
+    match engine {
+        Engine::Relay => assert!(
+            r.starts_with(&format!("{request_line}host: 127.0.0.1:{port}\r\n")),
+            "{r}"
+        ),
+        Engine::Hyper => {
+            assert!(r.starts_with(&request_line), "{r}");
+            assert!(
+                has_header(engine, r, "host", &format!("127.0.0.1:{port}")),
+                "{r}"
+            );
+        }
+    }
     assert!(
-        r.starts_with(&format!(
-            "POST /v21.0/{PHONE_A1}/messages HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
-        )),
-        "{r}"
-    );
-    assert!(
-        r.contains("X-Request-ID: Abc-123\r\n"),
+        has_header(engine, r, "X-Request-ID", "Abc-123"),
         "header bytes kept: {r}"
     );
-    assert!(r.contains(&format!("Authorization: Bearer {TEST_TOKEN}\r\n")));
-    for gone in [
-        "gateway.local",
-        "Keep-Alive",
-        "Proxy-Authorization",
-        "Connection",
-    ] {
-        assert!(!r.contains(gone), "{gone} forwarded: {r}");
+    assert!(
+        has_header(engine, r, "Authorization", &format!("Bearer {TEST_TOKEN}")),
+        "{r}"
+    );
+    assert!(!r.contains("gateway.local"), "client host forwarded: {r}");
+    for gone in ["Keep-Alive", "Proxy-Authorization", "Connection"] {
+        match engine {
+            Engine::Relay => assert!(!r.contains(gone), "{gone} forwarded: {r}"),
+            Engine::Hyper => assert!(!has_header_named(r, gone), "{gone} forwarded: {r}"),
+        }
     }
     assert!(r.ends_with(&format!("\r\n\r\n{TEMPLATE_BODY}")), "{r}");
 }
 
-#[tokio::test]
-async fn chunked_and_until_close_answers_are_relayed_and_classified() {
+async fn chunked_and_until_close_answers_are_relayed_and_classified(engine: Engine) {
     let up = RawUpstream::start().await;
-    let gw = start(&up.url(), "").await;
+    let gw = start(engine, &up.url(), "").await;
     let c = client();
     let url = format!("{}/v21.0/{PHONE_A1}/messages", gw.url());
 
@@ -327,11 +145,13 @@ async fn chunked_and_until_close_answers_are_relayed_and_classified() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "{\"a\":1}");
 
-    up.push(RawReply {
-        bytes: b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"until\":\"close\"}"
-            .to_vec(),
-        close_after: Some(Duration::ZERO),
-    });
+    up.push(
+        RawReply::bytes(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"until\":\"close\"}"
+                .to_vec(),
+        )
+        .then_close(),
+    );
     let r = c.post(&url).body(TEMPLATE_BODY).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "{\"until\":\"close\"}");
@@ -361,10 +181,9 @@ async fn chunked_and_until_close_answers_are_relayed_and_classified() {
     assert_eq!(up.requests().len(), before, "no send reached the upstream");
 }
 
-#[tokio::test]
-async fn broken_upstream_answers_become_502_and_the_gateway_keeps_serving() {
+async fn broken_upstream_answers_become_502_and_the_gateway_keeps_serving(engine: Engine) {
     let up = RawUpstream::start().await;
-    let gw = start(&up.url(), "").await;
+    let gw = start(engine, &up.url(), "").await;
     let c = client();
     let url = format!("{}/v21.0/{PHONE_A1}/messages", gw.url());
     for bad in [
@@ -372,10 +191,7 @@ async fn broken_upstream_answers_become_502_and_the_gateway_keeps_serving() {
         "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nx",
         "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
     ] {
-        up.push(RawReply {
-            bytes: bad.as_bytes().to_vec(),
-            close_after: Some(Duration::ZERO),
-        });
+        up.push(raw(bad).then_close());
         let r = c.post(&url).body(TEMPLATE_BODY).send().await.unwrap();
         assert_eq!(r.status(), 502, "{bad:?}");
         assert_eq!(r.headers()["x-wa-breaker"], "upstream-error");
@@ -383,10 +199,7 @@ async fn broken_upstream_answers_become_502_and_the_gateway_keeps_serving() {
         assert_eq!(v["error"]["type"], "WaBreakerException");
     }
     // Closed without a byte.
-    up.push(RawReply {
-        bytes: Vec::new(),
-        close_after: Some(Duration::ZERO),
-    });
+    up.push(RawReply::bytes(Vec::new()).then_close());
     let r = c.post(&url).body(TEMPLATE_BODY).send().await.unwrap();
     assert_eq!(r.status(), 502);
 
@@ -397,31 +210,26 @@ async fn broken_upstream_answers_become_502_and_the_gateway_keeps_serving() {
     assert_ne!(circuit["state"], "open", "broken answers never trip");
 }
 
-#[tokio::test]
-async fn a_pooled_connection_the_upstream_closed_is_not_reused() {
+async fn a_pooled_connection_the_upstream_closed_is_not_reused(engine: Engine) {
     let up = RawUpstream::start().await;
-    let gw = start(&up.url(), "").await;
+    let gw = start(engine, &up.url(), "").await;
     let c = client();
     let url = format!("{}/v21.0/{PHONE_A1}/messages", gw.url());
     for _ in 0..3 {
         // Answers keep-alive, then closes while the gateway holds it idle.
-        up.push(RawReply {
-            bytes: OK_RAW.as_bytes().to_vec(),
-            close_after: Some(Duration::from_millis(20)),
-        });
+        up.push(raw(OK_RAW).close_after(Duration::from_millis(20)));
         let r = c.post(&url).body(TEMPLATE_BODY).send().await.unwrap();
         assert_eq!(r.status(), 200);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(up.connections.load(Ordering::SeqCst), 3);
+    assert_eq!(up.connection_count(), 3);
     assert_eq!(up.requests().len(), 3);
 }
 
-#[tokio::test]
-async fn pipelined_requests_are_answered_in_order_on_one_upstream_connection() {
+async fn pipelined_requests_are_answered_in_order_on_one_upstream_connection(engine: Engine) {
     let fake = FakeCloud::start().await;
     fake.on_phone(PHONE_A2, Reply::graph_error(400, 100, "Invalid parameter"));
-    let gw = start(&fake.url(), "").await;
+    let gw = start(engine, &fake.url(), "").await;
     let mut s = TcpStream::connect(gw.listen_addr()).await.unwrap();
     let both = format!(
         "{}{}",
@@ -442,10 +250,11 @@ async fn pipelined_requests_are_answered_in_order_on_one_upstream_connection() {
     assert_eq!(sends[1].body_str(), TEXT_BODY);
 }
 
+/// Relay only by nature: with `fast_path = false` there is no relay to hand over from.
 #[tokio::test]
 async fn a_connection_is_handed_to_hyper_mid_way_and_keeps_working() {
     let fake = FakeCloud::start().await;
-    let gw = start(&fake.url(), "").await;
+    let gw = start(Engine::Relay, &fake.url(), "").await;
     let mut s = TcpStream::connect(gw.listen_addr()).await.unwrap();
     let mut buf = Vec::new();
 
@@ -489,10 +298,9 @@ async fn a_connection_is_handed_to_hyper_mid_way_and_keeps_working() {
     assert_eq!(fake.last().unwrap().body_str(), big);
 }
 
-#[tokio::test]
-async fn connection_close_from_the_client_is_honoured() {
+async fn connection_close_from_the_client_is_honoured(engine: Engine) {
     let fake = FakeCloud::start().await;
-    let gw = start(&fake.url(), "").await;
+    let gw = start(engine, &fake.url(), "").await;
 
     // One request with `Connection: close`: the answer says so and the socket closes.
     let closing_send = || async {
@@ -522,40 +330,19 @@ async fn connection_close_from_the_client_is_honoured() {
     assert!(a.header("date").is_some());
 }
 
-#[tokio::test]
-async fn fast_path_off_proxies_trips_and_answers_locally_through_hyper() {
-    let fake = FakeCloud::start().await;
-    fake.queue_phone(PHONE_A1, vec![Reply::blocked_368()]);
-    let gw = start(&fake.url(), "fast_path = false").await;
-
-    let r = gw.send_str(PHONE_A2, TEMPLATE_BODY).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap(), OK_SEND_BODY.as_bytes());
-
-    let r = gw.send_str(PHONE_A1, TEMPLATE_BODY).await;
-    assert_eq!(r.status(), 403);
-    assert!(r.headers().get("x-wa-breaker").is_none());
-
-    let r = gw.send_str(PHONE_A2, TEMPLATE_BODY).await;
-    assert_eq!(r.status(), 403);
-    assert_eq!(r.headers()["x-wa-breaker"], "open");
-    assert_eq!(fake.count(), 2);
-}
-
-#[tokio::test]
-async fn an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file() {
+async fn an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file(engine: Engine) {
     let up = RawUpstream::start_tls().await;
-    let port = up.addr.unwrap().port();
+    let port = up.addr().port();
     let url = format!("https://localhost:{port}");
     let ca = fixture("ca.pem");
-    let gw = start(&url, &format!("upstream_ca_file = \"{ca}\"")).await;
+    let gw = start(engine, &url, &format!("upstream_ca_file = \"{ca}\"")).await;
 
     let r = gw.send_str(PHONE_A1, TEMPLATE_BODY).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "{\"ok\":true}");
     let seen = up.requests();
     assert!(
-        seen[0].contains(&format!("host: localhost:{port}\r\n")),
+        has_header(engine, &seen[0], "host", &format!("localhost:{port}")),
         "{}",
         seen[0]
     );
@@ -580,10 +367,20 @@ async fn an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file() {
     assert_eq!(up.requests().len(), 3);
 
     // Without the CA the upstream's certificate is refused: 502, nothing delivered.
-    let gw2 = start(&url, "").await;
+    let gw2 = start(engine, &url, "").await;
     let r = gw2.send_str(PHONE_A1, TEMPLATE_BODY).await;
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()["x-wa-breaker"], "upstream-error");
     assert_eq!(up.requests().len(), 3);
     assert!(gw2.logs().contains("upstream request failed"));
 }
+
+both_engines!(
+    upstream_gets_the_request_with_host_rewritten_and_hop_by_hop_headers_removed,
+    chunked_and_until_close_answers_are_relayed_and_classified,
+    broken_upstream_answers_become_502_and_the_gateway_keeps_serving,
+    a_pooled_connection_the_upstream_closed_is_not_reused,
+    pipelined_requests_are_answered_in_order_on_one_upstream_connection,
+    connection_close_from_the_client_is_honoured,
+    an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file,
+);
