@@ -9,6 +9,8 @@
 
 mod support;
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use support::*;
@@ -375,6 +377,430 @@ async fn an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file(engine:
     assert!(gw2.logs().contains("upstream request failed"));
 }
 
+/// Headers an answer's `Connection` names are hop-by-hop (RFC 9110 §7.6.1): dropped, like
+/// `Connection` itself; the others reach the client.
+async fn headers_named_by_connection_in_answers_are_dropped(engine: Engine) {
+    let up = RawUpstream::start().await;
+    let gw = start(engine, &up.url(), "").await;
+    let c = client();
+    let url = format!("{}/v21.0/{PHONE_A1}/messages", gw.url());
+    let err = r#"{"error":{"message":"Invalid parameter","type":"OAuthException","code":100,"fbtrace_id":"AbCdEfGhIjK"}}"#;
+    let cases = [
+        (200, "Connection: x-foo\r\n".to_string(), "{\"ok\":true}"),
+        (400, "Connection: keep-alive, X-Foo\r\n".to_string(), err),
+    ];
+    for (status, connection, body) in cases {
+        up.push(raw(&format!(
+            "HTTP/1.1 {status} Whatever\r\ncontent-type: application/json\r\n{connection}X-Foo: bar\r\nX-Keep: 1\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )));
+        let r = c.post(&url).body(TEMPLATE_BODY).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        assert!(
+            r.headers().get("x-foo").is_none(),
+            "{status} with {connection:?}: the header Connection names reached the client: {:?}",
+            r.headers()
+        );
+        assert!(r.headers().get("connection").is_none_or(|v| v != "x-foo"));
+        assert_eq!(
+            r.headers().get("x-keep").map(|v| v.to_str().unwrap()),
+            Some("1"),
+            "{:?}",
+            r.headers()
+        );
+        assert_eq!(r.text().await.unwrap(), body);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Answers written in pieces
+// ---------------------------------------------------------------------------
+
+/// One answer of `split_answers_reach_the_client_intact`.
+struct SplitCase {
+    name: &'static str,
+    answer: String,
+    status: u16,
+    body: &'static str,
+    /// A 403/368: every send answered with it trips its WABA's circuit.
+    trips: bool,
+}
+
+fn split_cases() -> Vec<SplitCase> {
+    let (a, b) = BLOCKED_368_BODY.split_at(40);
+    vec![
+        SplitCase {
+            name: "chunked 200",
+            answer: "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5;x=1\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n".into(),
+            status: 200,
+            body: "{\"a\":1}",
+            trips: false,
+        },
+        SplitCase {
+            name: "content-length 200",
+            answer: "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"a\":1}".into(),
+            status: 200,
+            body: "{\"a\":1}",
+            trips: false,
+        },
+        SplitCase {
+            name: "chunked 403/368",
+            answer: format!(
+                "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x};x=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                a.len(),
+                b.len()
+            ),
+            status: 403,
+            body: BLOCKED_368_BODY,
+            trips: true,
+        },
+    ]
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// reqwest: compares status, content type and the decoded body.
+    Reqwest,
+    /// A raw TCP client sending `Connection: close`: compares every byte (relay only; hyper
+    /// writes its own head and chunking).
+    RawTcp,
+}
+
+struct SplitItem {
+    case: usize,
+    writes: Writes,
+    via: Via,
+    /// For a tripping case: the index of the fresh WABA (and its one phone) it uses.
+    account: Option<usize>,
+}
+
+fn split_waba(i: usize) -> String {
+    format!("2{i:014}")
+}
+
+fn split_phone(i: usize) -> String {
+    format!("3{i:014}")
+}
+
+/// What the relay must write for `answer` to a client that sent `Connection: close`: the
+/// upstream's bytes, with `connection: close` added at the end of the head.
+fn relayed_with_close(answer: &str) -> String {
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    format!("{head}\r\nconnection: close\r\n\r\n{body}")
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+async fn split_item(
+    gw: &Gateway,
+    c: &reqwest::Client,
+    case: &SplitCase,
+    item: &SplitItem,
+) -> Result<(), String> {
+    const LIMIT: Duration = Duration::from_secs(3);
+    let tag = match item.writes {
+        Writes::SplitAt(k) => format!("{}:{k}", item.case),
+        _ => format!("{}:bytes", item.case),
+    };
+    let phone = item
+        .account
+        .map(split_phone)
+        .unwrap_or_else(|| PHONE_A1.to_string());
+    match item.via {
+        Via::Reqwest => {
+            let r = c
+                .post(format!("{}/v21.0/{phone}/messages", gw.url()))
+                .header("authorization", format!("Bearer {TEST_TOKEN}"))
+                .header("content-type", "application/json")
+                .header("x-split", &tag)
+                .body(TEXT_BODY)
+                .timeout(LIMIT)
+                .send()
+                .await
+                .map_err(|e| error_chain(&e))?;
+            if r.status().as_u16() != case.status {
+                return Err(format!("status {} {:?}", r.status(), r.headers()));
+            }
+            if r.headers()
+                .get("content-type")
+                .is_none_or(|v| v != "application/json")
+            {
+                return Err(format!("content-type lost: {:?}", r.headers()));
+            }
+            let text = r.text().await.map_err(|e| error_chain(&e))?;
+            if text != case.body {
+                return Err(format!("body {text:?}"));
+            }
+        }
+        Via::RawTcp => {
+            let mut s = TcpStream::connect(gw.listen_addr())
+                .await
+                .map_err(|e| e.to_string())?;
+            let req = send_req(
+                &phone,
+                &format!("Connection: close\r\nX-Split: {tag}\r\n"),
+                TEXT_BODY,
+            );
+            s.write_all(req.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let got = read_to_close(&mut s, LIMIT).await?;
+            let want = relayed_with_close(&case.answer);
+            if got != want.as_bytes() {
+                return Err(format!(
+                    "raw answer {:?}, want {want:?}",
+                    String::from_utf8_lossy(&got)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adversarial framing: the upstream writes each answer in two writes with a pause between
+/// (flushed, `TCP_NODELAY`), at every split point of the answer's bytes, and once one byte
+/// at a time, for a chunked 200 (with a chunk extension), the same framed by
+/// `content-length`, and a chunked 403/368 (which must trip: a fresh WABA per request). The
+/// client must get exactly the answer. Requests run in a few lanes at once to keep the
+/// runtime down; the upstream picks the answer and split point from an `x-split` header.
+async fn split_answers_reach_the_client_intact(engine: Engine) {
+    const LANES: usize = 6;
+    const MAX_FAILURES: usize = 40;
+    let started = std::time::Instant::now();
+    let cases = std::sync::Arc::new(split_cases());
+    let vias: &[Via] = match engine {
+        Engine::Relay => &[Via::Reqwest, Via::RawTcp],
+        Engine::Hyper => &[Via::Reqwest],
+    };
+    let mut items = Vec::new();
+    let mut accounts = 0;
+    for (i, case) in cases.iter().enumerate() {
+        let writes = (1..case.answer.len())
+            .map(Writes::SplitAt)
+            .chain([Writes::ByteAtATime]);
+        for w in writes {
+            for &via in vias {
+                let account = case.trips.then(|| {
+                    accounts += 1;
+                    accounts - 1
+                });
+                items.push(SplitItem {
+                    case: i,
+                    writes: w,
+                    via,
+                    account,
+                });
+            }
+        }
+    }
+
+    let up = RawUpstream::start().await;
+    let answers = cases.clone();
+    up.respond_with(move |req| {
+        let req = String::from_utf8_lossy(req);
+        let tag = req.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-split")
+                .then(|| v.trim().to_string())
+        })?;
+        let (case, at) = tag.split_once(':')?;
+        let case = &answers[case.parse::<usize>().ok()?];
+        let writes = match at {
+            "bytes" => Writes::ByteAtATime,
+            k => Writes::SplitAt(k.parse().ok()?),
+        };
+        Some(RawReply::bytes(case.answer.as_bytes()).writes(writes))
+    });
+    let mut cfg = config(engine, "");
+    for i in 0..accounts {
+        cfg.push_str(&format!(
+            "\n[[accounts]]\nwaba_id = \"{}\"\nphone_number_ids = [\"{}\"]\n",
+            split_waba(i),
+            split_phone(i)
+        ));
+    }
+    let gw = Gateway::builder(&cfg)
+        .var("upstream", &up.url())
+        .start()
+        .await;
+
+    let failures = Mutex::new(Vec::<(usize, Via, Writes, String)>::new());
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let lane = |n: usize| {
+        let (gw, cases, items, failures, done) = (&gw, &cases, &items, &failures, &done);
+        async move {
+            let c = client();
+            for item in items.iter().skip(n).step_by(LANES) {
+                if failures.lock().unwrap().len() >= MAX_FAILURES {
+                    return;
+                }
+                let case = &cases[item.case];
+                if let Err(e) = split_item(gw, &c, case, item).await {
+                    let f = (item.case, item.via, item.writes, e);
+                    failures.lock().unwrap().push(f);
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    };
+    futures_util::future::join_all((0..LANES).map(lane)).await;
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort_by_key(|f| {
+        let at = match f.2 {
+            Writes::SplitAt(k) => k,
+            _ => usize::MAX,
+        };
+        (f.0, f.1 == Via::RawTcp, at)
+    });
+    let done = done.into_inner();
+
+    // One line per answer and client: where the splits that broke it were.
+    let mut summary = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        for &via in vias {
+            let broken: Vec<String> = failures
+                .iter()
+                .filter(|f| f.0 == i && f.1 == via)
+                .map(|f| match f.2 {
+                    Writes::SplitAt(k) => format!("{k}"),
+                    _ => "one byte at a time".to_string(),
+                })
+                .collect();
+            if !broken.is_empty() {
+                summary.push(format!(
+                    "{} ({} bytes) via {via:?}: broken when split at {}",
+                    case.name,
+                    case.answer.len(),
+                    broken.join(", ")
+                ));
+            }
+        }
+    }
+    // Every 368 answered (whatever its split) tripped its WABA.
+    let list: serde_json::Value = gw
+        .admin_get("/admin/circuits", Some(ADMIN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let open: BTreeSet<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "open")
+        .map(|c| c["waba_id"].as_str().unwrap().to_string())
+        .collect();
+    let not_tripped: Vec<String> = items
+        .iter()
+        .filter(|it| it.account.is_some_and(|i| !open.contains(&split_waba(i))))
+        .map(|it| format!("{:?} via {:?}", it.writes, it.via))
+        .collect();
+    if !not_tripped.is_empty() && done == items.len() {
+        summary.push(format!(
+            "chunked 403/368: {} of {accounts} sends did not trip their WABA: {}",
+            not_tripped.len(),
+            not_tripped.join(", ")
+        ));
+    }
+    let examples: Vec<String> = failures
+        .iter()
+        .take(6)
+        .map(|(i, via, w, e)| format!("  {} written {w:?}, via {via:?}: {e}", cases[*i].name))
+        .collect();
+    assert!(
+        summary.is_empty(),
+        "{engine:?}: {} of {done} split answers broken ({} planned, {:?}){}:\n{}\nfirst errors:\n{}",
+        failures.len(),
+        items.len(),
+        started.elapsed(),
+        if done < items.len() { ", stopped early" } else { "" },
+        summary.join("\n"),
+        examples.join("\n")
+    );
+    assert_eq!(up.requests().len(), items.len());
+}
+
+/// An answer whose framing is ambiguous (`content-length` and `transfer-encoding` both, RFC
+/// 9112 §6.3: a request-smuggling vector) and a `101 Switching Protocols` to a request that
+/// asked for no upgrade are broken answers: 502 `x-wa-breaker: upstream-error` on both
+/// engines, nothing trips, and the gateway keeps serving.
+async fn ambiguous_framing_and_an_unasked_101_become_502(engine: Engine) {
+    let up = RawUpstream::start().await;
+    let gw = start(engine, &up.url(), "").await;
+    let c = client();
+    let url = format!("{}/v21.0/{PHONE_A1}/messages", gw.url());
+    let cases = [
+        (
+            "200 with content-length and chunked",
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\ntransfer-encoding: chunked\r\n\r\n7\r\n{\"a\":1}\r\n0\r\n\r\n".to_string(),
+        ),
+        (
+            "403/368 with content-length and chunked",
+            format!(
+                "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{BLOCKED_368_BODY}\r\n0\r\n\r\n",
+                BLOCKED_368_BODY.len(),
+                BLOCKED_368_BODY.len()
+            ),
+        ),
+        (
+            "101 to a plain POST",
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+                .to_string(),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, bad) in &cases {
+        up.push(raw(bad).then_close());
+        let r = match c.post(&url).body(TEMPLATE_BODY).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                wrong.push(format!("{what}: client error {}", error_chain(&e)));
+                continue;
+            }
+        };
+        let status = r.status().as_u16();
+        let marker = r
+            .headers()
+            .get("x-wa-breaker")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = r.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+        let typ = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["type"].as_str().map(str::to_string));
+        if status != 502
+            || marker.as_deref() != Some("upstream-error")
+            || typ.as_deref() != Some("WaBreakerException")
+        {
+            wrong.push(format!(
+                "{what}: {status}, x-wa-breaker {marker:?}, body {:?}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        let (_, circuit) = gw.circuit(ADMIN, WABA_A).await;
+        if circuit["state"] == "open" {
+            wrong.push(format!("{what}: tripped the circuit"));
+            let close = format!("/admin/circuits/{WABA_A}/close");
+            assert!(gw
+                .admin_post(&close, Some(ADMIN), None)
+                .await
+                .status()
+                .is_success());
+        }
+    }
+    let r = c.post(&url).body(TEMPLATE_BODY).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the gateway keeps serving");
+    assert!(wrong.is_empty(), "{engine:?}:\n{}", wrong.join("\n"));
+}
+
 both_engines!(
     upstream_gets_the_request_with_host_rewritten_and_hop_by_hop_headers_removed,
     chunked_and_until_close_answers_are_relayed_and_classified,
@@ -383,4 +809,7 @@ both_engines!(
     pipelined_requests_are_answered_in_order_on_one_upstream_connection,
     connection_close_from_the_client_is_honoured,
     an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file,
+    headers_named_by_connection_in_answers_are_dropped,
+    split_answers_reach_the_client_intact,
+    ambiguous_framing_and_an_unasked_101_become_502,
 );
