@@ -1,5 +1,9 @@
 //! The gateway end to end over real sockets: pass-through, trip on 368, local answers,
 //! upstream failures, admin API, observe mode, config errors, graceful shutdown.
+//!
+//! Every behaviour test runs once per engine (`relay::…` with `fast_path = true`,
+//! `hyper::…` with `fast_path = false`, see `both_engines!` at the end); tests that start
+//! no gateway, or only exercise the admin listener, run once.
 
 mod support;
 
@@ -16,9 +20,11 @@ const PHONE_B: &str = "106540352242924";
 const UNMAPPED: &str = "999000111222333";
 const ADMIN: &str = "test-admin-token-0123456789";
 
-fn config(extra: &str) -> String {
+fn config(engine: Engine, extra: &str) -> String {
+    let engine_line = engine.config_line();
     format!(
         r#"
+{engine_line}
 listen = "{{listen}}"
 admin_listen = "{{admin_listen}}"
 state_dir = "{{state_dir}}"
@@ -37,8 +43,8 @@ phone_number_ids = ["{PHONE_B}"]
     )
 }
 
-async fn start(fake: &FakeCloud, extra: &str) -> Gateway {
-    Gateway::builder(&config(extra))
+async fn start(engine: Engine, fake: &FakeCloud, extra: &str) -> Gateway {
+    Gateway::builder(&config(engine, extra))
         .var("upstream", &fake.url())
         .start()
         .await
@@ -48,10 +54,9 @@ async fn body_json(r: reqwest::Response) -> Value {
     serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
 }
 
-#[tokio::test]
-async fn pass_through_is_byte_identical() {
+async fn pass_through_is_byte_identical(engine: Engine) {
     let fake = FakeCloud::start().await;
-    let gw = start(&fake, "").await;
+    let gw = start(engine, &fake, "").await;
 
     let r = gw.send_str(PHONE_A1, TEMPLATE_BODY).await;
     assert_eq!(r.status(), 200);
@@ -102,11 +107,10 @@ async fn pass_through_is_byte_identical() {
     assert_eq!(c["state"], "closed");
 }
 
-#[tokio::test]
-async fn first_368_trips_and_later_sends_never_reach_upstream() {
+async fn first_368_trips_and_later_sends_never_reach_upstream(engine: Engine) {
     let fake = FakeCloud::start().await;
     fake.on_phone(PHONE_A1, Reply::blocked_368());
-    let gw = start(&fake, "").await;
+    let gw = start(engine, &fake, "").await;
 
     // The tripping answer goes back byte for byte.
     let r = gw.send_str(PHONE_A1, TEMPLATE_BODY).await;
@@ -177,8 +181,7 @@ async fn first_368_trips_and_later_sends_never_reach_upstream() {
 /// 150 senders race the trip. With `upstream_concurrency = 4`, at most 4 sends can be on
 /// their way upstream when the first 368 comes back; the rest were queued and must be
 /// answered locally, not forwarded.
-#[tokio::test]
-async fn concurrent_senders_racing_the_trip_leak_nothing_queued() {
+async fn concurrent_senders_racing_the_trip_leak_nothing_queued(engine: Engine) {
     let fake = FakeCloud::start().await;
     fake.on_phone(
         PHONE_A1,
@@ -188,7 +191,7 @@ async fn concurrent_senders_racing_the_trip_leak_nothing_queued() {
         PHONE_A2,
         Reply::blocked_368().with_delay(Duration::from_millis(150)),
     );
-    let gw = start(&fake, "upstream_concurrency = 4").await;
+    let gw = start(engine, &fake, "upstream_concurrency = 4").await;
 
     let mut tasks = Vec::new();
     for i in 0..150 {
@@ -234,11 +237,10 @@ async fn concurrent_senders_racing_the_trip_leak_nothing_queued() {
 
 /// Without a limit, 120 concurrent senders: those already on the wire get Meta's 368;
 /// once the trip is recorded, not one more send leaves.
-#[tokio::test]
-async fn concurrent_senders_then_zero_after_trip() {
+async fn concurrent_senders_then_zero_after_trip(engine: Engine) {
     let fake = FakeCloud::start().await;
     fake.on_phone(PHONE_A1, Reply::blocked_368());
-    let gw = start(&fake, "").await;
+    let gw = start(engine, &fake, "").await;
     let mut tasks = Vec::new();
     for _ in 0..120 {
         let client = gw.client();
@@ -271,10 +273,9 @@ async fn concurrent_senders_then_zero_after_trip() {
     );
 }
 
-#[tokio::test]
-async fn errors_that_are_not_enforcement_blocks_never_trip() {
+async fn errors_that_are_not_enforcement_blocks_never_trip(engine: Engine) {
     let fake = FakeCloud::start().await;
-    let gw = start(&fake, "classify_body_limit = 1024").await;
+    let gw = start(engine, &fake, "classify_body_limit = 1024").await;
     let mut huge = graph_error_body(
         368,
         "(#368) Temporarily blocked for policies violations",
@@ -336,10 +337,10 @@ async fn errors_that_are_not_enforcement_blocks_never_trip() {
     assert!(!m.contains("wa_breaker_circuit_open{"));
 }
 
-#[tokio::test]
-async fn upstream_down_or_slow_is_502_or_504_and_trips_nothing() {
+async fn upstream_down_or_slow_is_502_or_504_and_trips_nothing(engine: Engine) {
     let fake = FakeCloud::start().await;
     let gw = start(
+        engine,
         &fake,
         "request_timeout = \"300ms\"\nconnect_timeout = \"300ms\"",
     )
@@ -383,21 +384,19 @@ async fn upstream_down_or_slow_is_502_or_504_and_trips_nothing() {
     );
 }
 
-#[tokio::test]
-async fn upstream_dropping_the_connection_is_502() {
+async fn upstream_dropping_the_connection_is_502(engine: Engine) {
     let fake = FakeCloud::start().await;
     fake.on_phone(PHONE_A1, Reply::drop_connection());
-    let gw = start(&fake, "").await;
+    let gw = start(engine, &fake, "").await;
     let r = gw.send_str(PHONE_A1, TEMPLATE_BODY).await;
     assert_eq!(r.status(), 502);
     let (_, c) = gw.circuit(ADMIN, WABA_A).await;
     assert_eq!(c["state"], "closed");
 }
 
-#[tokio::test]
-async fn admin_auth_and_manual_open_close() {
+async fn admin_auth_and_manual_open_close(engine: Engine) {
     let fake = FakeCloud::start().await;
-    let gw = start(&fake, "").await;
+    let gw = start(engine, &fake, "").await;
 
     assert_eq!(gw.admin_get("/healthz", None).await.status(), 200);
     assert_eq!(gw.admin_get("/readyz", None).await.status(), 200);
@@ -500,7 +499,7 @@ async fn admin_auth_and_manual_open_close() {
 #[tokio::test]
 async fn admin_api_is_disabled_without_a_token() {
     let fake = FakeCloud::start().await;
-    let cfg = config("").replace(&format!("admin_token = \"{ADMIN}\""), "");
+    let cfg = config(Engine::Relay, "").replace(&format!("admin_token = \"{ADMIN}\""), "");
     let gw = Gateway::builder(&cfg)
         .var("upstream", &fake.url())
         .start()
@@ -511,11 +510,10 @@ async fn admin_api_is_disabled_without_a_token() {
     assert_eq!(gw.admin_get("/metrics", None).await.status(), 200);
 }
 
-#[tokio::test]
-async fn observe_mode_forwards_but_records() {
+async fn observe_mode_forwards_but_records(engine: Engine) {
     let fake = FakeCloud::start().await;
     fake.on_phone(PHONE_A1, Reply::blocked_368());
-    let gw = start(&fake, "mode = \"observe\"").await;
+    let gw = start(engine, &fake, "mode = \"observe\"").await;
     for _ in 0..3 {
         let r = gw.send_str(PHONE_A1, TEMPLATE_BODY).await;
         assert_eq!(r.status(), 403);
@@ -526,11 +524,10 @@ async fn observe_mode_forwards_but_records() {
     assert_eq!(c["state"], "open");
 }
 
-#[tokio::test]
-async fn unversioned_paths_trip_and_block() {
+async fn unversioned_paths_trip_and_block(engine: Engine) {
     let fake = FakeCloud::start().await;
     fake.on_phone(PHONE_A1, Reply::blocked_368());
-    let gw = start(&fake, "").await;
+    let gw = start(engine, &fake, "").await;
     assert_eq!(
         gw.post(&format!("/{PHONE_A1}/messages"), TEXT_BODY)
             .await
@@ -549,14 +546,13 @@ async fn unversioned_paths_trip_and_block() {
     );
 }
 
-#[tokio::test]
-async fn the_131031_lock_trips_too() {
+async fn the_131031_lock_trips_too(engine: Engine) {
     let fake = FakeCloud::start().await;
     fake.on_phone(
         PHONE_B,
         Reply::graph_error(403, 131031, "Account has been locked"),
     );
-    let gw = start(&fake, "").await;
+    let gw = start(engine, &fake, "").await;
     assert_eq!(gw.send_str(PHONE_B, TEMPLATE_BODY).await.status(), 403);
     let r = gw.send_str(PHONE_B, TEMPLATE_BODY).await;
     assert_eq!(r.headers()["x-wa-breaker"], "open");
@@ -564,10 +560,9 @@ async fn the_131031_lock_trips_too() {
     assert_eq!(fake.count_for_phone(PHONE_B), 1);
 }
 
-#[tokio::test]
-async fn h2c_clients_are_served() {
+async fn h2c_clients_are_served(engine: Engine) {
     let fake = FakeCloud::start().await;
-    let gw = start(&fake, "").await;
+    let gw = start(engine, &fake, "").await;
     let h2 = reqwest::Client::builder()
         .no_proxy()
         .http2_prior_knowledge()
@@ -584,14 +579,13 @@ async fn h2c_clients_are_served() {
     assert_eq!(fake.sends_for(PHONE_A1)[0].body, TEMPLATE_BODY.as_bytes());
 }
 
-#[tokio::test]
-async fn sigterm_drains_in_flight_requests() {
+async fn sigterm_drains_in_flight_requests(engine: Engine) {
     let fake = FakeCloud::start().await;
     fake.on_phone(
         PHONE_A1,
         Reply::ok_send().with_delay(Duration::from_millis(700)),
     );
-    let gw = start(&fake, "drain_timeout = \"5s\"").await;
+    let gw = start(engine, &fake, "drain_timeout = \"5s\"").await;
     let client = gw.client();
     let url = format!("{}/v21.0/{PHONE_A1}/messages", gw.url());
     let inflight = tokio::spawn(async move { client.post(url).body(TEMPLATE_BODY).send().await });
@@ -677,3 +671,19 @@ fn check_config_prints_effective_settings_with_secrets_masked() {
     }
     assert!(stdout.contains("***"));
 }
+
+both_engines!(
+    pass_through_is_byte_identical,
+    first_368_trips_and_later_sends_never_reach_upstream,
+    concurrent_senders_racing_the_trip_leak_nothing_queued,
+    concurrent_senders_then_zero_after_trip,
+    errors_that_are_not_enforcement_blocks_never_trip,
+    upstream_down_or_slow_is_502_or_504_and_trips_nothing,
+    upstream_dropping_the_connection_is_502,
+    admin_auth_and_manual_open_close,
+    observe_mode_forwards_but_records,
+    unversioned_paths_trip_and_block,
+    the_131031_lock_trips_too,
+    h2c_clients_are_served,
+    sigterm_drains_in_flight_requests,
+);

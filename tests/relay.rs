@@ -1,28 +1,32 @@
-//! The fast path (`src/relay`) end to end over real sockets: what it sends upstream, the
-//! answer framings it relays (length, chunked, until-close), broken upstream answers,
-//! stale pooled connections, pipelining, handing a connection to hyper mid-way, and the
-//! same behaviour with `fast_path = false`.
+//! The byte relay (`src/relay`) and the hyper stack end to end over real sockets: what they
+//! send upstream, the answer framings they relay (length, chunked, until-close, answers
+//! written in pieces), broken or ambiguous upstream answers, stale pooled connections,
+//! pipelining, `Connection: close`, TLS upstreams, and (relay only) handing a connection to
+//! hyper mid-way.
+//!
+//! Tests listed in `both_engines!` (at the end) run as `relay::…` (`fast_path = true`) and
+//! `hyper::…` (`fast_path = false`).
 
 mod support;
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 const WABA_A: &str = "102290129340398";
 const PHONE_A1: &str = "106540352242922";
 const PHONE_A2: &str = "106540352242923";
 const ADMIN: &str = "test-admin-token-0123456789";
 
-fn config(extra: &str) -> String {
+fn config(engine: Engine, extra: &str) -> String {
+    let engine_line = engine.config_line();
     format!(
         r#"
+{engine_line}
 listen = "{{listen}}"
 admin_listen = "{{admin_listen}}"
 state_dir = "{{state_dir}}"
@@ -38,245 +42,52 @@ phone_number_ids = ["{PHONE_A1}", "{PHONE_A2}"]
     )
 }
 
-async fn start(upstream: &str, extra: &str) -> Gateway {
-    Gateway::builder(&config(extra))
+async fn start(engine: Engine, upstream: &str, extra: &str) -> Gateway {
+    Gateway::builder(&config(engine, extra))
         .var("upstream", upstream)
         .start()
         .await
 }
 
-// ---------------------------------------------------------------------------
-// A raw upstream: answers each request with scripted bytes, records raw requests.
-// ---------------------------------------------------------------------------
-
-#[derive(Clone)]
-struct RawReply {
-    bytes: Vec<u8>,
-    /// Close the connection this long after answering (`Some(ZERO)`: at once).
-    close_after: Option<Duration>,
-}
-
-fn raw(bytes: &str) -> RawReply {
-    RawReply {
-        bytes: bytes.as_bytes().to_vec(),
-        close_after: None,
-    }
-}
-
-#[derive(Clone, Default)]
-struct RawUpstream {
-    addr: Option<SocketAddr>,
-    requests: Arc<Mutex<Vec<Vec<u8>>>>,
-    replies: Arc<Mutex<VecDeque<RawReply>>>,
-    connections: Arc<AtomicUsize>,
-}
-
-const OK_RAW: &str =
-    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Serves TLS with the test CA's certificate for 127.0.0.1 and localhost.
-fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use tokio_rustls::rustls::{crypto::ring, ServerConfig};
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(fixture("upstream.pem"))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key = PrivateKeyDer::from_pem_file(fixture("upstream.key")).unwrap();
-    let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
-}
-
-impl RawUpstream {
-    async fn start() -> RawUpstream {
-        Self::start_with(None).await
-    }
-
-    async fn start_tls() -> RawUpstream {
-        Self::start_with(Some(tls_acceptor())).await
-    }
-
-    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> RawUpstream {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = RawUpstream {
-            addr: Some(l.local_addr().unwrap()),
-            ..Default::default()
-        };
-        let me = up.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                me.connections.fetch_add(1, Ordering::SeqCst);
-                let me = me.clone();
-                match tls.clone() {
-                    None => drop(tokio::spawn(me.serve(s))),
-                    Some(acceptor) => drop(tokio::spawn(async move {
-                        // A failed handshake (an untrusting client) just ends the connection.
-                        if let Ok(s) = acceptor.accept(s).await {
-                            me.serve(s).await;
-                        }
-                    })),
-                }
-            }
-        });
-        up
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr.unwrap())
-    }
-
-    fn push(&self, r: RawReply) {
-        self.replies.lock().unwrap().push_back(r);
-    }
-
-    fn requests(&self) -> Vec<String> {
-        let reqs = self.requests.lock().unwrap();
-        reqs.iter()
-            .map(|r| String::from_utf8_lossy(r).into_owned())
-            .collect()
-    }
-
-    async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(self, mut s: S) {
-        let mut buf = Vec::new();
-        loop {
-            // One request: head, then content-length bytes.
-            let (head_end, len) = loop {
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                    break (end + 4, len);
-                }
-                let mut chunk = [0u8; 4096];
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            };
-            while buf.len() < head_end + len {
-                let mut chunk = [0u8; 4096];
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let req: Vec<u8> = buf.drain(..head_end + len).collect();
-            self.requests.lock().unwrap().push(req);
-            let reply = self
-                .replies
-                .lock()
-                .unwrap()
-                .pop_front()
-                .unwrap_or(raw(OK_RAW));
-            if s.write_all(&reply.bytes).await.is_err() {
-                return;
-            }
-            if let Some(d) = reply.close_after {
-                tokio::time::sleep(d).await;
-                return;
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// A raw client: writes bytes, reads `content-length`-framed answers.
-// ---------------------------------------------------------------------------
-
-struct Answer {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|l| {
+/// The header lines of a raw request or answer (after the start line, before the blank line).
+fn header_lines(raw: &str) -> Vec<(String, String)> {
+    let head = raw.split("\r\n\r\n").next().unwrap_or("");
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
+            Some((k.to_string(), v.trim().to_string()))
         })
+        .collect()
+}
+
+/// True when `raw` has a header `name: value`: exact bytes (`Name: value\r\n`) on the relay,
+/// which keeps header names as sent; name compared case-insensitively on hyper, which
+/// writes its own (lowercase) names.
+fn has_header(engine: Engine, raw: &str, name: &str, value: &str) -> bool {
+    match engine {
+        Engine::Relay => raw.contains(&format!("\r\n{name}: {value}\r\n")),
+        Engine::Hyper => header_lines(raw)
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case(name) && v == value),
     }
 }
 
-async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
-    let fut = async {
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                let status: u16 = head[9..12].parse().unwrap();
-                let a = Answer {
-                    status,
-                    head,
-                    body: Vec::new(),
-                };
-                let len: usize = a
-                    .header("content-length")
-                    .expect("relay answers here are content-length framed")
-                    .parse()
-                    .unwrap();
-                while buf.len() < end + 4 + len {
-                    let mut chunk = [0u8; 4096];
-                    let n = s.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "gateway closed mid-answer");
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let all: Vec<u8> = buf.drain(..end + 4 + len).collect();
-                return Answer {
-                    body: all[end + 4..].to_vec(),
-                    ..a
-                };
-            }
-            let mut chunk = [0u8; 4096];
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(
-                n > 0,
-                "gateway closed before answering: {:?}",
-                String::from_utf8_lossy(buf)
-            );
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .expect("answer in time")
+/// True when `raw` has a header named `name` (any case).
+fn has_header_named(raw: &str, name: &str) -> bool {
+    header_lines(raw)
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case(name))
 }
 
-fn send_req(phone: &str, extra_headers: &str, body: &str) -> String {
-    format!(
-        "POST /v21.0/{phone}/messages HTTP/1.1\r\nHost: gateway.local\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-async fn closed(s: &mut TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await,
-        Ok(Ok(0)) | Ok(Err(_))
-    )
-}
-
-// ---------------------------------------------------------------------------
-
-#[tokio::test]
-async fn upstream_gets_the_request_with_host_rewritten_and_hop_by_hop_headers_removed() {
+/// On the relay the head goes upstream byte for byte (header names keep their case, the
+/// order is kept, `host` comes first). hyper writes header names in lowercase in its own
+/// order, a real engine difference: there names are compared case-insensitively.
+async fn upstream_gets_the_request_with_host_rewritten_and_hop_by_hop_headers_removed(
+    engine: Engine,
+) {
     let up = RawUpstream::start().await;
-    let gw = start(&up.url(), "").await;
+    let gw = start(engine, &up.url(), "").await;
     let mut s = TcpStream::connect(gw.listen_addr()).await.unwrap();
     let req = send_req(
         PHONE_A1,
@@ -292,33 +103,42 @@ async fn upstream_gets_the_request_with_host_rewritten_and_hop_by_hop_headers_re
     let seen = up.requests();
     assert_eq!(seen.len(), 1);
     let r = &seen[0];
-    let port = up.addr.unwrap().port();
+    let port = up.addr().port();
+    let request_line = format!("POST /v21.0/{PHONE_A1}/messages HTTP/1.1\r\n");
+    match engine {
+        Engine::Relay => assert!(
+            r.starts_with(&format!("{request_line}host: 127.0.0.1:{port}\r\n")),
+            "{r}"
+        ),
+        Engine::Hyper => {
+            assert!(r.starts_with(&request_line), "{r}");
+            assert!(
+                has_header(engine, r, "host", &format!("127.0.0.1:{port}")),
+                "{r}"
+            );
+        }
+    }
     assert!(
-        r.starts_with(&format!(
-            "POST /v21.0/{PHONE_A1}/messages HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
-        )),
-        "{r}"
-    );
-    assert!(
-        r.contains("X-Request-ID: Abc-123\r\n"),
+        has_header(engine, r, "X-Request-ID", "Abc-123"),
         "header bytes kept: {r}"
     );
-    assert!(r.contains(&format!("Authorization: Bearer {TEST_TOKEN}\r\n")));
-    for gone in [
-        "gateway.local",
-        "Keep-Alive",
-        "Proxy-Authorization",
-        "Connection",
-    ] {
-        assert!(!r.contains(gone), "{gone} forwarded: {r}");
+    assert!(
+        has_header(engine, r, "Authorization", &format!("Bearer {TEST_TOKEN}")),
+        "{r}"
+    );
+    assert!(!r.contains("gateway.local"), "client host forwarded: {r}");
+    for gone in ["Keep-Alive", "Proxy-Authorization", "Connection"] {
+        match engine {
+            Engine::Relay => assert!(!r.contains(gone), "{gone} forwarded: {r}"),
+            Engine::Hyper => assert!(!has_header_named(r, gone), "{gone} forwarded: {r}"),
+        }
     }
     assert!(r.ends_with(&format!("\r\n\r\n{TEMPLATE_BODY}")), "{r}");
 }
 
-#[tokio::test]
-async fn chunked_and_until_close_answers_are_relayed_and_classified() {
+async fn chunked_and_until_close_answers_are_relayed_and_classified(engine: Engine) {
     let up = RawUpstream::start().await;
-    let gw = start(&up.url(), "").await;
+    let gw = start(engine, &up.url(), "").await;
     let c = client();
     let url = format!("{}/v21.0/{PHONE_A1}/messages", gw.url());
 
@@ -327,11 +147,13 @@ async fn chunked_and_until_close_answers_are_relayed_and_classified() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "{\"a\":1}");
 
-    up.push(RawReply {
-        bytes: b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"until\":\"close\"}"
-            .to_vec(),
-        close_after: Some(Duration::ZERO),
-    });
+    up.push(
+        RawReply::bytes(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"until\":\"close\"}"
+                .to_vec(),
+        )
+        .then_close(),
+    );
     let r = c.post(&url).body(TEMPLATE_BODY).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "{\"until\":\"close\"}");
@@ -361,10 +183,9 @@ async fn chunked_and_until_close_answers_are_relayed_and_classified() {
     assert_eq!(up.requests().len(), before, "no send reached the upstream");
 }
 
-#[tokio::test]
-async fn broken_upstream_answers_become_502_and_the_gateway_keeps_serving() {
+async fn broken_upstream_answers_become_502_and_the_gateway_keeps_serving(engine: Engine) {
     let up = RawUpstream::start().await;
-    let gw = start(&up.url(), "").await;
+    let gw = start(engine, &up.url(), "").await;
     let c = client();
     let url = format!("{}/v21.0/{PHONE_A1}/messages", gw.url());
     for bad in [
@@ -372,10 +193,7 @@ async fn broken_upstream_answers_become_502_and_the_gateway_keeps_serving() {
         "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nx",
         "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
     ] {
-        up.push(RawReply {
-            bytes: bad.as_bytes().to_vec(),
-            close_after: Some(Duration::ZERO),
-        });
+        up.push(raw(bad).then_close());
         let r = c.post(&url).body(TEMPLATE_BODY).send().await.unwrap();
         assert_eq!(r.status(), 502, "{bad:?}");
         assert_eq!(r.headers()["x-wa-breaker"], "upstream-error");
@@ -383,10 +201,7 @@ async fn broken_upstream_answers_become_502_and_the_gateway_keeps_serving() {
         assert_eq!(v["error"]["type"], "WaBreakerException");
     }
     // Closed without a byte.
-    up.push(RawReply {
-        bytes: Vec::new(),
-        close_after: Some(Duration::ZERO),
-    });
+    up.push(RawReply::bytes(Vec::new()).then_close());
     let r = c.post(&url).body(TEMPLATE_BODY).send().await.unwrap();
     assert_eq!(r.status(), 502);
 
@@ -397,31 +212,26 @@ async fn broken_upstream_answers_become_502_and_the_gateway_keeps_serving() {
     assert_ne!(circuit["state"], "open", "broken answers never trip");
 }
 
-#[tokio::test]
-async fn a_pooled_connection_the_upstream_closed_is_not_reused() {
+async fn a_pooled_connection_the_upstream_closed_is_not_reused(engine: Engine) {
     let up = RawUpstream::start().await;
-    let gw = start(&up.url(), "").await;
+    let gw = start(engine, &up.url(), "").await;
     let c = client();
     let url = format!("{}/v21.0/{PHONE_A1}/messages", gw.url());
     for _ in 0..3 {
         // Answers keep-alive, then closes while the gateway holds it idle.
-        up.push(RawReply {
-            bytes: OK_RAW.as_bytes().to_vec(),
-            close_after: Some(Duration::from_millis(20)),
-        });
+        up.push(raw(OK_RAW).close_after(Duration::from_millis(20)));
         let r = c.post(&url).body(TEMPLATE_BODY).send().await.unwrap();
         assert_eq!(r.status(), 200);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(up.connections.load(Ordering::SeqCst), 3);
+    assert_eq!(up.connection_count(), 3);
     assert_eq!(up.requests().len(), 3);
 }
 
-#[tokio::test]
-async fn pipelined_requests_are_answered_in_order_on_one_upstream_connection() {
+async fn pipelined_requests_are_answered_in_order_on_one_upstream_connection(engine: Engine) {
     let fake = FakeCloud::start().await;
     fake.on_phone(PHONE_A2, Reply::graph_error(400, 100, "Invalid parameter"));
-    let gw = start(&fake.url(), "").await;
+    let gw = start(engine, &fake.url(), "").await;
     let mut s = TcpStream::connect(gw.listen_addr()).await.unwrap();
     let both = format!(
         "{}{}",
@@ -442,10 +252,11 @@ async fn pipelined_requests_are_answered_in_order_on_one_upstream_connection() {
     assert_eq!(sends[1].body_str(), TEXT_BODY);
 }
 
+/// Relay only by nature: with `fast_path = false` there is no relay to hand over from.
 #[tokio::test]
 async fn a_connection_is_handed_to_hyper_mid_way_and_keeps_working() {
     let fake = FakeCloud::start().await;
-    let gw = start(&fake.url(), "").await;
+    let gw = start(Engine::Relay, &fake.url(), "").await;
     let mut s = TcpStream::connect(gw.listen_addr()).await.unwrap();
     let mut buf = Vec::new();
 
@@ -489,10 +300,9 @@ async fn a_connection_is_handed_to_hyper_mid_way_and_keeps_working() {
     assert_eq!(fake.last().unwrap().body_str(), big);
 }
 
-#[tokio::test]
-async fn connection_close_from_the_client_is_honoured() {
+async fn connection_close_from_the_client_is_honoured(engine: Engine) {
     let fake = FakeCloud::start().await;
-    let gw = start(&fake.url(), "").await;
+    let gw = start(engine, &fake.url(), "").await;
 
     // One request with `Connection: close`: the answer says so and the socket closes.
     let closing_send = || async {
@@ -522,40 +332,19 @@ async fn connection_close_from_the_client_is_honoured() {
     assert!(a.header("date").is_some());
 }
 
-#[tokio::test]
-async fn fast_path_off_proxies_trips_and_answers_locally_through_hyper() {
-    let fake = FakeCloud::start().await;
-    fake.queue_phone(PHONE_A1, vec![Reply::blocked_368()]);
-    let gw = start(&fake.url(), "fast_path = false").await;
-
-    let r = gw.send_str(PHONE_A2, TEMPLATE_BODY).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap(), OK_SEND_BODY.as_bytes());
-
-    let r = gw.send_str(PHONE_A1, TEMPLATE_BODY).await;
-    assert_eq!(r.status(), 403);
-    assert!(r.headers().get("x-wa-breaker").is_none());
-
-    let r = gw.send_str(PHONE_A2, TEMPLATE_BODY).await;
-    assert_eq!(r.status(), 403);
-    assert_eq!(r.headers()["x-wa-breaker"], "open");
-    assert_eq!(fake.count(), 2);
-}
-
-#[tokio::test]
-async fn an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file() {
+async fn an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file(engine: Engine) {
     let up = RawUpstream::start_tls().await;
-    let port = up.addr.unwrap().port();
+    let port = up.addr().port();
     let url = format!("https://localhost:{port}");
     let ca = fixture("ca.pem");
-    let gw = start(&url, &format!("upstream_ca_file = \"{ca}\"")).await;
+    let gw = start(engine, &url, &format!("upstream_ca_file = \"{ca}\"")).await;
 
     let r = gw.send_str(PHONE_A1, TEMPLATE_BODY).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "{\"ok\":true}");
     let seen = up.requests();
     assert!(
-        seen[0].contains(&format!("host: localhost:{port}\r\n")),
+        has_header(engine, &seen[0], "host", &format!("localhost:{port}")),
         "{}",
         seen[0]
     );
@@ -580,10 +369,447 @@ async fn an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file() {
     assert_eq!(up.requests().len(), 3);
 
     // Without the CA the upstream's certificate is refused: 502, nothing delivered.
-    let gw2 = start(&url, "").await;
+    let gw2 = start(engine, &url, "").await;
     let r = gw2.send_str(PHONE_A1, TEMPLATE_BODY).await;
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()["x-wa-breaker"], "upstream-error");
     assert_eq!(up.requests().len(), 3);
     assert!(gw2.logs().contains("upstream request failed"));
 }
+
+/// Headers an answer's `Connection` names are hop-by-hop (RFC 9110 §7.6.1): dropped, like
+/// `Connection` itself; the others reach the client.
+async fn headers_named_by_connection_in_answers_are_dropped(engine: Engine) {
+    let up = RawUpstream::start().await;
+    let gw = start(engine, &up.url(), "").await;
+    let c = client();
+    let url = format!("{}/v21.0/{PHONE_A1}/messages", gw.url());
+    let err = r#"{"error":{"message":"Invalid parameter","type":"OAuthException","code":100,"fbtrace_id":"AbCdEfGhIjK"}}"#;
+    let cases = [
+        (200, "Connection: x-foo\r\n".to_string(), "{\"ok\":true}"),
+        (400, "Connection: keep-alive, X-Foo\r\n".to_string(), err),
+    ];
+    for (status, connection, body) in cases {
+        up.push(raw(&format!(
+            "HTTP/1.1 {status} Whatever\r\ncontent-type: application/json\r\n{connection}X-Foo: bar\r\nX-Keep: 1\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )));
+        let r = c.post(&url).body(TEMPLATE_BODY).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        assert!(
+            r.headers().get("x-foo").is_none(),
+            "{status} with {connection:?}: the header Connection names reached the client: {:?}",
+            r.headers()
+        );
+        assert!(r.headers().get("connection").is_none_or(|v| v != "x-foo"));
+        assert_eq!(
+            r.headers().get("x-keep").map(|v| v.to_str().unwrap()),
+            Some("1"),
+            "{:?}",
+            r.headers()
+        );
+        assert_eq!(r.text().await.unwrap(), body);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Answers written in pieces
+// ---------------------------------------------------------------------------
+
+/// One answer of `split_answers_reach_the_client_intact`.
+struct SplitCase {
+    name: &'static str,
+    answer: String,
+    status: u16,
+    body: &'static str,
+    /// A 403/368: every send answered with it trips its WABA's circuit.
+    trips: bool,
+}
+
+fn split_cases() -> Vec<SplitCase> {
+    let (a, b) = BLOCKED_368_BODY.split_at(40);
+    vec![
+        SplitCase {
+            name: "chunked 200",
+            answer: "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5;x=1\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n".into(),
+            status: 200,
+            body: "{\"a\":1}",
+            trips: false,
+        },
+        SplitCase {
+            name: "content-length 200",
+            answer: "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"a\":1}".into(),
+            status: 200,
+            body: "{\"a\":1}",
+            trips: false,
+        },
+        SplitCase {
+            name: "chunked 403/368",
+            answer: format!(
+                "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x};x=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                a.len(),
+                b.len()
+            ),
+            status: 403,
+            body: BLOCKED_368_BODY,
+            trips: true,
+        },
+    ]
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// reqwest: compares status, content type and the decoded body.
+    Reqwest,
+    /// A raw TCP client sending `Connection: close`: compares every byte (relay only; hyper
+    /// writes its own head and chunking).
+    RawTcp,
+}
+
+struct SplitItem {
+    case: usize,
+    writes: Writes,
+    via: Via,
+    /// For a tripping case: the index of the fresh WABA (and its one phone) it uses.
+    account: Option<usize>,
+}
+
+fn split_waba(i: usize) -> String {
+    format!("2{i:014}")
+}
+
+fn split_phone(i: usize) -> String {
+    format!("3{i:014}")
+}
+
+/// What the relay must write for `answer` to a client that sent `Connection: close`: the
+/// upstream's bytes, with `connection: close` added at the end of the head.
+fn relayed_with_close(answer: &str) -> String {
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    format!("{head}\r\nconnection: close\r\n\r\n{body}")
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+async fn split_item(
+    gw: &Gateway,
+    c: &reqwest::Client,
+    case: &SplitCase,
+    item: &SplitItem,
+) -> Result<(), String> {
+    const LIMIT: Duration = Duration::from_secs(3);
+    let tag = match item.writes {
+        Writes::SplitAt(k) => format!("{}:{k}", item.case),
+        _ => format!("{}:bytes", item.case),
+    };
+    let phone = item
+        .account
+        .map(split_phone)
+        .unwrap_or_else(|| PHONE_A1.to_string());
+    match item.via {
+        Via::Reqwest => {
+            let r = c
+                .post(format!("{}/v21.0/{phone}/messages", gw.url()))
+                .header("authorization", format!("Bearer {TEST_TOKEN}"))
+                .header("content-type", "application/json")
+                .header("x-split", &tag)
+                .body(TEXT_BODY)
+                .timeout(LIMIT)
+                .send()
+                .await
+                .map_err(|e| error_chain(&e))?;
+            if r.status().as_u16() != case.status {
+                return Err(format!("status {} {:?}", r.status(), r.headers()));
+            }
+            if r.headers()
+                .get("content-type")
+                .is_none_or(|v| v != "application/json")
+            {
+                return Err(format!("content-type lost: {:?}", r.headers()));
+            }
+            let text = r.text().await.map_err(|e| error_chain(&e))?;
+            if text != case.body {
+                return Err(format!("body {text:?}"));
+            }
+        }
+        Via::RawTcp => {
+            let mut s = TcpStream::connect(gw.listen_addr())
+                .await
+                .map_err(|e| e.to_string())?;
+            let req = send_req(
+                &phone,
+                &format!("Connection: close\r\nX-Split: {tag}\r\n"),
+                TEXT_BODY,
+            );
+            s.write_all(req.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let got = read_to_close(&mut s, LIMIT).await?;
+            let want = relayed_with_close(&case.answer);
+            if got != want.as_bytes() {
+                return Err(format!(
+                    "raw answer {:?}, want {want:?}",
+                    String::from_utf8_lossy(&got)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adversarial framing: the upstream writes each answer in two writes with a pause between
+/// (flushed, `TCP_NODELAY`), at every split point of the answer's bytes, and once one byte
+/// at a time, for a chunked 200 (with a chunk extension), the same framed by
+/// `content-length`, and a chunked 403/368 (which must trip: a fresh WABA per request). The
+/// client must get exactly the answer. Requests run in a few lanes at once to keep the
+/// runtime down; the upstream picks the answer and split point from an `x-split` header.
+async fn split_answers_reach_the_client_intact(engine: Engine) {
+    const LANES: usize = 6;
+    const MAX_FAILURES: usize = 40;
+    let started = std::time::Instant::now();
+    let cases = std::sync::Arc::new(split_cases());
+    let vias: &[Via] = match engine {
+        Engine::Relay => &[Via::Reqwest, Via::RawTcp],
+        Engine::Hyper => &[Via::Reqwest],
+    };
+    let mut items = Vec::new();
+    let mut accounts = 0;
+    for (i, case) in cases.iter().enumerate() {
+        let writes = (1..case.answer.len())
+            .map(Writes::SplitAt)
+            .chain([Writes::ByteAtATime]);
+        for w in writes {
+            for &via in vias {
+                let account = case.trips.then(|| {
+                    accounts += 1;
+                    accounts - 1
+                });
+                items.push(SplitItem {
+                    case: i,
+                    writes: w,
+                    via,
+                    account,
+                });
+            }
+        }
+    }
+
+    let up = RawUpstream::start().await;
+    let answers = cases.clone();
+    up.respond_with(move |req| {
+        let req = String::from_utf8_lossy(req);
+        let tag = req.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-split")
+                .then(|| v.trim().to_string())
+        })?;
+        let (case, at) = tag.split_once(':')?;
+        let case = &answers[case.parse::<usize>().ok()?];
+        let writes = match at {
+            "bytes" => Writes::ByteAtATime,
+            k => Writes::SplitAt(k.parse().ok()?),
+        };
+        Some(RawReply::bytes(case.answer.as_bytes()).writes(writes))
+    });
+    let mut cfg = config(engine, "");
+    for i in 0..accounts {
+        cfg.push_str(&format!(
+            "\n[[accounts]]\nwaba_id = \"{}\"\nphone_number_ids = [\"{}\"]\n",
+            split_waba(i),
+            split_phone(i)
+        ));
+    }
+    let gw = Gateway::builder(&cfg)
+        .var("upstream", &up.url())
+        .start()
+        .await;
+
+    let failures = Mutex::new(Vec::<(usize, Via, Writes, String)>::new());
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let lane = |n: usize| {
+        let (gw, cases, items, failures, done) = (&gw, &cases, &items, &failures, &done);
+        async move {
+            let c = client();
+            for item in items.iter().skip(n).step_by(LANES) {
+                if failures.lock().unwrap().len() >= MAX_FAILURES {
+                    return;
+                }
+                let case = &cases[item.case];
+                if let Err(e) = split_item(gw, &c, case, item).await {
+                    let f = (item.case, item.via, item.writes, e);
+                    failures.lock().unwrap().push(f);
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    };
+    futures_util::future::join_all((0..LANES).map(lane)).await;
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort_by_key(|f| {
+        let at = match f.2 {
+            Writes::SplitAt(k) => k,
+            _ => usize::MAX,
+        };
+        (f.0, f.1 == Via::RawTcp, at)
+    });
+    let done = done.into_inner();
+
+    // One line per answer and client: where the splits that broke it were.
+    let mut summary = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        for &via in vias {
+            let broken: Vec<String> = failures
+                .iter()
+                .filter(|f| f.0 == i && f.1 == via)
+                .map(|f| match f.2 {
+                    Writes::SplitAt(k) => format!("{k}"),
+                    _ => "one byte at a time".to_string(),
+                })
+                .collect();
+            if !broken.is_empty() {
+                summary.push(format!(
+                    "{} ({} bytes) via {via:?}: broken when split at {}",
+                    case.name,
+                    case.answer.len(),
+                    broken.join(", ")
+                ));
+            }
+        }
+    }
+    // Every 368 answered (whatever its split) tripped its WABA.
+    let list: serde_json::Value = gw
+        .admin_get("/admin/circuits", Some(ADMIN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let open: BTreeSet<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "open")
+        .map(|c| c["waba_id"].as_str().unwrap().to_string())
+        .collect();
+    let not_tripped: Vec<String> = items
+        .iter()
+        .filter(|it| it.account.is_some_and(|i| !open.contains(&split_waba(i))))
+        .map(|it| format!("{:?} via {:?}", it.writes, it.via))
+        .collect();
+    if !not_tripped.is_empty() && done == items.len() {
+        summary.push(format!(
+            "chunked 403/368: {} of {accounts} sends did not trip their WABA: {}",
+            not_tripped.len(),
+            not_tripped.join(", ")
+        ));
+    }
+    let examples: Vec<String> = failures
+        .iter()
+        .take(6)
+        .map(|(i, via, w, e)| format!("  {} written {w:?}, via {via:?}: {e}", cases[*i].name))
+        .collect();
+    assert!(
+        summary.is_empty(),
+        "{engine:?}: {} of {done} split answers broken ({} planned, {:?}){}:\n{}\nfirst errors:\n{}",
+        failures.len(),
+        items.len(),
+        started.elapsed(),
+        if done < items.len() { ", stopped early" } else { "" },
+        summary.join("\n"),
+        examples.join("\n")
+    );
+    assert_eq!(up.requests().len(), items.len());
+}
+
+/// An answer whose framing is ambiguous (`content-length` and `transfer-encoding` both, RFC
+/// 9112 §6.3: a request-smuggling vector) and a `101 Switching Protocols` to a request that
+/// asked for no upgrade are broken answers: 502 `x-wa-breaker: upstream-error` on both
+/// engines, nothing trips, and the gateway keeps serving.
+async fn ambiguous_framing_and_an_unasked_101_become_502(engine: Engine) {
+    let up = RawUpstream::start().await;
+    let gw = start(engine, &up.url(), "").await;
+    let c = client();
+    let url = format!("{}/v21.0/{PHONE_A1}/messages", gw.url());
+    let cases = [
+        (
+            "200 with content-length and chunked",
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\ntransfer-encoding: chunked\r\n\r\n7\r\n{\"a\":1}\r\n0\r\n\r\n".to_string(),
+        ),
+        (
+            "403/368 with content-length and chunked",
+            format!(
+                "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{BLOCKED_368_BODY}\r\n0\r\n\r\n",
+                BLOCKED_368_BODY.len(),
+                BLOCKED_368_BODY.len()
+            ),
+        ),
+        (
+            "101 to a plain POST",
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+                .to_string(),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, bad) in &cases {
+        up.push(raw(bad).then_close());
+        let r = match c.post(&url).body(TEMPLATE_BODY).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                wrong.push(format!("{what}: client error {}", error_chain(&e)));
+                continue;
+            }
+        };
+        let status = r.status().as_u16();
+        let marker = r
+            .headers()
+            .get("x-wa-breaker")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = r.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+        let typ = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["type"].as_str().map(str::to_string));
+        if status != 502
+            || marker.as_deref() != Some("upstream-error")
+            || typ.as_deref() != Some("WaBreakerException")
+        {
+            wrong.push(format!(
+                "{what}: {status}, x-wa-breaker {marker:?}, body {:?}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        let (_, circuit) = gw.circuit(ADMIN, WABA_A).await;
+        if circuit["state"] == "open" {
+            wrong.push(format!("{what}: tripped the circuit"));
+            let close = format!("/admin/circuits/{WABA_A}/close");
+            assert!(gw
+                .admin_post(&close, Some(ADMIN), None)
+                .await
+                .status()
+                .is_success());
+        }
+    }
+    let r = c.post(&url).body(TEMPLATE_BODY).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the gateway keeps serving");
+    assert!(wrong.is_empty(), "{engine:?}:\n{}", wrong.join("\n"));
+}
+
+both_engines!(
+    upstream_gets_the_request_with_host_rewritten_and_hop_by_hop_headers_removed,
+    chunked_and_until_close_answers_are_relayed_and_classified,
+    broken_upstream_answers_become_502_and_the_gateway_keeps_serving,
+    a_pooled_connection_the_upstream_closed_is_not_reused,
+    pipelined_requests_are_answered_in_order_on_one_upstream_connection,
+    connection_close_from_the_client_is_honoured,
+    an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file,
+    headers_named_by_connection_in_answers_are_dropped,
+    split_answers_reach_the_client_intact,
+    ambiguous_framing_and_an_unasked_101_become_502,
+);

@@ -1,15 +1,19 @@
 //! Integration-test support for wa-breaker: a fake Cloud API, a redis-server launcher,
-//! a launcher for the built binary, and signed-webhook helpers.
+//! a launcher for the built binary, signed-webhook helpers, a raw HTTP/1.1 upstream and
+//! client for framing tests, and `Engine` + `both_engines!` to run a test on both engines.
 //!
 //! Each test file includes it with `mod support;` (so each compiles its own copy;
 //! unused items are expected).
 #![allow(dead_code, unused_imports)]
 
+pub mod engine;
 pub mod fake_cloud;
 pub mod gateway;
+pub mod raw;
 pub mod redis;
 pub mod webhook;
 
+pub use self::engine::Engine;
 pub use self::fake_cloud::{
     graph_error_body, health_json, health_json_phone, FakeCloud, Recorded, Reply, WebhookSink,
     BLOCKED_368_BODY, FBTRACE_ID, OK_SEND_BODY,
@@ -18,6 +22,10 @@ pub use self::gateway::{
     client, metric, metric_sum, run_cli_in, samples, send, template_body, text_body, write_config,
     Gateway, GatewayBuilder, Sample, TempConfig, TEMPLATE_BODY, TEST_TOKEN, TEST_VERSION,
     TEXT_BODY,
+};
+pub use self::raw::{
+    closed, fixture, raw, read_answer, read_to_close, send_req, tls_acceptor, Answer, RawReply,
+    RawUpstream, Writes, BYTE_PAUSE, OK_RAW, SPLIT_PAUSE,
 };
 pub use self::redis::{free_port, redis_available, RedisServer, RedisSubscriber, Resp};
 pub use self::webhook::{
