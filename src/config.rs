@@ -111,14 +111,21 @@ pub enum LogFormat {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Apps' send URL (HTTP/1.1 and h2c); also serves `webhook.path`.
     pub listen: SocketAddr,
+    /// `/admin`, `/metrics`, `/healthz`, `/readyz`.
     pub admin_listen: SocketAddr,
+    /// Where requests go: `scheme://host[:port]`, no path.
     pub upstream: String,
     /// Extra CA certificates (PEM) trusted for an `https://` upstream.
     pub upstream_ca_file: Option<PathBuf>,
+    /// Directory of the embedded circuit store (`circuits.redb`); one per instance.
     pub state_dir: PathBuf,
+    /// Bearer token for `/admin` (at least 16 characters); absent, `/admin` is disabled.
     pub admin_token: Option<Secret>,
+    /// Redis shared by replicas (may carry a password: never logged).
     pub redis_url: Option<Secret>,
+    /// Prefix of Redis keys and of the change channel.
     pub redis_prefix: String,
     /// TTL of a closed circuit's Redis key (open circuits: `until` + 1 h, or none).
     #[serde(with = "humantime_serde")]
@@ -130,27 +137,43 @@ pub struct Config {
     /// unreadable state store to `<name>.corrupt-<timestamp>` and start empty.
     #[serde(skip)]
     pub move_aside_corrupt_state: bool,
+    /// `enforce` answers open circuits locally; `observe` only records.
     pub mode: Mode,
+    /// Graph error codes that open a WABA's circuit when a send is answered with one.
     pub trip_codes: Vec<i64>,
+    /// Graph version of the gateway's own calls (health polls).
     pub graph_version: String,
+    /// Log lines as text or JSON, on stderr.
     pub log_format: LogFormat,
+    /// A `tracing` filter such as `info` or `warn,wa_breaker=debug`.
     pub log_level: String,
+    /// TCP (and TLS) connect to the upstream.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// From forwarding to the upstream answer's head (then 504).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// On SIGTERM/SIGINT: how long in-flight requests may finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Requests in flight to the upstream, across workers; more wait.
     pub upstream_concurrency: usize,
+    /// Proxy worker threads; `0` = one per CPU.
     pub workers: usize,
+    /// Whether worker `i` is pinned to the `i`-th allowed CPU.
     pub pin_workers: PinWorkers,
     /// Serve plain HTTP/1.1 requests with the byte relay (see `src/relay`); `false` sends
     /// every request through the hyper stack.
     pub fast_path: bool,
+    /// Bytes of a non-2xx answer read to judge it, and of a send body read to spot a template.
     pub classify_body_limit: usize,
+    /// Transitions kept per circuit.
     pub history_limit: usize,
+    /// `[webhook]`.
     pub webhook: WebhookConfig,
+    /// `[health]`.
     pub health: HealthConfig,
+    /// `[[accounts]]`: phone-number ids by WABA.
     pub accounts: Vec<Account>,
 }
 
@@ -193,14 +216,21 @@ impl Default for Config {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
+    /// Webhook callback path on `listen`.
     pub path: String,
+    /// Meta app secrets verifying `X-Hub-Signature-256` (one per app).
     #[serde(deserialize_with = "one_or_many")]
     pub app_secret: Vec<Secret>,
+    /// Answers Meta's subscription challenge.
     pub verify_token: Option<Secret>,
+    /// Relays every verified delivery to the app unchanged.
     pub forward_url: Option<String>,
+    /// Timeout of that relay.
     #[serde(with = "humantime_serde")]
     pub forward_timeout: Duration,
+    /// Largest webhook body accepted (413 beyond).
     pub max_body: usize,
+    /// Open on `ACCOUNT_VIOLATION` without a health check.
     pub violation_opens: bool,
 }
 
@@ -222,14 +252,20 @@ impl Default for WebhookConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
+    /// Token for Health Status polls; absent, nothing is polled.
     pub access_token: Option<Secret>,
+    /// Poll interval while a circuit is open.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// ± fraction of the interval added at random.
     pub jitter: f64,
+    /// One poll's timeout.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Longest wait after repeated poll errors.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Polls in flight at once, across all circuits.
     pub max_concurrent: usize,
 }
 
@@ -250,19 +286,29 @@ impl Default for HealthConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Account {
+    /// The WhatsApp Business Account id.
     pub waba_id: String,
+    /// Its phone-number ids.
     pub phone_number_ids: Vec<String>,
 }
 
 /// A configuration that could not be loaded or is invalid.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file does not exist.
     #[error("config file {0}: not found")]
     NotFound(PathBuf),
+    /// The file or an environment variable does not parse (every problem listed).
     #[error("{0}")]
     Parse(String),
+    /// A value is out of range or inconsistent.
     #[error("invalid config: `{key}`: {msg}")]
-    Invalid { key: String, msg: String },
+    Invalid {
+        /// The key, as written in the file.
+        key: String,
+        /// What is wrong.
+        msg: String,
+    },
 }
 
 fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {

@@ -738,15 +738,18 @@ async fn ambiguous_framing_and_an_unasked_101_become_502(engine: Engine) {
     let gw = start(engine, &up.url(), "").await;
     let c = client();
     let url = format!("{}/v21.0/{PHONE_A1}/messages", gw.url());
+    // Each answer says `connection: close` (it is closed right after): otherwise the hyper
+    // engine could take the next request to a pooled connection the upstream is closing at
+    // that instant (a race any keep-alive client has; the relay's pre-reuse peek narrows it).
     let cases = [
         (
             "200 with content-length and chunked",
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\ntransfer-encoding: chunked\r\n\r\n7\r\n{\"a\":1}\r\n0\r\n\r\n".to_string(),
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n7\r\n{\"a\":1}\r\n0\r\n\r\n".to_string(),
         ),
         (
             "403/368 with content-length and chunked",
             format!(
-                "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{BLOCKED_368_BODY}\r\n0\r\n\r\n",
+                "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{BLOCKED_368_BODY}\r\n0\r\n\r\n",
                 BLOCKED_368_BODY.len(),
                 BLOCKED_368_BODY.len()
             ),

@@ -60,28 +60,46 @@ impl Source {
 pub enum Evidence {
     /// The send that tripped the circuit.
     Send {
+        /// The Graph error code.
         code: i64,
+        /// `error_subcode`, when Meta sent one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error_subcode: Option<i64>,
+        /// The error message.
         message: String,
+        /// What Meta support asks for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fbtrace_id: Option<String>,
+        /// The phone number the send was for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         phone_number_id: Option<String>,
     },
     /// A webhook change.
     Webhook {
+        /// `entry[].id` of the delivery.
         entry_id: String,
+        /// The change's `field`.
         field: String,
+        /// `value.event`.
         event: String,
+        /// The change's `value`, as received.
         value: serde_json::Value,
     },
     /// A Health Status answer.
-    Health { health_status: serde_json::Value },
+    Health {
+        /// The `health_status` object.
+        health_status: serde_json::Value,
+    },
     /// An operator's reason.
-    Admin { reason: String },
+    Admin {
+        /// As given to `POST /admin/circuits/{id}/open|close`.
+        reason: String,
+    },
     /// The known end of a restriction.
-    Expiry { until: DateTime<Utc> },
+    Expiry {
+        /// The end that passed.
+        until: DateTime<Utc>,
+    },
 }
 
 /// One recorded transition (or note) with its evidence.
@@ -106,17 +124,23 @@ pub struct Transition {
 /// One WABA's circuit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Circuit {
+    /// The WhatsApp Business Account.
     pub waba_id: String,
+    /// Open or closed.
     pub state: State,
+    /// Which sends an open circuit answers locally.
     pub scope: Scope,
     /// Graph error code local replies carry (368 unless opened by another code).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<i64>,
     /// The error message, webhook event or operator reason.
     pub reason: String,
+    /// What made the last change.
     pub source: Source,
+    /// When it last opened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opened_at: Option<DateTime<Utc>>,
+    /// The known end of the block, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<DateTime<Utc>>,
     /// Event time of the last applied change: the ordering key.

@@ -9,14 +9,20 @@ use super::model::{Circuit, Evidence, Scope, Source, State, Transition};
 pub enum Action {
     /// Open (or re-open / re-scope) the circuit.
     Open {
+        /// Which sends it answers locally.
         scope: Scope,
+        /// The Graph code its local replies carry (368 when none).
         code: Option<i64>,
+        /// The known end, if any.
         until: Option<DateTime<Utc>>,
     },
     /// Close it.
     Close,
     /// Close it only if it is still open with exactly this `until`.
-    Expire { until: DateTime<Utc> },
+    Expire {
+        /// The end the timer was armed for.
+        until: DateTime<Utc>,
+    },
     /// Record an event that does not change the state.
     Note,
 }
@@ -24,12 +30,17 @@ pub enum Action {
 /// A change from any signal: a send, a webhook, a poll, an operator, a timer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Change {
+    /// The circuit changed.
     pub waba_id: String,
+    /// What the change asks for.
     pub action: Action,
+    /// What caused it.
     pub source: Source,
     /// Event time: orders changes; an older one never overwrites a newer state.
     pub at: DateTime<Utc>,
+    /// Short human text.
     pub reason: String,
+    /// What proves it.
     pub evidence: Option<Evidence>,
 }
 
@@ -37,7 +48,12 @@ pub struct Change {
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
     /// The circuit changed; `transition` is true when its state or scope did.
-    Applied { circuit: Circuit, transition: bool },
+    Applied {
+        /// The circuit after the change.
+        circuit: Circuit,
+        /// Its state or scope changed (not only its record).
+        transition: bool,
+    },
     /// Nothing changes; the reason is for logs.
     Ignored(&'static str),
 }

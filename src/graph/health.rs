@@ -17,8 +17,11 @@ use serde_json::Value;
 /// `can_send_message`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CanSend {
+    /// `AVAILABLE`: it can send.
     Available,
+    /// `LIMITED`: some messaging is limited.
     Limited,
+    /// `BLOCKED`: it cannot send.
     Blocked,
     /// A value Meta may add later; treated like `LIMITED` (not a proof the WABA can send).
     Unknown(String),
@@ -38,10 +41,13 @@ impl CanSend {
 /// One `errors[]` element of a blocked entity.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct HealthError {
+    /// `error_code`.
     #[serde(default)]
     pub error_code: Option<i64>,
+    /// `error_description`.
     #[serde(default)]
     pub error_description: Option<String>,
+    /// `possible_solution`.
     #[serde(default)]
     pub possible_solution: Option<String>,
 }
@@ -51,8 +57,11 @@ pub struct HealthError {
 pub struct Entity {
     /// `entity_type` (`WABA`, `BUSINESS`, `APP`, `PHONE_NUMBER`, `MESSAGE_TEMPLATE`, …).
     pub entity_type: String,
+    /// The entity's id.
     pub id: String,
+    /// Its `can_send_message`.
     pub can_send: CanSend,
+    /// Its `errors[]` (BLOCKED entities carry them).
     pub errors: Vec<HealthError>,
     /// `additional_info`, as text lines (LIMITED entities carry it).
     pub additional_info: Vec<String>,
@@ -63,6 +72,7 @@ pub struct Entity {
 pub struct HealthStatus {
     /// The top-level `can_send_message` (a summary of all entities).
     pub can_send: Option<CanSend>,
+    /// `entities[]`.
     pub entities: Vec<Entity>,
     /// The `health_status` object as received.
     pub raw: Value,
@@ -74,16 +84,24 @@ pub enum Verdict {
     /// The WABA entity is AVAILABLE and neither its BUSINESS nor its APP is BLOCKED.
     Available,
     /// Sending is limited somewhere; `info` is the entities' `additional_info`.
-    Limited { info: Vec<String> },
+    Limited {
+        /// The entities' `additional_info` lines.
+        info: Vec<String>,
+    },
     /// The WABA, its BUSINESS or its APP is BLOCKED; `errors` are theirs, labelled by entity.
-    Blocked { errors: Vec<(String, HealthError)> },
+    Blocked {
+        /// Each blocked entity's errors, labelled by entity.
+        errors: Vec<(String, HealthError)>,
+    },
 }
 
 /// Why an answer could not be read.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    /// Not JSON.
     #[error("health answer is not JSON: {0}")]
     Json(String),
+    /// No `health_status` object.
     #[error("health answer has no `health_status` object")]
     Missing,
 }

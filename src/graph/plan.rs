@@ -16,6 +16,7 @@ pub const WEBHOOK_CODE: i64 = CODE_POLICY_BLOCK;
 /// One circuit change planned from a webhook change.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
+    /// The circuit change.
     pub change: Change,
     /// An `ACCOUNT_VIOLATION` recorded as a note: check Health Status now.
     pub check_health: bool,

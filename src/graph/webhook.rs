@@ -206,12 +206,16 @@ pub enum AccountEvent {
     Restriction(Vec<Restriction>),
     /// `DISABLED_UPDATE` with `ban_info`.
     Disabled {
+        /// `ban_info.waba_ban_state`.
         state: BanState,
         /// `waba_ban_date`: a display string, not a timestamp.
         date: Option<String>,
     },
     /// `ACCOUNT_VIOLATION` with `violation_info.violation_type`.
-    Violation { violation_type: Option<String> },
+    Violation {
+        /// `violation_info.violation_type` (e.g. `ADULT`).
+        violation_type: Option<String>,
+    },
     /// `ACCOUNT_DELETED`, `PARTNER_REMOVED`, … : the account's relation to the app changed.
     Lifecycle(String),
     /// Any other event (or none): not about sending.
@@ -291,6 +295,7 @@ pub enum RestrictionKind {
 /// One `restriction_info[]` element.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Restriction {
+    /// What it restricts.
     pub kind: RestrictionKind,
     /// `restriction_type` as sent.
     pub restriction_type: String,

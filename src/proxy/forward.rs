@@ -16,6 +16,7 @@ use tower::Service;
 
 use super::body::Body;
 use crate::policy::hop;
+use crate::relay::h1;
 use crate::upstream::{ForwardError, HttpClient, Target};
 
 /// See module docs.
@@ -97,6 +98,18 @@ impl Future for ResponseFuture {
         Poll::Ready(match result {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
+                let h = &parts.headers;
+                let framing = if h1::ambiguous_framing(
+                    h.contains_key(header::CONTENT_LENGTH),
+                    h.contains_key(header::TRANSFER_ENCODING),
+                ) {
+                    Err(h1::BadResponse::Framing)
+                } else {
+                    h1::final_status(parts.status.as_u16())
+                };
+                if let Err(e) = framing {
+                    return Poll::Ready(Err(ForwardError::Broken(Box::new(e))));
+                }
                 hop::strip(&mut parts.headers);
                 Ok(Response::from_parts(parts, Body::stream(body)))
             }

@@ -60,6 +60,24 @@ pub fn content_length(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
+/// The final status codes the gateway relays: 200–599 (RFC 9110 §15 defines no others). A
+/// `101 Switching Protocols` is refused too: the gateway never forwards an upgrade, so a
+/// switch is an answer to something it did not send. Both engines check with this.
+pub fn final_status(status: u16) -> Result<(), BadResponse> {
+    match status {
+        101 => Err(BadResponse::Upgrade),
+        200..=599 => Ok(()),
+        _ => Err(BadResponse::Malformed("status code out of range")),
+    }
+}
+
+/// An answer that declares both a `content-length` and a `transfer-encoding` is refused by
+/// both engines (RFC 9112 §6.3: a recipient may treat it as an error; relaying it lets the
+/// two ends of the gateway disagree on where it ends — a response-smuggling shape).
+pub fn ambiguous_framing(content_length: bool, transfer_encoding: bool) -> bool {
+    content_length && transfer_encoding
+}
+
 /// True when the final coding of a `transfer-encoding` value is `chunked` — the only case
 /// in which it frames the body (RFC 9112 §6.3).
 pub fn chunked_last(value: &[u8]) -> bool {

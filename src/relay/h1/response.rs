@@ -77,13 +77,11 @@ pub fn parse_response(
             Err(_) => return Err(BadResponse::Malformed("not an HTTP/1 answer head")),
         };
         let status = resp.code.unwrap_or(0);
-        if status == 101 {
-            return Err(BadResponse::Upgrade);
-        }
-        if (100..200).contains(&status) {
+        if (100..200).contains(&status) && status != 101 {
             skipped += n;
             continue;
         }
+        super::final_status(status)?;
         let Ok(code) = StatusCode::from_u16(status) else {
             return Err(BadResponse::Malformed("status code out of range"));
         };
@@ -117,7 +115,7 @@ pub fn parse_response(
             }
         }
         close |= hop.close();
-        if chunked && length.is_some() {
+        if super::ambiguous_framing(length.is_some(), chunked) {
             return Err(BadResponse::Framing);
         }
         let framing = if head_request || status == 204 || status == 304 || length == Some(0) {
@@ -276,6 +274,14 @@ mod tests {
                 BadResponse::Framing,
             ),
             ("HTTP/1.1 101 Switching\r\n\r\n", BadResponse::Upgrade),
+            (
+                "HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n",
+                BadResponse::Malformed("status code out of range"),
+            ),
+            (
+                "HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n",
+                BadResponse::Malformed("status code out of range"),
+            ),
         ] {
             assert_eq!(resp(raw, false, false).0, Err(want), "{raw:?}");
         }
