@@ -7,3 +7,32 @@ mod table;
 pub use model::{Circuit, Evidence, Scope, Source, State, Transition};
 pub use order::{decide, newer, Action, Change, Outcome};
 pub use table::{Notice, OpenGuard, Origin, Table};
+
+/// Test helpers shared by the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use chrono::{DateTime, Utc};
+
+    use super::{Action, Change, Scope, Source};
+
+    /// A change that opens `waba_id` now.
+    pub fn open(
+        waba_id: &str,
+        scope: Scope,
+        until: Option<DateTime<Utc>>,
+        source: Source,
+    ) -> Change {
+        Change {
+            waba_id: waba_id.into(),
+            action: Action::Open {
+                scope,
+                code: Some(368),
+                until,
+            },
+            source,
+            at: Utc::now(),
+            reason: "restricted".into(),
+            evidence: None,
+        }
+    }
+}

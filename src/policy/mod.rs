@@ -372,3 +372,58 @@ fn unix_now() -> i64 {
 
 #[cfg(test)]
 mod tests;
+
+/// Test helpers shared by the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use super::{Policy, Route};
+    use crate::circuit::{Scope, Source, Table};
+    use crate::config::{Account, Config, Mode};
+
+    /// The WABA of [`policy`]'s one account.
+    pub const WABA: &str = "102290129340398";
+    /// Its phone number.
+    pub const PHONE: &str = "106540352242922";
+
+    /// A policy over an empty table with one account (`WABA`: `PHONE`).
+    pub fn policy(mode: Mode, classify_body_limit: usize) -> Policy {
+        let cfg = Config {
+            mode,
+            classify_body_limit,
+            accounts: vec![Account {
+                waba_id: WABA.into(),
+                phone_number_ids: vec![PHONE.into()],
+            }],
+            ..Config::default()
+        };
+        Policy::new(&cfg, Arc::new(Table::new("test", 20)))
+    }
+
+    /// Opens `WABA`'s circuit with `scope`.
+    pub fn open(p: &Policy, scope: Scope) {
+        p.table().apply(crate::circuit::testing::open(
+            WABA,
+            scope,
+            None,
+            Source::Admin,
+        ));
+    }
+
+    /// A request for `PHONE`'s `edge`, with its routed target.
+    pub fn request<B>(p: &Policy, method: http::Method, edge: &str, body: B) -> http::Request<B> {
+        let path = format!("/v21.0/{PHONE}/{edge}");
+        let Route::Graph(call) = p.route(&method, &path) else {
+            panic!("{path} is the webhook path")
+        };
+        let target = crate::proxy::route::Target::new(call);
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(body)
+            .unwrap_or_else(|e| panic!("{e}"));
+        req.extensions_mut().insert(target);
+        req
+    }
+}

@@ -2,44 +2,14 @@
 //! guard decisions, and of calls × answers → judgements.
 
 use super::*;
-use crate::config::Account;
 use std::io::Write;
 
-const WABA: &str = "102290129340398";
-const PHONE: &str = "106540352242922";
+use super::testing::{open, policy, PHONE, WABA};
 const OTHER: &str = "999000111222333";
 const TEMPLATE: &[u8] =
     br#"{"messaging_product":"whatsapp","type":"template","template":{"name":"t"}}"#;
 const TEXT: &[u8] = br#"{"messaging_product":"whatsapp","type":"text","text":{"body":"template"}}"#;
 const BLOCKED: &[u8] = br#"{"error":{"message":"(#368) Temporarily blocked for policies violations","type":"OAuthException","code":368,"error_data":{"messaging_product":"whatsapp","details":"restricted"},"fbtrace_id":"AbC"}}"#;
-
-fn policy(mode: Mode, limit: usize) -> Policy {
-    let cfg = Config {
-        mode,
-        classify_body_limit: limit,
-        accounts: vec![Account {
-            waba_id: WABA.into(),
-            phone_number_ids: vec![PHONE.into()],
-        }],
-        ..Config::default()
-    };
-    Policy::new(&cfg, Arc::new(Table::new("test", 20)))
-}
-
-fn open(p: &Policy, scope: Scope) {
-    p.table().apply(Change {
-        waba_id: WABA.into(),
-        action: Action::Open {
-            scope,
-            code: Some(368),
-            until: None,
-        },
-        source: Source::Admin,
-        at: Utc::now(),
-        reason: "test".into(),
-        evidence: None,
-    });
-}
 
 fn call<'a>(p: &'a Policy, method: Method, path: &str) -> Call<'a> {
     match p.route(&method, path) {

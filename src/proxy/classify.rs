@@ -185,3 +185,95 @@ async fn classify(
     policy.record(call, Outcome::Answered { status, to_head });
     Ok(Response::from_parts(parts, Body::full(bytes)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Mode;
+    use crate::policy::testing::{self, WABA};
+    use tower::ServiceExt;
+    use tower_test::mock;
+
+    const BLOCKED: &str = r#"{"error":{"message":"(#368) Temporarily blocked for policies violations","type":"OAuthException","code":368,"fbtrace_id":"AbC"}}"#;
+
+    fn policy() -> Arc<Policy> {
+        Arc::new(testing::policy(Mode::Enforce, 64 * 1024))
+    }
+
+    fn request(p: &Policy, method: http::Method, edge: &str) -> Request<Body> {
+        testing::request(p, method, edge, Body::empty())
+    }
+
+    fn answer(status: u16, body: &'static str) -> Response<Body> {
+        let mut r = Response::new(Body::full(body));
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        r
+    }
+
+    async fn through(
+        p: &Arc<Policy>,
+        req: Request<Body>,
+        reply: Result<Response<Body>, ForwardError>,
+    ) -> Result<Response<Body>, ForwardError> {
+        let (inner, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let svc = ClassifyLayer::new(p.clone()).layer(inner.map_err(ForwardError::Broken));
+        handle.allow(1);
+        let fut = tokio::spawn(svc.oneshot(req));
+        let (_, send) = handle.next_request().await.unwrap();
+        match reply {
+            Ok(r) => send.send_response(r),
+            Err(e) => send.send_error(e),
+        }
+        fut.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_368_to_a_send_trips_and_passes_back_unchanged() {
+        let p = policy();
+        let resp = through(
+            &p,
+            request(&p, http::Method::POST, "messages"),
+            Ok(answer(403, BLOCKED)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 403);
+        let Body::Full { data } = resp.body() else {
+            panic!("buffered")
+        };
+        assert_eq!(data.as_deref(), Some(BLOCKED.as_bytes()));
+        let c = p.table().get(WABA).unwrap();
+        assert!(c.is_open());
+        assert_eq!(c.code, Some(368));
+    }
+
+    #[tokio::test]
+    async fn other_calls_and_successes_trip_nothing() {
+        let p = policy();
+        for (method, edge, status, body) in [
+            (http::Method::POST, "register", 403, BLOCKED),
+            (http::Method::GET, "", 403, BLOCKED),
+            (http::Method::POST, "messages", 200, BLOCKED),
+            (http::Method::POST, "messages", 403, "<html>no</html>"),
+        ] {
+            let resp = through(&p, request(&p, method, edge), Ok(answer(status, body)))
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), status);
+        }
+        assert!(p.table().get(WABA).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_forward_is_passed_up() {
+        let p = policy();
+        let r = through(
+            &p,
+            request(&p, http::Method::POST, "messages"),
+            Err(ForwardError::Timeout(Duration::from_secs(1))),
+        )
+        .await;
+        assert!(matches!(r, Err(ForwardError::Broken(_))));
+        assert!(p.table().get(WABA).is_none());
+    }
+}

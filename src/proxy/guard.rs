@@ -155,3 +155,90 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::circuit::Scope;
+    use crate::config::Mode;
+    use crate::policy::testing::{self, open, PHONE};
+    use tower::ServiceExt;
+    use tower_test::mock;
+
+    fn policy() -> Arc<Policy> {
+        Arc::new(testing::policy(Mode::Enforce, 64 * 1024))
+    }
+
+    fn send(p: &Policy, body: &'static str) -> Request<Body> {
+        testing::request(p, http::Method::POST, "messages", Body::full(body))
+    }
+    #[tokio::test]
+    async fn forwards_when_closed_and_answers_locally_when_open() {
+        let p = policy();
+        let (inner, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut guard = GuardLayer::new(p.clone()).layer(inner);
+
+        // Readiness is the inner service's.
+        handle.allow(0);
+        let mut task = tokio_test::task::spawn(());
+        task.enter(|cx, _| assert!(guard.poll_ready(cx).is_pending()));
+        handle.allow(1);
+
+        let fut = guard
+            .ready()
+            .await
+            .unwrap()
+            .call(send(&p, r#"{"type":"text"}"#));
+        let fut = tokio::spawn(fut);
+        let (req, reply) = handle.next_request().await.unwrap();
+        assert_eq!(req.uri().path(), format!("/v21.0/{PHONE}/messages"));
+        reply.send_response(Response::new(Body::full("ok")));
+        assert_eq!(fut.await.unwrap().unwrap().status(), 200);
+
+        // Open: answered here, the inner service never sees it.
+        open(&p, Scope::AllSends);
+        handle.allow(1);
+        let resp = guard
+            .ready()
+            .await
+            .unwrap()
+            .call(send(&p, r#"{"type":"text"}"#))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+        assert_eq!(resp.headers()["x-wa-breaker"], "open");
+        assert!(resp
+            .extensions()
+            .get::<crate::proxy::LocalReply>()
+            .is_some());
+        assert!(handle.poll_request().is_pending());
+    }
+
+    #[tokio::test]
+    async fn template_scope_reads_the_buffered_body() {
+        let p = policy();
+        open(&p, Scope::BusinessInitiated);
+        let (inner, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut guard = GuardLayer::new(p.clone()).layer(inner);
+        handle.allow(2);
+        let resp = guard
+            .ready()
+            .await
+            .unwrap()
+            .call(send(&p, r#"{"type":"template","template":{}}"#))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+        let fut = tokio::spawn(
+            guard
+                .ready()
+                .await
+                .unwrap()
+                .call(send(&p, r#"{"type":"text"}"#)),
+        );
+        let (req, reply) = handle.next_request().await.unwrap();
+        assert!(matches!(req.body(), Body::Full { .. }));
+        reply.send_response(Response::new(Body::full("ok")));
+        assert_eq!(fut.await.unwrap().unwrap().status(), 200);
+    }
+}

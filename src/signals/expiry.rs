@@ -93,18 +93,12 @@ mod tests {
     async fn expires_without_a_token() {
         let table = Arc::new(Table::new("t", 20));
         let until = Utc::now() + chrono::Duration::milliseconds(100);
-        table.apply(Change {
-            waba_id: "1".into(),
-            action: Action::Open {
-                scope: Scope::BusinessInitiated,
-                code: Some(368),
-                until: Some(until),
-            },
-            source: Source::Webhook,
-            at: Utc::now(),
-            reason: "restricted".into(),
-            evidence: None,
-        });
+        table.apply(crate::circuit::testing::open(
+            "1",
+            Scope::BusinessInitiated,
+            Some(until),
+            Source::Webhook,
+        ));
         let start = std::time::Instant::now();
         expire_at(table.clone(), None, "1".into(), until).await;
         assert!(start.elapsed() >= Duration::from_millis(80));

@@ -452,18 +452,12 @@ mod tests {
         // An until in the past (e.g. held by a BLOCKED poll at expiry): LIMITED expires it.
         let t = Table::new("test", 20);
         let until = Utc::now() + Cd::milliseconds(50);
-        t.apply(Change {
-            waba_id: WABA.into(),
-            action: Action::Open {
-                scope: Scope::BusinessInitiated,
-                code: Some(368),
-                until: Some(until),
-            },
-            source: Source::Webhook,
-            at: Utc::now(),
-            reason: "restricted".into(),
-            evidence: None,
-        });
+        t.apply(crate::circuit::testing::open(
+            WABA,
+            Scope::BusinessInitiated,
+            Some(until),
+            Source::Webhook,
+        ));
         std::thread::sleep(Duration::from_millis(80));
         assert!(!record(&t, WABA, &blocked(), json!({})));
         assert!(t.get(WABA).unwrap().is_open());
