@@ -119,7 +119,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("local_reply_h1", |b| {
         b.iter(|| {
             out.clear();
-            policy::Reply::open(black_box(&g), 1_800_000_000).write_h1(false, &mut out);
+            policy::Reply::open(black_box(&g)).write_h1(false, &mut out);
         })
     });
     c.bench_function("classify_368_body", |b| {

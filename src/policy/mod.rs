@@ -23,7 +23,7 @@ pub mod hop;
 pub mod reply;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use http::Method;
@@ -216,7 +216,7 @@ impl Policy {
                     (Scope::BusinessInitiated, Body::Unread(_)) => None,
                 };
                 match in_scope {
-                    Some(true) => Admit::Local(local(Reply::open(guard, unix_now()))),
+                    Some(true) => Admit::Local(local(Reply::open(guard))),
                     Some(false) => Admit::Forward,
                     None => Admit::Inspect { limit },
                 }
@@ -362,12 +362,6 @@ pub fn is_template(body: &[u8]) -> bool {
         .ok()
         .and_then(|m| m.kind)
         .is_some_and(|k| k == "template")
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

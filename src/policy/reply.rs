@@ -2,6 +2,8 @@
 //! `http::Response` (the hyper engine) and to HTTP/1.1 bytes (the relay). The local answer
 //! for an open circuit and the 502/504 for a failed forward are built here and nowhere else.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -46,12 +48,22 @@ impl ReplyBody<'_> {
 
 impl<'a> Reply<'a> {
     /// An open circuit's local answer: 403, the envelope with the code that opened it,
-    /// `x-wa-breaker: open`, and `retry-after` when the end is known.
-    pub fn open(guard: &'a OpenGuard, now_unix: i64) -> Reply<'a> {
+    /// `x-wa-breaker: open`, and `retry-after` (seconds, at least 1) when the end is known.
+    pub fn open(guard: &'a OpenGuard) -> Reply<'a> {
+        // The clock is read only when there is an end to count down to.
+        Reply::open_at(guard, || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        })
+    }
+
+    /// [`Reply::open`] with the clock given (Unix seconds).
+    pub fn open_at(guard: &'a OpenGuard, now_unix: impl FnOnce() -> i64) -> Reply<'a> {
         Reply {
             status: StatusCode::FORBIDDEN,
             marker: "open",
-            retry_after: guard.until_unix.map(|u| (u - now_unix).max(1)),
+            retry_after: guard.until_unix.map(|u| (u - now_unix()).max(1)),
             body: ReplyBody::Borrowed(&guard.body),
         }
     }
@@ -197,19 +209,19 @@ mod tests {
             until_unix: Some(1_000_000 + 3600),
             body: Bytes::from_static(b"{\"error\":{\"code\":368}}"),
         };
-        let r = Reply::open(&guard, 1_000_000);
+        let r = Reply::open_at(&guard, || 1_000_000);
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         same_both_ways(&r);
         let resp = r.to_response();
         assert_eq!(resp.headers()["retry-after"], "3600");
         assert_eq!(resp.headers()["x-wa-breaker"], "open");
         // The end has passed: at least 1.
-        assert_eq!(Reply::open(&guard, 2_000_000).retry_after, Some(1));
+        assert_eq!(Reply::open_at(&guard, || 2_000_000).retry_after, Some(1));
         let no_end = OpenGuard {
             until_unix: None,
             ..guard
         };
-        let r = Reply::open(&no_end, 0);
+        let r = Reply::open_at(&no_end, || panic!("no clock without an end"));
         same_both_ways(&r);
         assert!(r.to_response().headers().get("retry-after").is_none());
     }
