@@ -25,6 +25,9 @@ pub struct OpenGuard {
     pub until_unix: Option<i64>,
     /// The local reply body (a Cloud API error envelope).
     pub body: Bytes,
+    /// Sequence number of the change that made it (see [`Table::durable_seq`]): a local
+    /// answer given before that change is durable waits for it.
+    pub seq: u64,
 }
 
 /// Where a change came from, for the listeners.
@@ -45,6 +48,8 @@ pub struct Notice {
     pub origin: Origin,
     /// Table-wide sequence number of this change; stores report durability by it.
     pub seq: u64,
+    /// The circuit's state or scope changed (not only its record): what a person hears of.
+    pub transition: bool,
 }
 
 /// Every WABA's circuit.
@@ -59,6 +64,8 @@ pub struct Table {
     listeners: RwLock<Vec<mpsc::UnboundedSender<Notice>>>,
     seq: AtomicU64,
     durable: watch::Sender<u64>,
+    /// The same watermark as `durable`, for the hot path (one load, no lock).
+    durable_seq: AtomicU64,
 }
 
 impl Table {
@@ -73,6 +80,7 @@ impl Table {
             listeners: RwLock::new(Vec::new()),
             seq: AtomicU64::new(0),
             durable: watch::channel(0).0,
+            durable_seq: AtomicU64::new(0),
         }
     }
 
@@ -128,6 +136,7 @@ impl Table {
 
     /// Called by the store once every change up to `seq` is durable.
     pub fn mark_durable(&self, seq: u64) {
+        self.durable_seq.fetch_max(seq, Ordering::AcqRel);
         self.durable.send_if_modified(|d| {
             let newer = seq > *d;
             if newer {
@@ -135,6 +144,12 @@ impl Table {
             }
             newer
         });
+    }
+
+    /// Every change up to this sequence number is durable (committed to the embedded store).
+    #[inline]
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq.load(Ordering::Acquire)
     }
 
     /// Waits until the change `seq` is durable; false on timeout (the change still applies).
@@ -178,7 +193,8 @@ impl Table {
             }
         };
         // Update the hot-path view while holding the entry, so guard and view never disagree for long.
-        self.sync_guard(&key, &circuit);
+        let seq = self.next_seq();
+        self.sync_guard(&key, &circuit, seq);
         let held = entry.insert(circuit.clone());
         if transition {
             log_transition(&circuit, was_open);
@@ -198,7 +214,7 @@ impl Table {
             tracing::warn!(waba_id = %circuit.waba_id, source = t.source.as_str(), reason = %t.reason, "circuit event recorded (no state change)");
         }
         // Notified while the entry is held, so one WABA's notices arrive in order.
-        let seq = self.notify(&circuit, Origin::Local);
+        self.notify(&circuit, Origin::Local, seq, transition);
         drop(held);
         Some((circuit, seq))
     }
@@ -207,32 +223,35 @@ impl Table {
     pub fn merge(&self, incoming: Circuit) -> bool {
         let key: Arc<str> = Arc::from(incoming.waba_id.as_str());
         let entry = self.circuits.entry(key.clone());
-        let was_open = match &entry {
+        let (was_open, was_scope) = match &entry {
             dashmap::Entry::Occupied(o) => {
                 if !newer(&incoming, o.get()) {
                     return false;
                 }
-                o.get().is_open()
+                (o.get().is_open(), Some(o.get().scope))
             }
-            dashmap::Entry::Vacant(_) => false,
+            dashmap::Entry::Vacant(_) => (false, None),
         };
-        self.sync_guard(&key, &incoming);
+        let seq = self.next_seq();
+        self.sync_guard(&key, &incoming, seq);
+        let transition = was_open != incoming.is_open()
+            || (incoming.is_open() && was_scope != Some(incoming.scope));
         if was_open != incoming.is_open() {
             log_transition(&incoming, was_open);
         }
         let held = entry.insert(incoming.clone());
-        self.notify(&incoming, Origin::Remote);
+        self.notify(&incoming, Origin::Remote, seq, transition);
         drop(held);
         true
     }
 
-    fn sync_guard(&self, key: &Arc<str>, c: &Circuit) {
+    fn sync_guard(&self, key: &Arc<str>, c: &Circuit, seq: u64) {
         // Count up before inserting and down after removing, so the count never reads low.
         if c.is_open() {
             self.open_len.fetch_add(1, Ordering::AcqRel);
             if self
                 .open
-                .insert(key.clone(), Arc::new(build_guard(c)))
+                .insert(key.clone(), Arc::new(build_guard(c, seq)))
                 .is_some()
             {
                 self.open_len.fetch_sub(1, Ordering::AcqRel);
@@ -244,18 +263,21 @@ impl Table {
         }
     }
 
-    fn notify(&self, c: &Circuit, origin: Origin) -> u64 {
-        let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    fn notify(&self, c: &Circuit, origin: Origin, seq: u64, transition: bool) {
         if let Ok(listeners) = self.listeners.read() {
             for l in listeners.iter() {
                 let _ = l.send(Notice {
                     circuit: c.clone(),
                     origin,
                     seq,
+                    transition,
                 });
             }
         }
-        seq
     }
 }
 
@@ -289,7 +311,7 @@ fn log_transition(c: &Circuit, was_open: bool) {
 }
 
 /// Builds the local reply for an open circuit once, not per request.
-fn build_guard(c: &Circuit) -> OpenGuard {
+fn build_guard(c: &Circuit, seq: u64) -> OpenGuard {
     let code = c.code.unwrap_or(368);
     let since = c
         .opened_at
@@ -314,5 +336,6 @@ fn build_guard(c: &Circuit) -> OpenGuard {
             envelope::title_for(code),
             &details,
         ),
+        seq,
     }
 }

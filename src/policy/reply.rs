@@ -208,6 +208,7 @@ mod tests {
             scope: Scope::AllSends,
             until_unix: Some(1_000_000 + 3600),
             body: Bytes::from_static(b"{\"error\":{\"code\":368}}"),
+            seq: 1,
         };
         let r = Reply::open_at(&guard, || 1_000_000);
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
