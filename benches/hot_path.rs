@@ -104,7 +104,7 @@ fn benches(c: &mut Criterion) {
         };
         matches!(
             policy.admit(call, policy::Body::Read(body), |_| ()),
-            Admit::Local(())
+            Admit::Local { .. }
         )
     };
     c.bench_function("guard_check_closed_10k_1k_open", |b| {

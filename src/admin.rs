@@ -90,7 +90,10 @@ impl Admin {
             .filter(|s| !s.is_empty())
             .collect();
         match (req.method().clone(), segs.as_slice()) {
-            (Method::GET, ["circuits"]) => json(StatusCode::OK, &self.table.list()),
+            (Method::GET, ["circuits"]) => match ListQuery::parse(req.uri().query()) {
+                Ok(q) => json(StatusCode::OK, &q.apply(self.table.list())),
+                Err(msg) => json_error(StatusCode::BAD_REQUEST, &msg),
+            },
             (Method::GET, ["circuits", id]) => match self.view(id) {
                 Some(c) => json(StatusCode::OK, &c),
                 None => json_error(StatusCode::NOT_FOUND, "no circuit for that WABA"),
@@ -141,6 +144,7 @@ impl Admin {
             Action::Close
         };
         tracing::info!(waba_id = id, op, "admin request");
+        let want_open = op == "open";
         let applied = self.table.apply(Change {
             waba_id: id.to_string(),
             action,
@@ -149,18 +153,90 @@ impl Admin {
             reason: reason.clone(),
             evidence: Some(Evidence::Admin { reason }),
         });
+        // An operator's change orders after everything the circuit holds, so it always takes
+        // effect; say so only when the circuit is in the asked state.
+        let after = self.view(id).unwrap_or_else(|| Circuit::new(id, now));
+        if after.is_open() != want_open {
+            tracing::error!(waba_id = id, op, "admin change did not take effect");
+            return json_error(
+                StatusCode::CONFLICT,
+                &format!(
+                    "the circuit is still {}: the change did not take effect",
+                    if after.is_open() { "open" } else { "closed" }
+                ),
+            );
+        }
         // 200 once the change is durable; 202 if it is applied but not yet stored.
-        let mut status = StatusCode::OK;
-        if let Some((_, seq)) = applied {
-            if !self.table.wait_durable(seq, DURABLE_WAIT).await {
-                tracing::warn!(waba_id = id, "admin change applied but not yet durable");
-                status = StatusCode::ACCEPTED;
+        let durable = match applied {
+            Some((_, seq)) => self.table.wait_durable(seq, DURABLE_WAIT).await,
+            None => true,
+        };
+        let mut body = serde_json::to_value(&after).unwrap_or_default();
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("durable".into(), durable.into());
+            if !durable {
+                obj.insert(
+                    "warning".into(),
+                    "applied in memory but not yet stored: the state store is not committing (see wa_breaker_store_durable); it is retried, and a restart before then would forget this change".into(),
+                );
             }
         }
-        match self.view(id) {
-            Some(c) => json(status, &c),
-            None => json(status, &Circuit::new(id, now)),
+        if durable {
+            json(StatusCode::OK, &body)
+        } else {
+            tracing::warn!(waba_id = id, "admin change applied but not yet durable");
+            json(StatusCode::ACCEPTED, &body)
         }
+    }
+}
+
+/// `GET /admin/circuits` filters: `state=open|closed`, `limit=N` (at most [`MAX_LIMIT`]) and
+/// `after=WABA_ID` (the list is sorted by WABA id as text: pass the last id of a page for the next).
+#[derive(Debug, Default)]
+struct ListQuery {
+    state: Option<bool>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// Largest page of `GET /admin/circuits`.
+const MAX_LIMIT: usize = 10_000;
+
+impl ListQuery {
+    fn parse(query: Option<&str>) -> Result<ListQuery, String> {
+        let mut q = ListQuery::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            match &*k {
+                "state" => {
+                    q.state = Some(match &*v {
+                        "open" => true,
+                        "closed" => false,
+                        _ => return Err("state must be open or closed".into()),
+                    })
+                }
+                "limit" => {
+                    q.limit = Some(
+                        v.parse::<usize>()
+                            .ok()
+                            .filter(|n| (1..=MAX_LIMIT).contains(n))
+                            .ok_or(format!("limit must be between 1 and {MAX_LIMIT}"))?,
+                    )
+                }
+                "after" if is_graph_id(&v) => q.after = Some(v.into_owned()),
+                "after" => return Err("after must be a numeric WABA id".into()),
+                other => return Err(format!("unknown parameter {other:?} (state, limit, after)")),
+            }
+        }
+        Ok(q)
+    }
+
+    /// The page of `all` (sorted by WABA id).
+    fn apply(&self, all: Vec<Circuit>) -> Vec<Circuit> {
+        all.into_iter()
+            .filter(|c| self.state.is_none_or(|open| c.is_open() == open))
+            .filter(|c| self.after.as_deref().is_none_or(|a| c.waba_id.as_str() > a))
+            .take(self.limit.unwrap_or(usize::MAX))
+            .collect()
     }
 }
 

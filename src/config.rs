@@ -169,6 +169,12 @@ pub struct Config {
     pub classify_body_limit: usize,
     /// Transitions kept per circuit.
     pub history_limit: usize,
+    /// An event dated later than now + this is ordered at that bound (so a wrong or forged
+    /// future date cannot pin a circuit).
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// Circuits (open and closed records) kept in memory, on disk and as metric series.
+    pub max_circuits: usize,
     /// `[webhook]`.
     pub webhook: WebhookConfig,
     /// `[health]`.
@@ -205,6 +211,8 @@ impl Default for Config {
             fast_path: true,
             classify_body_limit: 64 * 1024,
             history_limit: 20,
+            max_clock_skew: Duration::from_secs(300),
+            max_circuits: 100_000,
             webhook: WebhookConfig::default(),
             health: HealthConfig::default(),
             accounts: Vec::new(),
@@ -427,6 +435,12 @@ impl Config {
                 "classify_body_limit",
                 "must be at least 1024 bytes",
             ));
+        }
+        if self.max_circuits < 100 {
+            return Err(invalid("max_circuits", "must be at least 100"));
+        }
+        if self.max_clock_skew > Duration::from_secs(24 * 3600) {
+            return Err(invalid("max_clock_skew", "must be at most 24h"));
         }
         if self.history_limit == 0 {
             return Err(invalid("history_limit", "must be at least 1"));

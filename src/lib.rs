@@ -71,6 +71,10 @@ pub enum RunError {
     /// The upstream cannot be used.
     #[error(transparent)]
     Upstream(#[from] upstream::TargetError),
+    /// Stopped with circuit changes the embedded store could not commit: a restart would
+    /// not know them (with Redis, other replicas may).
+    #[error("stopped with {0} circuit changes not committed to the state store (the disk refused them); they are lost for this instance")]
+    NotDurable(usize),
 }
 
 /// A name for this replica, used to break ordering ties between replicas.
@@ -82,7 +86,15 @@ fn replica_id() -> String {
 /// Runs the gateway until SIGTERM/SIGINT, then drains.
 pub async fn run(cfg: Config) -> Result<(), RunError> {
     // 1. State, loaded before any listener accepts traffic.
-    let table = Arc::new(Table::new(replica_id(), cfg.history_limit));
+    let limits = circuit::Limits {
+        max_clock_skew: cfg.max_clock_skew,
+        max_circuits: cfg.max_circuits,
+        closed_ttl: cfg.redis_closed_ttl,
+    };
+    let table = Arc::new(Table::with_limits(replica_id(), cfg.history_limit, limits));
+    for a in &cfg.accounts {
+        table.know(&a.waba_id);
+    }
     if cfg.redis_url.is_some() {
         metrics::METRICS.enable_redis_gauge();
     }
@@ -168,7 +180,9 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         let _ = w.await;
     }
     let _ = admin_task.await;
-    store.shutdown().await;
+    if let store::embedded::Ended::NotDurable(n) = store.shutdown().await {
+        return Err(RunError::NotDurable(n));
+    }
     tracing::info!("stopped");
     Ok(())
 }

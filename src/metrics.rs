@@ -22,12 +22,22 @@ pub struct Metrics {
     pub answered_locally: IntCounter,
     pub upstream_error: IntCounter,
     pub unmapped: IntCounter,
+    /// Answers that went to the app before their circuit change was durable (after
+    /// `policy::ACK_WAIT`).
+    pub ack_timeouts: IntCounter,
     /// Children of `upstream_duration` by class: 2xx, 3xx, 4xx, 5xx, error.
     upstream_by_class: [Histogram; 5],
     upstream_errors: IntCounterVec,
     pub webhooks: IntCounterVec,
     pub health_polls: IntCounterVec,
     pub redis_connected: IntGauge,
+    /// 1 while every circuit change is committed to the embedded store (or being committed
+    /// normally); 0 while commits fail.
+    pub store_durable: IntGauge,
+    /// Failed commits of the embedded store.
+    pub store_commit_failures: IntCounter,
+    /// Signal events that changed nothing, by why (`unknown_waba`, `over_cap`, `clamped_time`).
+    pub events_ignored: IntCounterVec,
 }
 
 /// The process-wide metrics.
@@ -94,6 +104,33 @@ impl Metrics {
             "1 while the Redis connection is up (0 when away or not configured)",
         )
         .expect("valid metric");
+        let ack_timeouts = IntCounter::new(
+            "wa_breaker_ack_timeouts_total",
+            "Answers sent before their circuit change was durable (the store did not commit within 1 s)",
+        )
+        .expect("valid metric");
+        let store_durable = IntGauge::new(
+            "wa_breaker_store_durable",
+            "1 while the embedded state store commits normally, 0 while its commits fail",
+        )
+        .expect("valid metric");
+        store_durable.set(1);
+        let store_commit_failures = IntCounter::new(
+            "wa_breaker_store_commit_failures_total",
+            "Failed commits of the embedded state store",
+        )
+        .expect("valid metric");
+        let events_ignored = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_events_ignored_total",
+                "Signal events recorded nowhere, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for r in ["unknown_waba", "over_cap"] {
+            events_ignored.with_label_values(&[r]);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new("wa_breaker_build_info", "Build information"),
             &["version"],
@@ -111,6 +148,10 @@ impl Metrics {
             Box::new(webhooks.clone()),
             Box::new(health_polls.clone()),
             Box::new(build_info),
+            Box::new(ack_timeouts.clone()),
+            Box::new(store_durable.clone()),
+            Box::new(store_commit_failures.clone()),
+            Box::new(events_ignored.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -137,6 +178,10 @@ impl Metrics {
             webhooks,
             health_polls,
             redis_connected,
+            ack_timeouts,
+            store_durable,
+            store_commit_failures,
+            events_ignored,
         }
     }
 

@@ -6,7 +6,7 @@ mod table;
 
 pub use model::{Circuit, Evidence, Scope, Source, State, Transition};
 pub use order::{decide, newer, Action, Change, Outcome};
-pub use table::{Notice, OpenGuard, Origin, Table};
+pub use table::{Limits, Notice, OpenGuard, Origin, Table};
 
 /// Test helpers shared by the crate's unit tests.
 #[cfg(test)]

@@ -119,6 +119,10 @@ pub struct Transition {
     /// The evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
+    /// The event's own time when it was later than this clock allows (`max_clock_skew`):
+    /// `at` is then the clamped time the circuit is ordered by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clamped_from: Option<DateTime<Utc>>,
 }
 
 /// One WABA's circuit.

@@ -78,6 +78,19 @@ pub fn decide(
     next.version = cur.version + 1;
     next.origin = origin.to_string();
 
+    // An operator's change always takes effect: it orders after everything the circuit
+    // holds (a webhook dated in the future included), at the same event time at the least;
+    // the version bump breaks the tie the same way on every replica.
+    let owned;
+    let change = if change.source == Source::Admin && change.at < cur.updated_at {
+        owned = Change {
+            at: cur.updated_at,
+            ..change.clone()
+        };
+        &owned
+    } else {
+        change
+    };
     let stale = change.at < cur.updated_at;
     let note = |next: &mut Circuit| {
         push(
@@ -89,6 +102,7 @@ pub fn decide(
                 note: true,
                 reason: change.reason.clone(),
                 evidence: change.evidence.clone(),
+                clamped_from: None,
             },
             history_limit,
         )
@@ -163,6 +177,7 @@ pub fn decide(
                     note: false,
                     reason: change.reason.clone(),
                     evidence: change.evidence.clone(),
+                    clamped_from: None,
                 },
                 history_limit,
             );
@@ -181,11 +196,17 @@ pub fn decide(
                 return Outcome::Ignored("older than the circuit's state");
             }
             if !cur.is_open() {
-                if change.at == cur.updated_at || current.is_none() {
+                if change.at == cur.updated_at && current.is_some() {
                     return Outcome::Ignored("already closed");
                 }
-                // Remember the newer event time so a stale open cannot slip in after it.
+                // Remember the newer event time, even for a circuit never opened, so an
+                // older open delivered later (Meta redelivers for days) cannot slip in.
                 next.updated_at = change.at;
+                if current.is_none() {
+                    next.reason = change.reason.clone();
+                    next.source = change.source;
+                    note(&mut next);
+                }
                 return Outcome::Applied {
                     circuit: next,
                     transition: false,
@@ -205,6 +226,7 @@ pub fn decide(
                     note: false,
                     reason: change.reason.clone(),
                     evidence: change.evidence.clone(),
+                    clamped_from: None,
                 },
                 history_limit,
             );
@@ -300,6 +322,48 @@ mod tests {
             &change(open(Scope::AllSends, None), Source::Webhook, 30),
         );
         assert!(ignored(&c2, &change(Action::Close, Source::Webhook, 25)));
+    }
+
+    #[test]
+    fn a_close_for_a_circuit_never_opened_is_remembered() {
+        // REINSTATE at 20 arrives first; the DISABLE of 10 delivered afterwards opens nothing.
+        let (c, tr) = apply(None, &change(Action::Close, Source::Webhook, 20));
+        assert!(!tr && !c.is_open());
+        assert_eq!(c.updated_at, t(20));
+        assert_eq!(c.history.len(), 1);
+        assert!(c.history[0].note);
+        assert!(ignored(
+            &c,
+            &change(open(Scope::AllSends, None), Source::Webhook, 10)
+        ));
+        // A newer open still opens it.
+        let (c, tr) = apply(
+            Some(c),
+            &change(open(Scope::AllSends, None), Source::Webhook, 30),
+        );
+        assert!(tr && c.is_open());
+    }
+
+    #[test]
+    fn an_operator_orders_after_everything_the_circuit_holds() {
+        // Opened by an event dated far ahead (clamped or not, it is newer than now).
+        let (c, _) = apply(
+            None,
+            &change(open(Scope::AllSends, None), Source::Webhook, 1000),
+        );
+        let (c, tr) = apply(Some(c), &change(Action::Close, Source::Admin, 5));
+        assert!(tr && !c.is_open(), "the operator's close takes effect");
+        assert_eq!(c.updated_at, t(1000));
+        // Only a newer event reopens it; the same future-dated one redelivered does not.
+        assert!(ignored(
+            &c,
+            &change(open(Scope::AllSends, None), Source::Webhook, 999)
+        ));
+        let (c, tr) = apply(
+            Some(c),
+            &change(open(Scope::AllSends, None), Source::Admin, 6),
+        );
+        assert!(tr && c.is_open(), "and the operator's open too");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::model::{Circuit, Evidence, Scope, State};
-use super::order::{decide, newer, Change, Outcome};
+use super::model::{Circuit, Evidence, Scope, Source, State};
+use super::order::{decide, newer, Action, Change, Outcome};
 use crate::graph::envelope;
 use crate::metrics::METRICS;
 
@@ -50,6 +50,31 @@ pub struct Notice {
     pub seq: u64,
     /// The circuit's state or scope changed (not only its record): what a person hears of.
     pub transition: bool,
+    /// The circuit was dropped from the table (a closed record past its retention, or over
+    /// `max_circuits`): stores delete it.
+    pub removed: bool,
+}
+
+/// What keeps the table bounded and its times honest.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// An event dated later than now + this is ordered as if at now + this.
+    pub max_clock_skew: Duration,
+    /// Circuits kept; past it, closed records are dropped oldest first and new records
+    /// other than opens are refused (an open is never refused: that would forget a block).
+    pub max_circuits: usize,
+    /// How long a closed record is kept (it stops an older open delivered late).
+    pub closed_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_clock_skew: Duration::from_secs(300),
+            max_circuits: 100_000,
+            closed_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 /// Every WABA's circuit.
@@ -66,11 +91,31 @@ pub struct Table {
     durable: watch::Sender<u64>,
     /// The same watermark as `durable`, for the hot path (one load, no lock).
     durable_seq: AtomicU64,
+    limits: Limits,
+    /// WABAs the gateway knows without a circuit (configured accounts): notes about them are
+    /// kept; notes about any other WABA without a circuit are not (a signed flood of them
+    /// would otherwise grow state without bound).
+    known: DashMap<Arc<str>, ()>,
+    /// Rate-limits the log lines of ignored events.
+    quiet: std::sync::Mutex<Quiet>,
+}
+
+/// Ignored events since the last summary line.
+#[derive(Default)]
+struct Quiet {
+    unknown: u64,
+    over_cap: u64,
+    last: Option<std::time::Instant>,
 }
 
 impl Table {
     /// An empty table; `origin` names this replica in the ordering tie-break.
     pub fn new(origin: impl Into<String>, history_limit: usize) -> Table {
+        Table::with_limits(origin, history_limit, Limits::default())
+    }
+
+    /// An empty table with `limits`.
+    pub fn with_limits(origin: impl Into<String>, history_limit: usize, limits: Limits) -> Table {
         Table {
             circuits: DashMap::new(),
             open: DashMap::new(),
@@ -81,6 +126,50 @@ impl Table {
             seq: AtomicU64::new(0),
             durable: watch::channel(0).0,
             durable_seq: AtomicU64::new(0),
+            limits,
+            known: DashMap::new(),
+            quiet: std::sync::Mutex::new(Quiet::default()),
+        }
+    }
+
+    /// Marks `waba_id` as known (a configured account): notes about it are recorded even
+    /// before its circuit ever opened.
+    pub fn know(&self, waba_id: &str) {
+        self.known.insert(Arc::from(waba_id), ());
+    }
+
+    /// Number of circuits (open and closed records).
+    pub fn len(&self) -> usize {
+        self.circuits.len()
+    }
+
+    /// True when there is no circuit.
+    pub fn is_empty(&self) -> bool {
+        self.circuits.is_empty()
+    }
+
+    /// Counts an ignored event and logs a summary at most once a minute.
+    fn ignored(&self, reason: &'static str, waba_id: &str) {
+        METRICS.events_ignored.with_label_values(&[reason]).inc();
+        tracing::debug!(waba_id, reason, "event ignored");
+        let Ok(mut q) = self.quiet.lock() else { return };
+        match reason {
+            "unknown_waba" => q.unknown += 1,
+            _ => q.over_cap += 1,
+        }
+        if q.last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::warn!(
+                notes_for_unknown_wabas = q.unknown,
+                over_max_circuits = q.over_cap,
+                max_circuits = self.limits.max_circuits,
+                "events not recorded: notes about WABAs this gateway does not know (not configured, never opened), or new closed records past max_circuits (wa_breaker_events_ignored_total; summarised once a minute)"
+            );
+            *q = Quiet {
+                last: Some(std::time::Instant::now()),
+                ..Quiet::default()
+            };
         }
     }
 
@@ -167,22 +256,54 @@ impl Table {
 
     /// Applies a local change by the ordering rule. Returns the circuit and the change's
     /// sequence number (see [`Table::wait_durable`]) when it changed.
-    pub fn apply(&self, change: Change) -> Option<(Circuit, u64)> {
+    pub fn apply(&self, mut change: Change) -> Option<(Circuit, u64)> {
+        let now = Utc::now();
         let key: Arc<str> = Arc::from(change.waba_id.as_str());
+        // A new record other than an open: bounded (see `Limits`). Checked before taking
+        // the entry, so the map is not locked while counting.
+        if !self.circuits.contains_key(&key) && !matches!(change.action, Action::Open { .. }) {
+            if change.action == Action::Note && !self.known.contains_key(&key) {
+                self.ignored("unknown_waba", &change.waba_id);
+                return None;
+            }
+            if self.circuits.len() >= self.limits.max_circuits {
+                self.ignored("over_cap", &change.waba_id);
+                return None;
+            }
+        }
         let entry = self.circuits.entry(key.clone());
         let current = match &entry {
             dashmap::Entry::Occupied(o) => Some(o.get()),
             dashmap::Entry::Vacant(_) => None,
         };
+        // An event dated past now + max_clock_skew is ordered at that bound, so it cannot
+        // pin a circuit; its own time is kept on the record. The same event delivered again
+        // (Meta redelivers for days) is recognised by that time, not re-applied later.
+        let limit =
+            now + chrono::Duration::from_std(self.limits.max_clock_skew).unwrap_or_default();
+        let mut clamped_from = None;
+        if change.at > limit {
+            let redelivered = current.is_some_and(|c| {
+                c.history
+                    .iter()
+                    .any(|t| t.clamped_from == Some(change.at) && t.reason == change.reason)
+            });
+            if redelivered {
+                tracing::debug!(waba_id = %change.waba_id, "clamped event delivered again: ignored");
+                return None;
+            }
+            tracing::warn!(
+                waba_id = %change.waba_id,
+                event_time = %change.at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                ordered_at = %limit.to_rfc3339_opts(SecondsFormat::Secs, true),
+                "event dated later than this clock allows (max_clock_skew): ordered at the bound"
+            );
+            clamped_from = Some(change.at);
+            change.at = limit;
+        }
         let was_open = current.is_some_and(|c| c.is_open());
-        let outcome = decide(
-            current,
-            &change,
-            &self.origin,
-            self.history_limit,
-            Utc::now(),
-        );
-        let (circuit, transition) = match outcome {
+        let outcome = decide(current, &change, &self.origin, self.history_limit, now);
+        let (mut circuit, transition) = match outcome {
             Outcome::Applied {
                 circuit,
                 transition,
@@ -192,6 +313,11 @@ impl Table {
                 return None;
             }
         };
+        if let Some(from) = clamped_from {
+            if let Some(t) = circuit.history.last_mut().filter(|t| t.at == change.at) {
+                t.clamped_from = Some(from);
+            }
+        }
         // Update the hot-path view while holding the entry, so guard and view never disagree for long.
         let seq = self.next_seq();
         self.sync_guard(&key, &circuit, seq);
@@ -214,7 +340,7 @@ impl Table {
             tracing::warn!(waba_id = %circuit.waba_id, source = t.source.as_str(), reason = %t.reason, "circuit event recorded (no state change)");
         }
         // Notified while the entry is held, so one WABA's notices arrive in order.
-        self.notify(&circuit, Origin::Local, seq, transition);
+        self.notify(&circuit, Origin::Local, seq, transition, false);
         drop(held);
         Some((circuit, seq))
     }
@@ -222,6 +348,8 @@ impl Table {
     /// Merges a circuit from another replica or a store: kept only if newer.
     pub fn merge(&self, incoming: Circuit) -> bool {
         let key: Arc<str> = Arc::from(incoming.waba_id.as_str());
+        // Counted before the entry is taken: `len` read-locks every shard.
+        let over_cap = !incoming.is_open() && self.circuits.len() >= self.limits.max_circuits;
         let entry = self.circuits.entry(key.clone());
         let (was_open, was_scope) = match &entry {
             dashmap::Entry::Occupied(o) => {
@@ -230,7 +358,15 @@ impl Table {
                 }
                 (o.get().is_open(), Some(o.get().scope))
             }
-            dashmap::Entry::Vacant(_) => (false, None),
+            dashmap::Entry::Vacant(_) => {
+                // A closed record from elsewhere past the cap is not worth a place.
+                if over_cap {
+                    drop(entry);
+                    self.ignored("over_cap", &incoming.waba_id);
+                    return false;
+                }
+                (false, None)
+            }
         };
         let seq = self.next_seq();
         self.sync_guard(&key, &incoming, seq);
@@ -240,7 +376,7 @@ impl Table {
             log_transition(&incoming, was_open);
         }
         let held = entry.insert(incoming.clone());
-        self.notify(&incoming, Origin::Remote, seq, transition);
+        self.notify(&incoming, Origin::Remote, seq, transition, false);
         drop(held);
         true
     }
@@ -267,7 +403,7 @@ impl Table {
         self.seq.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    fn notify(&self, c: &Circuit, origin: Origin, seq: u64, transition: bool) {
+    fn notify(&self, c: &Circuit, origin: Origin, seq: u64, transition: bool, removed: bool) {
         if let Ok(listeners) = self.listeners.read() {
             for l in listeners.iter() {
                 let _ = l.send(Notice {
@@ -275,8 +411,68 @@ impl Table {
                     origin,
                     seq,
                     transition,
+                    removed,
                 });
             }
+        }
+    }
+
+    /// Drops closed records older than `closed_ttl`, then, past `max_circuits`, the oldest
+    /// closed records (never an open circuit); stores are told to delete them. Returns how
+    /// many were dropped. Run now and then, off the hot path.
+    pub fn prune(&self, now: DateTime<Utc>) -> usize {
+        let ttl =
+            chrono::Duration::from_std(self.limits.closed_ttl).unwrap_or(chrono::Duration::MAX);
+        let mut closed: Vec<(DateTime<Utc>, Arc<str>)> = self
+            .circuits
+            .iter()
+            .filter(|c| !c.is_open())
+            .map(|c| (c.updated_at, c.key().clone()))
+            .collect();
+        closed.sort();
+        let over = self.circuits.len().saturating_sub(self.limits.max_circuits);
+        let mut dropped = 0;
+        for (i, (at, key)) in closed.into_iter().enumerate() {
+            let expired = now - at > ttl;
+            if !expired && i >= over {
+                break;
+            }
+            // Removed only if still closed and unchanged since the scan.
+            let gone = self
+                .circuits
+                .remove_if(&key, |_, c| !c.is_open() && c.updated_at == at);
+            if let Some((_, c)) = gone {
+                dropped += 1;
+                let seq = self.next_seq();
+                forget_series(&c.waba_id);
+                self.notify(&c, Origin::Local, seq, false, true);
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                circuits = self.circuits.len(),
+                "closed circuit records dropped (past redis_closed_ttl or over max_circuits)"
+            );
+        }
+        dropped
+    }
+}
+
+/// Removes a dropped circuit's per-WABA metric series, so their number stays bounded too.
+fn forget_series(waba_id: &str) {
+    let _ = METRICS.circuit_open.remove_label_values(&[waba_id]);
+    for to in ["open", "closed"] {
+        for source in [
+            Source::Send,
+            Source::Webhook,
+            Source::Health,
+            Source::Admin,
+            Source::Expiry,
+        ] {
+            let _ = METRICS
+                .transitions
+                .remove_label_values(&[waba_id, to, source.as_str()]);
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod decode;
 pub mod hop;
 pub mod reply;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ pub const CODE_POLICY_BLOCK: i64 = 368;
 /// Graph error code of a locked account (also: unverifiable request data, e.g. a wrong
 /// two-step PIN on `/register` — which is why only sends trip).
 pub const CODE_ACCOUNT_LOCKED: i64 = 131031;
+
+/// Longest wait for a trip to be durable before its answer goes to the app anyway.
+pub const ACK_WAIT: Duration = Duration::from_secs(1);
 
 /// What the route step found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,8 +90,16 @@ pub enum Admit<R> {
         /// Largest body worth reading.
         limit: usize,
     },
-    /// Answered locally; `R` is what the engine's closure made of the [`Reply`].
-    Local(R),
+    /// Answered locally: `answer` is what the engine's closure made of the [`Reply`]. When
+    /// the open is not durable yet, `unacked` is its sequence number: the engine passes the
+    /// answer on after [`Policy::acknowledged`] (a kill -9 then never forgets a block the
+    /// app has heard of).
+    Local {
+        /// The engine's rendering of the reply.
+        answer: R,
+        /// The change to wait for, when not yet durable.
+        unacked: Option<u64>,
+    },
 }
 
 /// What to do with an upstream answer's body before relaying it.
@@ -141,6 +153,8 @@ pub struct Policy {
     trip_codes: Vec<i64>,
     classify_limit: usize,
     webhook_path: String,
+    /// A late acknowledgement was logged and none has been on time since.
+    ack_late_logged: AtomicBool,
 }
 
 impl Policy {
@@ -153,6 +167,7 @@ impl Policy {
             trip_codes: cfg.trip_codes.clone(),
             classify_limit: cfg.classify_body_limit,
             webhook_path: cfg.webhook.path.clone(),
+            ack_late_logged: AtomicBool::new(false),
         }
     }
 
@@ -216,7 +231,10 @@ impl Policy {
                     (Scope::BusinessInitiated, Body::Unread(_)) => None,
                 };
                 match in_scope {
-                    Some(true) => Admit::Local(local(Reply::open(guard))),
+                    Some(true) => Admit::Local {
+                        answer: local(Reply::open(guard)),
+                        unacked: (guard.seq > self.table.durable_seq()).then_some(guard.seq),
+                    },
                     Some(false) => Admit::Forward,
                     None => Admit::Inspect { limit },
                 }
@@ -239,8 +257,9 @@ impl Policy {
     }
 
     /// Judges an error answer's body (see [`judge`]), counts its Graph code and applies the
-    /// circuit change. Returns the change's sequence number (see
-    /// [`Table::wait_durable`]) when a circuit changed.
+    /// circuit change. When the answer is an enforcement error for a send whose circuit is
+    /// open but not yet durable (this trip, or a concurrent one), returns the sequence number
+    /// to wait for with [`Policy::acknowledged`] before the answer goes to the app.
     pub fn classify(
         &self,
         call: Call<'_>,
@@ -263,9 +282,31 @@ impl Policy {
         if let Some(why) = &j.unreadable {
             tracing::debug!(status, reason = %why, "error answer not judged");
         }
-        j.change
-            .and_then(|c| self.table.apply(c))
-            .map(|(_, seq)| seq)
+        let waba = j.change.as_ref().map(|c| c.waba_id.clone())?;
+        if let Some(change) = j.change {
+            self.table.apply(change);
+        }
+        let durable = self.table.durable_seq();
+        self.table
+            .with_guard(&waba, |g| g.seq)
+            .filter(|seq| *seq > durable)
+    }
+
+    /// Waits (at most [`ACK_WAIT`]) until the change `seq` is committed to the embedded
+    /// store. Past the bound the answer goes anyway: counted in
+    /// `wa_breaker_ack_timeouts_total` and logged once per stretch of timeouts.
+    pub async fn acknowledged(&self, seq: u64) {
+        if self.table.wait_durable(seq, ACK_WAIT).await {
+            self.ack_late_logged.store(false, Ordering::Relaxed);
+            return;
+        }
+        METRICS.ack_timeouts.inc();
+        if !self.ack_late_logged.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                wait_ms = ACK_WAIT.as_millis() as u64,
+                "a circuit change was not durable in time: answering anyway (a kill -9 now could forget it; see wa_breaker_store_durable)"
+            );
+        }
     }
 
     /// Records how a request ended: one call per request, from either engine.

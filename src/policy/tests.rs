@@ -23,8 +23,8 @@ fn decide(p: &Policy, c: Call<'_>, body: Body<'_>) -> &'static str {
     match p.admit(c, body, |r| r.status().as_u16()) {
         Admit::Forward => "forward",
         Admit::Inspect { .. } => "inspect",
-        Admit::Local(403) => "local",
-        Admit::Local(s) => panic!("local answer with {s}"),
+        Admit::Local { answer: 403, .. } => "local",
+        Admit::Local { answer, .. } => panic!("local answer with {answer}"),
     }
 }
 
@@ -226,12 +226,21 @@ fn local_reply_carries_the_opening_code() {
         evidence: None,
     });
     let c = call(&p, Method::POST, &format!("/{PHONE}/messages"));
-    let Admit::Local((status, body)) =
-        p.admit(c, Body::Unread(None), |r| (r.status(), r.body().to_vec()))
+    let Admit::Local {
+        answer: (status, body),
+        unacked,
+    } = p.admit(c, Body::Unread(None), |r| (r.status(), r.body().to_vec()))
     else {
         panic!("local")
     };
     assert_eq!(status, 403);
+    // No store runs in this test: the open is not durable, so the answer must wait for it.
+    assert!(unacked.is_some());
+    p.table().mark_durable(u64::MAX);
+    assert!(matches!(
+        p.admit(c, Body::Unread(None), |_| ()),
+        Admit::Local { unacked: None, .. }
+    ));
     assert_eq!(envelope::parse(&body).unwrap().code, 131031);
 }
 

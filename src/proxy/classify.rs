@@ -181,8 +181,13 @@ async fn classify(
         .iter()
         .map(|v| v.as_bytes())
         .collect();
-    policy.classify(call, status, &codings, &bytes);
+    let unacked = policy.classify(call, status, &codings, &bytes);
     policy.record(call, Outcome::Answered { status, to_head });
+    // A tripping answer reaches the app only once the open is durable. (The upstream
+    // permit is held meanwhile: on this engine it is released when the answer is returned.)
+    if let Some(seq) = unacked {
+        policy.acknowledged(seq).await;
+    }
     Ok(Response::from_parts(parts, Body::full(bytes)))
 }
 

@@ -112,10 +112,22 @@ where
             Admit::Forward => ResponseFuture::Inner {
                 fut: self.inner.call(req),
             },
-            Admit::Local(response) => {
+            Admit::Local { answer, unacked } => {
                 self.policy.record(call, Outcome::Local);
-                ResponseFuture::Local {
-                    response: Some(response),
+                match unacked {
+                    None => ResponseFuture::Local {
+                        response: Some(answer),
+                    },
+                    // Not durable yet: the answer waits for the commit (rare: right after a trip).
+                    Some(seq) => {
+                        let policy = self.policy.clone();
+                        ResponseFuture::Inspect {
+                            fut: Box::pin(async move {
+                                policy.acknowledged(seq).await;
+                                Ok(answer)
+                            }),
+                        }
+                    }
                 }
             }
             Admit::Inspect { limit } => {
@@ -131,11 +143,14 @@ where
                             Ok(Ok(bytes)) => {
                                 let req = Request::from_parts(parts, Body::full(bytes));
                                 let call = Target::of(&req);
-                                if let Admit::Local(resp) =
+                                if let Admit::Local { answer, unacked } =
                                     policy.admit(call, known_body(&req), |r| r.to_response())
                                 {
                                     policy.record(call, Outcome::Local);
-                                    return Ok(resp);
+                                    if let Some(seq) = unacked {
+                                        policy.acknowledged(seq).await;
+                                    }
+                                    return Ok(answer);
                                 }
                                 return inner.call(req).await;
                             }

@@ -30,7 +30,10 @@ impl Relay {
     ) -> bool {
         let policy = &self.shared.policy;
         let body = &req[head.head_len..];
-        if self.answer_locally(call, body, close, s) {
+        if let Some(unacked) = self.answer_locally(call, body, close, s) {
+            if let Some(seq) = unacked {
+                policy.acknowledged(seq).await;
+            }
             return send(client, close, s).await;
         }
         let limiter = &self.shared.limiter;
@@ -39,8 +42,11 @@ impl Relay {
             None => limiter.acquire().await,
         };
         // Again: the circuit may have tripped while this send waited for a permit.
-        if self.answer_locally(call, body, close, s) {
+        if let Some(unacked) = self.answer_locally(call, body, close, s) {
             drop(permit);
+            if let Some(seq) = unacked {
+                policy.acknowledged(seq).await;
+            }
             return send(client, close, s).await;
         }
 
@@ -61,6 +67,7 @@ impl Relay {
         let to_head = start.elapsed();
 
         let mut reader = BodyReader::new(rh.framing, std::mem::take(&mut s.resp), rh.head_len);
+        let mut unacked = None;
         if let Inspect::Read { limit } = policy.inspect(rh.status, rh.content_length()) {
             match reader.buffer(&mut conn, limit, &mut s.decoded).await {
                 Ok(true) => {
@@ -75,7 +82,7 @@ impl Relay {
                         codings[n] = c;
                         n += 1;
                     }
-                    policy.classify(call, rh.status, &codings[..n], judged);
+                    unacked = policy.classify(call, rh.status, &codings[..n], judged);
                 }
                 Ok(false) => {} // too large to judge: relayed as it comes
                 Err(e) => {
@@ -87,6 +94,10 @@ impl Relay {
         }
         // The classifier has decided: queued sends may go (or be answered locally) now.
         drop(permit);
+        // A tripping answer reaches the app only once the open is durable.
+        if let Some(seq) = unacked {
+            policy.acknowledged(seq).await;
+        }
         policy.record(
             call,
             Outcome::Answered {
@@ -111,9 +122,15 @@ impl Relay {
     }
 
     /// The guard: when the send is in scope of an open circuit, puts the local answer in
-    /// `s.out` and returns true. Builds no response object: this path runs at the rate a
-    /// blocked app retries.
-    fn answer_locally(&self, call: Call<'_>, body: &[u8], close: bool, s: &mut Scratch) -> bool {
+    /// `s.out` and returns `Some` (with the change to wait for when it is not durable yet).
+    /// Builds no response object: this path runs at the rate a blocked app retries.
+    fn answer_locally(
+        &self,
+        call: Call<'_>,
+        body: &[u8],
+        close: bool,
+        s: &mut Scratch,
+    ) -> Option<Option<u64>> {
         let policy = &self.shared.policy;
         let out = &mut s.out;
         let local = policy.admit(call, Body::Read(body), |reply| {
@@ -121,12 +138,12 @@ impl Relay {
             reply.write_h1(close, out);
         });
         match local {
-            Admit::Local(()) => {
+            Admit::Local { unacked, .. } => {
                 policy.record(call, Outcome::Local);
-                true
+                Some(unacked)
             }
             // The relay always has the whole body: the guard never asks to read it.
-            Admit::Forward | Admit::Inspect { .. } => false,
+            Admit::Forward | Admit::Inspect { .. } => None,
         }
     }
 

@@ -14,6 +14,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::{backoff_delay, StoreError};
 use crate::circuit::{Circuit, Notice, Table};
+use crate::metrics::METRICS;
+use crate::upstream::BoxError;
 
 /// The store's file name inside `state_dir`.
 pub const FILE_NAME: &str = "circuits.redb";
@@ -26,37 +28,46 @@ const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Why a store file could not be opened.
 enum Failure {
     /// The file is damaged or not a redb store: the operator may move it aside.
-    Corrupt(String),
+    Corrupt(BoxError),
     /// Another process holds it.
     InUse,
     /// The file system refused (permissions, read-only, full…).
-    Io(String),
+    Io(BoxError),
+}
+
+/// A reason that has only a text (a panic inside redb, a record that does not decode).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Reason(pub String);
+
+fn reason(s: impl Into<String>) -> BoxError {
+    Box::new(Reason(s.into()))
 }
 
 /// Opens (creating when missing) the store under `state_dir` and reads every circuit.
 /// Blocking: run on a blocking thread.
 pub fn open(state_dir: &Path, move_aside: bool) -> Result<(Database, Vec<Circuit>), StoreError> {
-    std::fs::create_dir_all(state_dir).map_err(|e| StoreError::Dir {
+    std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {
         path: state_dir.display().to_string(),
-        msg: e.to_string(),
+        source,
     })?;
     let path = state_dir.join(FILE_NAME);
     let shown = path.display().to_string();
     match open_and_load(&path) {
         Ok(ok) => Ok(ok),
-        Err(Failure::Corrupt(msg)) if move_aside => {
+        Err(Failure::Corrupt(why)) if move_aside => {
             let aside = aside_path(&path);
             std::fs::rename(&path, &aside).map_err(|e| StoreError::Open {
                 path: shown.clone(),
-                msg: format!(
-                    "corrupt ({msg}) and could not be moved aside to {}: {e}",
+                source: reason(format!(
+                    "corrupt ({why}) and could not be moved aside to {}: {e}",
                     aside.display()
-                ),
+                )),
             })?;
             tracing::error!(
                 path = %shown,
                 moved_to = %aside.display(),
-                error = %msg,
+                error = %crate::upstream::error_chain(why.as_ref()),
                 "STATE STORE WAS CORRUPT AND HAS BEEN MOVED ASIDE (--move-aside-corrupt-state): \
                  starting with EMPTY circuit state; circuits that were open are forgotten until \
                  a send, webhook or operator opens them again (or another replica shares them)"
@@ -69,16 +80,16 @@ pub fn open(state_dir: &Path, move_aside: bool) -> Result<(Database, Vec<Circuit
 
 fn failure_to_error(f: Failure, path: &str) -> StoreError {
     match f {
-        Failure::Corrupt(msg) => StoreError::Corrupt {
+        Failure::Corrupt(source) => StoreError::Corrupt {
             path: path.to_string(),
-            msg,
+            source,
         },
         Failure::InUse => StoreError::InUse {
             path: path.to_string(),
         },
-        Failure::Io(msg) => StoreError::Open {
+        Failure::Io(source) => StoreError::Open {
             path: path.to_string(),
-            msg,
+            source,
         },
     }
 }
@@ -100,6 +111,16 @@ fn aside_path(path: &Path) -> PathBuf {
 }
 
 fn open_and_load(path: &Path) -> Result<(Database, Vec<Circuit>), Failure> {
+    // redb takes an empty file for a new store; ours never is one (it is created, with its
+    // header, by the first open): an empty file is what a failed copy or a disk that filled
+    // at the wrong moment leaves, and starting empty from it would forget every block.
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.is_file() && meta.len() == 0 {
+            return Err(Failure::Corrupt(reason(
+                "the file is empty (0 bytes); a state store never is",
+            )));
+        }
+    }
     // A damaged file may make redb panic instead of returning an error: both are "corrupt".
     let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
         Database::builder()
@@ -110,13 +131,13 @@ fn open_and_load(path: &Path) -> Result<(Database, Vec<Circuit>), Failure> {
     let db = match opened {
         Ok(Ok(db)) => db,
         Ok(Err(e)) => return Err(classify(e)),
-        Err(panic) => return Err(Failure::Corrupt(panic_text(panic))),
+        Err(panic) => return Err(Failure::Corrupt(reason(panic_text(panic)))),
     };
     let loaded = std::panic::catch_unwind(AssertUnwindSafe(|| load(&db)));
     match loaded {
         Ok(Ok(circuits)) => Ok((db, circuits)),
-        Ok(Err(msg)) => Err(Failure::Corrupt(msg)),
-        Err(panic) => Err(Failure::Corrupt(panic_text(panic))),
+        Ok(Err(msg)) => Err(Failure::Corrupt(reason(msg))),
+        Err(panic) => Err(Failure::Corrupt(reason(panic_text(panic)))),
     }
 }
 
@@ -146,9 +167,9 @@ fn classify(e: DatabaseError) -> Failure {
                     | K::WouldBlock
             ) =>
         {
-            Failure::Io(io.to_string())
+            Failure::Io(Box::new(io))
         }
-        other => Failure::Corrupt(other.to_string()),
+        other => Failure::Corrupt(Box::new(other)),
     }
 }
 
@@ -176,13 +197,21 @@ fn load(db: &Database) -> Result<Vec<Circuit>, String> {
     Ok(out)
 }
 
-/// Writes one batch in one durable (fsync'd) transaction.
-fn write(db: &Database, batch: &[(String, String)]) -> Result<(), redb::Error> {
+/// Writes one batch in one durable (fsync'd) transaction: `Some(json)` stores a circuit,
+/// `None` deletes it.
+fn write(db: &Database, batch: &[(String, Option<String>)]) -> Result<(), redb::Error> {
     let wtx = db.begin_write()?;
     {
         let mut t = wtx.open_table(CIRCUITS)?;
         for (k, v) in batch {
-            t.insert(k.as_str(), v.as_str())?;
+            match v {
+                Some(v) => {
+                    t.insert(k.as_str(), v.as_str())?;
+                }
+                None => {
+                    t.remove(k.as_str())?;
+                }
+            }
         }
     }
     wtx.commit()?;
@@ -209,20 +238,40 @@ impl Durable {
     }
 }
 
-/// Adds a change to the batch: the latest circuit per WABA wins.
-fn take(n: Notice, pending: &mut HashMap<String, (u64, Circuit)>, seqs: &mut Vec<u64>) {
+/// Adds a change to the batch: the latest per WABA wins (`None`: the circuit was dropped).
+fn take(n: Notice, pending: &mut Pending, seqs: &mut Vec<u64>) {
     seqs.push(n.seq);
     match pending.get(&n.circuit.waba_id) {
         Some((s, _)) if *s > n.seq => {}
         _ => {
-            pending.insert(n.circuit.waba_id.clone(), (n.seq, n.circuit));
+            let id = n.circuit.waba_id.clone();
+            pending.insert(id, (n.seq, (!n.removed).then_some(n.circuit)));
         }
     }
+}
+
+/// Circuits changed since the last good commit, by WABA: the latest seen and its state.
+type Pending = HashMap<String, (u64, Option<Circuit>)>;
+
+/// How the writer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Every change it received is committed.
+    Durable,
+    /// It gave up at shutdown with this many circuits not committed.
+    NotDurable(usize),
 }
 
 /// The writer task: receives every change, keeps the latest circuit per WABA of whatever is
 /// queued, commits it in one transaction, then reports durability to the table. `base` is
 /// the table's last sequence number when `rx` was subscribed.
+///
+/// A store that fails heals: after an I/O error redb refuses every later commit on the
+/// same handle ("Previous I/O error occurred"), so the writer drops the handle, reopens the
+/// file with backoff and commits again everything not yet durable — the latest circuit of
+/// each WABA changed since the last good commit, which is what the file lacks. Meanwhile
+/// `wa_breaker_store_durable` is 0, failed commits are counted, and one line is logged when
+/// the outage starts and one when it ends.
 pub async fn writer(
     db: Database,
     path: String,
@@ -230,16 +279,17 @@ pub async fn writer(
     mut rx: mpsc::UnboundedReceiver<Notice>,
     base: u64,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let db = Arc::new(db);
+) -> Ended {
+    let file = PathBuf::from(&path);
+    let mut db: Option<Arc<Database>> = Some(Arc::new(db));
     let mut durable = Durable {
         watermark: base,
         done: BTreeSet::new(),
     };
-    let mut pending: HashMap<String, (u64, Circuit)> = HashMap::new();
+    let mut pending: Pending = HashMap::new();
     let mut seqs: Vec<u64> = Vec::new();
     let mut failures: u32 = 0;
-    let mut last_error_log: Option<Instant> = None;
+    let mut outage: Option<Instant> = None;
     let mut stopping = false;
 
     loop {
@@ -264,23 +314,39 @@ pub async fn writer(
         }
         let mut batch = Vec::with_capacity(pending.len());
         for (waba, (_, c)) in &pending {
-            match serde_json::to_string(c) {
+            match c.as_ref().map(serde_json::to_string).transpose() {
                 Ok(json) => batch.push((waba.clone(), json)),
                 Err(e) => tracing::error!(waba_id = %waba, error = %e, "cannot encode circuit"),
             }
         }
         let started = Instant::now();
-        let db2 = db.clone();
-        let result = tokio::task::spawn_blocking(move || write(&db2, &batch))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let handle = db.clone();
+        let reopen = file.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            // After a failure the old handle is gone: reopen the file first.
+            let db = match handle {
+                Some(db) => db,
+                None => Arc::new(reopen_file(&reopen)?),
+            };
+            write(&db, &batch).map(|()| db)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
         match result {
-            Ok(()) => {
-                if failures > 0 {
-                    tracing::info!(path = %path, "state store writable again");
+            Ok(handle) => {
+                db = Some(handle);
+                if let Some(since) = outage.take() {
+                    tracing::warn!(
+                        path = %path,
+                        failed_commits = failures,
+                        outage_ms = since.elapsed().as_millis() as u64,
+                        circuits = pending.len(),
+                        "state store writable again: every change made meanwhile is committed"
+                    );
                 }
                 failures = 0;
+                METRICS.store_durable.set(1);
                 tracing::debug!(
                     circuits = pending.len(),
                     changes = seqs.len(),
@@ -292,18 +358,28 @@ pub async fn writer(
                 table.mark_durable(w);
             }
             Err(e) => {
+                // redb refuses every later commit on a handle that saw an I/O error.
+                db = None;
                 failures += 1;
-                if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
-                    last_error_log = Some(Instant::now());
+                METRICS.store_commit_failures.inc();
+                METRICS.store_durable.set(0);
+                if outage.is_none() {
+                    outage = Some(Instant::now());
                     tracing::error!(
                         path = %path,
                         error = %e,
-                        "cannot write the state store; changes apply in memory and are retried (admin answers 202 meanwhile)"
+                        "cannot commit to the state store: changes apply in memory and are retried (reopening the file); until then a kill -9 would forget them, admin changes answer 202 and tripping answers wait up to 1 s"
                     );
+                } else {
+                    tracing::debug!(path = %path, error = %e, failures, "state store still failing");
                 }
                 if stopping && failures >= 3 {
-                    tracing::error!(path = %path, "giving up on the state store at shutdown: the last changes are not durable");
-                    break;
+                    tracing::error!(
+                        path = %path,
+                        circuits = pending.len(),
+                        "giving up on the state store at shutdown: these changes are not durable"
+                    );
+                    return Ended::NotDurable(pending.len());
                 }
                 let delay = backoff_delay(failures, Duration::from_secs(5));
                 tokio::select! {
@@ -315,6 +391,15 @@ pub async fn writer(
     }
     // Dropping the last handle closes the file cleanly.
     drop(db);
+    Ended::Durable
+}
+
+/// Reopens the store after a failed commit (no integrity check: the file was ours a moment
+/// ago; redb repairs an interrupted commit on open).
+fn reopen_file(path: &Path) -> Result<Database, redb::Error> {
+    Ok(Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)?)
 }
 
 #[cfg(test)]
@@ -366,7 +451,7 @@ mod tests {
         let c = Circuit::new("102290129340398", chrono::Utc::now());
         write(
             &db,
-            &[(c.waba_id.clone(), serde_json::to_string(&c).unwrap())],
+            &[(c.waba_id.clone(), Some(serde_json::to_string(&c).unwrap()))],
         )
         .unwrap();
         drop(db);

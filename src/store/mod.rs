@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::circuit::Table;
 use crate::config::Config;
+use crate::upstream::BoxError;
 
 /// How long `start` waits for the first Redis sync before serving without it.
 const REDIS_START_WAIT: Duration = Duration::from_secs(5);
@@ -35,23 +36,43 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 pub enum StoreError {
     /// The embedded store is unreadable.
     #[error(
-        "state store {path} is corrupt or unreadable: {msg}. Nothing was changed. To keep a copy \
+        "state store {path} is corrupt or unreadable: {}. Nothing was changed. To keep a copy \
          and start with empty state, restart once with --move-aside-corrupt-state (the file is \
-         renamed to {path}.corrupt-<timestamp>)"
+         renamed to {path}.corrupt-<timestamp>)", crate::upstream::error_chain(.source.as_ref())
     )]
-    Corrupt { path: String, msg: String },
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What is wrong with it (shown in the message, before the way out).
+        source: BoxError,
+    },
     /// The state directory cannot be created or written.
-    #[error("state_dir {path} cannot be created or written: {msg}")]
-    Dir { path: String, msg: String },
+    #[error("state_dir {path} cannot be created or written")]
+    Dir {
+        /// The directory.
+        path: String,
+        /// The file system's answer.
+        #[source]
+        source: std::io::Error,
+    },
     /// The store file cannot be opened (permissions, read-only or full file system…).
-    #[error("state store {path} cannot be opened: {msg}")]
-    Open { path: String, msg: String },
+    #[error("state store {path} cannot be opened")]
+    Open {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
     /// Another process has the store open.
     #[error(
         "state store {path} is in use by another process: each wa-breaker instance needs its \
          own state_dir (share state between replicas with redis_url)"
     )]
-    InUse { path: String },
+    InUse {
+        /// The file.
+        path: String,
+    },
     /// `redis_url` cannot be used.
     #[error("redis_url cannot be used: {0}")]
     Redis(String),
@@ -60,18 +81,28 @@ pub enum StoreError {
 /// The running store tasks.
 pub struct StoreHandle {
     stop: watch::Sender<bool>,
+    embedded: JoinHandle<embedded::Ended>,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl StoreHandle {
     /// Flushes pending writes (embedded store, then the last Redis writes) before exit.
-    pub async fn shutdown(self) {
+    /// Says whether every change reached the embedded store.
+    pub async fn shutdown(self) -> embedded::Ended {
         let _ = self.stop.send(true);
+        let ended = match tokio::time::timeout(SHUTDOWN_WAIT, self.embedded).await {
+            Ok(Ok(ended)) => ended,
+            Ok(Err(_)) | Err(_) => {
+                tracing::error!("the state store writer did not finish in time: the last changes may not be durable");
+                embedded::Ended::NotDurable(0)
+            }
+        };
         for (name, task) in self.tasks {
             if tokio::time::timeout(SHUTDOWN_WAIT, task).await.is_err() {
                 tracing::warn!(task = name, "store task did not finish in time");
             }
         }
+        ended
     }
 }
 
@@ -85,7 +116,7 @@ pub async fn start(cfg: &Config, table: Arc<Table>) -> Result<StoreHandle, Store
         .await
         .map_err(|e| StoreError::Open {
             path: path.clone(),
-            msg: e.to_string(),
+            source: Box::new(e),
         })??;
     let open = circuits.iter().filter(|c| c.is_open()).count();
     let total = circuits.len();
@@ -99,19 +130,17 @@ pub async fn start(cfg: &Config, table: Arc<Table>) -> Result<StoreHandle, Store
     let mut tasks = Vec::new();
     let rx = table.subscribe();
     let base = table.last_seq();
-    tasks.push((
-        "embedded-store",
-        tokio::spawn(embedded::writer(
-            db,
-            path,
-            table.clone(),
-            rx,
-            base,
-            stop_rx.clone(),
-        )),
+    let embedded = tokio::spawn(embedded::writer(
+        db,
+        path,
+        table.clone(),
+        rx,
+        base,
+        stop_rx.clone(),
     ));
     // Everything loaded is durable already.
     table.mark_durable(base);
+    tasks.push(("prune", tokio::spawn(prune(table.clone(), stop_rx.clone()))));
 
     if let Some(url) = &cfg.redis_url {
         let (replica, mut status) = replica::Replica::new(
@@ -136,7 +165,25 @@ pub async fn start(cfg: &Config, table: Arc<Table>) -> Result<StoreHandle, Store
             );
         }
     }
-    Ok(StoreHandle { stop, tasks })
+    Ok(StoreHandle {
+        stop,
+        embedded,
+        tasks,
+    })
+}
+
+/// How often closed records past their retention (or over `max_circuits`) are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Drops old closed records now and then (the first pass right after start).
+async fn prune(table: Arc<Table>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => { table.prune(chrono::Utc::now()); }
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Capped exponential backoff with jitter: attempt 1 → ~100 ms, doubling up to `cap`,

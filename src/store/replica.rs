@@ -446,8 +446,9 @@ struct Batch {
 
 impl Batch {
     fn take(&mut self, n: Notice) {
-        // Remote changes came from Redis (or were loaded): never published again.
-        if n.origin != Origin::Local {
+        // Remote changes came from Redis (or were loaded): never published again. A dropped
+        // record's key expires in Redis by its own TTL.
+        if n.origin != Origin::Local || n.removed {
             return;
         }
         match self.latest.get(&n.circuit.waba_id) {
