@@ -163,22 +163,16 @@ except ModuleNotFoundError:  # Python < 3.11
 
 # --- the contract ---------------------------------------------------------
 HIST = "wa_breaker_upstream_duration_seconds"
-METRICS = {
-    "wa_breaker_circuit_open",
-    "wa_breaker_circuit_transitions_total",
-    "wa_breaker_requests_total",
-    "wa_breaker_upstream_errors_total",
-    "wa_breaker_webhooks_total",
-    "wa_breaker_health_polls_total",
-    "wa_breaker_redis_connected",
-    "wa_breaker_build_info",
-    HIST + "_bucket", HIST + "_sum", HIST + "_count",
-}
+# Every metric the gateway exports, read from src/metrics.rs (one list, the source's).
+_src = open("src/metrics.rs").read()
+METRICS = set(re.findall(r'"(wa_breaker_[a-z0-9_]+)"', _src)) - {HIST}
+METRICS |= {HIST + "_bucket", HIST + "_sum", HIST + "_count"}
 CONFIG_KEYS = {
     "listen", "admin_listen", "upstream", "state_dir", "admin_token", "redis_url",
     "redis_prefix", "mode", "trip_codes", "graph_version", "log_format", "log_level",
     "connect_timeout", "request_timeout", "drain_timeout", "upstream_concurrency",
     "workers", "classify_body_limit", "history_limit", "redis_closed_ttl", "redis_retry_max",
+    "max_clock_skew", "max_circuits",
     "webhook", "health", "accounts",
 }
 TABLE_KEYS = {

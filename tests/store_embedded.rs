@@ -201,17 +201,26 @@ async fn corrupt_store_is_a_clear_error_and_can_be_moved_aside() {
         gw.stop().await;
         assert!(file.is_file(), "store file at {}", file.display());
 
-        for (what, damage) in [("garbage", 0u8), ("zeroed pages", 1u8)] {
+        let cases = [
+            ("garbage", 0u8),
+            ("zeroed pages", 1u8),
+            ("empty (0 bytes)", 2u8),
+            ("truncated to half", 3u8),
+        ];
+        for (what, damage) in cases {
             let mut bytes = std::fs::read(&file).unwrap();
             match damage {
                 0 => bytes.iter_mut().for_each(|b| *b = 0x5A),
-                _ => {
+                1 => {
                     // Keep the header, wipe everything after the first page.
                     let len = bytes.len();
                     bytes[4096.min(len)..].iter_mut().for_each(|b| *b = 0);
                 }
+                2 => bytes.clear(),
+                _ => bytes.truncate(bytes.len() / 2),
             }
             std::fs::write(&file, &bytes).unwrap();
+            let aside_before = corrupt_names(state.path()).len();
 
             let bad = Gateway::builder(&cfg).no_wait().start().await;
             let st = bad
@@ -229,13 +238,16 @@ async fn corrupt_store_is_a_clear_error_and_can_be_moved_aside() {
                 logs.contains("--move-aside-corrupt-state"),
                 "{what}: says how to recover:\n{logs}"
             );
-            assert!(
-                corrupt_names(state.path()).len() < 2,
-                "nothing moved without the flag"
+            assert_eq!(
+                corrupt_names(state.path()).len(),
+                aside_before,
+                "{what}: nothing moved without the flag"
             );
-            if damage == 0 {
-                assert!(corrupt_names(state.path()).is_empty());
-            }
+            assert_eq!(
+                std::fs::metadata(&file).unwrap().len(),
+                bytes.len() as u64,
+                "{what}: the file is left as it was"
+            );
 
             let t = Instant::now();
             let ok = Gateway::builder(&cfg)
@@ -258,8 +270,8 @@ async fn corrupt_store_is_a_clear_error_and_can_be_moved_aside() {
         }
         assert_eq!(
             corrupt_names(state.path()).len(),
-            2,
-            "both bad files kept aside"
+            cases.len(),
+            "every bad file kept aside"
         );
         let gw = Gateway::start(&cfg).await;
         let (_, c) = gw.circuit(ADMIN, WABA).await;

@@ -80,9 +80,9 @@ pub fn open(state_dir: &Path, move_aside: bool) -> Result<(Database, Vec<Circuit
 
 fn failure_to_error(f: Failure, path: &str) -> StoreError {
     match f {
-        Failure::Corrupt(source) => StoreError::Corrupt {
+        Failure::Corrupt(cause) => StoreError::Corrupt {
             path: path.to_string(),
-            source,
+            cause,
         },
         Failure::InUse => StoreError::InUse {
             path: path.to_string(),

@@ -38,13 +38,13 @@ pub enum StoreError {
     #[error(
         "state store {path} is corrupt or unreadable: {}. Nothing was changed. To keep a copy \
          and start with empty state, restart once with --move-aside-corrupt-state (the file is \
-         renamed to {path}.corrupt-<timestamp>)", crate::upstream::error_chain(.source.as_ref())
+         renamed to {path}.corrupt-<timestamp>)", crate::upstream::error_chain(.cause.as_ref())
     )]
     Corrupt {
         /// The file.
         path: String,
         /// What is wrong with it (shown in the message, before the way out).
-        source: BoxError,
+        cause: BoxError,
     },
     /// The state directory cannot be created or written.
     #[error("state_dir {path} cannot be created or written")]
