@@ -58,6 +58,7 @@ fn setup() -> (Policy, Arc<Table>) {
     for i in (0..WABAS).step_by((WABAS / OPEN) as usize) {
         table.apply(Change {
             waba_id: waba(i),
+            phone_number_id: None,
             action: Action::Open {
                 scope: Scope::AllSends,
                 code: Some(368),

@@ -147,6 +147,7 @@ impl Admin {
         let want_open = op == "open";
         let applied = self.table.apply(Change {
             waba_id: id.to_string(),
+            phone_number_id: None,
             action,
             source: Source::Admin,
             at: now,

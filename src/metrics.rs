@@ -17,6 +17,8 @@ const KNOWN_CODES: &[i64] = &[
 pub struct Metrics {
     registry: Registry,
     pub circuit_open: IntGaugeVec,
+    /// `wa_breaker_phone_circuit_open{phone_number_id}`: circuits of one phone number.
+    pub phone_circuit_open: IntGaugeVec,
     pub transitions: IntCounterVec,
     pub forwarded: IntCounter,
     pub answered_locally: IntCounter,
@@ -52,6 +54,14 @@ impl Metrics {
                 "1 while the WABA's circuit is open",
             ),
             &["waba_id"],
+        )
+        .expect("valid metric");
+        let phone_circuit_open = IntGaugeVec::new(
+            Opts::new(
+                "wa_breaker_phone_circuit_open",
+                "1 while the circuit of one phone number (of a WABA not known yet) is open",
+            ),
+            &["phone_number_id"],
         )
         .expect("valid metric");
         let transitions = IntCounterVec::new(
@@ -142,6 +152,7 @@ impl Metrics {
         for c in [
             Box::new(circuit_open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(transitions.clone()),
+            Box::new(phone_circuit_open.clone()),
             Box::new(requests.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(upstream_errors.clone()),
@@ -171,6 +182,7 @@ impl Metrics {
             unmapped: requests.with_label_values(&["unmapped"]),
             registry,
             circuit_open,
+            phone_circuit_open,
             transitions,
             upstream_by_class: ["2xx", "3xx", "4xx", "5xx", "error"]
                 .map(|c| upstream_duration.with_label_values(&[c])),

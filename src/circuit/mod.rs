@@ -24,6 +24,7 @@ pub(crate) mod testing {
     ) -> Change {
         Change {
             waba_id: waba_id.into(),
+            phone_number_id: None,
             action: Action::Open {
                 scope,
                 code: Some(368),

@@ -125,11 +125,17 @@ pub struct Transition {
     pub clamped_from: Option<DateTime<Utc>>,
 }
 
-/// One WABA's circuit.
+/// One WABA's circuit, or one phone number's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Circuit {
-    /// The WhatsApp Business Account.
+    /// The WhatsApp Business Account (empty for a phone-number circuit whose WABA is not
+    /// known yet).
     pub waba_id: String,
+    /// Set for a phone-number circuit: it answers the sends of this one phone number (opened
+    /// when a send for a phone number of unknown WABA was answered with a trip code; widened
+    /// to the WABA once its owner is known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number_id: Option<String>,
     /// Open or closed.
     pub state: State,
     /// Which sends an open circuit answers locally.
@@ -164,6 +170,7 @@ impl Circuit {
     pub fn new(waba_id: &str, now: DateTime<Utc>) -> Circuit {
         Circuit {
             waba_id: waba_id.to_string(),
+            phone_number_id: None,
             state: State::Closed,
             scope: Scope::AllSends,
             code: None,
@@ -178,8 +185,34 @@ impl Circuit {
         }
     }
 
+    /// The circuit's key in the table and the stores: the WABA id, or `phone:{id}` for a
+    /// phone-number circuit.
+    pub fn key(&self) -> String {
+        key(&self.waba_id, self.phone_number_id.as_deref())
+    }
+
+    /// Its ids are Graph ids (what a record from a store or another replica must hold).
+    pub fn has_valid_ids(&self) -> bool {
+        let id = |s: &str| !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit());
+        match &self.phone_number_id {
+            Some(p) => id(p) && (self.waba_id.is_empty() || id(&self.waba_id)),
+            None => id(&self.waba_id),
+        }
+    }
+
     /// True while open.
     pub fn is_open(&self) -> bool {
         self.state == State::Open
+    }
+}
+
+/// Prefix of phone-number circuit keys.
+pub const PHONE_KEY_PREFIX: &str = "phone:";
+
+/// The key of a circuit: the WABA id, or `phone:{id}` for a phone-number circuit.
+pub fn key(waba_id: &str, phone_number_id: Option<&str>) -> String {
+    match phone_number_id {
+        Some(p) => format!("{PHONE_KEY_PREFIX}{p}"),
+        None => waba_id.to_string(),
     }
 }

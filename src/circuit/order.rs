@@ -30,8 +30,11 @@ pub enum Action {
 /// A change from any signal: a send, a webhook, a poll, an operator, a timer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Change {
-    /// The circuit changed.
+    /// The WABA of the circuit changed (empty for a phone-number circuit whose WABA is not
+    /// known).
     pub waba_id: String,
+    /// Set for a phone-number circuit: the circuit of this one phone number.
+    pub phone_number_id: Option<String>,
     /// What the change asks for.
     pub action: Action,
     /// What caused it.
@@ -42,6 +45,13 @@ pub struct Change {
     pub reason: String,
     /// What proves it.
     pub evidence: Option<Evidence>,
+}
+
+impl Change {
+    /// The key of the circuit it changes (see [`Circuit::key`]).
+    pub fn key(&self) -> String {
+        super::model::key(&self.waba_id, self.phone_number_id.as_deref())
+    }
 }
 
 /// The result of [`decide`].
@@ -70,7 +80,10 @@ pub fn decide(
     let cur = match current {
         Some(c) => c,
         None => {
-            fresh = Circuit::new(&change.waba_id, DateTime::<Utc>::MIN_UTC);
+            fresh = Circuit {
+                phone_number_id: change.phone_number_id.clone(),
+                ..Circuit::new(&change.waba_id, DateTime::<Utc>::MIN_UTC)
+            };
             &fresh
         }
     };
@@ -264,6 +277,7 @@ mod tests {
     fn change(action: Action, source: Source, at: i64) -> Change {
         Change {
             waba_id: "1".into(),
+            phone_number_id: None,
             action,
             source,
             at: t(at),

@@ -214,7 +214,7 @@ impl Table {
     /// All circuits, sorted by WABA id.
     pub fn list(&self) -> Vec<Circuit> {
         let mut v: Vec<Circuit> = self.circuits.iter().map(|c| c.value().clone()).collect();
-        v.sort_by(|a, b| a.waba_id.cmp(&b.waba_id));
+        v.sort_by_key(Circuit::key);
         v
     }
 
@@ -258,7 +258,7 @@ impl Table {
     /// sequence number (see [`Table::wait_durable`]) when it changed.
     pub fn apply(&self, mut change: Change) -> Option<(Circuit, u64)> {
         let now = Utc::now();
-        let key: Arc<str> = Arc::from(change.waba_id.as_str());
+        let key: Arc<str> = Arc::from(change.key().as_str());
         // A new record other than an open: bounded (see `Limits`). Checked before taking
         // the entry, so the map is not locked while counting.
         if !self.circuits.contains_key(&key) && !matches!(change.action, Action::Open { .. }) {
@@ -327,7 +327,7 @@ impl Table {
             METRICS
                 .transitions
                 .with_label_values(&[
-                    &circuit.waba_id,
+                    &circuit.key(),
                     state_str(circuit.state),
                     circuit.source.as_str(),
                 ])
@@ -347,7 +347,7 @@ impl Table {
 
     /// Merges a circuit from another replica or a store: kept only if newer.
     pub fn merge(&self, incoming: Circuit) -> bool {
-        let key: Arc<str> = Arc::from(incoming.waba_id.as_str());
+        let key: Arc<str> = Arc::from(incoming.key().as_str());
         // Counted before the entry is taken: `len` read-locks every shard.
         let over_cap = !incoming.is_open() && self.circuits.len() >= self.limits.max_circuits;
         let entry = self.circuits.entry(key.clone());
@@ -392,10 +392,10 @@ impl Table {
             {
                 self.open_len.fetch_sub(1, Ordering::AcqRel);
             }
-            METRICS.circuit_open.with_label_values(&[&c.waba_id]).set(1);
+            open_gauge(c, 1);
         } else if self.open.remove(key.as_ref()).is_some() {
             self.open_len.fetch_sub(1, Ordering::AcqRel);
-            METRICS.circuit_open.with_label_values(&[&c.waba_id]).set(0);
+            open_gauge(c, 0);
         }
     }
 
@@ -444,7 +444,7 @@ impl Table {
             if let Some((_, c)) = gone {
                 dropped += 1;
                 let seq = self.next_seq();
-                forget_series(&c.waba_id);
+                forget_series(&c);
                 self.notify(&c, Origin::Local, seq, false, true);
             }
         }
@@ -459,9 +459,27 @@ impl Table {
     }
 }
 
+/// `wa_breaker_circuit_open{waba_id}` for a WABA's circuit,
+/// `wa_breaker_phone_circuit_open{phone_number_id}` for a phone number's.
+fn open_gauge(c: &Circuit, v: i64) {
+    match &c.phone_number_id {
+        Some(p) => METRICS.phone_circuit_open.with_label_values(&[p]).set(v),
+        None => METRICS.circuit_open.with_label_values(&[&c.waba_id]).set(v),
+    }
+}
+
 /// Removes a dropped circuit's per-WABA metric series, so their number stays bounded too.
-fn forget_series(waba_id: &str) {
-    let _ = METRICS.circuit_open.remove_label_values(&[waba_id]);
+fn forget_series(c: &Circuit) {
+    let key = c.key();
+    let waba_id = key.as_str();
+    match &c.phone_number_id {
+        Some(p) => {
+            let _ = METRICS.phone_circuit_open.remove_label_values(&[p]);
+        }
+        None => {
+            let _ = METRICS.circuit_open.remove_label_values(&[waba_id]);
+        }
+    }
     for to in ["open", "closed"] {
         for source in [
             Source::Send,
@@ -517,9 +535,12 @@ fn build_guard(c: &Circuit, seq: u64) -> OpenGuard {
         .until
         .map(|u| format!(" until {}", u.to_rfc3339_opts(SecondsFormat::Secs, true)))
         .unwrap_or_default();
+    let whose = match &c.phone_number_id {
+        Some(p) => format!("phone number {p}"),
+        None => format!("WhatsApp Business Account {}", c.waba_id),
+    };
     let details = format!(
-        "wa-breaker answered locally; the request was not sent to Meta. The circuit for WhatsApp Business Account {} has been open since {since}{until} (source: {}).",
-        c.waba_id,
+        "wa-breaker answered locally; the request was not sent to Meta. The circuit for {whose} has been open since {since}{until} (source: {}).",
         c.source.as_str()
     );
     OpenGuard {

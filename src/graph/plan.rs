@@ -59,6 +59,7 @@ pub fn plan(
     let step = |action: Action, reason: String, check_health: bool| Step {
         change: Change {
             waba_id: entry.id.clone(),
+            phone_number_id: None,
             action,
             source: Source::Webhook,
             at,

@@ -373,6 +373,7 @@ pub fn judge(
     };
     j.change = Some(Change {
         waba_id: account.waba.to_string(),
+        phone_number_id: None,
         action: Action::Open {
             scope: Scope::AllSends,
             code: Some(err.code),

@@ -215,6 +215,7 @@ fn local_reply_carries_the_opening_code() {
     let p = policy(Mode::Enforce, 1024);
     p.table().apply(Change {
         waba_id: WABA.into(),
+        phone_number_id: None,
         action: Action::Open {
             scope: Scope::AllSends,
             code: Some(131031),

@@ -46,8 +46,9 @@ pub async fn expire_at(
     else {
         return;
     };
-    // An operator's `until` is the end they chose: no confirmation.
-    let checker = checker.filter(|_| cur.source != Source::Admin);
+    // An operator's `until` is the end they chose: no confirmation (nor for a phone
+    // number's circuit: there is no WABA to ask about).
+    let checker = checker.filter(|_| cur.source != Source::Admin && cur.phone_number_id.is_none());
     let until_s = until.to_rfc3339_opts(SecondsFormat::Secs, true);
     let mut reason = format!("restriction ended at {until_s}");
     if let Some(checker) = checker {
@@ -75,7 +76,8 @@ pub async fn expire_at(
         }
     }
     table.apply(Change {
-        waba_id,
+        waba_id: cur.waba_id.clone(),
+        phone_number_id: cur.phone_number_id.clone(),
         action: Action::Expire { until },
         source: Source::Expiry,
         at: Utc::now(),
@@ -114,6 +116,7 @@ mod tests {
         let later = Utc::now() + chrono::Duration::hours(1);
         table.apply(Change {
             waba_id: "1".into(),
+            phone_number_id: None,
             action: Action::Open {
                 scope: Scope::AllSends,
                 code: None,

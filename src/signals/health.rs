@@ -172,6 +172,7 @@ pub fn record(table: &Table, waba_id: &str, verdict: &Verdict, raw: Value) -> bo
     let change = match verdict {
         Verdict::Available => Change {
             waba_id: waba_id.to_string(),
+            phone_number_id: None,
             action: Action::Close,
             source: Source::Health,
             at: now,
@@ -181,6 +182,7 @@ pub fn record(table: &Table, waba_id: &str, verdict: &Verdict, raw: Value) -> bo
         // The known end has passed and Meta does not say BLOCKED: the restriction is over.
         Verdict::Limited { .. } if cur.until.is_some_and(|u| u <= now) => Change {
             waba_id: waba_id.to_string(),
+            phone_number_id: None,
             action: Action::Expire {
                 until: cur.until.unwrap_or(now),
             },
@@ -195,6 +197,7 @@ pub fn record(table: &Table, waba_id: &str, verdict: &Verdict, raw: Value) -> bo
             }
             Change {
                 waba_id: waba_id.to_string(),
+                phone_number_id: None,
                 action: Action::Note,
                 source: Source::Health,
                 at: now,
@@ -370,6 +373,7 @@ mod tests {
         let t = Table::new("test", 20);
         t.apply(Change {
             waba_id: WABA.into(),
+            phone_number_id: None,
             action: Action::Open {
                 scope: Scope::AllSends,
                 code: Some(368),

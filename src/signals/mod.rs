@@ -86,15 +86,18 @@ struct Watchers {
 
 impl Watchers {
     fn update(&mut self, c: &Circuit) {
-        let id = &c.waba_id;
+        let key = c.key();
+        let id = &key;
         if !c.is_open() {
             self.polls.remove(id);
             self.timers.remove(id);
             return;
         }
         match &self.checker {
-            // An operator's open stands until an operator (or its `until`) ends it.
-            Some(_) if c.source == Source::Admin => {
+            // A phone number's circuit is not polled as a WABA (its WABA is what discovery
+            // is finding out); an operator's open stands until an operator (or its `until`)
+            // ends it.
+            Some(_) if c.source == Source::Admin || c.phone_number_id.is_some() => {
                 self.polls.remove(id);
             }
             Some(checker) if self.polls.get(id).is_none_or(|t| t.0.is_finished()) => {

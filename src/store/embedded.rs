@@ -186,7 +186,7 @@ fn load(db: &Database) -> Result<Vec<Circuit>, String> {
         let (key, json) = (k.value(), v.value());
         let c: Circuit = serde_json::from_str(json)
             .map_err(|e| format!("record {key:?} is not a circuit: {e}"))?;
-        if c.waba_id != key {
+        if c.key() != key {
             return Err(format!(
                 "record {key:?} holds the circuit of WABA {:?}",
                 c.waba_id
@@ -241,10 +241,10 @@ impl Durable {
 /// Adds a change to the batch: the latest per WABA wins (`None`: the circuit was dropped).
 fn take(n: Notice, pending: &mut Pending, seqs: &mut Vec<u64>) {
     seqs.push(n.seq);
-    match pending.get(&n.circuit.waba_id) {
+    let id = n.circuit.key();
+    match pending.get(&id) {
         Some((s, _)) if *s > n.seq => {}
         _ => {
-            let id = n.circuit.waba_id.clone();
             pending.insert(id, (n.seq, (!n.removed).then_some(n.circuit)));
         }
     }
@@ -449,11 +449,7 @@ mod tests {
         let (db, loaded) = open(dir.path(), false).unwrap();
         assert!(loaded.is_empty());
         let c = Circuit::new("102290129340398", chrono::Utc::now());
-        write(
-            &db,
-            &[(c.waba_id.clone(), Some(serde_json::to_string(&c).unwrap()))],
-        )
-        .unwrap();
+        write(&db, &[(c.key(), Some(serde_json::to_string(&c).unwrap()))]).unwrap();
         drop(db);
         let (_db, loaded) = open(dir.path(), false).unwrap();
         assert_eq!(loaded, vec![c]);

@@ -16,7 +16,6 @@ use tokio::sync::{mpsc, watch};
 use super::backoff_delay;
 use super::rules::{encode, ttl_for, worth_restoring, Layout, Ttl, CAS_SCRIPT};
 use crate::circuit::{newer, Circuit, Notice, Origin, Table};
-use crate::config::is_graph_id;
 use crate::metrics::METRICS;
 
 /// Connect and command timeouts: short, the hot path never waits on them anyway.
@@ -208,7 +207,7 @@ impl Replica {
             .table
             .list()
             .into_iter()
-            .filter(|c| match remote.get(&c.waba_id) {
+            .filter(|c| match remote.get(&c.key()) {
                 Some(r) => newer(c, r),
                 None => worth_restoring(c, now, self.closed_ttl),
             })
@@ -314,9 +313,9 @@ impl Replica {
     /// newer circuit so it is written back: Redis and the others converge on it.
     fn apply_remote(&self, m: &Msg) -> Option<Circuit> {
         let c = match serde_json::from_slice::<Circuit>(m.get_payload_bytes()) {
-            Ok(c) if is_graph_id(&c.waba_id) => c,
+            Ok(c) if c.has_valid_ids() => c,
             Ok(c) => {
-                tracing::warn!(waba_id = %c.waba_id, "ignoring a published circuit with an invalid WABA id");
+                tracing::warn!(key = %c.key(), "ignoring a published circuit with an invalid id");
                 return None;
             }
             Err(e) => {
@@ -329,7 +328,7 @@ impl Replica {
             self.table.merge(c);
             return None;
         }
-        let waba = c.waba_id.clone();
+        let waba = c.key();
         if self.table.merge(c.clone()) {
             return None;
         }
@@ -379,8 +378,8 @@ impl Replica {
                     continue;
                 };
                 match serde_json::from_str::<Circuit>(&value) {
-                    Ok(c) if c.waba_id == waba && is_graph_id(waba) => {
-                        out.insert(c.waba_id.clone(), c);
+                    Ok(c) if c.key() == waba && c.has_valid_ids() => {
+                        out.insert(c.key(), c);
                     }
                     Ok(c) => {
                         tracing::warn!(key = %key, waba_id = %c.waba_id, "ignoring a redis key whose circuit belongs to another WABA")
@@ -423,7 +422,7 @@ impl Replica {
             pipe.cmd("EVALSHA")
                 .arg(sha)
                 .arg(1)
-                .arg(self.layout.key(&c.waba_id))
+                .arg(self.layout.key(&c.key()))
                 .arg(json)
                 .arg(order)
                 .arg(self.layout.channel())
@@ -451,11 +450,11 @@ impl Batch {
         if n.origin != Origin::Local || n.removed {
             return;
         }
-        match self.latest.get(&n.circuit.waba_id) {
+        let key = n.circuit.key();
+        match self.latest.get(&key) {
             Some((s, _)) if *s > n.seq => {}
             _ => {
-                self.latest
-                    .insert(n.circuit.waba_id.clone(), (n.seq, n.circuit));
+                self.latest.insert(key, (n.seq, n.circuit));
             }
         }
     }
