@@ -179,6 +179,8 @@ pub struct Config {
     pub webhook: WebhookConfig,
     /// `[health]`.
     pub health: HealthConfig,
+    /// `[discovery]`: learning which WABA owns a phone number.
+    pub discovery: DiscoveryConfig,
     /// `[[accounts]]`: phone-number ids by WABA.
     pub accounts: Vec<Account>,
 }
@@ -215,6 +217,7 @@ impl Default for Config {
             max_circuits: 100_000,
             webhook: WebhookConfig::default(),
             health: HealthConfig::default(),
+            discovery: DiscoveryConfig::default(),
             accounts: Vec::new(),
         }
     }
@@ -286,6 +289,36 @@ impl Default for HealthConfig {
             timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(900),
             max_concurrent: 4,
+        }
+    }
+}
+
+/// `[discovery]`: learning which WABA owns a phone number that `[[accounts]]` does not list.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Ask Health Status about a phone number of unknown WABA (its answer names the WABA).
+    pub health_reads: bool,
+    /// With no `health.access_token`, make that one read with the bearer token of the send
+    /// that named the phone number (held only for the read, never stored or logged).
+    pub use_caller_token: bool,
+    /// Discovery reads in flight at once.
+    pub max_concurrent: usize,
+    /// Wait before asking again about a phone number whose read failed (doubling, up to 1 h).
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Learned phone numbers kept (the oldest are dropped past it; operator entries never).
+    pub max_learned: usize,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            health_reads: true,
+            use_caller_token: false,
+            max_concurrent: 4,
+            retry_after: Duration::from_secs(60),
+            max_learned: 250_000,
         }
     }
 }
@@ -435,6 +468,15 @@ impl Config {
                 "classify_body_limit",
                 "must be at least 1024 bytes",
             ));
+        }
+        if self.discovery.max_concurrent == 0 {
+            return Err(invalid("discovery.max_concurrent", "must be at least 1"));
+        }
+        if self.discovery.max_learned < 100 {
+            return Err(invalid("discovery.max_learned", "must be at least 100"));
+        }
+        if self.discovery.retry_after.is_zero() {
+            return Err(invalid("discovery.retry_after", "must be greater than zero"));
         }
         if self.max_circuits < 100 {
             return Err(invalid("max_circuits", "must be at least 100"));

@@ -86,15 +86,7 @@ fn replica_id() -> String {
 /// Runs the gateway until SIGTERM/SIGINT, then drains.
 pub async fn run(cfg: Config) -> Result<(), RunError> {
     // 1. State, loaded before any listener accepts traffic.
-    let limits = circuit::Limits {
-        max_clock_skew: cfg.max_clock_skew,
-        max_circuits: cfg.max_circuits,
-        closed_ttl: cfg.redis_closed_ttl,
-    };
-    let table = Arc::new(Table::with_limits(replica_id(), cfg.history_limit, limits));
-    for a in &cfg.accounts {
-        table.know(&a.waba_id);
-    }
+    let table = Arc::new(Table::for_config(replica_id(), &cfg));
     if cfg.redis_url.is_some() {
         metrics::METRICS.enable_redis_gauge();
     }

@@ -321,20 +321,34 @@ async fn errors_that_are_not_enforcement_blocks_never_trip(engine: Engine) {
         assert!(r.headers().get("x-wa-breaker").is_none());
         assert_eq!(r.bytes().await.unwrap().as_ref(), body.as_slice());
     }
-    // 368 from an unmapped phone number: passed through, never blocked by guesswork.
-    fake.on_phone(UNMAPPED, Reply::blocked_368());
-    assert_eq!(gw.send_str(UNMAPPED, TEMPLATE_BODY).await.status(), 403);
-    assert_eq!(gw.send_str(UNMAPPED, TEMPLATE_BODY).await.status(), 403);
-    assert_eq!(fake.count_for_phone(UNMAPPED), 2);
-
     let r = gw.admin_get("/admin/circuits", Some(ADMIN)).await;
     assert_eq!(body_json(r).await, json!([]));
     let m = gw.metrics().await;
+    assert!(!m.contains("wa_breaker_circuit_open{"));
+
+    // 368 from a phone number of unknown WABA: no WABA is guessed, but that one phone
+    // number's circuit opens, so the app's retries stop.
+    fake.on_phone(UNMAPPED, Reply::blocked_368());
+    let r = gw.send_str(UNMAPPED, TEMPLATE_BODY).await;
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("x-wa-breaker").is_none());
+    let r = gw.send_str(UNMAPPED, TEMPLATE_BODY).await;
+    assert_eq!(r.headers()["x-wa-breaker"], "open");
+    assert_eq!(fake.count_for_phone(UNMAPPED), 1);
+    let list = body_json(gw.admin_get("/admin/circuits", Some(ADMIN)).await).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["phone_number_id"], UNMAPPED);
+    assert_eq!(list[0]["waba_id"], "");
+    let m = gw.metrics().await;
     assert_eq!(
         metric(&m, "wa_breaker_requests_total", &[("outcome", "unmapped")]),
-        Some(2.0)
+        Some(1.0)
     );
-    assert!(!m.contains("wa_breaker_circuit_open{"));
+    assert_eq!(
+        metric(&m, "wa_breaker_phone_circuit_open", &[("phone_number_id", UNMAPPED)]),
+        Some(1.0)
+    );
+    assert!(!m.contains("wa_breaker_circuit_open{"), "no WABA circuit");
 }
 
 async fn upstream_down_or_slow_is_502_or_504_and_trips_nothing(engine: Engine) {

@@ -1,12 +1,15 @@
 //! Per-WABA circuits: the model, the transition rules and the table.
 
+pub mod directory;
 mod model;
 mod order;
 mod table;
 
 pub use model::{Circuit, Evidence, Scope, Source, State, Transition};
 pub use order::{decide, newer, Action, Change, Outcome};
-pub use table::{Limits, Notice, OpenGuard, Origin, Table};
+pub use directory::{Directory, Id, Mapping, MappingSource, Resolved};
+pub use model::{key, PHONE_KEY_PREFIX};
+pub use table::{Limits, MappingNotice, Notice, OpenGuard, Origin, Table};
 
 /// Test helpers shared by the crate's unit tests.
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use super::directory::{Directory, Id, Mapping, Resolved, Set};
 use super::model::{Circuit, Evidence, Scope, Source, State};
 use super::order::{decide, newer, Action, Change, Outcome};
 use crate::graph::envelope;
@@ -55,8 +56,19 @@ pub struct Notice {
     pub removed: bool,
 }
 
+/// Sent to mapping listeners after every phone → WABA mapping change.
+#[derive(Clone, Debug)]
+pub struct MappingNotice {
+    /// The mapping after the change (`waba_id: None`: removed).
+    pub mapping: Mapping,
+    /// Who made it.
+    pub origin: Origin,
+    /// Table-wide sequence number (shared with circuit notices).
+    pub seq: u64,
+}
+
 /// What keeps the table bounded and its times honest.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     /// An event dated later than now + this is ordered as if at now + this.
     pub max_clock_skew: Duration,
@@ -65,6 +77,9 @@ pub struct Limits {
     pub max_circuits: usize,
     /// How long a closed record is kept (it stops an older open delivered late).
     pub closed_ttl: Duration,
+    /// Codes whose phone-number circuits widen to the whole WABA once its owner is known
+    /// (the account-level trip codes).
+    pub widen_codes: Vec<i64>,
 }
 
 impl Default for Limits {
@@ -73,6 +88,7 @@ impl Default for Limits {
             max_clock_skew: Duration::from_secs(300),
             max_circuits: 100_000,
             closed_ttl: Duration::from_secs(7 * 24 * 3600),
+            widen_codes: vec![368, 131031],
         }
     }
 }
@@ -81,6 +97,10 @@ impl Default for Limits {
 pub struct Table {
     circuits: DashMap<Arc<str>, Circuit>,
     open: DashMap<Arc<str>, Arc<OpenGuard>>,
+    /// Open phone-number circuits, by phone number, with their own count: a send reads this
+    /// map only while one is open.
+    open_phones: DashMap<Id, Arc<OpenGuard>>,
+    open_phones_len: AtomicUsize,
     /// At least `open.len()`: lets the hot path skip the map with one plain load when nothing
     /// is open (`DashMap::is_empty` read-locks every shard, a write to lines every core shares).
     open_len: AtomicUsize,
@@ -92,10 +112,11 @@ pub struct Table {
     /// The same watermark as `durable`, for the hot path (one load, no lock).
     durable_seq: AtomicU64,
     limits: Limits,
-    /// WABAs the gateway knows without a circuit (configured accounts): notes about them are
-    /// kept; notes about any other WABA without a circuit are not (a signed flood of them
-    /// would otherwise grow state without bound).
-    known: DashMap<Arc<str>, ()>,
+    /// Which WABA owns each phone number. A WABA it knows (configured, or one a phone number
+    /// maps to) gets its notes recorded before its circuit ever opened; notes about any other
+    /// WABA without a circuit are not (a signed flood of them would grow state without bound).
+    directory: Directory,
+    mapping_listeners: RwLock<Vec<mpsc::UnboundedSender<MappingNotice>>>,
     /// Rate-limits the log lines of ignored events.
     quiet: std::sync::Mutex<Quiet>,
 }
@@ -111,15 +132,44 @@ struct Quiet {
 impl Table {
     /// An empty table; `origin` names this replica in the ordering tie-break.
     pub fn new(origin: impl Into<String>, history_limit: usize) -> Table {
-        Table::with_limits(origin, history_limit, Limits::default())
+        Table::with_limits(
+            origin,
+            history_limit,
+            Limits::default(),
+            Directory::new([], 100_000),
+        )
     }
 
-    /// An empty table with `limits`.
-    pub fn with_limits(origin: impl Into<String>, history_limit: usize, limits: Limits) -> Table {
+    /// A table for `cfg`: its limits, and a directory seeded with `[[accounts]]`.
+    pub fn for_config(origin: impl Into<String>, cfg: &crate::config::Config) -> Table {
+        let limits = Limits {
+            max_clock_skew: cfg.max_clock_skew,
+            max_circuits: cfg.max_circuits,
+            closed_ttl: cfg.redis_closed_ttl,
+            widen_codes: cfg.trip_codes.clone(),
+        };
+        let directory = Directory::new(
+            cfg.accounts
+                .iter()
+                .map(|a| (a.waba_id.as_str(), a.phone_number_ids.as_slice())),
+            cfg.discovery.max_learned,
+        );
+        Table::with_limits(origin, cfg.history_limit, limits, directory)
+    }
+
+    /// An empty table with `limits`, resolving phone numbers with `directory`.
+    pub fn with_limits(
+        origin: impl Into<String>,
+        history_limit: usize,
+        limits: Limits,
+        directory: Directory,
+    ) -> Table {
         Table {
             circuits: DashMap::new(),
             open: DashMap::new(),
             open_len: AtomicUsize::new(0),
+            open_phones: DashMap::new(),
+            open_phones_len: AtomicUsize::new(0),
             origin: origin.into(),
             history_limit,
             listeners: RwLock::new(Vec::new()),
@@ -127,15 +177,116 @@ impl Table {
             durable: watch::channel(0).0,
             durable_seq: AtomicU64::new(0),
             limits,
-            known: DashMap::new(),
+            directory,
+            mapping_listeners: RwLock::new(Vec::new()),
             quiet: std::sync::Mutex::new(Quiet::default()),
         }
     }
 
-    /// Marks `waba_id` as known (a configured account): notes about it are recorded even
-    /// before its circuit ever opened.
-    pub fn know(&self, waba_id: &str) {
-        self.known.insert(Arc::from(waba_id), ());
+    /// The phone → WABA directory.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// The hot path's resolve step: the WABA of a phone-number id.
+    #[inline]
+    pub fn resolve(&self, phone: &str) -> Option<Resolved> {
+        self.directory.resolve(phone)
+    }
+
+    /// Registers a listener for every phone → WABA mapping change (stores).
+    pub fn subscribe_mappings(&self) -> mpsc::UnboundedReceiver<MappingNotice> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut l) = self.mapping_listeners.write() {
+            l.push(tx);
+        }
+        rx
+    }
+
+    /// Records a phone → WABA mapping made here (learned, or an operator's) by the
+    /// directory's precedence rules; returns its sequence number (see
+    /// [`Table::wait_durable`]) when it changed anything. A phone number's open circuit
+    /// widens to the WABA now known to own it.
+    pub fn learn(&self, mut m: Mapping) -> Option<u64> {
+        m.origin = self.origin.clone();
+        self.set_mapping(m, Origin::Local)
+    }
+
+    /// Merges a mapping from another replica or a store: kept only if newer.
+    pub fn merge_mapping(&self, m: Mapping) -> bool {
+        self.set_mapping(m, Origin::Remote).is_some()
+    }
+
+    fn set_mapping(&self, m: Mapping, origin: Origin) -> Option<u64> {
+        let phone = m.phone_number_id.clone();
+        let moved = match self.directory.set(m.clone(), origin == Origin::Remote) {
+            Set::Recorded { moved } => moved,
+            Set::Unchanged => return None,
+        };
+        let seq = self.next_seq();
+        if let Ok(listeners) = self.mapping_listeners.read() {
+            for l in listeners.iter() {
+                let _ = l.send(MappingNotice {
+                    mapping: m.clone(),
+                    origin,
+                    seq,
+                });
+            }
+        }
+        if moved {
+            if let Some(r) = self.directory.resolve(&phone) {
+                self.widen(&phone, &r.waba);
+            }
+        }
+        Some(seq)
+    }
+
+    /// A phone number's circuit, opened by an account-level code while its WABA was not
+    /// known, widens to that WABA: the WABA opens with the same scope, code and end, the
+    /// phone number's circuit closes (every phone of the WABA is then answered locally).
+    fn widen(&self, phone: &str, waba: &str) {
+        let Some(pc) = self.get(&super::model::key("", Some(phone))) else {
+            return;
+        };
+        if !pc.is_open()
+            || !pc.waba_id.is_empty()
+            || !pc.code.is_some_and(|c| self.limits.widen_codes.contains(&c))
+        {
+            return;
+        }
+        let evidence = pc
+            .history
+            .iter()
+            .rev()
+            .find(|t| !t.note && t.to == State::Open)
+            .and_then(|t| t.evidence.clone());
+        tracing::warn!(
+            phone_number_id = phone,
+            waba_id = waba,
+            "phone number's circuit widened to its WABA, now known: every phone of the WABA is answered locally"
+        );
+        self.apply(Change {
+            waba_id: waba.to_string(),
+            phone_number_id: None,
+            action: Action::Open {
+                scope: pc.scope,
+                code: pc.code,
+                until: pc.until,
+            },
+            source: pc.source,
+            at: Utc::now(),
+            reason: format!("widened from phone number {phone}: {}", pc.reason),
+            evidence,
+        });
+        self.apply(Change {
+            waba_id: String::new(),
+            phone_number_id: Some(phone.to_string()),
+            action: Action::Close,
+            source: pc.source,
+            at: Utc::now(),
+            reason: format!("widened to WhatsApp Business Account {waba}"),
+            evidence: None,
+        });
     }
 
     /// Number of circuits (open and closed records).
@@ -206,6 +357,15 @@ impl Table {
         self.open.get(waba_id).map(|g| f(g.value()))
     }
 
+    /// Hot path: runs `f` on the open guard of a phone number's own circuit, if one is open.
+    #[inline]
+    pub fn with_phone_guard<R>(&self, phone: &Id, f: impl FnOnce(&OpenGuard) -> R) -> Option<R> {
+        if self.open_phones_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.open_phones.get(phone).map(|g| f(g.value()))
+    }
+
     /// One circuit.
     pub fn get(&self, waba_id: &str) -> Option<Circuit> {
         self.circuits.get(waba_id).map(|c| c.value().clone())
@@ -251,7 +411,7 @@ impl Table {
 
     /// Number of open circuits.
     pub fn open_count(&self) -> usize {
-        self.open.len()
+        self.open.len() + self.open_phones.len()
     }
 
     /// Applies a local change by the ordering rule. Returns the circuit and the change's
@@ -262,7 +422,7 @@ impl Table {
         // A new record other than an open: bounded (see `Limits`). Checked before taking
         // the entry, so the map is not locked while counting.
         if !self.circuits.contains_key(&key) && !matches!(change.action, Action::Open { .. }) {
-            if change.action == Action::Note && !self.known.contains_key(&key) {
+            if change.action == Action::Note && !self.directory.knows_waba(&change.waba_id) {
                 self.ignored("unknown_waba", &change.waba_id);
                 return None;
             }
@@ -342,6 +502,12 @@ impl Table {
         // Notified while the entry is held, so one WABA's notices arrive in order.
         self.notify(&circuit, Origin::Local, seq, transition, false);
         drop(held);
+        // A phone number's circuit opened while its WABA was not known: maybe it is by now.
+        if let (Some(p), true) = (&circuit.phone_number_id, transition && circuit.is_open()) {
+            if let Some(r) = self.directory.resolve(p) {
+                self.widen(p, &r.waba);
+            }
+        }
         Some((circuit, seq))
     }
 
@@ -382,6 +548,23 @@ impl Table {
     }
 
     fn sync_guard(&self, key: &Arc<str>, c: &Circuit, seq: u64) {
+        if let Some(phone) = c.phone_number_id.as_deref().and_then(Id::new) {
+            if c.is_open() {
+                self.open_phones_len.fetch_add(1, Ordering::AcqRel);
+                if self
+                    .open_phones
+                    .insert(phone, Arc::new(build_guard(c, seq)))
+                    .is_some()
+                {
+                    self.open_phones_len.fetch_sub(1, Ordering::AcqRel);
+                }
+                open_gauge(c, 1);
+            } else if self.open_phones.remove(&phone).is_some() {
+                self.open_phones_len.fetch_sub(1, Ordering::AcqRel);
+                open_gauge(c, 0);
+            }
+            return;
+        }
         // Count up before inserting and down after removing, so the count never reads low.
         if c.is_open() {
             self.open_len.fetch_add(1, Ordering::AcqRel);

@@ -17,7 +17,6 @@
 //! The upstream limit's permit is held from forwarding until [`Policy::classify`] has
 //! decided, so no queued send slips out between Meta's 368 and the trip it causes.
 
-pub mod accounts;
 pub mod decode;
 pub mod hop;
 pub mod reply;
@@ -34,7 +33,7 @@ use crate::config::{Config, Mode};
 use crate::graph::envelope;
 use crate::graph::route::{self, Kind};
 use crate::metrics::METRICS;
-pub use accounts::{Accounts, Resolved};
+pub use crate::circuit::{Id, Resolved};
 pub use reply::Reply;
 
 /// Graph error code of a policy block ("temporarily blocked for policies violations").
@@ -48,23 +47,33 @@ pub const ACK_WAIT: Duration = Duration::from_secs(1);
 
 /// What the route step found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route<'a> {
+pub enum Route {
     /// The webhook path: Meta's deliveries, served by [`crate::signals::webhook`].
     Webhook,
     /// A Graph API call, forwarded (or answered locally).
-    Graph(Call<'a>),
+    Graph(Call),
 }
 
-/// A Graph call as the policy sees it.
+/// A Graph call as the policy sees it (its ids inline: `Copy`, no allocation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Call<'a> {
+pub struct Call {
     /// Send, other write, or read.
     pub kind: Kind,
     /// The phone number and its WABA, when the node is a known phone number.
-    pub account: Option<&'a Resolved>,
+    pub account: Option<Resolved>,
+    /// The phone-number id of a send (known or not): its own circuit, and what discovery
+    /// asks about when its WABA is not known.
+    pub phone: Option<Id>,
 }
 
-impl Call<'_> {
+impl Call {
+    /// A call nothing is decided for.
+    pub const READ: Call = Call {
+        kind: Kind::Read,
+        account: None,
+        phone: None,
+    };
+
     /// A send whose phone number is not mapped to a WABA (forwarded unprotected).
     pub fn unmapped_send(&self) -> bool {
         self.kind == Kind::Send && self.account.is_none()
@@ -147,7 +156,6 @@ pub struct Judgement {
 /// The decisions, with what they read: the account map, the circuit table and the
 /// configured mode, trip codes and inspection cap. One per process, shared by every worker.
 pub struct Policy {
-    accounts: Accounts,
     table: Arc<Table>,
     mode: Mode,
     trip_codes: Vec<i64>,
@@ -161,7 +169,6 @@ impl Policy {
     /// From the validated config.
     pub fn new(cfg: &Config, table: Arc<Table>) -> Policy {
         Policy {
-            accounts: Accounts::new(&cfg.accounts),
             table,
             mode: cfg.mode,
             trip_codes: cfg.trip_codes.clone(),
@@ -176,26 +183,19 @@ impl Policy {
         &self.table
     }
 
-    /// The account map.
-    pub fn accounts(&self) -> &Accounts {
-        &self.accounts
-    }
-
     /// Route + resolve: the webhook path, or a Graph call with its kind and account.
     /// `path` is without the query.
-    pub fn route<'a>(&'a self, method: &Method, path: &str) -> Route<'a> {
+    pub fn route(&self, method: &Method, path: &str) -> Route {
         if path == self.webhook_path {
             return Route::Webhook;
         }
         Route::Graph(match route::parse(method, path) {
             Some(r) => Call {
                 kind: r.kind,
-                account: self.accounts.resolve(r.node),
+                account: self.table.resolve(r.node),
+                phone: (r.kind == Kind::Send).then(|| Id::new(r.node)).flatten(),
             },
-            None => Call {
-                kind: Kind::Read,
-                account: None,
-            },
+            None => Call::READ,
         })
     }
 
@@ -207,39 +207,46 @@ impl Policy {
     /// sends, while the circuit is read-locked: keep it short.
     pub fn admit<R>(
         &self,
-        call: Call<'_>,
+        call: Call,
         body: Body<'_>,
         local: impl FnOnce(Reply<'_>) -> R,
     ) -> Admit<R> {
         if self.mode == Mode::Observe || call.kind != Kind::Send {
             return Admit::Forward;
         }
-        let Some(account) = call.account else {
-            return Admit::Forward;
-        };
         let limit = self.classify_limit;
-        self.table
-            .with_guard(&account.waba, |guard| {
-                let in_scope = match (guard.scope, body) {
-                    (Scope::AllSends, _) => Some(true),
-                    (Scope::BusinessInitiated, Body::Read(b)) => {
-                        Some(b.len() <= limit && is_template(b))
-                    }
-                    (Scope::BusinessInitiated, Body::Unread(Some(n))) if n > limit as u64 => {
-                        Some(false)
-                    }
-                    (Scope::BusinessInitiated, Body::Unread(_)) => None,
-                };
-                match in_scope {
-                    Some(true) => Admit::Local {
-                        answer: local(Reply::open(guard)),
-                        unacked: (guard.seq > self.table.durable_seq()).then_some(guard.seq),
-                    },
-                    Some(false) => Admit::Forward,
-                    None => Admit::Inspect { limit },
-                }
-            })
-            .unwrap_or(Admit::Forward)
+        let mut local = Some(local);
+        let mut judge = |guard: &crate::circuit::OpenGuard| -> Admit<R> {
+            let in_scope = match (guard.scope, body) {
+                (Scope::AllSends, _) => Some(true),
+                (Scope::BusinessInitiated, Body::Read(b)) => Some(b.len() <= limit && is_template(b)),
+                (Scope::BusinessInitiated, Body::Unread(Some(n))) if n > limit as u64 => Some(false),
+                (Scope::BusinessInitiated, Body::Unread(_)) => None,
+            };
+            match (in_scope, local.take()) {
+                (Some(true), Some(f)) => Admit::Local {
+                    answer: f(Reply::open(guard)),
+                    unacked: (guard.seq > self.table.durable_seq()).then_some(guard.seq),
+                },
+                (None, _) => Admit::Inspect { limit },
+                _ => Admit::Forward,
+            }
+        };
+        // The WABA's circuit first, then the phone number's own (a phone number of unknown
+        // WABA that tripped, or one blocked on its own).
+        if let Some(a) = call.account {
+            match self.table.with_guard(&a.waba, &mut judge) {
+                Some(Admit::Forward) | None => {}
+                Some(decided) => return decided,
+            }
+        }
+        match call.phone {
+            Some(p) => self
+                .table
+                .with_phone_guard(&p, &mut judge)
+                .unwrap_or(Admit::Forward),
+            None => Admit::Forward,
+        }
     }
 
     /// On an answer's head: a non-2xx answer is read (up to `classify_body_limit`) to be
@@ -262,7 +269,7 @@ impl Policy {
     /// to wait for with [`Policy::acknowledged`] before the answer goes to the app.
     pub fn classify(
         &self,
-        call: Call<'_>,
+        call: Call,
         status: u16,
         content_encoding: &[&[u8]],
         body: &[u8],
@@ -282,14 +289,16 @@ impl Policy {
         if let Some(why) = &j.unreadable {
             tracing::debug!(status, reason = %why, "error answer not judged");
         }
-        let waba = j.change.as_ref().map(|c| c.waba_id.clone())?;
-        if let Some(change) = j.change {
-            self.table.apply(change);
-        }
+        let change = j.change?;
+        let phone_circuit = change.phone_number_id.is_some();
+        let waba = change.waba_id.clone();
+        self.table.apply(change);
         let durable = self.table.durable_seq();
-        self.table
-            .with_guard(&waba, |g| g.seq)
-            .filter(|seq| *seq > durable)
+        let seq = match (phone_circuit, call.phone) {
+            (true, Some(p)) => self.table.with_phone_guard(&p, |g| g.seq),
+            _ => self.table.with_guard(&waba, |g| g.seq),
+        };
+        seq.filter(|seq| *seq > durable)
     }
 
     /// Waits (at most [`ACK_WAIT`]) until the change `seq` is committed to the embedded
@@ -310,7 +319,7 @@ impl Policy {
     }
 
     /// Records how a request ended: one call per request, from either engine.
-    pub fn record(&self, call: Call<'_>, outcome: Outcome) {
+    pub fn record(&self, call: Call, outcome: Outcome) {
         match outcome {
             Outcome::Local => METRICS.answered_locally.inc(),
             Outcome::Answered { status, to_head } => {
@@ -339,7 +348,7 @@ impl Policy {
 pub fn judge(
     trip_codes: &[i64],
     cap: usize,
-    call: Call<'_>,
+    call: Call,
     status: u16,
     content_encoding: &[&[u8]],
     body: &[u8],
@@ -362,9 +371,15 @@ pub fn judge(
         return j;
     };
     j.code = Some(err.code);
-    let account = match call.account {
-        Some(a) if call.kind == Kind::Send && trip_codes.contains(&err.code) => a,
-        _ => return j,
+    if call.kind != Kind::Send || !trip_codes.contains(&err.code) {
+        return j;
+    }
+    // A known phone number trips its WABA; one whose WABA is not known yet trips its own
+    // circuit, widened to the WABA once the owner is learned (never a guess).
+    let (waba_id, phone_number_id) = match (call.account, call.phone) {
+        (Some(a), _) => (a.waba.to_string(), None),
+        (None, Some(p)) => (String::new(), Some(p.to_string())),
+        (None, None) => return j,
     };
     let reason = if err.message.is_empty() {
         format!("HTTP {status}, Graph error {}", err.code)
@@ -372,8 +387,8 @@ pub fn judge(
         err.message.clone()
     };
     j.change = Some(Change {
-        waba_id: account.waba.to_string(),
-        phone_number_id: None,
+        waba_id,
+        phone_number_id,
         action: Action::Open {
             scope: Scope::AllSends,
             code: Some(err.code),
@@ -387,7 +402,7 @@ pub fn judge(
             error_subcode: err.error_subcode,
             message: err.message,
             fbtrace_id: err.fbtrace_id,
-            phone_number_id: Some(account.phone.to_string()),
+            phone_number_id: call.phone.map(|p| p.to_string()),
         }),
     });
     j
@@ -434,7 +449,7 @@ pub(crate) mod testing {
             }],
             ..Config::default()
         };
-        Policy::new(&cfg, Arc::new(Table::new("test", 20)))
+        Policy::new(&cfg, Arc::new(Table::for_config("test", &cfg)))
     }
 
     /// Opens `WABA`'s circuit with `scope`.
@@ -453,7 +468,7 @@ pub(crate) mod testing {
         let Route::Graph(call) = p.route(&method, &path) else {
             panic!("{path} is the webhook path")
         };
-        let target = crate::proxy::route::Target::new(call);
+        let target = crate::proxy::route::Target(call);
         let mut req = http::Request::builder()
             .method(method)
             .uri(path)

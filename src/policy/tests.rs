@@ -11,7 +11,7 @@ const TEMPLATE: &[u8] =
 const TEXT: &[u8] = br#"{"messaging_product":"whatsapp","type":"text","text":{"body":"template"}}"#;
 const BLOCKED: &[u8] = br#"{"error":{"message":"(#368) Temporarily blocked for policies violations","type":"OAuthException","code":368,"error_data":{"messaging_product":"whatsapp","details":"restricted"},"fbtrace_id":"AbC"}}"#;
 
-fn call<'a>(p: &'a Policy, method: Method, path: &str) -> Call<'a> {
+fn call(p: &Policy, method: Method, path: &str) -> Call {
     match p.route(&method, path) {
         Route::Graph(c) => c,
         Route::Webhook => panic!("webhook"),
@@ -19,7 +19,7 @@ fn call<'a>(p: &'a Policy, method: Method, path: &str) -> Call<'a> {
 }
 
 /// `Forward`, `Inspect` or `Local` as a short string.
-fn decide(p: &Policy, c: Call<'_>, body: Body<'_>) -> &'static str {
+fn decide(p: &Policy, c: Call, body: Body<'_>) -> &'static str {
     match p.admit(c, body, |r| r.status().as_u16()) {
         Admit::Forward => "forward",
         Admit::Inspect { .. } => "inspect",
@@ -34,7 +34,7 @@ fn routes() {
     assert_eq!(p.route(&Method::POST, "/webhook"), Route::Webhook);
     let c = call(&p, Method::POST, &format!("/v21.0/{PHONE}/messages"));
     assert_eq!(c.kind, Kind::Send);
-    assert_eq!(c.account.map(|a| &*a.waba), Some(WABA));
+    assert_eq!(c.account.map(|a| a.waba.to_string()).as_deref(), Some(WABA));
     let c = call(&p, Method::POST, &format!("/{OTHER}/messages"));
     assert!(c.unmapped_send());
     let c = call(&p, Method::GET, "/");
@@ -361,10 +361,20 @@ fn judgements() {
             Some(368),
             false,
         ),
-        // An unmapped phone number: counted, never blocked by guesswork.
+        // A phone number of unknown WABA: no WABA is guessed; its own circuit trips.
         (
             Method::POST,
             format!("/v21.0/{OTHER}/messages"),
+            403,
+            &[],
+            BLOCKED,
+            Some(368),
+            true,
+        ),
+        // Not a send of it: nothing.
+        (
+            Method::POST,
+            format!("/v21.0/{OTHER}/register"),
             403,
             &[],
             BLOCKED,
@@ -378,7 +388,11 @@ fn judgements() {
         assert_eq!(j.code, code, "row {i}");
         assert_eq!(j.change.is_some(), trips, "row {i}");
         if let Some(ch) = j.change {
-            assert_eq!(ch.waba_id, WABA);
+            if path.contains(OTHER) {
+                assert_eq!((ch.waba_id.as_str(), ch.phone_number_id.as_deref()), ("", Some(OTHER)));
+            } else {
+                assert_eq!((ch.waba_id.as_str(), ch.phone_number_id), (WABA, None));
+            }
             assert_eq!(ch.source, Source::Send);
             assert!(matches!(
                 ch.action,

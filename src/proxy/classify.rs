@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 use super::body::{self, Body};
 use super::route::Target;
 use super::LocalReply;
-use crate::policy::{Inspect, Outcome, Policy};
+use crate::policy::{Call, Inspect, Outcome, Policy};
 use crate::upstream::{error_chain, ForwardError};
 
 /// See module docs.
@@ -62,7 +62,7 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let target = req.extensions().get::<Target>().cloned();
+        let target = Target::of(&req);
         ResponseFuture {
             state: State::Call {
                 fut: self.inner.call(req),
@@ -88,7 +88,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
-        ctx: Option<(Arc<Policy>, Option<Target>)>,
+        ctx: Option<(Arc<Policy>, Call)>,
         start: Instant,
     }
 }
@@ -112,8 +112,7 @@ where
                     let resp = match result {
                         Ok(resp) => resp,
                         Err(e) => {
-                            let call = target_call(&target);
-                            failed(&policy, call, &e, elapsed);
+                            failed(&policy, target, &e, elapsed);
                             return Poll::Ready(Err(e));
                         }
                     };
@@ -130,17 +129,7 @@ where
     }
 }
 
-fn target_call(t: &Option<Target>) -> crate::policy::Call<'_> {
-    match t {
-        Some(t) => t.call(),
-        None => crate::policy::Call {
-            kind: crate::graph::route::Kind::Read,
-            account: None,
-        },
-    }
-}
-
-fn failed(policy: &Policy, call: crate::policy::Call<'_>, e: &ForwardError, after: Duration) {
+fn failed(policy: &Policy, call: Call, e: &ForwardError, after: Duration) {
     tracing::warn!(error = %error_chain(e), "upstream request failed");
     policy.record(call, Outcome::Failed { after });
 }
@@ -148,10 +137,9 @@ fn failed(policy: &Policy, call: crate::policy::Call<'_>, e: &ForwardError, afte
 async fn classify(
     resp: Response<Body>,
     policy: Arc<Policy>,
-    target: Option<Target>,
+    call: Call,
     to_head: Duration,
 ) -> Result<Response<Body>, ForwardError> {
-    let call = target_call(&target);
     let status = resp.status().as_u16();
     let declared = resp
         .headers()

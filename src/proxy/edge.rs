@@ -77,7 +77,7 @@ impl hyper::service::Service<Request<Incoming>> for Edge {
                     fut: Box::pin(async move { wh.handle(req).await }),
                 };
             }
-            Route::Graph(call) => Target::new(call),
+            Route::Graph(call) => Target(call),
         };
         let mut req = req.map(Body::stream);
         req.extensions_mut().insert(target);

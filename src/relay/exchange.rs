@@ -22,7 +22,7 @@ impl Relay {
     pub(super) async fn exchange(
         &self,
         client: &mut TcpStream,
-        call: Call<'_>,
+        call: Call,
         req: &[u8],
         head: &RequestHead,
         close: bool,
@@ -126,7 +126,7 @@ impl Relay {
     /// Builds no response object: this path runs at the rate a blocked app retries.
     fn answer_locally(
         &self,
-        call: Call<'_>,
+        call: Call,
         body: &[u8],
         close: bool,
         s: &mut Scratch,
@@ -190,7 +190,7 @@ impl Relay {
     async fn failed(
         &self,
         client: &mut TcpStream,
-        call: Call<'_>,
+        call: Call,
         e: ForwardError,
         start: Instant,
         close: bool,
