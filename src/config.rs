@@ -293,6 +293,23 @@ impl Default for HealthConfig {
     }
 }
 
+impl Config {
+    /// Said at start (and by `check-config`) when nothing can tell the gateway which WABA a
+    /// phone number belongs to: no `[[accounts]]`, no webhook secret, no way to read
+    /// Health Status.
+    pub fn protection_warning(&self) -> Option<&'static str> {
+        let token = self
+            .health
+            .access_token
+            .as_ref()
+            .is_some_and(|t| !t.expose().is_empty());
+        let can_read = self.discovery.health_reads && (token || self.discovery.use_caller_token);
+        (self.accounts.is_empty() && self.webhook.app_secret.is_empty() && !can_read).then_some(
+            "sends are forwarded but not protected by WABA: no [[accounts]], no webhook.app_secret and no health.access_token, so no phone number's WABA can be known — a blocked number stops only after its own first 368, and the WABA's other numbers keep sending. Fix: set webhook.app_secret (learns from Meta's webhooks), health.access_token (or discovery.use_caller_token = true), or list [[accounts]]",
+        )
+    }
+}
+
 /// `[discovery]`: learning which WABA owns a phone number that `[[accounts]]` does not list.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -476,7 +493,10 @@ impl Config {
             return Err(invalid("discovery.max_learned", "must be at least 100"));
         }
         if self.discovery.retry_after.is_zero() {
-            return Err(invalid("discovery.retry_after", "must be greater than zero"));
+            return Err(invalid(
+                "discovery.retry_after",
+                "must be greater than zero",
+            ));
         }
         if self.max_circuits < 100 {
             return Err(invalid("max_circuits", "must be at least 100"));

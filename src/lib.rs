@@ -77,6 +77,12 @@ pub enum RunError {
     NotDurable(usize),
 }
 
+/// For `check-config`: phone numbers learned or operator-set in the state store under
+/// `state_dir` (`None`: no store yet). Fails when the store is in use or unreadable.
+pub fn count_learned(state_dir: &std::path::Path) -> Result<Option<usize>, store::StoreError> {
+    store::embedded::count_learned(state_dir)
+}
+
 /// A name for this replica, used to break ordering ties between replicas.
 fn replica_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
@@ -102,9 +108,9 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 
     // 3. What every worker shares: the policy core, the upstream, its limit, the signals.
     let target = Target::new(&cfg)?;
-    let policy = Arc::new(Policy::new(&cfg, table.clone()));
-    let limiter = Arc::new(Limiter::new(cfg.upstream_concurrency));
     let signals = signals::start(&cfg, &target, table.clone());
+    let policy = Arc::new(Policy::new(&cfg, table.clone()).with_discovery(signals.discovery()));
+    let limiter = Arc::new(Limiter::new(cfg.upstream_concurrency));
     let webhook = Arc::new(signals::webhook::Webhook::new(
         &cfg,
         table.clone(),
@@ -151,12 +157,21 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         cfg.drain_timeout,
     ));
     ready.store(true, Ordering::Release);
+    if let Some(w) = cfg.protection_warning() {
+        if table.directory().counts().1 == 0 {
+            tracing::warn!("{w}");
+        }
+    }
+    let (configured, learned) = table.directory().counts();
     tracing::info!(
         listen = %cfg.listen,
         admin_listen = %cfg.admin_listen,
         upstream = %cfg.upstream,
         mode = ?cfg.mode,
         accounts = cfg.accounts.len(),
+        phone_numbers_configured = configured,
+        phone_numbers_learned = learned,
+        discovery = signals.discovery().is_some(),
         workers,
         pinned = pins.iter().any(Option::is_some),
         fast_path = cfg.fast_path,

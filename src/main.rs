@@ -55,7 +55,19 @@ fn main() -> ExitCode {
     };
     if let Some(Command::CheckConfig) = cli.command {
         print!("{}", cfg.to_masked_toml());
-        eprintln!("wa-breaker: config OK");
+        let phones: usize = cfg.accounts.iter().map(|a| a.phone_number_ids.len()).sum();
+        let learned = match wa_breaker::count_learned(&cfg.state_dir) {
+            Ok(Some(n)) => format!("{n} learned or operator-set in {}", cfg.state_dir.display()),
+            Ok(None) => "none learned yet (no state store)".to_string(),
+            Err(e) => format!("learned: unknown ({})", wa_breaker::error_chain(&e)),
+        };
+        eprintln!(
+            "wa-breaker: config OK: {} WABAs with {phones} phone numbers configured; {learned}",
+            cfg.accounts.len()
+        );
+        if let Some(w) = cfg.protection_warning() {
+            eprintln!("wa-breaker: warning: {w}");
+        }
         return ExitCode::SUCCESS;
     }
     cfg.move_aside_corrupt_state = cli.move_aside_corrupt_state;

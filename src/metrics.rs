@@ -40,6 +40,12 @@ pub struct Metrics {
     pub store_commit_failures: IntCounter,
     /// Signal events that changed nothing, by why (`unknown_waba`, `over_cap`, `clamped_time`).
     pub events_ignored: IntCounterVec,
+    /// Phone → WABA mappings learned or set, by source (`webhook`, `health`, `admin`).
+    pub mappings_learned: IntCounterVec,
+    /// Phone numbers whose WABA is known, by kind (`configured`, `learned`).
+    pub phone_numbers_known: IntGaugeVec,
+    /// Discovery's Health Status reads of unmapped phone numbers, by result.
+    pub discovery_lookups: IntCounterVec,
 }
 
 /// The process-wide metrics.
@@ -141,6 +147,46 @@ impl Metrics {
         for r in ["unknown_waba", "over_cap"] {
             events_ignored.with_label_values(&[r]);
         }
+        let mappings_learned = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_mappings_learned_total",
+                "Phone number to WABA mappings learned or set, by source",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
+        for r in ["webhook", "health", "admin"] {
+            mappings_learned.with_label_values(&[r]);
+        }
+        let phone_numbers_known = IntGaugeVec::new(
+            Opts::new(
+                "wa_breaker_phone_numbers_known",
+                "Phone numbers whose WABA is known (configured, or learned/set at run time)",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        for r in ["configured", "learned"] {
+            phone_numbers_known.with_label_values(&[r]);
+        }
+        let discovery_lookups = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_discovery_lookups_total",
+                "Health Status reads of phone numbers whose WABA is not known, by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for r in [
+            "learned",
+            "not_found",
+            "error",
+            "auth_error",
+            "no_token",
+            "dropped",
+        ] {
+            discovery_lookups.with_label_values(&[r]);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new("wa_breaker_build_info", "Build information"),
             &["version"],
@@ -163,6 +209,9 @@ impl Metrics {
             Box::new(store_durable.clone()),
             Box::new(store_commit_failures.clone()),
             Box::new(events_ignored.clone()),
+            Box::new(mappings_learned.clone()),
+            Box::new(phone_numbers_known.clone()),
+            Box::new(discovery_lookups.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -194,6 +243,9 @@ impl Metrics {
             store_durable,
             store_commit_failures,
             events_ignored,
+            mappings_learned,
+            phone_numbers_known,
+            discovery_lookups,
         }
     }
 

@@ -65,6 +65,9 @@ pub struct MappingNotice {
     pub origin: Origin,
     /// Table-wide sequence number (shared with circuit notices).
     pub seq: u64,
+    /// The record was dropped (an old tombstone, or a learned entry over
+    /// `discovery.max_learned`): stores delete it.
+    pub removed: bool,
 }
 
 /// What keeps the table bounded and its times honest.
@@ -223,15 +226,9 @@ impl Table {
             Set::Recorded { moved } => moved,
             Set::Unchanged => return None,
         };
-        let seq = self.next_seq();
-        if let Ok(listeners) = self.mapping_listeners.read() {
-            for l in listeners.iter() {
-                let _ = l.send(MappingNotice {
-                    mapping: m.clone(),
-                    origin,
-                    seq,
-                });
-            }
+        let seq = self.notify_mapping(&m, origin, false);
+        for gone in self.directory.take_evicted() {
+            self.notify_mapping(&gone, Origin::Local, true);
         }
         if moved {
             if let Some(r) = self.directory.resolve(&phone) {
@@ -239,6 +236,30 @@ impl Table {
             }
         }
         Some(seq)
+    }
+
+    fn notify_mapping(&self, m: &Mapping, origin: Origin, removed: bool) -> u64 {
+        let seq = self.next_seq();
+        let (configured, learned) = self.directory.counts();
+        METRICS
+            .phone_numbers_known
+            .with_label_values(&["configured"])
+            .set(configured as i64);
+        METRICS
+            .phone_numbers_known
+            .with_label_values(&["learned"])
+            .set(learned as i64);
+        if let Ok(listeners) = self.mapping_listeners.read() {
+            for l in listeners.iter() {
+                let _ = l.send(MappingNotice {
+                    mapping: m.clone(),
+                    origin,
+                    seq,
+                    removed,
+                });
+            }
+        }
+        seq
     }
 
     /// A phone number's circuit, opened by an account-level code while its WABA was not
@@ -250,7 +271,9 @@ impl Table {
         };
         if !pc.is_open()
             || !pc.waba_id.is_empty()
-            || !pc.code.is_some_and(|c| self.limits.widen_codes.contains(&c))
+            || !pc
+                .code
+                .is_some_and(|c| self.limits.widen_codes.contains(&c))
         {
             return;
         }
@@ -629,6 +652,12 @@ impl Table {
                 let seq = self.next_seq();
                 forget_series(&c);
                 self.notify(&c, Origin::Local, seq, false, true);
+            }
+        }
+        // Removals of phone → WABA mappings are remembered as long as closed records.
+        if let Some(before) = now.checked_sub_signed(ttl) {
+            for m in self.directory.prune_tombstones(before) {
+                self.notify_mapping(&m, Origin::Local, true);
             }
         }
         if dropped > 0 {

@@ -90,6 +90,28 @@ impl ChangeItem {
     }
 }
 
+/// Field of message and status notifications (carries `value.metadata.phone_number_id`).
+pub const FIELD_MESSAGES: &str = "messages";
+/// Field of account alerts (may name a `PHONE_NUMBER` entity).
+pub const FIELD_ACCOUNT_ALERTS: &str = "account_alerts";
+
+/// The phone-number id that `change` of a WABA's `entry` says belongs to that WABA: the
+/// `messages` field's `value.metadata.phone_number_id`, or an `account_alerts` change about a
+/// `PHONE_NUMBER` entity (`value.entity_id`). Only numeric ids are returned.
+pub fn phone_of(change: &ChangeItem) -> Option<&str> {
+    let v = &change.value;
+    let id = match change.field.as_str() {
+        FIELD_MESSAGES => v.get("metadata")?.get("phone_number_id")?.as_str()?,
+        FIELD_ACCOUNT_ALERTS
+            if v.get("entity_type").and_then(Value::as_str) == Some("PHONE_NUMBER") =>
+        {
+            v.get("entity_id")?.as_str()?
+        }
+        _ => return None,
+    };
+    (!id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_digit())).then_some(id)
+}
+
 /// Parses a webhook body. Errors only when it is not a JSON object with an `entry` array.
 pub fn parse(body: &[u8]) -> Result<Envelope, ParseError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string()))?;

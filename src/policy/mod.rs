@@ -29,11 +29,11 @@ use chrono::{DateTime, Utc};
 use http::Method;
 
 use crate::circuit::{Action, Change, Evidence, Scope, Source, Table};
+pub use crate::circuit::{Id, Resolved};
 use crate::config::{Config, Mode};
 use crate::graph::envelope;
 use crate::graph::route::{self, Kind};
 use crate::metrics::METRICS;
-pub use crate::circuit::{Id, Resolved};
 pub use reply::Reply;
 
 /// Graph error code of a policy block ("temporarily blocked for policies violations").
@@ -163,6 +163,8 @@ pub struct Policy {
     webhook_path: String,
     /// A late acknowledgement was logged and none has been on time since.
     ack_late_logged: AtomicBool,
+    /// Where sends of unmapped phone numbers are reported (see [`Policy::discover`]).
+    discovery: Option<crate::signals::discovery::Hints>,
 }
 
 impl Policy {
@@ -175,7 +177,33 @@ impl Policy {
             classify_limit: cfg.classify_body_limit,
             webhook_path: cfg.webhook.path.clone(),
             ack_late_logged: AtomicBool::new(false),
+            discovery: None,
         }
+    }
+
+    /// With discovery: sends of unmapped phone numbers are reported to it.
+    pub fn with_discovery(mut self, hints: Option<crate::signals::discovery::Hints>) -> Policy {
+        self.discovery = hints;
+        self
+    }
+
+    /// Route step, after [`Policy::route`]: a send whose phone number's WABA is not known is
+    /// reported to discovery (a non-blocking queue push). `authorization` gives the send's
+    /// `Authorization` header; it is called only when `discovery.use_caller_token` is set.
+    #[inline]
+    pub fn discover<'a>(&self, call: Call, authorization: impl FnOnce() -> Option<&'a [u8]>) {
+        if !call.unmapped_send() {
+            return;
+        }
+        let (Some(d), Some(phone)) = (&self.discovery, call.phone) else {
+            return;
+        };
+        let auth = if d.wants_caller_token() {
+            authorization()
+        } else {
+            None
+        };
+        d.hint(phone, auth);
     }
 
     /// The circuit table the policy reads.
@@ -219,8 +247,12 @@ impl Policy {
         let mut judge = |guard: &crate::circuit::OpenGuard| -> Admit<R> {
             let in_scope = match (guard.scope, body) {
                 (Scope::AllSends, _) => Some(true),
-                (Scope::BusinessInitiated, Body::Read(b)) => Some(b.len() <= limit && is_template(b)),
-                (Scope::BusinessInitiated, Body::Unread(Some(n))) if n > limit as u64 => Some(false),
+                (Scope::BusinessInitiated, Body::Read(b)) => {
+                    Some(b.len() <= limit && is_template(b))
+                }
+                (Scope::BusinessInitiated, Body::Unread(Some(n))) if n > limit as u64 => {
+                    Some(false)
+                }
                 (Scope::BusinessInitiated, Body::Unread(_)) => None,
             };
             match (in_scope, local.take()) {

@@ -77,7 +77,14 @@ impl hyper::service::Service<Request<Incoming>> for Edge {
                     fut: Box::pin(async move { wh.handle(req).await }),
                 };
             }
-            Route::Graph(call) => Target(call),
+            Route::Graph(call) => {
+                self.policy.discover(call, || {
+                    req.headers()
+                        .get(http::header::AUTHORIZATION)
+                        .map(|v| v.as_bytes())
+                });
+                Target(call)
+            }
         };
         let mut req = req.map(Body::stream);
         req.extensions_mut().insert(target);

@@ -113,7 +113,15 @@ impl Relay {
                                 std::str::from_utf8(&buf[head.path.0..head.path.1]).unwrap_or("");
                             match shared.policy.route(&head.method, path) {
                                 Route::Webhook => return handoff(stream, buf).await,
-                                Route::Graph(call) => break (head, call),
+                                Route::Graph(call) => {
+                                    shared.policy.discover(call, || {
+                                        request::header_value(
+                                            &buf[..head.head_len],
+                                            b"authorization",
+                                        )
+                                    });
+                                    break (head, call);
+                                }
                             }
                         }
                     }

@@ -94,37 +94,47 @@ impl HealthChecker {
             return PollOutcome::Error("poller is shutting down".into());
         };
         let uri = format!("{}{waba_id}?fields=health_status", self.base);
-        let Ok(mut auth) = HeaderValue::from_str(&format!("Bearer {}", self.token.expose())) else {
-            return PollOutcome::Error("health.access_token is not a valid header value".into());
-        };
-        auth.set_sensitive(true);
-        let req = match Request::get(uri.as_str())
-            .header(header::AUTHORIZATION, auth)
-            .header(header::ACCEPT, "application/json")
-            .header(
-                header::USER_AGENT,
-                concat!("wa-breaker/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Body::empty())
-        {
-            Ok(r) => r,
-            Err(e) => return PollOutcome::Error(format!("bad health URL {uri}: {e}")),
-        };
-        let fetch = async {
-            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let body = Limited::new(resp.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the answer: {e}"))?
-                .to_bytes();
-            Ok::<(StatusCode, Bytes), String>((status, body))
-        };
-        match tokio::time::timeout(self.timeout, fetch).await {
-            Err(_) => PollOutcome::Error(format!("no answer within {:?}", self.timeout)),
-            Ok(Err(e)) => PollOutcome::Error(e),
-            Ok(Ok((status, body))) => classify(waba_id, status, &body),
+        match fetch(&self.client, &uri, &self.token, self.timeout).await {
+            Err(e) => PollOutcome::Error(e),
+            Ok((status, body)) => classify(waba_id, status, &body),
         }
+    }
+}
+
+/// One Health Status `GET` of `uri` with `token` (marked sensitive: never logged), its body
+/// capped at [`MAX_ANSWER`], all within `timeout`. Errors never contain the token.
+pub async fn fetch(
+    client: &HttpClient,
+    uri: &str,
+    token: &Secret,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), String> {
+    let Ok(mut auth) = HeaderValue::from_str(&format!("Bearer {}", token.expose())) else {
+        return Err("the token is not a valid header value".into());
+    };
+    auth.set_sensitive(true);
+    let req = Request::get(uri)
+        .header(header::AUTHORIZATION, auth)
+        .header(header::ACCEPT, "application/json")
+        .header(
+            header::USER_AGENT,
+            concat!("wa-breaker/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Body::empty())
+        .map_err(|e| format!("bad health URL {uri}: {e}"))?;
+    let fetch = async {
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        Ok::<(StatusCode, Bytes), String>((status, body))
+    };
+    match tokio::time::timeout(timeout, fetch).await {
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+        Ok(r) => r,
     }
 }
 

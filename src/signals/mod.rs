@@ -10,6 +10,7 @@
 //! decision stands until an operator, a webhook or its `until` ends it. Circuits loaded from the store before start are scanned
 //! first, so a restriction whose end passed while the gateway was down expires at once.
 
+pub mod discovery;
 pub mod expiry;
 pub mod health;
 pub mod webhook;
@@ -28,12 +29,18 @@ use health::HealthChecker;
 /// The running signal tasks, and what the webhook receiver shares with them.
 pub struct Signals {
     health: Option<Arc<HealthChecker>>,
+    discovery: Option<discovery::Hints>,
 }
 
 impl Signals {
     /// The Health Status checker (with its global concurrency limit), when a token is set.
     pub fn health(&self) -> Option<Arc<HealthChecker>> {
         self.health.clone()
+    }
+
+    /// The hot path's handle on discovery, when it runs.
+    pub fn discovery(&self) -> Option<discovery::Hints> {
+        self.discovery.clone()
     }
 }
 
@@ -44,6 +51,7 @@ pub fn start(cfg: &Config, target: &Target, table: Arc<Table>) -> Signals {
     if checker.is_none() {
         tracing::info!("no health.access_token: Health Status polling is off (webhooks, expiry and operators still close circuits)");
     }
+    let discovery = discovery::start(cfg, target, table.clone());
     let mut rx = table.subscribe();
     let initial = table.list();
     let mut watchers = Watchers {
@@ -61,7 +69,10 @@ pub fn start(cfg: &Config, target: &Target, table: Arc<Table>) -> Signals {
             watchers.update(&notice.circuit);
         }
     });
-    Signals { health: checker }
+    Signals {
+        health: checker,
+        discovery,
+    }
 }
 
 /// A spawned task, aborted when dropped.

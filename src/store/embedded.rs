@@ -1,5 +1,7 @@
-//! The embedded store: one redb file under `state_dir`, one table (WABA id → circuit JSON),
-//! written by one task that coalesces bursts into one durable transaction.
+//! The embedded store: one redb file under `state_dir` with two tables — `circuits`
+//! (circuit key → circuit JSON) and `accounts` (phone-number id → learned or operator
+//! mapping JSON, removals kept as records without a WABA) — written by one task that
+//! coalesces bursts into one durable transaction.
 
 use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -13,7 +15,7 @@ use redb::{
 use tokio::sync::{mpsc, watch};
 
 use super::{backoff_delay, StoreError};
-use crate::circuit::{Circuit, Notice, Table};
+use crate::circuit::{Circuit, Mapping, MappingNotice, Notice, Table};
 use crate::metrics::METRICS;
 use crate::upstream::BoxError;
 
@@ -21,6 +23,16 @@ use crate::upstream::BoxError;
 pub const FILE_NAME: &str = "circuits.redb";
 
 const CIRCUITS: TableDefinition<&str, &str> = TableDefinition::new("circuits");
+const ACCOUNTS: TableDefinition<&str, &str> = TableDefinition::new("accounts");
+
+/// What a store file holds.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Every circuit record.
+    pub circuits: Vec<Circuit>,
+    /// Every phone → WABA record other than the configuration's.
+    pub mappings: Vec<Mapping>,
+}
 
 /// Page cache redb may use; the whole state is a few kilobytes per WABA.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -46,7 +58,7 @@ fn reason(s: impl Into<String>) -> BoxError {
 
 /// Opens (creating when missing) the store under `state_dir` and reads every circuit.
 /// Blocking: run on a blocking thread.
-pub fn open(state_dir: &Path, move_aside: bool) -> Result<(Database, Vec<Circuit>), StoreError> {
+pub fn open(state_dir: &Path, move_aside: bool) -> Result<(Database, Loaded), StoreError> {
     std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {
         path: state_dir.display().to_string(),
         source,
@@ -76,6 +88,25 @@ pub fn open(state_dir: &Path, move_aside: bool) -> Result<(Database, Vec<Circuit
         }
         Err(f) => Err(failure_to_error(f, &shown)),
     }
+}
+
+/// For `check-config`: how many phone numbers the store under `state_dir` has learned (or
+/// been given by operators), read without creating anything. `Ok(None)` when there is no
+/// store yet.
+pub fn count_learned(state_dir: &Path) -> Result<Option<usize>, StoreError> {
+    let path = state_dir.join(FILE_NAME);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let shown = path.display().to_string();
+    let (_db, loaded) = open_and_load(&path).map_err(|f| failure_to_error(f, &shown))?;
+    Ok(Some(
+        loaded
+            .mappings
+            .iter()
+            .filter(|m| m.waba_id.is_some())
+            .count(),
+    ))
 }
 
 fn failure_to_error(f: Failure, path: &str) -> StoreError {
@@ -110,7 +141,7 @@ fn aside_path(path: &Path) -> PathBuf {
     candidate
 }
 
-fn open_and_load(path: &Path) -> Result<(Database, Vec<Circuit>), Failure> {
+fn open_and_load(path: &Path) -> Result<(Database, Loaded), Failure> {
     // redb takes an empty file for a new store; ours never is one (it is created, with its
     // header, by the first open): an empty file is what a failed copy or a disk that filled
     // at the wrong moment leaves, and starting empty from it would forget every block.
@@ -173,8 +204,37 @@ fn classify(e: DatabaseError) -> Failure {
     }
 }
 
-fn load(db: &Database) -> Result<Vec<Circuit>, String> {
+fn load(db: &Database) -> Result<Loaded, String> {
     let rtx = db.begin_read().map_err(|e| e.to_string())?;
+    let circuits = load_circuits(&rtx)?;
+    let mappings = load_mappings(&rtx)?;
+    Ok(Loaded { circuits, mappings })
+}
+
+fn load_mappings(rtx: &redb::ReadTransaction) -> Result<Vec<Mapping>, String> {
+    let table = match rtx.open_table(ACCOUNTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut out = Vec::new();
+    for row in table.iter().map_err(|e| e.to_string())? {
+        let (k, v) = row.map_err(|e| e.to_string())?;
+        let m: Mapping = serde_json::from_str(v.value())
+            .map_err(|e| format!("account record {:?} is not a mapping: {e}", k.value()))?;
+        if m.phone_number_id != k.value() {
+            return Err(format!(
+                "account record {:?} holds the mapping of phone number {:?}",
+                k.value(),
+                m.phone_number_id
+            ));
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+fn load_circuits(rtx: &redb::ReadTransaction) -> Result<Vec<Circuit>, String> {
     let table = match rtx.open_table(CIRCUITS) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -197,13 +257,25 @@ fn load(db: &Database) -> Result<Vec<Circuit>, String> {
     Ok(out)
 }
 
-/// Writes one batch in one durable (fsync'd) transaction: `Some(json)` stores a circuit,
+/// Which table a record goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Tab {
+    Circuits,
+    Accounts,
+}
+
+/// Writes one batch in one durable (fsync'd) transaction: `Some(json)` stores a record,
 /// `None` deletes it.
-fn write(db: &Database, batch: &[(String, Option<String>)]) -> Result<(), redb::Error> {
+fn write(db: &Database, batch: &[((Tab, String), Option<String>)]) -> Result<(), redb::Error> {
     let wtx = db.begin_write()?;
     {
-        let mut t = wtx.open_table(CIRCUITS)?;
-        for (k, v) in batch {
+        let mut circuits = wtx.open_table(CIRCUITS)?;
+        let mut accounts = wtx.open_table(ACCOUNTS)?;
+        for ((tab, k), v) in batch {
+            let t = match tab {
+                Tab::Circuits => &mut circuits,
+                Tab::Accounts => &mut accounts,
+            };
             match v {
                 Some(v) => {
                     t.insert(k.as_str(), v.as_str())?;
@@ -238,20 +310,43 @@ impl Durable {
     }
 }
 
-/// Adds a change to the batch: the latest per WABA wins (`None`: the circuit was dropped).
-fn take(n: Notice, pending: &mut Pending, seqs: &mut Vec<u64>) {
-    seqs.push(n.seq);
-    let id = n.circuit.key();
-    match pending.get(&id) {
-        Some((s, _)) if *s > n.seq => {}
+/// A change the writer receives.
+enum Change {
+    Circuit(Notice),
+    Mapping(MappingNotice),
+}
+
+/// Adds a change to the batch: the latest per record wins (`None`: the record was dropped).
+fn take(change: Change, pending: &mut Pending, seqs: &mut Vec<u64>) {
+    let (key, seq, json) = match change {
+        Change::Circuit(n) => {
+            let json = (!n.removed).then(|| serde_json::to_string(&n.circuit));
+            ((Tab::Circuits, n.circuit.key()), n.seq, json)
+        }
+        Change::Mapping(n) => {
+            let json = (!n.removed).then(|| serde_json::to_string(&n.mapping));
+            ((Tab::Accounts, n.mapping.phone_number_id), n.seq, json)
+        }
+    };
+    seqs.push(seq);
+    let json = match json.transpose() {
+        Ok(j) => j,
+        Err(e) => {
+            // Cannot happen for these types; the change stays in memory only.
+            tracing::error!(key = %key.1, error = %e, "cannot encode a state record");
+            return;
+        }
+    };
+    match pending.get(&key) {
+        Some((s, _)) if *s > seq => {}
         _ => {
-            pending.insert(id, (n.seq, (!n.removed).then_some(n.circuit)));
+            pending.insert(key, (seq, json));
         }
     }
 }
 
-/// Circuits changed since the last good commit, by WABA: the latest seen and its state.
-type Pending = HashMap<String, (u64, Option<Circuit>)>;
+/// Records changed since the last good commit: the latest seen and its JSON.
+type Pending = HashMap<(Tab, String), (u64, Option<String>)>;
 
 /// How the writer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,6 +372,7 @@ pub async fn writer(
     path: String,
     table: Arc<Table>,
     mut rx: mpsc::UnboundedReceiver<Notice>,
+    mut mappings: mpsc::UnboundedReceiver<MappingNotice>,
     base: u64,
     mut shutdown: watch::Receiver<bool>,
 ) -> Ended {
@@ -299,26 +395,27 @@ pub async fn writer(
             }
             tokio::select! {
                 n = rx.recv() => match n {
-                    Some(n) => take(n, &mut pending, &mut seqs),
+                    Some(n) => take(Change::Circuit(n), &mut pending, &mut seqs),
                     None => stopping = true,
                 },
+                Some(n) = mappings.recv() => take(Change::Mapping(n), &mut pending, &mut seqs),
                 _ = shutdown.changed() => stopping = true,
             }
         }
         // Coalesce: everything queued right now goes into this transaction.
         while let Ok(n) = rx.try_recv() {
-            take(n, &mut pending, &mut seqs);
+            take(Change::Circuit(n), &mut pending, &mut seqs);
+        }
+        while let Ok(n) = mappings.try_recv() {
+            take(Change::Mapping(n), &mut pending, &mut seqs);
         }
         if seqs.is_empty() {
             continue;
         }
-        let mut batch = Vec::with_capacity(pending.len());
-        for (waba, (_, c)) in &pending {
-            match c.as_ref().map(serde_json::to_string).transpose() {
-                Ok(json) => batch.push((waba.clone(), json)),
-                Err(e) => tracing::error!(waba_id = %waba, error = %e, "cannot encode circuit"),
-            }
-        }
+        let batch: Vec<((Tab, String), Option<String>)> = pending
+            .iter()
+            .map(|(k, (_, json))| (k.clone(), json.clone()))
+            .collect();
         let started = Instant::now();
         let handle = db.clone();
         let reopen = file.clone();
@@ -430,7 +527,7 @@ mod tests {
         assert!(text.contains(&file.display().to_string()), "{text}");
         assert!(matches!(err, StoreError::Corrupt { .. }), "{text}");
         let (_db, loaded) = open(dir.path(), true).expect("moved aside");
-        assert!(loaded.is_empty());
+        assert!(loaded.circuits.is_empty());
         let names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -447,12 +544,33 @@ mod tests {
     fn round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let (db, loaded) = open(dir.path(), false).unwrap();
-        assert!(loaded.is_empty());
+        assert!(loaded.circuits.is_empty());
         let c = Circuit::new("102290129340398", chrono::Utc::now());
-        write(&db, &[(c.key(), Some(serde_json::to_string(&c).unwrap()))]).unwrap();
+        let m = Mapping {
+            phone_number_id: "106540352242922".into(),
+            waba_id: Some("102290129340398".into()),
+            source: crate::circuit::MappingSource::Webhook,
+            updated_at: chrono::Utc::now(),
+            origin: "a".into(),
+        };
+        write(
+            &db,
+            &[
+                (
+                    (Tab::Circuits, c.key()),
+                    Some(serde_json::to_string(&c).unwrap()),
+                ),
+                (
+                    (Tab::Accounts, m.phone_number_id.clone()),
+                    Some(serde_json::to_string(&m).unwrap()),
+                ),
+            ],
+        )
+        .unwrap();
         drop(db);
         let (_db, loaded) = open(dir.path(), false).unwrap();
-        assert_eq!(loaded, vec![c]);
+        assert_eq!(loaded.circuits, vec![c]);
+        assert_eq!(loaded.mappings, vec![m]);
     }
 
     #[test]

@@ -112,29 +112,46 @@ pub async fn start(cfg: &Config, table: Arc<Table>) -> Result<StoreHandle, Store
     let dir = std::path::absolute(&cfg.state_dir).unwrap_or_else(|_| cfg.state_dir.clone());
     let path = dir.join(embedded::FILE_NAME).display().to_string();
     let move_aside = cfg.move_aside_corrupt_state;
-    let (db, circuits) = tokio::task::spawn_blocking(move || embedded::open(&dir, move_aside))
+    let (db, loaded) = tokio::task::spawn_blocking(move || embedded::open(&dir, move_aside))
         .await
         .map_err(|e| StoreError::Open {
             path: path.clone(),
             source: Box::new(e),
         })??;
-    let open = circuits.iter().filter(|c| c.is_open()).count();
-    let total = circuits.len();
+    let open = loaded.circuits.iter().filter(|c| c.is_open()).count();
+    let total = loaded.circuits.len();
+    let records = loaded.mappings.len();
     // Past-due `until`s stay open here: the expiry task closes them right after start.
-    for c in circuits {
+    for c in loaded.circuits {
         table.merge(c);
     }
-    tracing::info!(path = %path, circuits = total, open, "circuit state loaded");
+    // Then mappings: a phone number's open circuit whose WABA is known (a widening a crash
+    // cut short) widens now.
+    for m in loaded.mappings {
+        table.merge_mapping(m);
+    }
+    let (configured, learned) = table.directory().counts();
+    tracing::info!(
+        path = %path,
+        circuits = total,
+        open,
+        phone_numbers_configured = configured,
+        phone_numbers_learned = learned,
+        account_records = records,
+        "circuit state loaded"
+    );
 
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let rx = table.subscribe();
+    let mappings = table.subscribe_mappings();
     let base = table.last_seq();
     let embedded = tokio::spawn(embedded::writer(
         db,
         path,
         table.clone(),
         rx,
+        mappings,
         base,
         stop_rx.clone(),
     ));
@@ -152,7 +169,11 @@ pub async fn start(cfg: &Config, table: Arc<Table>) -> Result<StoreHandle, Store
         )
         .map_err(StoreError::Redis)?;
         let notices = table.subscribe();
-        tasks.push(("redis", tokio::spawn(replica.run(notices, stop_rx))));
+        let mappings = table.subscribe_mappings();
+        tasks.push((
+            "redis",
+            tokio::spawn(replica.run(notices, mappings, stop_rx)),
+        ));
         // Serve with Redis's state when it answers; never wait long when it does not.
         let first = tokio::time::timeout(
             REDIS_START_WAIT,

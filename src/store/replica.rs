@@ -14,8 +14,8 @@ use redis::{Client, Msg, RedisError};
 use tokio::sync::{mpsc, watch};
 
 use super::backoff_delay;
-use super::rules::{encode, ttl_for, worth_restoring, Layout, Ttl, CAS_SCRIPT};
-use crate::circuit::{newer, Circuit, Notice, Origin, Table};
+use super::rules::{encode, encode_mapping, ttl_for, worth_restoring, Layout, Ttl, CAS_SCRIPT};
+use crate::circuit::{newer, Circuit, Mapping, MappingNotice, Notice, Origin, Table};
 use crate::metrics::METRICS;
 
 /// Connect and command timeouts: short, the hot path never waits on them anyway.
@@ -87,6 +87,7 @@ impl Replica {
     pub async fn run(
         self,
         mut notices: mpsc::UnboundedReceiver<Notice>,
+        mut mappings: mpsc::UnboundedReceiver<MappingNotice>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         METRICS.redis_connected.set(0);
@@ -102,6 +103,7 @@ impl Replica {
             let end = self
                 .session(
                     &mut notices,
+                    &mut mappings,
                     &mut shutdown,
                     &mut away,
                     &mut ever_up,
@@ -143,6 +145,7 @@ impl Replica {
                 tokio::select! {
                     _ = &mut wake => break,
                     n = notices.recv() => if n.is_none() { return },
+                    Some(_) = mappings.recv() => {}
                     _ = shutdown.changed() => return,
                 }
             }
@@ -152,6 +155,7 @@ impl Replica {
     async fn session(
         &self,
         notices: &mut mpsc::UnboundedReceiver<Notice>,
+        mappings: &mut mpsc::UnboundedReceiver<MappingNotice>,
         shutdown: &mut watch::Receiver<bool>,
         away: &mut Option<Instant>,
         ever_up: &mut bool,
@@ -172,7 +176,8 @@ impl Replica {
             Err(_) => return End::Lost("connect (pub/sub): timed out".into()),
         };
         let (mut sink, mut stream) = pubsub.split();
-        match tokio::time::timeout(IO_TIMEOUT, sink.subscribe(self.layout.channel())).await {
+        let channels = [self.layout.channel(), self.layout.account_channel()];
+        match tokio::time::timeout(IO_TIMEOUT, sink.subscribe(&channels[..])).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return End::Lost(format!("subscribe: {e}")),
             Err(_) => return End::Lost("subscribe: timed out".into()),
@@ -202,6 +207,15 @@ impl Replica {
         }
         // Whatever is queued now is in the table already: the snapshot below covers it.
         while notices.try_recv().is_ok() {}
+        while mappings.try_recv().is_ok() {}
+        let accounts = match self.sync_mappings(&mut con, &sha).await {
+            Ok(n) => n,
+            Err(e) => return End::Lost(format!("reload (accounts): {e}")),
+        };
+        tracing::debug!(
+            account_keys = accounts,
+            "phone number mappings reloaded from redis"
+        );
         let now = chrono::Utc::now();
         let restore: Vec<Circuit> = self
             .table
@@ -251,6 +265,13 @@ impl Replica {
         loop {
             tokio::select! {
                 msg = stream.next() => match msg {
+                    Some(m) if m.get_channel_name() == self.layout.account_channel() => {
+                        if let Some(fix) = self.apply_remote_mapping(&m) {
+                            if let Err(e) = self.write_mappings(&mut con, &sha, &[fix]).await {
+                                return End::Lost(format!("write: {e}"));
+                            }
+                        }
+                    }
                     Some(m) => {
                         if let Some(fix) = self.apply_remote(&m) {
                             if let Err(e) = self.write(&mut con, &sha, &[fix]).await {
@@ -271,6 +292,16 @@ impl Replica {
                         return End::Lost(format!("write: {e}"));
                     }
                 }
+                Some(m) = mappings.recv() => {
+                    let mut batch = MappingBatch::default();
+                    batch.take(m);
+                    while let Ok(m) = mappings.try_recv() {
+                        batch.take(m);
+                    }
+                    if let Err(e) = self.write_mappings(&mut con, &sha, &batch.mappings()).await {
+                        return End::Lost(format!("write: {e}"));
+                    }
+                }
                 _ = ping.tick() => {
                     if let Err(e) = self.ping(&mut con, &mut sink).await {
                         return End::Lost(e);
@@ -280,6 +311,16 @@ impl Replica {
                     let mut batch = Batch::default();
                     while let Ok(n) = notices.try_recv() {
                         batch.take(n);
+                    }
+                    let mut mb = MappingBatch::default();
+                    while let Ok(m) = mappings.try_recv() {
+                        mb.take(m);
+                    }
+                    let mb = mb.mappings();
+                    if !mb.is_empty()
+                        && !matches!(tokio::time::timeout(FINAL_FLUSH, self.write_mappings(&mut con, &sha, &mb)).await, Ok(Ok(_)))
+                    {
+                        tracing::warn!(mappings = mb.len(), "last phone number mappings not written to redis at shutdown; the next start writes them back");
                     }
                     let circuits = batch.circuits();
                     if !circuits.is_empty() {
@@ -438,6 +479,184 @@ impl Replica {
 }
 
 /// Local changes queued since the last write: the latest circuit per WABA.
+impl Replica {
+    /// Reloads every mapping key, merges what is newer, and writes back the local records
+    /// Redis lacks or holds older (changes made while it was away). Returns the keys read.
+    async fn sync_mappings(
+        &self,
+        con: &mut ConnectionManager,
+        sha: &str,
+    ) -> Result<usize, RedisError> {
+        let keys = self.scan(con, self.layout.account_pattern()).await?;
+        let mut remote: HashMap<String, Mapping> = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(SCAN_COUNT) {
+            let values: Vec<Option<String>> =
+                redis::cmd("MGET").arg(chunk).query_async(con).await?;
+            for (key, value) in chunk.iter().zip(values) {
+                let (Some(value), Some(phone)) = (value, self.layout.phone_of(key)) else {
+                    continue;
+                };
+                match serde_json::from_str::<Mapping>(&value) {
+                    Ok(m) if m.phone_number_id == phone && valid_mapping(&m) => {
+                        remote.insert(m.phone_number_id.clone(), m);
+                    }
+                    Ok(_) => {
+                        tracing::warn!(key = %key, "ignoring a redis key whose mapping is for another or an invalid phone number")
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %key, error = %e, "ignoring a redis key that is not a phone number mapping")
+                    }
+                }
+            }
+        }
+        for m in remote.values() {
+            self.table.merge_mapping(m.clone());
+        }
+        let restore: Vec<Mapping> = self
+            .table
+            .directory()
+            .records()
+            .into_iter()
+            .filter(|m| {
+                remote
+                    .get(&m.phone_number_id)
+                    .is_none_or(|r| m.newer_than(r))
+            })
+            .filter(|m| {
+                m.waba_id.is_some()
+                    || m.updated_at
+                        + chrono::Duration::from_std(self.closed_ttl)
+                            .unwrap_or(chrono::Duration::MAX)
+                        > chrono::Utc::now()
+            })
+            .collect();
+        self.write_mappings(con, sha, &restore).await?;
+        Ok(keys.len())
+    }
+
+    async fn scan(
+        &self,
+        con: &mut ConnectionManager,
+        pattern: &str,
+    ) -> Result<Vec<String>, RedisError> {
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(con)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// A mapping another replica published: merged when newer; ours written back when the
+    /// published one is older than what we hold.
+    fn apply_remote_mapping(&self, msg: &Msg) -> Option<Mapping> {
+        let m = match serde_json::from_slice::<Mapping>(msg.get_payload_bytes()) {
+            Ok(m) if valid_mapping(&m) => m,
+            Ok(_) => {
+                tracing::warn!("ignoring a published mapping with an invalid id");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a published message that is not a phone number mapping");
+                return None;
+            }
+        };
+        if m.origin == self.table.origin() || self.table.merge_mapping(m.clone()) {
+            return None;
+        }
+        let local = self.table.directory().record(&m.phone_number_id)?;
+        local.newer_than(&m).then_some(local)
+    }
+
+    /// Writes mappings with the compare-and-set script (publishing on the accounts channel):
+    /// a live mapping has no TTL, a removal lives `redis_closed_ttl`.
+    async fn write_mappings(
+        &self,
+        con: &mut ConnectionManager,
+        sha: &str,
+        mappings: &[Mapping],
+    ) -> Result<usize, RedisError> {
+        if mappings.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        let mut n = 0;
+        for m in mappings {
+            let Ok((json, order)) = encode_mapping(m) else {
+                continue;
+            };
+            let ttl = if m.waba_id.is_some() {
+                0
+            } else {
+                self.closed_ttl.as_millis().max(1000) as u64
+            };
+            pipe.cmd("EVALSHA")
+                .arg(sha)
+                .arg(1)
+                .arg(self.layout.account_key(&m.phone_number_id))
+                .arg(json)
+                .arg(order)
+                .arg(self.layout.account_channel())
+                .arg(ttl);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let results: Vec<i64> = pipe.query_async(con).await?;
+        Ok(results.iter().filter(|r| **r == 1).count())
+    }
+}
+
+/// Ids of a mapping from Redis are checked like a circuit's: numeric, bounded.
+fn valid_mapping(m: &Mapping) -> bool {
+    crate::circuit::Id::new(&m.phone_number_id).is_some()
+        && m.waba_id
+            .as_deref()
+            .is_none_or(|w| crate::circuit::Id::new(w).is_some())
+}
+
+/// Local mapping changes waiting to be written, the latest per phone number.
+#[derive(Default)]
+struct MappingBatch {
+    latest: HashMap<String, (u64, Mapping)>,
+}
+
+impl MappingBatch {
+    fn take(&mut self, n: MappingNotice) {
+        // Remote ones came from Redis; dropped records (evicted, old removals) are not
+        // deleted there: removals expire by TTL, and learned entries stay shared.
+        if n.origin != Origin::Local || n.removed {
+            return;
+        }
+        let key = n.mapping.phone_number_id.clone();
+        match self.latest.get(&key) {
+            Some((s, _)) if *s > n.seq => {}
+            _ => {
+                self.latest.insert(key, (n.seq, n.mapping));
+            }
+        }
+    }
+
+    fn mappings(self) -> Vec<Mapping> {
+        self.latest.into_values().map(|(_, m)| m).collect()
+    }
+}
+
 #[derive(Default)]
 struct Batch {
     latest: HashMap<String, (u64, Circuit)>,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::circuit::{Circuit, State};
+use crate::circuit::{Circuit, Mapping, State};
 
 /// An open circuit with a known end keeps its Redis key this long past `until`.
 pub const UNTIL_GRACE: Duration = Duration::from_secs(3600);
@@ -16,12 +16,17 @@ const MIN_TTL: Duration = Duration::from_secs(1);
 /// Name of the JSON field holding [`order_key`] in a Redis value.
 pub const ORDER_FIELD: &str = "order_key";
 
-/// Keys and channel under a prefix: `{prefix}:circuit:{waba_id}` and `{prefix}:changes`.
+/// Keys and channels under a prefix: `{prefix}:circuit:{waba_id}` and `{prefix}:changes`
+/// for circuits, `{prefix}:account:{phone_number_id}` and `{prefix}:accounts` for phone →
+/// WABA mappings.
 #[derive(Clone, Debug)]
 pub struct Layout {
     key_prefix: String,
     channel: String,
     pattern: String,
+    account_prefix: String,
+    account_channel: String,
+    account_pattern: String,
 }
 
 impl Layout {
@@ -31,7 +36,30 @@ impl Layout {
             key_prefix: format!("{prefix}:circuit:"),
             channel: format!("{prefix}:changes"),
             pattern: format!("{}*", glob_escape(&format!("{prefix}:circuit:"))),
+            account_prefix: format!("{prefix}:account:"),
+            account_channel: format!("{prefix}:accounts"),
+            account_pattern: format!("{}*", glob_escape(&format!("{prefix}:account:"))),
         }
+    }
+
+    /// The key of one phone number's mapping.
+    pub fn account_key(&self, phone: &str) -> String {
+        format!("{}{phone}", self.account_prefix)
+    }
+
+    /// The phone-number id of a mapping key, if it is one.
+    pub fn phone_of<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(&self.account_prefix)
+    }
+
+    /// The channel mapping changes are published on.
+    pub fn account_channel(&self) -> &str {
+        &self.account_channel
+    }
+
+    /// The `SCAN … MATCH` pattern of every mapping key.
+    pub fn account_pattern(&self) -> &str {
+        &self.account_pattern
     }
 
     /// The key of one WABA's circuit.
@@ -82,6 +110,26 @@ pub fn order_key(c: &Circuit) -> String {
 pub fn encode(c: &Circuit) -> Result<(String, String), serde_json::Error> {
     let key = order_key(c);
     let mut v = serde_json::to_value(c)?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert(
+            ORDER_FIELD.to_string(),
+            serde_json::Value::String(key.clone()),
+        );
+    }
+    Ok((serde_json::to_string(&v)?, key))
+}
+
+/// The order key of a mapping, by [`crate::circuit::Mapping::newer_than`]: `(updated_at, origin)`.
+pub fn mapping_order_key(m: &Mapping) -> String {
+    let secs = (m.updated_at.timestamp() as u64) ^ (1u64 << 63);
+    let nanos = m.updated_at.timestamp_subsec_nanos();
+    format!("{secs:020}.{nanos:010}|{}", m.origin)
+}
+
+/// The Redis value of a mapping: its JSON plus [`ORDER_FIELD`], and its order key.
+pub fn encode_mapping(m: &Mapping) -> Result<(String, String), serde_json::Error> {
+    let key = mapping_order_key(m);
+    let mut v = serde_json::to_value(m)?;
     if let Some(obj) = v.as_object_mut() {
         obj.insert(
             ORDER_FIELD.to_string(),

@@ -322,6 +322,10 @@ struct Script {
     phone_queue: HashMap<String, VecDeque<Reply>>,
     paths: HashMap<String, Reply>,
     health: HashMap<String, HealthAnswer>,
+    /// Unscripted health nodes answer as phone numbers of this WABA (`health_for_any_phone`).
+    health_any_phone: Option<String>,
+    /// Requests are recorded (off for floods: `stop_recording`).
+    recording: bool,
     default_queue: VecDeque<Reply>,
     default: Reply,
 }
@@ -355,7 +359,9 @@ impl Shared {
         } else {
             choose(&mut s, &rec)
         };
-        s.requests.push(rec);
+        if s.recording {
+            s.requests.push(rec);
+        }
         reply
     }
 }
@@ -377,6 +383,10 @@ fn choose(s: &mut Script, rec: &Recorded) -> Reply {
             return match s.health.get(node) {
                 Some(HealthAnswer::Json(v)) => Reply::json(200, v),
                 Some(HealthAnswer::Reply(r)) => r.clone(),
+                None if s.health_any_phone.is_some() => {
+                    let waba = s.health_any_phone.clone().unwrap_or_default();
+                    Reply::json(200, &health_json_phone(node, &waba, "AVAILABLE"))
+                }
                 None => Reply::graph_error_full(
                     404,
                     100,
@@ -445,6 +455,8 @@ impl FakeCloud {
                 phone_queue: HashMap::new(),
                 paths: HashMap::new(),
                 health: HashMap::new(),
+                health_any_phone: None,
+                recording: true,
                 default_queue: VecDeque::new(),
                 default,
             }),
@@ -718,6 +730,18 @@ impl FakeCloud {
             .lock()
             .health
             .insert(node_id.to_string(), HealthAnswer::Reply(reply));
+    }
+
+    /// Every unscripted health node answers as a phone number of `waba_id` (AVAILABLE).
+    pub fn health_for_any_phone(&self, waba_id: &str) {
+        self.shared.lock().health_any_phone = Some(waba_id.to_string());
+    }
+
+    /// Stop recording requests (for floods; counts and `requests()` stop growing).
+    pub fn stop_recording(&self) {
+        let mut s = self.shared.lock();
+        s.recording = false;
+        s.requests = Vec::new();
     }
 
     /// Forget the node's health script (its health requests get 404 again).

@@ -252,6 +252,9 @@ impl Webhook {
         let mut last = None;
         for entry in &env.entries {
             for ch in &entry.changes {
+                if let Some(seq) = self.learn(entry, ch, now) {
+                    last = Some(last.map_or(seq, |l: u64| l.max(seq)));
+                }
                 let Some(step) = plan(entry, ch, now, self.violation_opens, has_token) else {
                     if ch.field == payload::FIELD_ACCOUNT_UPDATE {
                         tracing::info!(waba_id = %entry.id, event = ch.event_name(), "account_update event ignored (not about sending)");
@@ -276,6 +279,43 @@ impl Webhook {
             }
         }
         last
+    }
+}
+
+impl Webhook {
+    /// Learns which WABA owns a phone number from a verified delivery that names both (a
+    /// `messages` change's metadata, an `account_alerts` change about a phone number).
+    fn learn(
+        &self,
+        entry: &payload::Entry,
+        ch: &payload::ChangeItem,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<u64> {
+        let phone = payload::phone_of(ch)?;
+        if crate::circuit::Id::new(&entry.id).is_none() {
+            return None;
+        }
+        // Already known as this WABA's: nothing to write (the common case, one read).
+        if self
+            .table
+            .resolve(phone)
+            .is_some_and(|r| r.waba.as_str() == entry.id)
+        {
+            return None;
+        }
+        let seq = self.table.learn(crate::circuit::Mapping {
+            phone_number_id: phone.to_string(),
+            waba_id: Some(entry.id.clone()),
+            source: crate::circuit::MappingSource::Webhook,
+            updated_at: entry.event_time(ch, now).min(now),
+            origin: String::new(),
+        })?;
+        METRICS
+            .mappings_learned
+            .with_label_values(&["webhook"])
+            .inc();
+        tracing::info!(phone_number_id = phone, waba_id = %entry.id, field = %ch.field, "phone number's WABA learned from a webhook");
+        Some(seq)
     }
 }
 
