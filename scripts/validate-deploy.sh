@@ -173,13 +173,15 @@ CONFIG_KEYS = {
     "connect_timeout", "request_timeout", "drain_timeout", "upstream_concurrency",
     "workers", "classify_body_limit", "history_limit", "redis_closed_ttl", "redis_retry_max",
     "max_clock_skew", "max_circuits",
-    "webhook", "health", "accounts",
+    "webhook", "health", "discovery", "accounts",
 }
 TABLE_KEYS = {
     "webhook": {"path", "app_secret", "verify_token", "forward_url", "forward_timeout",
                 "max_body", "violation_opens"},
     "health": {"access_token", "interval", "jitter", "timeout", "max_backoff",
                "max_concurrent"},
+    "discovery": {"health_reads", "use_caller_token", "max_concurrent", "retry_after",
+                  "max_learned"},
 }
 ACCOUNT_KEYS = {"waba_id", "phone_number_ids"}
 SECRET_KEYS = {("admin_token",), ("redis_url",), ("webhook", "app_secret"),

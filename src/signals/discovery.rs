@@ -195,6 +195,10 @@ impl Task {
         let Some(token) = self.token.clone().or(h.token) else {
             // Caller-token mode, and this hint carries none (a circuit notice, or a send
             // without a bearer token): the next send with one asks.
+            METRICS
+                .discovery_lookups
+                .with_label_values(&["no_token"])
+                .inc();
             return;
         };
         if self.tried.len() >= self.cap && !self.tried.contains_key(&h.phone) {
