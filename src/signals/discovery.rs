@@ -149,7 +149,7 @@ struct Task {
 /// How a lookup ended.
 enum Found {
     Waba(Id),
-    NotFound(String),
+    Unknown(String),
     AuthError(String),
     Error(String),
 }
@@ -255,7 +255,7 @@ impl Task {
                 }
                 ("learned", None)
             }
-            Found::NotFound(why) => ("not_found", Some(why)),
+            Found::Unknown(why) => ("not_found", Some(why)),
             Found::AuthError(why) => ("auth_error", Some(why)),
             Found::Error(why) => ("error", Some(why)),
         };
@@ -311,7 +311,7 @@ fn owner(status: StatusCode, body: &[u8]) -> Found {
         };
         return match (status, err.map(|e| e.code)) {
             (StatusCode::UNAUTHORIZED, _) | (_, Some(190)) => Found::AuthError(what),
-            (s, _) if s.is_client_error() => Found::NotFound(what),
+            (s, _) if s.is_client_error() => Found::Unknown(what),
             _ => Found::Error(what),
         };
     }
@@ -326,8 +326,8 @@ fn owner(status: StatusCode, body: &[u8]) -> Found {
         .filter_map(|e| Id::new(&e.id));
     match (wabas.next(), wabas.next()) {
         (Some(w), None) => Found::Waba(w),
-        (Some(_), Some(_)) => Found::NotFound("the answer names more than one WABA".into()),
-        (None, _) => Found::NotFound("the answer names no WABA entity".into()),
+        (Some(_), Some(_)) => Found::Unknown("the answer names more than one WABA".into()),
+        (None, _) => Found::Unknown("the answer names no WABA entity".into()),
     }
 }
 
@@ -345,11 +345,11 @@ mod tests {
             matches!(owner(StatusCode::OK, body), Found::Waba(w) if w.as_str() == "102290129340398")
         );
         let none = br#"{"health_status":{"can_send_message":"AVAILABLE","entities":[]}}"#;
-        assert!(matches!(owner(StatusCode::OK, none), Found::NotFound(_)));
+        assert!(matches!(owner(StatusCode::OK, none), Found::Unknown(_)));
         let unknown = br#"{"error":{"message":"Unsupported get request","type":"GraphMethodException","code":100}}"#;
         assert!(matches!(
             owner(StatusCode::BAD_REQUEST, unknown),
-            Found::NotFound(_)
+            Found::Unknown(_)
         ));
         let auth = br#"{"error":{"message":"bad token","type":"OAuthException","code":190}}"#;
         assert!(matches!(

@@ -102,6 +102,24 @@ pub fn parse_request(buf: &[u8], authority: &str, upstream: &mut Vec<u8>) -> Par
     })
 }
 
+/// The value of header `name` (lowercase) in a complete request head already accepted by
+/// [`parse_request`]; `None` when absent or repeated. Off the common path: used only for
+/// discovery's caller-token opt-in.
+pub fn header_value<'b>(head: &'b [u8], name: &[u8]) -> Option<&'b [u8]> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(head).ok()?;
+    let mut found = req
+        .headers
+        .iter()
+        .filter(|h| h.name.as_bytes().eq_ignore_ascii_case(name))
+        .map(|h| h.value);
+    match (found.next(), found.next()) {
+        (Some(v), None) => Some(v),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,23 +200,5 @@ mod tests {
             req(&format!("GET /a HTTP/1.1\r\n{many}\r\n")).0,
             Parsed::Handoff
         );
-    }
-}
-
-/// The value of header `name` (lowercase) in a complete request head already accepted by
-/// [`parse_request`]; `None` when absent or repeated. Off the common path: used only for
-/// discovery's caller-token opt-in.
-pub fn header_value<'b>(head: &'b [u8], name: &[u8]) -> Option<&'b [u8]> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    req.parse(head).ok()?;
-    let mut found = req
-        .headers
-        .iter()
-        .filter(|h| h.name.as_bytes().eq_ignore_ascii_case(name))
-        .map(|h| h.value);
-    match (found.next(), found.next()) {
-        (Some(v), None) => Some(v),
-        _ => None,
     }
 }

@@ -292,9 +292,7 @@ impl Webhook {
         now: chrono::DateTime<Utc>,
     ) -> Option<u64> {
         let phone = payload::phone_of(ch)?;
-        if crate::circuit::Id::new(&entry.id).is_none() {
-            return None;
-        }
+        crate::circuit::Id::new(&entry.id)?;
         // Already known as this WABA's: nothing to write (the common case, one read).
         if self
             .table
