@@ -192,8 +192,8 @@ impl Policy {
         Route::Graph(match route::parse(method, path) {
             Some(r) => Call {
                 kind: r.kind,
-                account: self.table.resolve(r.node),
-                phone: (r.kind == Kind::Send).then(|| Id::new(r.node)).flatten(),
+                account: self.table.resolve(&r.node),
+                phone: (r.kind == Kind::Send).then(|| Id::new(&r.node)).flatten(),
             },
             None => Call::READ,
         })
