@@ -29,11 +29,11 @@ use chrono::{DateTime, Utc};
 use http::Method;
 
 use crate::circuit::{Action, Change, Evidence, Scope, Source, Table};
+pub use crate::circuit::{Id, Resolved};
 use crate::config::{Config, Mode};
 use crate::graph::envelope;
 use crate::graph::route::{self, Kind};
 use crate::metrics::METRICS;
-pub use crate::circuit::{Id, Resolved};
 pub use reply::Reply;
 
 /// Graph error code of a policy block ("temporarily blocked for policies violations").
@@ -135,6 +135,9 @@ pub enum Outcome {
         /// From forwarding to the answer head.
         to_head: Duration,
     },
+    /// The client's request body broke off or was malformed (answered 400; not the
+    /// upstream's fault).
+    ClientBody,
     /// The forward failed (no answer, a broken one, a timeout).
     Failed {
         /// Time until the failure was seen.
@@ -219,8 +222,12 @@ impl Policy {
         let mut judge = |guard: &crate::circuit::OpenGuard| -> Admit<R> {
             let in_scope = match (guard.scope, body) {
                 (Scope::AllSends, _) => Some(true),
-                (Scope::BusinessInitiated, Body::Read(b)) => Some(b.len() <= limit && is_template(b)),
-                (Scope::BusinessInitiated, Body::Unread(Some(n))) if n > limit as u64 => Some(false),
+                (Scope::BusinessInitiated, Body::Read(b)) => {
+                    Some(b.len() <= limit && is_template(b))
+                }
+                (Scope::BusinessInitiated, Body::Unread(Some(n))) if n > limit as u64 => {
+                    Some(false)
+                }
                 (Scope::BusinessInitiated, Body::Unread(_)) => None,
             };
             match (in_scope, local.take()) {
@@ -334,6 +341,7 @@ impl Policy {
                 METRICS.observe_upstream(None, after.as_secs_f64());
                 METRICS.upstream_error.inc();
             }
+            Outcome::ClientBody => METRICS.client_body_errors.inc(),
         }
     }
 }
