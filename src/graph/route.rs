@@ -67,9 +67,7 @@ fn needs_normalising(path: &str) -> bool {
     let inner = path.strip_suffix('/').unwrap_or(path);
     path.contains('%')
         || inner.contains("//")
-        || inner
-            .split('/')
-            .any(|seg| seg == "." || seg == "..")
+        || inner.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// Parses a request path (without query). Returns `None` for `/`, empty paths and paths
@@ -221,13 +219,22 @@ mod tests {
             assert_eq!((r.kind, &*r.node), (Kind::Send, p), "{m} {path}");
         }
         let get = Method::from_bytes(b"get").unwrap();
-        assert_eq!(parse(&get, &format!("/v21.0/{p}/messages")).unwrap().kind, Kind::Read);
+        assert_eq!(
+            parse(&get, &format!("/v21.0/{p}/messages")).unwrap().kind,
+            Kind::Read
+        );
         // Plain spellings borrow the path.
         let r = parse(&post, "/v21.0/1/messages/").unwrap();
         assert!(matches!(r.node, Cow::Borrowed(_)) && matches!(r.edge, Cow::Borrowed("messages")));
         // Not sends: more segments, or nothing left after normalising.
-        assert_eq!(parse(&post, "/v21.0/1/messages/x/").unwrap().kind, Kind::Write);
-        assert_eq!(parse(&post, "/v21.0/1/messages%2Fx").unwrap().kind, Kind::Write);
+        assert_eq!(
+            parse(&post, "/v21.0/1/messages/x/").unwrap().kind,
+            Kind::Write
+        );
+        assert_eq!(
+            parse(&post, "/v21.0/1/messages%2Fx").unwrap().kind,
+            Kind::Write
+        );
         assert_eq!(parse(&post, "//"), None);
         assert_eq!(parse(&post, "/v21.0/./"), None);
         assert_eq!(parse(&post, "/../.."), None);
