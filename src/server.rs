@@ -105,7 +105,7 @@ impl Hyper {
         // HTTP/2?) with no deadline of its own: a connection that never sends one is
         // closed at `client_idle_timeout`, like on the relay.
         if read.is_empty()
-            && tokio::time::timeout(self.idle, stream.readable())
+            && tokio::time::timeout(self.idle, stream.peek(&mut [0u8; 1]))
                 .await
                 .is_err()
         {
