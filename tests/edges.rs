@@ -75,7 +75,7 @@ async fn every_spelling_of_a_send_to_an_open_circuit_is_answered_locally(engine:
         ("POST", format!("/v21.0/./{p}/messages")),
         ("POST", format!("/v21.0/{p}/./messages")),
         ("POST", format!("/v21.0/x/../{p}/messages")),
-        ("POST", format!("/v21.0/%31%30%36540352242922/messages")),
+        ("POST", "/v21.0/%31%30%36540352242922/messages".to_string()),
         ("POST", format!("/v21.0/{p}/%6Dessages")),
         ("POST", format!("/v21.0/{p}%2Fmessages")),
         ("POST", format!("/{p}/messages")),

@@ -206,7 +206,7 @@ mod tests {
             (&post, format!("/v21.0/./{p}/messages")),
             (&post, format!("/v21.0/{p}/./messages/.")),
             (&post, format!("/v21.0/x/../{p}/messages")),
-            (&post, format!("/v21.0/%31%30%36540352242922/messages")),
+            (&post, "/v21.0/%31%30%36540352242922/messages".to_string()),
             (&post, format!("/v21.0/{p}/%6d%65ssages")),
             (&post, format!("/v21.0/{p}/Messages")),
             (&post, format!("/v21.0/{p}%2Fmessages")),
