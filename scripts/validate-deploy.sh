@@ -171,6 +171,7 @@ CONFIG_KEYS = {
     "listen", "admin_listen", "upstream", "state_dir", "admin_token", "redis_url",
     "redis_prefix", "mode", "trip_codes", "graph_version", "log_format", "log_level",
     "connect_timeout", "request_timeout", "drain_timeout", "upstream_concurrency",
+    "client_header_timeout", "client_body_timeout", "client_idle_timeout", "max_connections",
     "workers", "classify_body_limit", "history_limit", "redis_closed_ttl", "redis_retry_max",
     "max_clock_skew", "max_circuits",
     "webhook", "health", "discovery", "accounts",

@@ -156,6 +156,19 @@ pub struct Config {
     /// On SIGTERM/SIGINT: how long in-flight requests may finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// A client's whole request head, from its first byte (then 408 and close).
+    #[serde(with = "humantime_serde")]
+    pub client_header_timeout: Duration,
+    /// Between two reads of a client's request body (then 408 and close).
+    #[serde(with = "humantime_serde")]
+    pub client_body_timeout: Duration,
+    /// A kept-alive client connection with no request under way is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+    /// Client connections open at once on the main listener, per process; past it the
+    /// listener stops accepting and the kernel queues new ones. `0`: half the process's
+    /// open-file limit at start (the rest is for upstream connections, the store, admin).
+    pub max_connections: usize,
     /// Requests in flight to the upstream, across workers; more wait.
     pub upstream_concurrency: usize,
     /// Proxy worker threads; `0` = one per CPU.
@@ -207,6 +220,10 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(15),
+            client_header_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
+            client_idle_timeout: Duration::from_secs(60),
+            max_connections: 0,
             upstream_concurrency: 1024,
             workers: 0,
             pin_workers: PinWorkers::Auto,
@@ -400,6 +417,24 @@ impl Config {
         Ok(cfg)
     }
 
+    /// `max_connections`, or its default from the open-file limit.
+    pub fn connection_cap(&self) -> usize {
+        if self.max_connections > 0 {
+            return self.max_connections;
+        }
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we own and reads nothing else.
+        let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+        if ok && lim.rlim_cur != libc::RLIM_INFINITY {
+            ((lim.rlim_cur / 2) as usize).max(16)
+        } else {
+            10_000
+        }
+    }
+
     /// Checks what serde cannot: URLs, ranges, duplicate ids.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let up: http::Uri = self
@@ -457,6 +492,9 @@ impl Config {
         for (key, d) in [
             ("connect_timeout", self.connect_timeout),
             ("request_timeout", self.request_timeout),
+            ("client_header_timeout", self.client_header_timeout),
+            ("client_body_timeout", self.client_body_timeout),
+            ("client_idle_timeout", self.client_idle_timeout),
             ("health.interval", self.health.interval),
             ("health.timeout", self.health.timeout),
             ("health.max_backoff", self.health.max_backoff),

@@ -117,19 +117,27 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         target.client(),
         signals.health(),
     ));
-    let relay = cfg
-        .fast_path
-        .then(|| relay::Relay::new(policy.clone(), limiter.clone(), &target));
+    let relay = cfg.fast_path.then(|| {
+        relay::Relay::new(
+            policy.clone(),
+            limiter.clone(),
+            &target,
+            relay::ClientDeadlines::new(&cfg),
+        )
+    });
 
     // 4. Proxy workers, each with its own engines and upstream pools.
     let (stop_tx, stop_rx) = watch::channel(false);
     let pins = cpu::plan(workers, cfg.pin_workers, &cpu::allowed());
+    let connections = Arc::new(tokio::sync::Semaphore::new(cfg.connection_cap()));
     let mut running = Vec::with_capacity(workers);
     for (i, listener) in main.into_iter().enumerate() {
         let stack = proxy::stack(policy.clone(), limiter.clone(), &target, target.client());
         let engines = server::Engines {
             relay: relay.as_ref().map(relay::Relay::worker),
             edge: proxy::Edge::new(policy.clone(), stack, webhook.clone()),
+            deadlines: relay::ClientDeadlines::new(&cfg),
+            connections: connections.clone(),
         };
         running.push(spawn_worker(
             i,
@@ -149,11 +157,15 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         ready.clone(),
         cfg.accounts.iter().map(|a| a.waba_id.clone()).collect(),
     )));
+    // The admin listener has its own stop: it keeps answering (`/readyz` 503) while the
+    // main listener drains, and closes last.
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    drop(stop_rx);
     let admin_task = tokio::spawn(server::serve(
         "admin",
         admin_listener,
         admin,
-        stop_rx,
+        admin_stop_rx,
         cfg.drain_timeout,
     ));
     ready.store(true, Ordering::Release);
@@ -175,6 +187,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         workers,
         pinned = pins.iter().any(Option::is_some),
         fast_path = cfg.fast_path,
+        max_connections = cfg.connection_cap(),
         "wa-breaker ready"
     );
 
@@ -186,6 +199,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     for w in running {
         let _ = w.await;
     }
+    let _ = admin_stop_tx.send(true);
     let _ = admin_task.await;
     if let store::embedded::Ended::NotDurable(n) = store.shutdown().await {
         return Err(RunError::NotDurable(n));

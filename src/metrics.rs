@@ -38,6 +38,10 @@ pub struct Metrics {
     pub store_durable: IntGauge,
     /// Failed commits of the embedded store.
     pub store_commit_failures: IntCounter,
+    /// Requests whose client body broke off or was malformed (400, not an upstream error).
+    pub client_body_errors: IntCounter,
+    /// Client connections cut by `client_header_timeout` or `client_body_timeout` (408).
+    pub client_timeouts: IntCounter,
     /// Signal events that changed nothing, by why (`unknown_waba`, `over_cap`, `clamped_time`).
     pub events_ignored: IntCounterVec,
     /// Phone → WABA mappings learned or set, by source (`webhook`, `health`, `admin`).
@@ -136,6 +140,16 @@ impl Metrics {
             "Failed commits of the embedded state store",
         )
         .expect("valid metric");
+        let client_body_errors = IntCounter::new(
+            "wa_breaker_client_body_errors_total",
+            "Requests answered 400 because the client's body broke off or was malformed (not counted as upstream errors)",
+        )
+        .expect("valid metric");
+        let client_timeouts = IntCounter::new(
+            "wa_breaker_client_timeouts_total",
+            "Client connections answered 408 and closed: request head or body not in by client_header_timeout / client_body_timeout",
+        )
+        .expect("valid metric");
         let events_ignored = IntCounterVec::new(
             Opts::new(
                 "wa_breaker_events_ignored_total",
@@ -212,6 +226,8 @@ impl Metrics {
             Box::new(mappings_learned.clone()),
             Box::new(phone_numbers_known.clone()),
             Box::new(discovery_lookups.clone()),
+            Box::new(client_timeouts.clone()),
+            Box::new(client_body_errors.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -246,6 +262,8 @@ impl Metrics {
             mappings_learned,
             phone_numbers_known,
             discovery_lookups,
+            client_timeouts,
+            client_body_errors,
         }
     }
 

@@ -12,8 +12,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::proxy::{Body, Edge};
 use crate::relay::rewind::Rewind;
@@ -25,6 +26,10 @@ pub struct Engines {
     pub relay: Option<Relay>,
     /// The hyper engine's service.
     pub edge: Edge,
+    /// The client deadlines (the relay has its own copy).
+    pub deadlines: crate::relay::ClientDeadlines,
+    /// `max_connections`: one permit per open client connection, shared by every worker.
+    pub connections: Arc<Semaphore>,
 }
 
 /// Serves the main listener until `shutdown` flips, then drains for up to `drain`.
@@ -34,7 +39,13 @@ pub async fn serve_main(
     shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper starts the head's clock when it waits for a request, so on this engine the
+    // header deadline also bounds a kept-alive connection's idle time.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(engines.deadlines.header.min(engines.deadlines.idle));
     let graceful = GracefulShutdown::new();
     // Each relay connection holds a sender; all dropped = all drained.
     let (alive, mut drained) = mpsc::channel::<()>(1);
@@ -44,18 +55,22 @@ pub async fn serve_main(
     let mut stop = shutdown.clone();
     loop {
         tokio::select! {
-            stream = accept(&listener, "main") => {
-                let hyper = Hyper { builder: builder.clone(), edge: engines.edge.clone(), watcher: graceful.watcher() };
+            (permit, stream) = accept_capped(&listener, &engines.connections) => {
+                let hyper = Hyper { builder: builder.clone(), edge: engines.edge.clone(), watcher: graceful.watcher(), idle: engines.deadlines.idle };
                 match &engines.relay {
                     Some(relay) => {
                         let (relay, stop, alive) = (relay.clone(), shutdown.clone(), alive.clone());
                         tokio::spawn(async move {
                             relay.connection(stream, |s, read| hyper.serve(s, read), stop).await;
                             drop(alive);
+                            drop(permit);
                         });
                     }
                     None => {
-                        tokio::spawn(hyper.serve(stream, Vec::new()));
+                        tokio::spawn(async move {
+                            hyper.serve(stream, Vec::new()).await;
+                            drop(permit);
+                        });
                     }
                 }
             }
@@ -78,12 +93,24 @@ struct Hyper {
     builder: auto::Builder<TokioExecutor>,
     edge: Edge,
     watcher: Watcher,
+    /// `client_idle_timeout`, for a fresh connection's first byte.
+    idle: Duration,
 }
 
 impl Hyper {
     /// Serves the rest of the connection with hyper, replaying `read` (bytes the relay
     /// already read) first.
     async fn serve(self, stream: TcpStream, read: Vec<u8>) {
+        // hyper-util's auto builder waits for a fresh connection's first bytes (HTTP/1 or
+        // HTTP/2?) with no deadline of its own: a connection that never sends one is
+        // closed at `client_idle_timeout`, like on the relay.
+        if read.is_empty()
+            && tokio::time::timeout(self.idle, stream.peek(&mut [0u8; 1]))
+                .await
+                .is_err()
+        {
+            return;
+        }
         let io = TokioIo::new(Rewind::new(stream, read));
         let conn = self.builder.serve_connection(io, self.edge).into_owned();
         if let Err(e) = self.watcher.watch(conn).await {
@@ -132,18 +159,52 @@ pub async fn serve<S>(
     }
 }
 
+/// The next connection on the main listener once fewer than `max_connections` are open:
+/// at the cap the listener stops accepting and the kernel queues new connections (their
+/// clients wait; none is refused or closed by the gateway).
+async fn accept_capped(
+    listener: &TcpListener,
+    cap: &Arc<Semaphore>,
+) -> (OwnedSemaphorePermit, TcpStream) {
+    let permit = match cap.clone().acquire_owned().await {
+        Ok(p) => p,
+        // The semaphore is never closed.
+        Err(_) => std::future::pending().await,
+    };
+    (permit, accept(listener, "main").await)
+}
+
+/// Longest pause between accept attempts while they fail.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(200);
+
 /// The next connection on `listener`, with `TCP_NODELAY` set. Accept errors (EMFILE and
-/// friends) are logged and retried after a short pause instead of spinning.
+/// friends) back off (10 ms, doubling, at most [`ACCEPT_BACKOFF_MAX`]) instead of
+/// spinning, and are logged once per burst: one line when the burst starts, one with the
+/// count when accepting works again. The connection that could not be accepted stays in
+/// the kernel's queue and is taken as soon as a descriptor is free.
 pub async fn accept(listener: &TcpListener, name: &'static str) -> TcpStream {
+    let mut failed: u64 = 0;
+    let mut pause = Duration::from_millis(10);
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
+                if failed > 0 {
+                    tracing::warn!(
+                        listener = name,
+                        failed,
+                        "accepting again after accept errors"
+                    );
+                }
                 let _ = stream.set_nodelay(true);
                 return stream;
             }
             Err(e) => {
-                tracing::warn!(listener = name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                if failed == 0 {
+                    tracing::warn!(listener = name, error = %e, "accept failed; backing off (one line per burst)");
+                }
+                failed += 1;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }

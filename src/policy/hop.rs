@@ -32,6 +32,13 @@ pub struct HopByHop<'a> {
     upgrade: bool,
 }
 
+/// Whether a request with `hosts` `Host` fields may be served: exactly one (RFC 9112 §3.2:
+/// a request without `Host`, or with more than one, gets 400). Both engines ask this for
+/// HTTP/1.1 requests (the byte relay hands any other count to hyper, which answers 400).
+pub fn host_ok(hosts: usize) -> bool {
+    hosts == 1
+}
+
 /// The comma-separated tokens of a header value, trimmed, empty ones skipped.
 pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value

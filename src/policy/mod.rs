@@ -135,6 +135,9 @@ pub enum Outcome {
         /// From forwarding to the answer head.
         to_head: Duration,
     },
+    /// The client's request body broke off or was malformed (answered 400; not the
+    /// upstream's fault).
+    ClientBody,
     /// The forward failed (no answer, a broken one, a timeout).
     Failed {
         /// Time until the failure was seen.
@@ -220,8 +223,8 @@ impl Policy {
         Route::Graph(match route::parse(method, path) {
             Some(r) => Call {
                 kind: r.kind,
-                account: self.table.resolve(r.node),
-                phone: (r.kind == Kind::Send).then(|| Id::new(r.node)).flatten(),
+                account: self.table.resolve(&r.node),
+                phone: (r.kind == Kind::Send).then(|| Id::new(&r.node)).flatten(),
             },
             None => Call::READ,
         })
@@ -366,6 +369,7 @@ impl Policy {
                 METRICS.observe_upstream(None, after.as_secs_f64());
                 METRICS.upstream_error.inc();
             }
+            Outcome::ClientBody => METRICS.client_body_errors.inc(),
         }
     }
 }

@@ -72,6 +72,9 @@ impl<'a> Reply<'a> {
     /// in the Cloud API envelope, `"code": 2`, `"error_subcode"` 502 / 504,
     /// `x-wa-breaker: upstream-error`. The text never carries request data.
     pub fn forward_failed(e: &ForwardError) -> Reply<'static> {
+        if let ForwardError::ClientBody(_) = e {
+            return Reply::bad_request("The request body broke off or was malformed.");
+        }
         let (status, title, details) = match e {
             ForwardError::Connect(_) => (
                 StatusCode::BAD_GATEWAY,
@@ -83,7 +86,7 @@ impl<'a> Reply<'a> {
                 "wa-breaker: upstream timeout",
                 "The Cloud API did not answer in time; the request may or may not have been delivered.",
             ),
-            ForwardError::Broken(_) => (
+            ForwardError::Broken(_) | ForwardError::ClientBody(_) => (
                 StatusCode::BAD_GATEWAY,
                 "wa-breaker: bad upstream answer",
                 "The Cloud API's answer was broken; the request may or may not have been delivered.",
@@ -99,6 +102,24 @@ impl<'a> Reply<'a> {
                 "WaBreakerException",
                 title,
                 details,
+            )),
+        }
+    }
+
+    /// The answer to a request the gateway refuses as malformed (400, `"code": 100`,
+    /// Graph's invalid-parameter code, `x-wa-breaker: bad-request`); `why` is a fixed text,
+    /// never request data.
+    pub fn bad_request(why: &'static str) -> Reply<'static> {
+        Reply {
+            status: StatusCode::BAD_REQUEST,
+            marker: "bad-request",
+            retry_after: None,
+            body: ReplyBody::Owned(envelope::build(
+                100,
+                None,
+                "WaBreakerException",
+                "wa-breaker: bad request",
+                why,
             )),
         }
     }

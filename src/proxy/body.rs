@@ -2,6 +2,8 @@
 //! buffered prefix followed by the rest of a stream (an error body too big to classify).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -15,6 +17,9 @@ pin_project! {
     pub enum Body {
         /// Streamed as it arrives: the success path.
         Stream { #[pin] inner: Incoming },
+        /// A client's request body, streamed; a read error marks `broken`, so a forward
+        /// that fails because of it is told apart from an upstream failure.
+        Client { #[pin] inner: Incoming, broken: ClientBody },
         /// Fully buffered (local replies, classified error bodies).
         Full { data: Option<Bytes> },
         /// A buffered prefix, then the rest of the stream.
@@ -22,7 +27,24 @@ pin_project! {
     }
 }
 
+/// Set when a client's request body broke off or was malformed (kept as a request
+/// extension too, for the forwarder).
+#[derive(Clone, Debug, Default)]
+pub struct ClientBody(Arc<AtomicBool>);
+
+impl ClientBody {
+    /// Whether the body failed.
+    pub fn is_broken(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 impl Body {
+    /// A client's request body, marking `broken` if reading it fails.
+    pub fn client(inner: Incoming, broken: ClientBody) -> Body {
+        Body::Client { inner, broken }
+    }
+
     /// A buffered body.
     pub fn full(data: impl Into<Bytes>) -> Body {
         let data = data.into();
@@ -52,6 +74,13 @@ impl HttpBody for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             BodyProj::Stream { inner } => inner.poll_frame(cx),
+            BodyProj::Client { inner, broken } => {
+                let r = inner.poll_frame(cx);
+                if let Poll::Ready(Some(Err(_))) = &r {
+                    broken.0.store(true, Ordering::Relaxed);
+                }
+                r
+            }
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyProj::Prefixed { prefix, rest } => match prefix.take() {
                 Some(p) => Poll::Ready(Some(Ok(Frame::data(p)))),
@@ -62,7 +91,7 @@ impl HttpBody for Body {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Body::Stream { inner } => inner.is_end_stream(),
+            Body::Stream { inner } | Body::Client { inner, .. } => inner.is_end_stream(),
             Body::Full { data } => data.is_none(),
             Body::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
         }
@@ -70,7 +99,7 @@ impl HttpBody for Body {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Body::Stream { inner } => inner.size_hint(),
+            Body::Stream { inner } | Body::Client { inner, .. } => inner.size_hint(),
             Body::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
@@ -95,7 +124,7 @@ pub async fn buffer(body: Body, limit: usize) -> Result<Result<Bytes, Body>, hyp
     let mut rest = match body {
         Body::Full { data } => return Ok(Ok(data.unwrap_or_default())),
         Body::Prefixed { .. } => return Ok(Err(body)),
-        Body::Stream { inner } => inner,
+        Body::Stream { inner } | Body::Client { inner, .. } => inner,
     };
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = rest.frame().await {

@@ -23,12 +23,24 @@ use crate::upstream::{error_chain, ForwardError};
 #[derive(Clone)]
 pub struct ClassifyLayer {
     policy: Arc<Policy>,
+    deadline: Duration,
 }
 
 impl ClassifyLayer {
-    /// Judges answers with `policy`.
+    /// Judges answers with `policy`; an error body must be read within `request_timeout`
+    /// of forwarding (see [`ClassifyLayer::deadline`]).
     pub fn new(policy: Arc<Policy>) -> Self {
-        ClassifyLayer { policy }
+        ClassifyLayer {
+            policy,
+            deadline: Duration::from_secs(30),
+        }
+    }
+
+    /// An error body not read in full `deadline` after the request was forwarded fails
+    /// the request with 504, so a stalled body never holds its upstream permit past it.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 }
 
@@ -38,6 +50,7 @@ impl<S> Layer<S> for ClassifyLayer {
         Classify {
             inner,
             policy: self.policy.clone(),
+            deadline: self.deadline,
         }
     }
 }
@@ -47,6 +60,7 @@ impl<S> Layer<S> for ClassifyLayer {
 pub struct Classify<S> {
     inner: S,
     policy: Arc<Policy>,
+    deadline: Duration,
 }
 
 impl<S> Service<Request<Body>> for Classify<S>
@@ -69,6 +83,7 @@ where
             },
             ctx: Some((self.policy.clone(), target)),
             start: Instant::now(),
+            deadline: self.deadline,
         }
     }
 }
@@ -90,6 +105,7 @@ pin_project! {
         state: State<F>,
         ctx: Option<(Arc<Policy>, Call)>,
         start: Instant,
+        deadline: Duration,
     }
 }
 
@@ -120,7 +136,13 @@ where
                         return Poll::Ready(Ok(resp));
                     }
                     this.state.set(State::Read {
-                        fut: Box::pin(classify(resp, policy, target, elapsed)),
+                        fut: Box::pin(classify(
+                            resp,
+                            policy,
+                            target,
+                            elapsed,
+                            this.deadline.saturating_sub(elapsed),
+                        )),
                     });
                 }
                 StateProj::Read { fut } => return fut.as_mut().poll(cx),
@@ -130,6 +152,11 @@ where
 }
 
 fn failed(policy: &Policy, call: Call, e: &ForwardError, after: Duration) {
+    if let ForwardError::ClientBody(_) = e {
+        tracing::info!(error = %error_chain(e), "client request body broken: answered 400");
+        policy.record(call, Outcome::ClientBody);
+        return;
+    }
     tracing::warn!(error = %error_chain(e), "upstream request failed");
     policy.record(call, Outcome::Failed { after });
 }
@@ -139,6 +166,7 @@ async fn classify(
     policy: Arc<Policy>,
     call: Call,
     to_head: Duration,
+    left: Duration,
 ) -> Result<Response<Body>, ForwardError> {
     let status = resp.status().as_u16();
     let declared = resp
@@ -151,7 +179,15 @@ async fn classify(
         return Ok(resp);
     };
     let (parts, body) = resp.into_parts();
-    let bytes = match body::buffer(body, limit).await {
+    let read = match tokio::time::timeout(left, body::buffer(body, limit)).await {
+        Ok(read) => read,
+        Err(_) => {
+            let e = ForwardError::Timeout(to_head + left);
+            failed(&policy, call, &e, to_head + left);
+            return Err(e);
+        }
+    };
+    let bytes = match read {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(too_big)) => {
             policy.record(call, Outcome::Answered { status, to_head });

@@ -48,6 +48,8 @@ pin_project! {
     pub enum EdgeFuture {
         Proxy { #[pin] fut: Oneshot<Stack, Request<Body>> },
         Webhook { fut: BoxFuture<Response<Body>> },
+        /// An answer made at the edge (a malformed request).
+        Ready { resp: Option<Response<Body>> },
     }
 }
 
@@ -60,6 +62,7 @@ impl Future for EdgeFuture {
                 Err(e) => Reply::forward_failed(&e).to_response(),
             })),
             EdgeProj::Webhook { fut } => fut.as_mut().poll(cx).map(Ok),
+            EdgeProj::Ready { resp } => Poll::Ready(Ok(resp.take().unwrap_or_default())),
         }
     }
 }
@@ -70,6 +73,22 @@ impl hyper::service::Service<Request<Incoming>> for Edge {
     type Future = EdgeFuture;
 
     fn call(&self, req: Request<Incoming>) -> EdgeFuture {
+        let hosts = req.headers().get_all(http::header::HOST).iter().count();
+        let host_bad = match req.version() {
+            http::Version::HTTP_11 => !crate::policy::hop::host_ok(hosts),
+            http::Version::HTTP_10 | http::Version::HTTP_09 => hosts > 1,
+            _ => false, // HTTP/2: `:authority`
+        };
+        if host_bad {
+            tracing::debug!(hosts, "request refused: it needs exactly one Host header");
+            let mut resp = Reply::bad_request("An HTTP/1.1 request needs exactly one Host header.")
+                .to_response();
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return EdgeFuture::Ready { resp: Some(resp) };
+        }
         let target = match self.policy.route(req.method(), req.uri().path()) {
             Route::Webhook => {
                 let wh = self.webhook.clone();
@@ -86,8 +105,10 @@ impl hyper::service::Service<Request<Incoming>> for Edge {
                 Target(call)
             }
         };
-        let mut req = req.map(Body::stream);
+        let broken = super::body::ClientBody::default();
+        let mut req = req.map(|b| Body::client(b, broken.clone()));
         req.extensions_mut().insert(target);
+        req.extensions_mut().insert(broken);
         EdgeFuture::Proxy {
             fut: self.proxy.clone().oneshot(req),
         }

@@ -14,7 +14,7 @@ use hyper_util::client::legacy;
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::body::Body;
+use super::body::{Body, ClientBody};
 use crate::policy::hop;
 use crate::relay::h1;
 use crate::upstream::{ForwardError, HttpClient, Target};
@@ -61,8 +61,10 @@ impl Service<Request<Body>> for Forward {
         parts.version = http::Version::HTTP_11;
         hop::strip(&mut parts.headers);
         parts.headers.remove(header::HOST);
+        let client_body = parts.extensions.remove::<ClientBody>();
         parts.extensions = http::Extensions::new();
         ResponseFuture {
+            client_body,
             inner: self.client.request(Request::from_parts(parts, body)),
             sleep: tokio::time::sleep(self.timeout),
             timeout: self.timeout,
@@ -78,6 +80,7 @@ pin_project! {
         #[pin]
         sleep: tokio::time::Sleep,
         timeout: Duration,
+        client_body: Option<ClientBody>,
     }
 }
 
@@ -114,6 +117,10 @@ impl Future for ResponseFuture {
                 Ok(Response::from_parts(parts, Body::stream(body)))
             }
             Err(e) if e.is_connect() => Err(ForwardError::Connect(Box::new(e))),
+            // The client's body broke while hyper sent it: the client's fault, not Meta's.
+            Err(e) if this.client_body.as_ref().is_some_and(ClientBody::is_broken) => {
+                Err(ForwardError::ClientBody(Box::new(e)))
+            }
             Err(e) => Err(ForwardError::Broken(Box::new(e))),
         })
     }

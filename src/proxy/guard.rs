@@ -158,6 +158,7 @@ where
                             Ok(Err(body)) => body,
                             Err(e) => {
                                 tracing::debug!(error = %e, "client body aborted");
+                                policy.record(call, Outcome::ClientBody);
                                 let mut r = Response::new(Body::empty());
                                 *r.status_mut() = StatusCode::BAD_REQUEST;
                                 return Ok(r);

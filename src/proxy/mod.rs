@@ -45,6 +45,6 @@ pub fn stack(
         .layer(guard.clone())
         .layer(limit::LimitLayer::new(limiter))
         .layer(guard)
-        .layer(classify::ClassifyLayer::new(policy))
+        .layer(classify::ClassifyLayer::new(policy).deadline(target.request_timeout))
         .service(forward::Forward::new(target, client))
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use super::h1::body::BodyReader;
 use super::h1::request::RequestHead;
@@ -18,7 +19,11 @@ use crate::upstream::{error_chain, ForwardError};
 
 impl Relay {
     /// Answers the request in `req` (`head` says where its parts are) on `client`.
-    /// Returns whether the client connection can carry another request.
+    /// Returns whether the client connection can carry another request. A drain that
+    /// starts while the request is in flight (`drain` flips) closes the connection after
+    /// this answer, which says so (`connection: close`): the client's next send then goes
+    /// to a fresh connection instead of being cut unanswered.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn exchange(
         &self,
         client: &mut TcpStream,
@@ -26,10 +31,13 @@ impl Relay {
         req: &[u8],
         head: &RequestHead,
         close: bool,
+        drain: &watch::Receiver<bool>,
         s: &mut Scratch,
     ) -> bool {
         let policy = &self.shared.policy;
         let body = &req[head.head_len..];
+        let closing = || close || *drain.borrow();
+        let close = closing();
         if let Some(unacked) = self.answer_locally(call, body, close, s) {
             if let Some(seq) = unacked {
                 policy.acknowledged(seq).await;
@@ -42,6 +50,7 @@ impl Relay {
             None => limiter.acquire().await,
         };
         // Again: the circuit may have tripped while this send waited for a permit.
+        let close = closing();
         if let Some(unacked) = self.answer_locally(call, body, close, s) {
             drop(permit);
             if let Some(seq) = unacked {
@@ -53,9 +62,13 @@ impl Relay {
         s.up.extend_from_slice(body);
         let start = Instant::now();
         let timeout = self.shared.request_timeout;
-        let sent =
-            tokio::time::timeout(timeout, self.forward(head.method == Method::HEAD, close, s))
-                .await;
+        let sent = tokio::time::timeout(
+            timeout,
+            self.forward(head.method == Method::HEAD, &closing, s),
+        )
+        .await;
+        // What the answer head (or the failure) told the client.
+        let close = closing();
         let (mut conn, rh) = match sent {
             Ok(Ok(ok)) => ok,
             Ok(Err(e)) => return self.failed(client, call, e, start, close, s).await,
@@ -69,7 +82,17 @@ impl Relay {
         let mut reader = BodyReader::new(rh.framing, std::mem::take(&mut s.resp), rh.head_len);
         let mut unacked = None;
         if let Inspect::Read { limit } = policy.inspect(rh.status, rh.content_length()) {
-            match reader.buffer(&mut conn, limit, &mut s.decoded).await {
+            // The error body is read within `request_timeout` of forwarding, like the
+            // head: a stalled body must not hold the upstream permit past it.
+            let left = timeout.saturating_sub(start.elapsed());
+            let read = tokio::time::timeout(left, reader.buffer(&mut conn, limit, &mut s.decoded));
+            let Ok(read) = read.await else {
+                s.resp = reader.into_buffer();
+                drop(permit);
+                let e = ForwardError::Timeout(timeout);
+                return self.failed(client, call, e, start, close, s).await;
+            };
+            match read {
                 Ok(true) => {
                     let judged: &[u8] = if reader.chunked() {
                         &s.decoded
@@ -152,7 +175,7 @@ impl Relay {
     async fn forward(
         &self,
         head_request: bool,
-        close: bool,
+        close: &impl Fn() -> bool,
         s: &mut Scratch,
     ) -> Result<(Conn, ResponseHead), ForwardError> {
         let mut conn = match self.pool.take() {
@@ -177,7 +200,7 @@ impl Relay {
                     "upstream closed the connection before answering".into(),
                 ));
             }
-            if let Some(rh) = parse_response(&s.resp, head_request, close, &mut s.out)
+            if let Some(rh) = parse_response(&s.resp, head_request, close(), &mut s.out)
                 .map_err(|e: BadResponse| ForwardError::Broken(Box::new(e)))?
             {
                 return Ok((conn, rh));

@@ -40,7 +40,35 @@ struct Shared {
     /// `host` sent upstream.
     authority: String,
     request_timeout: Duration,
+    deadlines: ClientDeadlines,
 }
+
+/// The client-side deadlines of the main listener (`client_*_timeout`), the same on both
+/// engines.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientDeadlines {
+    /// The whole request head, from its first byte: then 408 and close.
+    pub header: Duration,
+    /// Between two reads of the body: then 408 and close.
+    pub body: Duration,
+    /// A kept-alive connection waiting for its next request: then closed.
+    pub idle: Duration,
+}
+
+impl ClientDeadlines {
+    /// From the validated config.
+    pub fn new(cfg: &crate::config::Config) -> ClientDeadlines {
+        ClientDeadlines {
+            header: cfg.client_header_timeout,
+            body: cfg.client_body_timeout,
+            idle: cfg.client_idle_timeout,
+        }
+    }
+}
+
+/// What a client gets when its head or body is not in by the deadline.
+const REQUEST_TIMEOUT_ANSWER: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 /// One worker's relay: the shared parts and this worker's upstream pool.
 #[derive(Clone)]
@@ -52,7 +80,12 @@ pub struct Relay {
 impl Relay {
     /// A relay to `target` deciding with `policy`, counting against `limiter` (shared with
     /// the hyper engine). Clone it per worker with [`Relay::worker`].
-    pub fn new(policy: Arc<Policy>, limiter: Arc<Limiter>, target: &Target) -> Relay {
+    pub fn new(
+        policy: Arc<Policy>,
+        limiter: Arc<Limiter>,
+        target: &Target,
+        deadlines: ClientDeadlines,
+    ) -> Relay {
         Relay {
             shared: Arc::new(Shared {
                 policy,
@@ -60,6 +93,7 @@ impl Relay {
                 connector: Connector::new(target),
                 authority: target.authority.to_string(),
                 request_timeout: target.request_timeout,
+                deadlines,
             }),
             pool: Pool::default(),
         }
@@ -99,10 +133,13 @@ impl Relay {
         let mut buf: Vec<u8> = Vec::with_capacity(4096);
         let mut scratch = Scratch::default();
         let shared = self.shared.clone();
+        let deadlines = shared.deadlines;
         loop {
             if *shutdown.borrow() && buf.is_empty() {
                 return;
             }
+            // Set when the head's first byte is in (pipelined bytes count as in).
+            let mut head_deadline: Option<tokio::time::Instant> = None;
             let (head, call) = loop {
                 if !buf.is_empty() {
                     match request::parse_request(&buf, &shared.authority, &mut scratch.up) {
@@ -131,11 +168,19 @@ impl Relay {
                 }
                 let read = if buf.is_empty() {
                     tokio::select! {
-                        r = stream.read_buf(&mut buf) => r,
+                        r = tokio::time::timeout(deadlines.idle, stream.read_buf(&mut buf)) => match r {
+                            Ok(r) => r,
+                            Err(_) => return, // idle keep-alive: closed quietly
+                        },
                         _ = shutdown.changed() => return,
                     }
                 } else {
-                    stream.read_buf(&mut buf).await
+                    let at = *head_deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + deadlines.header);
+                    match tokio::time::timeout_at(at, stream.read_buf(&mut buf)).await {
+                        Ok(r) => r,
+                        Err(_) => return timed_out(&mut stream).await,
+                    }
                 };
                 match read {
                     Ok(0) | Err(_) => return,
@@ -147,14 +192,23 @@ impl Relay {
                 buf.reserve(total - buf.len());
             }
             while buf.len() < total {
-                match stream.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                match tokio::time::timeout(deadlines.body, stream.read_buf(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return,
+                    Ok(Ok(_)) => {}
+                    Err(_) => return timed_out(&mut stream).await,
                 }
             }
             let close = head.close || *shutdown.borrow();
             let keep = self
-                .exchange(&mut stream, call, &buf[..total], &head, close, &mut scratch)
+                .exchange(
+                    &mut stream,
+                    call,
+                    &buf[..total],
+                    &head,
+                    close,
+                    &shutdown,
+                    &mut scratch,
+                )
                 .await;
             buf.drain(..total);
             if !keep {
@@ -162,6 +216,14 @@ impl Relay {
             }
         }
     }
+}
+
+/// Answers 408 to a client whose head or body missed its deadline; the connection closes.
+async fn timed_out(stream: &mut TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    crate::metrics::METRICS.client_timeouts.inc();
+    let _ = stream.write_all(REQUEST_TIMEOUT_ANSWER).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Per-connection buffers, reused across requests.

@@ -171,6 +171,9 @@ pub enum ForwardError {
     /// The upstream closed or sent something that is not HTTP.
     #[error("upstream answer broken")]
     Broken(#[source] BoxError),
+    /// The client's request body broke off or was malformed while it was forwarded.
+    #[error("client request body broken")]
+    ClientBody(#[source] BoxError),
 }
 
 /// An error and its sources, `a: b: c`, for one log line.

@@ -56,9 +56,12 @@ pub fn parse_request(buf: &[u8], authority: &str, upstream: &mut Vec<u8>) -> Par
     }
     let mut body_len: Option<usize> = None;
     let mut hop = HopByHop::default();
+    let mut hosts = 0;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             match (content_length(h.value), body_len) {
                 (Some(n), None) if n <= MAX_BODY as u64 => body_len = Some(n as usize),
                 _ => return Parsed::Handoff, // invalid, repeated or large
@@ -72,7 +75,7 @@ pub fn parse_request(buf: &[u8], authority: &str, upstream: &mut Vec<u8>) -> Par
             return Parsed::Handoff;
         }
     }
-    if hop.upgrade() {
+    if hop.upgrade() || !crate::policy::hop::host_ok(hosts) {
         return Parsed::Handoff;
     }
 
@@ -154,7 +157,7 @@ mod tests {
             req("POST /v21.0/1/messages HTTP/1.1\r\nHost: x\r\n").0,
             Parsed::Partial
         );
-        let (p, _) = req("GET /v21.0/1 HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let (p, _) = req("GET /v21.0/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let Parsed::Request(h) = p else { panic!() };
         assert!(h.close);
         assert_eq!(h.body_len, 0);
@@ -185,6 +188,8 @@ mod tests {
             "POST /a HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
             "POST /a HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n",
             "GET http://x/a HTTP/1.1\r\n\r\n",
+            "GET /a HTTP/1.1\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "CONNECT x:443 HTTP/1.1\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "GARBAGE\r\n\r\n",
