@@ -130,7 +130,7 @@ impl Relay {
         H: FnOnce(TcpStream, Vec<u8>) -> F,
         F: Future<Output = ()>,
     {
-        let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        let mut buf: Vec<u8> = Vec::new();
         let mut scratch = Scratch::default();
         let shared = self.shared.clone();
         let deadlines = shared.deadlines;
@@ -163,18 +163,30 @@ impl Relay {
                         }
                     }
                 }
-                if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(4096);
-                }
                 let read = if buf.is_empty() {
+                    // Idle between requests: wait for the next one without holding any
+                    // buffer (per-connection memory of idle keep-alive connections), then
+                    // read into a fresh one.
+                    scratch.release();
+                    buf = Vec::new();
                     tokio::select! {
-                        r = tokio::time::timeout(deadlines.idle, stream.read_buf(&mut buf)) => match r {
-                            Ok(r) => r,
+                        r = tokio::time::timeout(deadlines.idle, stream.readable()) => match r {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return,
                             Err(_) => return, // idle keep-alive: closed quietly
                         },
                         _ = shutdown.changed() => return,
                     }
+                    buf.reserve(4096);
+                    match stream.try_read_buf(&mut buf) {
+                        // Readiness can be spurious: wait again.
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        r => r,
+                    }
                 } else {
+                    if buf.capacity() - buf.len() < 1024 {
+                        buf.reserve(4096);
+                    }
                     let at = *head_deadline
                         .get_or_insert_with(|| tokio::time::Instant::now() + deadlines.header);
                     match tokio::time::timeout_at(at, stream.read_buf(&mut buf)).await {
@@ -226,6 +238,9 @@ async fn timed_out(stream: &mut TcpStream) {
     let _ = stream.shutdown().await;
 }
 
+/// Largest capacity a per-connection buffer keeps while the connection is idle.
+const IDLE_KEEP: usize = 1024;
+
 /// Per-connection buffers, reused across requests.
 #[derive(Default)]
 struct Scratch {
@@ -237,4 +252,23 @@ struct Scratch {
     out: Vec<u8>,
     /// A chunked error body, de-chunked for the classifier.
     decoded: Vec<u8>,
+}
+
+impl Scratch {
+    /// Between requests: gives back capacity beyond [`IDLE_KEEP`] (an error body read for
+    /// the classifier can grow `resp` and `decoded` to `classify_body_limit`), so an idle
+    /// keep-alive connection holds little.
+    fn release(&mut self) {
+        for v in [
+            &mut self.up,
+            &mut self.resp,
+            &mut self.out,
+            &mut self.decoded,
+        ] {
+            v.clear();
+            if v.capacity() > IDLE_KEEP {
+                v.shrink_to(IDLE_KEEP);
+            }
+        }
+    }
 }
