@@ -14,7 +14,6 @@ use tokio::sync::{mpsc, watch};
 use super::directory::{Directory, Id, Mapping, Resolved, Set};
 use super::model::{Circuit, Evidence, Scope, Source, State};
 use super::order::{decide, newer, Action, Change, Outcome};
-use crate::graph::envelope;
 use crate::metrics::METRICS;
 
 /// What the hot path needs to know about an open circuit, built once per opening.
@@ -250,7 +249,9 @@ impl Table {
         };
         if !pc.is_open()
             || !pc.waba_id.is_empty()
-            || !pc.code.is_some_and(|c| self.limits.widen_codes.contains(&c))
+            || !pc
+                .code
+                .is_some_and(|c| self.limits.widen_codes.contains(&c))
         {
             return;
         }
@@ -707,35 +708,13 @@ fn log_transition(c: &Circuit, was_open: bool) {
     );
 }
 
-/// Builds the local reply for an open circuit once, not per request.
+/// Builds the local reply for an open circuit once, not per request (the body is made by
+/// [`crate::policy::reply::local_body`], the one place local answers are worded).
 fn build_guard(c: &Circuit, seq: u64) -> OpenGuard {
-    let code = c.code.unwrap_or(368);
-    let since = c
-        .opened_at
-        .unwrap_or(c.updated_at)
-        .to_rfc3339_opts(SecondsFormat::Secs, true);
-    let until = c
-        .until
-        .map(|u| format!(" until {}", u.to_rfc3339_opts(SecondsFormat::Secs, true)))
-        .unwrap_or_default();
-    let whose = match &c.phone_number_id {
-        Some(p) => format!("phone number {p}"),
-        None => format!("WhatsApp Business Account {}", c.waba_id),
-    };
-    let details = format!(
-        "wa-breaker answered locally; the request was not sent to Meta. The circuit for {whose} has been open since {since}{until} (source: {}).",
-        c.source.as_str()
-    );
     OpenGuard {
         scope: c.scope,
         until_unix: c.until.map(|u: DateTime<Utc>| u.timestamp()),
-        body: envelope::build(
-            code,
-            None,
-            "OAuthException",
-            envelope::title_for(code),
-            &details,
-        ),
+        body: crate::policy::reply::local_body(c),
         seq,
     }
 }
