@@ -476,7 +476,10 @@ impl Config {
             return Err(invalid("discovery.max_learned", "must be at least 100"));
         }
         if self.discovery.retry_after.is_zero() {
-            return Err(invalid("discovery.retry_after", "must be greater than zero"));
+            return Err(invalid(
+                "discovery.retry_after",
+                "must be greater than zero",
+            ));
         }
         if self.max_circuits < 100 {
             return Err(invalid("max_circuits", "must be at least 100"));

@@ -9,9 +9,13 @@ use prometheus::{
 
 /// Graph error codes that get their own label value; anything else is `other`.
 const KNOWN_CODES: &[i64] = &[
-    0, 1, 2, 3, 4, 10, 190, 368, 80007, 130429, 130497, 131000, 131026, 131031, 131042, 131047,
-    131048, 131049, 131050, 131051, 131056,
+    0, 1, 2, 3, 4, 10, 190, 368, 80007, 130429, 130497, 131000, 131026, 131031, 131037, 131042,
+    131045, 131047, 131048, 131049, 131050, 131051, 131056, 131057, 131064, 132001, 132015, 132016,
+    133010,
 ];
+
+/// Where a webhook-reported error sat in a `messages` delivery (the `site` label).
+pub const WEBHOOK_ERROR_SITES: &[&str] = &["status", "value"];
 
 /// Every metric the gateway exports.
 pub struct Metrics {
@@ -40,6 +44,9 @@ pub struct Metrics {
     pub store_commit_failures: IntCounter,
     /// Signal events that changed nothing, by why (`unknown_waba`, `over_cap`, `clamped_time`).
     pub events_ignored: IntCounterVec,
+    /// `wa_breaker_webhook_errors_total{code, site}`: Graph error codes Meta reported only by
+    /// webhook (`messages` deliveries: `statuses[].errors[]`, `value.errors[]`).
+    webhook_errors: IntCounterVec,
 }
 
 /// The process-wide metrics.
@@ -141,6 +148,14 @@ impl Metrics {
         for r in ["unknown_waba", "over_cap"] {
             events_ignored.with_label_values(&[r]);
         }
+        let webhook_errors = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_webhook_errors_total",
+                "Graph error codes reported in messages webhooks (statuses[].errors[] and value.errors[]), by code (known codes, else other) and site",
+            ),
+            &["code", "site"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("wa_breaker_build_info", "Build information"),
             &["version"],
@@ -163,6 +178,7 @@ impl Metrics {
             Box::new(store_durable.clone()),
             Box::new(store_commit_failures.clone()),
             Box::new(events_ignored.clone()),
+            Box::new(webhook_errors.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -194,6 +210,7 @@ impl Metrics {
             store_durable,
             store_commit_failures,
             events_ignored,
+            webhook_errors,
         }
     }
 
@@ -219,12 +236,22 @@ impl Metrics {
 
     /// Counts a Graph error code seen upstream, bounded to the known set.
     pub fn upstream_code(&self, code: i64) {
-        let label = if KNOWN_CODES.contains(&code) {
-            itoa_label(code)
+        self.upstream_errors
+            .with_label_values(&[&code_label(code)])
+            .inc();
+    }
+
+    /// Counts a Graph error code a `messages` webhook reported at `site` (`status` or
+    /// `value`), bounded to the known codes and sites.
+    pub fn webhook_error(&self, code: i64, site: &str) {
+        let site = if WEBHOOK_ERROR_SITES.contains(&site) {
+            site
         } else {
-            "other".to_string()
+            "value"
         };
-        self.upstream_errors.with_label_values(&[&label]).inc();
+        self.webhook_errors
+            .with_label_values(&[&code_label(code), site])
+            .inc();
     }
 
     /// The Prometheus text exposition.
@@ -235,6 +262,11 @@ impl Metrics {
     }
 }
 
-fn itoa_label(code: i64) -> String {
-    code.to_string()
+/// The label of a Graph code: itself when known, else `other` (a bounded label set).
+fn code_label(code: i64) -> String {
+    if KNOWN_CODES.contains(&code) {
+        code.to_string()
+    } else {
+        "other".to_string()
+    }
 }

@@ -20,6 +20,9 @@ pub enum State {
 pub enum Scope {
     /// Only template sends (business-initiated conversations).
     BusinessInitiated,
+    /// Only non-template sends: replies inside the customer-service window
+    /// (`RESTRICTED_CUSTOMER_INITIATED_MESSAGING` alone); templates still go.
+    CustomerInitiated,
     /// Every send.
     #[default]
     AllSends,

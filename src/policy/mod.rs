@@ -29,11 +29,11 @@ use chrono::{DateTime, Utc};
 use http::Method;
 
 use crate::circuit::{Action, Change, Evidence, Scope, Source, Table};
+pub use crate::circuit::{Id, Resolved};
 use crate::config::{Config, Mode};
 use crate::graph::envelope;
 use crate::graph::route::{self, Kind};
 use crate::metrics::METRICS;
-pub use crate::circuit::{Id, Resolved};
 pub use reply::Reply;
 
 /// Graph error code of a policy block ("temporarily blocked for policies violations").
@@ -201,8 +201,9 @@ impl Policy {
 
     /// The guard. A send of a WABA whose circuit is open is answered locally when it is in
     /// the circuit's scope: every send for `all_sends`, template sends for
-    /// `business_initiated` (which needs the body; one over `classify_body_limit` is
-    /// forwarded — too large to judge, Meta decides). Reads and other calls always pass, and
+    /// `business_initiated`, non-template sends for `customer_initiated` (the partial
+    /// scopes need the body; one over `classify_body_limit` is forwarded — too large to
+    /// judge, Meta decides). Reads and other calls always pass, and
     /// so does everything in observe mode. `local` turns the reply into what the engine
     /// sends, while the circuit is read-locked: keep it short.
     pub fn admit<R>(
@@ -217,11 +218,15 @@ impl Policy {
         let limit = self.classify_limit;
         let mut local = Some(local);
         let mut judge = |guard: &crate::circuit::OpenGuard| -> Admit<R> {
+            // Partial scopes need the body: a template or not. One too large to read is
+            // forwarded either way (Meta decides).
             let in_scope = match (guard.scope, body) {
                 (Scope::AllSends, _) => Some(true),
-                (Scope::BusinessInitiated, Body::Read(b)) => Some(b.len() <= limit && is_template(b)),
-                (Scope::BusinessInitiated, Body::Unread(Some(n))) if n > limit as u64 => Some(false),
-                (Scope::BusinessInitiated, Body::Unread(_)) => None,
+                (_, Body::Unread(Some(n))) if n > limit as u64 => Some(false),
+                (_, Body::Unread(_)) => None,
+                (_, Body::Read(b)) if b.len() > limit => Some(false),
+                (Scope::BusinessInitiated, Body::Read(b)) => Some(is_template(b)),
+                (Scope::CustomerInitiated, Body::Read(b)) => Some(!is_template(b)),
             };
             match (in_scope, local.take()) {
                 (Some(true), Some(f)) => Admit::Local {

@@ -182,6 +182,47 @@ fn guard_decisions() {
             Body::Unread(Some(5000)),
             "forward",
         ),
+        // Replies only (customer-initiated alone): the body decides the other way round.
+        (
+            Mode::Enforce,
+            Some(Scope::CustomerInitiated),
+            Method::POST,
+            &send,
+            Body::Read(TEXT),
+            "local",
+        ),
+        (
+            Mode::Enforce,
+            Some(Scope::CustomerInitiated),
+            Method::POST,
+            &send,
+            Body::Read(TEMPLATE),
+            "forward",
+        ),
+        (
+            Mode::Enforce,
+            Some(Scope::CustomerInitiated),
+            Method::POST,
+            &send,
+            Body::Unread(Some(100)),
+            "inspect",
+        ),
+        (
+            Mode::Enforce,
+            Some(Scope::CustomerInitiated),
+            Method::POST,
+            &send,
+            Body::Unread(Some(5000)),
+            "forward",
+        ),
+        (
+            Mode::Enforce,
+            Some(Scope::CustomerInitiated),
+            Method::POST,
+            &send,
+            Body::Read(&big_template),
+            "forward",
+        ),
         // Observe mode records but forwards everything.
         (
             Mode::Observe,
@@ -389,7 +430,10 @@ fn judgements() {
         assert_eq!(j.change.is_some(), trips, "row {i}");
         if let Some(ch) = j.change {
             if path.contains(OTHER) {
-                assert_eq!((ch.waba_id.as_str(), ch.phone_number_id.as_deref()), ("", Some(OTHER)));
+                assert_eq!(
+                    (ch.waba_id.as_str(), ch.phone_number_id.as_deref()),
+                    ("", Some(OTHER))
+                );
             } else {
                 assert_eq!((ch.waba_id.as_str(), ch.phone_number_id), (WABA, None));
             }

@@ -32,10 +32,10 @@ use hyper::body::Incoming;
 use sha2::Sha256;
 
 use super::health::{HealthChecker, PollOutcome};
-use crate::circuit::{Action, Change, Scope, Table};
+use crate::circuit::{Action, Change, Evidence, Scope, State, Table};
 use crate::config::{Config, Secret};
 use crate::graph::health::Verdict;
-use crate::graph::plan::{plan, WEBHOOK_CODE};
+use crate::graph::plan::{message_errors, plan, plan_message_errors, FIELD_MESSAGES, WEBHOOK_CODE};
 use crate::graph::webhook as payload;
 use crate::metrics::METRICS;
 use crate::proxy::Body;
@@ -55,6 +55,8 @@ pub struct Webhook {
     forward: Option<Forwarder>,
     max_body: usize,
     violation_opens: bool,
+    /// Codes that open a WABA when a `messages` webhook reports them (`trip_codes`).
+    trip_codes: Vec<i64>,
     table: Arc<Table>,
     health: Option<Arc<HealthChecker>>,
     warned_unconfigured: AtomicBool,
@@ -92,6 +94,7 @@ impl Webhook {
             forward,
             max_body: w.max_body,
             violation_opens: w.violation_opens,
+            trip_codes: cfg.trip_codes.clone(),
             table,
             health,
             warned_unconfigured: AtomicBool::new(false),
@@ -252,6 +255,12 @@ impl Webhook {
         let mut last = None;
         for entry in &env.entries {
             for ch in &entry.changes {
+                if ch.field == FIELD_MESSAGES {
+                    if let Some(seq) = self.apply_message_errors(entry, ch, now) {
+                        last = Some(seq);
+                    }
+                    continue;
+                }
                 let Some(step) = plan(entry, ch, now, self.violation_opens, has_token) else {
                     if ch.field == payload::FIELD_ACCOUNT_UPDATE {
                         tracing::info!(waba_id = %entry.id, event = ch.event_name(), "account_update event ignored (not about sending)");
@@ -261,7 +270,8 @@ impl Webhook {
                     continue;
                 };
                 let check = step.check_health.then(|| step.change.clone());
-                if let Some((_, seq)) = self.table.apply(step.change) {
+                let change = conditional_close(&self.table, step.change, step.only_if_opened_by);
+                if let Some((_, seq)) = self.table.apply(change) {
                     METRICS.webhooks.with_label_values(&["applied"]).inc();
                     last = Some(seq);
                 }
@@ -277,6 +287,59 @@ impl Webhook {
         }
         last
     }
+}
+
+impl Webhook {
+    /// Errors Meta reported only by webhook (`messages`: `statuses[].errors[]`,
+    /// `value.errors[]`): every code counted; an account-level one opens the WABA like a
+    /// send answered with it (see [`plan_message_errors`]). Returns the change's sequence
+    /// number when one applied.
+    fn apply_message_errors(
+        &self,
+        entry: &payload::Entry,
+        ch: &payload::ChangeItem,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<u64> {
+        let errors = message_errors(ch);
+        if errors.is_empty() {
+            return None;
+        }
+        for e in &errors {
+            METRICS.webhook_error(e.code, e.site);
+        }
+        tracing::debug!(waba_id = %entry.id, errors = errors.len(), "messages webhook reports errors");
+        let step = plan_message_errors(entry, ch, &errors, &self.trip_codes, now)?;
+        let (_, seq) = self.table.apply(step.change)?;
+        METRICS.webhooks.with_label_values(&["applied"]).inc();
+        Some(seq)
+    }
+}
+
+/// A close that undoes one event only (`ACCOUNT_RECONNECTED` → what `ACCOUNT_OFFBOARDED`
+/// opened): kept when the circuit's last opening was that event, else turned into a note —
+/// a reconnection says nothing about a policy block opened since.
+fn conditional_close(table: &Table, mut change: Change, opened_by: Option<&str>) -> Change {
+    let Some(event) = opened_by else {
+        return change;
+    };
+    let opened_by_event = table.get(&change.key()).is_some_and(|c| {
+        c.is_open()
+            && c.history
+                .iter()
+                .rev()
+                .find(|t| !t.note && t.to == State::Open)
+                .is_some_and(|t| {
+                    matches!(&t.evidence, Some(Evidence::Webhook { event: e, .. }) if e == event)
+                })
+    });
+    if !opened_by_event {
+        change.action = Action::Note;
+        change.reason = format!(
+            "{} (the circuit was not opened by {event}: recorded only)",
+            change.reason
+        );
+    }
+    change
 }
 
 /// After an `ACCOUNT_VIOLATION`: one Health Status poll; BLOCKED opens the circuit with the
