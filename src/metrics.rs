@@ -66,7 +66,7 @@ impl Metrics {
         let phone_circuit_open = IntGaugeVec::new(
             Opts::new(
                 "wa_breaker_phone_circuit_open",
-                "1 while the circuit of one phone number (of a WABA not known yet) is open",
+                "1 while the circuit of one phone number is open (a phone-level code, or a trip while its WABA was not known)",
             ),
             &["phone_number_id"],
         )

@@ -213,6 +213,7 @@ both_engines!(
     restriction_types_alone_and_in_pairs,
     local_reply_carries_fbtrace_id,
     status_error_368_opens_without_a_send,
+    phone_level_code_trips_only_that_phone,
 );
 
 /// PARTNER_* events are keyed by `waba_info.waba_id`: no circuit for the portfolio id.
@@ -313,4 +314,84 @@ async fn offboarded_opens_and_reconnected_closes_only_that() {
     assert_eq!(gw.send_str(PHONE2, TEXT_BODY).await.status(), 403);
     assert!(gw.wait_for_log("ACCOUNT_DELETED", SEC).await);
     assert_eq!(fake.count_for_phone(PHONE2), 0);
+}
+
+const PHONE3: &str = "106540352242924";
+
+/// A phone-level code trips only that phone number, for its hold (retry-after); the WABA's
+/// other phone number still sends; an operator closes it.
+async fn phone_level_code_trips_only_that_phone(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let cfg = config(&fake.url(), "", "").replace(
+        &format!("phone_number_ids = [\"{PHONE}\"]"),
+        &format!("phone_number_ids = [\"{PHONE}\", \"{PHONE3}\"]"),
+    );
+    let gw = Gateway::start(&format!("{}\n{cfg}", engine.config_line())).await;
+    for (code, hold) in [(133010, 600), (131057, 60)] {
+        fake.on_phone(
+            PHONE,
+            Reply::graph_error(400, code, "phone number cannot send"),
+        );
+        let r = gw.send_str(PHONE, TEXT_BODY).await;
+        assert_eq!(r.status(), 400, "Meta's own answer");
+        assert!(r.headers().get("x-wa-breaker").is_none());
+        let r = gw.send_str(PHONE, TEMPLATE_BODY).await;
+        assert_eq!(r.status(), 403, "{code} on {}", engine.name());
+        assert_eq!(r.headers()["x-wa-breaker"], "open");
+        let retry: i64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((hold - 10..=hold).contains(&retry), "retry-after {retry}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], code);
+        assert_eq!(v["error"]["fbtrace_id"], FBTRACE_ID);
+        assert!(v["error"]["error_data"]["details"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("phone number {PHONE}")));
+        assert_eq!(fake.sends_for(PHONE).len(), 1);
+        // The WABA's other phone number still reaches Meta; the WABA stays closed.
+        assert_eq!(gw.send_str(PHONE3, TEXT_BODY).await.status(), 200);
+        assert_eq!(fake.sends_for(PHONE3).len(), 1);
+        fake.clear();
+        assert_eq!(circuit(&gw, WABA).await["state"], "closed");
+        let c = circuit(&gw, &format!("phone:{PHONE}")).await;
+        assert_eq!(c["state"], "open", "{c}");
+        assert_eq!(c["waba_id"], WABA);
+        assert_eq!(c["code"], code);
+        assert!(until(&c).is_some());
+        let m = gw.metrics().await;
+        assert_eq!(
+            metric(
+                &m,
+                "wa_breaker_phone_circuit_open",
+                &[("phone_number_id", PHONE)]
+            ),
+            Some(1.0)
+        );
+        // An operator closes it; the phone sends again.
+        let r = gw
+            .admin_post(
+                &format!("/admin/circuits/phone:{PHONE}/close"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        fake.on_phone(PHONE, Reply::ok_send());
+        assert_eq!(gw.send_str(PHONE, TEXT_BODY).await.status(), 200);
+        fake.clear();
+    }
+    // Not from other calls: a /register answered 133010 trips nothing.
+    fake.on_path(
+        &format!("/{TEST_VERSION}/{PHONE}/register"),
+        Reply::graph_error(400, 133010, "not registered"),
+    );
+    let r = gw
+        .post(&format!("/{TEST_VERSION}/{PHONE}/register"), "{}")
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(gw.send_str(PHONE, TEXT_BODY).await.status(), 200);
 }

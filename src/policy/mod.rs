@@ -42,6 +42,37 @@ pub const CODE_POLICY_BLOCK: i64 = 368;
 /// two-step PIN on `/register` — which is why only sends trip).
 pub const CODE_ACCOUNT_LOCKED: i64 = 131031;
 
+/// Phone-level codes: this one phone number cannot send until something about it changes
+/// (its registration, certificate, display name, a throughput upgrade), while the WABA's
+/// other numbers still can. A send answered with one opens the phone number's own circuit
+/// for a hold ([`phone_hold`]); when it passes, the next send goes to Meta again and trips
+/// anew if nothing changed. Only sends trip (as for the account-level codes).
+pub const PHONE_CODES: &[i64] = &[
+    CODE_NOT_REGISTERED,
+    CODE_REGISTRATION_ERROR,
+    CODE_NAME_NOT_APPROVED,
+    CODE_MAINTENANCE,
+];
+/// "Phone number not registered" (the number is not registered on the Cloud API).
+pub const CODE_NOT_REGISTERED: i64 = 133010;
+/// "Message failed to send due to a phone number registration error" (certificate).
+pub const CODE_REGISTRATION_ERROR: i64 = 131045;
+/// "Display name not approved": the number may not send until its name is approved.
+pub const CODE_NAME_NOT_APPROVED: i64 = 131037;
+/// "Account in maintenance mode" (e.g. during a throughput upgrade, about a minute).
+pub const CODE_MAINTENANCE: i64 = 131057;
+
+/// How long a phone-level code holds its phone number's circuit: a minute for
+/// maintenance (Meta: "up to ~1 minute"), ten minutes for the others — then one send
+/// probes again (an operator or a matching signal closes it earlier).
+pub fn phone_hold(code: i64) -> Duration {
+    if code == CODE_MAINTENANCE {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(600)
+    }
+}
+
 /// Longest wait for a trip to be durable before its answer goes to the app anyway.
 pub const ACK_WAIT: Duration = Duration::from_secs(1);
 
@@ -376,7 +407,13 @@ pub fn judge(
         return j;
     };
     j.code = Some(err.code);
-    if call.kind != Kind::Send || !trip_codes.contains(&err.code) {
+    if call.kind != Kind::Send {
+        return j;
+    }
+    if !trip_codes.contains(&err.code) {
+        if PHONE_CODES.contains(&err.code) {
+            j.change = phone_level(call, status, err, now);
+        }
         return j;
     }
     // A known phone number trips its WABA; one whose WABA is not known yet trips its own
@@ -411,6 +448,45 @@ pub fn judge(
         }),
     });
     j
+}
+
+/// A send answered with a phone-level code: its phone number's own circuit opens (known
+/// WABA or not) for [`phone_hold`], with the answer as evidence.
+fn phone_level(
+    call: Call,
+    status: u16,
+    err: envelope::GraphError,
+    now: DateTime<Utc>,
+) -> Option<Change> {
+    let phone = call.phone?;
+    let hold = chrono::Duration::from_std(phone_hold(err.code)).ok()?;
+    let reason = if err.message.is_empty() {
+        format!(
+            "HTTP {status}, Graph error {} (phone number level)",
+            err.code
+        )
+    } else {
+        format!("{} (phone number level)", err.message)
+    };
+    Some(Change {
+        waba_id: call.account.map(|a| a.waba.to_string()).unwrap_or_default(),
+        phone_number_id: Some(phone.to_string()),
+        action: Action::Open {
+            scope: Scope::AllSends,
+            code: Some(err.code),
+            until: Some(now + hold),
+        },
+        source: Source::Send,
+        at: now,
+        reason,
+        evidence: Some(Evidence::Send {
+            code: err.code,
+            error_subcode: err.error_subcode,
+            message: err.message,
+            fbtrace_id: err.fbtrace_id,
+            phone_number_id: Some(phone.to_string()),
+        }),
+    })
 }
 
 /// True when a send body is a template message (`"type": "template"`).
