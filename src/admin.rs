@@ -161,6 +161,7 @@ impl Admin {
         let applied = self.table.apply(Change {
             waba_id,
             phone_number_id,
+            template: None,
             action,
             source: Source::Admin,
             at: now,

@@ -23,6 +23,12 @@ pub struct Metrics {
     pub circuit_open: IntGaugeVec,
     /// `wa_breaker_phone_circuit_open{phone_number_id}`: circuits of one phone number.
     pub phone_circuit_open: IntGaugeVec,
+    /// `wa_breaker_template_circuit_open{waba_id, template, language}`: circuits of one
+    /// template (paused or disabled by Meta).
+    pub template_circuit_open: IntGaugeVec,
+    /// `wa_breaker_template_quality_total{score}`: `message_template_quality_update`
+    /// webhooks by new score (GREEN, YELLOW, RED, UNKNOWN, else other).
+    pub template_quality: IntCounterVec,
     pub transitions: IntCounterVec,
     pub forwarded: IntCounter,
     pub answered_locally: IntCounter,
@@ -69,6 +75,22 @@ impl Metrics {
                 "1 while the circuit of one phone number is open (a phone-level code, or a trip while its WABA was not known)",
             ),
             &["phone_number_id"],
+        )
+        .expect("valid metric");
+        let template_circuit_open = IntGaugeVec::new(
+            Opts::new(
+                "wa_breaker_template_circuit_open",
+                "1 while the circuit of one message template (paused or disabled by Meta) is open",
+            ),
+            &["waba_id", "template", "language"],
+        )
+        .expect("valid metric");
+        let template_quality = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_template_quality_total",
+                "message_template_quality_update webhooks by new quality score (recorded, never a block)",
+            ),
+            &["score"],
         )
         .expect("valid metric");
         let transitions = IntCounterVec::new(
@@ -179,6 +201,8 @@ impl Metrics {
             Box::new(store_commit_failures.clone()),
             Box::new(events_ignored.clone()),
             Box::new(webhook_errors.clone()),
+            Box::new(template_circuit_open.clone()),
+            Box::new(template_quality.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -199,6 +223,8 @@ impl Metrics {
             registry,
             circuit_open,
             phone_circuit_open,
+            template_circuit_open,
+            template_quality,
             transitions,
             upstream_by_class: ["2xx", "3xx", "4xx", "5xx", "error"]
                 .map(|c| upstream_duration.with_label_values(&[c])),

@@ -214,6 +214,7 @@ both_engines!(
     local_reply_carries_fbtrace_id,
     status_error_368_opens_without_a_send,
     phone_level_code_trips_only_that_phone,
+    paused_template_answers_only_that_template,
 );
 
 /// PARTNER_* events are keyed by `waba_info.waba_id`: no circuit for the portfolio id.
@@ -394,4 +395,173 @@ async fn phone_level_code_trips_only_that_phone(engine: Engine) {
         .await;
     assert_eq!(r.status(), 400);
     assert_eq!(gw.send_str(PHONE, TEXT_BODY).await.status(), 200);
+}
+
+fn template_status(event: &str, title: Option<&str>, name: &str, language: &str) -> Value {
+    let mut v = json!({"event": event, "message_template_id": 594425479261596_i64,
+        "message_template_name": name, "message_template_language": language, "reason": "NONE"});
+    if let Some(t) = title {
+        v["other_info"] = json!({"title": t, "description": "Your WhatsApp message template has been paused for 3 hours"});
+    }
+    v
+}
+
+/// A PAUSED webhook for template T: sends of T are answered locally with 132015; other
+/// templates, other languages and free-form sends still reach the fake; REINSTATED closes
+/// it; DISABLED answers 132016; a body too large to inspect is forwarded; quality updates
+/// are counted, never a block; an approval of a template without a circuit records nothing.
+async fn paused_template_answers_only_that_template(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let gw = Gateway::start(&format!(
+        "{}\nclassify_body_limit = 1024\n{}",
+        engine.config_line(),
+        config(&fake.url(), "", "")
+    ))
+    .await;
+    let key = format!("template:{WABA}:order_update:en_US");
+    let other = TEMPLATE_BODY.replace("order_update", "welcome_back");
+    let other_lang = TEMPLATE_BODY.replace("en_US", "en_GB");
+    let t = now_unix();
+    let paused = change(
+        "message_template_status_update",
+        template_status("PAUSED", Some("FIRST_PAUSE"), "order_update", "en_US"),
+    );
+    assert_eq!(
+        deliver(&gw, &envelope(vec![entry(WABA, t, vec![paused])]))
+            .await
+            .status(),
+        200
+    );
+    let c = circuit(&gw, &key).await;
+    assert_eq!(c["state"], "open", "{c}");
+    assert_eq!(c["code"], 132015);
+    assert_eq!(c["template"]["name"], "order_update");
+    assert_eq!(until(&c).unwrap().timestamp(), t + 3 * 3600);
+    assert_eq!(
+        c["history"][0]["evidence"]["value"]["other_info"]["title"],
+        "FIRST_PAUSE"
+    );
+    assert_eq!(circuit(&gw, WABA).await["state"], "closed");
+
+    let r = gw.send_str(PHONE, TEMPLATE_BODY).await;
+    assert_eq!(r.status(), 403, "{}", engine.name());
+    assert_eq!(r.headers()["x-wa-breaker"], "open");
+    let retry: i64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3 * 3600 - 10..=3 * 3600).contains(&retry), "{retry}");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], 132015);
+    assert!(v["error"]["fbtrace_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("wa-breaker-"));
+    assert!(v["error"]["error_data"]["details"]
+        .as_str()
+        .unwrap()
+        .contains("template order_update (en_US)"));
+    assert_eq!(fake.count_for_phone(PHONE), 0);
+    for body in [other.as_str(), other_lang.as_str(), TEXT_BODY] {
+        assert_eq!(gw.send_str(PHONE, body).await.status(), 200, "{body}");
+    }
+    assert_eq!(fake.count_for_phone(PHONE), 3);
+    // Too large to inspect: forwarded, Meta decides.
+    let big = TEMPLATE_BODY.replacen(
+        "\"type\":\"template\"",
+        &format!("\"pad\":\"{}\",\"type\":\"template\"", "x".repeat(2048)),
+        1,
+    );
+    assert_eq!(gw.send_str(PHONE, &big).await.status(), 200);
+    assert_eq!(fake.count_for_phone(PHONE), 4);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "wa_breaker_template_circuit_open",
+            &[
+                ("waba_id", WABA),
+                ("template", "order_update"),
+                ("language", "en_US")
+            ]
+        ),
+        Some(1.0)
+    );
+
+    // Quality updates: counted and recorded, never a block.
+    let quality = change(
+        "message_template_quality_update",
+        json!({"previous_quality_score": "YELLOW", "new_quality_score": "RED",
+               "message_template_id": 1, "message_template_name": "welcome_back",
+               "message_template_language": "en_US"}),
+    );
+    assert_eq!(
+        deliver(&gw, &envelope(vec![entry(WABA, t + 1, vec![quality])]))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(gw.send_str(PHONE, &other).await.status(), 200);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "wa_breaker_template_quality_total", &[("score", "RED")]),
+        Some(1.0)
+    );
+    assert!(notes(&circuit(&gw, WABA).await)[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("YELLOW -> RED"));
+
+    // REINSTATED closes it; the template reaches Meta again.
+    let reinstated = change(
+        "message_template_status_update",
+        template_status("REINSTATED", Some("UNPAUSE"), "order_update", "en_US"),
+    );
+    assert_eq!(
+        deliver(&gw, &envelope(vec![entry(WABA, t + 2, vec![reinstated])]))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(circuit(&gw, &key).await["state"], "closed");
+    assert_eq!(gw.send_str(PHONE, TEMPLATE_BODY).await.status(), 200);
+
+    // DISABLED: 132016, no end.
+    let disabled_t = change(
+        "message_template_status_update",
+        template_status("DISABLED", None, "order_update", "en_US"),
+    );
+    assert_eq!(
+        deliver(&gw, &envelope(vec![entry(WABA, t + 3, vec![disabled_t])]))
+            .await
+            .status(),
+        200
+    );
+    let r = gw.send_str(PHONE, TEMPLATE_BODY).await;
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("retry-after").is_none());
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], 132016);
+    // The store carries the template key: still open after a restart.
+    gw.restart().await;
+    let r = gw.send_str(PHONE, TEMPLATE_BODY).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], 132016);
+    assert_eq!(gw.send_str(PHONE, &other).await.status(), 200);
+
+    // An approval of a template that never had a circuit makes none.
+    let approved = change(
+        "message_template_status_update",
+        template_status("APPROVED", None, "brand_new", "de"),
+    );
+    assert_eq!(
+        deliver(&gw, &envelope(vec![entry(WABA, t + 4, vec![approved])]))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        circuit(&gw, &format!("template:{WABA}:brand_new:de")).await,
+        Value::Null
+    );
 }

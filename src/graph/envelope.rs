@@ -117,6 +117,8 @@ pub fn title_for(code: i64) -> &'static str {
     match code {
         368 => "(#368) Temporarily blocked for policies violations",
         131031 => "(#131031) Account has been locked",
+        132015 => "(#132015) Template is paused",
+        132016 => "(#132016) Template is disabled",
         _ => "Sending is blocked for this WhatsApp Business Account",
     }
 }

@@ -268,12 +268,29 @@ impl Policy {
                 _ => Admit::Forward,
             }
         };
-        // The WABA's circuit first, then the phone number's own (a phone number of unknown
-        // WABA that tripped, or one blocked on its own).
+        // The WABA's circuit first, then the template's (paused or disabled by Meta), then
+        // the phone number's own (a phone number of unknown WABA that tripped, or one
+        // blocked on its own).
         if let Some(a) = call.account {
             match self.table.with_guard(&a.waba, &mut judge) {
                 Some(Admit::Forward) | None => {}
                 Some(decided) => return decided,
+            }
+            if self.table.has_open_templates(&a.waba) {
+                match body {
+                    // Too large to read: forwarded (Meta decides).
+                    Body::Unread(Some(n)) if n > limit as u64 => {}
+                    Body::Unread(_) => return Admit::Inspect { limit },
+                    Body::Read(b) if b.len() > limit => {}
+                    Body::Read(b) => {
+                        if let Some(t) = template_of(b) {
+                            match self.table.with_template_guard(&a.waba, &t, &mut judge) {
+                                Some(Admit::Forward) | None => {}
+                                Some(decided) => return decided,
+                            }
+                        }
+                    }
+                }
             }
         }
         match call.phone {
@@ -431,6 +448,7 @@ pub fn judge(
     j.change = Some(Change {
         waba_id,
         phone_number_id,
+        template: None,
         action: Action::Open {
             scope: Scope::AllSends,
             code: Some(err.code),
@@ -471,6 +489,7 @@ fn phone_level(
     Some(Change {
         waba_id: call.account.map(|a| a.waba.to_string()).unwrap_or_default(),
         phone_number_id: Some(phone.to_string()),
+        template: None,
         action: Action::Open {
             scope: Scope::AllSends,
             code: Some(err.code),
@@ -487,6 +506,41 @@ fn phone_level(
             phone_number_id: Some(phone.to_string()),
         }),
     })
+}
+
+/// The template of a template send body: `template.name` and `template.language.code`
+/// (`None` for other bodies, and for names or languages no template can have).
+pub fn template_of(body: &[u8]) -> Option<crate::circuit::TemplateRef> {
+    use std::borrow::Cow;
+    #[derive(serde::Deserialize)]
+    struct Msg<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        template: Option<Tpl<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Tpl<'a> {
+        #[serde(borrow)]
+        name: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        language: Option<Lang<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Lang<'a> {
+        #[serde(borrow)]
+        code: Option<Cow<'a, str>>,
+    }
+    let m: Msg = serde_json::from_slice(body).ok()?;
+    if m.kind.as_deref() != Some("template") {
+        return None;
+    }
+    let t = m.template?;
+    let r = crate::circuit::TemplateRef {
+        name: t.name?.into_owned(),
+        language: t.language?.code?.into_owned(),
+    };
+    r.is_valid().then_some(r)
 }
 
 /// True when a send body is a template message (`"type": "template"`).

@@ -67,9 +67,13 @@ pub fn local_body(c: &Circuit) -> Bytes {
         .until
         .map(|u| format!(" until {}", u.to_rfc3339_opts(SecondsFormat::Secs, true)))
         .unwrap_or_default();
-    let whose = match &c.phone_number_id {
-        Some(p) => format!("phone number {p}"),
-        None => format!("WhatsApp Business Account {}", c.waba_id),
+    let whose = match (&c.template, &c.phone_number_id) {
+        (Some(t), _) => format!(
+            "template {} ({}) of WhatsApp Business Account {}",
+            t.name, t.language, c.waba_id
+        ),
+        (None, Some(p)) => format!("phone number {p}"),
+        (None, None) => format!("WhatsApp Business Account {}", c.waba_id),
     };
     let trace = local_trace_id(c);
     let trace_note = if trace.starts_with(GATEWAY_TRACE_PREFIX) {

@@ -257,6 +257,7 @@ fn local_reply_carries_the_opening_code() {
     p.table().apply(Change {
         waba_id: WABA.into(),
         phone_number_id: None,
+        template: None,
         action: Action::Open {
             scope: Scope::AllSends,
             code: Some(131031),

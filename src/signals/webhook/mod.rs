@@ -35,7 +35,10 @@ use super::health::{HealthChecker, PollOutcome};
 use crate::circuit::{Action, Change, Evidence, Scope, State, Table};
 use crate::config::{Config, Secret};
 use crate::graph::health::Verdict;
-use crate::graph::plan::{message_errors, plan, plan_message_errors, FIELD_MESSAGES, WEBHOOK_CODE};
+use crate::graph::plan::{
+    message_errors, plan, plan_message_errors, plan_template, plan_template_quality,
+    FIELD_MESSAGES, FIELD_TEMPLATE_QUALITY, FIELD_TEMPLATE_STATUS, WEBHOOK_CODE,
+};
 use crate::graph::webhook as payload;
 use crate::metrics::METRICS;
 use crate::proxy::Body;
@@ -255,10 +258,15 @@ impl Webhook {
         let mut last = None;
         for entry in &env.entries {
             for ch in &entry.changes {
-                if ch.field == FIELD_MESSAGES {
-                    if let Some(seq) = self.apply_message_errors(entry, ch, now) {
-                        last = Some(seq);
+                let own = match ch.field.as_str() {
+                    FIELD_MESSAGES => Some(self.apply_message_errors(entry, ch, now)),
+                    FIELD_TEMPLATE_STATUS | FIELD_TEMPLATE_QUALITY => {
+                        Some(self.apply_template(entry, ch, now))
                     }
+                    _ => None,
+                };
+                if let Some(seq) = own {
+                    last = seq.or(last);
                     continue;
                 }
                 let Some(step) = plan(entry, ch, now, self.violation_opens, has_token) else {
@@ -309,6 +317,40 @@ impl Webhook {
         }
         tracing::debug!(waba_id = %entry.id, errors = errors.len(), "messages webhook reports errors");
         let step = plan_message_errors(entry, ch, &errors, &self.trip_codes, now)?;
+        let (_, seq) = self.table.apply(step.change)?;
+        METRICS.webhooks.with_label_values(&["applied"]).inc();
+        Some(seq)
+    }
+}
+
+impl Webhook {
+    /// `message_template_status_update` → the template's circuit (see [`plan_template`]);
+    /// a close or note for a template that has no circuit records nothing (Meta announces
+    /// every approval; only pauses and disables make circuits).
+    /// `message_template_quality_update` → a note on the WABA and
+    /// `wa_breaker_template_quality_total`, never a block.
+    fn apply_template(
+        &self,
+        entry: &payload::Entry,
+        ch: &payload::ChangeItem,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<u64> {
+        let step = if ch.field == FIELD_TEMPLATE_QUALITY {
+            let (step, label) = plan_template_quality(entry, ch, now)?;
+            METRICS.template_quality.with_label_values(&[label]).inc();
+            step
+        } else {
+            let Some(step) = plan_template(entry, ch, now) else {
+                tracing::info!(waba_id = %entry.id, event = ch.event_name(), "template status update without a usable template name and language: not recorded");
+                return None;
+            };
+            let exists = self.table.get(&step.change.key()).is_some();
+            if !matches!(step.change.action, Action::Open { .. }) && !exists {
+                tracing::debug!(waba_id = %entry.id, reason = %step.change.reason, "template event for a template without a circuit: not recorded");
+                return None;
+            }
+            step
+        };
         let (_, seq) = self.table.apply(step.change)?;
         METRICS.webhooks.with_label_values(&["applied"]).inc();
         Some(seq)
