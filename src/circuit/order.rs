@@ -60,6 +60,9 @@ impl Change {
 }
 
 /// The result of [`decide`].
+// Returned once per change and moved straight into the table: boxing the circuit would
+// only add an allocation per change.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
     /// The circuit changed; `transition` is true when its state or scope did.
