@@ -63,6 +63,7 @@ fn setup() -> (Policy, Arc<Table>) {
         table.apply(Change {
             waba_id: waba(i),
             phone_number_id: None,
+            template: None,
             action: Action::Open {
                 scope: Scope::AllSends,
                 code: Some(368),

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::circuit::{
     Action, Change, Circuit, Evidence, Mapping, MappingSource, Scope, Source, Table,
+    PHONE_KEY_PREFIX,
 };
 use crate::config::{is_graph_id, Secret};
 use crate::metrics::METRICS;
@@ -131,8 +132,13 @@ impl Admin {
                 None => json_error(StatusCode::NOT_FOUND, "no circuit for that WABA"),
             },
             (Method::POST, ["circuits", id, op @ ("open" | "close")]) => {
-                if !is_graph_id(id) {
-                    return json_error(StatusCode::BAD_REQUEST, "waba_id must be a numeric id");
+                // A WABA id, or `phone:{id}` for a phone number's own circuit.
+                let phone = id.strip_prefix(PHONE_KEY_PREFIX);
+                if !is_graph_id(phone.unwrap_or(id)) {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        "the id must be a numeric WABA id or phone:{phone_number_id}",
+                    );
                 }
                 let body = match read_json::<OpRequest>(req.into_body()).await {
                     Ok(b) => b,
@@ -291,9 +297,18 @@ impl Admin {
         };
         tracing::info!(waba_id = id, op, "admin request");
         let want_open = op == "open";
+        // A phone number's circuit keeps the WABA it was recorded with.
+        let (waba_id, phone_number_id) = match id.strip_prefix(PHONE_KEY_PREFIX) {
+            Some(p) => (
+                self.table.get(id).map(|c| c.waba_id).unwrap_or_default(),
+                Some(p.to_string()),
+            ),
+            None => (id.to_string(), None),
+        };
         let applied = self.table.apply(Change {
-            waba_id: id.to_string(),
-            phone_number_id: None,
+            waba_id,
+            phone_number_id,
+            template: None,
             action,
             source: Source::Admin,
             at: now,

@@ -9,9 +9,13 @@ use prometheus::{
 
 /// Graph error codes that get their own label value; anything else is `other`.
 const KNOWN_CODES: &[i64] = &[
-    0, 1, 2, 3, 4, 10, 190, 368, 80007, 130429, 130497, 131000, 131026, 131031, 131042, 131047,
-    131048, 131049, 131050, 131051, 131056,
+    0, 1, 2, 3, 4, 10, 190, 368, 80007, 130429, 130497, 131000, 131026, 131031, 131037, 131042,
+    131045, 131047, 131048, 131049, 131050, 131051, 131056, 131057, 131064, 132001, 132015, 132016,
+    133010,
 ];
+
+/// Where a webhook-reported error sat in a `messages` delivery (the `site` label).
+pub const WEBHOOK_ERROR_SITES: &[&str] = &["status", "value"];
 
 /// Every metric the gateway exports.
 pub struct Metrics {
@@ -19,6 +23,12 @@ pub struct Metrics {
     pub circuit_open: IntGaugeVec,
     /// `wa_breaker_phone_circuit_open{phone_number_id}`: circuits of one phone number.
     pub phone_circuit_open: IntGaugeVec,
+    /// `wa_breaker_template_circuit_open{waba_id, template, language}`: circuits of one
+    /// template (paused or disabled by Meta).
+    pub template_circuit_open: IntGaugeVec,
+    /// `wa_breaker_template_quality_total{score}`: `message_template_quality_update`
+    /// webhooks by new score (GREEN, YELLOW, RED, UNKNOWN, else other).
+    pub template_quality: IntCounterVec,
     pub transitions: IntCounterVec,
     pub forwarded: IntCounter,
     pub answered_locally: IntCounter,
@@ -50,6 +60,9 @@ pub struct Metrics {
     pub phone_numbers_known: IntGaugeVec,
     /// Discovery's Health Status reads of unmapped phone numbers, by result.
     pub discovery_lookups: IntCounterVec,
+    /// `wa_breaker_webhook_errors_total{code, site}`: Graph error codes Meta reported only by
+    /// webhook (`messages` deliveries: `statuses[].errors[]`, `value.errors[]`).
+    webhook_errors: IntCounterVec,
 }
 
 /// The process-wide metrics.
@@ -69,9 +82,25 @@ impl Metrics {
         let phone_circuit_open = IntGaugeVec::new(
             Opts::new(
                 "wa_breaker_phone_circuit_open",
-                "1 while the circuit of one phone number (of a WABA not known yet) is open",
+                "1 while the circuit of one phone number is open (a phone-level code, or a trip while its WABA was not known)",
             ),
             &["phone_number_id"],
+        )
+        .expect("valid metric");
+        let template_circuit_open = IntGaugeVec::new(
+            Opts::new(
+                "wa_breaker_template_circuit_open",
+                "1 while the circuit of one message template (paused or disabled by Meta) is open",
+            ),
+            &["waba_id", "template", "language"],
+        )
+        .expect("valid metric");
+        let template_quality = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_template_quality_total",
+                "message_template_quality_update webhooks by new quality score (recorded, never a block)",
+            ),
+            &["score"],
         )
         .expect("valid metric");
         let transitions = IntCounterVec::new(
@@ -201,6 +230,14 @@ impl Metrics {
         ] {
             discovery_lookups.with_label_values(&[r]);
         }
+        let webhook_errors = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_webhook_errors_total",
+                "Graph error codes reported in messages webhooks (statuses[].errors[] and value.errors[]), by code (known codes, else other) and site",
+            ),
+            &["code", "site"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("wa_breaker_build_info", "Build information"),
             &["version"],
@@ -228,6 +265,9 @@ impl Metrics {
             Box::new(discovery_lookups.clone()),
             Box::new(client_timeouts.clone()),
             Box::new(client_body_errors.clone()),
+            Box::new(webhook_errors.clone()),
+            Box::new(template_circuit_open.clone()),
+            Box::new(template_quality.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -248,6 +288,8 @@ impl Metrics {
             registry,
             circuit_open,
             phone_circuit_open,
+            template_circuit_open,
+            template_quality,
             transitions,
             upstream_by_class: ["2xx", "3xx", "4xx", "5xx", "error"]
                 .map(|c| upstream_duration.with_label_values(&[c])),
@@ -264,6 +306,7 @@ impl Metrics {
             discovery_lookups,
             client_timeouts,
             client_body_errors,
+            webhook_errors,
         }
     }
 
@@ -289,12 +332,22 @@ impl Metrics {
 
     /// Counts a Graph error code seen upstream, bounded to the known set.
     pub fn upstream_code(&self, code: i64) {
-        let label = if KNOWN_CODES.contains(&code) {
-            itoa_label(code)
+        self.upstream_errors
+            .with_label_values(&[&code_label(code)])
+            .inc();
+    }
+
+    /// Counts a Graph error code a `messages` webhook reported at `site` (`status` or
+    /// `value`), bounded to the known codes and sites.
+    pub fn webhook_error(&self, code: i64, site: &str) {
+        let site = if WEBHOOK_ERROR_SITES.contains(&site) {
+            site
         } else {
-            "other".to_string()
+            "value"
         };
-        self.upstream_errors.with_label_values(&[&label]).inc();
+        self.webhook_errors
+            .with_label_values(&[&code_label(code), site])
+            .inc();
     }
 
     /// The Prometheus text exposition.
@@ -305,6 +358,11 @@ impl Metrics {
     }
 }
 
-fn itoa_label(code: i64) -> String {
-    code.to_string()
+/// The label of a Graph code: itself when known, else `other` (a bounded label set).
+fn code_label(code: i64) -> String {
+    if KNOWN_CODES.contains(&code) {
+        code.to_string()
+    } else {
+        "other".to_string()
+    }
 }

@@ -417,7 +417,7 @@ async fn a_newer_close_that_arrives_first_is_remembered(engine: Engine) {
     .await;
 }
 
-/// A signed batch of 10 000 notes (ACCOUNT_DELETED) for WABAs the gateway does not know
+/// A signed batch of 10 000 notes (ACCOUNT_VIOLATION without a health token) for WABAs the gateway does not know
 /// creates no circuit and no metric series.
 async fn a_flood_of_notes_for_unknown_wabas_grows_nothing(engine: Engine) {
     bounded(async {
@@ -432,7 +432,7 @@ async fn a_flood_of_notes_for_unknown_wabas_grows_nothing(engine: Engine) {
                 entry(
                     &(500_000_000_000_000 + i).to_string(),
                     t,
-                    vec![change("account_update", event("ACCOUNT_DELETED"))],
+                    vec![change("account_update", violation("ADULT"))],
                 )
             })
             .collect();
@@ -457,7 +457,7 @@ async fn a_flood_of_notes_for_unknown_wabas_grows_nothing(engine: Engine) {
             Some(10_000.0)
         );
         // A note for a configured WABA is still recorded.
-        let note = account_update(WABA, t, event("ACCOUNT_DELETED"));
+        let note = account_update(WABA, t, violation("ADULT"));
         assert_eq!(post_webhook(&gw, &note).await, 200);
         let (_, c) = gw.circuit(ADMIN, WABA).await;
         assert_eq!(c["history"].as_array().unwrap().len(), 1, "{c}");

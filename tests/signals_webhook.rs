@@ -217,7 +217,7 @@ async fn biz_initiated_restriction_blocks_templates_and_lets_replies_through() {
 }
 
 #[tokio::test]
-async fn customer_initiated_restriction_with_iso_expiration_blocks_all_sends() {
+async fn customer_initiated_restriction_with_iso_expiration_blocks_replies() {
     let fake = FakeCloud::start().await;
     let gw = gateway(&fake, "").await;
     let r = deliver(
@@ -235,10 +235,13 @@ async fn customer_initiated_restriction_with_iso_expiration_blocks_all_sends() {
     assert_eq!(r.status(), 200);
     let c = circuit(&gw, WABA).await;
     assert_eq!(c["state"], "open");
-    assert_eq!(c["scope"], "all_sends");
+    assert_eq!(c["scope"], "customer_initiated");
     assert_eq!(c["until"], "2099-04-19T13:59:20Z");
     assert_eq!(gw.send_str(PHONE, TEXT_BODY).await.status(), 403);
     assert_eq!(fake.count_for_phone(PHONE), 0);
+    // Alone it does not stop templates (they open conversations, which it does not restrict).
+    assert_eq!(gw.send_str(PHONE, TEMPLATE_BODY).await.status(), 200);
+    assert_eq!(fake.count_for_phone(PHONE), 1);
 }
 
 #[tokio::test]
@@ -255,7 +258,10 @@ async fn other_restrictions_lifecycle_and_schedule_are_recorded_without_blocking
                 restriction(&["RESTRICTED_ADD_PHONE_NUMBER_ACTION"], json!(t + 3600)),
             ),
             change("account_update", disabled("SCHEDULE_FOR_DISABLE")),
-            change("account_update", event("PARTNER_REMOVED")),
+            change(
+                "account_update",
+                json!({"event": "PARTNER_REMOVED", "waba_info": {"waba_id": WABA}}),
+            ),
             change("account_update", event("VERIFIED_ACCOUNT")),
             change(
                 "account_update",

@@ -6,8 +6,8 @@ mod order;
 mod table;
 
 pub use directory::{Directory, Id, Mapping, MappingSource, Resolved};
-pub use model::{key, PHONE_KEY_PREFIX};
-pub use model::{Circuit, Evidence, Scope, Source, State, Transition};
+pub use model::{key, template_key, PHONE_KEY_PREFIX, TEMPLATE_KEY_PREFIX};
+pub use model::{Circuit, Evidence, Scope, Source, State, TemplateRef, Transition};
 pub use order::{decide, newer, Action, Change, Outcome};
 pub use table::{Limits, MappingNotice, Notice, OpenGuard, Origin, Table};
 
@@ -28,6 +28,7 @@ pub(crate) mod testing {
         Change {
             waba_id: waba_id.into(),
             phone_number_id: None,
+            template: None,
             action: Action::Open {
                 scope,
                 code: Some(368),

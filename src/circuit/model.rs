@@ -20,6 +20,9 @@ pub enum State {
 pub enum Scope {
     /// Only template sends (business-initiated conversations).
     BusinessInitiated,
+    /// Only non-template sends: replies inside the customer-service window
+    /// (`RESTRICTED_CUSTOMER_INITIATED_MESSAGING` alone); templates still go.
+    CustomerInitiated,
     /// Every send.
     #[default]
     AllSends,
@@ -125,7 +128,36 @@ pub struct Transition {
     pub clamped_from: Option<DateTime<Utc>>,
 }
 
-/// One WABA's circuit, or one phone number's.
+/// A message template as Meta keys it: name and language (`en_US`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TemplateRef {
+    /// `template.name` of a send; `message_template_name` of a webhook.
+    pub name: String,
+    /// `template.language.code` of a send; `message_template_language` of a webhook.
+    pub language: String,
+}
+
+impl TemplateRef {
+    /// Both parts look like Meta's (name: lowercase letters, digits, `_`, at most 512;
+    /// language: letters, digits, `_`, `-`, at most 16): what a key may be built from.
+    pub fn is_valid(&self) -> bool {
+        let name = !self.name.is_empty()
+            && self.name.len() <= 512
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let lang = !self.language.is_empty()
+            && self.language.len() <= 16
+            && self
+                .language
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        name && lang
+    }
+}
+
+/// One WABA's circuit, one phone number's, or one template's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Circuit {
     /// The WhatsApp Business Account (empty for a phone-number circuit whose WABA is not
@@ -136,6 +168,10 @@ pub struct Circuit {
     /// to the WABA once its owner is known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone_number_id: Option<String>,
+    /// Set for a template circuit: it answers the sends of this one template of the WABA
+    /// (opened when Meta paused or disabled it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRef>,
     /// Open or closed.
     pub state: State,
     /// Which sends an open circuit answers locally.
@@ -171,6 +207,7 @@ impl Circuit {
         Circuit {
             waba_id: waba_id.to_string(),
             phone_number_id: None,
+            template: None,
             state: State::Closed,
             scope: Scope::AllSends,
             code: None,
@@ -185,15 +222,21 @@ impl Circuit {
         }
     }
 
-    /// The circuit's key in the table and the stores: the WABA id, or `phone:{id}` for a
-    /// phone-number circuit.
+    /// The circuit's key in the table and the stores: the WABA id, `phone:{id}` for a
+    /// phone-number circuit, `template:{waba}:{name}:{language}` for a template circuit.
     pub fn key(&self) -> String {
-        key(&self.waba_id, self.phone_number_id.as_deref())
+        match &self.template {
+            Some(t) => template_key(&self.waba_id, t),
+            None => key(&self.waba_id, self.phone_number_id.as_deref()),
+        }
     }
 
     /// Its ids are Graph ids (what a record from a store or another replica must hold).
     pub fn has_valid_ids(&self) -> bool {
         let id = |s: &str| !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit());
+        if let Some(t) = &self.template {
+            return id(&self.waba_id) && self.phone_number_id.is_none() && t.is_valid();
+        }
         match &self.phone_number_id {
             Some(p) => id(p) && (self.waba_id.is_empty() || id(&self.waba_id)),
             None => id(&self.waba_id),
@@ -214,5 +257,53 @@ pub fn key(waba_id: &str, phone_number_id: Option<&str>) -> String {
     match phone_number_id {
         Some(p) => format!("{PHONE_KEY_PREFIX}{p}"),
         None => waba_id.to_string(),
+    }
+}
+
+/// Prefix of template circuit keys.
+pub const TEMPLATE_KEY_PREFIX: &str = "template:";
+
+/// The key of a template circuit: `template:{waba}:{name}:{language}`.
+pub fn template_key(waba_id: &str, t: &TemplateRef) -> String {
+    format!("{TEMPLATE_KEY_PREFIX}{waba_id}:{}:{}", t.name, t.language)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_circuits_have_their_own_key_and_round_trip() {
+        let t = TemplateRef {
+            name: "order_update".into(),
+            language: "en_US".into(),
+        };
+        let c = Circuit {
+            template: Some(t.clone()),
+            ..Circuit::new("102290129340398", Utc::now())
+        };
+        assert_eq!(c.key(), "template:102290129340398:order_update:en_US");
+        assert!(c.has_valid_ids());
+        let back: Circuit = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        // A record without the field (older versions) is a WABA's.
+        let plain = Circuit::new("102290129340398", Utc::now());
+        assert!(!serde_json::to_string(&plain).unwrap().contains("template"));
+        for bad in [
+            ("Order", "en"),
+            ("a:b", "en"),
+            ("x", ""),
+            ("x", "en:US"),
+            ("", "en"),
+        ] {
+            let c = Circuit {
+                template: Some(TemplateRef {
+                    name: bad.0.into(),
+                    language: bad.1.into(),
+                }),
+                ..Circuit::new("102290129340398", Utc::now())
+            };
+            assert!(!c.has_valid_ids(), "{bad:?}");
+        }
     }
 }

@@ -35,6 +35,8 @@ pub struct Change {
     pub waba_id: String,
     /// Set for a phone-number circuit: the circuit of this one phone number.
     pub phone_number_id: Option<String>,
+    /// Set for a template circuit: the circuit of this one template of `waba_id`.
+    pub template: Option<super::model::TemplateRef>,
     /// What the change asks for.
     pub action: Action,
     /// What caused it.
@@ -50,11 +52,17 @@ pub struct Change {
 impl Change {
     /// The key of the circuit it changes (see [`Circuit::key`]).
     pub fn key(&self) -> String {
-        super::model::key(&self.waba_id, self.phone_number_id.as_deref())
+        match &self.template {
+            Some(t) => super::model::template_key(&self.waba_id, t),
+            None => super::model::key(&self.waba_id, self.phone_number_id.as_deref()),
+        }
     }
 }
 
 /// The result of [`decide`].
+// Returned once per change and moved straight into the table: boxing the circuit would
+// only add an allocation per change.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
     /// The circuit changed; `transition` is true when its state or scope did.
@@ -82,6 +90,7 @@ pub fn decide(
         None => {
             fresh = Circuit {
                 phone_number_id: change.phone_number_id.clone(),
+                template: change.template.clone(),
                 ..Circuit::new(&change.waba_id, DateTime::<Utc>::MIN_UTC)
             };
             &fresh
@@ -278,6 +287,7 @@ mod tests {
         Change {
             waba_id: "1".into(),
             phone_number_id: None,
+            template: None,
             action,
             source,
             at: t(at),

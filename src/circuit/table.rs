@@ -14,7 +14,6 @@ use tokio::sync::{mpsc, watch};
 use super::directory::{Directory, Id, Mapping, Resolved, Set};
 use super::model::{Circuit, Evidence, Scope, Source, State};
 use super::order::{decide, newer, Action, Change, Outcome};
-use crate::graph::envelope;
 use crate::metrics::METRICS;
 
 /// What the hot path needs to know about an open circuit, built once per opening.
@@ -104,6 +103,12 @@ pub struct Table {
     /// map only while one is open.
     open_phones: DashMap<Id, Arc<OpenGuard>>,
     open_phones_len: AtomicUsize,
+    /// Open template circuits by their key (`template:{waba}:{name}:{language}`), the WABAs
+    /// that have any with how many, and their count: a send reads these only while one is
+    /// open (and then only for a WABA that has one).
+    open_templates: DashMap<String, Arc<OpenGuard>>,
+    template_wabas: DashMap<String, usize>,
+    open_templates_len: AtomicUsize,
     /// At least `open.len()`: lets the hot path skip the map with one plain load when nothing
     /// is open (`DashMap::is_empty` read-locks every shard, a write to lines every core shares).
     open_len: AtomicUsize,
@@ -173,6 +178,9 @@ impl Table {
             open_len: AtomicUsize::new(0),
             open_phones: DashMap::new(),
             open_phones_len: AtomicUsize::new(0),
+            open_templates: DashMap::new(),
+            template_wabas: DashMap::new(),
+            open_templates_len: AtomicUsize::new(0),
             origin: origin.into(),
             history_limit,
             listeners: RwLock::new(Vec::new()),
@@ -291,6 +299,7 @@ impl Table {
         self.apply(Change {
             waba_id: waba.to_string(),
             phone_number_id: None,
+            template: None,
             action: Action::Open {
                 scope: pc.scope,
                 code: pc.code,
@@ -304,6 +313,7 @@ impl Table {
         self.apply(Change {
             waba_id: String::new(),
             phone_number_id: Some(phone.to_string()),
+            template: None,
             action: Action::Close,
             source: pc.source,
             at: Utc::now(),
@@ -389,6 +399,29 @@ impl Table {
         self.open_phones.get(phone).map(|g| f(g.value()))
     }
 
+    /// Hot path: true when the WABA has an open template circuit (the send's body then
+    /// decides). One load when none is open anywhere.
+    #[inline]
+    pub fn has_open_templates(&self, waba_id: &str) -> bool {
+        self.open_templates_len.load(Ordering::Acquire) > 0
+            && self.template_wabas.contains_key(waba_id)
+    }
+
+    /// Hot path: runs `f` on the open guard of a template of a WABA, if its circuit is open.
+    pub fn with_template_guard<R>(
+        &self,
+        waba_id: &str,
+        template: &super::model::TemplateRef,
+        f: impl FnOnce(&OpenGuard) -> R,
+    ) -> Option<R> {
+        if !self.has_open_templates(waba_id) {
+            return None;
+        }
+        self.open_templates
+            .get(&super::model::template_key(waba_id, template))
+            .map(|g| f(g.value()))
+    }
+
     /// One circuit.
     pub fn get(&self, waba_id: &str) -> Option<Circuit> {
         self.circuits.get(waba_id).map(|c| c.value().clone())
@@ -434,7 +467,7 @@ impl Table {
 
     /// Number of open circuits.
     pub fn open_count(&self) -> usize {
-        self.open.len() + self.open_phones.len()
+        self.open.len() + self.open_phones.len() + self.open_templates.len()
     }
 
     /// Applies a local change by the ordering rule. Returns the circuit and the change's
@@ -571,6 +604,10 @@ impl Table {
     }
 
     fn sync_guard(&self, key: &Arc<str>, c: &Circuit, seq: u64) {
+        if c.template.is_some() {
+            self.sync_template_guard(key, c, seq);
+            return;
+        }
         if let Some(phone) = c.phone_number_id.as_deref().and_then(Id::new) {
             if c.is_open() {
                 self.open_phones_len.fetch_add(1, Ordering::AcqRel);
@@ -601,6 +638,34 @@ impl Table {
             open_gauge(c, 1);
         } else if self.open.remove(key.as_ref()).is_some() {
             self.open_len.fetch_sub(1, Ordering::AcqRel);
+            open_gauge(c, 0);
+        }
+    }
+
+    /// [`Table::sync_guard`] for a template circuit (a map of its own, counted per WABA).
+    fn sync_template_guard(&self, key: &Arc<str>, c: &Circuit, seq: u64) {
+        if c.is_open() {
+            let fresh = self
+                .open_templates
+                .insert(key.to_string(), Arc::new(build_guard(c, seq)))
+                .is_none();
+            if fresh {
+                *self.template_wabas.entry(c.waba_id.clone()).or_insert(0) += 1;
+                self.open_templates_len.fetch_add(1, Ordering::AcqRel);
+            }
+            open_gauge(c, 1);
+        } else if self.open_templates.remove(key.as_ref()).is_some() {
+            self.open_templates_len.fetch_sub(1, Ordering::AcqRel);
+            let zero = match self.template_wabas.get_mut(&c.waba_id) {
+                Some(mut n) => {
+                    *n = n.saturating_sub(1);
+                    *n == 0
+                }
+                None => false,
+            };
+            if zero {
+                self.template_wabas.remove_if(&c.waba_id, |_, n| *n == 0);
+            }
             open_gauge(c, 0);
         }
     }
@@ -674,6 +739,13 @@ impl Table {
 /// `wa_breaker_circuit_open{waba_id}` for a WABA's circuit,
 /// `wa_breaker_phone_circuit_open{phone_number_id}` for a phone number's.
 fn open_gauge(c: &Circuit, v: i64) {
+    if let Some(t) = &c.template {
+        METRICS
+            .template_circuit_open
+            .with_label_values(&[&c.waba_id, &t.name, &t.language])
+            .set(v);
+        return;
+    }
     match &c.phone_number_id {
         Some(p) => METRICS.phone_circuit_open.with_label_values(&[p]).set(v),
         None => METRICS.circuit_open.with_label_values(&[&c.waba_id]).set(v),
@@ -684,6 +756,12 @@ fn open_gauge(c: &Circuit, v: i64) {
 fn forget_series(c: &Circuit) {
     let key = c.key();
     let waba_id = key.as_str();
+    if let Some(t) = &c.template {
+        let _ =
+            METRICS
+                .template_circuit_open
+                .remove_label_values(&[&c.waba_id, &t.name, &t.language]);
+    }
     match &c.phone_number_id {
         Some(p) => {
             let _ = METRICS.phone_circuit_open.remove_label_values(&[p]);
@@ -736,35 +814,13 @@ fn log_transition(c: &Circuit, was_open: bool) {
     );
 }
 
-/// Builds the local reply for an open circuit once, not per request.
+/// Builds the local reply for an open circuit once, not per request (the body is made by
+/// [`crate::policy::reply::local_body`], the one place local answers are worded).
 fn build_guard(c: &Circuit, seq: u64) -> OpenGuard {
-    let code = c.code.unwrap_or(368);
-    let since = c
-        .opened_at
-        .unwrap_or(c.updated_at)
-        .to_rfc3339_opts(SecondsFormat::Secs, true);
-    let until = c
-        .until
-        .map(|u| format!(" until {}", u.to_rfc3339_opts(SecondsFormat::Secs, true)))
-        .unwrap_or_default();
-    let whose = match &c.phone_number_id {
-        Some(p) => format!("phone number {p}"),
-        None => format!("WhatsApp Business Account {}", c.waba_id),
-    };
-    let details = format!(
-        "wa-breaker answered locally; the request was not sent to Meta. The circuit for {whose} has been open since {since}{until} (source: {}).",
-        c.source.as_str()
-    );
     OpenGuard {
         scope: c.scope,
         until_unix: c.until.map(|u: DateTime<Utc>| u.timestamp()),
-        body: envelope::build(
-            code,
-            None,
-            "OAuthException",
-            envelope::title_for(code),
-            &details,
-        ),
+        body: crate::policy::reply::local_body(c),
         seq,
     }
 }

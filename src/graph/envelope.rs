@@ -66,8 +66,16 @@ pub fn parse(body: &[u8]) -> Option<GraphError> {
     })
 }
 
-/// Builds a Cloud-API-shaped error body (fields in Graph's order).
-pub fn build(code: i64, subcode: Option<i64>, kind: &str, message: &str, details: &str) -> Bytes {
+/// Builds a Cloud-API-shaped error body (fields in Graph's order), with `fbtrace_id` last
+/// as Graph puts it (typed clients require the field).
+pub fn build(
+    code: i64,
+    subcode: Option<i64>,
+    kind: &str,
+    message: &str,
+    details: &str,
+    fbtrace_id: &str,
+) -> Bytes {
     #[derive(Serialize)]
     struct Out<'a> {
         error: Inner<'a>,
@@ -81,6 +89,7 @@ pub fn build(code: i64, subcode: Option<i64>, kind: &str, message: &str, details
         error_data: Data<'a>,
         #[serde(skip_serializing_if = "Option::is_none")]
         error_subcode: Option<i64>,
+        fbtrace_id: &'a str,
     }
     #[derive(Serialize)]
     struct Data<'a> {
@@ -97,6 +106,7 @@ pub fn build(code: i64, subcode: Option<i64>, kind: &str, message: &str, details
                 details,
             },
             error_subcode: subcode,
+            fbtrace_id,
         },
     };
     Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
@@ -107,6 +117,8 @@ pub fn title_for(code: i64) -> &'static str {
     match code {
         368 => "(#368) Temporarily blocked for policies violations",
         131031 => "(#131031) Account has been locked",
+        132015 => "(#132015) Template is paused",
+        132016 => "(#132016) Template is disabled",
         _ => "Sending is blocked for this WhatsApp Business Account",
     }
 }
@@ -147,8 +159,16 @@ mod tests {
 
     #[test]
     fn build_roundtrips() {
-        let b = build(368, Some(1), "OAuthException", title_for(368), "local");
+        let b = build(
+            368,
+            Some(1),
+            "OAuthException",
+            title_for(368),
+            "local",
+            "wab-1",
+        );
         let e = parse(&b).unwrap();
+        assert_eq!(e.fbtrace_id.as_deref(), Some("wab-1"));
         assert_eq!(e.code, 368);
         assert_eq!(e.details.as_deref(), Some("local"));
         assert_eq!(e.error_subcode, Some(1));

@@ -4,8 +4,10 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::webhook::{AccountEvent, BanState, ChangeItem, Entry, RestrictionKind};
-use crate::circuit::{Action, Change, Evidence, Scope, Source};
+use super::webhook::{
+    waba_info_id, AccountEvent, BanState, ChangeItem, Entry, RestrictionKind, PARTNER_EVENTS,
+};
+use crate::circuit::{Action, Change, Evidence, Scope, Source, TemplateRef};
 use crate::config::is_graph_id;
 use crate::policy::CODE_POLICY_BLOCK;
 
@@ -20,20 +22,50 @@ pub struct Step {
     pub change: Change,
     /// An `ACCOUNT_VIOLATION` recorded as a note: check Health Status now.
     pub check_health: bool,
+    /// A close that applies only when the circuit is open because of this event
+    /// (`ACCOUNT_RECONNECTED` closes what `ACCOUNT_OFFBOARDED` opened, not a policy
+    /// block); otherwise the receiver records it as a note.
+    pub only_if_opened_by: Option<&'static str>,
+}
+
+/// The event whose open `ACCOUNT_RECONNECTED` undoes.
+pub const OFFBOARDED: &str = "ACCOUNT_OFFBOARDED";
+
+/// The scope of a set of restriction kinds: the union of what each blocks
+/// (`None`: nothing blocked). Business-initiated alone blocks templates, customer-initiated
+/// alone blocks the other sends, both block every send.
+pub fn restriction_scope(kinds: impl IntoIterator<Item = RestrictionKind>) -> Option<Scope> {
+    let (mut biz, mut cust) = (false, false);
+    for k in kinds {
+        biz |= k == RestrictionKind::BusinessInitiated;
+        cust |= k == RestrictionKind::CustomerInitiated;
+    }
+    match (biz, cust) {
+        (true, true) => Some(Scope::AllSends),
+        (true, false) => Some(Scope::BusinessInitiated),
+        (false, true) => Some(Scope::CustomerInitiated),
+        (false, false) => None,
+    }
 }
 
 /// Maps one `changes[]` element of `entry` to a circuit change (pure; unit-tested).
 /// `None` for fields and events that are not about sending, and for entries whose id is not
 /// a WABA id.
 ///
-/// - `ACCOUNT_RESTRICTION`: `RESTRICTED_CUSTOMER_INITIATED_MESSAGING` → open, all sends;
-///   `RESTRICTED_BIZ_INITIATED_MESSAGING` → open, template sends; `until` = the latest
-///   `expiration` of those (none if one has none). Other types only → a note.
+/// - `ACCOUNT_RESTRICTION`: the narrowest scope that covers every blocking type
+///   ([`restriction_scope`]): `RESTRICTED_BIZ_INITIATED_MESSAGING` → template sends,
+///   `RESTRICTED_CUSTOMER_INITIATED_MESSAGING` → non-template sends, both → all sends;
+///   `until` = the latest `expiration` of those (none if one has none). Other types only
+///   (known non-send types, direct-send utility templates, unknown types) → a note.
 /// - `DISABLED_UPDATE`: `DISABLE` → open (no `until`); `REINSTATE` → close;
 ///   `SCHEDULE_FOR_DISABLE` and anything else → a note.
 /// - `ACCOUNT_VIOLATION` → a note, and a health check when a token is configured; opens
 ///   at once instead when `violation_opens` is set and there is no token.
-/// - Lifecycle events → a note.
+/// - `ACCOUNT_DELETED`, `ACCOUNT_OFFBOARDED` → open, all sends (no send can succeed);
+///   `ACCOUNT_RECONNECTED` → close, only what `ACCOUNT_OFFBOARDED` opened
+///   ([`Step::only_if_opened_by`]).
+/// - `PARTNER_*` → a note on the WABA of `value.waba_info.waba_id` (`entry[].id` is the
+///   partner's business portfolio there); none without it.
 ///
 /// The event time is the change's own timestamp, else `entry.time`, else `now`.
 pub fn plan(
@@ -44,7 +76,20 @@ pub fn plan(
     has_token: bool,
 ) -> Option<Step> {
     let event = ch.account_event()?;
-    if !is_graph_id(&entry.id) {
+    // PARTNER_* events are delivered on the partner's business portfolio; their WABA is in
+    // the value. Keying them by entry.id would make a phantom circuit for the portfolio.
+    let partner =
+        matches!(&event, AccountEvent::Lifecycle(e) if PARTNER_EVENTS.contains(&e.as_str()));
+    let waba_id = if partner {
+        let Some(id) = waba_info_id(&ch.value).filter(|id| is_graph_id(id)) else {
+            tracing::info!(entry_id = %entry.id, event = ch.event_name(), "partner event without waba_info.waba_id: not recorded");
+            return None;
+        };
+        id
+    } else {
+        entry.id.clone()
+    };
+    if !is_graph_id(&waba_id) {
         tracing::warn!(entry_id = %entry.id, "account_update for an id that is not a WABA id: ignored");
         return None;
     }
@@ -58,8 +103,9 @@ pub fn plan(
     });
     let step = |action: Action, reason: String, check_health: bool| Step {
         change: Change {
-            waba_id: entry.id.clone(),
+            waba_id: waba_id.clone(),
             phone_number_id: None,
+            template: None,
             action,
             source: Source::Webhook,
             at,
@@ -67,6 +113,7 @@ pub fn plan(
             evidence: evidence.clone(),
         },
         check_health,
+        only_if_opened_by: None,
     };
     let open = |scope: Scope, until: Option<DateTime<Utc>>| Action::Open {
         scope,
@@ -83,30 +130,24 @@ pub fn plan(
                     (None, false) => r.restriction_type.clone(),
                 })
                 .collect();
-            let blocking: Vec<_> = rs
+            let blocking: Vec<_> = rs.iter().filter(|r| r.kind.blocks_sends()).collect();
+            let unknown: Vec<&str> = rs
                 .iter()
-                .filter(|r| r.kind != RestrictionKind::Other)
+                .filter(|r| r.kind == RestrictionKind::Unknown)
+                .map(|r| r.restriction_type.as_str())
                 .collect();
-            let listed = if types.is_empty() {
+            let mut listed = if types.is_empty() {
                 "no restriction types".to_string()
             } else {
                 types.join(", ")
             };
-            if blocking.is_empty() {
-                step(
-                    Action::Note,
-                    format!("account_update ACCOUNT_RESTRICTION: {listed} (not a send block)"),
-                    false,
-                )
-            } else {
-                let scope = if blocking
-                    .iter()
-                    .any(|r| r.kind == RestrictionKind::CustomerInitiated)
-                {
-                    Scope::AllSends
-                } else {
-                    Scope::BusinessInitiated
-                };
+            if !unknown.is_empty() {
+                listed.push_str(&format!(
+                    " [unknown restriction type {}: recorded, not a block]",
+                    unknown.join(", ")
+                ));
+            }
+            if let Some(scope) = restriction_scope(blocking.iter().map(|r| r.kind)) {
                 // Conservative: the circuit stays as wide as its widest restriction until
                 // the last one ends.
                 let until = blocking
@@ -117,6 +158,12 @@ pub fn plan(
                 step(
                     open(scope, until),
                     format!("account_update ACCOUNT_RESTRICTION: {listed}"),
+                    false,
+                )
+            } else {
+                step(
+                    Action::Note,
+                    format!("account_update ACCOUNT_RESTRICTION: {listed} (not a send block)"),
                     false,
                 )
             }
@@ -152,13 +199,328 @@ pub fn plan(
                 step(Action::Note, reason, has_token)
             }
         }
-        AccountEvent::Lifecycle(e) => step(
-            Action::Note,
-            format!("account_update {e} (account lifecycle; not a send block)"),
-            false,
-        ),
+        AccountEvent::Lifecycle(e) => match e.as_str() {
+            "ACCOUNT_DELETED" | OFFBOARDED => step(
+                open(Scope::AllSends, None),
+                format!("account_update {e}: no send can succeed"),
+                false,
+            ),
+            "ACCOUNT_RECONNECTED" => Step {
+                only_if_opened_by: Some(OFFBOARDED),
+                ..step(
+                    Action::Close,
+                    format!("account_update {e}: reconnected after {OFFBOARDED}"),
+                    false,
+                )
+            },
+            _ => step(
+                Action::Note,
+                format!("account_update {e} (account lifecycle; not a send block)"),
+                false,
+            ),
+        },
         AccountEvent::Other(_) => return None,
     })
+}
+
+/// The field of message deliveries and statuses.
+pub const FIELD_MESSAGES: &str = "messages";
+
+/// One error Meta reported only by webhook, in a `messages` change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AsyncError {
+    /// The Graph error code.
+    pub code: i64,
+    /// `status` for `statuses[].errors[]` (the asynchronous answer to one send), `value`
+    /// for `value.errors[]` (not tied to a message).
+    pub site: &'static str,
+    /// What is kept as evidence: the status's `id`, `status`, `timestamp` and the error (no
+    /// recipient), or the `value.errors[]` element.
+    pub evidence: serde_json::Value,
+    /// `statuses[].timestamp`, when readable.
+    pub time: Option<DateTime<Utc>>,
+}
+
+/// Every error of a `messages` change: `statuses[].errors[]` and `value.errors[]`
+/// (elements without an integer `code` are skipped). Empty for other fields.
+pub fn message_errors(ch: &ChangeItem) -> Vec<AsyncError> {
+    use serde_json::{json, Value};
+    let mut out = Vec::new();
+    if ch.field != FIELD_MESSAGES {
+        return out;
+    }
+    let code_of = |e: &Value| e.get("code").and_then(Value::as_i64);
+    for st in ch
+        .value
+        .get("statuses")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        for e in st
+            .get("errors")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let Some(code) = code_of(e) else { continue };
+            out.push(AsyncError {
+                code,
+                site: "status",
+                evidence: json!({
+                    "id": st.get("id"),
+                    "status": st.get("status"),
+                    "timestamp": st.get("timestamp"),
+                    "error": e,
+                }),
+                time: st.get("timestamp").and_then(super::webhook::unix_time),
+            });
+        }
+    }
+    for e in ch
+        .value
+        .get("errors")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let Some(code) = code_of(e) else { continue };
+        out.push(AsyncError {
+            code,
+            site: "value",
+            evidence: e.clone(),
+            time: None,
+        });
+    }
+    out
+}
+
+/// Whether an error reported by webhook opens the WABA's circuit: a code in `trip_codes`
+/// in `statuses[].errors[]` (the asynchronous answer to a send — the same signal as a send
+/// answered with it); in `value.errors[]` (not tied to a send) every trip code but 131031,
+/// which Meta also uses for unverifiable request data and so trips only from sends.
+pub fn async_error_opens(trip_codes: &[i64], e: &AsyncError) -> bool {
+    trip_codes.contains(&e.code)
+        && (e.site == "status" || e.code != crate::policy::CODE_ACCOUNT_LOCKED)
+}
+
+/// The circuit change for the errors of a `messages` change of `entry` (pure): the first
+/// error that opens ([`async_error_opens`]) opens the WABA's circuit for all sends with its
+/// code and the webhook as evidence; account-level codes that do not open (131031 in
+/// `value.errors[]`) are recorded as a note. `None` when nothing concerns the account, or
+/// `entry.id` is not a WABA id.
+pub fn plan_message_errors(
+    entry: &Entry,
+    ch: &ChangeItem,
+    errors: &[AsyncError],
+    trip_codes: &[i64],
+    now: DateTime<Utc>,
+) -> Option<Step> {
+    if !is_graph_id(&entry.id) {
+        return None;
+    }
+    let (e, opens) = match errors.iter().find(|e| async_error_opens(trip_codes, e)) {
+        Some(e) => (e, true),
+        None => (errors.iter().find(|e| trip_codes.contains(&e.code))?, false),
+    };
+    let at = e.time.or(ch.time).or(entry.time).unwrap_or(now);
+    let message = e
+        .evidence
+        .get("error")
+        .unwrap_or(&e.evidence)
+        .get("message")
+        .or_else(|| e.evidence.get("error").unwrap_or(&e.evidence).get("title"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let site = if e.site == "status" {
+        "statuses[].errors[]"
+    } else {
+        "value.errors[]"
+    };
+    let (action, reason) = if opens {
+        (
+            Action::Open {
+                scope: Scope::AllSends,
+                code: Some(e.code),
+                until: None,
+            },
+            format!("messages webhook {site}: Graph error {} {message}", e.code),
+        )
+    } else {
+        (
+            Action::Note,
+            format!(
+                "messages webhook {site}: Graph error {} {message} (not tied to a send: recorded, not a block)",
+                e.code
+            ),
+        )
+    };
+    Some(Step {
+        change: Change {
+            waba_id: entry.id.clone(),
+            phone_number_id: None,
+            template: None,
+            action,
+            source: Source::Webhook,
+            at,
+            reason: reason.trim_end().to_string(),
+            evidence: Some(Evidence::Webhook {
+                entry_id: entry.id.clone(),
+                field: ch.field.clone(),
+                event: site.to_string(),
+                value: e.evidence.clone(),
+            }),
+        },
+        check_health: false,
+        only_if_opened_by: None,
+    })
+}
+
+/// The field of template status changes.
+pub const FIELD_TEMPLATE_STATUS: &str = "message_template_status_update";
+/// The field of template quality changes.
+pub const FIELD_TEMPLATE_QUALITY: &str = "message_template_quality_update";
+/// Graph code of a send of a paused template.
+pub const CODE_TEMPLATE_PAUSED: i64 = 132015;
+/// Graph code of a send of a disabled template.
+pub const CODE_TEMPLATE_DISABLED: i64 = 132016;
+
+/// The template a template webhook is about (`message_template_name`,
+/// `message_template_language`), when both are there and well-formed.
+pub fn webhook_template(value: &serde_json::Value) -> Option<TemplateRef> {
+    let s = |k: &str| value.get(k).and_then(serde_json::Value::as_str);
+    let t = TemplateRef {
+        name: s("message_template_name")?.to_string(),
+        language: s("message_template_language")?.to_string(),
+    };
+    t.is_valid().then_some(t)
+}
+
+/// Maps a `message_template_status_update` change to its template's circuit (pure):
+///
+/// - `PAUSED` → open, answered locally with 132015; the known end is the pause's
+///   (`other_info.title` `FIRST_PAUSE` 3 h, `SECOND_PAUSE` 6 h; none otherwise).
+/// - `DISABLED` → open with 132016, no end.
+/// - `REINSTATED`, `UNPAUSED`, `APPROVED`, or `other_info.title` `UNPAUSE` → close (the
+///   template is sendable again).
+/// - Anything else (`FLAGGED`, `REJECTED`, `PENDING_DELETION`, `DELETED`, …) → a note
+///   (Meta answers those sends itself).
+///
+/// `other_info` and the whole value are kept as evidence. `None` when the entry is not a
+/// WABA or the template is not named.
+pub fn plan_template(entry: &Entry, ch: &ChangeItem, now: DateTime<Utc>) -> Option<Step> {
+    if ch.field != FIELD_TEMPLATE_STATUS || !is_graph_id(&entry.id) {
+        return None;
+    }
+    let template = webhook_template(&ch.value)?;
+    let event = ch.event_name().unwrap_or_default().to_ascii_uppercase();
+    let title = ch
+        .value
+        .get("other_info")
+        .and_then(|o| o.get("title"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    let at = entry.event_time(ch, now);
+    let hours = |h: i64| Some(at + chrono::Duration::hours(h));
+    let action = match (event.as_str(), title.as_str()) {
+        (_, "UNPAUSE") | ("REINSTATED" | "UNPAUSED" | "APPROVED", _) => Action::Close,
+        ("PAUSED", t) => Action::Open {
+            scope: Scope::BusinessInitiated,
+            code: Some(CODE_TEMPLATE_PAUSED),
+            until: match t {
+                "FIRST_PAUSE" => hours(3),
+                "SECOND_PAUSE" => hours(6),
+                _ => None,
+            },
+        },
+        ("DISABLED", _) => Action::Open {
+            scope: Scope::BusinessInitiated,
+            code: Some(CODE_TEMPLATE_DISABLED),
+            until: None,
+        },
+        _ => Action::Note,
+    };
+    let title_part = if title.is_empty() {
+        String::new()
+    } else {
+        format!(" ({title})")
+    };
+    Some(Step {
+        change: Change {
+            waba_id: entry.id.clone(),
+            phone_number_id: None,
+            template: Some(template.clone()),
+            action,
+            source: Source::Webhook,
+            at,
+            reason: format!(
+                "{FIELD_TEMPLATE_STATUS} {event}{title_part}: template {} ({})",
+                template.name, template.language
+            ),
+            evidence: Some(Evidence::Webhook {
+                entry_id: entry.id.clone(),
+                field: ch.field.clone(),
+                event,
+                value: ch.value.clone(),
+            }),
+        },
+        check_health: false,
+        only_if_opened_by: None,
+    })
+}
+
+/// A `message_template_quality_update` as a note on the WABA's circuit (never a block) and
+/// its new score (the metric label). `None` when the entry is not a WABA.
+pub fn plan_template_quality(
+    entry: &Entry,
+    ch: &ChangeItem,
+    now: DateTime<Utc>,
+) -> Option<(Step, &'static str)> {
+    if ch.field != FIELD_TEMPLATE_QUALITY || !is_graph_id(&entry.id) {
+        return None;
+    }
+    let s = |k: &str| {
+        ch.value
+            .get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+    };
+    let new = s("new_quality_score").to_ascii_uppercase();
+    let label = match new.as_str() {
+        "GREEN" => "GREEN",
+        "YELLOW" => "YELLOW",
+        "RED" => "RED",
+        "UNKNOWN" => "UNKNOWN",
+        _ => "other",
+    };
+    let name = webhook_template(&ch.value)
+        .map(|t| format!("{} ({})", t.name, t.language))
+        .unwrap_or_else(|| "unnamed template".into());
+    let step = Step {
+        change: Change {
+            waba_id: entry.id.clone(),
+            phone_number_id: None,
+            template: None,
+            action: Action::Note,
+            source: Source::Webhook,
+            at: entry.event_time(ch, now),
+            reason: format!(
+                "{FIELD_TEMPLATE_QUALITY}: template {name} quality {} -> {label} (recorded, not a block)",
+                s("previous_quality_score")
+            ),
+            evidence: Some(Evidence::Webhook {
+                entry_id: entry.id.clone(),
+                field: ch.field.clone(),
+                event: label.to_string(),
+                value: ch.value.clone(),
+            }),
+        },
+        check_health: false,
+        only_if_opened_by: None,
+    };
+    Some((step, label))
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -249,7 +611,7 @@ mod tests {
         assert_eq!(
             c.action,
             Action::Open {
-                scope: Scope::AllSends,
+                scope: Scope::CustomerInitiated,
                 code: Some(368),
                 until: Some(want.with_timezone(&Utc))
             }
@@ -366,18 +728,24 @@ mod tests {
     }
 
     #[test]
-    fn lifecycle_notes_and_ignored_events() {
-        for e in [
-            "ACCOUNT_DELETED",
-            "PARTNER_REMOVED",
-            "ACCOUNT_OFFBOARDED",
-            "PARTNER_APP_UNINSTALLED",
-            "ACCOUNT_RECONNECTED",
-        ] {
-            let c = planned(json!({ "event": e }));
-            assert_eq!(c.action, Action::Note, "{e}");
-            assert!(c.reason.contains(e));
+    fn lifecycle_events() {
+        for e in ["ACCOUNT_DELETED", "ACCOUNT_OFFBOARDED"] {
+            let s = plan_value(json!({ "event": e }), false, false).unwrap();
+            assert_eq!(
+                s.change.action,
+                Action::Open {
+                    scope: Scope::AllSends,
+                    code: Some(368),
+                    until: None
+                },
+                "{e}"
+            );
+            assert!(s.change.reason.contains(e));
+            assert_eq!(s.only_if_opened_by, None);
         }
+        let s = plan_value(json!({"event": "ACCOUNT_RECONNECTED"}), false, false).unwrap();
+        assert_eq!(s.change.action, Action::Close);
+        assert_eq!(s.only_if_opened_by, Some(OFFBOARDED));
         for e in ["VERIFIED_ACCOUNT", "MM_LITE_TERMS_SIGNED", "SOMETHING_NEW"] {
             assert!(
                 plan_value(json!({ "event": e }), true, true).is_none(),
@@ -385,6 +753,79 @@ mod tests {
             );
         }
         assert!(plan_value(json!({}), true, true).is_none());
+    }
+
+    #[test]
+    fn partner_events_are_keyed_by_waba_info() {
+        const PORTFOLIO: &str = "506914307656634";
+        for e in PARTNER_EVENTS {
+            let body = json!({"entry": [{"id": PORTFOLIO, "time": T, "changes": [{"field": "account_update",
+                "value": {"event": e, "waba_info": {"waba_id": WABA, "owner_business_id": "1234"}}}]}]});
+            let env = payload::parse(body.to_string().as_bytes()).unwrap();
+            let en = &env.entries[0];
+            let s = plan(en, &en.changes[0], now(), false, false).unwrap();
+            assert_eq!(s.change.waba_id, WABA, "{e}");
+            assert_eq!(s.change.action, Action::Note);
+            let Some(Evidence::Webhook { entry_id, .. }) = &s.change.evidence else {
+                panic!()
+            };
+            assert_eq!(entry_id, PORTFOLIO);
+            // Without waba_info (or with garbage) nothing is recorded for the portfolio.
+            for value in [
+                json!({ "event": e }),
+                json!({"event": e, "waba_info": {"waba_id": "x"}}),
+            ] {
+                let body = json!({"entry": [{"id": PORTFOLIO, "changes": [{"field": "account_update", "value": value}]}]});
+                let env = payload::parse(body.to_string().as_bytes()).unwrap();
+                let en = &env.entries[0];
+                assert!(plan(en, &en.changes[0], now(), false, false).is_none());
+            }
+        }
+    }
+
+    /// Every restriction type alone and in pairs, against the scope it must set.
+    #[test]
+    fn restriction_scopes_alone_and_in_pairs() {
+        use Scope::*;
+        const BIZ: &str = "RESTRICTED_BIZ_INITIATED_MESSAGING";
+        const CUST: &str = "RESTRICTED_CUSTOMER_INITIATED_MESSAGING";
+        let table: &[(&str, Option<Scope>)] = &[
+            (BIZ, Some(BusinessInitiated)),
+            (CUST, Some(CustomerInitiated)),
+            ("RESTRICTED_DIRECT_SEND_UTILITY_TEMPLATES", None),
+            ("RESTRICTED_ADD_PHONE_NUMBER_ACTION", None),
+            ("RESTRICTED_BIZ_INITIATED_CALLING", None),
+            ("RESTRICTED_CUSTOMER_INITIATED_CALLING", None),
+            ("RESTRICTED_SOMETHING_NEW", None),
+        ];
+        let union = |a: Option<Scope>, b: Option<Scope>| match (a, b) {
+            (None, x) | (x, None) => x,
+            (Some(x), Some(y)) if x == y => Some(x),
+            _ => Some(AllSends),
+        };
+        let want_of = |s: Option<Scope>| match s {
+            Some(scope) => Action::Open {
+                scope,
+                code: Some(368),
+                until: Some(at(T + 3600)),
+            },
+            None => Action::Note,
+        };
+        for (t, scope) in table {
+            let c = planned(restriction(&[(t, json!(T + 3600))]));
+            assert_eq!(c.action, want_of(*scope), "{t} alone");
+            if *t == "RESTRICTED_SOMETHING_NEW" {
+                assert!(
+                    c.reason.contains("unknown restriction type"),
+                    "{}",
+                    c.reason
+                );
+            }
+            for (u, other) in table {
+                let c = planned(restriction(&[(t, json!(T + 3600)), (u, json!(T + 3600))]));
+                assert_eq!(c.action, want_of(union(*scope, *other)), "{t} + {u}");
+            }
+        }
     }
 
     #[test]
@@ -397,6 +838,139 @@ mod tests {
         for e in &env.entries {
             assert!(plan(e, &e.changes[0], now(), true, true).is_none());
         }
+    }
+
+    #[test]
+    fn errors_that_arrive_only_by_webhook() {
+        let body = json!({"entry": [{"id": WABA, "time": T, "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"phone_number_id": "106540352242922"},
+            "statuses": [
+                {"id": "wamid.A", "status": "delivered", "timestamp": T},
+                {"id": "wamid.B", "status": "failed", "timestamp": (T + 5).to_string(), "recipient_id": "15551234567",
+                 "errors": [{"code": 131026, "title": "Message undeliverable"}, {"code": 368, "title": "Temporarily blocked for policies violations",
+                             "error_data": {"details": "restricted"}}, {"title": "no code"}]}
+            ],
+            "errors": [{"code": 131031, "title": "Account has been locked"}]
+        }}]}]});
+        let env = payload::parse(body.to_string().as_bytes()).unwrap();
+        let (en, ch) = (&env.entries[0], &env.entries[0].changes[0]);
+        let errs = message_errors(ch);
+        let codes: Vec<(i64, &str)> = errs.iter().map(|e| (e.code, e.site)).collect();
+        assert_eq!(
+            codes,
+            [(131026, "status"), (368, "status"), (131031, "value")]
+        );
+        // The recipient is not kept.
+        assert!(errs[1].evidence.get("recipient_id").is_none());
+        let s = plan_message_errors(en, ch, &errs, &[368, 131031], now()).unwrap();
+        assert_eq!(
+            s.change.action,
+            Action::Open {
+                scope: Scope::AllSends,
+                code: Some(368),
+                until: None
+            }
+        );
+        assert_eq!(s.change.at, at(T + 5));
+        assert_eq!(s.change.source, Source::Webhook);
+        let Some(Evidence::Webhook { event, value, .. }) = &s.change.evidence else {
+            panic!()
+        };
+        assert_eq!(event, "statuses[].errors[]");
+        assert_eq!(value["id"], "wamid.B");
+        // 131031 in a status opens (a send's answer); in value.errors[] only a note.
+        let status = |code: i64, site: &'static str| AsyncError {
+            code,
+            site,
+            evidence: json!({"error": {"code": code}}),
+            time: None,
+        };
+        let trips = [368, 131031];
+        assert!(async_error_opens(&trips, &status(131031, "status")));
+        assert!(!async_error_opens(&trips, &status(131031, "value")));
+        assert!(async_error_opens(&trips, &status(368, "value")));
+        assert!(!async_error_opens(&trips, &status(131026, "status")));
+        let s = plan_message_errors(en, ch, &[status(131031, "value")], &trips, now()).unwrap();
+        assert_eq!(s.change.action, Action::Note);
+        assert!(plan_message_errors(en, ch, &[status(131026, "status")], &trips, now()).is_none());
+        assert!(plan_message_errors(en, ch, &[], &trips, now()).is_none());
+        // Other fields have no such errors.
+        let other = ChangeItem {
+            field: "account_update".into(),
+            ..ch.clone()
+        };
+        assert!(message_errors(&other).is_empty());
+    }
+
+    #[test]
+    fn template_status_updates() {
+        let plan_t = |value: Value| {
+            let body = json!({"entry": [{"id": WABA, "time": T, "changes": [{"field": FIELD_TEMPLATE_STATUS, "value": value}]}]});
+            let env = payload::parse(body.to_string().as_bytes()).unwrap();
+            let en = &env.entries[0];
+            plan_template(en, &en.changes[0], now())
+        };
+        let v = |event: &str, title: Option<&str>| {
+            let mut v = json!({"event": event, "message_template_id": 123,
+                "message_template_name": "order_update", "message_template_language": "en_US"});
+            if let Some(t) = title {
+                v["other_info"] = json!({"title": t, "description": "paused"});
+            }
+            v
+        };
+        let open = |code: i64, until: Option<DateTime<Utc>>| Action::Open {
+            scope: Scope::BusinessInitiated,
+            code: Some(code),
+            until,
+        };
+        let cases = [
+            (
+                v("PAUSED", Some("FIRST_PAUSE")),
+                open(132015, Some(at(T + 3 * 3600))),
+            ),
+            (
+                v("PAUSED", Some("SECOND_PAUSE")),
+                open(132015, Some(at(T + 6 * 3600))),
+            ),
+            (v("PAUSED", Some("RATE_LIMITING_PAUSE")), open(132015, None)),
+            (v("PAUSED", None), open(132015, None)),
+            (v("DISABLED", None), open(132016, None)),
+            (v("REINSTATED", None), Action::Close),
+            (v("APPROVED", None), Action::Close),
+            (v("REINSTATED", Some("UNPAUSE")), Action::Close),
+            (v("FLAGGED", None), Action::Note),
+            (v("DELETED", None), Action::Note),
+        ];
+        for (value, want) in cases {
+            let s = plan_t(value.clone()).unwrap();
+            assert_eq!(s.change.action, want, "{value}");
+            assert_eq!(
+                s.change.key(),
+                format!("template:{WABA}:order_update:en_US")
+            );
+            let Some(Evidence::Webhook { value: ev, .. }) = &s.change.evidence else {
+                panic!()
+            };
+            assert_eq!(ev, &value);
+        }
+        // No (usable) name: nothing.
+        assert!(plan_t(json!({"event": "PAUSED"})).is_none());
+        assert!(plan_t(json!({"event": "PAUSED", "message_template_name": "Bad Name", "message_template_language": "en"})).is_none());
+    }
+
+    #[test]
+    fn template_quality_is_a_note() {
+        let body = json!({"entry": [{"id": WABA, "time": T, "changes": [{"field": FIELD_TEMPLATE_QUALITY, "value": {
+            "previous_quality_score": "GREEN", "new_quality_score": "RED", "message_template_id": 1,
+            "message_template_name": "order_update", "message_template_language": "en_US"}}]}]});
+        let env = payload::parse(body.to_string().as_bytes()).unwrap();
+        let en = &env.entries[0];
+        let (s, label) = plan_template_quality(en, &en.changes[0], now()).unwrap();
+        assert_eq!(label, "RED");
+        assert_eq!(s.change.action, Action::Note);
+        assert_eq!(s.change.template, None);
+        assert!(s.change.reason.contains("GREEN -> RED"));
     }
 
     #[test]

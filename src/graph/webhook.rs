@@ -255,6 +255,23 @@ pub const LIFECYCLE_EVENTS: &[&str] = &[
     "ACCOUNT_RECONNECTED",
 ];
 
+/// The `PARTNER_*` events: `entry[].id` is then the partner's business portfolio, and the
+/// WABA is `value.waba_info.waba_id`.
+pub const PARTNER_EVENTS: &[&str] = &[
+    "PARTNER_ADDED",
+    "PARTNER_REMOVED",
+    "PARTNER_APP_INSTALLED",
+    "PARTNER_APP_UNINSTALLED",
+];
+
+/// `value.waba_info.waba_id`, when it is an id (string or number).
+pub fn waba_info_id(value: &Value) -> Option<String> {
+    value
+        .get("waba_info")
+        .and_then(|w| w.get("waba_id"))
+        .and_then(id_string)
+}
+
 impl AccountEvent {
     /// Interprets an `account_update` value.
     pub fn from_value(value: &Value) -> AccountEvent {
@@ -303,15 +320,50 @@ fn one_or_many(v: &Value) -> Vec<&Value> {
     }
 }
 
-/// The restriction types wa-breaker tells apart.
+/// The restriction types wa-breaker tells apart, each mapped to what it blocks (see
+/// [`RestrictionKind::of`] and the README's webhook table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestrictionKind {
     /// `RESTRICTED_BIZ_INITIATED_MESSAGING`: cannot start conversations (template sends).
     BusinessInitiated,
-    /// `RESTRICTED_CUSTOMER_INITIATED_MESSAGING`: cannot reply either.
+    /// `RESTRICTED_CUSTOMER_INITIATED_MESSAGING`: cannot answer customers (free-form
+    /// sends inside the service window); templates still go.
     CustomerInitiated,
-    /// Adding numbers, calling, utility templates, …: not a send block.
-    Other,
+    /// `RESTRICTED_DIRECT_SEND_UTILITY_TEMPLATES`: utility templates by direct send. The
+    /// send body names the template, not its category, so the gateway cannot tell a
+    /// utility template from another: recorded, never a block (Meta answers those sends).
+    DirectSendUtilityTemplates,
+    /// Known types that restrict something other than sending messages: adding phone
+    /// numbers, calling, template creation.
+    NotSending,
+    /// A type the gateway does not know: recorded, never a block.
+    Unknown,
+}
+
+impl RestrictionKind {
+    /// The kind of a `restriction_type`.
+    pub fn of(restriction_type: &str) -> RestrictionKind {
+        match restriction_type {
+            "RESTRICTED_BIZ_INITIATED_MESSAGING" => RestrictionKind::BusinessInitiated,
+            "RESTRICTED_CUSTOMER_INITIATED_MESSAGING" => RestrictionKind::CustomerInitiated,
+            "RESTRICTED_DIRECT_SEND_UTILITY_TEMPLATES" => {
+                RestrictionKind::DirectSendUtilityTemplates
+            }
+            "RESTRICTED_ADD_PHONE_NUMBER_ACTION"
+            | "RESTRICTED_BIZ_INITIATED_CALLING"
+            | "RESTRICTED_CUSTOMER_INITIATED_CALLING"
+            | "RESTRICTED_TEMPLATE_CREATION" => RestrictionKind::NotSending,
+            _ => RestrictionKind::Unknown,
+        }
+    }
+
+    /// True for the kinds that block sends.
+    pub fn blocks_sends(self) -> bool {
+        matches!(
+            self,
+            RestrictionKind::BusinessInitiated | RestrictionKind::CustomerInitiated
+        )
+    }
 }
 
 /// One `restriction_info[]` element.
@@ -333,11 +385,7 @@ impl Restriction {
             Value::String(s) => s.clone(),
             _ => v.get("restriction_type")?.as_str()?.to_string(),
         };
-        let kind = match restriction_type.as_str() {
-            "RESTRICTED_BIZ_INITIATED_MESSAGING" => RestrictionKind::BusinessInitiated,
-            "RESTRICTED_CUSTOMER_INITIATED_MESSAGING" => RestrictionKind::CustomerInitiated,
-            _ => RestrictionKind::Other,
-        };
+        let kind = RestrictionKind::of(&restriction_type);
         let raw = v.get("expiration").filter(|e| !e.is_null());
         let expiration = raw.and_then(parse_expiration);
         Some(Restriction {
@@ -558,12 +606,17 @@ mod tests {
         assert_eq!(r[0].expiration.unwrap().timestamp(), 1764003000);
         assert_eq!(r[1].kind, RestrictionKind::CustomerInitiated);
         assert_eq!(r[1].expiration, Some(ts("2026-04-19T13:59:20Z")));
-        assert_eq!(r[2].kind, RestrictionKind::Other);
+        assert_eq!(r[2].kind, RestrictionKind::NotSending);
         assert_eq!(r[2].expiration, None);
         assert!(!r[2].bad_expiration);
-        assert_eq!(r[3].kind, RestrictionKind::Other);
+        assert_eq!(r[3].kind, RestrictionKind::NotSending);
         assert!(r[3].bad_expiration);
         assert_eq!(r[4].restriction_type, "RESTRICTED_UTILITY_TEMPLATE_SENDING");
+        assert_eq!(r[4].kind, RestrictionKind::Unknown);
+        assert_eq!(
+            RestrictionKind::of("RESTRICTED_DIRECT_SEND_UTILITY_TEMPLATES"),
+            RestrictionKind::DirectSendUtilityTemplates
+        );
     }
 
     #[test]

@@ -42,6 +42,37 @@ pub const CODE_POLICY_BLOCK: i64 = 368;
 /// two-step PIN on `/register` — which is why only sends trip).
 pub const CODE_ACCOUNT_LOCKED: i64 = 131031;
 
+/// Phone-level codes: this one phone number cannot send until something about it changes
+/// (its registration, certificate, display name, a throughput upgrade), while the WABA's
+/// other numbers still can. A send answered with one opens the phone number's own circuit
+/// for a hold ([`phone_hold`]); when it passes, the next send goes to Meta again and trips
+/// anew if nothing changed. Only sends trip (as for the account-level codes).
+pub const PHONE_CODES: &[i64] = &[
+    CODE_NOT_REGISTERED,
+    CODE_REGISTRATION_ERROR,
+    CODE_NAME_NOT_APPROVED,
+    CODE_MAINTENANCE,
+];
+/// "Phone number not registered" (the number is not registered on the Cloud API).
+pub const CODE_NOT_REGISTERED: i64 = 133010;
+/// "Message failed to send due to a phone number registration error" (certificate).
+pub const CODE_REGISTRATION_ERROR: i64 = 131045;
+/// "Display name not approved": the number may not send until its name is approved.
+pub const CODE_NAME_NOT_APPROVED: i64 = 131037;
+/// "Account in maintenance mode" (e.g. during a throughput upgrade, about a minute).
+pub const CODE_MAINTENANCE: i64 = 131057;
+
+/// How long a phone-level code holds its phone number's circuit: a minute for
+/// maintenance (Meta: "up to ~1 minute"), ten minutes for the others — then one send
+/// probes again (an operator or a matching signal closes it earlier).
+pub fn phone_hold(code: i64) -> Duration {
+    if code == CODE_MAINTENANCE {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(600)
+    }
+}
+
 /// Longest wait for a trip to be durable before its answer goes to the app anyway.
 pub const ACK_WAIT: Duration = Duration::from_secs(1);
 
@@ -232,8 +263,9 @@ impl Policy {
 
     /// The guard. A send of a WABA whose circuit is open is answered locally when it is in
     /// the circuit's scope: every send for `all_sends`, template sends for
-    /// `business_initiated` (which needs the body; one over `classify_body_limit` is
-    /// forwarded — too large to judge, Meta decides). Reads and other calls always pass, and
+    /// `business_initiated`, non-template sends for `customer_initiated` (the partial
+    /// scopes need the body; one over `classify_body_limit` is forwarded — too large to
+    /// judge, Meta decides). Reads and other calls always pass, and
     /// so does everything in observe mode. `local` turns the reply into what the engine
     /// sends, while the circuit is read-locked: keep it short.
     pub fn admit<R>(
@@ -248,15 +280,15 @@ impl Policy {
         let limit = self.classify_limit;
         let mut local = Some(local);
         let mut judge = |guard: &crate::circuit::OpenGuard| -> Admit<R> {
+            // Partial scopes need the body: a template or not. One too large to read is
+            // forwarded either way (Meta decides).
             let in_scope = match (guard.scope, body) {
                 (Scope::AllSends, _) => Some(true),
-                (Scope::BusinessInitiated, Body::Read(b)) => {
-                    Some(b.len() <= limit && is_template(b))
-                }
-                (Scope::BusinessInitiated, Body::Unread(Some(n))) if n > limit as u64 => {
-                    Some(false)
-                }
-                (Scope::BusinessInitiated, Body::Unread(_)) => None,
+                (_, Body::Unread(Some(n))) if n > limit as u64 => Some(false),
+                (_, Body::Unread(_)) => None,
+                (_, Body::Read(b)) if b.len() > limit => Some(false),
+                (Scope::BusinessInitiated, Body::Read(b)) => Some(is_template(b)),
+                (Scope::CustomerInitiated, Body::Read(b)) => Some(!is_template(b)),
             };
             match (in_scope, local.take()) {
                 (Some(true), Some(f)) => Admit::Local {
@@ -267,12 +299,29 @@ impl Policy {
                 _ => Admit::Forward,
             }
         };
-        // The WABA's circuit first, then the phone number's own (a phone number of unknown
-        // WABA that tripped, or one blocked on its own).
+        // The WABA's circuit first, then the template's (paused or disabled by Meta), then
+        // the phone number's own (a phone number of unknown WABA that tripped, or one
+        // blocked on its own).
         if let Some(a) = call.account {
             match self.table.with_guard(&a.waba, &mut judge) {
                 Some(Admit::Forward) | None => {}
                 Some(decided) => return decided,
+            }
+            if self.table.has_open_templates(&a.waba) {
+                match body {
+                    // Too large to read: forwarded (Meta decides).
+                    Body::Unread(Some(n)) if n > limit as u64 => {}
+                    Body::Unread(_) => return Admit::Inspect { limit },
+                    Body::Read(b) if b.len() > limit => {}
+                    Body::Read(b) => {
+                        if let Some(t) = template_of(b) {
+                            match self.table.with_template_guard(&a.waba, &t, &mut judge) {
+                                Some(Admit::Forward) | None => {}
+                                Some(decided) => return decided,
+                            }
+                        }
+                    }
+                }
             }
         }
         match call.phone {
@@ -407,7 +456,13 @@ pub fn judge(
         return j;
     };
     j.code = Some(err.code);
-    if call.kind != Kind::Send || !trip_codes.contains(&err.code) {
+    if call.kind != Kind::Send {
+        return j;
+    }
+    if !trip_codes.contains(&err.code) {
+        if PHONE_CODES.contains(&err.code) {
+            j.change = phone_level(call, status, err, now);
+        }
         return j;
     }
     // A known phone number trips its WABA; one whose WABA is not known yet trips its own
@@ -425,6 +480,7 @@ pub fn judge(
     j.change = Some(Change {
         waba_id,
         phone_number_id,
+        template: None,
         action: Action::Open {
             scope: Scope::AllSends,
             code: Some(err.code),
@@ -442,6 +498,81 @@ pub fn judge(
         }),
     });
     j
+}
+
+/// A send answered with a phone-level code: its phone number's own circuit opens (known
+/// WABA or not) for [`phone_hold`], with the answer as evidence.
+fn phone_level(
+    call: Call,
+    status: u16,
+    err: envelope::GraphError,
+    now: DateTime<Utc>,
+) -> Option<Change> {
+    let phone = call.phone?;
+    let hold = chrono::Duration::from_std(phone_hold(err.code)).ok()?;
+    let reason = if err.message.is_empty() {
+        format!(
+            "HTTP {status}, Graph error {} (phone number level)",
+            err.code
+        )
+    } else {
+        format!("{} (phone number level)", err.message)
+    };
+    Some(Change {
+        waba_id: call.account.map(|a| a.waba.to_string()).unwrap_or_default(),
+        phone_number_id: Some(phone.to_string()),
+        template: None,
+        action: Action::Open {
+            scope: Scope::AllSends,
+            code: Some(err.code),
+            until: Some(now + hold),
+        },
+        source: Source::Send,
+        at: now,
+        reason,
+        evidence: Some(Evidence::Send {
+            code: err.code,
+            error_subcode: err.error_subcode,
+            message: err.message,
+            fbtrace_id: err.fbtrace_id,
+            phone_number_id: Some(phone.to_string()),
+        }),
+    })
+}
+
+/// The template of a template send body: `template.name` and `template.language.code`
+/// (`None` for other bodies, and for names or languages no template can have).
+pub fn template_of(body: &[u8]) -> Option<crate::circuit::TemplateRef> {
+    use std::borrow::Cow;
+    #[derive(serde::Deserialize)]
+    struct Msg<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        template: Option<Tpl<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Tpl<'a> {
+        #[serde(borrow)]
+        name: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        language: Option<Lang<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Lang<'a> {
+        #[serde(borrow)]
+        code: Option<Cow<'a, str>>,
+    }
+    let m: Msg = serde_json::from_slice(body).ok()?;
+    if m.kind.as_deref() != Some("template") {
+        return None;
+    }
+    let t = m.template?;
+    let r = crate::circuit::TemplateRef {
+        name: t.name?.into_owned(),
+        language: t.language?.code?.into_owned(),
+    };
+    r.is_valid().then_some(r)
 }
 
 /// True when a send body is a template message (`"type": "template"`).

@@ -7,7 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::circuit::OpenGuard;
+use chrono::SecondsFormat;
+
+use crate::circuit::{Circuit, Evidence, OpenGuard, State};
 use crate::graph::envelope;
 use crate::proxy::Body;
 use crate::relay::h1::encode;
@@ -20,6 +22,86 @@ pub const MARKER: &str = "x-wa-breaker";
 /// Gateway-specific Graph error code in 502/504 answers (Graph's "temporarily unavailable",
 /// which Cloud API clients already treat as retryable); the subcode says which.
 pub const GATEWAY_CODE: i64 = 2;
+
+/// Prefix of the `fbtrace_id` of an answer the gateway made itself (no Meta trace exists):
+/// typed clients that require the field parse it, and support can tell it from Meta's.
+pub const GATEWAY_TRACE_PREFIX: &str = "wa-breaker-";
+
+/// The `fbtrace_id` a local answer carries: the tripping answer's (what Meta support asks
+/// for), else a gateway-made id for this opening, marked with [`GATEWAY_TRACE_PREFIX`].
+pub fn local_trace_id(c: &Circuit) -> String {
+    let opening = c
+        .history
+        .iter()
+        .rev()
+        .find(|t| !t.note && t.to == State::Open);
+    if let Some(Evidence::Send {
+        fbtrace_id: Some(id),
+        ..
+    }) = opening.and_then(|t| t.evidence.as_ref())
+    {
+        // Meta's ids are short base64-ish tokens; anything else is not echoed.
+        if !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'/' | b'+' | b'='))
+        {
+            return id.clone();
+        }
+    }
+    let opened = c.opened_at.unwrap_or(c.updated_at).timestamp();
+    format!("{GATEWAY_TRACE_PREFIX}local-{opened:x}-{:x}", c.version)
+}
+
+/// The body of an open circuit's local answer: Meta's envelope with the code that opened
+/// it, `error_data.details` saying the gateway answered (and since when, until when, why),
+/// and `fbtrace_id` from [`local_trace_id`].
+pub fn local_body(c: &Circuit) -> Bytes {
+    let code = c.code.unwrap_or(crate::policy::CODE_POLICY_BLOCK);
+    let since = c
+        .opened_at
+        .unwrap_or(c.updated_at)
+        .to_rfc3339_opts(SecondsFormat::Secs, true);
+    let until = c
+        .until
+        .map(|u| format!(" until {}", u.to_rfc3339_opts(SecondsFormat::Secs, true)))
+        .unwrap_or_default();
+    let whose = match (&c.template, &c.phone_number_id) {
+        (Some(t), _) => format!(
+            "template {} ({}) of WhatsApp Business Account {}",
+            t.name, t.language, c.waba_id
+        ),
+        (None, Some(p)) => format!("phone number {p}"),
+        (None, None) => format!("WhatsApp Business Account {}", c.waba_id),
+    };
+    let trace = local_trace_id(c);
+    let trace_note = if trace.starts_with(GATEWAY_TRACE_PREFIX) {
+        " fbtrace_id is the gateway's own (no Meta trace)."
+    } else {
+        " fbtrace_id is that of Meta's answer that opened it."
+    };
+    let details = format!(
+        "wa-breaker answered locally; the request was not sent to Meta. The circuit for {whose} has been open since {since}{until} (source: {}).{trace_note}",
+        c.source.as_str()
+    );
+    envelope::build(
+        code,
+        None,
+        "OAuthException",
+        envelope::title_for(code),
+        &details,
+        &trace,
+    )
+}
+
+/// A gateway-made trace id for an answer with no circuit behind it (a failed forward).
+fn request_trace_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{GATEWAY_TRACE_PREFIX}{nanos:x}")
+}
 
 /// A gateway-made answer.
 #[derive(Debug)]
@@ -102,6 +184,7 @@ impl<'a> Reply<'a> {
                 "WaBreakerException",
                 title,
                 details,
+                &request_trace_id(),
             )),
         }
     }
@@ -120,6 +203,7 @@ impl<'a> Reply<'a> {
                 "WaBreakerException",
                 "wa-breaker: bad request",
                 why,
+                &request_trace_id(),
             )),
         }
     }
@@ -248,6 +332,56 @@ mod tests {
         assert!(r.to_response().headers().get("retry-after").is_none());
     }
 
+    fn circuit_with(evidence: Option<Evidence>) -> Circuit {
+        let now = chrono::Utc::now();
+        let mut c = Circuit::new("102290129340398", now);
+        c.state = State::Open;
+        c.code = Some(131031);
+        c.opened_at = Some(now);
+        c.version = 3;
+        c.history.push(crate::circuit::Transition {
+            at: now,
+            to: State::Open,
+            source: crate::circuit::Source::Send,
+            note: false,
+            reason: "locked".into(),
+            evidence,
+            clamped_from: None,
+        });
+        c
+    }
+
+    #[test]
+    fn local_body_carries_the_tripping_trace_or_a_marked_one() {
+        let send = |id: Option<&str>| Evidence::Send {
+            code: 131031,
+            error_subcode: None,
+            message: "locked".into(),
+            fbtrace_id: id.map(str::to_owned),
+            phone_number_id: None,
+        };
+        let e =
+            envelope::parse(&local_body(&circuit_with(Some(send(Some("AbCdEfGhIjK")))))).unwrap();
+        assert_eq!(e.code, 131031);
+        assert_eq!(e.fbtrace_id.as_deref(), Some("AbCdEfGhIjK"));
+        assert!(e
+            .details
+            .unwrap()
+            .starts_with("wa-breaker answered locally"));
+        // No trace from Meta (webhook, operator) or one not fit to echo: the gateway's own.
+        for ev in [
+            None,
+            Some(send(None)),
+            Some(send(Some("bad\"id\r\n"))),
+            Some(Evidence::Admin { reason: "x".into() }),
+        ] {
+            let e = envelope::parse(&local_body(&circuit_with(ev))).unwrap();
+            let id = e.fbtrace_id.unwrap();
+            assert!(id.starts_with(GATEWAY_TRACE_PREFIX), "{id}");
+            assert!(e.details.unwrap().contains("gateway's own"));
+        }
+    }
+
     #[test]
     fn forward_failures_render_the_same_on_both_engines() {
         for (e, status) in [
@@ -265,6 +399,7 @@ mod tests {
             assert_eq!(env.code, GATEWAY_CODE);
             assert_eq!(env.error_subcode, Some(status as i64));
             assert_eq!(env.kind, "WaBreakerException");
+            assert!(env.fbtrace_id.unwrap().starts_with(GATEWAY_TRACE_PREFIX));
             assert_eq!(r.to_response().headers()[MARKER], "upstream-error");
         }
     }

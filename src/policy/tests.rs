@@ -182,6 +182,47 @@ fn guard_decisions() {
             Body::Unread(Some(5000)),
             "forward",
         ),
+        // Replies only (customer-initiated alone): the body decides the other way round.
+        (
+            Mode::Enforce,
+            Some(Scope::CustomerInitiated),
+            Method::POST,
+            &send,
+            Body::Read(TEXT),
+            "local",
+        ),
+        (
+            Mode::Enforce,
+            Some(Scope::CustomerInitiated),
+            Method::POST,
+            &send,
+            Body::Read(TEMPLATE),
+            "forward",
+        ),
+        (
+            Mode::Enforce,
+            Some(Scope::CustomerInitiated),
+            Method::POST,
+            &send,
+            Body::Unread(Some(100)),
+            "inspect",
+        ),
+        (
+            Mode::Enforce,
+            Some(Scope::CustomerInitiated),
+            Method::POST,
+            &send,
+            Body::Unread(Some(5000)),
+            "forward",
+        ),
+        (
+            Mode::Enforce,
+            Some(Scope::CustomerInitiated),
+            Method::POST,
+            &send,
+            Body::Read(&big_template),
+            "forward",
+        ),
         // Observe mode records but forwards everything.
         (
             Mode::Observe,
@@ -216,6 +257,7 @@ fn local_reply_carries_the_opening_code() {
     p.table().apply(Change {
         waba_id: WABA.into(),
         phone_number_id: None,
+        template: None,
         action: Action::Open {
             scope: Scope::AllSends,
             code: Some(131031),
@@ -456,4 +498,62 @@ fn spots_templates() {
     assert!(!is_template(TEXT));
     assert!(!is_template(br#"{"messaging_product":"whatsapp"}"#));
     assert!(!is_template(b"not json"));
+}
+
+/// Phone-level codes open the phone number's own circuit (its WABA known or not) for a
+/// hold, only from sends; account-level codes still open the WABA.
+#[test]
+fn phone_level_codes_open_the_phone_number_for_a_hold() {
+    let p = policy(Mode::Enforce, 1024);
+    let now = Utc::now();
+    let send = call(&p, Method::POST, &format!("/v21.0/{PHONE}/messages"));
+    let unmapped = call(&p, Method::POST, &format!("/v21.0/{OTHER}/messages"));
+    let register = call(&p, Method::POST, &format!("/v21.0/{PHONE}/register"));
+    for code in PHONE_CODES {
+        let body = format!(r#"{{"error":{{"code":{code},"message":"m","fbtrace_id":"Tr"}}}}"#);
+        for (c, waba) in [(send, WABA), (unmapped, "")] {
+            let j = judge(&p.trip_codes, 1024, c, 400, &[], body.as_bytes(), now);
+            let ch = j.change.expect("a phone circuit");
+            assert_eq!(ch.waba_id, waba, "{code}");
+            let phone = c.phone.map(|p| p.to_string());
+            assert_eq!(ch.phone_number_id, phone, "{code}");
+            let hold = chrono::Duration::from_std(phone_hold(*code)).unwrap();
+            assert_eq!(
+                ch.action,
+                Action::Open {
+                    scope: Scope::AllSends,
+                    code: Some(*code),
+                    until: Some(now + hold)
+                }
+            );
+            assert!(ch.reason.contains("phone number level"));
+        }
+        // Not from another call.
+        let j = judge(
+            &p.trip_codes,
+            1024,
+            register,
+            400,
+            &[],
+            body.as_bytes(),
+            now,
+        );
+        assert_eq!(j.change, None);
+    }
+    assert_eq!(phone_hold(CODE_MAINTENANCE), Duration::from_secs(60));
+    assert_eq!(phone_hold(CODE_NOT_REGISTERED), Duration::from_secs(600));
+    // A phone circuit answers that phone only.
+    let j = judge(
+        &p.trip_codes,
+        1024,
+        send,
+        400,
+        &[],
+        br#"{"error":{"code":133010,"message":"not registered"}}"#,
+        now,
+    );
+    p.table().apply(j.change.unwrap());
+    assert_eq!(decide(&p, send, Body::Unread(None)), "local");
+    assert_eq!(decide(&p, unmapped, Body::Unread(None)), "forward");
+    assert!(p.table().get(WABA).is_none_or(|c| !c.is_open()));
 }

@@ -48,7 +48,9 @@ pub async fn expire_at(
     };
     // An operator's `until` is the end they chose: no confirmation (nor for a phone
     // number's circuit: there is no WABA to ask about).
-    let checker = checker.filter(|_| cur.source != Source::Admin && cur.phone_number_id.is_none());
+    let checker = checker.filter(|_| {
+        cur.source != Source::Admin && cur.phone_number_id.is_none() && cur.template.is_none()
+    });
     let until_s = until.to_rfc3339_opts(SecondsFormat::Secs, true);
     let mut reason = format!("restriction ended at {until_s}");
     if let Some(checker) = checker {
@@ -78,6 +80,7 @@ pub async fn expire_at(
     table.apply(Change {
         waba_id: cur.waba_id.clone(),
         phone_number_id: cur.phone_number_id.clone(),
+        template: cur.template.clone(),
         action: Action::Expire { until },
         source: Source::Expiry,
         at: Utc::now(),
@@ -117,6 +120,7 @@ mod tests {
         table.apply(Change {
             waba_id: "1".into(),
             phone_number_id: None,
+            template: None,
             action: Action::Open {
                 scope: Scope::AllSends,
                 code: None,

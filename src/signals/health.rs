@@ -183,6 +183,7 @@ pub fn record(table: &Table, waba_id: &str, verdict: &Verdict, raw: Value) -> bo
         Verdict::Available => Change {
             waba_id: waba_id.to_string(),
             phone_number_id: None,
+            template: None,
             action: Action::Close,
             source: Source::Health,
             at: now,
@@ -193,6 +194,7 @@ pub fn record(table: &Table, waba_id: &str, verdict: &Verdict, raw: Value) -> bo
         Verdict::Limited { .. } if cur.until.is_some_and(|u| u <= now) => Change {
             waba_id: waba_id.to_string(),
             phone_number_id: None,
+            template: None,
             action: Action::Expire {
                 until: cur.until.unwrap_or(now),
             },
@@ -208,6 +210,7 @@ pub fn record(table: &Table, waba_id: &str, verdict: &Verdict, raw: Value) -> bo
             Change {
                 waba_id: waba_id.to_string(),
                 phone_number_id: None,
+                template: None,
                 action: Action::Note,
                 source: Source::Health,
                 at: now,
@@ -384,6 +387,7 @@ mod tests {
         t.apply(Change {
             waba_id: WABA.into(),
             phone_number_id: None,
+            template: None,
             action: Action::Open {
                 scope: Scope::AllSends,
                 code: Some(368),

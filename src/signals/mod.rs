@@ -108,7 +108,13 @@ impl Watchers {
             // A phone number's circuit is not polled as a WABA (its WABA is what discovery
             // is finding out); an operator's open stands until an operator (or its `until`)
             // ends it.
-            Some(_) if c.source == Source::Admin || c.phone_number_id.is_some() => {
+            // A template's circuit is Meta's template state, not the WABA's health: closed by
+            // its webhook, its known end or an operator.
+            Some(_)
+                if c.source == Source::Admin
+                    || c.phone_number_id.is_some()
+                    || c.template.is_some() =>
+            {
                 self.polls.remove(id);
             }
             Some(checker) if self.polls.get(id).is_none_or(|t| t.0.is_finished()) => {

@@ -32,10 +32,13 @@ use hyper::body::Incoming;
 use sha2::Sha256;
 
 use super::health::{HealthChecker, PollOutcome};
-use crate::circuit::{Action, Change, Scope, Table};
+use crate::circuit::{Action, Change, Evidence, Scope, State, Table};
 use crate::config::{Config, Secret};
 use crate::graph::health::Verdict;
-use crate::graph::plan::{plan, WEBHOOK_CODE};
+use crate::graph::plan::{
+    message_errors, plan, plan_message_errors, plan_template, plan_template_quality,
+    FIELD_MESSAGES, FIELD_TEMPLATE_QUALITY, FIELD_TEMPLATE_STATUS, WEBHOOK_CODE,
+};
 use crate::graph::webhook as payload;
 use crate::metrics::METRICS;
 use crate::proxy::Body;
@@ -55,6 +58,8 @@ pub struct Webhook {
     forward: Option<Forwarder>,
     max_body: usize,
     violation_opens: bool,
+    /// Codes that open a WABA when a `messages` webhook reports them (`trip_codes`).
+    trip_codes: Vec<i64>,
     table: Arc<Table>,
     health: Option<Arc<HealthChecker>>,
     warned_unconfigured: AtomicBool,
@@ -92,6 +97,7 @@ impl Webhook {
             forward,
             max_body: w.max_body,
             violation_opens: w.violation_opens,
+            trip_codes: cfg.trip_codes.clone(),
             table,
             health,
             warned_unconfigured: AtomicBool::new(false),
@@ -255,6 +261,17 @@ impl Webhook {
                 if let Some(seq) = self.learn(entry, ch, now) {
                     last = Some(last.map_or(seq, |l: u64| l.max(seq)));
                 }
+                let own = match ch.field.as_str() {
+                    FIELD_MESSAGES => Some(self.apply_message_errors(entry, ch, now)),
+                    FIELD_TEMPLATE_STATUS | FIELD_TEMPLATE_QUALITY => {
+                        Some(self.apply_template(entry, ch, now))
+                    }
+                    _ => None,
+                };
+                if let Some(seq) = own {
+                    last = seq.or(last);
+                    continue;
+                }
                 let Some(step) = plan(entry, ch, now, self.violation_opens, has_token) else {
                     if ch.field == payload::FIELD_ACCOUNT_UPDATE {
                         tracing::info!(waba_id = %entry.id, event = ch.event_name(), "account_update event ignored (not about sending)");
@@ -264,7 +281,8 @@ impl Webhook {
                     continue;
                 };
                 let check = step.check_health.then(|| step.change.clone());
-                if let Some((_, seq)) = self.table.apply(step.change) {
+                let change = conditional_close(&self.table, step.change, step.only_if_opened_by);
+                if let Some((_, seq)) = self.table.apply(change) {
                     METRICS.webhooks.with_label_values(&["applied"]).inc();
                     last = Some(seq);
                 }
@@ -280,6 +298,93 @@ impl Webhook {
         }
         last
     }
+}
+
+impl Webhook {
+    /// Errors Meta reported only by webhook (`messages`: `statuses[].errors[]`,
+    /// `value.errors[]`): every code counted; an account-level one opens the WABA like a
+    /// send answered with it (see [`plan_message_errors`]). Returns the change's sequence
+    /// number when one applied.
+    fn apply_message_errors(
+        &self,
+        entry: &payload::Entry,
+        ch: &payload::ChangeItem,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<u64> {
+        let errors = message_errors(ch);
+        if errors.is_empty() {
+            return None;
+        }
+        for e in &errors {
+            METRICS.webhook_error(e.code, e.site);
+        }
+        tracing::debug!(waba_id = %entry.id, errors = errors.len(), "messages webhook reports errors");
+        let step = plan_message_errors(entry, ch, &errors, &self.trip_codes, now)?;
+        let (_, seq) = self.table.apply(step.change)?;
+        METRICS.webhooks.with_label_values(&["applied"]).inc();
+        Some(seq)
+    }
+}
+
+impl Webhook {
+    /// `message_template_status_update` → the template's circuit (see [`plan_template`]);
+    /// a close or note for a template that has no circuit records nothing (Meta announces
+    /// every approval; only pauses and disables make circuits).
+    /// `message_template_quality_update` → a note on the WABA and
+    /// `wa_breaker_template_quality_total`, never a block.
+    fn apply_template(
+        &self,
+        entry: &payload::Entry,
+        ch: &payload::ChangeItem,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<u64> {
+        let step = if ch.field == FIELD_TEMPLATE_QUALITY {
+            let (step, label) = plan_template_quality(entry, ch, now)?;
+            METRICS.template_quality.with_label_values(&[label]).inc();
+            step
+        } else {
+            let Some(step) = plan_template(entry, ch, now) else {
+                tracing::info!(waba_id = %entry.id, event = ch.event_name(), "template status update without a usable template name and language: not recorded");
+                return None;
+            };
+            let exists = self.table.get(&step.change.key()).is_some();
+            if !matches!(step.change.action, Action::Open { .. }) && !exists {
+                tracing::debug!(waba_id = %entry.id, reason = %step.change.reason, "template event for a template without a circuit: not recorded");
+                return None;
+            }
+            step
+        };
+        let (_, seq) = self.table.apply(step.change)?;
+        METRICS.webhooks.with_label_values(&["applied"]).inc();
+        Some(seq)
+    }
+}
+
+/// A close that undoes one event only (`ACCOUNT_RECONNECTED` → what `ACCOUNT_OFFBOARDED`
+/// opened): kept when the circuit's last opening was that event, else turned into a note —
+/// a reconnection says nothing about a policy block opened since.
+fn conditional_close(table: &Table, mut change: Change, opened_by: Option<&str>) -> Change {
+    let Some(event) = opened_by else {
+        return change;
+    };
+    let opened_by_event = table.get(&change.key()).is_some_and(|c| {
+        c.is_open()
+            && c.history
+                .iter()
+                .rev()
+                .find(|t| !t.note && t.to == State::Open)
+                .is_some_and(|t| {
+                    matches!(&t.evidence, Some(Evidence::Webhook { event: e, .. }) if e == event)
+                })
+    });
+    if !opened_by_event {
+        change.action = Action::Note;
+        change.reason = format!(
+            "{} (the circuit was not opened by {event}: recorded only)",
+            change.reason
+        );
+    }
+    change
 }
 
 impl Webhook {
