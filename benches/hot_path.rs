@@ -90,10 +90,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| route::parse(black_box(&Method::POST), black_box(&path)))
     });
     c.bench_function("resolve_phone_10k", |b| {
-        b.iter(|| {
-            table.resolve(black_box(&closed_phone))
-                .is_some()
-        })
+        b.iter(|| table.resolve(black_box(&closed_phone)).is_some())
     });
     // What both engines run per send: route + resolve, then the guard decision.
     let body = br#"{"messaging_product":"whatsapp","type":"text"}"#;

@@ -40,6 +40,13 @@ pub struct Metrics {
     pub store_commit_failures: IntCounter,
     /// Signal events that changed nothing, by why (`unknown_waba`, `over_cap`, `clamped_time`).
     pub events_ignored: IntCounterVec,
+    /// `wa_breaker_notify_sent_total{sink}`: notifications a sink accepted (2xx).
+    pub notify_sent: IntCounterVec,
+    /// `wa_breaker_notify_failures_total{sink}`: delivery attempts that failed (retried).
+    pub notify_failures: IntCounterVec,
+    /// `wa_breaker_notify_dropped_total{sink,reason}`: notifications never delivered
+    /// (`queue_full`, `gave_up` after `retry_for`).
+    pub notify_dropped: IntCounterVec,
 }
 
 /// The process-wide metrics.
@@ -141,6 +148,30 @@ impl Metrics {
         for r in ["unknown_waba", "over_cap"] {
             events_ignored.with_label_values(&[r]);
         }
+        let notify_sent = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_notify_sent_total",
+                "Transition notifications a sink accepted, by sink",
+            ),
+            &["sink"],
+        )
+        .expect("valid metric");
+        let notify_failures = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_notify_failures_total",
+                "Failed notification delivery attempts (each is retried), by sink",
+            ),
+            &["sink"],
+        )
+        .expect("valid metric");
+        let notify_dropped = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_notify_dropped_total",
+                "Transition notifications never delivered, by sink and reason (queue_full, gave_up)",
+            ),
+            &["sink", "reason"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("wa_breaker_build_info", "Build information"),
             &["version"],
@@ -163,6 +194,9 @@ impl Metrics {
             Box::new(store_durable.clone()),
             Box::new(store_commit_failures.clone()),
             Box::new(events_ignored.clone()),
+            Box::new(notify_sent.clone()),
+            Box::new(notify_failures.clone()),
+            Box::new(notify_dropped.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -194,6 +228,9 @@ impl Metrics {
             store_durable,
             store_commit_failures,
             events_ignored,
+            notify_sent,
+            notify_failures,
+            notify_dropped,
         }
     }
 

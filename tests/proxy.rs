@@ -345,7 +345,11 @@ async fn errors_that_are_not_enforcement_blocks_never_trip(engine: Engine) {
         Some(1.0)
     );
     assert_eq!(
-        metric(&m, "wa_breaker_phone_circuit_open", &[("phone_number_id", UNMAPPED)]),
+        metric(
+            &m,
+            "wa_breaker_phone_circuit_open",
+            &[("phone_number_id", UNMAPPED)]
+        ),
         Some(1.0)
     );
     assert!(!m.contains("wa_breaker_circuit_open{"), "no WABA circuit");

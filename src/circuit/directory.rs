@@ -252,7 +252,10 @@ impl Directory {
         let before = self.resolve(&m.phone_number_id).map(|r| r.waba);
         let was_live;
         {
-            let mut entry = self.entries.entry(p).or_insert_with(|| (None, tombstone(&m)));
+            let mut entry = self
+                .entries
+                .entry(p)
+                .or_insert_with(|| (None, tombstone(&m)));
             let held = &entry.1;
             let fresh = held.updated_at == DateTime::<Utc>::MIN_UTC;
             if !fresh {
@@ -294,7 +297,8 @@ impl Directory {
         if configured {
             self.rebuild_overrides();
         }
-        if m.source != MappingSource::Admin && self.live.load(Ordering::Acquire) > self.max_learned {
+        if m.source != MappingSource::Admin && self.live.load(Ordering::Acquire) > self.max_learned
+        {
             self.evict();
         }
         let after = self.resolve(&m.phone_number_id).map(|r| r.waba);
@@ -308,7 +312,9 @@ impl Directory {
         let map: HashMap<Id, Id> = self
             .entries
             .iter()
-            .filter(|e| e.value().1.source == MappingSource::Admin && self.config.contains_key(e.key()))
+            .filter(|e| {
+                e.value().1.source == MappingSource::Admin && self.config.contains_key(e.key())
+            })
             .filter_map(|e| e.value().0.map(|w| (*e.key(), w)))
             .collect();
         self.has_overrides.store(!map.is_empty(), Ordering::Release);
@@ -438,7 +444,10 @@ mod tests {
 
     #[test]
     fn ids() {
-        assert_eq!(Id::new("106540352242922").unwrap().as_str(), "106540352242922");
+        assert_eq!(
+            Id::new("106540352242922").unwrap().as_str(),
+            "106540352242922"
+        );
         for bad in ["", "12a", &"1".repeat(33), "-1", " 1"] {
             assert!(Id::new(bad).is_none(), "{bad:?}");
         }
@@ -449,7 +458,10 @@ mod tests {
         let d = dir();
         assert_eq!(waba_of(&d, "1001").as_deref(), Some("9001"));
         // Learning cannot move a configured phone number.
-        assert_eq!(d.set(m("1001", Some("9002"), MappingSource::Webhook, 1), false), Set::Unchanged);
+        assert_eq!(
+            d.set(m("1001", Some("9002"), MappingSource::Webhook, 1), false),
+            Set::Unchanged
+        );
         assert_eq!(waba_of(&d, "1001").as_deref(), Some("9001"));
         // An operator can; removing the operator's entry brings the configuration back.
         assert_eq!(
@@ -467,9 +479,15 @@ mod tests {
             d.set(m("2001", Some("9003"), MappingSource::Webhook, 1), false),
             Set::Recorded { moved: true }
         );
-        assert_eq!(d.set(m("2001", Some("9003"), MappingSource::Webhook, 5), false), Set::Unchanged);
+        assert_eq!(
+            d.set(m("2001", Some("9003"), MappingSource::Webhook, 5), false),
+            Set::Unchanged
+        );
         d.set(m("2001", Some("9004"), MappingSource::Admin, 6), false);
-        assert_eq!(d.set(m("2001", Some("9003"), MappingSource::Health, 7), false), Set::Unchanged);
+        assert_eq!(
+            d.set(m("2001", Some("9003"), MappingSource::Health, 7), false),
+            Set::Unchanged
+        );
         assert_eq!(waba_of(&d, "2001").as_deref(), Some("9004"));
         assert!(d.knows_waba("9004") && d.knows_waba("9001") && !d.knows_waba("9999"));
     }
@@ -481,19 +499,37 @@ mod tests {
         d.set(m("3001", None, MappingSource::Admin, 20), false);
         assert_eq!(waba_of(&d, "3001"), None);
         // An older learning delivered later does not bring it back; a newer one does.
-        assert_eq!(d.set(m("3001", Some("9005"), MappingSource::Webhook, 15), false), Set::Unchanged);
-        assert_eq!(d.set(m("3001", Some("9005"), MappingSource::Webhook, 15), true), Set::Unchanged);
+        assert_eq!(
+            d.set(m("3001", Some("9005"), MappingSource::Webhook, 15), false),
+            Set::Unchanged
+        );
+        assert_eq!(
+            d.set(m("3001", Some("9005"), MappingSource::Webhook, 15), true),
+            Set::Unchanged
+        );
         d.set(m("3001", Some("9006"), MappingSource::Health, 25), false);
         assert_eq!(waba_of(&d, "3001").as_deref(), Some("9006"));
         assert_eq!(d.counts(), (1, 1));
-        assert_eq!(d.prune_tombstones(t(100)).len(), 0, "a live entry is not a tombstone");
+        assert_eq!(
+            d.prune_tombstones(t(100)).len(),
+            0,
+            "a live entry is not a tombstone"
+        );
     }
 
     #[test]
     fn the_learned_map_is_capped_oldest_first() {
         let d = dir();
         for i in 0..250 {
-            d.set(m(&format!("{}", 50_000 + i), Some("9007"), MappingSource::Webhook, i), false);
+            d.set(
+                m(
+                    &format!("{}", 50_000 + i),
+                    Some("9007"),
+                    MappingSource::Webhook,
+                    i,
+                ),
+                false,
+            );
         }
         let (_, live) = d.counts();
         assert!(live <= 100, "{live}");
@@ -503,7 +539,15 @@ mod tests {
         // Operator entries are never dropped.
         d.set(m("7001", Some("9008"), MappingSource::Admin, -1000), false);
         for i in 0..300 {
-            d.set(m(&format!("{}", 60_000 + i), Some("9007"), MappingSource::Webhook, 500 + i), false);
+            d.set(
+                m(
+                    &format!("{}", 60_000 + i),
+                    Some("9007"),
+                    MappingSource::Webhook,
+                    500 + i,
+                ),
+                false,
+            );
         }
         assert_eq!(waba_of(&d, "7001").as_deref(), Some("9008"));
     }

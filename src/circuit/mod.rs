@@ -5,10 +5,10 @@ mod model;
 mod order;
 mod table;
 
-pub use model::{Circuit, Evidence, Scope, Source, State, Transition};
-pub use order::{decide, newer, Action, Change, Outcome};
 pub use directory::{Directory, Id, Mapping, MappingSource, Resolved};
 pub use model::{key, PHONE_KEY_PREFIX};
+pub use model::{Circuit, Evidence, Scope, Source, State, Transition};
+pub use order::{decide, newer, Action, Change, Outcome};
 pub use table::{Limits, MappingNotice, Notice, OpenGuard, Origin, Table};
 
 /// Test helpers shared by the crate's unit tests.

@@ -250,7 +250,9 @@ impl Table {
         };
         if !pc.is_open()
             || !pc.waba_id.is_empty()
-            || !pc.code.is_some_and(|c| self.limits.widen_codes.contains(&c))
+            || !pc
+                .code
+                .is_some_and(|c| self.limits.widen_codes.contains(&c))
         {
             return;
         }

@@ -29,11 +29,11 @@ use chrono::{DateTime, Utc};
 use http::Method;
 
 use crate::circuit::{Action, Change, Evidence, Scope, Source, Table};
+pub use crate::circuit::{Id, Resolved};
 use crate::config::{Config, Mode};
 use crate::graph::envelope;
 use crate::graph::route::{self, Kind};
 use crate::metrics::METRICS;
-pub use crate::circuit::{Id, Resolved};
 pub use reply::Reply;
 
 /// Graph error code of a policy block ("temporarily blocked for policies violations").
@@ -219,8 +219,12 @@ impl Policy {
         let mut judge = |guard: &crate::circuit::OpenGuard| -> Admit<R> {
             let in_scope = match (guard.scope, body) {
                 (Scope::AllSends, _) => Some(true),
-                (Scope::BusinessInitiated, Body::Read(b)) => Some(b.len() <= limit && is_template(b)),
-                (Scope::BusinessInitiated, Body::Unread(Some(n))) if n > limit as u64 => Some(false),
+                (Scope::BusinessInitiated, Body::Read(b)) => {
+                    Some(b.len() <= limit && is_template(b))
+                }
+                (Scope::BusinessInitiated, Body::Unread(Some(n))) if n > limit as u64 => {
+                    Some(false)
+                }
                 (Scope::BusinessInitiated, Body::Unread(_)) => None,
             };
             match (in_scope, local.take()) {

@@ -389,7 +389,10 @@ fn judgements() {
         assert_eq!(j.change.is_some(), trips, "row {i}");
         if let Some(ch) = j.change {
             if path.contains(OTHER) {
-                assert_eq!((ch.waba_id.as_str(), ch.phone_number_id.as_deref()), ("", Some(OTHER)));
+                assert_eq!(
+                    (ch.waba_id.as_str(), ch.phone_number_id.as_deref()),
+                    ("", Some(OTHER))
+                );
             } else {
                 assert_eq!((ch.waba_id.as_str(), ch.phone_number_id), (WABA, None));
             }

@@ -12,8 +12,6 @@ pub struct Target(pub Call);
 impl Target {
     /// The call of a request (one without a target is a read: nothing to guard).
     pub fn of<B>(req: &Request<B>) -> Call {
-        req.extensions()
-            .get::<Target>()
-            .map_or(Call::READ, |t| t.0)
+        req.extensions().get::<Target>().map_or(Call::READ, |t| t.0)
     }
 }
