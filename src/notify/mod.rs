@@ -101,7 +101,7 @@ impl Filter {
 
     fn wants(&self, e: &Event) -> bool {
         (self.transitions.is_empty() || self.transitions.contains(&e.on()))
-            && (self.waba_ids.is_empty() || self.waba_ids.iter().any(|w| *w == e.waba_id))
+            && (self.waba_ids.is_empty() || self.waba_ids.contains(&e.waba_id))
     }
 }
 
