@@ -172,7 +172,7 @@ CONFIG_KEYS = {
     "redis_prefix", "mode", "trip_codes", "graph_version", "log_format", "log_level",
     "connect_timeout", "request_timeout", "drain_timeout", "upstream_concurrency",
     "workers", "classify_body_limit", "history_limit", "redis_closed_ttl", "redis_retry_max",
-    "max_clock_skew", "max_circuits",
+    "max_clock_skew", "max_circuits", "redis_ca_file", "redis_client_cert", "redis_client_key",
     "webhook", "health", "accounts", "notify",
 }
 TABLE_KEYS = {

@@ -125,6 +125,12 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// Redis shared by replicas (may carry a password: never logged).
     pub redis_url: Option<Secret>,
+    /// Extra CA certificates (PEM) trusted for `rediss://`, on top of the Mozilla roots.
+    pub redis_ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) presented to a `rediss://` server that asks for one.
+    pub redis_client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `redis_client_cert`.
+    pub redis_client_key: Option<PathBuf>,
     /// Prefix of Redis keys and of the change channel.
     pub redis_prefix: String,
     /// TTL of a closed circuit's Redis key (open circuits: `until` + 1 h, or none).
@@ -197,6 +203,9 @@ impl Default for Config {
             state_dir: "./wa-breaker-state".into(),
             admin_token: None,
             redis_url: None,
+            redis_ca_file: None,
+            redis_client_cert: None,
+            redis_client_key: None,
             redis_prefix: "wa-breaker".into(),
             redis_closed_ttl: Duration::from_secs(7 * 24 * 3600),
             redis_retry_max: Duration::from_secs(5),
@@ -519,13 +528,45 @@ impl Config {
                 return Err(invalid("admin_token", "must be at least 16 characters"));
             }
         }
+        let tls = self
+            .redis_url
+            .as_ref()
+            .is_some_and(|u| u.expose().starts_with("rediss://"));
         if let Some(u) = &self.redis_url {
-            let ok = u.expose().starts_with("redis://") || u.expose().starts_with("unix://");
+            let ok = ["redis://", "rediss://", "unix://"]
+                .iter()
+                .any(|p| u.expose().starts_with(p));
             if !ok {
                 return Err(invalid(
                     "redis_url",
-                    "must start with redis:// or unix:// (TLS to Redis is not built in)",
+                    "must start with redis://, rediss:// (TLS) or unix://",
                 ));
+            }
+            // Parsed now so a bad URL stops the start; the message never quotes it.
+            let tls_cfg = if tls {
+                Some(std::sync::Arc::new(crate::store::redis_tls(self).map_err(
+                    |e| invalid(tls_key(self), crate::upstream::error_chain(&e)),
+                )?))
+            } else {
+                None
+            };
+            crate::store::connect::Endpoint::new(u.expose(), tls_cfg)
+                .map_err(|e| invalid("redis_url", e))?;
+        }
+        if self.redis_client_cert.is_some() != self.redis_client_key.is_some() {
+            return Err(invalid(
+                "redis_client_cert",
+                "redis_client_cert and redis_client_key go together",
+            ));
+        }
+        if !tls {
+            for (key, set) in [
+                ("redis_ca_file", self.redis_ca_file.is_some()),
+                ("redis_client_cert", self.redis_client_cert.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(key, "is used only with a rediss:// redis_url"));
+                }
             }
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
@@ -732,6 +773,15 @@ impl Config {
     /// The effective configuration as TOML, secrets masked (for `check-config`).
     pub fn to_masked_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# could not render config: {e}\n"))
+    }
+}
+
+/// Which TLS key to blame when the Redis TLS config cannot be built.
+fn tls_key(cfg: &Config) -> &'static str {
+    if cfg.redis_client_cert.is_some() {
+        "redis_ca_file / redis_client_cert / redis_client_key"
+    } else {
+        "redis_ca_file"
     }
 }
 
