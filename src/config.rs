@@ -528,18 +528,23 @@ impl Config {
                 return Err(invalid("admin_token", "must be at least 16 characters"));
             }
         }
-        let tls = self
-            .redis_url
-            .as_ref()
-            .is_some_and(|u| u.expose().starts_with("rediss://"));
+        let tls = self.redis_url.as_ref().is_some_and(|u| {
+            u.expose().starts_with("rediss://") || u.expose().starts_with("rediss+sentinel://")
+        });
         if let Some(u) = &self.redis_url {
-            let ok = ["redis://", "rediss://", "unix://"]
-                .iter()
-                .any(|p| u.expose().starts_with(p));
+            let ok = [
+                "redis://",
+                "rediss://",
+                "unix://",
+                "redis+sentinel://",
+                "rediss+sentinel://",
+            ]
+            .iter()
+            .any(|p| u.expose().starts_with(p));
             if !ok {
                 return Err(invalid(
                     "redis_url",
-                    "must start with redis://, rediss:// (TLS) or unix://",
+                    "must start with redis://, rediss:// (TLS), redis+sentinel://, rediss+sentinel:// or unix://",
                 ));
             }
             // Parsed now so a bad URL stops the start; the message never quotes it.
@@ -565,7 +570,10 @@ impl Config {
                 ("redis_client_cert", self.redis_client_cert.is_some()),
             ] {
                 if set {
-                    return Err(invalid(key, "is used only with a rediss:// redis_url"));
+                    return Err(invalid(
+                        key,
+                        "is used only with a rediss:// or rediss+sentinel:// redis_url",
+                    ));
                 }
             }
         }

@@ -144,7 +144,9 @@ pub async fn start(cfg: &Config, table: Arc<Table>) -> Result<StoreHandle, Store
     tasks.push(("prune", tokio::spawn(prune(table.clone(), stop_rx.clone()))));
 
     if let Some(url) = &cfg.redis_url {
-        let tls = if url.expose().starts_with("rediss://") {
+        let tls = if url.expose().starts_with("rediss://")
+            || url.expose().starts_with("rediss+sentinel://")
+        {
             Some(std::sync::Arc::new(redis_tls(cfg).map_err(|e| {
                 StoreError::Redis(crate::upstream::error_chain(&e))
             })?))

@@ -161,12 +161,8 @@ impl Replica {
         ever_up: &mut bool,
         up_since: &mut Option<Instant>,
     ) -> End {
-        let mut con = match self.endpoint.command(IO_TIMEOUT).await {
+        let (mut con, pubsub) = match self.endpoint.connect(IO_TIMEOUT).await {
             Ok(c) => c,
-            Err(e) => return End::Lost(e),
-        };
-        let pubsub = match self.endpoint.pubsub(IO_TIMEOUT).await {
-            Ok(p) => p,
             Err(e) => return End::Lost(e),
         };
         let (mut sink, mut stream) = pubsub.split();
@@ -298,6 +294,14 @@ impl Replica {
     async fn ping(&self, con: &mut Con, sink: &mut PubSubSink) -> Result<(), String> {
         let r: Result<redis::Value, RedisError> = redis::cmd("PING").query_async(con).await;
         r.map_err(|e| format!("ping: {e}"))?;
+        // Behind Sentinel, a primary demoted by a failover keeps answering reads: end the
+        // session so the next one asks the Sentinels for the new primary.
+        if self.endpoint.follows_failover() && !super::connect::is_primary(con).await? {
+            return Err(
+                "the primary became a replica (sentinel failover): reconnecting to the new primary"
+                    .into(),
+            );
+        }
         match tokio::time::timeout(IO_TIMEOUT, sink.ping::<redis::Value>()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("ping (pub/sub): {e}")),
