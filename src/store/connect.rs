@@ -407,3 +407,51 @@ impl ConnectionLike for Con {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sentinels(url: &str) -> Result<Sentinels, String> {
+        match Endpoint::new(url, None)? {
+            Endpoint::Sentinel(s) => Ok(s),
+            _ => Err("not a sentinel endpoint".into()),
+        }
+    }
+
+    #[test]
+    fn sentinel_urls_name_sentinels_master_credentials_and_db() {
+        let s =
+            sentinels("redis+sentinel://gw:p%40ss@10.0.0.1:26380,sentinel-b,[::1]:5/mymaster/3")
+                .unwrap();
+        assert_eq!(
+            s.sentinels,
+            vec![
+                ("10.0.0.1".to_string(), 26380),
+                ("sentinel-b".to_string(), SENTINEL_PORT),
+                ("::1".to_string(), 5),
+            ]
+        );
+        assert_eq!(s.master, "mymaster");
+        assert_eq!(s.info.db(), 3);
+        assert_eq!(s.info.username(), Some("gw"));
+        assert_eq!(s.info.password(), Some("p@ss"));
+        assert!(s.tls.is_none());
+    }
+
+    #[test]
+    fn bad_sentinel_urls_are_refused_without_quoting_the_password() {
+        for url in [
+            "redis+sentinel://u:SECRET@h1:26379",
+            "redis+sentinel://u:SECRET@h1:26379/",
+            "redis+sentinel://u:SECRET@/m",
+            "redis+sentinel://u:SECRET@h1:port/m",
+            "rediss+sentinel://u:SECRET@h1/m",
+        ] {
+            let e = sentinels(url)
+                .err()
+                .unwrap_or_else(|| panic!("{url} accepted"));
+            assert!(!e.contains("SECRET"), "{e}");
+        }
+    }
+}
