@@ -173,8 +173,8 @@ CONFIG_KEYS = {
     "connect_timeout", "request_timeout", "drain_timeout", "upstream_concurrency",
     "client_header_timeout", "client_body_timeout", "client_idle_timeout", "max_connections",
     "workers", "classify_body_limit", "history_limit", "redis_closed_ttl", "redis_retry_max",
-    "max_clock_skew", "max_circuits",
-    "webhook", "health", "discovery", "accounts",
+    "max_clock_skew", "max_circuits", "redis_ca_file", "redis_client_cert", "redis_client_key",
+    "webhook", "health", "discovery", "accounts", "notify",
 }
 TABLE_KEYS = {
     "webhook": {"path", "app_secret", "verify_token", "forward_url", "forward_timeout",
@@ -185,6 +185,8 @@ TABLE_KEYS = {
                   "max_learned"},
 }
 ACCOUNT_KEYS = {"waba_id", "phone_number_ids"}
+NOTIFY_KEYS = {"kind", "url", "secret", "name", "transitions", "waba_ids", "timeout",
+               "retry_max", "retry_for", "queue"}
 SECRET_KEYS = {("admin_token",), ("redis_url",), ("webhook", "app_secret"),
                ("webhook", "verify_token"), ("health", "access_token")}
 SECRET_ENV = {"WA_BREAKER_" + "__".join(k).upper() for k in SECRET_KEYS}
@@ -248,6 +250,13 @@ def check_config_toml(where, text, k8s):
         for k in acct:
             if k not in ACCOUNT_KEYS:
                 err(where, f"unknown key accounts[{i}].{k}")
+    for i, sink in enumerate(cfg.get("notify", []) or []):
+        for k in sink:
+            if k not in NOTIFY_KEYS:
+                err(where, f"unknown key notify[{i}].{k}")
+        for k in ("url", "secret"):
+            if k in sink:
+                err(where, f"secret notify[{i}].{k} must come from a Secret (WA_BREAKER_NOTIFY), not the config file")
     for path in SECRET_KEYS:
         node = cfg
         for p in path:

@@ -125,6 +125,12 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// Redis shared by replicas (may carry a password: never logged).
     pub redis_url: Option<Secret>,
+    /// Extra CA certificates (PEM) trusted for `rediss://`, on top of the Mozilla roots.
+    pub redis_ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) presented to a `rediss://` server that asks for one.
+    pub redis_client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `redis_client_cert`.
+    pub redis_client_key: Option<PathBuf>,
     /// Prefix of Redis keys and of the change channel.
     pub redis_prefix: String,
     /// TTL of a closed circuit's Redis key (open circuits: `until` + 1 h, or none).
@@ -196,6 +202,8 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     /// `[[accounts]]`: phone-number ids by WABA.
     pub accounts: Vec<Account>,
+    /// `[[notify]]`: where circuit transitions are announced (Slack, signed JSON webhooks).
+    pub notify: Vec<NotifyConfig>,
 }
 
 impl Default for Config {
@@ -208,6 +216,9 @@ impl Default for Config {
             state_dir: "./wa-breaker-state".into(),
             admin_token: None,
             redis_url: None,
+            redis_ca_file: None,
+            redis_client_cert: None,
+            redis_client_key: None,
             redis_prefix: "wa-breaker".into(),
             redis_closed_ttl: Duration::from_secs(7 * 24 * 3600),
             redis_retry_max: Duration::from_secs(5),
@@ -236,6 +247,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             discovery: DiscoveryConfig::default(),
             accounts: Vec::new(),
+            notify: Vec::new(),
         }
     }
 }
@@ -367,6 +379,111 @@ pub struct Account {
     pub phone_number_ids: Vec<String>,
 }
 
+/// What a `[[notify]]` sink speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyKind {
+    /// A Slack-compatible incoming webhook: `{"text": "…"}`.
+    Slack,
+    /// The JSON event, signed with `secret` in `X-Wa-Breaker-Signature` when one is set.
+    Webhook,
+}
+
+/// Which transitions a sink hears of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyOn {
+    /// A circuit opened (or, while open, changed scope).
+    Open,
+    /// A circuit closed.
+    Closed,
+}
+
+/// `[[notify]]`: one place transitions are announced, off the hot path.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// `slack` or `webhook`.
+    pub kind: NotifyKind,
+    /// Where to POST. A secret (Slack webhook paths are): logs and `check-config` show only
+    /// `scheme://host[:port]/***`.
+    #[serde(serialize_with = "masked_url")]
+    pub url: Secret,
+    /// `webhook` only: HMAC-SHA256 key of `X-Wa-Breaker-Signature: sha256=<hex>`.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// Name in logs and metric labels; default `{kind}-{index}`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Only these transitions (`open`, `closed`); empty: both.
+    #[serde(default)]
+    pub transitions: Vec<NotifyOn>,
+    /// Only circuits of these WABAs; empty: every WABA (and phone-number circuits).
+    #[serde(default)]
+    pub waba_ids: Vec<String>,
+    /// One delivery attempt's timeout (connect to answer).
+    #[serde(default = "notify_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Cap of the exponential backoff between attempts (jittered).
+    #[serde(default = "notify_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// How long one notification is retried before it is dropped (counted and logged).
+    #[serde(default = "notify_retry_for", with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// Notifications waiting for this sink; past it new ones are dropped (counted and logged).
+    #[serde(default = "notify_queue")]
+    pub queue: usize,
+}
+
+fn notify_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn notify_retry_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn notify_retry_for() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn notify_queue() -> usize {
+    1000
+}
+
+impl NotifyConfig {
+    /// Its name in logs and metrics.
+    pub fn label(&self, index: usize) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => format!("{}-{index}", self.kind_str()),
+        }
+    }
+
+    fn kind_str(&self) -> &'static str {
+        match self.kind {
+            NotifyKind::Slack => "slack",
+            NotifyKind::Webhook => "webhook",
+        }
+    }
+}
+
+/// A URL with everything after the authority (and any user info) replaced by `***`:
+/// what logs, errors and `check-config` show of a secret URL.
+pub fn mask_url(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(u) => match (u.scheme_str(), u.authority()) {
+            (Some(scheme), Some(a)) => {
+                let host = a.as_str().rsplit('@').next().unwrap_or_default();
+                format!("{scheme}://{host}/***")
+            }
+            _ => "***".into(),
+        },
+        Err(_) => "***".into(),
+    }
+}
+
+fn masked_url<S: serde::Serializer>(url: &Secret, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&mask_url(url.expose()))
+}
+
 /// A configuration that could not be loaded or is invalid.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -463,13 +580,53 @@ impl Config {
                 return Err(invalid("admin_token", "must be at least 16 characters"));
             }
         }
+        let tls = self.redis_url.as_ref().is_some_and(|u| {
+            u.expose().starts_with("rediss://") || u.expose().starts_with("rediss+sentinel://")
+        });
         if let Some(u) = &self.redis_url {
-            let ok = u.expose().starts_with("redis://") || u.expose().starts_with("unix://");
+            let ok = [
+                "redis://",
+                "rediss://",
+                "unix://",
+                "redis+sentinel://",
+                "rediss+sentinel://",
+            ]
+            .iter()
+            .any(|p| u.expose().starts_with(p));
             if !ok {
                 return Err(invalid(
                     "redis_url",
-                    "must start with redis:// or unix:// (TLS to Redis is not built in)",
+                    "must start with redis://, rediss:// (TLS), redis+sentinel://, rediss+sentinel:// or unix://",
                 ));
+            }
+            // Parsed now so a bad URL stops the start; the message never quotes it.
+            let tls_cfg = if tls {
+                Some(std::sync::Arc::new(crate::store::redis_tls(self).map_err(
+                    |e| invalid(tls_key(self), crate::upstream::error_chain(&e)),
+                )?))
+            } else {
+                None
+            };
+            crate::store::connect::Endpoint::new(u.expose(), tls_cfg)
+                .map_err(|e| invalid("redis_url", e))?;
+        }
+        if self.redis_client_cert.is_some() != self.redis_client_key.is_some() {
+            return Err(invalid(
+                "redis_client_cert",
+                "redis_client_cert and redis_client_key go together",
+            ));
+        }
+        if !tls {
+            for (key, set) in [
+                ("redis_ca_file", self.redis_ca_file.is_some()),
+                ("redis_client_cert", self.redis_client_cert.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        key,
+                        "is used only with a rediss:// or rediss+sentinel:// redis_url",
+                    ));
+                }
             }
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
@@ -571,6 +728,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_notify()?;
         let mut phones: HashMap<&str, &str> = HashMap::new();
         let mut wabas: HashSet<&str> = HashSet::new();
         for (i, a) in self.accounts.iter().enumerate() {
@@ -602,9 +760,91 @@ impl Config {
         Ok(())
     }
 
+    fn validate_notify(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (i, n) in self.notify.iter().enumerate() {
+            let key = |k: &str| format!("notify[{i}].{k}");
+            // The parser's messages never quote the URL; ours name only its masked form.
+            let uri: http::Uri = n
+                .url
+                .expose()
+                .parse()
+                .map_err(|e| invalid(&key("url"), format!("not a URL: {e}")))?;
+            if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
+                return Err(invalid(
+                    &key("url"),
+                    format!(
+                        "{} must start with http:// or https:// and name a host",
+                        mask_url(n.url.expose())
+                    ),
+                ));
+            }
+            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err(invalid(
+                    &key("url"),
+                    "user info in the URL is not supported (use a path or query token)",
+                ));
+            }
+            if n.kind == NotifyKind::Slack && n.secret.is_some() {
+                return Err(invalid(
+                    &key("secret"),
+                    "only `kind = \"webhook\"` sinks are signed (a Slack URL is its own secret)",
+                ));
+            }
+            if n.secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+                return Err(invalid(&key("secret"), "must be at least 16 characters"));
+            }
+            for w in &n.waba_ids {
+                if !is_graph_id(w) {
+                    return Err(invalid(
+                        &key("waba_ids"),
+                        format!("{w:?} is not a numeric id"),
+                    ));
+                }
+            }
+            for (k, d) in [
+                ("timeout", n.timeout),
+                ("retry_max", n.retry_max),
+                ("retry_for", n.retry_for),
+            ] {
+                if d < Duration::from_millis(10) {
+                    return Err(invalid(&key(k), "must be at least 10ms"));
+                }
+            }
+            if n.queue == 0 || n.queue > 1_000_000 {
+                return Err(invalid(&key("queue"), "must be between 1 and 1000000"));
+            }
+            let label = n.label(i);
+            let label_ok = !label.is_empty()
+                && label.len() <= 64
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !label_ok {
+                return Err(invalid(
+                    &key("name"),
+                    "must be 1-64 characters of letters, digits, '-' and '_'",
+                ));
+            }
+            if !names.insert(label.clone()) {
+                return Err(invalid(&key("name"), format!("{label:?} names two sinks")));
+            }
+        }
+        Ok(())
+    }
+
     /// The effective configuration as TOML, secrets masked (for `check-config`).
     pub fn to_masked_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# could not render config: {e}\n"))
+    }
+}
+
+/// Which TLS key to blame when the Redis TLS config cannot be built.
+fn tls_key(cfg: &Config) -> &'static str {
+    if cfg.redis_client_cert.is_some() {
+        "redis_ca_file / redis_client_cert / redis_client_key"
+    } else {
+        "redis_ca_file"
     }
 }
 

@@ -13,6 +13,8 @@
 //! - [`circuit`] — the circuit model, the ordering rule and the table the policy reads.
 //! - `signals` (webhooks, Health Status polls, expiry timers) and `admin` change circuits;
 //!   `store` keeps them on disk and shares them through Redis.
+//! - `notify` — announces this replica's transitions to Slack / signed webhooks, off the
+//!   hot path.
 //! - [`graph`] — what the gateway knows of Meta's API: routes, error envelopes, webhook and
 //!   health payloads and what their events mean for a circuit.
 //!
@@ -27,6 +29,7 @@ pub mod config;
 pub(crate) mod cpu;
 pub mod graph;
 pub(crate) mod metrics;
+pub(crate) mod notify;
 pub mod policy;
 pub(crate) mod proxy;
 pub(crate) mod relay;
@@ -108,6 +111,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 
     // 3. What every worker shares: the policy core, the upstream, its limit, the signals.
     let target = Target::new(&cfg)?;
+    // Subscribed before the signals start, so an expiry right after start is announced.
+    notify::start(&cfg.notify, &table, target.client());
     let signals = signals::start(&cfg, &target, table.clone());
     let policy = Arc::new(Policy::new(&cfg, table.clone()).with_discovery(signals.discovery()));
     let limiter = Arc::new(Limiter::new(cfg.upstream_concurrency));

@@ -63,6 +63,13 @@ pub struct Metrics {
     /// `wa_breaker_webhook_errors_total{code, site}`: Graph error codes Meta reported only by
     /// webhook (`messages` deliveries: `statuses[].errors[]`, `value.errors[]`).
     webhook_errors: IntCounterVec,
+    /// `wa_breaker_notify_sent_total{sink}`: notifications a sink accepted (2xx).
+    pub notify_sent: IntCounterVec,
+    /// `wa_breaker_notify_failures_total{sink}`: delivery attempts that failed (retried).
+    pub notify_failures: IntCounterVec,
+    /// `wa_breaker_notify_dropped_total{sink,reason}`: notifications never delivered
+    /// (`queue_full`, `gave_up` after `retry_for`).
+    pub notify_dropped: IntCounterVec,
 }
 
 /// The process-wide metrics.
@@ -238,6 +245,30 @@ impl Metrics {
             &["code", "site"],
         )
         .expect("valid metric");
+        let notify_sent = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_notify_sent_total",
+                "Transition notifications a sink accepted, by sink",
+            ),
+            &["sink"],
+        )
+        .expect("valid metric");
+        let notify_failures = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_notify_failures_total",
+                "Failed notification delivery attempts (each is retried), by sink",
+            ),
+            &["sink"],
+        )
+        .expect("valid metric");
+        let notify_dropped = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_notify_dropped_total",
+                "Transition notifications never delivered, by sink and reason (queue_full, gave_up)",
+            ),
+            &["sink", "reason"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("wa_breaker_build_info", "Build information"),
             &["version"],
@@ -268,6 +299,9 @@ impl Metrics {
             Box::new(webhook_errors.clone()),
             Box::new(template_circuit_open.clone()),
             Box::new(template_quality.clone()),
+            Box::new(notify_sent.clone()),
+            Box::new(notify_failures.clone()),
+            Box::new(notify_dropped.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -307,6 +341,9 @@ impl Metrics {
             client_timeouts,
             client_body_errors,
             webhook_errors,
+            notify_sent,
+            notify_failures,
+            notify_dropped,
         }
     }
 

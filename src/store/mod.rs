@@ -12,6 +12,7 @@
 //!
 //! See `docs/state.md` for the operator's view.
 
+pub mod connect;
 pub mod embedded;
 pub mod replica;
 pub mod rules;
@@ -160,8 +161,18 @@ pub async fn start(cfg: &Config, table: Arc<Table>) -> Result<StoreHandle, Store
     tasks.push(("prune", tokio::spawn(prune(table.clone(), stop_rx.clone()))));
 
     if let Some(url) = &cfg.redis_url {
+        let tls = if url.expose().starts_with("rediss://")
+            || url.expose().starts_with("rediss+sentinel://")
+        {
+            Some(std::sync::Arc::new(redis_tls(cfg).map_err(|e| {
+                StoreError::Redis(crate::upstream::error_chain(&e))
+            })?))
+        } else {
+            None
+        };
         let (replica, mut status) = replica::Replica::new(
             url.expose(),
+            tls,
             &cfg.redis_prefix,
             table.clone(),
             cfg.redis_closed_ttl,
@@ -191,6 +202,18 @@ pub async fn start(cfg: &Config, table: Arc<Table>) -> Result<StoreHandle, Store
         embedded,
         tasks,
     })
+}
+
+/// The rustls config for `rediss://`: Mozilla roots + `redis_ca_file`, and the client
+/// certificate when `redis_client_cert` / `redis_client_key` are set.
+pub(crate) fn redis_tls(
+    cfg: &Config,
+) -> Result<tokio_rustls::rustls::ClientConfig, crate::tls::TlsError> {
+    let client = match (&cfg.redis_client_cert, &cfg.redis_client_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::ClientCert { cert, key }),
+        _ => None,
+    };
+    crate::tls::client_config_with(cfg.redis_ca_file.as_deref(), client)
 }
 
 /// How often closed records past their retention (or over `max_circuits`) are dropped.

@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use redis::{Client, Msg, RedisError};
+use redis::aio::PubSubSink;
+use redis::{Msg, RedisError};
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::rustls::ClientConfig;
 
 use super::backoff_delay;
+use super::connect::{Con, Endpoint};
 use super::rules::{encode, encode_mapping, ttl_for, worth_restoring, Layout, Ttl, CAS_SCRIPT};
 use crate::circuit::{newer, Circuit, Mapping, MappingNotice, Notice, Origin, Table};
 use crate::metrics::METRICS;
@@ -44,7 +46,7 @@ pub enum Status {
 
 /// The Redis side of the store.
 pub struct Replica {
-    client: Client,
+    endpoint: Endpoint,
     table: Arc<Table>,
     layout: Layout,
     closed_ttl: Duration,
@@ -59,20 +61,22 @@ enum End {
 }
 
 impl Replica {
-    /// A replica for `url` (not yet connected). The URL is never logged: it may hold a password.
+    /// A replica for `url` (not yet connected; `tls` for `rediss://`). The URL is never
+    /// logged: it may hold a password.
     pub fn new(
         url: &str,
+        tls: Option<Arc<ClientConfig>>,
         prefix: &str,
         table: Arc<Table>,
         closed_ttl: Duration,
         retry_max: Duration,
     ) -> Result<(Replica, watch::Receiver<Status>), String> {
         // redis-rs's URL errors name the problem, never the URL (which may hold a password).
-        let client = Client::open(url).map_err(|e| e.to_string())?;
+        let endpoint = Endpoint::new(url, tls)?;
         let (status, rx) = watch::channel(Status::Connecting);
         Ok((
             Replica {
-                client,
+                endpoint,
                 table,
                 layout: Layout::new(prefix),
                 closed_ttl,
@@ -161,19 +165,9 @@ impl Replica {
         ever_up: &mut bool,
         up_since: &mut Option<Instant>,
     ) -> End {
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(IO_TIMEOUT))
-            .set_response_timeout(Some(IO_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let mut con = match self.client.get_connection_manager_with_config(cfg).await {
+        let (mut con, pubsub) = match self.endpoint.connect(IO_TIMEOUT).await {
             Ok(c) => c,
-            Err(e) => return End::Lost(format!("connect: {e}")),
-        };
-        let pubsub = match tokio::time::timeout(IO_TIMEOUT, self.client.get_async_pubsub()).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return End::Lost(format!("connect (pub/sub): {e}")),
-            Err(_) => return End::Lost("connect (pub/sub): timed out".into()),
+            Err(e) => return End::Lost(e),
         };
         let (mut sink, mut stream) = pubsub.split();
         let channels = [self.layout.channel(), self.layout.account_channel()];
@@ -338,9 +332,17 @@ impl Replica {
         }
     }
 
-    async fn ping(&self, con: &mut ConnectionManager, sink: &mut PubSubSink) -> Result<(), String> {
+    async fn ping(&self, con: &mut Con, sink: &mut PubSubSink) -> Result<(), String> {
         let r: Result<redis::Value, RedisError> = redis::cmd("PING").query_async(con).await;
         r.map_err(|e| format!("ping: {e}"))?;
+        // Behind Sentinel, a primary demoted by a failover keeps answering reads: end the
+        // session so the next one asks the Sentinels for the new primary.
+        if self.endpoint.follows_failover() && !super::connect::is_primary(con).await? {
+            return Err(
+                "the primary became a replica (sentinel failover): reconnecting to the new primary"
+                    .into(),
+            );
+        }
         match tokio::time::timeout(IO_TIMEOUT, sink.ping::<redis::Value>()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("ping (pub/sub): {e}")),
@@ -385,10 +387,7 @@ impl Replica {
     }
 
     /// Every circuit key: SCAN (never KEYS), then MGET in chunks.
-    async fn scan_all(
-        &self,
-        con: &mut ConnectionManager,
-    ) -> Result<HashMap<String, Circuit>, RedisError> {
+    async fn scan_all(&self, con: &mut Con) -> Result<HashMap<String, Circuit>, RedisError> {
         let mut keys: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
         loop {
@@ -438,7 +437,7 @@ impl Replica {
     /// newer than what Redis held (and so were published).
     async fn write(
         &self,
-        con: &mut ConnectionManager,
+        con: &mut Con,
         sha: &str,
         circuits: &[Circuit],
     ) -> Result<usize, RedisError> {
@@ -482,11 +481,7 @@ impl Replica {
 impl Replica {
     /// Reloads every mapping key, merges what is newer, and writes back the local records
     /// Redis lacks or holds older (changes made while it was away). Returns the keys read.
-    async fn sync_mappings(
-        &self,
-        con: &mut ConnectionManager,
-        sha: &str,
-    ) -> Result<usize, RedisError> {
+    async fn sync_mappings(&self, con: &mut Con, sha: &str) -> Result<usize, RedisError> {
         let keys = self.scan(con, self.layout.account_pattern()).await?;
         let mut remote: HashMap<String, Mapping> = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(SCAN_COUNT) {
@@ -534,11 +529,7 @@ impl Replica {
         Ok(keys.len())
     }
 
-    async fn scan(
-        &self,
-        con: &mut ConnectionManager,
-        pattern: &str,
-    ) -> Result<Vec<String>, RedisError> {
+    async fn scan(&self, con: &mut Con, pattern: &str) -> Result<Vec<String>, RedisError> {
         let mut keys: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
         loop {
@@ -586,7 +577,7 @@ impl Replica {
     /// a live mapping has no TTL, a removal lives `redis_closed_ttl`.
     async fn write_mappings(
         &self,
-        con: &mut ConnectionManager,
+        con: &mut Con,
         sha: &str,
         mappings: &[Mapping],
     ) -> Result<usize, RedisError> {
