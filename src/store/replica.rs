@@ -388,25 +388,7 @@ impl Replica {
 
     /// Every circuit key: SCAN (never KEYS), then MGET in chunks.
     async fn scan_all(&self, con: &mut Con) -> Result<HashMap<String, Circuit>, RedisError> {
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(self.layout.pattern())
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(con)
-                .await?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        keys.sort();
-        keys.dedup();
+        let keys = self.scan(con, self.layout.pattern()).await?;
         let mut out = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(SCAN_COUNT) {
             let values: Vec<Option<String>> =
