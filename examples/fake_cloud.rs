@@ -3,9 +3,11 @@
 //! Listens on 127.0.0.1:9999 (or `FAKE_CLOUD_ADDR`). Sends answer 200 with a send result,
 //! except for the phone-number ids in `FAKE_BLOCKED` (comma-separated; default
 //! `106540352242922`), which answer HTTP 403 with Graph error 368. Health Status reads answer
-//! `AVAILABLE`. Every request is printed, Authorization masked.
+//! `AVAILABLE`. Every request is printed, Authorization masked (not with `FAKE_QUIET=1`, for
+//! load runs).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -19,7 +21,8 @@ const BLOCKED: &str = r#"{"error":{"message":"(#368) Temporarily blocked for pol
 
 async fn answer(
     req: Request<Incoming>,
-    blocked: Vec<String>,
+    blocked: Arc<Vec<String>>,
+    quiet: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -30,7 +33,9 @@ async fn answer(
     };
     let method = req.method().clone();
     let _ = req.into_body().collect().await;
-    println!("fake-cloud: {method} {path} (authorization: {auth})");
+    if !quiet {
+        println!("fake-cloud: {method} {path} (authorization: {auth})");
+    }
     let (status, body) = if query.contains("health_status") {
         let node = path.trim_matches('/').rsplit('/').next().unwrap_or("");
         (
@@ -61,13 +66,15 @@ async fn main() -> std::io::Result<()> {
         .split(',')
         .map(|s| s.trim().to_string())
         .collect();
+    let blocked = Arc::new(blocked);
+    let quiet = std::env::var("FAKE_QUIET").is_ok_and(|v| v == "1");
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("fake-cloud: listening on http://{addr}; blocked phone numbers: {blocked:?}");
     loop {
         let (stream, _) = listener.accept().await?;
         let blocked = blocked.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| answer(req, blocked.clone()));
+            let svc = hyper::service::service_fn(move |req| answer(req, blocked.clone(), quiet));
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;

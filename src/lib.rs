@@ -140,7 +140,12 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         let stack = proxy::stack(policy.clone(), limiter.clone(), &target, target.client());
         let engines = server::Engines {
             relay: relay.as_ref().map(relay::Relay::worker),
-            edge: proxy::Edge::new(policy.clone(), stack, webhook.clone()),
+            edge: proxy::Edge::new(
+                policy.clone(),
+                stack,
+                webhook.clone(),
+                cfg.client_body_timeout,
+            ),
             deadlines: relay::ClientDeadlines::new(&cfg),
             connections: connections.clone(),
         };

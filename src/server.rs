@@ -111,9 +111,25 @@ impl Hyper {
         {
             return;
         }
-        let io = TokioIo::new(Rewind::new(stream, read));
-        let conn = self.builder.serve_connection(io, self.edge).into_owned();
+        let (io, handle) = Rewind::new(stream, read);
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(io), self.edge)
+            .into_owned();
         if let Err(e) = self.watcher.watch(conn).await {
+            // hyper gives up a head that misses its deadline without answering; the relay
+            // answers 408, and so does this engine — unless nothing of a request came
+            // (an idle kept-alive connection closes silently on both).
+            let head_timeout = e
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout);
+            if head_timeout && handle.request_started() {
+                crate::metrics::METRICS.client_timeouts.inc();
+                let mut out = Vec::with_capacity(512);
+                crate::policy::Reply::request_timeout().write_h1(true, &mut out);
+                handle.answer_and_close(&out).await;
+                return;
+            }
             tracing::debug!(listener = "main", error = %e, "connection closed with error");
         }
     }

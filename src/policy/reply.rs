@@ -154,8 +154,12 @@ impl<'a> Reply<'a> {
     /// in the Cloud API envelope, `"code": 2`, `"error_subcode"` 502 / 504,
     /// `x-wa-breaker: upstream-error`. The text never carries request data.
     pub fn forward_failed(e: &ForwardError) -> Reply<'static> {
-        if let ForwardError::ClientBody(_) = e {
-            return Reply::bad_request("The request body broke off or was malformed.");
+        match e {
+            ForwardError::ClientBody(_) => {
+                return Reply::bad_request("The request body broke off or was malformed.")
+            }
+            ForwardError::ClientTimeout => return Reply::request_timeout(),
+            _ => {}
         }
         let (status, title, details) = match e {
             ForwardError::Connect(_) => (
@@ -168,7 +172,9 @@ impl<'a> Reply<'a> {
                 "wa-breaker: upstream timeout",
                 "The Cloud API did not answer in time; the request may or may not have been delivered.",
             ),
-            ForwardError::Broken(_) | ForwardError::ClientBody(_) => (
+            ForwardError::Broken(_)
+            | ForwardError::ClientBody(_)
+            | ForwardError::ClientTimeout => (
                 StatusCode::BAD_GATEWAY,
                 "wa-breaker: bad upstream answer",
                 "The Cloud API's answer was broken; the request may or may not have been delivered.",
@@ -203,6 +209,26 @@ impl<'a> Reply<'a> {
                 "WaBreakerException",
                 "wa-breaker: bad request",
                 why,
+                &request_trace_id(),
+            )),
+        }
+    }
+
+    /// The answer to a client whose request head or body missed its deadline
+    /// (`client_header_timeout`, `client_body_timeout`): 408 in the envelope, `"code": 2`
+    /// with `"error_subcode": 408` (nothing was delivered; a retry is safe),
+    /// `x-wa-breaker: client-timeout`. Both engines close the connection after it.
+    pub fn request_timeout() -> Reply<'static> {
+        Reply {
+            status: StatusCode::REQUEST_TIMEOUT,
+            marker: "client-timeout",
+            retry_after: None,
+            body: ReplyBody::Owned(envelope::build(
+                GATEWAY_CODE,
+                Some(408),
+                "WaBreakerException",
+                "wa-breaker: request timeout",
+                "The request did not arrive in time (client_header_timeout or client_body_timeout); it was not delivered.",
                 &request_trace_id(),
             )),
         }

@@ -1,15 +1,20 @@
 //! The one body type of the proxy: a streamed hyper body, a buffered one, or a
 //! buffered prefix followed by the rest of a stream (an error body too big to classify).
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::upstream::BoxError;
 
 pin_project! {
     /// Request and response body on the proxy path.
@@ -18,31 +23,60 @@ pin_project! {
         /// Streamed as it arrives: the success path.
         Stream { #[pin] inner: Incoming },
         /// A client's request body, streamed; a read error marks `broken`, so a forward
-        /// that fails because of it is told apart from an upstream failure.
-        Client { #[pin] inner: Incoming, broken: ClientBody },
+        /// that fails because of it is told apart from an upstream failure. While the
+        /// body waits for the client, `client_body_timeout` runs (the relay's deadline
+        /// between two body reads); past it the body fails and is marked timed out.
+        Client {
+            #[pin] inner: Incoming,
+            broken: ClientBody,
+            deadline: Option<Duration>,
+            // Made on the first wait only (most bodies arrive with their head).
+            sleep: Option<Pin<Box<Sleep>>>,
+            waiting: bool,
+        },
         /// Fully buffered (local replies, classified error bodies).
         Full { data: Option<Bytes> },
-        /// A buffered prefix, then the rest of the stream.
-        Prefixed { prefix: Option<Bytes>, #[pin] rest: Incoming },
+        /// A buffered prefix, then the rest of the body (a client's keeps its marks).
+        Prefixed { prefix: Option<Bytes>, rest: Pin<Box<Body>> },
     }
 }
 
-/// Set when a client's request body broke off or was malformed (kept as a request
-/// extension too, for the forwarder).
+/// Set when a client's request body broke off, was malformed or missed
+/// `client_body_timeout` (kept as a request extension too, for the forwarder).
 #[derive(Clone, Debug, Default)]
-pub struct ClientBody(Arc<AtomicBool>);
+pub struct ClientBody(Arc<AtomicU8>);
+
+const BROKEN: u8 = 1;
+const TIMED_OUT: u8 = 2;
 
 impl ClientBody {
-    /// Whether the body failed.
+    /// Whether the body failed (broken or timed out).
     pub fn is_broken(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether the body failed because the client stopped sending it.
+    pub fn timed_out(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == TIMED_OUT
     }
 }
 
+/// The client sent no body bytes within `client_body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("client sent no request body bytes within {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
 impl Body {
-    /// A client's request body, marking `broken` if reading it fails.
-    pub fn client(inner: Incoming, broken: ClientBody) -> Body {
-        Body::Client { inner, broken }
+    /// A client's request body, marking `broken` if reading it fails or if the client
+    /// sends nothing for `deadline` while the body is being read.
+    pub fn client(inner: Incoming, broken: ClientBody, deadline: Option<Duration>) -> Body {
+        Body::Client {
+            inner,
+            broken,
+            deadline,
+            sleep: None,
+            waiting: false,
+        }
     }
 
     /// A buffered body.
@@ -66,25 +100,51 @@ impl Body {
 
 impl HttpBody for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            BodyProj::Stream { inner } => inner.poll_frame(cx),
-            BodyProj::Client { inner, broken } => {
-                let r = inner.poll_frame(cx);
-                if let Poll::Ready(Some(Err(_))) = &r {
-                    broken.0.store(true, Ordering::Relaxed);
+            BodyProj::Stream { inner } => inner.poll_frame(cx).map_err(Into::into),
+            BodyProj::Client {
+                inner,
+                broken,
+                deadline,
+                sleep,
+                waiting,
+            } => match inner.poll_frame(cx) {
+                Poll::Ready(r) => {
+                    *waiting = false;
+                    if let Some(Err(_)) = &r {
+                        broken.0.store(BROKEN, Ordering::Relaxed);
+                    }
+                    Poll::Ready(r.map(|r| r.map_err(Into::into)))
                 }
-                r
-            }
+                Poll::Pending => {
+                    let Some(d) = *deadline else {
+                        return Poll::Pending;
+                    };
+                    // The clock runs only while the body waits for the client, not while
+                    // the upstream is slow to take what was read.
+                    let s = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+                    if !*waiting {
+                        *waiting = true;
+                        s.as_mut().reset(Instant::now() + d);
+                    }
+                    if s.as_mut().poll(cx).is_ready() {
+                        broken.0.store(TIMED_OUT, Ordering::Relaxed);
+                        crate::metrics::METRICS.client_timeouts.inc();
+                        return Poll::Ready(Some(Err(Box::new(BodyTimeout(d)))));
+                    }
+                    Poll::Pending
+                }
+            },
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyProj::Prefixed { prefix, rest } => match prefix.take() {
                 Some(p) => Poll::Ready(Some(Ok(Frame::data(p)))),
-                None => rest.poll_frame(cx),
+                None => rest.as_mut().poll_frame(cx),
             },
         }
     }
@@ -119,12 +179,12 @@ impl HttpBody for Body {
 
 /// Reads up to `limit` bytes of a body. `Ok(Ok(bytes))` when the whole body fit;
 /// `Ok(Err(body))` when it did not (the returned body replays what was read, then the rest).
-pub async fn buffer(body: Body, limit: usize) -> Result<Result<Bytes, Body>, hyper::Error> {
+pub async fn buffer(body: Body, limit: usize) -> Result<Result<Bytes, Body>, BoxError> {
     use http_body_util::BodyExt;
     let mut rest = match body {
         Body::Full { data } => return Ok(Ok(data.unwrap_or_default())),
         Body::Prefixed { .. } => return Ok(Err(body)),
-        Body::Stream { inner } | Body::Client { inner, .. } => inner,
+        Body::Stream { .. } | Body::Client { .. } => body,
     };
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = rest.frame().await {
@@ -133,7 +193,7 @@ pub async fn buffer(body: Body, limit: usize) -> Result<Result<Bytes, Body>, hyp
             if buf.len() > limit {
                 return Ok(Err(Body::Prefixed {
                     prefix: Some(buf.freeze()),
-                    rest,
+                    rest: Box::pin(rest),
                 }));
             }
         }

@@ -152,6 +152,11 @@ where
 }
 
 fn failed(policy: &Policy, call: Call, e: &ForwardError, after: Duration) {
+    if let ForwardError::ClientTimeout = e {
+        // Counted in wa_breaker_client_timeouts_total, as on the relay.
+        tracing::debug!("client request body not in within client_body_timeout: answered 408");
+        return;
+    }
     if let ForwardError::ClientBody(_) = e {
         tracing::info!(error = %error_chain(e), "client request body broken: answered 400");
         policy.record(call, Outcome::ClientBody);
@@ -194,7 +199,7 @@ async fn classify(
             return Ok(Response::from_parts(parts, too_big));
         }
         Err(e) => {
-            let e = ForwardError::Broken(Box::new(e));
+            let e = ForwardError::Broken(e);
             failed(&policy, call, &e, to_head);
             return Err(e);
         }

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -19,6 +20,7 @@ use super::route::Target;
 use super::{Body, Stack};
 use crate::policy::{Policy, Reply, Route};
 use crate::signals::webhook::Webhook;
+use crate::upstream::ForwardError;
 
 /// See module docs.
 #[derive(Clone)]
@@ -26,17 +28,35 @@ pub struct Edge {
     policy: Arc<Policy>,
     proxy: Stack,
     webhook: Arc<Webhook>,
+    /// `client_body_timeout`: the longest wait for the next bytes of a request body.
+    body_timeout: Duration,
 }
 
 impl Edge {
     /// Dispatches between `proxy` and `webhook` by [`Policy::route`].
-    pub fn new(policy: Arc<Policy>, proxy: Stack, webhook: Arc<Webhook>) -> Edge {
+    pub fn new(
+        policy: Arc<Policy>,
+        proxy: Stack,
+        webhook: Arc<Webhook>,
+        body_timeout: Duration,
+    ) -> Edge {
         Edge {
             policy,
             proxy,
             webhook,
+            body_timeout,
         }
     }
+}
+
+/// A 408 (a request body that stopped arriving); the connection closes after it.
+fn request_timeout() -> Response<Body> {
+    let mut resp = Reply::request_timeout().to_response();
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -59,6 +79,7 @@ impl Future for EdgeFuture {
         match self.project() {
             EdgeProj::Proxy { fut } => Poll::Ready(Ok(match ready!(fut.poll(cx)) {
                 Ok(resp) => resp,
+                Err(ForwardError::ClientTimeout) => request_timeout(),
                 Err(e) => Reply::forward_failed(&e).to_response(),
             })),
             EdgeProj::Webhook { fut } => fut.as_mut().poll(cx).map(Ok),
@@ -92,8 +113,16 @@ impl hyper::service::Service<Request<Incoming>> for Edge {
         let target = match self.policy.route(req.method(), req.uri().path()) {
             Route::Webhook => {
                 let wh = self.webhook.clone();
+                let broken = super::body::ClientBody::default();
+                let req = req.map(|b| Body::client(b, broken.clone(), Some(self.body_timeout)));
                 return EdgeFuture::Webhook {
-                    fut: Box::pin(async move { wh.handle(req).await }),
+                    fut: Box::pin(async move {
+                        let resp = wh.handle(req).await;
+                        if broken.timed_out() {
+                            return request_timeout();
+                        }
+                        resp
+                    }),
                 };
             }
             Route::Graph(call) => {
@@ -106,7 +135,7 @@ impl hyper::service::Service<Request<Incoming>> for Edge {
             }
         };
         let broken = super::body::ClientBody::default();
-        let mut req = req.map(|b| Body::client(b, broken.clone()));
+        let mut req = req.map(|b| Body::client(b, broken.clone(), Some(self.body_timeout)));
         req.extensions_mut().insert(target);
         req.extensions_mut().insert(broken);
         EdgeFuture::Proxy {

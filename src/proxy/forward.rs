@@ -117,6 +117,10 @@ impl Future for ResponseFuture {
                 Ok(Response::from_parts(parts, Body::stream(body)))
             }
             Err(e) if e.is_connect() => Err(ForwardError::Connect(Box::new(e))),
+            // The client stopped sending its body (`client_body_timeout`).
+            Err(_) if this.client_body.as_ref().is_some_and(ClientBody::timed_out) => {
+                Err(ForwardError::ClientTimeout)
+            }
             // The client's body broke while hyper sent it: the client's fault, not Meta's.
             Err(e) if this.client_body.as_ref().is_some_and(ClientBody::is_broken) => {
                 Err(ForwardError::ClientBody(Box::new(e)))

@@ -9,13 +9,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{header, Request, Response, StatusCode};
+use http::{header, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::body::{self, Body};
 use super::route::Target;
 use crate::policy::{self, Admit, Outcome, Policy};
+use crate::upstream::ForwardError;
 
 /// See module docs.
 #[derive(Clone)]
@@ -93,7 +94,7 @@ impl<S> Service<Request<Body>> for Guard<S>
 where
     S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S::Error: From<ForwardError> + Send + 'static,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -156,12 +157,15 @@ where
                             }
                             // Too big to be a send we can judge: let Meta decide.
                             Ok(Err(body)) => body,
+                            // The client's body broke off or stopped arriving: answered as
+                            // a failed forward would be (400 or 408), by the edge.
+                            Err(e) if e.is::<body::BodyTimeout>() => {
+                                return Err(ForwardError::ClientTimeout.into());
+                            }
                             Err(e) => {
                                 tracing::debug!(error = %e, "client body aborted");
                                 policy.record(call, Outcome::ClientBody);
-                                let mut r = Response::new(Body::empty());
-                                *r.status_mut() = StatusCode::BAD_REQUEST;
-                                return Ok(r);
+                                return Err(ForwardError::ClientBody(e).into());
                             }
                         };
                         inner.call(Request::from_parts(parts, body)).await

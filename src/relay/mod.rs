@@ -66,10 +66,6 @@ impl ClientDeadlines {
     }
 }
 
-/// What a client gets when its head or body is not in by the deadline.
-const REQUEST_TIMEOUT_ANSWER: &[u8] =
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-
 /// One worker's relay: the shared parts and this worker's upstream pool.
 #[derive(Clone)]
 pub struct Relay {
@@ -234,7 +230,9 @@ impl Relay {
 async fn timed_out(stream: &mut TcpStream) {
     use tokio::io::AsyncWriteExt;
     crate::metrics::METRICS.client_timeouts.inc();
-    let _ = stream.write_all(REQUEST_TIMEOUT_ANSWER).await;
+    let mut out = Vec::with_capacity(512);
+    crate::policy::Reply::request_timeout().write_h1(true, &mut out);
+    let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
 }
 

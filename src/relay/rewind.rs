@@ -1,28 +1,74 @@
-//! A client connection handed to hyper after the relay has already read part of it:
-//! the bytes read so far are replayed first.
+//! A client connection handed to hyper: the bytes the relay already read are replayed
+//! first, and the connection stays reachable from outside hyper ([`Handle`]) so that a
+//! request head that misses `client_header_timeout` can be answered 408 after hyper has
+//! given the connection up (hyper itself closes such a connection without a word).
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// `prefix`, then the rest of `inner`.
+/// The stream and how many bytes arrived since the gateway last wrote on it.
+struct Shared {
+    stream: TcpStream,
+    unanswered: AtomicUsize,
+}
+
+/// `prefix`, then the rest of the stream.
 pub struct Rewind {
     prefix: Vec<u8>,
     at: usize,
-    inner: TcpStream,
+    inner: Arc<Shared>,
 }
 
+/// The connection as seen from outside hyper.
+pub struct Handle(Arc<Shared>);
+
 impl Rewind {
-    /// Replays `prefix` before reading from `inner`.
-    pub fn new(inner: TcpStream, prefix: Vec<u8>) -> Rewind {
-        Rewind {
-            prefix,
-            at: 0,
-            inner,
+    /// Replays `prefix` before reading from `stream`.
+    pub fn new(stream: TcpStream, prefix: Vec<u8>) -> (Rewind, Handle) {
+        let inner = Arc::new(Shared {
+            unanswered: AtomicUsize::new(prefix.len()),
+            stream,
+        });
+        let handle = Handle(inner.clone());
+        (
+            Rewind {
+                prefix,
+                at: 0,
+                inner,
+            },
+            handle,
+        )
+    }
+}
+
+impl Handle {
+    /// Whether the client sent bytes the gateway has not answered: a started request,
+    /// not an idle kept-alive connection.
+    pub fn request_started(&self) -> bool {
+        self.0.unanswered.load(Ordering::Relaxed) > 0
+    }
+
+    /// Writes `answer` (best effort: a client gone is fine) and closes the write side.
+    pub async fn answer_and_close(&self, answer: &[u8]) {
+        let s = &self.0.stream;
+        let mut left = answer;
+        while !left.is_empty() {
+            if s.writable().await.is_err() {
+                return;
+            }
+            match s.try_write(left) {
+                Ok(n) => left = &left[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return,
+            }
         }
+        let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
     }
 }
 
@@ -43,7 +89,20 @@ impl AsyncRead for Rewind {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        let s = &this.inner.stream;
+        loop {
+            ready!(s.poll_read_ready(cx))?;
+            // `try_read` clears the readiness on WouldBlock, so the loop waits again.
+            match s.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    this.inner.unanswered.fetch_add(n, Ordering::Relaxed);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
@@ -53,7 +112,19 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let s = &this.inner.stream;
+        loop {
+            ready!(s.poll_write_ready(cx))?;
+            match s.try_write(buf) {
+                Ok(n) => {
+                    this.inner.unanswered.store(0, Ordering::Relaxed);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 
     fn poll_write_vectored(
@@ -61,19 +132,36 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let s = &this.inner.stream;
+        loop {
+            ready!(s.poll_write_ready(cx))?;
+            match s.try_write_vectored(bufs) {
+                Ok(n) => {
+                    this.inner.unanswered.store(0, Ordering::Relaxed);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        true
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A TCP socket has nothing buffered in user space.
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let s = socket2::SockRef::from(&self.inner.stream);
+        Poll::Ready(match s.shutdown(std::net::Shutdown::Write) {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            r => r,
+        })
     }
 }
 
@@ -89,9 +177,31 @@ mod tests {
         let (s, _) = l.accept().await.unwrap();
         c.write_all(b" world").await.unwrap();
         drop(c);
-        let mut r = Rewind::new(s, b"hello".to_vec());
+        let (mut r, h) = Rewind::new(s, b"hello".to_vec());
+        assert!(h.request_started());
         let mut out = String::new();
         r.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn counts_what_is_unanswered_and_answers_from_outside() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let (mut r, h) = Rewind::new(s, Vec::new());
+        assert!(!h.request_started(), "nothing read yet");
+        c.write_all(b"GET").await.unwrap();
+        let mut b = [0u8; 8];
+        let n = r.read(&mut b).await.unwrap();
+        assert_eq!(&b[..n], b"GET");
+        assert!(h.request_started());
+        r.write_all(b"x").await.unwrap();
+        assert!(!h.request_started(), "a write answers what was read");
+        drop(r);
+        h.answer_and_close(b"bye").await;
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"xbye");
     }
 }

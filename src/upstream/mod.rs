@@ -174,6 +174,10 @@ pub enum ForwardError {
     /// The client's request body broke off or was malformed while it was forwarded.
     #[error("client request body broken")]
     ClientBody(#[source] BoxError),
+    /// The client sent nothing of its request body for `client_body_timeout` while it
+    /// was forwarded (answered 408, the connection closes).
+    #[error("client request body not in within client_body_timeout")]
+    ClientTimeout,
 }
 
 /// An error and its sources, `a: b: c`, for one log line.

@@ -28,7 +28,6 @@ use chrono::Utc;
 use hmac::{Hmac, KeyInit, Mac};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use sha2::Sha256;
 
 use super::health::{HealthChecker, PollOutcome};
@@ -105,7 +104,7 @@ impl Webhook {
     }
 
     /// Handles one webhook request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Body>) -> Response<Body> {
         match *req.method() {
             Method::GET => self.challenge(req.uri().query().unwrap_or_default()),
             Method::POST => self.post(req).await,
@@ -147,7 +146,7 @@ impl Webhook {
         }
     }
 
-    async fn post(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn post(&self, req: Request<Body>) -> Response<Body> {
         METRICS.webhooks.with_label_values(&["received"]).inc();
         if self.secrets.is_empty() {
             if !self.warned_unconfigured.swap(true, Ordering::Relaxed) {
