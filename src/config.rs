@@ -320,7 +320,8 @@ pub struct HealthConfig {
 impl HealthConfig {
     /// The poll lease: `lease`, or 3 × `interval` when not set.
     pub fn lease(&self) -> Duration {
-        self.lease.unwrap_or_else(|| self.interval.saturating_mul(3))
+        self.lease
+            .unwrap_or_else(|| self.interval.saturating_mul(3))
     }
 }
 
@@ -728,7 +729,9 @@ impl Config {
         if let Some(lease) = self.health.lease {
             // Shorter than two intervals, the holder's claim lapses between its own polls
             // and the replicas take turns; a lease is also a dead holder's longest gap.
-            if lease < self.health.interval.saturating_mul(2) || lease > Duration::from_secs(24 * 3600) {
+            if lease < self.health.interval.saturating_mul(2)
+                || lease > Duration::from_secs(24 * 3600)
+            {
                 return Err(invalid(
                     "health.lease",
                     "must be at least twice health.interval and at most 24h",

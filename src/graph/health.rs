@@ -530,7 +530,10 @@ mod tests {
         for above in ["WABA", "BUSINESS", "APP"] {
             let hs = answer(
                 "BLOCKED",
-                json!([ent("PHONE_NUMBER", PHONE, "AVAILABLE"), ent(above, "1", "BLOCKED")]),
+                json!([
+                    ent("PHONE_NUMBER", PHONE, "AVAILABLE"),
+                    ent(above, "1", "BLOCKED")
+                ]),
             );
             assert_eq!(
                 hs.verdict_for_phone(PHONE).summary(),

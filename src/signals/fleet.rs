@@ -217,9 +217,20 @@ impl PollGate {
                 }
                 Ok(Claimed::Ours { spent, how }) => {
                     if how != "renewed" {
-                        let how = if how == "takeover" { "takeover" } else { "fresh" };
-                        METRICS.health_lease_acquired.with_label_values(&[how]).inc();
-                        tracing::info!(circuit = key, how, "health poll lease taken: this replica polls the circuit");
+                        let how = if how == "takeover" {
+                            "takeover"
+                        } else {
+                            "fresh"
+                        };
+                        METRICS
+                            .health_lease_acquired
+                            .with_label_values(&[how])
+                            .inc();
+                        tracing::info!(
+                            circuit = key,
+                            how,
+                            "health poll lease taken: this replica polls the circuit"
+                        );
                     }
                     self.set_held(key, true);
                     match spent {
@@ -246,14 +257,14 @@ impl PollGate {
         d
     }
 
-    /// Drops `key`'s lease when this replica holds it (its circuit closed here), so
-    /// another replica need not wait for it to lapse if the circuit opens again.
+    /// Drops `key`'s lease when this replica holds it (its circuit closed or stopped being
+    /// polled), so another replica need not wait for it to lapse if the circuit opens again.
     pub async fn release(&self, key: &str) {
-        let was_held = self.set_held(key, false);
+        self.set_held(key, false);
+        // Asked even when the bookkeeping says not held: the poll loop may have been
+        // stopped between forgetting its lease and releasing it. The script checks the
+        // holder, so a replica never drops another's lease.
         let Some(r) = &self.redis else { return };
-        if !was_held {
-            return;
-        }
         let lease = r.layout.poll_lease_key(key);
         let last = r.layout.poll_holder_key(key);
         let mut inv = r.release.key(lease);
@@ -392,9 +403,7 @@ pub fn budget_id(table: &Table, c: &Circuit) -> String {
         return c.waba_id.clone();
     }
     let phone = c.phone_number_id.clone().unwrap_or_default();
-    table
-        .resolve(&phone)
-        .map_or(phone, |r| r.waba.to_string())
+    table.resolve(&phone).map_or(phone, |r| r.waba.to_string())
 }
 
 fn unix_now() -> u64 {

@@ -316,8 +316,7 @@ pub async fn poll_loop(
         let nap = if until_due.is_zero() {
             jittered(cfg.interval, cfg.jitter)
         } else {
-            gate.renew_every()
-                .map_or(until_due, |r| r.min(until_due))
+            gate.renew_every().map_or(until_due, |r| r.min(until_due))
         };
         tokio::time::sleep(nap).await;
         let Some(cur) = table.get(&key).filter(pollable) else {

@@ -158,9 +158,10 @@ impl Watchers {
     }
 
     /// Stops `key`'s poll loop, if one runs, and drops its lease (when this replica
-    /// holds it) so the fleet need not wait for it to lapse.
+    /// holds it) so the fleet need not wait for it to lapse. (The loop also releases on
+    /// its own way out; aborted mid-release, this one finishes the job.)
     fn stop_polling(&mut self, key: &str) {
-        if self.polls.remove(key).is_some() {
+        if self.polls.remove(key).is_some() && self.gate.is_shared() {
             let gate = self.gate.clone();
             let key = key.to_string();
             tokio::spawn(async move { gate.release(&key).await });
