@@ -180,7 +180,7 @@ TABLE_KEYS = {
     "webhook": {"path", "app_secret", "verify_token", "forward_url", "forward_timeout",
                 "max_body", "violation_opens"},
     "health": {"access_token", "interval", "jitter", "timeout", "max_backoff",
-               "max_concurrent"},
+               "max_concurrent", "lease", "hourly_budget"},
     "discovery": {"health_reads", "use_caller_token", "max_concurrent", "retry_after",
                   "max_learned"},
 }

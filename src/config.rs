@@ -307,6 +307,22 @@ pub struct HealthConfig {
     pub max_backoff: Duration,
     /// Polls in flight at once, across all circuits.
     pub max_concurrent: usize,
+    /// With Redis: how long one replica's claim to poll a circuit lasts without renewal
+    /// (the holder renews it at every wake; a dead holder's claim is taken over when it
+    /// lapses). Absent: 3 × `interval`.
+    #[serde(default, with = "humantime_serde::option")]
+    pub lease: Option<Duration>,
+    /// Health Status polls of one WABA per clock hour: across the fleet with Redis, per
+    /// replica without (or while Redis is away). Meta allows about 200 per app per WABA.
+    pub hourly_budget: u32,
+}
+
+impl HealthConfig {
+    /// The poll lease: `lease`, or 3 × `interval` when not set.
+    pub fn lease(&self) -> Duration {
+        self.lease
+            .unwrap_or_else(|| self.interval.saturating_mul(3))
+    }
 }
 
 impl Default for HealthConfig {
@@ -318,6 +334,8 @@ impl Default for HealthConfig {
             timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(900),
             max_concurrent: 4,
+            lease: None,
+            hourly_budget: 60,
         }
     }
 }
@@ -708,6 +726,21 @@ impl Config {
         if self.health.max_concurrent == 0 {
             return Err(invalid("health.max_concurrent", "must be at least 1"));
         }
+        if let Some(lease) = self.health.lease {
+            // Shorter than two intervals, the holder's claim lapses between its own polls
+            // and the replicas take turns; a lease is also a dead holder's longest gap.
+            if lease < self.health.interval.saturating_mul(2)
+                || lease > Duration::from_secs(24 * 3600)
+            {
+                return Err(invalid(
+                    "health.lease",
+                    "must be at least twice health.interval and at most 24h",
+                ));
+            }
+        }
+        if self.health.hourly_budget == 0 {
+            return Err(invalid("health.hourly_budget", "must be at least 1"));
+        }
         if !self.webhook.path.starts_with('/') || self.webhook.path.contains('?') {
             return Err(invalid(
                 "webhook.path",
@@ -920,5 +953,26 @@ mod tests {
             assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
         }
         assert!(!keys.iter().any(|x| x == "move_aside_corrupt_state"));
+    }
+
+    #[test]
+    fn health_lease_and_budget_defaults_and_bounds() {
+        let mut cfg = Config::default();
+        assert_eq!(cfg.health.lease(), Duration::from_secs(180));
+        assert_eq!(cfg.health.hourly_budget, 60);
+        cfg.validate().unwrap();
+        let rejects = |c: &Config, key: &str| {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        };
+        cfg.health.lease = Some(Duration::from_secs(90));
+        rejects(&cfg, "health.lease");
+        cfg.health.lease = Some(Duration::from_secs(25 * 3600));
+        rejects(&cfg, "health.lease");
+        cfg.health.lease = Some(Duration::from_secs(120));
+        cfg.validate().unwrap();
+        assert_eq!(cfg.health.lease(), Duration::from_secs(120));
+        cfg.health.hourly_budget = 0;
+        rejects(&cfg, "health.hourly_budget");
     }
 }

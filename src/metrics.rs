@@ -42,6 +42,15 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     pub webhooks: IntCounterVec,
     pub health_polls: IntCounterVec,
+    /// `wa_breaker_health_poll_skipped_total{reason}`: polls due but not made — `lease`
+    /// (another replica holds the circuit's poll lease), `budget` (the WABA's hourly budget
+    /// is spent).
+    pub health_poll_skipped: IntCounterVec,
+    /// `wa_breaker_health_lease_acquired_total{how}`: poll leases this replica took —
+    /// `fresh` (no other holder before) or `takeover` (another replica's lease lapsed).
+    pub health_lease_acquired: IntCounterVec,
+    /// `wa_breaker_health_leases_held`: circuits whose poll lease this replica holds now.
+    pub health_leases_held: IntGauge,
     pub redis_connected: IntGauge,
     /// 1 while every circuit change is committed to the embedded store (or being committed
     /// normally); 0 while commits fail.
@@ -153,6 +162,27 @@ impl Metrics {
                 "Health Status polls by result",
             ),
             &["result"],
+        )
+        .expect("valid metric");
+        let health_poll_skipped = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_health_poll_skipped_total",
+                "Health Status polls due but not made, by reason (lease, budget)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let health_lease_acquired = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_health_lease_acquired_total",
+                "Health poll leases taken by this replica (fresh, takeover)",
+            ),
+            &["how"],
+        )
+        .expect("valid metric");
+        let health_leases_held = IntGauge::new(
+            "wa_breaker_health_leases_held",
+            "Circuits whose Health Status poll lease this replica holds",
         )
         .expect("valid metric");
         let redis_connected = IntGauge::new(
@@ -286,6 +316,9 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(webhooks.clone()),
             Box::new(health_polls.clone()),
+            Box::new(health_poll_skipped.clone()),
+            Box::new(health_lease_acquired.clone()),
+            Box::new(health_leases_held.clone()),
             Box::new(build_info),
             Box::new(ack_timeouts.clone()),
             Box::new(store_durable.clone()),
@@ -314,6 +347,12 @@ impl Metrics {
         ] {
             webhooks.with_label_values(&[r]);
         }
+        for r in ["lease", "budget"] {
+            health_poll_skipped.with_label_values(&[r]);
+        }
+        for h in ["fresh", "takeover"] {
+            health_lease_acquired.with_label_values(&[h]);
+        }
         Metrics {
             forwarded: requests.with_label_values(&["forwarded"]),
             answered_locally: requests.with_label_values(&["answered_locally"]),
@@ -330,6 +369,9 @@ impl Metrics {
             upstream_errors,
             webhooks,
             health_polls,
+            health_poll_skipped,
+            health_lease_acquired,
+            health_leases_held,
             redis_connected,
             ack_timeouts,
             store_durable,

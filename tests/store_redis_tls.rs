@@ -22,7 +22,8 @@ const LIMITED_PASS: &str = "limited-acl-password-0123";
 const LIMIT: Duration = Duration::from_secs(120);
 
 /// Exactly the commands the gateway sends (README "Production Redis"), on its own keys and
-/// channel. The CAS script's GET / SET / PUBLISH are checked against the same rules.
+/// channel. The CAS script's GET / SET / PUBLISH (and the health poll scripts' INCR /
+/// PEXPIRE / DEL) are checked against the same rules.
 const GATEWAY_COMMANDS: &[&str] = &[
     "+ping",
     "+scan",
@@ -34,6 +35,10 @@ const GATEWAY_COMMANDS: &[&str] = &[
     "+set",
     "+publish",
     "+select",
+    // The health poll lease and budget scripts (with GET and SET).
+    "+incr",
+    "+pexpire",
+    "+del",
 ];
 
 async fn bounded<F: std::future::Future<Output = ()>>(f: F) {

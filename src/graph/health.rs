@@ -190,11 +190,42 @@ impl HealthStatus {
             .find(|e| e.id == waba_id)
             .or_else(|| (wabas.len() == 1).then(|| &wabas[0]))
             .copied();
-        let relevant = self
+        self.verdict(waba, |e| ABOVE_WABA.contains(&e.entity_type.as_str()))
+    }
+
+    /// What a phone-number node's answer (`GET /{phone-id}?fields=health_status`) says
+    /// about that phone number's circuit. Meta lists the PHONE_NUMBER entity and the
+    /// entities above it (its WABA, BUSINESS, APP):
+    ///
+    /// - **Blocked** when the phone number, its WABA, the BUSINESS or the APP is BLOCKED
+    ///   (a blocked WABA means the number cannot send either);
+    /// - **Available** when the PHONE_NUMBER entity is AVAILABLE and nothing above is
+    ///   blocked (a LIMITED WABA does not hold a phone number's own circuit open: the
+    ///   WABA's circuit, if any, is its own);
+    /// - **Limited** otherwise.
+    ///
+    /// The phone entity is the PHONE_NUMBER with this id (or the only one); without one,
+    /// the top-level `can_send_message` decides.
+    pub fn verdict_for_phone(&self, phone_id: &str) -> Verdict {
+        let phones: Vec<&Entity> = self
             .entities
             .iter()
-            .filter(|e| ABOVE_WABA.contains(&e.entity_type.as_str()))
-            .chain(waba);
+            .filter(|e| e.entity_type == "PHONE_NUMBER")
+            .collect();
+        let phone = phones
+            .iter()
+            .find(|e| e.id == phone_id)
+            .or_else(|| (phones.len() == 1).then(|| &phones[0]))
+            .copied();
+        self.verdict(phone, |e| {
+            e.entity_type == "WABA" || ABOVE_WABA.contains(&e.entity_type.as_str())
+        })
+    }
+
+    /// The verdict for the entity `own` (`None`: the top level decides), held by any
+    /// BLOCKED entity `above` accepts.
+    fn verdict(&self, own: Option<&Entity>, above: impl Fn(&Entity) -> bool) -> Verdict {
+        let relevant = self.entities.iter().filter(|e| above(e)).chain(own);
         let errors: Vec<(String, HealthError)> = relevant
             .clone()
             .filter(|e| e.can_send == CanSend::Blocked)
@@ -213,14 +244,14 @@ impl HealthStatus {
             })
             .collect();
         let blocked_anywhere = relevant.clone().any(|e| e.can_send == CanSend::Blocked);
-        let own = match waba {
+        let own_can = match own {
             Some(w) => Some(&w.can_send),
             None => self.can_send.as_ref(),
         };
-        if blocked_anywhere || (waba.is_none() && own == Some(&CanSend::Blocked)) {
+        if blocked_anywhere || (own.is_none() && own_can == Some(&CanSend::Blocked)) {
             return Verdict::Blocked { errors };
         }
-        match own {
+        match own_can {
             Some(CanSend::Available) => Verdict::Available,
             _ => Verdict::Limited {
                 info: relevant.flat_map(|e| e.additional_info.clone()).collect(),
@@ -458,6 +489,89 @@ mod tests {
             parse(br#"{"error":{"code":190,"message":"expired"}}"#),
             Err(ParseError::Missing)
         );
+    }
+
+    const PHONE: &str = "106540352242922";
+
+    #[test]
+    fn phone_node_available_when_the_number_is_and_nothing_above_is_blocked() {
+        // What Meta answers for a phone-number node: the number, then its WABA, BUSINESS, APP.
+        let hs = answer(
+            "AVAILABLE",
+            json!([
+                ent("PHONE_NUMBER", PHONE, "AVAILABLE"),
+                ent("WABA", WABA, "AVAILABLE"),
+                ent("BUSINESS", "1", "AVAILABLE"),
+                ent("APP", "2", "AVAILABLE")
+            ]),
+        );
+        assert_eq!(hs.verdict_for_phone(PHONE), Verdict::Available);
+        // A LIMITED WABA does not hold the number's own circuit.
+        let hs = answer(
+            "LIMITED",
+            json!([
+                ent("PHONE_NUMBER", PHONE, "AVAILABLE"),
+                ent("WABA", WABA, "LIMITED")
+            ]),
+        );
+        assert_eq!(hs.verdict_for_phone(PHONE), Verdict::Available);
+    }
+
+    #[test]
+    fn phone_node_blocked_by_the_number_or_anything_above() {
+        let mut p = ent("PHONE_NUMBER", PHONE, "BLOCKED");
+        p["errors"] = json!([{"error_code": 133010, "error_description": "not registered"}]);
+        let hs = answer("BLOCKED", json!([p, ent("WABA", WABA, "AVAILABLE")]));
+        let v = hs.verdict_for_phone(PHONE);
+        assert_eq!(
+            v.summary(),
+            "health_status: BLOCKED (PHONE_NUMBER 133010: not registered)"
+        );
+        for above in ["WABA", "BUSINESS", "APP"] {
+            let hs = answer(
+                "BLOCKED",
+                json!([
+                    ent("PHONE_NUMBER", PHONE, "AVAILABLE"),
+                    ent(above, "1", "BLOCKED")
+                ]),
+            );
+            assert_eq!(
+                hs.verdict_for_phone(PHONE).summary(),
+                format!("health_status: BLOCKED ({above})")
+            );
+        }
+        // Another number's block is not this one's.
+        let hs = answer(
+            "BLOCKED",
+            json!([
+                ent("PHONE_NUMBER", "5", "BLOCKED"),
+                ent("PHONE_NUMBER", PHONE, "AVAILABLE")
+            ]),
+        );
+        assert_eq!(hs.verdict_for_phone(PHONE), Verdict::Available);
+    }
+
+    #[test]
+    fn phone_node_limited_or_without_its_entity() {
+        let mut p = ent("PHONE_NUMBER", PHONE, "LIMITED");
+        p["additional_info"] = json!(["Throughput upgrade in progress."]);
+        let hs = answer("LIMITED", json!([p, ent("WABA", WABA, "AVAILABLE")]));
+        assert_eq!(
+            hs.verdict_for_phone(PHONE),
+            Verdict::Limited {
+                info: vec!["Throughput upgrade in progress.".into()]
+            }
+        );
+        // No PHONE_NUMBER entity: the top level decides; a WABA-node answer read for a
+        // phone number never closes it by its WABA entity alone.
+        assert_eq!(
+            answer("AVAILABLE", json!([])).verdict_for_phone(PHONE),
+            Verdict::Available
+        );
+        assert!(matches!(
+            answer("LIMITED", json!([ent("WABA", WABA, "AVAILABLE")])).verdict_for_phone(PHONE),
+            Verdict::Limited { .. }
+        ));
     }
 
     #[test]

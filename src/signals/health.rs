@@ -1,7 +1,14 @@
 //! Health Status polling: while a WABA's circuit is open (and a token is configured), ask
 //! `GET {upstream}/{graph_version}/{waba_id}?fields=health_status` every `health.interval`
 //! (± `health.jitter`), back off exponentially on errors up to `health.max_backoff`, and
-//! never run more than `health.max_concurrent` polls at once.
+//! never run more than `health.max_concurrent` polls at once. A phone number's circuit
+//! (`phone:{id}`) is polled the same way on the phone-number node,
+//! `GET …/{phone-number-id}?fields=health_status`, and judged by its PHONE_NUMBER entity
+//! ([`Verdict`] from `verdict_for_phone`).
+//!
+//! Which replica polls, and how often per WABA, is the [`PollGate`]'s decision (one poller
+//! per circuit across the fleet with Redis, an hourly budget per WABA; see
+//! [`super::fleet`]).
 //!
 //! What an answer does (see [`record`]):
 //! - **AVAILABLE** → close, source `health`, the answer as evidence;
@@ -22,6 +29,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+use super::fleet::{self, Decision, PollGate};
 use crate::circuit::{Action, Change, Circuit, Evidence, Source, Table};
 use crate::config::{is_graph_id, Config, HealthConfig, Secret};
 use crate::graph::envelope;
@@ -32,6 +40,33 @@ use crate::upstream::{HttpClient, Target};
 
 /// Largest Health Status answer read.
 const MAX_ANSWER: usize = 256 * 1024;
+
+/// The node a poll reads, and so which entity of the answer decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Node<'a> {
+    /// A WABA: `GET /{waba_id}`, judged by its WABA entity.
+    Waba(&'a str),
+    /// A phone number: `GET /{phone_number_id}`, judged by its PHONE_NUMBER entity.
+    Phone(&'a str),
+}
+
+impl<'a> Node<'a> {
+    /// The node's Graph id.
+    pub fn id(self) -> &'a str {
+        match self {
+            Node::Waba(id) | Node::Phone(id) => id,
+        }
+    }
+
+    /// The node that tells whether circuit `c` can close: its phone number for a
+    /// phone-number circuit, else its WABA.
+    pub fn of(c: &'a Circuit) -> Node<'a> {
+        match c.phone_number_id.as_deref() {
+            Some(p) => Node::Phone(p),
+            None => Node::Waba(&c.waba_id),
+        }
+    }
+}
 
 /// The result of one poll.
 #[derive(Debug)]
@@ -76,7 +111,13 @@ impl HealthChecker {
 
     /// One poll of `waba_id`, counted in `wa_breaker_health_polls_total`.
     pub async fn check(&self, waba_id: &str) -> PollOutcome {
-        let outcome = self.check_inner(waba_id).await;
+        self.check_node(Node::Waba(waba_id)).await
+    }
+
+    /// One poll of `node` (a WABA or a phone number), counted in
+    /// `wa_breaker_health_polls_total`.
+    pub async fn check_node(&self, node: Node<'_>) -> PollOutcome {
+        let outcome = self.check_inner(node).await;
         let label = match &outcome {
             PollOutcome::Status { verdict, .. } => verdict.as_str(),
             PollOutcome::AuthError(_) => "auth_error",
@@ -86,17 +127,18 @@ impl HealthChecker {
         outcome
     }
 
-    async fn check_inner(&self, waba_id: &str) -> PollOutcome {
-        if !is_graph_id(waba_id) {
-            return PollOutcome::Error(format!("{waba_id:?} is not a Graph id"));
+    async fn check_inner(&self, node: Node<'_>) -> PollOutcome {
+        let id = node.id();
+        if !is_graph_id(id) {
+            return PollOutcome::Error(format!("{id:?} is not a Graph id"));
         }
         let Ok(_permit) = self.permits.acquire().await else {
             return PollOutcome::Error("poller is shutting down".into());
         };
-        let uri = format!("{}{waba_id}?fields=health_status", self.base);
+        let uri = format!("{}{id}?fields=health_status", self.base);
         match fetch(&self.client, &uri, &self.token, self.timeout).await {
             Err(e) => PollOutcome::Error(e),
-            Ok((status, body)) => classify(waba_id, status, &body),
+            Ok((status, body)) => classify(node, status, &body),
         }
     }
 }
@@ -138,12 +180,15 @@ pub async fn fetch(
     }
 }
 
-/// Reads a Health Status answer (pure; unit-tested).
-pub fn classify(waba_id: &str, status: StatusCode, body: &[u8]) -> PollOutcome {
+/// Reads a Health Status answer of `node` (pure; unit-tested).
+pub fn classify(node: Node<'_>, status: StatusCode, body: &[u8]) -> PollOutcome {
     if status.is_success() {
         return match health::parse(body) {
             Ok(hs) => PollOutcome::Status {
-                verdict: hs.verdict_for_waba(waba_id),
+                verdict: match node {
+                    Node::Waba(id) => hs.verdict_for_waba(id),
+                    Node::Phone(id) => hs.verdict_for_phone(id),
+                },
                 raw: hs.raw,
             },
             Err(e) => PollOutcome::Error(format!("HTTP {}: {e}", status.as_u16())),
@@ -167,10 +212,10 @@ pub fn classify(waba_id: &str, status: StatusCode, body: &[u8]) -> PollOutcome {
     }
 }
 
-/// Applies a poll's verdict to `waba_id`'s circuit. Returns true when the circuit is
-/// closed afterwards (polling stops).
-pub fn record(table: &Table, waba_id: &str, verdict: &Verdict, raw: Value) -> bool {
-    let Some(cur) = table.get(waba_id) else {
+/// Applies a poll's verdict to the circuit with table key `key` (a WABA id, or
+/// `phone:{id}`). Returns true when the circuit is closed afterwards (polling stops).
+pub fn record(table: &Table, key: &str, verdict: &Verdict, raw: Value) -> bool {
+    let Some(cur) = table.get(key) else {
         return true;
     };
     if !cur.is_open() {
@@ -179,48 +224,35 @@ pub fn record(table: &Table, waba_id: &str, verdict: &Verdict, raw: Value) -> bo
     let now = Utc::now();
     let evidence = Some(Evidence::Health { health_status: raw });
     let summary = verdict.summary();
+    let change = |action, source, reason| Change {
+        waba_id: cur.waba_id.clone(),
+        phone_number_id: cur.phone_number_id.clone(),
+        template: None,
+        action,
+        source,
+        at: now,
+        reason,
+        evidence: evidence.clone(),
+    };
     let change = match verdict {
-        Verdict::Available => Change {
-            waba_id: waba_id.to_string(),
-            phone_number_id: None,
-            template: None,
-            action: Action::Close,
-            source: Source::Health,
-            at: now,
-            reason: summary,
-            evidence,
-        },
+        Verdict::Available => change(Action::Close, Source::Health, summary),
         // The known end has passed and Meta does not say BLOCKED: the restriction is over.
-        Verdict::Limited { .. } if cur.until.is_some_and(|u| u <= now) => Change {
-            waba_id: waba_id.to_string(),
-            phone_number_id: None,
-            template: None,
-            action: Action::Expire {
+        Verdict::Limited { .. } if cur.until.is_some_and(|u| u <= now) => change(
+            Action::Expire {
                 until: cur.until.unwrap_or(now),
             },
-            source: Source::Expiry,
-            at: now,
-            reason: format!("restriction ended; {summary}"),
-            evidence,
-        },
+            Source::Expiry,
+            format!("restriction ended; {summary}"),
+        ),
         Verdict::Limited { .. } | Verdict::Blocked { .. } => {
             if last_health_note(&cur) == Some(summary.as_str()) {
                 return false;
             }
-            Change {
-                waba_id: waba_id.to_string(),
-                phone_number_id: None,
-                template: None,
-                action: Action::Note,
-                source: Source::Health,
-                at: now,
-                reason: summary,
-                evidence,
-            }
+            change(Action::Note, Source::Health, summary)
         }
     };
     table.apply(change);
-    table.get(waba_id).is_none_or(|c| !c.is_open())
+    table.get(key).is_none_or(|c| !c.is_open())
 }
 
 /// The reason of the newest health note recorded since the circuit last changed state.
@@ -257,38 +289,67 @@ pub fn next_delay(h: &HealthConfig, failures: u32) -> Duration {
     jittered(base, h.jitter)
 }
 
-/// The per-circuit poll loop; ends when the circuit is closed (by any source) or is
-/// held open by an operator.
+/// True while `c` is polled: open, and not held open by an operator.
+fn pollable(c: &Circuit) -> bool {
+    c.is_open() && c.source != Source::Admin && c.template.is_none()
+}
+
+/// The per-circuit poll loop (`key`: a WABA id or `phone:{id}`); ends when the circuit is
+/// closed (by any source) or is held open by an operator.
+///
+/// It wakes every `interval` (± jitter) — more often while backing off with a shared
+/// gate, so the lease is renewed — and asks `gate` at each wake: poll (this replica holds
+/// the lease and the budget allows it), skip, or nothing due.
 pub async fn poll_loop(
     table: Arc<Table>,
     checker: Arc<HealthChecker>,
+    gate: Arc<PollGate>,
     cfg: HealthConfig,
-    waba_id: String,
+    key: String,
 ) {
     let mut failures: u32 = 0;
     let mut auth_logged = false;
+    // The first poll is due at the first wake, one interval after the circuit opened.
+    let mut due_at = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(next_delay(&cfg, failures)).await;
-        if !table
-            .get(&waba_id)
-            .is_some_and(|c| c.is_open() && c.source != Source::Admin)
-        {
+        let until_due = due_at.saturating_duration_since(tokio::time::Instant::now());
+        let nap = if until_due.is_zero() {
+            jittered(cfg.interval, cfg.jitter)
+        } else {
+            gate.renew_every().map_or(until_due, |r| r.min(until_due))
+        };
+        tokio::time::sleep(nap).await;
+        let Some(cur) = table.get(&key).filter(pollable) else {
+            gate.release(&key).await;
             return;
+        };
+        let due = tokio::time::Instant::now() >= due_at;
+        match gate
+            .decide(&key, &fleet::budget_id(&table, &cur), due)
+            .await
+        {
+            Decision::Poll => {}
+            // Not due, or another replica polls (a standby is due at every wake), or the
+            // budget is spent (due again next wake: the window may have turned).
+            Decision::Idle | Decision::Skip(_) => continue,
         }
-        match checker.check(&waba_id).await {
+        match checker.check_node(Node::of(&cur)).await {
             PollOutcome::Status { verdict, raw } => {
                 failures = 0;
-                tracing::debug!(waba_id, verdict = verdict.as_str(), "health poll");
-                if record(&table, &waba_id, &verdict, raw) {
+                due_at = tokio::time::Instant::now();
+                tracing::debug!(circuit = %key, verdict = verdict.as_str(), "health poll");
+                if record(&table, &key, &verdict, raw) {
+                    gate.release(&key).await;
                     return;
                 }
             }
             PollOutcome::AuthError(what) => {
                 failures = failures.saturating_add(1);
+                due_at = tokio::time::Instant::now() + next_delay(&cfg, failures);
                 if !auth_logged {
                     auth_logged = true;
                     tracing::error!(
-                        waba_id,
+                        circuit = %key,
                         error = %what,
                         "health poll refused the access token (health.access_token expired or without access to this WABA); backing off — the circuit stays as it is"
                     );
@@ -296,7 +357,8 @@ pub async fn poll_loop(
             }
             PollOutcome::Error(what) => {
                 failures = failures.saturating_add(1);
-                tracing::warn!(waba_id, error = %what, failures, "health poll failed; backing off");
+                due_at = tokio::time::Instant::now() + next_delay(&cfg, failures);
+                tracing::warn!(circuit = %key, error = %what, failures, "health poll failed; backing off");
             }
         }
     }
@@ -347,7 +409,7 @@ mod tests {
         let ok = json!({"health_status": {"can_send_message": "AVAILABLE", "entities": [
             {"entity_type": "WABA", "id": WABA, "can_send_message": "AVAILABLE"}]}});
         let PollOutcome::Status { verdict, raw } =
-            classify(WABA, StatusCode::OK, ok.to_string().as_bytes())
+            classify(Node::Waba(WABA), StatusCode::OK, ok.to_string().as_bytes())
         else {
             panic!()
         };
@@ -356,28 +418,28 @@ mod tests {
 
         let expired = br#"{"error":{"message":"Error validating access token","type":"OAuthException","code":190}}"#;
         assert!(matches!(
-            classify(WABA, StatusCode::UNAUTHORIZED, expired),
+            classify(Node::Waba(WABA), StatusCode::UNAUTHORIZED, expired),
             PollOutcome::AuthError(_)
         ));
         assert!(matches!(
-            classify(WABA, StatusCode::BAD_REQUEST, expired),
+            classify(Node::Waba(WABA), StatusCode::BAD_REQUEST, expired),
             PollOutcome::AuthError(_)
         ));
         assert!(matches!(
-            classify(WABA, StatusCode::UNAUTHORIZED, b""),
+            classify(Node::Waba(WABA), StatusCode::UNAUTHORIZED, b""),
             PollOutcome::AuthError(_)
         ));
         assert!(matches!(
-            classify(WABA, StatusCode::INTERNAL_SERVER_ERROR, b"oops"),
+            classify(Node::Waba(WABA), StatusCode::INTERNAL_SERVER_ERROR, b"oops"),
             PollOutcome::Error(_)
         ));
         let perm = br#"{"error":{"message":"no permission","code":200}}"#;
         assert!(matches!(
-            classify(WABA, StatusCode::FORBIDDEN, perm),
+            classify(Node::Waba(WABA), StatusCode::FORBIDDEN, perm),
             PollOutcome::Error(_)
         ));
         assert!(matches!(
-            classify(WABA, StatusCode::OK, b"{}"),
+            classify(Node::Waba(WABA), StatusCode::OK, b"{}"),
             PollOutcome::Error(_)
         ));
     }

@@ -7,11 +7,16 @@
 //! open circuit, a health poll loop (when a token is configured) and an expiry timer (when
 //! the circuit has an `until`). Closing a circuit, from any source, stops both; a new
 //! `until` re-arms the timer. Circuits an operator opened are not polled: the operator's
-//! decision stands until an operator, a webhook or its `until` ends it. Circuits loaded from the store before start are scanned
-//! first, so a restriction whose end passed while the gateway was down expires at once.
+//! decision stands until an operator, a webhook or its `until` ends it. Template circuits
+//! are not polled either (Meta's template state, closed by its webhook). WABA circuits and
+//! phone-number circuits (`phone:{id}`, polled on the phone-number node) are; with Redis,
+//! one replica of the fleet polls each ([`fleet`]). Circuits loaded from the store before
+//! start are scanned first, so a restriction whose end passed while the gateway was down
+//! expires at once.
 
 pub mod discovery;
 pub mod expiry;
+pub mod fleet;
 pub mod health;
 pub mod webhook;
 
@@ -54,9 +59,19 @@ pub fn start(cfg: &Config, target: &Target, table: Arc<Table>) -> Signals {
     let discovery = discovery::start(cfg, target, table.clone());
     let mut rx = table.subscribe();
     let initial = table.list();
+    let gate = fleet::PollGate::new(cfg, table.origin());
+    if checker.is_some() {
+        tracing::info!(
+            fleet_wide = gate.is_shared(),
+            lease_ms = cfg.health.lease().as_millis() as u64,
+            hourly_budget = cfg.health.hourly_budget,
+            "health polling: one replica per circuit through redis leases when fleet_wide, within hourly_budget polls per WABA"
+        );
+    }
     let mut watchers = Watchers {
         table,
         checker: checker.clone(),
+        gate,
         health: cfg.health.clone(),
         polls: HashMap::new(),
         timers: HashMap::new(),
@@ -88,6 +103,7 @@ impl Drop for Task {
 struct Watchers {
     table: Arc<Table>,
     checker: Option<Arc<HealthChecker>>,
+    gate: Arc<fleet::PollGate>,
     health: HealthConfig,
     polls: HashMap<String, Task>,
     /// The `until` each timer was armed for. A finished timer stays here so the same
@@ -100,31 +116,26 @@ impl Watchers {
         let key = c.key();
         let id = &key;
         if !c.is_open() {
-            self.polls.remove(id);
+            self.stop_polling(id);
             self.timers.remove(id);
             return;
         }
         match &self.checker {
-            // A phone number's circuit is not polled as a WABA (its WABA is what discovery
-            // is finding out); an operator's open stands until an operator (or its `until`)
-            // ends it.
+            // An operator's open stands until an operator (or its `until`) ends it.
             // A template's circuit is Meta's template state, not the WABA's health: closed by
             // its webhook, its known end or an operator.
-            Some(_)
-                if c.source == Source::Admin
-                    || c.phone_number_id.is_some()
-                    || c.template.is_some() =>
-            {
-                self.polls.remove(id);
+            Some(_) if c.source == Source::Admin || c.template.is_some() => {
+                self.stop_polling(id);
             }
             Some(checker) if self.polls.get(id).is_none_or(|t| t.0.is_finished()) => {
                 let task = tokio::spawn(health::poll_loop(
                     self.table.clone(),
                     checker.clone(),
+                    self.gate.clone(),
                     self.health.clone(),
                     id.clone(),
                 ));
-                tracing::debug!(waba_id = %id, "health polling started");
+                tracing::debug!(circuit = %id, "health polling started");
                 self.polls.insert(id.clone(), Task(task));
             }
             _ => {}
@@ -143,6 +154,17 @@ impl Watchers {
             None => {
                 self.timers.remove(id);
             }
+        }
+    }
+
+    /// Stops `key`'s poll loop, if one runs, and drops its lease (when this replica
+    /// holds it) so the fleet need not wait for it to lapse. (The loop also releases on
+    /// its own way out; aborted mid-release, this one finishes the job.)
+    fn stop_polling(&mut self, key: &str) {
+        if self.polls.remove(key).is_some() && self.gate.is_shared() {
+            let gate = self.gate.clone();
+            let key = key.to_string();
+            tokio::spawn(async move { gate.release(&key).await });
         }
     }
 }

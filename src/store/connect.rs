@@ -88,6 +88,15 @@ impl Endpoint {
         Ok((con, pubsub))
     }
 
+    /// A command connection alone, without a subscription (the health poll leases: scripts
+    /// only). Behind Sentinel, to the primary the Sentinels name, checked to be one.
+    pub async fn commands(&self, timeout: Duration) -> Result<Con, String> {
+        match self {
+            Endpoint::Sentinel(s) => s.command(timeout).await.map(|(con, _, _)| con),
+            _ => self.command(timeout).await,
+        }
+    }
+
     /// The command connection.
     async fn command(&self, timeout: Duration) -> Result<Con, String> {
         match self {
@@ -266,14 +275,7 @@ impl Sentinels {
 
     /// Asks each Sentinel in turn for the primary, connects to it and checks it is one.
     async fn connect(&self, timeout: Duration) -> Result<(Con, PubSub), String> {
-        let (host, port) = self.primary(timeout).await?;
-        let mut con = self.open(&host, port, timeout, &self.info).await?;
-        if !is_primary(&mut con).await? {
-            return Err(format!(
-                "sentinel named {host}:{port} as primary of {}, but it is a replica (failover in progress)",
-                self.master
-            ));
-        }
+        let (con, host, port) = self.command(timeout).await?;
         let pubsub = match &self.tls {
             Some(c) => {
                 let s = tls_stream(c, &host, port, server_name(&host)?, timeout).await?;
@@ -291,6 +293,19 @@ impl Sentinels {
         };
         tracing::debug!(primary = %format!("{host}:{port}"), master = %self.master, "sentinel: connected to the primary");
         Ok((con, pubsub))
+    }
+
+    /// A command connection to the primary, checked to be one; with its address.
+    async fn command(&self, timeout: Duration) -> Result<(Con, String, u16), String> {
+        let (host, port) = self.primary(timeout).await?;
+        let mut con = self.open(&host, port, timeout, &self.info).await?;
+        if !is_primary(&mut con).await? {
+            return Err(format!(
+                "sentinel named {host}:{port} as primary of {}, but it is a replica (failover in progress)",
+                self.master
+            ));
+        }
+        Ok((con, host, port))
     }
 
     async fn open(

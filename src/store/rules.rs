@@ -18,9 +18,11 @@ pub const ORDER_FIELD: &str = "order_key";
 
 /// Keys and channels under a prefix: `{prefix}:circuit:{waba_id}` and `{prefix}:changes`
 /// for circuits, `{prefix}:account:{phone_number_id}` and `{prefix}:accounts` for phone →
-/// WABA mappings.
+/// WABA mappings; `{prefix}:poll:{circuit-key}` (+ `:last`) and
+/// `{prefix}:poll-budget:{id}:{hour}` for the health pollers' leases and hourly budgets.
 #[derive(Clone, Debug)]
 pub struct Layout {
+    prefix: String,
     key_prefix: String,
     channel: String,
     pattern: String,
@@ -33,6 +35,7 @@ impl Layout {
     /// The layout for `redis_prefix`.
     pub fn new(prefix: &str) -> Layout {
         Layout {
+            prefix: prefix.to_string(),
             key_prefix: format!("{prefix}:circuit:"),
             channel: format!("{prefix}:changes"),
             pattern: format!("{}*", glob_escape(&format!("{prefix}:circuit:"))),
@@ -80,6 +83,24 @@ impl Layout {
     /// The `SCAN … MATCH` pattern of every circuit key (the prefix glob-escaped).
     pub fn pattern(&self) -> &str {
         &self.pattern
+    }
+
+    /// The health poll lease of a circuit (by its table key: WABA id, `phone:{id}`): holds
+    /// the id of the replica that polls it.
+    pub fn poll_lease_key(&self, circuit_key: &str) -> String {
+        format!("{}:poll:{circuit_key}", self.prefix)
+    }
+
+    /// The last holder of a circuit's poll lease (outlives the lease, so a new holder
+    /// can tell a takeover from a first claim).
+    pub fn poll_holder_key(&self, circuit_key: &str) -> String {
+        format!("{}:poll:{circuit_key}:last", self.prefix)
+    }
+
+    /// The count of health polls of `budget_id` (a WABA id, else a phone-number id) in
+    /// clock hour `hour` (Unix seconds / 3600).
+    pub fn poll_budget_key(&self, budget_id: &str, hour: u64) -> String {
+        format!("{}:poll-budget:{budget_id}:{hour}", self.prefix)
     }
 }
 
@@ -286,6 +307,11 @@ mod tests {
         assert_eq!(l.waba_of("t:circuit:42"), Some("42"));
         assert_eq!(l.waba_of("u:circuit:42"), None);
         assert_eq!(Layout::new("a*b[1]").pattern(), "a\\*b\\[1\\]:circuit:*");
+        // Poll leases and budgets never match the circuit or account SCAN patterns.
+        assert_eq!(l.poll_lease_key("phone:5"), "t:poll:phone:5");
+        assert_eq!(l.poll_holder_key("1"), "t:poll:1:last");
+        assert_eq!(l.poll_budget_key("1", 7), "t:poll-budget:1:7");
+        assert_eq!(l.waba_of(&l.poll_lease_key("1")), None);
     }
 
     #[test]

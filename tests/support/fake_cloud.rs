@@ -330,8 +330,20 @@ struct Script {
     default: Reply,
 }
 
+/// One Health Status request as it arrived: its node, when, and how many health requests
+/// (this one included) were being answered at that moment.
+#[derive(Debug, Clone)]
+pub struct HealthPoll {
+    pub node: String,
+    pub at: Instant,
+    pub in_flight: usize,
+}
+
 struct Shared {
     sink: bool,
+    /// Health Status requests being answered now, and each one's arrival.
+    health_in_flight: AtomicUsize,
+    health_polls: Mutex<Vec<HealthPoll>>,
     script: Mutex<Script>,
     connections: AtomicUsize,
     in_flight: AtomicUsize,
@@ -449,6 +461,8 @@ impl FakeCloud {
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             sink,
+            health_in_flight: AtomicUsize::new(0),
+            health_polls: Mutex::new(Vec::new()),
             script: Mutex::new(Script {
                 requests: Vec::new(),
                 phone_default: HashMap::new(),
@@ -744,6 +758,20 @@ impl FakeCloud {
         s.requests = Vec::new();
     }
 
+    /// Every Health Status request received so far for `node_id`, in arrival order, with
+    /// the number of health requests in flight at its arrival (kept even when recording
+    /// is off or the request log was cleared).
+    pub fn health_polls(&self, node_id: &str) -> Vec<HealthPoll> {
+        self.shared
+            .health_polls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|p| p.node == node_id)
+            .cloned()
+            .collect()
+    }
+
     /// Forget the node's health script (its health requests get 404 again).
     pub fn clear_health(&self, node_id: &str) {
         self.shared.lock().health.remove(node_id);
@@ -789,6 +817,14 @@ fn serve(listener: TcpListener, shared: Arc<Shared>) -> Running {
     }
 }
 
+struct HealthInFlight(Arc<Shared>);
+
+impl Drop for HealthInFlight {
+    fn drop(&mut self) {
+        self.0.health_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 struct InFlight(Arc<Shared>);
 
 impl Drop for InFlight {
@@ -831,6 +867,22 @@ async fn handle(
         at,
         version: parts.version,
     };
+    let health = (rec.method == "GET")
+        .then(|| health_node(&rec.path, rec.query.as_deref()).map(str::to_string))
+        .flatten();
+    let _health_guard = health.map(|node| {
+        let n = shared.health_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared
+            .health_polls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(HealthPoll {
+                node,
+                at,
+                in_flight: n,
+            });
+        HealthInFlight(shared.clone())
+    });
     let reply = shared.record_and_choose(rec);
     let mut gate = shared.gate.subscribe();
     let _ = tokio::time::timeout(HOLD_LIMIT, gate.wait_for(|open| *open)).await;

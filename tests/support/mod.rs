@@ -15,8 +15,8 @@ pub mod webhook;
 
 pub use self::engine::Engine;
 pub use self::fake_cloud::{
-    graph_error_body, health_json, health_json_phone, FakeCloud, Recorded, Reply, WebhookSink,
-    BLOCKED_368_BODY, FBTRACE_ID, OK_SEND_BODY,
+    graph_error_body, health_json, health_json_phone, FakeCloud, HealthPoll, Recorded, Reply,
+    WebhookSink, BLOCKED_368_BODY, FBTRACE_ID, OK_SEND_BODY,
 };
 pub use self::gateway::{
     client, metric, metric_sum, run_cli_in, samples, send, template_body, text_body, write_config,
