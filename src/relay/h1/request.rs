@@ -75,7 +75,10 @@ pub fn parse_request(buf: &[u8], authority: &str, upstream: &mut Vec<u8>) -> Par
             return Parsed::Handoff;
         }
     }
-    if hop.upgrade() || !crate::policy::hop::host_ok(hosts) {
+    // A `Connection` header naming `content-length` would drop the body's framing from
+    // the head sent upstream while the relay still sends the body: the upstream would read
+    // it as a second request. hyper re-frames what it forwards, so it serves this one.
+    if hop.upgrade() || !crate::policy::hop::host_ok(hosts) || hop.drops(b"content-length") {
         return Parsed::Handoff;
     }
 
@@ -190,6 +193,8 @@ mod tests {
             "GET http://x/a HTTP/1.1\r\n\r\n",
             "GET /a HTTP/1.1\r\n\r\n",
             "GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "POST /a HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 1\r\n\r\nx",
+            "POST /a HTTP/1.1\r\nHost: a\r\nConnection: close, Content-Length\r\n\r\n",
             "CONNECT x:443 HTTP/1.1\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "GARBAGE\r\n\r\n",

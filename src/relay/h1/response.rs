@@ -133,8 +133,12 @@ pub fn parse_response(
         encode::status_line_with(client, code, resp.reason.unwrap_or(""));
         for h in resp.headers.iter() {
             let name = h.name.as_bytes();
-            let framing_kept =
-                framing == Framing::Chunked && name.eq_ignore_ascii_case(b"transfer-encoding");
+            // The relay sends the body's bytes unchanged, so the field that frames them
+            // crosses with them even when `Connection` names it (dropped, the client would
+            // read the body until the close, and the next answer as part of it).
+            let framing_kept = (framing == Framing::Chunked
+                && name.eq_ignore_ascii_case(b"transfer-encoding"))
+                || name.eq_ignore_ascii_case(b"content-length");
             if hop.drops(name) && !framing_kept {
                 continue;
             }
@@ -223,6 +227,24 @@ mod tests {
             out,
             "HTTP/1.1 200 OK\r\nX-Keep: 1\r\nContent-Length: 0\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn the_framing_field_crosses_even_when_connection_names_it() {
+        let (r, out) = resp(
+            "HTTP/1.1 200 OK\r\nConnection: content-length, x-foo\r\nX-Foo: 1\r\nContent-Length: 2\r\n\r\n{}",
+            false,
+            false,
+        );
+        assert_eq!(r.unwrap().unwrap().framing, Framing::Length(2));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+        let (r, out) = resp(
+            "HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 0\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(r.unwrap().unwrap().framing, Framing::Empty);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     }
 
     #[test]
