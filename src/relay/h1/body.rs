@@ -414,7 +414,9 @@ mod tests {
         };
         assert_eq!(err, BadResponse::Chunked("chunk extensions too long"));
         assert_eq!(total, 16 * ext.len());
-        let many: String = (0..MAX_TRAILER_LINES).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let many: String = (0..MAX_TRAILER_LINES)
+            .map(|i| format!("X-{i}: 1\r\n"))
+            .collect();
         let ok = format!("0\r\n{many}\r\n");
         let mut d = Decoder::new(Framing::Chunked);
         assert_eq!(d.decode(ok.as_bytes(), None), Ok(ok.len()));

@@ -100,7 +100,9 @@ pub fn parse_response(
                     _ => return Err(BadResponse::Framing),
                 }
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                if !chunked_last(h.value) {
+                // HTTP/1.0 has no transfer codings (RFC 9112 §6.1): an HTTP/1.0 answer
+                // that declares one is faulty, and hyper refuses it too.
+                if !chunked_last(h.value) || resp.version != Some(1) {
                     return Err(BadResponse::Framing);
                 }
                 chunked = true;
@@ -293,6 +295,10 @@ mod tests {
             ),
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                BadResponse::Framing,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
                 BadResponse::Framing,
             ),
             ("HTTP/1.1 101 Switching\r\n\r\n", BadResponse::Upgrade),
