@@ -12,8 +12,12 @@ use super::{BadResponse, Framing};
 
 /// Longest chunk-size line, extensions included.
 pub const MAX_CHUNK_HEAD: usize = 4 * 1024;
-/// Longest trailer section (all trailer lines and the final blank line).
+/// The trailer section (all trailer lines and the final blank line) is shorter than this.
 pub const MAX_TRAILERS: usize = 16 * 1024;
+/// Most trailer lines.
+pub const MAX_TRAILER_LINES: usize = 100;
+/// The chunk extensions of one body (the bytes after each `;`) are shorter than this.
+pub const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
 /// Read size when more of a body is needed.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -25,8 +29,8 @@ enum Chunk {
     Data(u64),
     /// Expecting the CRLF after chunk data.
     DataEnd,
-    /// After the last chunk: trailer lines until an empty one; bytes seen so far.
-    Trailer(usize),
+    /// After the last chunk: trailer lines until an empty one; bytes and lines seen so far.
+    Trailer(usize, usize),
 }
 
 /// The framing state of one body: consumes whole framing units (a chunk-size line, a
@@ -37,6 +41,8 @@ pub struct Decoder {
     /// Body bytes left (`Length`).
     left: u64,
     chunk: Chunk,
+    /// Chunk-extension bytes seen so far.
+    extensions: usize,
     done: bool,
 }
 
@@ -50,6 +56,7 @@ impl Decoder {
                 _ => 0,
             },
             chunk: Chunk::Size,
+            extensions: 0,
             done: matches!(framing, Framing::Empty | Framing::Length(0)),
         }
     }
@@ -90,9 +97,10 @@ impl Decoder {
                                 return Err(BadResponse::Chunked("chunk-size line too long"))
                             }
                             Ok(httparse::Status::Complete((n, size))) => {
+                                self.size_line(&rest[..n - 2])?;
                                 at += n;
                                 self.chunk = if size == 0 {
-                                    Chunk::Trailer(0)
+                                    Chunk::Trailer(0, 0)
                                 } else {
                                     Chunk::Data(size)
                                 };
@@ -133,27 +141,51 @@ impl Decoder {
                             at += 2;
                             self.chunk = Chunk::Size;
                         }
-                        Chunk::Trailer(seen) => {
+                        Chunk::Trailer(seen, lines) => {
                             let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-                                if seen + rest.len() > MAX_TRAILERS {
+                                if seen + rest.len() >= MAX_TRAILERS {
                                     return Err(BadResponse::Chunked("trailers too long"));
                                 }
                                 return Ok(at);
                             };
-                            if seen + eol + 2 > MAX_TRAILERS {
+                            if seen + eol + 2 >= MAX_TRAILERS {
                                 return Err(BadResponse::Chunked("trailers too long"));
                             }
-                            at += eol + 2;
                             if eol == 0 {
+                                at += 2;
                                 self.done = true;
-                            } else {
-                                self.chunk = Chunk::Trailer(seen + eol + 2);
+                                continue;
                             }
+                            if lines == MAX_TRAILER_LINES {
+                                return Err(BadResponse::Chunked("too many trailer lines"));
+                            }
+                            if !trailer_line(&rest[..eol]) {
+                                return Err(BadResponse::Chunked("malformed trailer line"));
+                            }
+                            at += eol + 2;
+                            self.chunk = Chunk::Trailer(seen + eol + 2, lines + 1);
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Checks a whole chunk-size line (without its CRLF) beyond what httparse does, so that
+    /// the relay never passes on a chunked body its client's parser could frame otherwise
+    /// (hyper's rules): a size digit first (httparse reads an empty size as 0, the last
+    /// chunk), no bare LF in an extension, and a bounded total of extension bytes.
+    fn size_line(&mut self, line: &[u8]) -> Result<(), BadResponse> {
+        if !line.first().is_some_and(u8::is_ascii_hexdigit) || line.contains(&b'\n') {
+            return Err(BadResponse::Chunked("bad chunk-size line"));
+        }
+        if let Some(semi) = line.iter().position(|b| *b == b';') {
+            self.extensions += line.len() - semi - 1;
+            if self.extensions >= MAX_CHUNK_EXTENSIONS {
+                return Err(BadResponse::Chunked("chunk extensions too long"));
+            }
+        }
+        Ok(())
     }
 
     /// The connection ended: that ends a body framed by the close, and breaks any other.
@@ -167,6 +199,19 @@ impl Decoder {
             Err(BadResponse::Truncated)
         }
     }
+}
+
+/// A trailer line (without its CRLF) is one header field, `name: value`, as hyper reads
+/// trailers: a token name right before the colon, no CR or LF (a bare LF would make two
+/// lines of one), no control characters but HTAB in the value, no obs-fold.
+fn trailer_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|b| *b == b':') else {
+        return false;
+    };
+    http::HeaderName::from_bytes(&line[..colon]).is_ok()
+        && line[colon + 1..]
+            .iter()
+            .all(|b| *b == b'\t' || (*b >= 0x20 && *b != 0x7f))
 }
 
 /// An answer body being read from the upstream connection, in the buffer the head was read
@@ -338,6 +383,49 @@ mod tests {
             let mut d = Decoder::new(Framing::Chunked);
             assert!(d.decode(bad, None).is_err(), "{bad:?}");
         }
+        for bad in [
+            &b"\r\n\r\n"[..],
+            b";x\r\n\r\n",
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nX: a\rb\r\n\r\n",
+            b"0\r\nX: a\nY: b\r\n\r\n",
+            b"0\r\nno colon\r\n\r\n",
+            b"0\r\nX : a\r\n\r\n",
+            b"0\r\n folded\r\n\r\n",
+            b"0\r\nX: a\x01\r\n\r\n",
+        ] {
+            let mut d = Decoder::new(Framing::Chunked);
+            assert!(
+                d.decode(bad, None).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Extensions: bounded per line and per body.
+        let ext = format!("1;{}\r\nx\r\n", "e".repeat(1000));
+        let mut d = Decoder::new(Framing::Chunked);
+        let mut total = 0;
+        let err = loop {
+            match d.decode(ext.as_bytes(), None) {
+                Ok(n) => total += n,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, BadResponse::Chunked("chunk extensions too long"));
+        assert_eq!(total, 16 * ext.len());
+        let many: String = (0..MAX_TRAILER_LINES)
+            .map(|i| format!("X-{i}: 1\r\n"))
+            .collect();
+        let ok = format!("0\r\n{many}\r\n");
+        let mut d = Decoder::new(Framing::Chunked);
+        assert_eq!(d.decode(ok.as_bytes(), None), Ok(ok.len()));
+        assert!(d.is_done());
+        let over = format!("0\r\n{many}X: 1\r\n\r\n");
+        assert_eq!(
+            Decoder::new(Framing::Chunked).decode(over.as_bytes(), None),
+            Err(BadResponse::Chunked("too many trailer lines"))
+        );
         let long_ext = format!("5;{}\r\n", "e".repeat(MAX_CHUNK_HEAD));
         assert_eq!(
             Decoder::new(Framing::Chunked).decode(long_ext.as_bytes(), None),

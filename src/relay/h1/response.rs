@@ -100,7 +100,9 @@ pub fn parse_response(
                     _ => return Err(BadResponse::Framing),
                 }
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                if !chunked_last(h.value) {
+                // HTTP/1.0 has no transfer codings (RFC 9112 §6.1): an HTTP/1.0 answer
+                // that declares one is faulty, and hyper refuses it too.
+                if !chunked_last(h.value) || resp.version != Some(1) {
                     return Err(BadResponse::Framing);
                 }
                 chunked = true;
@@ -133,8 +135,12 @@ pub fn parse_response(
         encode::status_line_with(client, code, resp.reason.unwrap_or(""));
         for h in resp.headers.iter() {
             let name = h.name.as_bytes();
-            let framing_kept =
-                framing == Framing::Chunked && name.eq_ignore_ascii_case(b"transfer-encoding");
+            // The relay sends the body's bytes unchanged, so the field that frames them
+            // crosses with them even when `Connection` names it (dropped, the client would
+            // read the body until the close, and the next answer as part of it).
+            let framing_kept = (framing == Framing::Chunked
+                && name.eq_ignore_ascii_case(b"transfer-encoding"))
+                || name.eq_ignore_ascii_case(b"content-length");
             if hop.drops(name) && !framing_kept {
                 continue;
             }
@@ -226,6 +232,24 @@ mod tests {
     }
 
     #[test]
+    fn the_framing_field_crosses_even_when_connection_names_it() {
+        let (r, out) = resp(
+            "HTTP/1.1 200 OK\r\nConnection: content-length, x-foo\r\nX-Foo: 1\r\nContent-Length: 2\r\n\r\n{}",
+            false,
+            false,
+        );
+        assert_eq!(r.unwrap().unwrap().framing, Framing::Length(2));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+        let (r, out) = resp(
+            "HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 0\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(r.unwrap().unwrap().framing, Framing::Empty);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    }
+
+    #[test]
     fn content_encodings_are_found() {
         let raw = "HTTP/1.1 403 Forbidden\r\nContent-Encoding: gzip\r\ncontent-encoding: br\r\nContent-Length: 1\r\n\r\nx";
         let h = head(raw);
@@ -271,6 +295,10 @@ mod tests {
             ),
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                BadResponse::Framing,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
                 BadResponse::Framing,
             ),
             ("HTTP/1.1 101 Switching\r\n\r\n", BadResponse::Upgrade),
