@@ -609,7 +609,9 @@ fn template_codes_open_the_sends_template() {
         language: "en_US".into(),
     };
     let h = |s: i64| now + chrono::Duration::seconds(s);
-    let rows: [(i64, Option<&[u8]>, Option<DateTime<Utc>>); 5] = [
+    // (code, retry-after, expected until)
+    type Row<'a> = (i64, Option<&'a [u8]>, Option<DateTime<Utc>>);
+    let rows: [Row<'_>; 5] = [
         (132016, None, None),
         (132016, Some(b"60"), None),
         (132015, None, Some(h(3 * 3600))),
