@@ -215,6 +215,8 @@ both_engines!(
     status_error_368_opens_without_a_send,
     phone_level_code_trips_only_that_phone,
     paused_template_answers_only_that_template,
+    template_answer_opens_that_template,
+    maintenance_honours_retry_after,
 );
 
 /// PARTNER_* events are keyed by `waba_info.waba_id`: no circuit for the portfolio id.
@@ -564,4 +566,239 @@ async fn paused_template_answers_only_that_template(engine: Engine) {
         circuit(&gw, &format!("template:{WABA}:brand_new:de")).await,
         Value::Null
     );
+}
+
+/// A chunked send (no declared length) of `body` to `PHONE` over a raw connection.
+async fn send_chunked(gw: &Gateway, body: &str) -> Answer {
+    use tokio::io::AsyncWriteExt;
+    let addr = gw.url().trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /{TEST_VERSION}/{PHONE}/messages HTTP/1.1\r\nHost: gateway.local\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    read_answer(&mut s, &mut buf).await
+}
+
+/// A send of template T answered 132016 opens T's circuit: the next send of T is answered
+/// locally with 132016 (and Meta's fbtrace_id), while a send of template U and a text of
+/// the same WABA still reach the fake. 132015 does the same, ending after the answer's
+/// `retry-after` or else Meta's first-pause length (3 h). A 132016 to a text, or to a
+/// template body too large to inspect, opens nothing. A chunked send (no declared length)
+/// is read up to the limit on both engines.
+async fn template_answer_opens_that_template(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let gw = Gateway::start(&format!(
+        "{}\nclassify_body_limit = 1024\n{}",
+        engine.config_line(),
+        config(&fake.url(), "", "")
+    ))
+    .await;
+    let tpl = |name: &str| TEMPLATE_BODY.replace("order_update", name);
+    let key = |name: &str| format!("template:{WABA}:{name}:en_US");
+    let local_code = |r: &reqwest::Response| {
+        assert_eq!(r.status(), 403, "{}", engine.name());
+        assert_eq!(r.headers()["x-wa-breaker"], "open");
+        r.headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().parse::<i64>().unwrap())
+    };
+
+    // 132016: open, no end.
+    fake.on_template("order_update", Reply::template_disabled());
+    let r = gw.send_str(PHONE, TEMPLATE_BODY).await;
+    assert_eq!(r.status(), 400, "Meta's own answer");
+    assert!(r.headers().get("x-wa-breaker").is_none());
+    assert_eq!(fake.count_for_phone(PHONE), 1);
+    let c = circuit(&gw, &key("order_update")).await;
+    assert_eq!(c["state"], "open", "{c} on {}", engine.name());
+    assert_eq!(c["code"], 132016);
+    assert_eq!(c["scope"], "business_initiated");
+    assert_eq!(c["source"], "send");
+    assert!(c["until"].is_null(), "{c}");
+    assert_eq!(c["history"][0]["evidence"]["fbtrace_id"], FBTRACE_ID, "{c}");
+    let r = gw.send_str(PHONE, TEMPLATE_BODY).await;
+    assert_eq!(local_code(&r), None);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], 132016);
+    assert_eq!(v["error"]["fbtrace_id"], FBTRACE_ID, "{v}");
+    assert_eq!(fake.count_for_phone(PHONE), 1, "answered locally");
+    // Template U and a text of the WABA still reach Meta; the WABA stays closed.
+    assert_eq!(gw.send_str(PHONE, &tpl("welcome_back")).await.status(), 200);
+    assert_eq!(gw.send_str(PHONE, TEXT_BODY).await.status(), 200);
+    assert_eq!(fake.count_for_phone(PHONE), 3);
+    assert_ne!(circuit(&gw, WABA).await["state"], "open");
+
+    // 132015 with retry-after: open until then.
+    fake.on_template(
+        "welcome_back",
+        Reply::template_paused().with_header("retry-after", "120"),
+    );
+    let r = gw.send_str(PHONE, &tpl("welcome_back")).await;
+    assert_eq!(r.status(), 400);
+    let c = circuit(&gw, &key("welcome_back")).await;
+    assert_eq!(c["code"], 132015, "{c}");
+    let left = until(&c).unwrap().timestamp() - now_unix();
+    assert!((110..=120).contains(&left), "until in {left}s");
+    let r = gw.send_str(PHONE, &tpl("welcome_back")).await;
+    let retry = local_code(&r).unwrap();
+    assert!((110..=120).contains(&retry), "retry-after {retry}");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], 132015);
+    // 132015 without: Meta's first pause, 3 h.
+    fake.on_template("third_one", Reply::template_paused());
+    assert_eq!(gw.send_str(PHONE, &tpl("third_one")).await.status(), 400);
+    let r = gw.send_str(PHONE, &tpl("third_one")).await;
+    let retry = local_code(&r).unwrap();
+    assert!((3 * 3600 - 10..=3 * 3600).contains(&retry), "{retry}");
+    assert_eq!(fake.count_for_phone(PHONE), 5);
+    assert_eq!(gw.send_str(PHONE, TEXT_BODY).await.status(), 200);
+    assert_eq!(fake.count_for_phone(PHONE), 6);
+
+    // A chunked send of a template (no declared length): read up to the limit, judged.
+    fake.on_template("chunky", Reply::template_disabled());
+    assert_eq!(send_chunked(&gw, &tpl("chunky")).await.status, 400);
+    assert_eq!(circuit(&gw, &key("chunky")).await["state"], "open");
+    let a = send_chunked(&gw, &tpl("chunky")).await;
+    assert_eq!(
+        (a.status, a.header("x-wa-breaker")),
+        (403, Some("open".into()))
+    );
+    assert_eq!(fake.count_for_phone(PHONE), 7);
+
+    // Nothing opens for a text, or for a template too large to inspect.
+    fake.clear();
+    fake.on_phone(PHONE, Reply::template_disabled());
+    fake.on_template("big_one", Reply::template_disabled());
+    let big = tpl("big_one").replacen(
+        "\"type\":\"template\"",
+        &format!("\"pad\":\"{}\",\"type\":\"template\"", "x".repeat(2048)),
+        1,
+    );
+    for _ in 0..2 {
+        assert_eq!(gw.send_str(PHONE, TEXT_BODY).await.status(), 400);
+        assert_eq!(gw.send_str(PHONE, &big).await.status(), 400);
+        assert_eq!(send_chunked(&gw, &big).await.status, 400);
+    }
+    assert_eq!(fake.count_for_phone(PHONE), 6, "all reached Meta");
+    assert_eq!(circuit(&gw, &key("big_one")).await, Value::Null);
+    assert_ne!(circuit(&gw, WABA).await["state"], "open");
+    let m = gw.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "wa_breaker_upstream_errors_total",
+            &[("code", "132016")]
+        )
+        .is_some_and(|n| n >= 8.0),
+        "counted"
+    );
+}
+
+/// 131057 (maintenance) holds the phone number for the answer's `retry-after` (5 s here),
+/// not the fixed minute: local answers say so, and the phone sends again after it.
+async fn maintenance_honours_retry_after(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let gw = gateway(engine, &fake).await;
+    fake.on_phone(
+        PHONE,
+        Reply::graph_error(400, 131057, "Account in maintenance mode")
+            .with_header("retry-after", "5"),
+    );
+    let r = gw.send_str(PHONE, TEXT_BODY).await;
+    assert_eq!(r.status(), 400, "Meta's own answer");
+    let tripped = std::time::Instant::now();
+    fake.on_phone(PHONE, Reply::ok_send());
+    let r = gw.send_str(PHONE, TEXT_BODY).await;
+    assert_eq!(r.status(), 403, "{}", engine.name());
+    assert_eq!(r.headers()["x-wa-breaker"], "open");
+    let retry: i64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((4..=5).contains(&retry), "retry-after {retry}");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], 131057);
+    let c = circuit(&gw, &format!("phone:{PHONE}")).await;
+    let left = until(&c).unwrap().timestamp() - now_unix();
+    assert!((3..=5).contains(&left), "{c}");
+    // The circuit ends after it: the next sends reach Meta again.
+    let deadline = tripped + Duration::from_secs(10);
+    loop {
+        let r = gw.send_str(PHONE, TEXT_BODY).await;
+        if r.status() == 200 {
+            break;
+        }
+        assert_eq!(r.status(), 403);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still held after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        tripped.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        tripped.elapsed()
+    );
+    assert_eq!(fake.count_for_phone(PHONE), 2);
+}
+
+/// ACCOUNT_DELETED / ACCOUNT_OFFBOARDED open only for a WABA the gateway knows: a flood of
+/// signed ones for ids nothing vouches for makes no circuit (counted as ignored), while a
+/// configured WABA still opens.
+#[tokio::test]
+async fn lifecycle_opens_only_for_known_wabas() {
+    let fake = FakeCloud::start().await;
+    let gw = gateway(Engine::Relay, &fake).await;
+    let t = now_unix();
+    let strangers: Vec<String> = (0..20).map(|i| format!("77700011122{i:04}")).collect();
+    let entries = strangers
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let e = if i % 2 == 0 {
+                "ACCOUNT_DELETED"
+            } else {
+                "ACCOUNT_OFFBOARDED"
+            };
+            entry(id, t, vec![change("account_update", event(e))])
+        })
+        .collect();
+    assert_eq!(deliver(&gw, &envelope(entries)).await.status(), 200);
+    for id in &strangers {
+        assert_eq!(circuit(&gw, id).await, Value::Null, "{id}");
+    }
+    let list: Value = gw
+        .admin_get("/admin/circuits", Some(ADMIN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["waba_id"].as_str())
+        .collect();
+    assert!(
+        strangers.iter().all(|s| !ids.contains(&s.as_str())),
+        "{ids:?}"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "wa_breaker_events_ignored_total",
+            &[("reason", "unknown_waba")]
+        ),
+        Some(20.0)
+    );
+    // A configured WABA still opens; the send is answered locally.
+    let r = deliver(&gw, &account_update(WABA, t, event("ACCOUNT_DELETED"))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(circuit(&gw, WABA).await["state"], "open");
+    assert_eq!(gw.send_str(PHONE, TEXT_BODY).await.status(), 403);
+    assert_eq!(fake.count_for_phone(PHONE), 0);
 }

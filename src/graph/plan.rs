@@ -26,6 +26,28 @@ pub struct Step {
     /// (`ACCOUNT_RECONNECTED` closes what `ACCOUNT_OFFBOARDED` opened, not a policy
     /// block); otherwise the receiver records it as a note.
     pub only_if_opened_by: Option<&'static str>,
+    /// An open that applies only to a WABA this gateway knows (see [`known_only`]):
+    /// `ACCOUNT_DELETED` / `ACCOUNT_OFFBOARDED`, which any signed delivery can name for any
+    /// id.
+    pub only_known_waba: bool,
+}
+
+/// The rule for opens that name a WABA nothing else vouches for (pure): `change` stays an
+/// open when `known` — the WABA is configured, learned in the directory (a phone number
+/// maps to it), or already has a circuit record — and becomes a note otherwise. The
+/// table drops a note for a WABA it does not know and counts it
+/// (`wa_breaker_events_ignored_total{reason="unknown_waba"}`), so a flood of signed
+/// deletions for made-up ids grows no state; sends of such a WABA could not be guarded
+/// anyway (no phone number maps to it).
+pub fn known_only(mut change: Change, known: bool) -> Change {
+    if !known && matches!(change.action, Action::Open { .. }) {
+        change.action = Action::Note;
+        change.reason = format!(
+            "{} (a WABA this gateway does not know: recorded only)",
+            change.reason
+        );
+    }
+    change
 }
 
 /// The event whose open `ACCOUNT_RECONNECTED` undoes.
@@ -114,6 +136,7 @@ pub fn plan(
         },
         check_health,
         only_if_opened_by: None,
+        only_known_waba: false,
     };
     let open = |scope: Scope, until: Option<DateTime<Utc>>| Action::Open {
         scope,
@@ -200,11 +223,14 @@ pub fn plan(
             }
         }
         AccountEvent::Lifecycle(e) => match e.as_str() {
-            "ACCOUNT_DELETED" | OFFBOARDED => step(
-                open(Scope::AllSends, None),
-                format!("account_update {e}: no send can succeed"),
-                false,
-            ),
+            "ACCOUNT_DELETED" | OFFBOARDED => Step {
+                only_known_waba: true,
+                ..step(
+                    open(Scope::AllSends, None),
+                    format!("account_update {e}: no send can succeed"),
+                    false,
+                )
+            },
             "ACCOUNT_RECONNECTED" => Step {
                 only_if_opened_by: Some(OFFBOARDED),
                 ..step(
@@ -374,6 +400,7 @@ pub fn plan_message_errors(
         },
         check_health: false,
         only_if_opened_by: None,
+        only_known_waba: false,
     })
 }
 
@@ -381,10 +408,9 @@ pub fn plan_message_errors(
 pub const FIELD_TEMPLATE_STATUS: &str = "message_template_status_update";
 /// The field of template quality changes.
 pub const FIELD_TEMPLATE_QUALITY: &str = "message_template_quality_update";
-/// Graph code of a send of a paused template.
-pub const CODE_TEMPLATE_PAUSED: i64 = 132015;
-/// Graph code of a send of a disabled template.
-pub const CODE_TEMPLATE_DISABLED: i64 = 132016;
+/// Graph codes of a send of a paused / disabled template (the policy core's: a send
+/// answered with one opens the same circuit as this webhook).
+pub use crate::policy::{CODE_TEMPLATE_DISABLED, CODE_TEMPLATE_PAUSED};
 
 /// The template a template webhook is about (`message_template_name`,
 /// `message_template_language`), when both are there and well-formed.
@@ -468,6 +494,7 @@ pub fn plan_template(entry: &Entry, ch: &ChangeItem, now: DateTime<Utc>) -> Opti
         },
         check_health: false,
         only_if_opened_by: None,
+        only_known_waba: false,
     })
 }
 
@@ -519,6 +546,7 @@ pub fn plan_template_quality(
         },
         check_health: false,
         only_if_opened_by: None,
+        only_known_waba: false,
     };
     Some((step, label))
 }
@@ -742,8 +770,16 @@ mod tests {
             );
             assert!(s.change.reason.contains(e));
             assert_eq!(s.only_if_opened_by, None);
+            assert!(s.only_known_waba, "{e}");
+            // Known: still an open. Unknown: a note (dropped and counted by the table).
+            assert_eq!(known_only(s.change.clone(), true), s.change);
+            let n = known_only(s.change.clone(), false);
+            assert_eq!(n.action, Action::Note);
+            assert!(n.reason.contains("does not know"), "{}", n.reason);
         }
         let s = plan_value(json!({"event": "ACCOUNT_RECONNECTED"}), false, false).unwrap();
+        assert!(!s.only_known_waba);
+        assert_eq!(known_only(s.change.clone(), false).action, Action::Close);
         assert_eq!(s.change.action, Action::Close);
         assert_eq!(s.only_if_opened_by, Some(OFFBOARDED));
         for e in ["VERIFIED_ACCOUNT", "MM_LITE_TERMS_SIGNED", "SOMETHING_NEW"] {

@@ -10,7 +10,7 @@
 //! | guard | [`Policy::admit`] | forward, read the body first (template sends), or answer locally ([`Reply::open`]) |
 //! | limit | engines wait for an upstream permit ([`crate::upstream::Limiter`]), then [`Policy::admit`] again | a send queued while a circuit tripped is answered locally |
 //! | forward | engines; request headers filtered by [`hop`] | — |
-//! | classify | [`Policy::inspect`] on the answer's head, then [`Policy::classify`] on its body ([`judge`], [`decode`]) | whether to read the body; whether it trips the WABA's circuit |
+//! | classify | [`Policy::inspect`] on the answer's head, then [`Policy::classify`] on its body, `retry-after` and the send's body ([`Answer`], [`judge`], [`decode`]) | whether to read the body; whether it trips the WABA's, the phone number's or the send template's circuit, and until when |
 //! | respond | engines; answer headers filtered by [`hop`]; failures as [`Reply::forward_failed`] | — |
 //! | record | [`Policy::record`] | the request's outcome in the metrics, once per request |
 //!
@@ -62,15 +62,56 @@ pub const CODE_NAME_NOT_APPROVED: i64 = 131037;
 /// "Account in maintenance mode" (e.g. during a throughput upgrade, about a minute).
 pub const CODE_MAINTENANCE: i64 = 131057;
 
-/// How long a phone-level code holds its phone number's circuit: a minute for
-/// maintenance (Meta: "up to ~1 minute"), ten minutes for the others — then one send
-/// probes again (an operator or a matching signal closes it earlier).
-pub fn phone_hold(code: i64) -> Duration {
+/// Template-level codes: a send of a paused (132015) or disabled (132016) template fails
+/// while every other send of the WABA works. A send answered with one opens that
+/// template's circuit (`template:{waba}:{name}:{language}`), like the
+/// `message_template_status_update` webhook does.
+pub const TEMPLATE_CODES: &[i64] = &[CODE_TEMPLATE_PAUSED, CODE_TEMPLATE_DISABLED];
+/// "Template is paused" (low quality; Meta pauses for 3 h the first time, 6 h the second).
+pub const CODE_TEMPLATE_PAUSED: i64 = 132015;
+/// "Template is disabled" (no end: the template must be edited or replaced).
+pub const CODE_TEMPLATE_DISABLED: i64 = 132016;
+/// Meta's documented length of a first template pause (`FIRST_PAUSE`): the end of a
+/// pause learned from a send answer that says nothing more (a later webhook corrects it).
+pub const TEMPLATE_PAUSE: Duration = Duration::from_secs(3 * 3600);
+/// The longest documented template pause (`SECOND_PAUSE`, 6 h): a `retry-after` on a
+/// 132015 answer is believed up to this.
+pub const TEMPLATE_PAUSE_MAX: Duration = Duration::from_secs(6 * 3600);
+
+/// The hold of a 131057 (maintenance) answer without a usable `retry-after`.
+pub const MAINTENANCE_HOLD: Duration = Duration::from_secs(60);
+/// Bounds of a 131057 answer's `retry-after`: a value outside is clamped (a zero or past
+/// one still holds a second; a huge one at most a quarter of an hour).
+pub const MAINTENANCE_HOLD_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(15 * 60));
+
+/// How long a phone-level code holds its phone number's circuit: for maintenance the
+/// answer's `retry-after` (clamped to [`MAINTENANCE_HOLD_RANGE`]), else a minute (Meta:
+/// "up to ~1 minute"); ten minutes for the others — then one send probes again (an
+/// operator or a matching signal closes it earlier).
+pub fn phone_hold(code: i64, retry_after: Option<Duration>) -> Duration {
     if code == CODE_MAINTENANCE {
-        Duration::from_secs(60)
+        let (lo, hi) = MAINTENANCE_HOLD_RANGE;
+        retry_after.map_or(MAINTENANCE_HOLD, |d| d.clamp(lo, hi))
     } else {
         Duration::from_secs(600)
     }
+}
+
+/// Parses an answer's `retry-after` value (pure; the one parse both engines use): delay
+/// seconds (`120`) or an HTTP-date (`Wed, 21 Oct 2026 07:28:00 GMT`, read against `now`; a
+/// past date is zero). `None` for anything else — the caller's default applies.
+pub fn retry_after(value: &[u8], now: DateTime<Utc>) -> Option<Duration> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        // Digits only: a count of seconds (absurdly long ones saturate, then clamp).
+        return Some(Duration::from_secs(text.parse::<u64>().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::from(now))
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// Longest wait for a trip to be durable before its answer goes to the app anyway.
@@ -174,6 +215,34 @@ pub enum Outcome {
         /// Time until the failure was seen.
         after: Duration,
     },
+}
+
+/// An upstream error answer as [`Policy::classify`] and [`judge`] read it, with the send
+/// it answers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Answer<'a> {
+    /// The answer's status code.
+    pub status: u16,
+    /// Its `content-encoding` values, in order.
+    pub content_encoding: &'a [&'a [u8]],
+    /// Its `retry-after` value (the first), when it has one.
+    pub retry_after: Option<&'a [u8]>,
+    /// Its body as read (at most `classify_body_limit`).
+    pub body: &'a [u8],
+    /// The request's body, when the engine holds it whole: read (for its template) only
+    /// when the answer is a template code.
+    pub request: Option<&'a [u8]>,
+}
+
+impl<'a> Answer<'a> {
+    /// An answer with `status` and `body`, nothing else.
+    pub fn new(status: u16, body: &'a [u8]) -> Answer<'a> {
+        Answer {
+            status,
+            body,
+            ..Answer::default()
+        }
+    }
 }
 
 /// What [`judge`] makes of an error answer.
@@ -333,6 +402,20 @@ impl Policy {
         }
     }
 
+    /// Whether an engine that streams request bodies (hyper) should hold a send's body
+    /// whole before forwarding it, and up to how many bytes: a send of a known WABA whose
+    /// declared length (`None`: chunked or unknown) is at most `classify_body_limit`, so
+    /// that [`Policy::classify`] can find its template if Meta answers 132015/132016 — as
+    /// the relay, which holds every request whole. A longer body is streamed and judged
+    /// without it (too large to inspect, as in the guard).
+    pub fn keep_send_body(&self, call: Call, declared: Option<u64>) -> Option<usize> {
+        let limit = self.classify_limit;
+        (call.kind == Kind::Send
+            && call.account.is_some()
+            && declared.is_none_or(|n| n <= limit as u64))
+        .then_some(limit)
+    }
+
     /// On an answer's head: a non-2xx answer is read (up to `classify_body_limit`) to be
     /// judged; a 2xx, or one that declares a larger body, passes as it comes.
     pub fn inspect(&self, status: u16, content_length: Option<u64>) -> Inspect {
@@ -351,20 +434,13 @@ impl Policy {
     /// circuit change. When the answer is an enforcement error for a send whose circuit is
     /// open but not yet durable (this trip, or a concurrent one), returns the sequence number
     /// to wait for with [`Policy::acknowledged`] before the answer goes to the app.
-    pub fn classify(
-        &self,
-        call: Call,
-        status: u16,
-        content_encoding: &[&[u8]],
-        body: &[u8],
-    ) -> Option<u64> {
+    pub fn classify(&self, call: Call, answer: Answer<'_>) -> Option<u64> {
+        let status = answer.status;
         let j = judge(
             &self.trip_codes,
             self.classify_limit,
             call,
-            status,
-            content_encoding,
-            body,
+            answer,
             Utc::now(),
         );
         if let Some(code) = j.code {
@@ -376,10 +452,12 @@ impl Policy {
         let change = j.change?;
         let phone_circuit = change.phone_number_id.is_some();
         let waba = change.waba_id.clone();
+        let template = change.template.clone();
         self.table.apply(change);
         let durable = self.table.durable_seq();
-        let seq = match (phone_circuit, call.phone) {
-            (true, Some(p)) => self.table.with_phone_guard(&p, |g| g.seq),
+        let seq = match (template, phone_circuit, call.phone) {
+            (Some(t), _, _) => self.table.with_template_guard(&waba, &t, |g| g.seq),
+            (None, true, Some(p)) => self.table.with_phone_guard(&p, |g| g.seq),
             _ => self.table.with_guard(&waba, |g| g.seq),
         };
         seq.filter(|seq| *seq > durable)
@@ -426,19 +504,25 @@ impl Policy {
 /// Judges a non-2xx answer's body (pure): decodes it as `content-encoding` says (capped at
 /// `cap` decoded bytes), reads the Graph error envelope, and — for a **send** of a known
 /// phone number answered with a code in `trip_codes` — opens the WABA's circuit for all
-/// sends, with the answer as evidence. Any other call (a `/register` with a wrong PIN
-/// answered 131031, a `GET`, a media upload) never trips: only sends are enforcement
-/// signals. Unreadable bodies (not an envelope, unknown or corrupt encoding, too large
-/// decoded) trip nothing.
+/// sends, with the answer as evidence. A send answered with a template code
+/// ([`TEMPLATE_CODES`]) opens its template's circuit instead ([`template_level`]), one
+/// answered with a phone-level code its phone number's ([`PHONE_CODES`]). Any other call
+/// (a `/register` with a wrong PIN answered 131031, a `GET`, a media upload) never trips:
+/// only sends are enforcement signals. Unreadable bodies (not an envelope, unknown or
+/// corrupt encoding, too large decoded) trip nothing.
 pub fn judge(
     trip_codes: &[i64],
     cap: usize,
     call: Call,
-    status: u16,
-    content_encoding: &[&[u8]],
-    body: &[u8],
+    answer: Answer<'_>,
     now: DateTime<Utc>,
 ) -> Judgement {
+    let Answer {
+        status,
+        content_encoding,
+        body,
+        ..
+    } = answer;
     let mut j = Judgement {
         code: None,
         change: None,
@@ -459,9 +543,16 @@ pub fn judge(
     if call.kind != Kind::Send {
         return j;
     }
+    // A template code is about one template, whatever `trip_codes` says: the WABA's other
+    // sends still work.
+    if TEMPLATE_CODES.contains(&err.code) {
+        j.change = template_level(call, cap, answer, err, now);
+        return j;
+    }
     if !trip_codes.contains(&err.code) {
         if PHONE_CODES.contains(&err.code) {
-            j.change = phone_level(call, status, err, now);
+            let retry = answer.retry_after.and_then(|v| retry_after(v, now));
+            j.change = phone_level(call, status, err, retry, now);
         }
         return j;
     }
@@ -506,10 +597,11 @@ fn phone_level(
     call: Call,
     status: u16,
     err: envelope::GraphError,
+    retry_after: Option<Duration>,
     now: DateTime<Utc>,
 ) -> Option<Change> {
     let phone = call.phone?;
-    let hold = chrono::Duration::from_std(phone_hold(err.code)).ok()?;
+    let hold = chrono::Duration::from_std(phone_hold(err.code, retry_after)).ok()?;
     let reason = if err.message.is_empty() {
         format!(
             "HTTP {status}, Graph error {} (phone number level)",
@@ -536,6 +628,71 @@ fn phone_level(
             message: err.message,
             fbtrace_id: err.fbtrace_id,
             phone_number_id: Some(phone.to_string()),
+        }),
+    })
+}
+
+/// A send answered with a template code: the circuit of the send's template opens, as the
+/// `message_template_status_update` webhook opens it (scope `business_initiated`, Meta's
+/// code), with the answer as evidence. 132016 has no end; 132015 ends after the answer's
+/// `retry-after` (at most [`TEMPLATE_PAUSE_MAX`]) or else Meta's first-pause length
+/// ([`TEMPLATE_PAUSE`]). Nothing opens when the WABA is not known (the key needs it), when
+/// the engine does not hold the send's body or it is larger than `cap` (forwarded unread,
+/// as the guard does), or when it is not a template send. The body is parsed only here:
+/// the hot path never parses a send for this.
+fn template_level(
+    call: Call,
+    cap: usize,
+    answer: Answer<'_>,
+    err: envelope::GraphError,
+    now: DateTime<Utc>,
+) -> Option<Change> {
+    let account = call.account?;
+    let template = answer
+        .request
+        .filter(|b| b.len() <= cap)
+        .and_then(template_of)?;
+    let until = if err.code == CODE_TEMPLATE_PAUSED {
+        let pause = answer
+            .retry_after
+            .and_then(|v| retry_after(v, now))
+            .map_or(TEMPLATE_PAUSE, |d| {
+                d.clamp(Duration::from_secs(1), TEMPLATE_PAUSE_MAX)
+            });
+        Some(now + chrono::Duration::from_std(pause).ok()?)
+    } else {
+        None
+    };
+    let reason = format!(
+        "HTTP {}, Graph error {} to a send of template {} ({}){}",
+        answer.status,
+        err.code,
+        template.name,
+        template.language,
+        if err.message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", err.message)
+        }
+    );
+    Some(Change {
+        waba_id: account.waba.to_string(),
+        phone_number_id: None,
+        template: Some(template),
+        action: Action::Open {
+            scope: Scope::BusinessInitiated,
+            code: Some(err.code),
+            until,
+        },
+        source: Source::Send,
+        at: now,
+        reason,
+        evidence: Some(Evidence::Send {
+            code: err.code,
+            error_subcode: err.error_subcode,
+            message: err.message,
+            fbtrace_id: err.fbtrace_id,
+            phone_number_id: call.phone.map(|p| p.to_string()),
         }),
     })
 }

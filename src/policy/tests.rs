@@ -2,6 +2,7 @@
 //! guard decisions, and of calls × answers → judgements.
 
 use super::*;
+use crate::circuit::TemplateRef;
 use std::io::Write;
 
 use super::testing::{open, policy, PHONE, WABA};
@@ -287,6 +288,15 @@ fn local_reply_carries_the_opening_code() {
     assert_eq!(envelope::parse(&body).unwrap().code, 131031);
 }
 
+fn answer<'a>(status: u16, ce: &'a [&'a [u8]], body: &'a [u8]) -> Answer<'a> {
+    Answer {
+        status,
+        content_encoding: ce,
+        body,
+        ..Answer::default()
+    }
+}
+
 fn gz(b: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(b).unwrap();
@@ -426,7 +436,7 @@ fn judgements() {
     ];
     for (i, (method, path, status, ce, body, code, trips)) in rows.into_iter().enumerate() {
         let c = call(&p, method, &path);
-        let j = judge(&p.trip_codes, 1024, c, status, ce, body, Utc::now());
+        let j = judge(&p.trip_codes, 1024, c, answer(status, ce, body), Utc::now());
         assert_eq!(j.code, code, "row {i}");
         assert_eq!(j.change.is_some(), trips, "row {i}");
         if let Some(ch) = j.change {
@@ -450,7 +460,13 @@ fn judgements() {
     }
     // The evidence of a trip.
     let c = call(&p, Method::POST, &send);
-    let j = judge(&p.trip_codes, 1024, c, 403, &[], BLOCKED, Utc::now());
+    let j = judge(
+        &p.trip_codes,
+        1024,
+        c,
+        Answer::new(403, BLOCKED),
+        Utc::now(),
+    );
     let Some(Evidence::Send {
         fbtrace_id,
         phone_number_id,
@@ -465,7 +481,13 @@ fn judgements() {
         (Some("AbC"), Some(PHONE), 368)
     );
     // A decoded body over the cap is not judged.
-    let j = judge(&p.trip_codes, 64, c, 403, &[b"gzip"], &gzipped, Utc::now());
+    let j = judge(
+        &p.trip_codes,
+        64,
+        c,
+        answer(403, &[b"gzip"], &gzipped),
+        Utc::now(),
+    );
     assert_eq!(j.change, None);
     assert!(j.unreadable.unwrap().contains("larger than 64"));
 }
@@ -474,10 +496,10 @@ fn judgements() {
 fn classify_applies_the_trip_once() {
     let p = policy(Mode::Enforce, 1024);
     let c = call(&p, Method::POST, &format!("/v21.0/{PHONE}/messages"));
-    assert!(p.classify(c, 403, &[], BLOCKED).is_some());
+    assert!(p.classify(c, Answer::new(403, BLOCKED)).is_some());
     assert!(p.table().get(WABA).unwrap().is_open());
     // A second 368 while open changes nothing that needs storing.
-    let again = p.classify(c, 403, &[], BLOCKED);
+    let again = p.classify(c, Answer::new(403, BLOCKED));
     assert_eq!(p.table().get(WABA).unwrap().history.len(), 1, "{again:?}");
 }
 
@@ -512,12 +534,18 @@ fn phone_level_codes_open_the_phone_number_for_a_hold() {
     for code in PHONE_CODES {
         let body = format!(r#"{{"error":{{"code":{code},"message":"m","fbtrace_id":"Tr"}}}}"#);
         for (c, waba) in [(send, WABA), (unmapped, "")] {
-            let j = judge(&p.trip_codes, 1024, c, 400, &[], body.as_bytes(), now);
+            let j = judge(
+                &p.trip_codes,
+                1024,
+                c,
+                Answer::new(400, body.as_bytes()),
+                now,
+            );
             let ch = j.change.expect("a phone circuit");
             assert_eq!(ch.waba_id, waba, "{code}");
             let phone = c.phone.map(|p| p.to_string());
             assert_eq!(ch.phone_number_id, phone, "{code}");
-            let hold = chrono::Duration::from_std(phone_hold(*code)).unwrap();
+            let hold = chrono::Duration::from_std(phone_hold(*code, None)).unwrap();
             assert_eq!(
                 ch.action,
                 Action::Open {
@@ -533,27 +561,226 @@ fn phone_level_codes_open_the_phone_number_for_a_hold() {
             &p.trip_codes,
             1024,
             register,
-            400,
-            &[],
-            body.as_bytes(),
+            Answer::new(400, body.as_bytes()),
             now,
         );
         assert_eq!(j.change, None);
     }
-    assert_eq!(phone_hold(CODE_MAINTENANCE), Duration::from_secs(60));
-    assert_eq!(phone_hold(CODE_NOT_REGISTERED), Duration::from_secs(600));
+    assert_eq!(phone_hold(CODE_MAINTENANCE, None), Duration::from_secs(60));
+    assert_eq!(
+        phone_hold(CODE_NOT_REGISTERED, None),
+        Duration::from_secs(600)
+    );
     // A phone circuit answers that phone only.
     let j = judge(
         &p.trip_codes,
         1024,
         send,
-        400,
-        &[],
-        br#"{"error":{"code":133010,"message":"not registered"}}"#,
+        Answer::new(
+            400,
+            br#"{"error":{"code":133010,"message":"not registered"}}"#,
+        ),
         now,
     );
     p.table().apply(j.change.unwrap());
     assert_eq!(decide(&p, send, Body::Unread(None)), "local");
     assert_eq!(decide(&p, unmapped, Body::Unread(None)), "forward");
     assert!(p.table().get(WABA).is_none_or(|c| !c.is_open()));
+}
+
+/// A template send with its name and language.
+const NAMED: &[u8] = br#"{"messaging_product":"whatsapp","to":"15551234567","type":"template","template":{"name":"order_update","language":{"code":"en_US"}}}"#;
+
+fn graph(code: i64) -> String {
+    format!(r#"{{"error":{{"code":{code},"message":"Template is paused","fbtrace_id":"TpL"}}}}"#)
+}
+
+/// A send answered 132015/132016 opens its template's circuit (scope as for the webhook,
+/// the answer as evidence); a non-template, oversized or unheld body, or an unmapped phone
+/// number, opens nothing.
+#[test]
+fn template_codes_open_the_sends_template() {
+    let p = policy(Mode::Enforce, 1024);
+    let now = Utc::now();
+    let send = call(&p, Method::POST, &format!("/v21.0/{PHONE}/messages"));
+    let unmapped = call(&p, Method::POST, &format!("/v21.0/{OTHER}/messages"));
+    let tpl = TemplateRef {
+        name: "order_update".into(),
+        language: "en_US".into(),
+    };
+    let h = |s: i64| now + chrono::Duration::seconds(s);
+    // (code, retry-after, expected until)
+    type Row<'a> = (i64, Option<&'a [u8]>, Option<DateTime<Utc>>);
+    let rows: [Row<'_>; 5] = [
+        (132016, None, None),
+        (132016, Some(b"60"), None),
+        (132015, None, Some(h(3 * 3600))),
+        (132015, Some(b"120"), Some(h(120))),
+        (132015, Some(b"999999"), Some(h(6 * 3600))),
+    ];
+    for (code, retry, until) in rows {
+        let body = graph(code);
+        let a = Answer {
+            status: 400,
+            retry_after: retry,
+            request: Some(NAMED),
+            ..Answer::new(400, body.as_bytes())
+        };
+        let j = judge(&p.trip_codes, 1024, send, a, now);
+        assert_eq!(j.code, Some(code));
+        let ch = j.change.expect("a template circuit");
+        assert_eq!(ch.waba_id, WABA);
+        assert_eq!(ch.phone_number_id, None);
+        assert_eq!(ch.template.as_ref(), Some(&tpl));
+        assert_eq!(ch.source, Source::Send);
+        assert_eq!(
+            ch.action,
+            Action::Open {
+                scope: Scope::BusinessInitiated,
+                code: Some(code),
+                until
+            },
+            "{code} {retry:?}"
+        );
+        let Some(Evidence::Send { fbtrace_id, .. }) = &ch.evidence else {
+            panic!("send evidence")
+        };
+        assert_eq!(fbtrace_id.as_deref(), Some("TpL"));
+        // Nothing for a text, an unheld or oversized body, another call or an unmapped phone.
+        for (c, request, cap) in [
+            (send, Some(TEXT), 1024),
+            (send, None, 1024),
+            (send, Some(NAMED), NAMED.len() - 1),
+            (unmapped, Some(NAMED), 1024),
+            (
+                call(&p, Method::POST, &format!("/v21.0/{PHONE}/register")),
+                Some(NAMED),
+                1024,
+            ),
+        ] {
+            let a = Answer {
+                request,
+                ..Answer::new(400, body.as_bytes())
+            };
+            let j = judge(&p.trip_codes, cap, c, a, now);
+            assert_eq!((j.code, j.change), (Some(code), None));
+        }
+    }
+    // Applied: only that template's sends are answered locally, with Meta's code.
+    let body = graph(132016);
+    let a = Answer {
+        request: Some(NAMED),
+        ..Answer::new(400, body.as_bytes())
+    };
+    assert!(p.classify(send, a).is_some());
+    assert_eq!(decide(&p, send, Body::Read(NAMED)), "local");
+    assert_eq!(decide(&p, send, Body::Read(TEXT)), "forward");
+    let other = String::from_utf8_lossy(NAMED).replace("order_update", "welcome");
+    assert_eq!(decide(&p, send, Body::Read(other.as_bytes())), "forward");
+    assert!(p.table().get(WABA).is_none_or(|c| !c.is_open()));
+}
+
+#[test]
+fn retry_after_values() {
+    let now = Utc::now();
+    let s = Duration::from_secs;
+    assert_eq!(retry_after(b"5", now), Some(s(5)));
+    assert_eq!(retry_after(b" 120 ", now), Some(s(120)));
+    assert_eq!(retry_after(b"0", now), Some(s(0)));
+    assert_eq!(
+        retry_after(b"99999999999999999999999", now),
+        Some(Duration::from_secs(u64::MAX))
+    );
+    let later = httpdate::fmt_http_date((now + chrono::Duration::seconds(90)).into());
+    let got = retry_after(later.as_bytes(), now).unwrap();
+    assert!((s(89)..=s(90)).contains(&got), "{got:?}");
+    let past = httpdate::fmt_http_date((now - chrono::Duration::seconds(90)).into());
+    assert_eq!(retry_after(past.as_bytes(), now), Some(s(0)));
+    for bad in [&b""[..], b"-5", b"1.5", b"soon", b"\xff"] {
+        assert_eq!(retry_after(bad, now), None, "{bad:?}");
+    }
+    // The maintenance hold: the value, clamped; the others ignore it.
+    assert_eq!(phone_hold(CODE_MAINTENANCE, Some(s(5))), s(5));
+    assert_eq!(phone_hold(CODE_MAINTENANCE, Some(s(0))), s(1));
+    assert_eq!(phone_hold(CODE_MAINTENANCE, Some(s(86400))), s(900));
+    assert_eq!(phone_hold(CODE_MAINTENANCE, None), s(60));
+    assert_eq!(phone_hold(CODE_NOT_REGISTERED, Some(s(5))), s(600));
+    // Through judge.
+    let p = policy(Mode::Enforce, 1024);
+    let send = call(&p, Method::POST, &format!("/v21.0/{PHONE}/messages"));
+    let body = br#"{"error":{"code":131057,"message":"maintenance"}}"#;
+    for (retry, hold) in [(Some(&b"5"[..]), 5), (Some(b"junk"), 60), (None, 60)] {
+        let a = Answer {
+            retry_after: retry,
+            ..Answer::new(400, body)
+        };
+        let j = judge(&p.trip_codes, 1024, send, a, now);
+        let Some(Change {
+            action: Action::Open { until, .. },
+            ..
+        }) = j.change
+        else {
+            panic!("open")
+        };
+        assert_eq!(until, Some(now + chrono::Duration::seconds(hold)));
+    }
+}
+
+#[test]
+fn send_bodies_kept_for_the_classifier() {
+    let p = policy(Mode::Enforce, 1024);
+    let send = call(&p, Method::POST, &format!("/v21.0/{PHONE}/messages"));
+    let unmapped = call(&p, Method::POST, &format!("/v21.0/{OTHER}/messages"));
+    let read = call(&p, Method::GET, &format!("/v21.0/{PHONE}"));
+    assert_eq!(p.keep_send_body(send, Some(1024)), Some(1024));
+    assert_eq!(p.keep_send_body(send, None), Some(1024));
+    assert_eq!(p.keep_send_body(send, Some(1025)), None);
+    assert_eq!(p.keep_send_body(unmapped, Some(10)), None);
+    assert_eq!(p.keep_send_body(read, Some(10)), None);
+}
+
+/// The README's error-code table names every code the policy acts on: the phone-level
+/// codes, the default trip codes and the template codes (so table and code cannot drift).
+#[test]
+fn readme_code_table_covers_every_code_acted_on() {
+    const README: &str = include_str!("../../README.md");
+    let table = README
+        .split_once("#### Error codes: level and what the gateway does")
+        .map(|(_, rest)| rest)
+        .expect("the README's error-code section");
+    // The first column of each row of the section's first table: the codes it names.
+    let mut listed = Vec::new();
+    for line in table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+    {
+        let first = line.split('|').nth(1).unwrap_or_default();
+        for part in first.split(',') {
+            // A range `a–b` lists both ends and everything between.
+            let ends: Vec<i64> = part
+                .split(['–', '-'])
+                .filter_map(|n| n.trim().parse().ok())
+                .collect();
+            match ends.as_slice() {
+                [a] => listed.push(*a),
+                [a, b] => listed.extend(*a..=*b),
+                _ => {}
+            }
+        }
+    }
+    assert!(listed.len() > 20, "parsed {listed:?}");
+    let defaults = crate::config::Config::default().trip_codes;
+    for code in PHONE_CODES
+        .iter()
+        .chain(&defaults)
+        .chain(TEMPLATE_CODES)
+        .chain(&[CODE_POLICY_BLOCK, CODE_ACCOUNT_LOCKED])
+    {
+        assert!(
+            listed.contains(code),
+            "code {code} is missing from the README's error-code table"
+        );
+    }
 }

@@ -9,14 +9,16 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{header, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::body::{self, Body};
+use super::guard::SendBody;
 use super::route::Target;
 use super::LocalReply;
-use crate::policy::{Call, Inspect, Outcome, Policy};
+use crate::policy::{Answer, Call, Inspect, Outcome, Policy};
 use crate::upstream::{error_chain, ForwardError};
 
 /// See module docs.
@@ -77,11 +79,12 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let target = Target::of(&req);
+        let sent = req.extensions().get::<SendBody>().map(|b| b.0.clone());
         ResponseFuture {
             state: State::Call {
                 fut: self.inner.call(req),
             },
-            ctx: Some((self.policy.clone(), target)),
+            ctx: Some((self.policy.clone(), target, sent)),
             start: Instant::now(),
             deadline: self.deadline,
         }
@@ -103,7 +106,8 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
-        ctx: Option<(Arc<Policy>, Call)>,
+        // The policy, the call and the send's body when the guard kept it.
+        ctx: Option<(Arc<Policy>, Call, Option<Bytes>)>,
         start: Instant,
         deadline: Duration,
     }
@@ -122,7 +126,7 @@ where
                 StateProj::Call { fut } => {
                     let result = ready!(fut.poll(cx));
                     let elapsed = this.start.elapsed();
-                    let Some((policy, target)) = this.ctx.take() else {
+                    let Some((policy, target, sent)) = this.ctx.take() else {
                         return Poll::Ready(result);
                     };
                     let resp = match result {
@@ -140,6 +144,7 @@ where
                             resp,
                             policy,
                             target,
+                            sent,
                             elapsed,
                             this.deadline.saturating_sub(elapsed),
                         )),
@@ -170,6 +175,7 @@ async fn classify(
     resp: Response<Body>,
     policy: Arc<Policy>,
     call: Call,
+    sent: Option<Bytes>,
     to_head: Duration,
     left: Duration,
 ) -> Result<Response<Body>, ForwardError> {
@@ -210,7 +216,14 @@ async fn classify(
         .iter()
         .map(|v| v.as_bytes())
         .collect();
-    let unacked = policy.classify(call, status, &codings, &bytes);
+    let answer = Answer {
+        status,
+        content_encoding: &codings,
+        retry_after: parts.headers.get(header::RETRY_AFTER).map(|v| v.as_bytes()),
+        body: &bytes,
+        request: sent.as_deref(),
+    };
+    let unacked = policy.classify(call, answer);
     policy.record(call, Outcome::Answered { status, to_head });
     // A tripping answer reaches the app only once the open is durable. (The upstream
     // permit is held meanwhile: on this engine it is released when the answer is returned.)
@@ -295,6 +308,35 @@ mod tests {
                 .unwrap();
             assert_eq!(resp.status().as_u16(), status);
         }
+        assert!(p.table().get(WABA).is_none());
+    }
+
+    /// A 132016 to a send whose body the guard kept opens that template's circuit; without
+    /// the body nothing opens.
+    #[tokio::test]
+    async fn a_template_code_opens_the_kept_bodys_template() {
+        const DISABLED: &str = r#"{"error":{"message":"(#132016) Template is disabled","code":132016,"fbtrace_id":"TpL"}}"#;
+        const SEND: &str =
+            r#"{"type":"template","template":{"name":"order_update","language":{"code":"en_US"}}}"#;
+        let key = format!("template:{WABA}:order_update:en_US");
+        let p = policy();
+        let resp = through(
+            &p,
+            request(&p, http::Method::POST, "messages"),
+            Ok(answer(400, DISABLED)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 400);
+        assert!(p.table().get(&key).is_none());
+        let mut req = request(&p, http::Method::POST, "messages");
+        req.extensions_mut()
+            .insert(SendBody(bytes::Bytes::from_static(SEND.as_bytes())));
+        let resp = through(&p, req, Ok(answer(400, DISABLED))).await.unwrap();
+        assert_eq!(resp.status(), 400);
+        let c = p.table().get(&key).unwrap();
+        assert!(c.is_open());
+        assert_eq!(c.code, Some(132016));
         assert!(p.table().get(WABA).is_none());
     }
 

@@ -1,14 +1,17 @@
 //! Guard as a layer: asks [`Policy::admit`] and answers locally when it says so, reading the
 //! body first when the decision needs it (template sends of a `business_initiated`
-//! circuit). It runs twice in the stack: before the upstream queue, and again right before
-//! forwarding, so sends that were waiting for the upstream when a circuit tripped never
-//! leave.
+//! circuit). A send body of a known WABA up to `classify_body_limit` is read before it is
+//! forwarded and kept for the classifier ([`SendBody`], [`Policy::keep_send_body`]): a
+//! 132015/132016 answer names no template, the send does. It runs twice in the stack:
+//! before the upstream queue, and again right before forwarding, so sends that were waiting
+//! for the upstream when a circuit tripped never leave.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::{header, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
@@ -77,6 +80,25 @@ where
     }
 }
 
+/// A send's whole body, kept as a request extension for the classify layer (a refcount
+/// clone of the forwarded bytes): Meta's 132015/132016 answer is judged against its template.
+#[derive(Clone, Debug)]
+pub struct SendBody(pub Bytes);
+
+/// Keeps a buffered send body for the classifier ([`SendBody`]) when the policy says so.
+fn keep_body(policy: &Policy, req: &mut Request<Body>) {
+    let call = Target::of(req);
+    if let Body::Full { data } = req.body() {
+        let data = data.clone().unwrap_or_default();
+        if policy
+            .keep_send_body(call, Some(data.len() as u64))
+            .is_some()
+        {
+            req.extensions_mut().insert(SendBody(data));
+        }
+    }
+}
+
 /// What the guard knows of a request body without reading it.
 fn known_body(req: &Request<Body>) -> policy::Body<'_> {
     match req.body() {
@@ -104,15 +126,28 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let call = Target::of(&req);
-        let decision = self
-            .policy
-            .admit(call, known_body(&req), |r| r.to_response());
-        match decision {
-            Admit::Forward => ResponseFuture::Inner {
-                fut: self.inner.call(req),
+        let known = known_body(&req);
+        let decision = match self.policy.admit(call, known, |r| r.to_response()) {
+            // A send body worth keeping for the classifier is read first, as for an
+            // inspection (a larger one turns out too large and streams on).
+            Admit::Forward => match known {
+                policy::Body::Unread(n) => self
+                    .policy
+                    .keep_send_body(call, n)
+                    .map_or(Admit::Forward, |limit| Admit::Inspect { limit }),
+                policy::Body::Read(_) => Admit::Forward,
             },
+            decided => decided,
+        };
+        match decision {
+            Admit::Forward => {
+                keep_body(&self.policy, &mut req);
+                ResponseFuture::Inner {
+                    fut: self.inner.call(req),
+                }
+            }
             Admit::Local { answer, unacked } => {
                 self.policy.record(call, Outcome::Local);
                 match unacked {
@@ -142,7 +177,7 @@ where
                         let (parts, body) = req.into_parts();
                         let body = match body::buffer(body, limit).await {
                             Ok(Ok(bytes)) => {
-                                let req = Request::from_parts(parts, Body::full(bytes));
+                                let mut req = Request::from_parts(parts, Body::full(bytes));
                                 let call = Target::of(&req);
                                 if let Admit::Local { answer, unacked } =
                                     policy.admit(call, known_body(&req), |r| r.to_response())
@@ -153,6 +188,7 @@ where
                                     }
                                     return Ok(answer);
                                 }
+                                keep_body(&policy, &mut req);
                                 return inner.call(req).await;
                             }
                             // Too big to be a send we can judge: let Meta decide.
@@ -212,6 +248,9 @@ mod tests {
         let fut = tokio::spawn(fut);
         let (req, reply) = handle.next_request().await.unwrap();
         assert_eq!(req.uri().path(), format!("/v21.0/{PHONE}/messages"));
+        // The send body is kept for the classifier (a 132015/132016 names its template).
+        let kept = req.extensions().get::<SendBody>().map(|b| b.0.clone());
+        assert_eq!(kept.as_deref(), Some(&br#"{"type":"text"}"#[..]));
         reply.send_response(Response::new(Body::full("ok")));
         assert_eq!(fut.await.unwrap().unwrap().status(), 200);
 

@@ -13,7 +13,7 @@ use super::h1::request::RequestHead;
 use super::h1::response::{parse_response, ResponseHead};
 use super::h1::BadResponse;
 use super::{Relay, Scratch};
-use crate::policy::{Admit, Body, Call, Inspect, Outcome, Reply};
+use crate::policy::{Admit, Answer, Body, Call, Inspect, Outcome, Reply};
 use crate::upstream::pool::Conn;
 use crate::upstream::{error_chain, ForwardError};
 
@@ -105,7 +105,16 @@ impl Relay {
                         codings[n] = c;
                         n += 1;
                     }
-                    unacked = policy.classify(call, rh.status, &codings[..n], judged);
+                    let answer = Answer {
+                        status: rh.status,
+                        content_encoding: &codings[..n],
+                        retry_after: rh.retry_after(reader.head()),
+                        body: judged,
+                        // The relay holds every request whole: judge reads it only for a
+                        // template code.
+                        request: Some(body),
+                    };
+                    unacked = policy.classify(call, answer);
                 }
                 Ok(false) => {} // too large to judge: relayed as it comes
                 Err(e) => {

@@ -165,6 +165,30 @@ impl Reply {
         Reply::json(status, &graph_error_body(code, message, subcode, details))
     }
 
+    /// 400, Meta's answer to a send of a paused template (132015).
+    pub fn template_paused() -> Reply {
+        Reply::graph_error_full(
+            400,
+            132015,
+            "(#132015) Template is paused",
+            None,
+            Some(
+                "Template is paused due to low quality so it cannot be sent in a template message.",
+            ),
+        )
+    }
+
+    /// 400, Meta's answer to a send of a disabled template (132016).
+    pub fn template_disabled() -> Reply {
+        Reply::graph_error_full(
+            400,
+            132016,
+            "(#132016) Template is disabled",
+            None,
+            Some("Template has been paused too many times due to low quality and is now permanently disabled."),
+        )
+    }
+
     /// Close the connection without writing a response.
     pub fn drop_connection() -> Reply {
         Reply {
@@ -294,6 +318,15 @@ fn messages_node(path: &str) -> Option<&str> {
     }
 }
 
+/// `template.name` of a template send body.
+fn template_name(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    if v.get("type")?.as_str()? != "template" {
+        return None;
+    }
+    Some(v.get("template")?.get("name")?.as_str()?.to_string())
+}
+
 /// The node of `/{ver}/{node}` or `/{node}` when the query asks for health_status.
 fn health_node<'a>(path: &'a str, query: Option<&str>) -> Option<&'a str> {
     let q = query?;
@@ -321,6 +354,8 @@ struct Script {
     phone_default: HashMap<String, Reply>,
     phone_queue: HashMap<String, VecDeque<Reply>>,
     paths: HashMap<String, Reply>,
+    /// Replies for sends of a template, by `template.name` (any phone, any language).
+    templates: HashMap<String, Reply>,
     health: HashMap<String, HealthAnswer>,
     /// Unscripted health nodes answer as phone numbers of this WABA (`health_for_any_phone`).
     health_any_phone: Option<String>,
@@ -383,6 +418,9 @@ fn choose(s: &mut Script, rec: &Recorded) -> Reply {
         return r.clone();
     }
     if let Some(phone) = messages_node(&rec.path) {
+        if let Some(r) = template_name(&rec.body).and_then(|n| s.templates.get(&n)) {
+            return r.clone();
+        }
         if let Some(r) = s.phone_queue.get_mut(phone).and_then(|q| q.pop_front()) {
             return r;
         }
@@ -468,6 +506,7 @@ impl FakeCloud {
                 phone_default: HashMap::new(),
                 phone_queue: HashMap::new(),
                 paths: HashMap::new(),
+                templates: HashMap::new(),
                 health: HashMap::new(),
                 health_any_phone: None,
                 recording: true,
@@ -707,6 +746,17 @@ impl FakeCloud {
         let mut s = self.shared.lock();
         s.phone_default.remove(phone_id);
         s.phone_queue.remove(phone_id);
+    }
+
+    /// Reply for every send of the template `name` (checked before the phone's scripts),
+    /// e.g. `Reply::template_paused()`.
+    pub fn on_template(&self, name: &str, reply: Reply) {
+        self.shared.lock().templates.insert(name.to_string(), reply);
+    }
+
+    /// Forget the template's reply (its sends fall back to the phone's scripts).
+    pub fn reset_template(&self, name: &str) {
+        self.shared.lock().templates.remove(name);
     }
 
     /// Reply for an exact path (query ignored); checked before everything else.

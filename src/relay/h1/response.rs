@@ -22,6 +22,8 @@ pub struct ResponseHead {
     /// Byte ranges of the `content-encoding` values in the buffer.
     codings: [(usize, usize); MAX_CODINGS],
     n_codings: usize,
+    /// Byte range of the first `retry-after` value in the buffer.
+    retry_after: Option<(usize, usize)>,
 }
 
 impl ResponseHead {
@@ -38,6 +40,12 @@ impl ResponseHead {
             .iter()
             .map(move |(a, b)| &buf[*a..*b])
             .chain(overflow.then_some(too_many))
+    }
+
+    /// The first `retry-after` value, read from `buf` (the buffer the head was parsed
+    /// from), for [`crate::policy::Policy::classify`].
+    pub fn retry_after<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        self.retry_after.map(|(a, b)| &buf[a..b])
     }
 
     /// The declared body length, for [`crate::policy::Policy::inspect`].
@@ -91,6 +99,7 @@ pub fn parse_response(
         let mut hop = HopByHop::default();
         let mut codings = [(0, 0); MAX_CODINGS];
         let mut n_codings = 0;
+        let mut retry_after = None;
         for h in resp.headers.iter() {
             let name = h.name.as_bytes();
             if name.eq_ignore_ascii_case(b"content-length") {
@@ -114,6 +123,9 @@ pub fn parse_response(
                     codings[n_codings] = (at, at + h.value.len());
                 }
                 n_codings += 1;
+            } else if name.eq_ignore_ascii_case(b"retry-after") && retry_after.is_none() {
+                let at = skipped + (h.value.as_ptr() as usize - rest.as_ptr() as usize);
+                retry_after = Some((at, at + h.value.len()));
             }
         }
         close |= hop.close();
@@ -157,6 +169,7 @@ pub fn parse_response(
             close,
             codings,
             n_codings,
+            retry_after,
         }));
     }
 }
@@ -265,6 +278,15 @@ mod tests {
         let raw = format!("HTTP/1.1 403 Forbidden\r\n{many}Content-Length: 1\r\n\r\nx");
         let h = head(&raw);
         assert_eq!(h.content_encoding(raw.as_bytes()).count(), MAX_CODINGS + 1);
+    }
+
+    #[test]
+    fn the_first_retry_after_is_found() {
+        let raw = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 400 Bad Request\r\nRetry-After: 5\r\nretry-after: 9\r\nContent-Length: 1\r\n\r\nx";
+        let h = head(raw);
+        assert_eq!(h.retry_after(raw.as_bytes()), Some(&b"5"[..]));
+        let raw = "HTTP/1.1 400 Bad Request\r\nContent-Length: 1\r\n\r\nx";
+        assert_eq!(head(raw).retry_after(raw.as_bytes()), None);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::circuit::{Action, Change, Evidence, Scope, State, Table};
 use crate::config::{Config, Secret};
 use crate::graph::health::Verdict;
 use crate::graph::plan::{
-    message_errors, plan, plan_message_errors, plan_template, plan_template_quality,
+    known_only, message_errors, plan, plan_message_errors, plan_template, plan_template_quality,
     FIELD_MESSAGES, FIELD_TEMPLATE_QUALITY, FIELD_TEMPLATE_STATUS, WEBHOOK_CODE,
 };
 use crate::graph::webhook as payload;
@@ -280,7 +280,15 @@ impl Webhook {
                     continue;
                 };
                 let check = step.check_health.then(|| step.change.clone());
-                let change = conditional_close(&self.table, step.change, step.only_if_opened_by);
+                let mut change =
+                    conditional_close(&self.table, step.change, step.only_if_opened_by);
+                if step.only_known_waba {
+                    // Any signed delivery can name any id: only a WABA something else
+                    // vouches for gets a circuit (the rest is dropped and counted).
+                    let known = self.table.directory().knows_waba(&change.waba_id)
+                        || self.table.get(&change.key()).is_some();
+                    change = known_only(change, known);
+                }
                 if let Some((_, seq)) = self.table.apply(change) {
                     METRICS.webhooks.with_label_values(&["applied"]).inc();
                     last = Some(seq);
