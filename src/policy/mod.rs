@@ -580,15 +580,20 @@ pub fn judge(
         source: Source::Send,
         at: now,
         reason,
-        evidence: Some(Evidence::Send {
-            code: err.code,
-            error_subcode: err.error_subcode,
-            message: err.message,
-            fbtrace_id: err.fbtrace_id,
-            phone_number_id: call.phone.map(|p| p.to_string()),
-        }),
+        evidence: Some(send_evidence(call, err)),
     });
     j
+}
+
+/// A send's answer as evidence (the recipient is never kept).
+fn send_evidence(call: Call, err: envelope::GraphError) -> Evidence {
+    Evidence::Send {
+        code: err.code,
+        error_subcode: err.error_subcode,
+        message: err.message,
+        fbtrace_id: err.fbtrace_id,
+        phone_number_id: call.phone.map(|p| p.to_string()),
+    }
 }
 
 /// A send answered with a phone-level code: its phone number's own circuit opens (known
@@ -622,13 +627,7 @@ fn phone_level(
         source: Source::Send,
         at: now,
         reason,
-        evidence: Some(Evidence::Send {
-            code: err.code,
-            error_subcode: err.error_subcode,
-            message: err.message,
-            fbtrace_id: err.fbtrace_id,
-            phone_number_id: Some(phone.to_string()),
-        }),
+        evidence: Some(send_evidence(call, err)),
     })
 }
 
@@ -687,13 +686,7 @@ fn template_level(
         source: Source::Send,
         at: now,
         reason,
-        evidence: Some(Evidence::Send {
-            code: err.code,
-            error_subcode: err.error_subcode,
-            message: err.message,
-            fbtrace_id: err.fbtrace_id,
-            phone_number_id: call.phone.map(|p| p.to_string()),
-        }),
+        evidence: Some(send_evidence(call, err)),
     })
 }
 
