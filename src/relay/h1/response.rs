@@ -145,6 +145,7 @@ pub fn parse_response(
 
         client.clear();
         encode::status_line_with(client, code, resp.reason.unwrap_or(""));
+        let mut written = 0;
         for h in resp.headers.iter() {
             let name = h.name.as_bytes();
             // The relay sends the body's bytes unchanged, so the field that frames them
@@ -157,8 +158,15 @@ pub fn parse_response(
                 continue;
             }
             encode::header(client, name, h.value);
+            written += 1;
         }
-        if close_client || framing == Framing::Close {
+        let add_close = close_client || framing == Framing::Close;
+        // The head the client gets must fit the same limit (found by fuzzing: 64 fields
+        // plus `connection: close` made a head the relay itself would refuse).
+        if written + usize::from(add_close) > MAX_HEADERS {
+            return Err(BadResponse::Malformed("too many header fields"));
+        }
+        if add_close {
             client.extend_from_slice(b"connection: close\r\n");
         }
         client.extend_from_slice(b"\r\n");
@@ -229,6 +237,31 @@ mod tests {
             (h.status, h.head_len, h.framing),
             (204, raw.len(), Framing::Empty)
         );
+    }
+
+    #[test]
+    fn the_client_head_fits_the_header_limit() {
+        let mut head = String::from("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n");
+        for i in 1..MAX_HEADERS {
+            head.push_str(&format!("x-{i}: v\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut client = Vec::new();
+        // 64 fields kept alive: relayed as they are.
+        assert!(matches!(
+            parse_response(head.as_bytes(), false, false, &mut client),
+            Ok(Some(_))
+        ));
+        let mut again = Vec::new();
+        assert!(matches!(
+            parse_response(&client, false, false, &mut again),
+            Ok(Some(_))
+        ));
+        // With `connection: close` added it would be 65: refused, not relayed unparseable.
+        assert!(matches!(
+            parse_response(head.as_bytes(), false, true, &mut client),
+            Err(BadResponse::Malformed(_))
+        ));
     }
 
     #[test]
