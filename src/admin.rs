@@ -17,7 +17,8 @@ use crate::circuit::{
     Action, Change, Circuit, Evidence, Mapping, MappingSource, Scope, Source, Table,
     PHONE_KEY_PREFIX,
 };
-use crate::config::{is_graph_id, Secret};
+use crate::config::Secret;
+use crate::graph::GraphId;
 use crate::metrics::METRICS;
 use crate::proxy::Body;
 
@@ -134,7 +135,7 @@ impl Admin {
             (Method::POST, ["circuits", id, op @ ("open" | "close")]) => {
                 // A WABA id, or `phone:{id}` for a phone number's own circuit.
                 let phone = id.strip_prefix(PHONE_KEY_PREFIX);
-                if !is_graph_id(phone.unwrap_or(id)) {
+                if !GraphId::is_valid(phone.unwrap_or(id)) {
                     return json_error(
                         StatusCode::BAD_REQUEST,
                         "the id must be a numeric WABA id or phone:{phone_number_id}",
@@ -172,13 +173,13 @@ impl Admin {
     /// Adds or moves one phone number (an operator's entry wins over the configuration and
     /// over anything learned).
     async fn put_account(&self, phone: &str, body: PutAccount) -> Response<Body> {
-        if !is_graph_id(phone) {
+        if !GraphId::is_valid(phone) {
             return json_error(
                 StatusCode::BAD_REQUEST,
                 "phone_number_id must be a numeric id",
             );
         }
-        let Some(waba) = body.waba_id.filter(|w| is_graph_id(w)) else {
+        let Some(waba) = body.waba_id.filter(|w| GraphId::is_valid(w)) else {
             return json_error(
                 StatusCode::BAD_REQUEST,
                 "body must be {\"waba_id\": \"<numeric id>\"}",
@@ -209,7 +210,7 @@ impl Admin {
 
     /// Removes a learned or operator-set mapping; a configured one is the config file's.
     async fn delete_account(&self, phone: &str) -> Response<Body> {
-        if !is_graph_id(phone) {
+        if !GraphId::is_valid(phone) {
             return json_error(
                 StatusCode::BAD_REQUEST,
                 "phone_number_id must be a numeric id",
@@ -384,7 +385,7 @@ impl ListQuery {
                             .ok_or(format!("limit must be between 1 and {MAX_LIMIT}"))?,
                     )
                 }
-                "after" if is_graph_id(&v) => q.after = Some(v.into_owned()),
+                "after" if GraphId::is_valid(&v) => q.after = Some(v.into_owned()),
                 "after" => return Err("after must be a numeric WABA id".into()),
                 other => return Err(format!("unknown parameter {other:?} (state, limit, after)")),
             }

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::graph::GraphId;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -766,7 +767,7 @@ impl Config {
         let mut wabas: HashSet<&str> = HashSet::new();
         for (i, a) in self.accounts.iter().enumerate() {
             let key = format!("accounts[{i}]");
-            if !is_graph_id(&a.waba_id) {
+            if !GraphId::is_valid(&a.waba_id) {
                 return Err(invalid(&format!("{key}.waba_id"), "must be a numeric id"));
             }
             if !wabas.insert(&a.waba_id) {
@@ -776,7 +777,7 @@ impl Config {
                 ));
             }
             for p in &a.phone_number_ids {
-                if !is_graph_id(p) {
+                if !GraphId::is_valid(p) {
                     return Err(invalid(
                         &format!("{key}.phone_number_ids"),
                         format!("{p:?} is not a numeric id"),
@@ -828,7 +829,7 @@ impl Config {
                 return Err(invalid(&key("secret"), "must be at least 16 characters"));
             }
             for w in &n.waba_ids {
-                if !is_graph_id(w) {
+                if !GraphId::is_valid(w) {
                     return Err(invalid(
                         &key("waba_ids"),
                         format!("{w:?} is not a numeric id"),
@@ -926,11 +927,6 @@ fn describe(e: figment::Error) -> String {
         }
     };
     format!("{place}: {}", e.kind)
-}
-
-/// Graph ids are decimal digit strings.
-pub fn is_graph_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]

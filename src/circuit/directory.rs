@@ -17,62 +17,15 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-/// A Graph id (phone number or WABA): up to 32 decimal digits, kept inline (`Copy`), so a
-/// resolved send carries its ids without allocating or counting references.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Id {
-    len: u8,
-    digits: [u8; 32],
-}
-
-impl Id {
-    /// `None` unless `s` is 1–32 ASCII digits.
-    pub fn new(s: &str) -> Option<Id> {
-        let b = s.as_bytes();
-        if b.is_empty() || b.len() > 32 || !b.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let mut digits = [0u8; 32];
-        digits[..b.len()].copy_from_slice(b);
-        Some(Id {
-            len: b.len() as u8,
-            digits,
-        })
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        // Only ASCII digits are ever stored.
-        std::str::from_utf8(&self.digits[..self.len as usize]).unwrap_or_default()
-    }
-}
-
-impl std::ops::Deref for Id {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Debug for Id {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::fmt::Display for Id {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::graph::GraphId;
 
 /// A phone number and the WABA it belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Resolved {
     /// The phone-number id.
-    pub phone: Id,
+    pub phone: GraphId,
     /// Its WABA.
-    pub waba: Id,
+    pub waba: GraphId,
 }
 
 /// Where a mapping came from.
@@ -139,19 +92,19 @@ pub enum Set {
 
 /// The phone → WABA directory.
 pub struct Directory {
-    config: HashMap<Id, Id>,
+    config: HashMap<GraphId, GraphId>,
     /// Operator entries for configured phone numbers (they win over the configuration);
     /// swapped whole, rarely.
-    overrides: ArcSwap<HashMap<Id, Id>>,
+    overrides: ArcSwap<HashMap<GraphId, GraphId>>,
     has_overrides: AtomicBool,
     /// Every entry other than the configuration's, tombstones included.
-    entries: DashMap<Id, (Option<Id>, Mapping)>,
+    entries: DashMap<GraphId, (Option<GraphId>, Mapping)>,
     /// Entries that resolve (not tombstones), so a miss in the configuration costs one load
     /// when nothing was learned.
     live: AtomicUsize,
     max_learned: usize,
     /// Configured WABAs and every WABA a phone number was mapped to.
-    wabas: DashMap<Id, ()>,
+    wabas: DashMap<GraphId, ()>,
     config_wabas: usize,
     evicted: AtomicUsize,
     /// Entries dropped over the cap, until the table tells the stores.
@@ -168,10 +121,12 @@ impl Directory {
         let mut config = HashMap::new();
         let wabas = DashMap::new();
         for (waba, phones) in accounts {
-            let Some(w) = Id::new(waba) else { continue };
+            let Some(w) = GraphId::new(waba) else {
+                continue;
+            };
             wabas.insert(w, ());
             for p in phones {
-                if let Some(p) = Id::new(p) {
+                if let Some(p) = GraphId::new(p) {
                     config.insert(p, w);
                 }
             }
@@ -194,7 +149,7 @@ impl Directory {
     /// The hot path: the WABA of a phone-number id.
     #[inline]
     pub fn resolve(&self, phone: &str) -> Option<Resolved> {
-        let p = Id::new(phone)?;
+        let p = GraphId::new(phone)?;
         if self.has_overrides.load(Ordering::Acquire) {
             if let Some(w) = self.overrides.load().get(&p) {
                 return Some(Resolved { phone: p, waba: *w });
@@ -212,12 +167,12 @@ impl Directory {
 
     /// True for a configured WABA or one a phone number maps to.
     pub fn knows_waba(&self, waba: &str) -> bool {
-        Id::new(waba).is_some_and(|w| self.wabas.contains_key(&w))
+        GraphId::new(waba).is_some_and(|w| self.wabas.contains_key(&w))
     }
 
     /// True when the phone number is configured.
     pub fn is_configured(&self, phone: &str) -> bool {
-        Id::new(phone).is_some_and(|p| self.config.contains_key(&p))
+        GraphId::new(phone).is_some_and(|p| self.config.contains_key(&p))
     }
 
     /// How many phone numbers are configured and how many entries resolve besides.
@@ -234,11 +189,11 @@ impl Directory {
     /// record from a store or another replica: only the ordering rule applies, the sender
     /// applied precedence already.
     pub fn set(&self, m: Mapping, merge: bool) -> Set {
-        let Some(p) = Id::new(&m.phone_number_id) else {
+        let Some(p) = GraphId::new(&m.phone_number_id) else {
             return Set::Unchanged;
         };
         let w = match m.waba_id.as_deref() {
-            Some(w) => match Id::new(w) {
+            Some(w) => match GraphId::new(w) {
                 Some(w) => Some(w),
                 None => return Set::Unchanged,
             },
@@ -312,7 +267,7 @@ impl Directory {
 
     /// The operator entries of configured phone numbers, as the hot path reads them.
     fn rebuild_overrides(&self) {
-        let map: HashMap<Id, Id> = self
+        let map: HashMap<GraphId, GraphId> = self
             .entries
             .iter()
             .filter(|e| {
@@ -326,7 +281,7 @@ impl Directory {
 
     /// Drops the oldest learned entries (1 % of the cap at a time; never an operator's).
     fn evict(&self) {
-        let mut learned: Vec<(DateTime<Utc>, Id)> = self
+        let mut learned: Vec<(DateTime<Utc>, GraphId)> = self
             .entries
             .iter()
             .filter(|e| e.value().1.source != MappingSource::Admin && e.value().0.is_some())
@@ -400,12 +355,12 @@ impl Directory {
 
     /// The record held for a phone number (not the configuration's).
     pub fn record(&self, phone: &str) -> Option<Mapping> {
-        Id::new(phone).and_then(|p| self.entries.get(&p).map(|e| e.1.clone()))
+        GraphId::new(phone).and_then(|p| self.entries.get(&p).map(|e| e.1.clone()))
     }
 
     /// Drops tombstones older than `before`; returns them (stores delete them).
     pub fn prune_tombstones(&self, before: DateTime<Utc>) -> Vec<Mapping> {
-        let old: Vec<Id> = self
+        let old: Vec<GraphId> = self
             .entries
             .iter()
             .filter(|e| e.value().0.is_none() && e.value().1.updated_at < before)
@@ -460,11 +415,11 @@ mod tests {
     #[test]
     fn ids() {
         assert_eq!(
-            Id::new("106540352242922").unwrap().as_str(),
+            GraphId::new("106540352242922").unwrap().as_str(),
             "106540352242922"
         );
         for bad in ["", "12a", &"1".repeat(33), "-1", " 1"] {
-            assert!(Id::new(bad).is_none(), "{bad:?}");
+            assert!(GraphId::new(bad).is_none(), "{bad:?}");
         }
     }
 

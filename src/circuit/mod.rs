@@ -5,7 +5,7 @@ mod model;
 mod order;
 mod table;
 
-pub use directory::{Directory, Id, Mapping, MappingSource, Resolved};
+pub use directory::{Directory, Mapping, MappingSource, Resolved};
 pub use model::{key, template_key, PHONE_KEY_PREFIX, TEMPLATE_KEY_PREFIX};
 pub use model::{Circuit, Evidence, Scope, Source, State, TemplateRef, Transition};
 pub use order::{decide, newer, Action, Change, Outcome};

@@ -233,7 +233,7 @@ impl Circuit {
 
     /// Its ids are Graph ids (what a record from a store or another replica must hold).
     pub fn has_valid_ids(&self) -> bool {
-        let id = |s: &str| !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit());
+        let id = crate::graph::GraphId::is_valid;
         if let Some(t) = &self.template {
             return id(&self.waba_id) && self.phone_number_id.is_none() && t.is_valid();
         }

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::directory::{Directory, Id, Mapping, Resolved, Set};
+use super::directory::{Directory, Mapping, Resolved, Set};
 use super::model::{Circuit, Evidence, Scope, Source, State};
 use super::order::{decide, newer, Action, Change, Outcome};
+use crate::graph::GraphId;
 use crate::metrics::METRICS;
 
 /// What the hot path needs to know about an open circuit, built once per opening.
@@ -101,7 +102,7 @@ pub struct Table {
     open: DashMap<Arc<str>, Arc<OpenGuard>>,
     /// Open phone-number circuits, by phone number, with their own count: a send reads this
     /// map only while one is open.
-    open_phones: DashMap<Id, Arc<OpenGuard>>,
+    open_phones: DashMap<GraphId, Arc<OpenGuard>>,
     open_phones_len: AtomicUsize,
     /// Open template circuits by their key (`template:{waba}:{name}:{language}`), the WABAs
     /// that have any with how many, and their count: a send reads these only while one is
@@ -392,7 +393,11 @@ impl Table {
 
     /// Hot path: runs `f` on the open guard of a phone number's own circuit, if one is open.
     #[inline]
-    pub fn with_phone_guard<R>(&self, phone: &Id, f: impl FnOnce(&OpenGuard) -> R) -> Option<R> {
+    pub fn with_phone_guard<R>(
+        &self,
+        phone: &GraphId,
+        f: impl FnOnce(&OpenGuard) -> R,
+    ) -> Option<R> {
         if self.open_phones_len.load(Ordering::Acquire) == 0 {
             return None;
         }
@@ -608,7 +613,7 @@ impl Table {
             self.sync_template_guard(key, c, seq);
             return;
         }
-        if let Some(phone) = c.phone_number_id.as_deref().and_then(Id::new) {
+        if let Some(phone) = c.phone_number_id.as_deref().and_then(GraphId::new) {
             if c.is_open() {
                 self.open_phones_len.fetch_add(1, Ordering::AcqRel);
                 if self

@@ -2,6 +2,9 @@
 
 pub mod envelope;
 pub mod health;
+pub mod id;
 pub mod plan;
 pub mod route;
 pub mod webhook;
+
+pub use id::GraphId;

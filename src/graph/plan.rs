@@ -8,7 +8,7 @@ use super::webhook::{
     waba_info_id, AccountEvent, BanState, ChangeItem, Entry, RestrictionKind, PARTNER_EVENTS,
 };
 use crate::circuit::{Action, Change, Evidence, Scope, Source, TemplateRef};
-use crate::config::is_graph_id;
+use crate::graph::GraphId;
 use crate::policy::CODE_POLICY_BLOCK;
 
 /// Graph error code local replies carry for circuits opened by a webhook: like a policy
@@ -103,7 +103,7 @@ pub fn plan(
     let partner =
         matches!(&event, AccountEvent::Lifecycle(e) if PARTNER_EVENTS.contains(&e.as_str()));
     let waba_id = if partner {
-        let Some(id) = waba_info_id(&ch.value).filter(|id| is_graph_id(id)) else {
+        let Some(id) = waba_info_id(&ch.value).filter(|id| GraphId::is_valid(id)) else {
             tracing::info!(entry_id = %entry.id, event = ch.event_name(), "partner event without waba_info.waba_id: not recorded");
             return None;
         };
@@ -111,7 +111,7 @@ pub fn plan(
     } else {
         entry.id.clone()
     };
-    if !is_graph_id(&waba_id) {
+    if !GraphId::is_valid(&waba_id) {
         tracing::warn!(entry_id = %entry.id, "account_update for an id that is not a WABA id: ignored");
         return None;
     }
@@ -342,7 +342,7 @@ pub fn plan_message_errors(
     trip_codes: &[i64],
     now: DateTime<Utc>,
 ) -> Option<Step> {
-    if !is_graph_id(&entry.id) {
+    if !GraphId::is_valid(&entry.id) {
         return None;
     }
     let (e, opens) = match errors.iter().find(|e| async_error_opens(trip_codes, e)) {
@@ -436,7 +436,7 @@ pub fn webhook_template(value: &serde_json::Value) -> Option<TemplateRef> {
 /// `other_info` and the whole value are kept as evidence. `None` when the entry is not a
 /// WABA or the template is not named.
 pub fn plan_template(entry: &Entry, ch: &ChangeItem, now: DateTime<Utc>) -> Option<Step> {
-    if ch.field != FIELD_TEMPLATE_STATUS || !is_graph_id(&entry.id) {
+    if ch.field != FIELD_TEMPLATE_STATUS || !GraphId::is_valid(&entry.id) {
         return None;
     }
     let template = webhook_template(&ch.value)?;
@@ -505,7 +505,7 @@ pub fn plan_template_quality(
     ch: &ChangeItem,
     now: DateTime<Utc>,
 ) -> Option<(Step, &'static str)> {
-    if ch.field != FIELD_TEMPLATE_QUALITY || !is_graph_id(&entry.id) {
+    if ch.field != FIELD_TEMPLATE_QUALITY || !GraphId::is_valid(&entry.id) {
         return None;
     }
     let s = |k: &str| {

@@ -109,7 +109,7 @@ pub fn phone_of(change: &ChangeItem) -> Option<&str> {
         }
         _ => return None,
     };
-    (!id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_digit())).then_some(id)
+    super::GraphId::is_valid(id).then_some(id)
 }
 
 /// Parses a webhook body. Errors only when it is not a JSON object with an `entry` array.

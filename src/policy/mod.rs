@@ -28,11 +28,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use http::Method;
 
+pub use crate::circuit::Resolved;
 use crate::circuit::{Action, Change, Evidence, Scope, Source, Table};
-pub use crate::circuit::{Id, Resolved};
 use crate::config::{Config, Mode};
 use crate::graph::envelope;
 use crate::graph::route::{self, Kind};
+pub use crate::graph::GraphId;
 use crate::metrics::METRICS;
 pub use reply::Reply;
 
@@ -135,7 +136,7 @@ pub struct Call {
     pub account: Option<Resolved>,
     /// The phone-number id of a send (known or not): its own circuit, and what discovery
     /// asks about when its WABA is not known.
-    pub phone: Option<Id>,
+    pub phone: Option<GraphId>,
 }
 
 impl Call {
@@ -324,7 +325,9 @@ impl Policy {
             Some(r) => Call {
                 kind: r.kind,
                 account: self.table.resolve(&r.node),
-                phone: (r.kind == Kind::Send).then(|| Id::new(&r.node)).flatten(),
+                phone: (r.kind == Kind::Send)
+                    .then(|| GraphId::new(&r.node))
+                    .flatten(),
             },
             None => Call::READ,
         })

@@ -27,8 +27,9 @@ use http::StatusCode;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::health;
-use crate::circuit::{Id, Mapping, MappingSource, Table};
+use crate::circuit::{Mapping, MappingSource, Table};
 use crate::config::{Config, Secret};
+use crate::graph::GraphId;
 use crate::graph::{envelope, health as graph_health};
 use crate::metrics::METRICS;
 use crate::upstream::{HttpClient, Target};
@@ -41,7 +42,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// A phone number seen in a send, with the caller's token when the configuration allows
 /// using it.
 struct Hint {
-    phone: Id,
+    phone: GraphId,
     token: Option<Secret>,
 }
 
@@ -60,7 +61,7 @@ impl Hints {
 
     /// Queues `phone` for a lookup; never waits. `authorization` is the send's header value,
     /// read only when [`Hints::wants_caller_token`].
-    pub fn hint(&self, phone: Id, authorization: Option<&[u8]>) {
+    pub fn hint(&self, phone: GraphId, authorization: Option<&[u8]>) {
         let token = self.caller_token.then(|| bearer(authorization?)).flatten();
         if self.tx.try_send(Hint { phone, token }).is_err() {
             METRICS
@@ -143,12 +144,12 @@ struct Task {
     retry_after: Duration,
     /// Phone numbers remembered at once (bounded under a flood of random ids).
     cap: usize,
-    tried: HashMap<Id, Tried>,
+    tried: HashMap<GraphId, Tried>,
 }
 
 /// How a lookup ended.
 enum Found {
-    Waba(Id),
+    Waba(GraphId),
     Unknown(String),
     AuthError(String),
     Error(String),
@@ -160,7 +161,7 @@ impl Task {
         mut hints: mpsc::Receiver<Hint>,
         mut circuits: mpsc::UnboundedReceiver<crate::circuit::Notice>,
     ) {
-        let (done_tx, mut done) = mpsc::unbounded_channel::<(Id, Found)>();
+        let (done_tx, mut done) = mpsc::unbounded_channel::<(GraphId, Found)>();
         loop {
             tokio::select! {
                 h = hints.recv() => match h {
@@ -171,7 +172,7 @@ impl Task {
                     // A phone number's circuit opened while its WABA is unknown.
                     let c = &n.circuit;
                     if c.is_open() && c.waba_id.is_empty() {
-                        if let Some(phone) = c.phone_number_id.as_deref().and_then(Id::new) {
+                        if let Some(phone) = c.phone_number_id.as_deref().and_then(GraphId::new) {
                             self.consider(Hint { phone, token: None }, &done_tx);
                         }
                     }
@@ -181,7 +182,7 @@ impl Task {
         }
     }
 
-    fn consider(&mut self, h: Hint, done: &mpsc::UnboundedSender<(Id, Found)>) {
+    fn consider(&mut self, h: Hint, done: &mpsc::UnboundedSender<(GraphId, Found)>) {
         if self.table.resolve(&h.phone).is_some() {
             self.tried.remove(&h.phone);
             return;
@@ -235,7 +236,7 @@ impl Task {
         });
     }
 
-    fn finished(&mut self, phone: Id, found: Found) {
+    fn finished(&mut self, phone: GraphId, found: Found) {
         let (label, failed) = match found {
             Found::Waba(waba) => {
                 self.tried.remove(&phone);
@@ -287,7 +288,7 @@ struct Lookup {
 }
 
 impl Lookup {
-    async fn read(&self, phone: &Id, token: &Secret) -> Found {
+    async fn read(&self, phone: &GraphId, token: &Secret) -> Found {
         let uri = format!("{}{phone}?fields=health_status", self.base);
         match health::fetch(&self.client, &uri, token, self.timeout).await {
             Err(e) => Found::Error(e),
@@ -323,7 +324,7 @@ fn owner(status: StatusCode, body: &[u8]) -> Found {
         .entities
         .iter()
         .filter(|e| e.entity_type == "WABA")
-        .filter_map(|e| Id::new(&e.id));
+        .filter_map(|e| GraphId::new(&e.id));
     match (wabas.next(), wabas.next()) {
         (Some(w), None) => Found::Waba(w),
         (Some(_), Some(_)) => Found::Unknown("the answer names more than one WABA".into()),

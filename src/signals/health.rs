@@ -31,9 +31,10 @@ use tokio::sync::Semaphore;
 
 use super::fleet::{self, Decision, PollGate};
 use crate::circuit::{Action, Change, Circuit, Evidence, Source, Table};
-use crate::config::{is_graph_id, Config, HealthConfig, Secret};
+use crate::config::{Config, HealthConfig, Secret};
 use crate::graph::envelope;
 use crate::graph::health::{self, Verdict};
+use crate::graph::GraphId;
 use crate::metrics::METRICS;
 use crate::proxy::Body;
 use crate::upstream::{HttpClient, Target};
@@ -129,7 +130,7 @@ impl HealthChecker {
 
     async fn check_inner(&self, node: Node<'_>) -> PollOutcome {
         let id = node.id();
-        if !is_graph_id(id) {
+        if !GraphId::is_valid(id) {
             return PollOutcome::Error(format!("{id:?} is not a Graph id"));
         }
         let Ok(_permit) = self.permits.acquire().await else {

@@ -597,10 +597,10 @@ impl Replica {
 
 /// Ids of a mapping from Redis are checked like a circuit's: numeric, bounded.
 fn valid_mapping(m: &Mapping) -> bool {
-    crate::circuit::Id::new(&m.phone_number_id).is_some()
+    crate::graph::GraphId::new(&m.phone_number_id).is_some()
         && m.waba_id
             .as_deref()
-            .is_none_or(|w| crate::circuit::Id::new(w).is_some())
+            .is_none_or(|w| crate::graph::GraphId::new(w).is_some())
 }
 
 /// Local mapping changes waiting to be written, the latest per phone number.

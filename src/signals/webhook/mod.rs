@@ -404,7 +404,7 @@ impl Webhook {
         now: chrono::DateTime<Utc>,
     ) -> Option<u64> {
         let phone = payload::phone_of(ch)?;
-        crate::circuit::Id::new(&entry.id)?;
+        crate::graph::GraphId::new(&entry.id)?;
         // Already known as this WABA's: nothing to write (the common case, one read).
         if self
             .table
