@@ -7,13 +7,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Graph error codes that get their own label value; anything else is `other`.
-const KNOWN_CODES: &[i64] = &[
-    0, 1, 2, 3, 4, 10, 190, 368, 80007, 130429, 130497, 131000, 131026, 131031, 131037, 131042,
-    131045, 131047, 131048, 131049, 131050, 131051, 131056, 131057, 131064, 132001, 132015, 132016,
-    133010,
-];
-
 /// Where a webhook-reported error sat in a `messages` delivery (the `site` label).
 pub const WEBHOOK_ERROR_SITES: &[&str] = &["status", "value"];
 
@@ -437,9 +430,10 @@ impl Metrics {
     }
 }
 
-/// The label of a Graph code: itself when known, else `other` (a bounded label set).
+/// The label of a Graph code: itself when in the catalogue ([`crate::graph::codes`]), else
+/// `other` (a bounded label set).
 fn code_label(code: i64) -> String {
-    if KNOWN_CODES.contains(&code) {
+    if crate::graph::codes::lookup(code).is_some() {
         code.to_string()
     } else {
         "other".to_string()

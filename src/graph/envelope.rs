@@ -112,17 +112,6 @@ pub fn build(
     Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
 }
 
-/// The title Graph uses for well-known enforcement codes.
-pub fn title_for(code: i64) -> &'static str {
-    match code {
-        368 => "(#368) Temporarily blocked for policies violations",
-        131031 => "(#131031) Account has been locked",
-        132015 => "(#132015) Template is paused",
-        132016 => "(#132016) Template is disabled",
-        _ => "Sending is blocked for this WhatsApp Business Account",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,7 +152,7 @@ mod tests {
             368,
             Some(1),
             "OAuthException",
-            title_for(368),
+            crate::graph::codes::title(368),
             "local",
             "wab-1",
         );

@@ -8,3 +8,4 @@ pub mod route;
 pub mod webhook;
 
 pub use id::GraphId;
+pub mod codes;

@@ -8,12 +8,12 @@ use super::webhook::{
     waba_info_id, AccountEvent, BanState, ChangeItem, Entry, RestrictionKind, PARTNER_EVENTS,
 };
 use crate::circuit::{Action, Change, Evidence, Scope, Source, TemplateRef};
+use crate::graph::codes::{self, POLICY_BLOCK};
 use crate::graph::GraphId;
-use crate::policy::CODE_POLICY_BLOCK;
 
 /// Graph error code local replies carry for circuits opened by a webhook: like a policy
 /// block from Meta, so apps that handle 368 need no change.
-pub const WEBHOOK_CODE: i64 = CODE_POLICY_BLOCK;
+pub const WEBHOOK_CODE: i64 = POLICY_BLOCK;
 
 /// One circuit change planned from a webhook change.
 #[derive(Clone, Debug, PartialEq)]
@@ -326,8 +326,7 @@ pub fn message_errors(ch: &ChangeItem) -> Vec<AsyncError> {
 /// answered with it); in `value.errors[]` (not tied to a send) every trip code but 131031,
 /// which Meta also uses for unverifiable request data and so trips only from sends.
 pub fn async_error_opens(trip_codes: &[i64], e: &AsyncError) -> bool {
-    trip_codes.contains(&e.code)
-        && (e.site == "status" || e.code != crate::policy::CODE_ACCOUNT_LOCKED)
+    trip_codes.contains(&e.code) && (e.site == "status" || e.code != codes::ACCOUNT_LOCKED)
 }
 
 /// The circuit change for the errors of a `messages` change of `entry` (pure): the first
@@ -410,7 +409,6 @@ pub const FIELD_TEMPLATE_STATUS: &str = "message_template_status_update";
 pub const FIELD_TEMPLATE_QUALITY: &str = "message_template_quality_update";
 /// Graph codes of a send of a paused / disabled template (the policy core's: a send
 /// answered with one opens the same circuit as this webhook).
-pub use crate::policy::{CODE_TEMPLATE_DISABLED, CODE_TEMPLATE_PAUSED};
 
 /// The template a template webhook is about (`message_template_name`,
 /// `message_template_language`), when both are there and well-formed.
@@ -454,7 +452,7 @@ pub fn plan_template(entry: &Entry, ch: &ChangeItem, now: DateTime<Utc>) -> Opti
         (_, "UNPAUSE") | ("REINSTATED" | "UNPAUSED" | "APPROVED", _) => Action::Close,
         ("PAUSED", t) => Action::Open {
             scope: Scope::BusinessInitiated,
-            code: Some(CODE_TEMPLATE_PAUSED),
+            code: Some(codes::TEMPLATE_PAUSED),
             until: match t {
                 "FIRST_PAUSE" => hours(3),
                 "SECOND_PAUSE" => hours(6),
@@ -463,7 +461,7 @@ pub fn plan_template(entry: &Entry, ch: &ChangeItem, now: DateTime<Utc>) -> Opti
         },
         ("DISABLED", _) => Action::Open {
             scope: Scope::BusinessInitiated,
-            code: Some(CODE_TEMPLATE_DISABLED),
+            code: Some(codes::TEMPLATE_DISABLED),
             until: None,
         },
         _ => Action::Note,

@@ -37,41 +37,9 @@ pub use crate::graph::GraphId;
 use crate::metrics::METRICS;
 pub use reply::Reply;
 
-/// Graph error code of a policy block ("temporarily blocked for policies violations").
-pub const CODE_POLICY_BLOCK: i64 = 368;
-/// Graph error code of a locked account (also: unverifiable request data, e.g. a wrong
-/// two-step PIN on `/register` — which is why only sends trip).
-pub const CODE_ACCOUNT_LOCKED: i64 = 131031;
+use crate::graph::codes::{MAINTENANCE, TEMPLATE_PAUSED};
+pub use crate::graph::codes::{PHONE_CODES, TEMPLATE_CODES};
 
-/// Phone-level codes: this one phone number cannot send until something about it changes
-/// (its registration, certificate, display name, a throughput upgrade), while the WABA's
-/// other numbers still can. A send answered with one opens the phone number's own circuit
-/// for a hold ([`phone_hold`]); when it passes, the next send goes to Meta again and trips
-/// anew if nothing changed. Only sends trip (as for the account-level codes).
-pub const PHONE_CODES: &[i64] = &[
-    CODE_NOT_REGISTERED,
-    CODE_REGISTRATION_ERROR,
-    CODE_NAME_NOT_APPROVED,
-    CODE_MAINTENANCE,
-];
-/// "Phone number not registered" (the number is not registered on the Cloud API).
-pub const CODE_NOT_REGISTERED: i64 = 133010;
-/// "Message failed to send due to a phone number registration error" (certificate).
-pub const CODE_REGISTRATION_ERROR: i64 = 131045;
-/// "Display name not approved": the number may not send until its name is approved.
-pub const CODE_NAME_NOT_APPROVED: i64 = 131037;
-/// "Account in maintenance mode" (e.g. during a throughput upgrade, about a minute).
-pub const CODE_MAINTENANCE: i64 = 131057;
-
-/// Template-level codes: a send of a paused (132015) or disabled (132016) template fails
-/// while every other send of the WABA works. A send answered with one opens that
-/// template's circuit (`template:{waba}:{name}:{language}`), like the
-/// `message_template_status_update` webhook does.
-pub const TEMPLATE_CODES: &[i64] = &[CODE_TEMPLATE_PAUSED, CODE_TEMPLATE_DISABLED];
-/// "Template is paused" (low quality; Meta pauses for 3 h the first time, 6 h the second).
-pub const CODE_TEMPLATE_PAUSED: i64 = 132015;
-/// "Template is disabled" (no end: the template must be edited or replaced).
-pub const CODE_TEMPLATE_DISABLED: i64 = 132016;
 /// Meta's documented length of a first template pause (`FIRST_PAUSE`): the end of a
 /// pause learned from a send answer that says nothing more (a later webhook corrects it).
 pub const TEMPLATE_PAUSE: Duration = Duration::from_secs(3 * 3600);
@@ -91,7 +59,7 @@ pub const MAINTENANCE_HOLD_RANGE: (Duration, Duration) =
 /// "up to ~1 minute"); ten minutes for the others — then one send probes again (an
 /// operator or a matching signal closes it earlier).
 pub fn phone_hold(code: i64, retry_after: Option<Duration>) -> Duration {
-    if code == CODE_MAINTENANCE {
+    if code == MAINTENANCE {
         let (lo, hi) = MAINTENANCE_HOLD_RANGE;
         retry_after.map_or(MAINTENANCE_HOLD, |d| d.clamp(lo, hi))
     } else {
@@ -654,7 +622,7 @@ fn template_level(
         .request
         .filter(|b| b.len() <= cap)
         .and_then(template_of)?;
-    let until = if err.code == CODE_TEMPLATE_PAUSED {
+    let until = if err.code == TEMPLATE_PAUSED {
         let pause = answer
             .retry_after
             .and_then(|v| retry_after(v, now))

@@ -58,7 +58,7 @@ pub fn local_trace_id(c: &Circuit) -> String {
 /// it, `error_data.details` saying the gateway answered (and since when, until when, why),
 /// and `fbtrace_id` from [`local_trace_id`].
 pub fn local_body(c: &Circuit) -> Bytes {
-    let code = c.code.unwrap_or(crate::policy::CODE_POLICY_BLOCK);
+    let code = c.code.unwrap_or(crate::graph::codes::POLICY_BLOCK);
     let since = c
         .opened_at
         .unwrap_or(c.updated_at)
@@ -89,7 +89,7 @@ pub fn local_body(c: &Circuit) -> Bytes {
         code,
         None,
         "OAuthException",
-        envelope::title_for(code),
+        crate::graph::codes::title(code),
         &details,
         &trace,
     )

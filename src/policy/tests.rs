@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::circuit::TemplateRef;
+use crate::graph::codes::{ACCOUNT_LOCKED, MAINTENANCE, NOT_REGISTERED, POLICY_BLOCK};
 use std::io::Write;
 
 use super::testing::{open, policy, PHONE, WABA};
@@ -566,11 +567,8 @@ fn phone_level_codes_open_the_phone_number_for_a_hold() {
         );
         assert_eq!(j.change, None);
     }
-    assert_eq!(phone_hold(CODE_MAINTENANCE, None), Duration::from_secs(60));
-    assert_eq!(
-        phone_hold(CODE_NOT_REGISTERED, None),
-        Duration::from_secs(600)
-    );
+    assert_eq!(phone_hold(MAINTENANCE, None), Duration::from_secs(60));
+    assert_eq!(phone_hold(NOT_REGISTERED, None), Duration::from_secs(600));
     // A phone circuit answers that phone only.
     let j = judge(
         &p.trip_codes,
@@ -700,11 +698,11 @@ fn retry_after_values() {
         assert_eq!(retry_after(bad, now), None, "{bad:?}");
     }
     // The maintenance hold: the value, clamped; the others ignore it.
-    assert_eq!(phone_hold(CODE_MAINTENANCE, Some(s(5))), s(5));
-    assert_eq!(phone_hold(CODE_MAINTENANCE, Some(s(0))), s(1));
-    assert_eq!(phone_hold(CODE_MAINTENANCE, Some(s(86400))), s(900));
-    assert_eq!(phone_hold(CODE_MAINTENANCE, None), s(60));
-    assert_eq!(phone_hold(CODE_NOT_REGISTERED, Some(s(5))), s(600));
+    assert_eq!(phone_hold(MAINTENANCE, Some(s(5))), s(5));
+    assert_eq!(phone_hold(MAINTENANCE, Some(s(0))), s(1));
+    assert_eq!(phone_hold(MAINTENANCE, Some(s(86400))), s(900));
+    assert_eq!(phone_hold(MAINTENANCE, None), s(60));
+    assert_eq!(phone_hold(NOT_REGISTERED, Some(s(5))), s(600));
     // Through judge.
     let p = policy(Mode::Enforce, 1024);
     let send = call(&p, Method::POST, &format!("/v21.0/{PHONE}/messages"));
@@ -776,7 +774,7 @@ fn readme_code_table_covers_every_code_acted_on() {
         .iter()
         .chain(&defaults)
         .chain(TEMPLATE_CODES)
-        .chain(&[CODE_POLICY_BLOCK, CODE_ACCOUNT_LOCKED])
+        .chain(&[POLICY_BLOCK, ACCOUNT_LOCKED])
     {
         assert!(
             listed.contains(code),
