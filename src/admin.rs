@@ -17,10 +17,10 @@ use crate::circuit::{
     Action, Change, Circuit, Evidence, Mapping, MappingSource, Scope, Source, Table,
     PHONE_KEY_PREFIX,
 };
+use crate::common::Body;
 use crate::config::Secret;
 use crate::graph::GraphId;
 use crate::metrics::METRICS;
-use crate::proxy::Body;
 
 const MAX_BODY: usize = 64 * 1024;
 const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -25,6 +25,7 @@
 
 pub(crate) mod admin;
 pub mod circuit;
+pub(crate) mod common;
 pub mod config;
 pub(crate) mod cpu;
 pub mod graph;
@@ -39,8 +40,8 @@ pub(crate) mod store;
 pub(crate) mod tls;
 pub(crate) mod upstream;
 
+pub use common::error_chain;
 pub use relay::h1;
-pub use upstream::error_chain;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

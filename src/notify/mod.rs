@@ -24,9 +24,9 @@ use http_body_util::{BodyExt, Limited};
 use tokio::sync::mpsc;
 
 use crate::circuit::{Notice, Origin, Table};
+use crate::common::Body;
 use crate::config::{mask_url, NotifyConfig, NotifyKind, NotifyOn, Secret};
 use crate::metrics::METRICS;
-use crate::proxy::Body;
 use crate::upstream::{error_chain, BoxError, HttpClient};
 
 pub use event::{signature, Event, SIGNATURE_HEADER};
@@ -225,7 +225,7 @@ impl Sink {
                         } else {
                             tracing::debug!(sink = %self.name, attempt, error = %error_chain(&e), "notification attempt failed");
                         }
-                        let delay = crate::store::backoff_delay(attempt, self.retry_max)
+                        let delay = crate::common::backoff::backoff_delay(attempt, self.retry_max)
                             .max(FIRST_RETRY / 2);
                         if started.elapsed() + delay > self.retry_for {
                             METRICS

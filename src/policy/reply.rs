@@ -10,8 +10,8 @@ use http::{header, HeaderValue, Response, StatusCode};
 use chrono::SecondsFormat;
 
 use crate::circuit::{Circuit, Evidence, OpenGuard, State};
+use crate::common::Body;
 use crate::graph::envelope;
-use crate::proxy::Body;
 use crate::relay::h1::encode;
 use crate::upstream::ForwardError;
 

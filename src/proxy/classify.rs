@@ -14,10 +14,10 @@ use http::{header, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::body::{self, Body};
 use super::guard::SendBody;
 use super::route::Target;
 use super::LocalReply;
+use crate::common::body::{self, Body};
 use crate::policy::{Answer, Call, Inspect, Outcome, Policy};
 use crate::upstream::{error_chain, ForwardError};
 

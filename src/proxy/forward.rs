@@ -14,7 +14,7 @@ use hyper_util::client::legacy;
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::body::{Body, ClientBody};
+use crate::common::body::{Body, ClientBody};
 use crate::policy::hop;
 use crate::relay::h1;
 use crate::upstream::{ForwardError, HttpClient, Target};

@@ -16,8 +16,8 @@ use http::{header, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::body::{self, Body};
 use super::route::Target;
+use crate::common::body::{self, Body};
 use crate::policy::{self, Admit, Outcome, Policy};
 use crate::upstream::ForwardError;
 

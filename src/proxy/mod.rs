@@ -8,7 +8,6 @@
 //! listener's hyper service: the webhook path or this stack, and the one conversion of a
 //! failed forward into the Cloud API envelope.
 
-pub mod body;
 pub mod classify;
 pub mod edge;
 pub mod forward;
@@ -20,9 +19,9 @@ use std::sync::Arc;
 
 use tower::ServiceBuilder;
 
+pub use crate::common::body::{self, Body};
 use crate::policy::Policy;
 use crate::upstream::{HttpClient, Limiter, Target};
-pub use body::Body;
 pub use edge::Edge;
 
 /// Marks a response the gateway made itself (the classifier skips it).

@@ -31,12 +31,12 @@ use tokio::sync::Semaphore;
 
 use super::fleet::{self, Decision, PollGate};
 use crate::circuit::{Action, Change, Circuit, Evidence, Source, Table};
+use crate::common::Body;
 use crate::config::{Config, HealthConfig, Secret};
 use crate::graph::envelope;
 use crate::graph::health::{self, Verdict};
 use crate::graph::GraphId;
 use crate::metrics::METRICS;
-use crate::proxy::Body;
 use crate::upstream::{HttpClient, Target};
 
 /// Largest Health Status answer read.

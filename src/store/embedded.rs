@@ -14,8 +14,9 @@ use redb::{
 };
 use tokio::sync::{mpsc, watch};
 
-use super::{backoff_delay, StoreError};
+use super::StoreError;
 use crate::circuit::{Circuit, Mapping, MappingNotice, Notice, Table};
+use crate::common::backoff::backoff_delay;
 use crate::metrics::METRICS;
 use crate::upstream::BoxError;
 

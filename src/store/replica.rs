@@ -14,10 +14,10 @@ use redis::{Msg, RedisError};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::rustls::ClientConfig;
 
-use super::backoff_delay;
 use super::connect::{Con, Endpoint};
 use super::rules::{encode, encode_mapping, ttl_for, worth_restoring, Layout, Ttl, CAS_SCRIPT};
 use crate::circuit::{newer, Circuit, Mapping, MappingNotice, Notice, Origin, Table};
+use crate::common::backoff::backoff_delay;
 use crate::metrics::METRICS;
 
 /// Connect and command timeouts: short, the hot path never waits on them anyway.

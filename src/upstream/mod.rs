@@ -24,8 +24,8 @@ use hyper_util::rt::TokioExecutor;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::ClientConfig;
 
+use crate::common::Body;
 use crate::config::Config;
-use crate::proxy::Body;
 pub use limit::{Limiter, OwnedPermit};
 
 /// Idle upstream connections older than this are closed rather than reused (servers
@@ -155,8 +155,7 @@ impl Target {
     }
 }
 
-/// An error boxed with its sources.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::common::error::{error_chain, BoxError};
 
 /// Why a request could not be forwarded; rendered once, at the edge, by
 /// [`crate::policy::Reply::forward_failed`].
@@ -178,16 +177,4 @@ pub enum ForwardError {
     /// was forwarded (answered 408, the connection closes).
     #[error("client request body not in within client_body_timeout")]
     ClientTimeout,
-}
-
-/// An error and its sources, `a: b: c`, for one log line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }

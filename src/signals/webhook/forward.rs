@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, Request, Uri};
 use http_body_util::{BodyExt, Limited};
 
-use crate::proxy::Body;
+use crate::common::Body;
 use crate::upstream::{BoxError, HttpClient};
 
 /// Headers relayed besides the body.

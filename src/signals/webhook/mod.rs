@@ -32,6 +32,7 @@ use sha2::Sha256;
 
 use super::health::{HealthChecker, PollOutcome};
 use crate::circuit::{Action, Change, Evidence, Scope, State, Table};
+use crate::common::Body;
 use crate::config::{Config, Secret};
 use crate::graph::health::Verdict;
 use crate::graph::plan::{
@@ -40,7 +41,6 @@ use crate::graph::plan::{
 };
 use crate::graph::webhook as payload;
 use crate::metrics::METRICS;
-use crate::proxy::Body;
 use crate::upstream::{error_chain, HttpClient};
 use forward::Forwarder;
 

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use crate::upstream::BoxError;
+use crate::common::BoxError;
 
 pin_project! {
     /// Request and response body on the proxy path.
