@@ -57,7 +57,7 @@ fn setup() -> (Policy, Arc<Table>) {
         accounts,
         ..Config::default()
     };
-    let table = Arc::new(Table::for_config("bench", &cfg));
+    let table = Arc::new(cfg.circuit_table("bench"));
     // Every 10th WABA is open.
     for i in (0..WABAS).step_by((WABAS / OPEN) as usize) {
         table.apply(Change {
@@ -75,7 +75,7 @@ fn setup() -> (Policy, Arc<Table>) {
             evidence: None,
         });
     }
-    (Policy::new(&cfg, table.clone()), table)
+    (Policy::new(cfg.policy_settings(), table.clone()), table)
 }
 
 const BLOCKED: &[u8] = br#"{"error":{"message":"(#368) Temporarily blocked for policies violations","type":"OAuthException","code":368,"error_data":{"messaging_product":"whatsapp","details":"The WhatsApp Business Account associated with the app has been restricted or disabled for violating a platform policy."},"error_subcode":2494100,"fbtrace_id":"AbCdEfGhIjK"}}"#;
@@ -116,7 +116,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("local_reply_h1", |b| {
         b.iter(|| {
             out.clear();
-            policy::Reply::open(black_box(&g)).write_h1(false, &mut out);
+            wa_breaker::h1::encode::reply(&policy::Reply::open(black_box(&g)), false, &mut out);
         })
     });
     c.bench_function("classify_368_body", |b| {

@@ -23,7 +23,6 @@ use crate::graph::GraphId;
 use crate::metrics::METRICS;
 
 const MAX_BODY: usize = 64 * 1024;
-const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Shared state of the admin listener.
 pub struct Admin {
@@ -245,7 +244,11 @@ impl Admin {
     /// 200 with the record once durable, 202 (with `durable: false`) when not yet stored.
     async fn answer_durable(&self, seq: Option<u64>, m: &Mapping) -> Response<Body> {
         let durable = match seq {
-            Some(seq) => self.table.wait_durable(seq, DURABLE_WAIT).await,
+            Some(seq) => {
+                self.table
+                    .wait_durable(seq, crate::circuit::Waiter::Signal)
+                    .await
+            }
             None => true,
         };
         let mut body = serde_json::to_value(AccountView::from(m)).unwrap_or_default();
@@ -331,7 +334,11 @@ impl Admin {
         }
         // 200 once the change is durable; 202 if it is applied but not yet stored.
         let durable = match applied {
-            Some((_, seq)) => self.table.wait_durable(seq, DURABLE_WAIT).await,
+            Some((_, seq)) => {
+                self.table
+                    .wait_durable(seq, crate::circuit::Waiter::Signal)
+                    .await
+            }
             None => true,
         };
         let mut body = serde_json::to_value(&after).unwrap_or_default();

@@ -72,16 +72,7 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D:
     .collect())
 }
 
-/// `enforce` answers open circuits locally; `observe` only records.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Answer in-scope sends of open circuits locally.
-    #[default]
-    Enforce,
-    /// Trip and record circuits, but forward everything.
-    Observe,
-}
+pub use crate::policy::Mode;
 
 /// Whether proxy worker threads are pinned to CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -225,7 +216,7 @@ impl Default for Config {
             redis_retry_max: Duration::from_secs(5),
             move_aside_corrupt_state: false,
             mode: Mode::Enforce,
-            trip_codes: vec![368, 131031],
+            trip_codes: crate::graph::codes::DEFAULT_TRIP_CODES.to_vec(),
             graph_version: "v21.0".into(),
             log_format: LogFormat::Text,
             log_level: "info".into(),
@@ -551,6 +542,36 @@ impl Config {
         })?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The policy core's settings.
+    pub fn policy_settings(&self) -> crate::policy::Settings {
+        crate::policy::Settings {
+            mode: self.mode,
+            trip_codes: self.trip_codes.clone(),
+            classify_body_limit: self.classify_body_limit,
+            webhook_path: self.webhook.path.clone(),
+            request_timeout: self.request_timeout,
+        }
+    }
+
+    /// The circuit table this configuration describes: its limits, and a directory seeded
+    /// with `[[accounts]]`; `origin` names this replica in the ordering tie-break.
+    pub fn circuit_table(&self, origin: impl Into<String>) -> crate::circuit::Table {
+        use crate::circuit::{Directory, Limits, Table};
+        let limits = Limits {
+            max_clock_skew: self.max_clock_skew,
+            max_circuits: self.max_circuits,
+            closed_ttl: self.redis_closed_ttl,
+            widen_codes: self.trip_codes.clone(),
+        };
+        let directory = Directory::new(
+            self.accounts
+                .iter()
+                .map(|a| (a.waba_id.as_str(), a.phone_number_ids.as_slice())),
+            self.discovery.max_learned,
+        );
+        Table::with_limits(origin, self.history_limit, limits, directory)
     }
 
     /// `max_connections`, or its default from the open-file limit.

@@ -50,7 +50,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::circuit::Table;
 use crate::config::Config;
 use crate::policy::Policy;
 use crate::upstream::{Limiter, Target};
@@ -96,7 +95,7 @@ fn replica_id() -> String {
 /// Runs the gateway until SIGTERM/SIGINT, then drains.
 pub async fn run(cfg: Config) -> Result<(), RunError> {
     // 1. State, loaded before any listener accepts traffic.
-    let table = Arc::new(Table::for_config(replica_id(), &cfg));
+    let table = Arc::new(cfg.circuit_table(replica_id()));
     if cfg.redis_url.is_some() {
         metrics::METRICS.enable_redis_gauge();
     }
@@ -115,7 +114,11 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     // Subscribed before the signals start, so an expiry right after start is announced.
     notify::start(&cfg.notify, &table, target.client());
     let signals = signals::start(&cfg, &target, table.clone());
-    let policy = Arc::new(Policy::new(&cfg, table.clone()).with_discovery(signals.discovery()));
+    let discovery = signals
+        .discovery()
+        .map(|h| Arc::new(h) as Arc<dyn policy::Discovery>);
+    let policy =
+        Arc::new(Policy::new(cfg.policy_settings(), table.clone()).with_discovery(discovery));
     let limiter = Arc::new(Limiter::new(cfg.upstream_concurrency));
     let webhook = Arc::new(signals::webhook::Webhook::new(
         &cfg,

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub answered_locally: IntCounter,
     pub upstream_error: IntCounter,
     pub unmapped: IntCounter,
+    /// Requests whose exchange ended before it settled (the client went away, a drain cut
+    /// it): `wa_breaker_requests_total{outcome="abandoned"}`.
+    pub abandoned: IntCounter,
     /// Answers that went to the app before their circuit change was durable (after
     /// `policy::ACK_WAIT`).
     pub ack_timeouts: IntCounter,
@@ -351,6 +354,7 @@ impl Metrics {
             answered_locally: requests.with_label_values(&["answered_locally"]),
             upstream_error: requests.with_label_values(&["upstream_error"]),
             unmapped: requests.with_label_values(&["unmapped"]),
+            abandoned: requests.with_label_values(&["abandoned"]),
             registry,
             circuit_open,
             phone_circuit_open,

@@ -124,9 +124,8 @@ impl Hyper {
                 .downcast_ref::<hyper::Error>()
                 .is_some_and(hyper::Error::is_timeout);
             if head_timeout && handle.request_started() {
-                crate::metrics::METRICS.client_timeouts.inc();
                 let mut out = Vec::with_capacity(512);
-                crate::policy::Reply::request_timeout().write_h1(true, &mut out);
+                crate::relay::render(&crate::policy::exchange::client_timed_out(), true, &mut out);
                 handle.answer_and_close(&out).await;
                 return;
             }

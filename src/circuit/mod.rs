@@ -1,15 +1,22 @@
-//! Per-WABA circuits: the model, the transition rules and the table.
+//! Circuits: the model ([`Circuit`]: a WABA's, a phone number's or a template's), the
+//! ordering rule that decides every change ([`decide`], [`newer`]), the phone → WABA
+//! directory, template circuits' mechanics ([`template`]), the guard a send reads
+//! ([`OpenGuard`], with its local answer prebuilt) and the table that holds them all.
 
 pub mod directory;
+mod guard;
 mod model;
 mod order;
 mod table;
+pub mod template;
 
 pub use directory::{Directory, Mapping, MappingSource, Resolved};
-pub use model::{key, template_key, PHONE_KEY_PREFIX, TEMPLATE_KEY_PREFIX};
-pub use model::{Circuit, Evidence, Scope, Source, State, TemplateRef, Transition};
+pub use guard::{local_body, local_trace_id, OpenGuard};
+pub use model::{key, PHONE_KEY_PREFIX};
+pub use model::{Circuit, Evidence, Scope, Source, State, Transition};
 pub use order::{decide, newer, Action, Change, Outcome};
-pub use table::{Limits, MappingNotice, Notice, OpenGuard, Origin, Table};
+pub use table::{Limits, MappingNotice, Notice, Origin, Table, Waiter};
+pub use template::TemplateRef;
 
 /// Test helpers shared by the crate's unit tests.
 #[cfg(test)]

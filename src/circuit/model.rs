@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::template::TemplateRef;
+
 /// Open or closed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -12,6 +14,16 @@ pub enum State {
     Closed,
     /// In-scope sends are answered locally.
     Open,
+}
+
+impl State {
+    /// As the JSON and the metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Open => "open",
+            State::Closed => "closed",
+        }
+    }
 }
 
 /// Which sends an open circuit answers locally.
@@ -26,6 +38,17 @@ pub enum Scope {
     /// Every send.
     #[default]
     AllSends,
+}
+
+impl Scope {
+    /// As the configuration, the JSON and the logs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::BusinessInitiated => "business_initiated",
+            Scope::CustomerInitiated => "customer_initiated",
+            Scope::AllSends => "all_sends",
+        }
+    }
 }
 
 /// What caused a change.
@@ -128,35 +151,6 @@ pub struct Transition {
     pub clamped_from: Option<DateTime<Utc>>,
 }
 
-/// A message template as Meta keys it: name and language (`en_US`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct TemplateRef {
-    /// `template.name` of a send; `message_template_name` of a webhook.
-    pub name: String,
-    /// `template.language.code` of a send; `message_template_language` of a webhook.
-    pub language: String,
-}
-
-impl TemplateRef {
-    /// Both parts look like Meta's (name: lowercase letters, digits, `_`, at most 512;
-    /// language: letters, digits, `_`, `-`, at most 16): what a key may be built from.
-    pub fn is_valid(&self) -> bool {
-        let name = !self.name.is_empty()
-            && self.name.len() <= 512
-            && self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        let lang = !self.language.is_empty()
-            && self.language.len() <= 16
-            && self
-                .language
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        name && lang
-    }
-}
-
 /// One WABA's circuit, one phone number's, or one template's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Circuit {
@@ -226,7 +220,7 @@ impl Circuit {
     /// phone-number circuit, `template:{waba}:{name}:{language}` for a template circuit.
     pub fn key(&self) -> String {
         match &self.template {
-            Some(t) => template_key(&self.waba_id, t),
+            Some(t) => super::template::key(&self.waba_id, t),
             None => key(&self.waba_id, self.phone_number_id.as_deref()),
         }
     }
@@ -247,6 +241,17 @@ impl Circuit {
     pub fn is_open(&self) -> bool {
         self.state == State::Open
     }
+
+    /// The transition that last opened the circuit (not a note), with its evidence: what a
+    /// local answer, a widening, a notification and an operator's view quote.
+    pub fn last_opening(&self) -> Option<&Transition> {
+        self.last_transition_to(State::Open)
+    }
+
+    /// The newest transition (not a note) into `state`.
+    pub fn last_transition_to(&self, state: State) -> Option<&Transition> {
+        self.history.iter().rev().find(|t| !t.note && t.to == state)
+    }
 }
 
 /// Prefix of phone-number circuit keys.
@@ -258,14 +263,6 @@ pub fn key(waba_id: &str, phone_number_id: Option<&str>) -> String {
         Some(p) => format!("{PHONE_KEY_PREFIX}{p}"),
         None => waba_id.to_string(),
     }
-}
-
-/// Prefix of template circuit keys.
-pub const TEMPLATE_KEY_PREFIX: &str = "template:";
-
-/// The key of a template circuit: `template:{waba}:{name}:{language}`.
-pub fn template_key(waba_id: &str, t: &TemplateRef) -> String {
-    format!("{TEMPLATE_KEY_PREFIX}{waba_id}:{}:{}", t.name, t.language)
 }
 
 #[cfg(test)]

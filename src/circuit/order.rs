@@ -36,7 +36,7 @@ pub struct Change {
     /// Set for a phone-number circuit: the circuit of this one phone number.
     pub phone_number_id: Option<String>,
     /// Set for a template circuit: the circuit of this one template of `waba_id`.
-    pub template: Option<super::model::TemplateRef>,
+    pub template: Option<super::template::TemplateRef>,
     /// What the change asks for.
     pub action: Action,
     /// What caused it.
@@ -53,7 +53,7 @@ impl Change {
     /// The key of the circuit it changes (see [`Circuit::key`]).
     pub fn key(&self) -> String {
         match &self.template {
-            Some(t) => super::model::template_key(&self.waba_id, t),
+            Some(t) => super::template::key(&self.waba_id, t),
             None => super::model::key(&self.waba_id, self.phone_number_id.as_deref()),
         }
     }

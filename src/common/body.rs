@@ -134,8 +134,8 @@ impl HttpBody for Body {
                         s.as_mut().reset(Instant::now() + d);
                     }
                     if s.as_mut().poll(cx).is_ready() {
+                        // Counted by the record step of whoever reads the body.
                         broken.0.store(TIMED_OUT, Ordering::Relaxed);
-                        crate::metrics::METRICS.client_timeouts.inc();
                         return Poll::Ready(Some(Err(Box::new(BodyTimeout(d)))));
                     }
                     Poll::Pending

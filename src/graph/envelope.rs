@@ -3,6 +3,10 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+/// Prefix of the `fbtrace_id` of an answer the gateway made itself (no Meta trace exists):
+/// typed clients that require the field parse it, and support can tell it from Meta's.
+pub const GATEWAY_TRACE_PREFIX: &str = "wa-breaker-";
+
 /// The fields of a Graph error the gateway uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct GraphError {

@@ -3,7 +3,7 @@
 pub mod envelope;
 pub mod health;
 pub mod id;
-pub mod plan;
+
 pub mod route;
 pub mod webhook;
 

@@ -50,7 +50,7 @@ impl Event {
     /// The event for `c` right after a transition.
     pub fn from_circuit(c: &Circuit) -> Event {
         // The history entry of this change: the newest that set the current state.
-        let last = c.history.iter().rev().find(|t| !t.note && t.to == c.state);
+        let last = c.last_transition_to(c.state);
         let open = c.is_open();
         Event {
             id: format!("{}:{}:{}", c.key(), c.version, c.origin),

@@ -1,25 +1,29 @@
-//! The policy core: every decision on the request path, sans-I/O (no sockets, no awaits),
+//! The policy core: every decision on the request path, and the order of a request's steps,
 //! called by both engines — the byte relay ([`crate::relay`]) and the hyper + tower stack
-//! ([`crate::proxy`]). The engines move bytes and wait; this module decides.
+//! ([`crate::proxy`]). The engines move bytes and wait; this module decides. It does no I/O:
+//! its only waits are the ones [`exchange`] hands the engines (a durable acknowledgement).
 //!
-//! A request's path, in the order the engines call it:
+//! A request's path, in the order [`exchange`] makes the engines take it:
 //!
 //! | step | call | what is decided |
 //! |---|---|---|
-//! | route + resolve | [`Policy::route`] | webhook or Graph call; a send or not; the phone number's WABA ([`accounts`]) |
-//! | guard | [`Policy::admit`] | forward, read the body first (template sends), or answer locally ([`Reply::open`]) |
-//! | limit | engines wait for an upstream permit ([`crate::upstream::Limiter`]), then [`Policy::admit`] again | a send queued while a circuit tripped is answered locally |
-//! | forward | engines; request headers filtered by [`hop`] | — |
-//! | classify | [`Policy::inspect`] on the answer's head, then [`Policy::classify`] on its body, `retry-after` and the send's body ([`Answer`], [`judge`], [`decode`]) | whether to read the body; whether it trips the WABA's, the phone number's or the send template's circuit, and until when |
-//! | respond | engines; answer headers filtered by [`hop`]; failures as [`Reply::forward_failed`] | — |
-//! | record | [`Policy::record`] | the request's outcome in the metrics, once per request |
+//! | route + resolve | [`Policy::route`], [`Policy::discover`] | webhook or Graph call; a send or not; the phone number's WABA (the circuit directory); unmapped sends reported to discovery |
+//! | guard | [`exchange::Routed::admit`] → [`Policy::admit`] | forward, read the body first (template sends), or answer locally ([`Reply::open`]) |
+//! | permit + guard again | the engine waits for an upstream permit ([`crate::upstream::Limiter`]), then [`exchange::Guarded::permitted`] | a send queued while a circuit tripped is answered locally |
+//! | forward | engines; request headers filtered by [`hop`], framing by [`framing`] | — |
+//! | classify | [`exchange::Admitted::answered`] → [`Policy::inspect`], then [`exchange::Reading::judge`] → [`Policy::classify`] ([`Answer`], [`judge`], [`decode`]) | whether to read the body; whether it trips the WABA's, the phone number's or the send template's circuit, and until when |
+//! | settle | [`exchange::Settle::done`] | wait until a trip is durable ([`Policy::acknowledged`]); record the outcome, once |
+//! | respond | engines render the answer or a [`Reply`] | — |
 //!
-//! The upstream limit's permit is held from forwarding until [`Policy::classify`] has
-//! decided, so no queued send slips out between Meta's 368 and the trip it causes.
+//! Signals use the same vocabulary: [`plan`] maps webhook events to circuit changes.
 
 pub mod decode;
+pub mod exchange;
+pub mod framing;
 pub mod hop;
+pub mod plan;
 pub mod reply;
+pub mod template;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,25 +31,66 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use http::Method;
+use serde::{Deserialize, Serialize};
 
 pub use crate::circuit::Resolved;
 use crate::circuit::{Action, Change, Evidence, Scope, Source, Table};
-use crate::config::{Config, Mode};
 use crate::graph::envelope;
 use crate::graph::route::{self, Kind};
 pub use crate::graph::GraphId;
 use crate::metrics::METRICS;
+pub use exchange::ForwardError;
 pub use reply::Reply;
 
-use crate::graph::codes::{MAINTENANCE, TEMPLATE_PAUSED};
+use crate::graph::codes::MAINTENANCE;
 pub use crate::graph::codes::{PHONE_CODES, TEMPLATE_CODES};
 
-/// Meta's documented length of a first template pause (`FIRST_PAUSE`): the end of a
-/// pause learned from a send answer that says nothing more (a later webhook corrects it).
-pub const TEMPLATE_PAUSE: Duration = Duration::from_secs(3 * 3600);
-/// The longest documented template pause (`SECOND_PAUSE`, 6 h): a `retry-after` on a
-/// 132015 answer is believed up to this.
-pub const TEMPLATE_PAUSE_MAX: Duration = Duration::from_secs(6 * 3600);
+/// `enforce` answers open circuits locally; `observe` only records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Answer in-scope sends of open circuits locally.
+    #[default]
+    Enforce,
+    /// Trip and record circuits, but forward everything.
+    Observe,
+}
+
+/// The policy's own settings (built from the configuration at start-up).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `mode`.
+    pub mode: Mode,
+    /// `trip_codes`: codes that open a WABA's circuit when a send is answered with one.
+    pub trip_codes: Vec<i64>,
+    /// `classify_body_limit`: bytes of an error answer (and of a send body) read to judge it.
+    pub classify_body_limit: usize,
+    /// `webhook.path`: requests to it are Meta's deliveries, not Graph calls.
+    pub webhook_path: String,
+    /// `request_timeout`: from forwarding to the answer's head, and to an error body's end.
+    pub request_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: Mode::Enforce,
+            trip_codes: crate::graph::codes::DEFAULT_TRIP_CODES.to_vec(),
+            classify_body_limit: 64 * 1024,
+            webhook_path: "/webhook".into(),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where the route step reports sends of phone numbers whose WABA is not known (the
+/// discovery task implements it with a non-blocking queue push).
+pub trait Discovery: Send + Sync {
+    /// Whether the send's own `Authorization` may be used for the lookup.
+    fn wants_caller_token(&self) -> bool;
+    /// Reports `phone`, with the caller's `Authorization` value when it is wanted.
+    fn hint(&self, phone: GraphId, authorization: Option<&[u8]>);
+}
 
 /// The hold of a 131057 (maintenance) answer without a usable `retry-after`.
 pub const MAINTENANCE_HOLD: Duration = Duration::from_secs(60);
@@ -84,7 +129,7 @@ pub fn retry_after(value: &[u8], now: DateTime<Utc>) -> Option<Duration> {
 }
 
 /// Longest wait for a trip to be durable before its answer goes to the app anyway.
-pub const ACK_WAIT: Duration = Duration::from_secs(1);
+pub const ACK_WAIT: Duration = crate::circuit::Waiter::Send.bound();
 
 /// What the route step found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,7 +209,7 @@ pub enum Inspect {
     },
 }
 
-/// How a forwarded (or locally answered) request ended, for [`Policy::record`].
+/// How a request ended, for the record step (once per request, by [`exchange`]).
 #[derive(Clone, Copy, Debug)]
 pub enum Outcome {
     /// Answered locally by an open circuit.
@@ -184,6 +229,11 @@ pub enum Outcome {
         /// Time until the failure was seen.
         after: Duration,
     },
+    /// The client's request head or body missed its deadline (answered 408; not the
+    /// upstream's fault).
+    ClientTimeout,
+    /// The exchange ended before it settled: the client went away, or a drain cut it.
+    Abandoned,
 }
 
 /// An upstream error answer as [`Policy::classify`] and [`judge`] read it, with the send
@@ -233,29 +283,31 @@ pub struct Policy {
     trip_codes: Vec<i64>,
     classify_limit: usize,
     webhook_path: String,
+    request_timeout: Duration,
     /// A late acknowledgement was logged and none has been on time since.
     ack_late_logged: AtomicBool,
     /// Where sends of unmapped phone numbers are reported (see [`Policy::discover`]).
-    discovery: Option<crate::signals::discovery::Hints>,
+    discovery: Option<Arc<dyn Discovery>>,
 }
 
 impl Policy {
-    /// From the validated config.
-    pub fn new(cfg: &Config, table: Arc<Table>) -> Policy {
+    /// A policy with `settings`, reading and changing `table`.
+    pub fn new(settings: Settings, table: Arc<Table>) -> Policy {
         Policy {
             table,
-            mode: cfg.mode,
-            trip_codes: cfg.trip_codes.clone(),
-            classify_limit: cfg.classify_body_limit,
-            webhook_path: cfg.webhook.path.clone(),
+            mode: settings.mode,
+            trip_codes: settings.trip_codes,
+            classify_limit: settings.classify_body_limit,
+            webhook_path: settings.webhook_path,
+            request_timeout: settings.request_timeout,
             ack_late_logged: AtomicBool::new(false),
             discovery: None,
         }
     }
 
     /// With discovery: sends of unmapped phone numbers are reported to it.
-    pub fn with_discovery(mut self, hints: Option<crate::signals::discovery::Hints>) -> Policy {
-        self.discovery = hints;
+    pub fn with_discovery(mut self, discovery: Option<Arc<dyn Discovery>>) -> Policy {
+        self.discovery = discovery;
         self
     }
 
@@ -327,8 +379,12 @@ impl Policy {
                 (_, Body::Unread(Some(n))) if n > limit as u64 => Some(false),
                 (_, Body::Unread(_)) => None,
                 (_, Body::Read(b)) if b.len() > limit => Some(false),
-                (Scope::BusinessInitiated, Body::Read(b)) => Some(is_template(b)),
-                (Scope::CustomerInitiated, Body::Read(b)) => Some(!is_template(b)),
+                (Scope::BusinessInitiated, Body::Read(b)) => {
+                    Some(crate::circuit::template::is_template(b))
+                }
+                (Scope::CustomerInitiated, Body::Read(b)) => {
+                    Some(!crate::circuit::template::is_template(b))
+                }
             };
             match (in_scope, local.take()) {
                 (Some(true), Some(f)) => Admit::Local {
@@ -354,7 +410,7 @@ impl Policy {
                     Body::Unread(_) => return Admit::Inspect { limit },
                     Body::Read(b) if b.len() > limit => {}
                     Body::Read(b) => {
-                        if let Some(t) = template_of(b) {
+                        if let Some(t) = crate::circuit::template::of_send(b) {
                             match self.table.with_template_guard(&a.waba, &t, &mut judge) {
                                 Some(Admit::Forward) | None => {}
                                 Some(decided) => return decided,
@@ -438,7 +494,11 @@ impl Policy {
     /// store. Past the bound the answer goes anyway: counted in
     /// `wa_breaker_ack_timeouts_total` and logged once per stretch of timeouts.
     pub async fn acknowledged(&self, seq: u64) {
-        if self.table.wait_durable(seq, ACK_WAIT).await {
+        if self
+            .table
+            .wait_durable(seq, crate::circuit::Waiter::Send)
+            .await
+        {
             self.ack_late_logged.store(false, Ordering::Relaxed);
             return;
         }
@@ -450,25 +510,28 @@ impl Policy {
             );
         }
     }
+}
 
-    /// Records how a request ended: one call per request, from either engine.
-    pub fn record(&self, call: Call, outcome: Outcome) {
-        match outcome {
-            Outcome::Local => METRICS.answered_locally.inc(),
-            Outcome::Answered { status, to_head } => {
-                METRICS.observe_upstream(Some(status), to_head.as_secs_f64());
-                if call.unmapped_send() {
-                    METRICS.unmapped.inc();
-                } else {
-                    METRICS.forwarded.inc();
-                }
+/// The record step: counts how a request ended in the metrics. Called once per request,
+/// only by [`exchange`] (its states make a second call, or none, impossible).
+fn record(call: Call, outcome: Outcome) {
+    match outcome {
+        Outcome::Local => METRICS.answered_locally.inc(),
+        Outcome::Answered { status, to_head } => {
+            METRICS.observe_upstream(Some(status), to_head.as_secs_f64());
+            if call.unmapped_send() {
+                METRICS.unmapped.inc();
+            } else {
+                METRICS.forwarded.inc();
             }
-            Outcome::Failed { after } => {
-                METRICS.observe_upstream(None, after.as_secs_f64());
-                METRICS.upstream_error.inc();
-            }
-            Outcome::ClientBody => METRICS.client_body_errors.inc(),
         }
+        Outcome::Failed { after } => {
+            METRICS.observe_upstream(None, after.as_secs_f64());
+            METRICS.upstream_error.inc();
+        }
+        Outcome::ClientBody => METRICS.client_body_errors.inc(),
+        Outcome::ClientTimeout => METRICS.client_timeouts.inc(),
+        Outcome::Abandoned => METRICS.abandoned.inc(),
     }
 }
 
@@ -476,7 +539,7 @@ impl Policy {
 /// `cap` decoded bytes), reads the Graph error envelope, and — for a **send** of a known
 /// phone number answered with a code in `trip_codes` — opens the WABA's circuit for all
 /// sends, with the answer as evidence. A send answered with a template code
-/// ([`TEMPLATE_CODES`]) opens its template's circuit instead ([`template_level`]), one
+/// ([`TEMPLATE_CODES`]) opens its template's circuit instead ([`template::from_answer`]), one
 /// answered with a phone-level code its phone number's ([`PHONE_CODES`]). Any other call
 /// (a `/register` with a wrong PIN answered 131031, a `GET`, a media upload) never trips:
 /// only sends are enforcement signals. Unreadable bodies (not an envelope, unknown or
@@ -502,7 +565,7 @@ pub fn judge(
     let body = match decode::decode(content_encoding, body, cap) {
         Ok(b) => b,
         Err(e) => {
-            j.unreadable = Some(crate::upstream::error_chain(&e));
+            j.unreadable = Some(crate::common::error::error_chain(&e));
             return j;
         }
     };
@@ -517,7 +580,7 @@ pub fn judge(
     // A template code is about one template, whatever `trip_codes` says: the WABA's other
     // sends still work.
     if TEMPLATE_CODES.contains(&err.code) {
-        j.change = template_level(call, cap, answer, err, now);
+        j.change = template::from_answer(call, cap, answer, err, now);
         return j;
     }
     if !trip_codes.contains(&err.code) {
@@ -557,7 +620,7 @@ pub fn judge(
 }
 
 /// A send's answer as evidence (the recipient is never kept).
-fn send_evidence(call: Call, err: envelope::GraphError) -> Evidence {
+pub(crate) fn send_evidence(call: Call, err: envelope::GraphError) -> Evidence {
     Evidence::Send {
         code: err.code,
         error_subcode: err.error_subcode,
@@ -602,113 +665,6 @@ fn phone_level(
     })
 }
 
-/// A send answered with a template code: the circuit of the send's template opens, as the
-/// `message_template_status_update` webhook opens it (scope `business_initiated`, Meta's
-/// code), with the answer as evidence. 132016 has no end; 132015 ends after the answer's
-/// `retry-after` (at most [`TEMPLATE_PAUSE_MAX`]) or else Meta's first-pause length
-/// ([`TEMPLATE_PAUSE`]). Nothing opens when the WABA is not known (the key needs it), when
-/// the engine does not hold the send's body or it is larger than `cap` (forwarded unread,
-/// as the guard does), or when it is not a template send. The body is parsed only here:
-/// the hot path never parses a send for this.
-fn template_level(
-    call: Call,
-    cap: usize,
-    answer: Answer<'_>,
-    err: envelope::GraphError,
-    now: DateTime<Utc>,
-) -> Option<Change> {
-    let account = call.account?;
-    let template = answer
-        .request
-        .filter(|b| b.len() <= cap)
-        .and_then(template_of)?;
-    let until = if err.code == TEMPLATE_PAUSED {
-        let pause = answer
-            .retry_after
-            .and_then(|v| retry_after(v, now))
-            .map_or(TEMPLATE_PAUSE, |d| {
-                d.clamp(Duration::from_secs(1), TEMPLATE_PAUSE_MAX)
-            });
-        Some(now + chrono::Duration::from_std(pause).ok()?)
-    } else {
-        None
-    };
-    let reason = format!(
-        "HTTP {}, Graph error {} to a send of template {} ({}){}",
-        answer.status,
-        err.code,
-        template.name,
-        template.language,
-        if err.message.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", err.message)
-        }
-    );
-    Some(Change {
-        waba_id: account.waba.to_string(),
-        phone_number_id: None,
-        template: Some(template),
-        action: Action::Open {
-            scope: Scope::BusinessInitiated,
-            code: Some(err.code),
-            until,
-        },
-        source: Source::Send,
-        at: now,
-        reason,
-        evidence: Some(send_evidence(call, err)),
-    })
-}
-
-/// The template of a template send body: `template.name` and `template.language.code`
-/// (`None` for other bodies, and for names or languages no template can have).
-pub fn template_of(body: &[u8]) -> Option<crate::circuit::TemplateRef> {
-    use std::borrow::Cow;
-    #[derive(serde::Deserialize)]
-    struct Msg<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        template: Option<Tpl<'a>>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Tpl<'a> {
-        #[serde(borrow)]
-        name: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        language: Option<Lang<'a>>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Lang<'a> {
-        #[serde(borrow)]
-        code: Option<Cow<'a, str>>,
-    }
-    let m: Msg = serde_json::from_slice(body).ok()?;
-    if m.kind.as_deref() != Some("template") {
-        return None;
-    }
-    let t = m.template?;
-    let r = crate::circuit::TemplateRef {
-        name: t.name?.into_owned(),
-        language: t.language?.code?.into_owned(),
-    };
-    r.is_valid().then_some(r)
-}
-
-/// True when a send body is a template message (`"type": "template"`).
-pub fn is_template(body: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Msg<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: Option<std::borrow::Cow<'a, str>>,
-    }
-    serde_json::from_slice::<Msg>(body)
-        .ok()
-        .and_then(|m| m.kind)
-        .is_some_and(|k| k == "template")
-}
-
 #[cfg(test)]
 mod tests;
 
@@ -717,9 +673,8 @@ mod tests;
 pub(crate) mod testing {
     use std::sync::Arc;
 
-    use super::{Policy, Route};
-    use crate::circuit::{Scope, Source, Table};
-    use crate::config::{Account, Config, Mode};
+    use super::{Mode, Policy, Settings};
+    use crate::circuit::{Directory, Limits, Scope, Source, Table};
 
     /// The WABA of [`policy`]'s one account.
     pub const WABA: &str = "102290129340398";
@@ -728,16 +683,15 @@ pub(crate) mod testing {
 
     /// A policy over an empty table with one account (`WABA`: `PHONE`).
     pub fn policy(mode: Mode, classify_body_limit: usize) -> Policy {
-        let cfg = Config {
+        let phones = [PHONE.to_string()];
+        let directory = Directory::new([(WABA, &phones[..])], 100_000);
+        let table = Table::with_limits("test", 20, Limits::default(), directory);
+        let settings = Settings {
             mode,
             classify_body_limit,
-            accounts: vec![Account {
-                waba_id: WABA.into(),
-                phone_number_ids: vec![PHONE.into()],
-            }],
-            ..Config::default()
+            ..Settings::default()
         };
-        Policy::new(&cfg, Arc::new(Table::for_config("test", &cfg)))
+        Policy::new(settings, Arc::new(table))
     }
 
     /// Opens `WABA`'s circuit with `scope`.
@@ -748,21 +702,5 @@ pub(crate) mod testing {
             None,
             Source::Admin,
         ));
-    }
-
-    /// A request for `PHONE`'s `edge`, with its routed target.
-    pub fn request<B>(p: &Policy, method: http::Method, edge: &str, body: B) -> http::Request<B> {
-        let path = format!("/v21.0/{PHONE}/{edge}");
-        let Route::Graph(call) = p.route(&method, &path) else {
-            panic!("{path} is the webhook path")
-        };
-        let target = crate::proxy::route::Target(call);
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .body(body)
-            .unwrap_or_else(|e| panic!("{e}"));
-        req.extensions_mut().insert(target);
-        req
     }
 }

@@ -1,19 +1,16 @@
-//! The gateway's own answers, as one value that both engines render: to an
-//! `http::Response` (the hyper engine) and to HTTP/1.1 bytes (the relay). The local answer
-//! for an open circuit and the 502/504 for a failed forward are built here and nowhere else.
+//! The gateway's own answers, as one value each engine renders once: `proxy::render` to an
+//! `http::Response`, `relay::render` to HTTP/1.1 bytes. The local answer for an open circuit
+//! (its body prebuilt with the circuit's guard, [`crate::circuit::OpenGuard`]), the 502/504
+//! for a failed forward, the 400 and the 408 are chosen here and nowhere else.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::StatusCode;
 
-use chrono::SecondsFormat;
-
-use crate::circuit::{Circuit, Evidence, OpenGuard, State};
-use crate::common::Body;
-use crate::graph::envelope;
-use crate::relay::h1::encode;
-use crate::upstream::ForwardError;
+use super::ForwardError;
+use crate::circuit::OpenGuard;
+use crate::graph::envelope::{self, GATEWAY_TRACE_PREFIX};
 
 /// The header that marks an answer the gateway made: `open` (a circuit answered locally)
 /// or `upstream-error` (the forward failed).
@@ -22,78 +19,6 @@ pub const MARKER: &str = "x-wa-breaker";
 /// Gateway-specific Graph error code in 502/504 answers (Graph's "temporarily unavailable",
 /// which Cloud API clients already treat as retryable); the subcode says which.
 pub const GATEWAY_CODE: i64 = 2;
-
-/// Prefix of the `fbtrace_id` of an answer the gateway made itself (no Meta trace exists):
-/// typed clients that require the field parse it, and support can tell it from Meta's.
-pub const GATEWAY_TRACE_PREFIX: &str = "wa-breaker-";
-
-/// The `fbtrace_id` a local answer carries: the tripping answer's (what Meta support asks
-/// for), else a gateway-made id for this opening, marked with [`GATEWAY_TRACE_PREFIX`].
-pub fn local_trace_id(c: &Circuit) -> String {
-    let opening = c
-        .history
-        .iter()
-        .rev()
-        .find(|t| !t.note && t.to == State::Open);
-    if let Some(Evidence::Send {
-        fbtrace_id: Some(id),
-        ..
-    }) = opening.and_then(|t| t.evidence.as_ref())
-    {
-        // Meta's ids are short base64-ish tokens; anything else is not echoed.
-        if !id.is_empty()
-            && id.len() <= 64
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'/' | b'+' | b'='))
-        {
-            return id.clone();
-        }
-    }
-    let opened = c.opened_at.unwrap_or(c.updated_at).timestamp();
-    format!("{GATEWAY_TRACE_PREFIX}local-{opened:x}-{:x}", c.version)
-}
-
-/// The body of an open circuit's local answer: Meta's envelope with the code that opened
-/// it, `error_data.details` saying the gateway answered (and since when, until when, why),
-/// and `fbtrace_id` from [`local_trace_id`].
-pub fn local_body(c: &Circuit) -> Bytes {
-    let code = c.code.unwrap_or(crate::graph::codes::POLICY_BLOCK);
-    let since = c
-        .opened_at
-        .unwrap_or(c.updated_at)
-        .to_rfc3339_opts(SecondsFormat::Secs, true);
-    let until = c
-        .until
-        .map(|u| format!(" until {}", u.to_rfc3339_opts(SecondsFormat::Secs, true)))
-        .unwrap_or_default();
-    let whose = match (&c.template, &c.phone_number_id) {
-        (Some(t), _) => format!(
-            "template {} ({}) of WhatsApp Business Account {}",
-            t.name, t.language, c.waba_id
-        ),
-        (None, Some(p)) => format!("phone number {p}"),
-        (None, None) => format!("WhatsApp Business Account {}", c.waba_id),
-    };
-    let trace = local_trace_id(c);
-    let trace_note = if trace.starts_with(GATEWAY_TRACE_PREFIX) {
-        " fbtrace_id is the gateway's own (no Meta trace)."
-    } else {
-        " fbtrace_id is that of Meta's answer that opened it."
-    };
-    let details = format!(
-        "wa-breaker answered locally; the request was not sent to Meta. The circuit for {whose} has been open since {since}{until} (source: {}).{trace_note}",
-        c.source.as_str()
-    );
-    envelope::build(
-        code,
-        None,
-        "OAuthException",
-        crate::graph::codes::title(code),
-        &details,
-        &trace,
-    )
-}
 
 /// A gateway-made trace id for an answer with no circuit behind it (a failed forward).
 fn request_trace_id() -> String {
@@ -109,6 +34,7 @@ pub struct Reply<'a> {
     status: StatusCode,
     marker: &'static str,
     retry_after: Option<i64>,
+    close: bool,
     body: ReplyBody<'a>,
 }
 
@@ -146,6 +72,7 @@ impl<'a> Reply<'a> {
             status: StatusCode::FORBIDDEN,
             marker: "open",
             retry_after: guard.until_unix.map(|u| (u - now_unix()).max(1)),
+            close: false,
             body: ReplyBody::Borrowed(&guard.body),
         }
     }
@@ -184,6 +111,7 @@ impl<'a> Reply<'a> {
             status,
             marker: "upstream-error",
             retry_after: None,
+            close: false,
             body: ReplyBody::Owned(envelope::build(
                 GATEWAY_CODE,
                 Some(status.as_u16() as i64),
@@ -197,12 +125,13 @@ impl<'a> Reply<'a> {
 
     /// The answer to a request the gateway refuses as malformed (400, `"code": 100`,
     /// Graph's invalid-parameter code, `x-wa-breaker: bad-request`); `why` is a fixed text,
-    /// never request data.
+    /// never request data. The connection closes after it (its framing is not trusted).
     pub fn bad_request(why: &'static str) -> Reply<'static> {
         Reply {
             status: StatusCode::BAD_REQUEST,
             marker: "bad-request",
             retry_after: None,
+            close: true,
             body: ReplyBody::Owned(envelope::build(
                 100,
                 None,
@@ -223,6 +152,7 @@ impl<'a> Reply<'a> {
             status: StatusCode::REQUEST_TIMEOUT,
             marker: "client-timeout",
             retry_after: None,
+            close: true,
             body: ReplyBody::Owned(envelope::build(
                 GATEWAY_CODE,
                 Some(408),
@@ -239,43 +169,32 @@ impl<'a> Reply<'a> {
         self.status
     }
 
-    /// The body.
+    /// The `x-wa-breaker` value: `open`, `upstream-error`, `bad-request`, `client-timeout`.
+    pub fn marker(&self) -> &'static str {
+        self.marker
+    }
+
+    /// `retry-after` in seconds (at least 1), when the end of the block is known.
+    pub fn retry_after(&self) -> Option<i64> {
+        self.retry_after
+    }
+
+    /// Whether the connection closes after this answer (`connection: close`).
+    pub fn close(&self) -> bool {
+        self.close
+    }
+
+    /// The body (a Cloud API error envelope, `content-type: application/json`).
     pub fn body(&self) -> &[u8] {
         self.body.bytes()
     }
 
-    /// As a response for the hyper engine (hyper adds `content-length` and `date`).
-    pub fn to_response(&self) -> Response<Body> {
-        let body = match &self.body {
+    /// The body as shared bytes (no copy of an open circuit's prebuilt body).
+    pub fn body_bytes(&self) -> Bytes {
+        match &self.body {
             ReplyBody::Borrowed(b) => (*b).clone(),
             ReplyBody::Owned(b) => b.clone(),
-        };
-        let mut resp = Response::new(Body::full(body));
-        *resp.status_mut() = self.status;
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(MARKER, HeaderValue::from_static(self.marker));
-        if let Some(secs) = self.retry_after {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        resp.extensions_mut().insert(crate::proxy::LocalReply);
-        resp
-    }
-
-    /// As HTTP/1.1 bytes for the relay, appended to `out`: the same status, headers and
-    /// body as [`Reply::to_response`] plus `content-length`, `date` and, when `close`,
-    /// `connection: close`.
-    pub fn write_h1(&self, close: bool, out: &mut Vec<u8>) {
-        encode::status_line(out, self.status);
-        encode::header(out, b"content-type", b"application/json");
-        encode::header(out, MARKER.as_bytes(), self.marker.as_bytes());
-        if let Some(secs) = self.retry_after {
-            encode::header_decimal(out, b"retry-after", secs as u64);
-        }
-        encode::finish(out, self.body.bytes(), close);
     }
 }
 
@@ -284,57 +203,8 @@ mod tests {
     use super::*;
     use crate::circuit::Scope;
 
-    /// Parses what `write_h1` wrote: status, headers (lowercase, without content-length,
-    /// date and connection, which hyper adds itself), body.
-    fn parse_h1(raw: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut r = httparse::Response::new(&mut headers);
-        let httparse::Status::Complete(n) = r.parse(raw).unwrap() else {
-            panic!("partial")
-        };
-        let hs = r
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8(h.value.to_vec()).unwrap(),
-                )
-            })
-            .filter(|(n, _)| !matches!(n.as_str(), "content-length" | "date" | "connection"))
-            .collect();
-        (r.code.unwrap(), hs, raw[n..].to_vec())
-    }
-
-    fn from_response(r: &Response<Body>) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        let hs = r
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
-            .collect();
-        let body = match r.body() {
-            Body::Full { data } => data.clone().unwrap_or_default().to_vec(),
-            _ => panic!("buffered"),
-        };
-        (r.status().as_u16(), hs, body)
-    }
-
-    fn same_both_ways(reply: &Reply<'_>) {
-        let mut raw = Vec::new();
-        reply.write_h1(false, &mut raw);
-        assert_eq!(parse_h1(&raw), from_response(&reply.to_response()));
-        let text = String::from_utf8(raw.clone()).unwrap();
-        assert!(text.contains(&format!("\r\ncontent-length: {}\r\n", reply.body().len())));
-        assert!(!text.contains("connection: close"));
-        raw.clear();
-        reply.write_h1(true, &mut raw);
-        assert!(String::from_utf8(raw)
-            .unwrap()
-            .contains("\r\nconnection: close\r\n"));
-    }
-
     #[test]
-    fn local_answers_render_the_same_on_both_engines() {
+    fn local_answers_count_down_to_the_end() {
         let guard = OpenGuard {
             scope: Scope::AllSends,
             until_unix: Some(1_000_000 + 3600),
@@ -343,10 +213,9 @@ mod tests {
         };
         let r = Reply::open_at(&guard, || 1_000_000);
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
-        same_both_ways(&r);
-        let resp = r.to_response();
-        assert_eq!(resp.headers()["retry-after"], "3600");
-        assert_eq!(resp.headers()["x-wa-breaker"], "open");
+        assert_eq!(r.retry_after(), Some(3600));
+        assert_eq!(r.marker(), "open");
+        assert!(!r.close());
         // The end has passed: at least 1.
         assert_eq!(Reply::open_at(&guard, || 2_000_000).retry_after, Some(1));
         let no_end = OpenGuard {
@@ -354,62 +223,11 @@ mod tests {
             ..guard
         };
         let r = Reply::open_at(&no_end, || panic!("no clock without an end"));
-        same_both_ways(&r);
-        assert!(r.to_response().headers().get("retry-after").is_none());
-    }
-
-    fn circuit_with(evidence: Option<Evidence>) -> Circuit {
-        let now = chrono::Utc::now();
-        let mut c = Circuit::new("102290129340398", now);
-        c.state = State::Open;
-        c.code = Some(131031);
-        c.opened_at = Some(now);
-        c.version = 3;
-        c.history.push(crate::circuit::Transition {
-            at: now,
-            to: State::Open,
-            source: crate::circuit::Source::Send,
-            note: false,
-            reason: "locked".into(),
-            evidence,
-            clamped_from: None,
-        });
-        c
+        assert_eq!(r.retry_after(), None);
     }
 
     #[test]
-    fn local_body_carries_the_tripping_trace_or_a_marked_one() {
-        let send = |id: Option<&str>| Evidence::Send {
-            code: 131031,
-            error_subcode: None,
-            message: "locked".into(),
-            fbtrace_id: id.map(str::to_owned),
-            phone_number_id: None,
-        };
-        let e =
-            envelope::parse(&local_body(&circuit_with(Some(send(Some("AbCdEfGhIjK")))))).unwrap();
-        assert_eq!(e.code, 131031);
-        assert_eq!(e.fbtrace_id.as_deref(), Some("AbCdEfGhIjK"));
-        assert!(e
-            .details
-            .unwrap()
-            .starts_with("wa-breaker answered locally"));
-        // No trace from Meta (webhook, operator) or one not fit to echo: the gateway's own.
-        for ev in [
-            None,
-            Some(send(None)),
-            Some(send(Some("bad\"id\r\n"))),
-            Some(Evidence::Admin { reason: "x".into() }),
-        ] {
-            let e = envelope::parse(&local_body(&circuit_with(ev))).unwrap();
-            let id = e.fbtrace_id.unwrap();
-            assert!(id.starts_with(GATEWAY_TRACE_PREFIX), "{id}");
-            assert!(e.details.unwrap().contains("gateway's own"));
-        }
-    }
-
-    #[test]
-    fn forward_failures_render_the_same_on_both_engines() {
+    fn forward_failures_are_the_gateway_envelope() {
         for (e, status) in [
             (ForwardError::Connect("refused".into()), 502),
             (
@@ -420,13 +238,23 @@ mod tests {
         ] {
             let r = Reply::forward_failed(&e);
             assert_eq!(r.status().as_u16(), status);
-            same_both_ways(&r);
             let env = envelope::parse(r.body()).unwrap();
             assert_eq!(env.code, GATEWAY_CODE);
             assert_eq!(env.error_subcode, Some(status as i64));
             assert_eq!(env.kind, "WaBreakerException");
             assert!(env.fbtrace_id.unwrap().starts_with(GATEWAY_TRACE_PREFIX));
-            assert_eq!(r.to_response().headers()[MARKER], "upstream-error");
+            assert_eq!(r.marker(), "upstream-error");
+            assert!(!r.close());
         }
+        let r = Reply::forward_failed(&ForwardError::ClientTimeout);
+        assert_eq!(
+            (r.status().as_u16(), r.marker(), r.close()),
+            (408, "client-timeout", true)
+        );
+        let r = Reply::forward_failed(&ForwardError::ClientBody("x".into()));
+        assert_eq!(
+            (r.status().as_u16(), r.marker(), r.close()),
+            (400, "bad-request", true)
+        );
     }
 }

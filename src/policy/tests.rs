@@ -2,7 +2,7 @@
 //! guard decisions, and of calls × answers → judgements.
 
 use super::*;
-use crate::circuit::TemplateRef;
+use crate::circuit::template::{is_template, TemplateRef};
 use crate::graph::codes::{ACCOUNT_LOCKED, MAINTENANCE, NOT_REGISTERED, POLICY_BLOCK};
 use std::io::Write;
 
@@ -769,7 +769,7 @@ fn readme_code_table_covers_every_code_acted_on() {
         }
     }
     assert!(listed.len() > 20, "parsed {listed:?}");
-    let defaults = crate::config::Config::default().trip_codes;
+    let defaults = crate::graph::codes::DEFAULT_TRIP_CODES.to_vec();
     for code in PHONE_CODES
         .iter()
         .chain(&defaults)

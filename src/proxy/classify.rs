@@ -1,48 +1,42 @@
-//! Classify as a layer, over the forwarder: asks [`Policy::inspect`] on the answer's head,
-//! reads a non-2xx body (capped) so [`Policy::classify`] can judge it, and records the
-//! request's outcome ([`Policy::record`]) once. The answer goes back to the app byte for
-//! byte either way; 2xx answers are streamed untouched.
+//! Classify as a layer, over the forwarder: the exchange's answer steps. The answer's head
+//! must arrive by [`Admitted::deadline`] (else 504); [`Admitted::answered`] says whether to
+//! read it; a non-2xx body is read (capped, by the same deadline) so [`Reading::judge`] can
+//! classify it, which releases the upstream permit; the request settles (a trip waits until
+//! it is durable; the outcome is recorded once) and the answer goes back to the app byte for
+//! byte. 2xx answers are streamed untouched.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, Request, Response};
 use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 use tower::{Layer, Service};
 
-use super::guard::SendBody;
-use super::route::Target;
-use super::LocalReply;
-use crate::common::body::{self, Body};
-use crate::policy::{Answer, Call, Inspect, Outcome, Policy};
-use crate::upstream::{error_chain, ForwardError};
+use super::body::{self, Body};
+use super::step::BoxFuture;
+use super::Exchanging;
+use crate::common::error_chain;
+use crate::graph::route::Kind;
+use crate::policy::exchange::{Admitted, Answered, Reading};
+use crate::policy::framing::{content_length, Codings};
+use crate::policy::{Answer, ForwardError, Policy};
+use crate::upstream::OwnedPermit;
 
 /// See module docs.
 #[derive(Clone)]
 pub struct ClassifyLayer {
     policy: Arc<Policy>,
-    deadline: Duration,
 }
 
 impl ClassifyLayer {
-    /// Judges answers with `policy`; an error body must be read within `request_timeout`
-    /// of forwarding (see [`ClassifyLayer::deadline`]).
+    /// Judges answers with `policy` (whose `request_timeout` bounds the head and an error
+    /// body).
     pub fn new(policy: Arc<Policy>) -> Self {
-        ClassifyLayer {
-            policy,
-            deadline: Duration::from_secs(30),
-        }
-    }
-
-    /// An error body not read in full `deadline` after the request was forwarded fails
-    /// the request with 504, so a stalled body never holds its upstream permit past it.
-    pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = deadline;
-        self
+        ClassifyLayer { policy }
     }
 }
 
@@ -52,7 +46,6 @@ impl<S> Layer<S> for ClassifyLayer {
         Classify {
             inner,
             policy: self.policy.clone(),
-            deadline: self.deadline,
         }
     }
 }
@@ -62,10 +55,9 @@ impl<S> Layer<S> for ClassifyLayer {
 pub struct Classify<S> {
     inner: S,
     policy: Arc<Policy>,
-    deadline: Duration,
 }
 
-impl<S> Service<Request<Body>> for Classify<S>
+impl<S> Service<Exchanging<Admitted<OwnedPermit>>> for Classify<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = ForwardError>,
 {
@@ -77,39 +69,34 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let target = Target::of(&req);
-        let sent = req.extensions().get::<SendBody>().map(|b| b.0.clone());
+    fn call(&mut self, x: Exchanging<Admitted<OwnedPermit>>) -> Self::Future {
+        let Exchanging { req, state } = x;
+        // A send body the guard holds whole goes with the answer to the classifier (a
+        // 132015/132016 answer is judged against its template); a refcount clone.
+        let sent = match req.body() {
+            Body::Full { data } if state.call().kind == Kind::Send => data.clone(),
+            _ => None,
+        };
+        let deadline = tokio::time::Instant::from_std(state.deadline());
         ResponseFuture {
-            state: State::Call {
-                fut: self.inner.call(req),
-            },
-            ctx: Some((self.policy.clone(), target, sent)),
-            start: Instant::now(),
-            deadline: self.deadline,
+            fut: self.inner.call(req),
+            sleep: tokio::time::sleep_until(deadline),
+            ctx: Some((self.policy.clone(), state, sent)),
+            read: None,
         }
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Call { #[pin] fut: F },
-        Read { fut: BoxFuture<Result<Response<Body>, ForwardError>> },
-    }
-}
-
-pin_project! {
-    /// The inner answer, read and classified only when it is an error.
+    /// The inner answer by the deadline, then read and judged only when it is an error.
     pub struct ResponseFuture<F> {
         #[pin]
-        state: State<F>,
-        // The policy, the call and the send's body when the guard kept it.
-        ctx: Option<(Arc<Policy>, Call, Option<Bytes>)>,
-        start: Instant,
-        deadline: Duration,
+        fut: F,
+        #[pin]
+        sleep: Sleep,
+        // The policy, the exchange and the send's body when the guard kept it whole.
+        ctx: Option<(Arc<Policy>, Admitted<OwnedPermit>, Option<Bytes>)>,
+        read: Option<BoxFuture<Result<Response<Body>, ForwardError>>>,
     }
 }
 
@@ -121,123 +108,125 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Call { fut } => {
-                    let result = ready!(fut.poll(cx));
-                    let elapsed = this.start.elapsed();
-                    let Some((policy, target, sent)) = this.ctx.take() else {
-                        return Poll::Ready(result);
-                    };
-                    let resp = match result {
-                        Ok(resp) => resp,
-                        Err(e) => {
-                            failed(&policy, target, &e, elapsed);
-                            return Poll::Ready(Err(e));
-                        }
-                    };
-                    if resp.extensions().get::<LocalReply>().is_some() {
-                        return Poll::Ready(Ok(resp));
-                    }
-                    this.state.set(State::Read {
-                        fut: Box::pin(classify(
-                            resp,
-                            policy,
-                            target,
-                            sent,
-                            elapsed,
-                            this.deadline.saturating_sub(elapsed),
-                        )),
-                    });
-                }
-                StateProj::Read { fut } => return fut.as_mut().poll(cx),
+        if let Some(read) = this.read.as_mut() {
+            return read.as_mut().poll(cx);
+        }
+        let result = match this.fut.poll(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                ready!(this.sleep.as_mut().poll(cx));
+                let Some((_, admitted, _)) = this.ctx.take() else {
+                    panic!("classify future polled after completion");
+                };
+                let e = ForwardError::Timeout(admitted.timeout());
+                failed(admitted, &e);
+                return Poll::Ready(Err(e));
+            }
+        };
+        let Some((policy, admitted, sent)) = this.ctx.take() else {
+            panic!("classify future polled after completion");
+        };
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                failed(admitted, &e);
+                return Poll::Ready(Err(e));
+            }
+        };
+        let status = resp.status().as_u16();
+        let declared = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| content_length(v.as_bytes()));
+        match admitted.answered(&policy, status, declared) {
+            Answered::Pass(settle) => {
+                // Nothing to acknowledge on an answer that was not judged.
+                let _ = settle.now();
+                Poll::Ready(Ok(resp))
+            }
+            Answered::Read(reading) => {
+                let mut fut: BoxFuture<_> = Box::pin(classify(resp, policy, reading, sent));
+                let poll = fut.as_mut().poll(cx);
+                *this.read = Some(fut);
+                poll
             }
         }
     }
 }
 
-fn failed(policy: &Policy, call: Call, e: &ForwardError, after: Duration) {
-    if let ForwardError::ClientTimeout = e {
-        // Counted in wa_breaker_client_timeouts_total, as on the relay.
-        tracing::debug!("client request body not in within client_body_timeout: answered 408");
-        return;
+/// The forward failed (or missed its deadline): recorded by the exchange, answered by the
+/// edge.
+fn failed(admitted: Admitted<OwnedPermit>, e: &ForwardError) {
+    match e {
+        ForwardError::ClientTimeout => {
+            tracing::debug!("client request body not in within client_body_timeout: answered 408")
+        }
+        ForwardError::ClientBody(_) => {
+            tracing::info!(error = %error_chain(e), "client request body broken: answered 400")
+        }
+        _ => tracing::warn!(error = %error_chain(e), "upstream request failed"),
     }
-    if let ForwardError::ClientBody(_) = e {
-        tracing::info!(error = %error_chain(e), "client request body broken: answered 400");
-        policy.record(call, Outcome::ClientBody);
-        return;
-    }
-    tracing::warn!(error = %error_chain(e), "upstream request failed");
-    policy.record(call, Outcome::Failed { after });
+    admitted.failed(e);
 }
 
+/// Reads an error answer's body by the deadline, judges it, settles.
 async fn classify(
     resp: Response<Body>,
     policy: Arc<Policy>,
-    call: Call,
+    reading: Reading<OwnedPermit>,
     sent: Option<Bytes>,
-    to_head: Duration,
-    left: Duration,
 ) -> Result<Response<Body>, ForwardError> {
-    let status = resp.status().as_u16();
-    let declared = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let Inspect::Read { limit } = policy.inspect(status, declared) else {
-        policy.record(call, Outcome::Answered { status, to_head });
-        return Ok(resp);
-    };
     let (parts, body) = resp.into_parts();
-    let read = match tokio::time::timeout(left, body::buffer(body, limit)).await {
-        Ok(read) => read,
+    let deadline = tokio::time::Instant::from_std(reading.deadline());
+    let read = tokio::time::timeout_at(deadline, body::buffer(body, reading.limit())).await;
+    let bytes = match read {
         Err(_) => {
-            let e = ForwardError::Timeout(to_head + left);
-            failed(&policy, call, &e, to_head + left);
+            let e = ForwardError::Timeout(reading.timeout());
+            tracing::warn!(error = %error_chain(&e), "upstream request failed");
+            reading.failed(&e);
             return Err(e);
         }
-    };
-    let bytes = match read {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(too_big)) => {
-            policy.record(call, Outcome::Answered { status, to_head });
+        Ok(Err(e)) => {
+            let e = ForwardError::Broken(e);
+            tracing::warn!(error = %error_chain(&e), "upstream request failed");
+            reading.failed(&e);
+            return Err(e);
+        }
+        Ok(Ok(Err(too_big))) => {
+            reading.too_large().done(&policy).await;
             return Ok(Response::from_parts(parts, too_big));
         }
-        Err(e) => {
-            let e = ForwardError::Broken(e);
-            failed(&policy, call, &e, to_head);
-            return Err(e);
-        }
+        Ok(Ok(Ok(bytes))) => bytes,
     };
-    let codings: Vec<&[u8]> = parts
-        .headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
+    let codings = Codings::collect(
+        parts
+            .headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
     let answer = Answer {
-        status,
-        content_encoding: &codings,
+        status: parts.status.as_u16(),
+        content_encoding: codings.as_slice(),
         retry_after: parts.headers.get(header::RETRY_AFTER).map(|v| v.as_bytes()),
         body: &bytes,
         request: sent.as_deref(),
     };
-    let unacked = policy.classify(call, answer);
-    policy.record(call, Outcome::Answered { status, to_head });
-    // A tripping answer reaches the app only once the open is durable. (The upstream
-    // permit is held meanwhile: on this engine it is released when the answer is returned.)
-    if let Some(seq) = unacked {
-        policy.acknowledged(seq).await;
-    }
+    // The permit is released here; a tripping answer reaches the app once it is durable.
+    reading.judge(&policy, answer).done(&policy).await;
     Ok(Response::from_parts(parts, Body::full(bytes)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Mode;
+    use crate::policy::exchange::{Admission, Guard, Routed};
     use crate::policy::testing::{self, WABA};
+    use crate::policy::Mode;
+    use crate::proxy::guard::known_body;
+    use crate::proxy::render;
+    use crate::upstream::Limiter;
+    use std::time::Duration;
     use tower::ServiceExt;
     use tower_test::mock;
 
@@ -248,7 +237,21 @@ mod tests {
     }
 
     fn request(p: &Policy, method: http::Method, edge: &str) -> Request<Body> {
-        testing::request(p, method, edge, Body::empty())
+        crate::proxy::testing::request(p, method, edge, Body::empty())
+    }
+
+    /// The request as the limit layer hands it down: guarded, with a permit.
+    fn admitted(p: &Policy, req: Request<Body>) -> Exchanging<Admitted<OwnedPermit>> {
+        let routed = Routed::new(crate::proxy::route::Target::of(&req));
+        let Guard::Go(guarded) = routed.admit(p, known_body(&req), |r| render(&r)) else {
+            panic!("closed circuits let everything go")
+        };
+        let permit = Arc::new(Limiter::new(1)).try_acquire_owned().unwrap();
+        let Admission::Go(state) = guarded.permitted(p, permit, known_body(&req), |r| render(&r))
+        else {
+            panic!("closed circuits let everything go")
+        };
+        Exchanging { req, state }
     }
 
     fn answer(status: u16, body: &'static str) -> Response<Body> {
@@ -265,7 +268,7 @@ mod tests {
         let (inner, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
         let svc = ClassifyLayer::new(p.clone()).layer(inner.map_err(ForwardError::Broken));
         handle.allow(1);
-        let fut = tokio::spawn(svc.oneshot(req));
+        let fut = tokio::spawn(svc.oneshot(admitted(p, req)));
         let (_, send) = handle.next_request().await.unwrap();
         match reply {
             Ok(r) => send.send_response(r),
@@ -329,9 +332,8 @@ mod tests {
         .unwrap();
         assert_eq!(resp.status(), 400);
         assert!(p.table().get(&key).is_none());
-        let mut req = request(&p, http::Method::POST, "messages");
-        req.extensions_mut()
-            .insert(SendBody(bytes::Bytes::from_static(SEND.as_bytes())));
+        let req =
+            crate::proxy::testing::request(&p, http::Method::POST, "messages", Body::full(SEND));
         let resp = through(&p, req, Ok(answer(400, DISABLED))).await.unwrap();
         assert_eq!(resp.status(), 400);
         let c = p.table().get(&key).unwrap();

@@ -17,10 +17,10 @@ use tower::util::Oneshot;
 use tower::ServiceExt;
 
 use super::route::Target;
-use super::{Body, Stack};
+use super::{render, Body, Stack};
+use crate::policy::exchange::client_timed_out;
 use crate::policy::{Policy, Reply, Route};
 use crate::signals::webhook::Webhook;
-use crate::upstream::ForwardError;
 
 /// See module docs.
 #[derive(Clone)]
@@ -49,16 +49,6 @@ impl Edge {
     }
 }
 
-/// A 408 (a request body that stopped arriving); the connection closes after it.
-fn request_timeout() -> Response<Body> {
-    let mut resp = Reply::request_timeout().to_response();
-    resp.headers_mut().insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
-    resp
-}
-
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 pin_project! {
@@ -79,8 +69,8 @@ impl Future for EdgeFuture {
         match self.project() {
             EdgeProj::Proxy { fut } => Poll::Ready(Ok(match ready!(fut.poll(cx)) {
                 Ok(resp) => resp,
-                Err(ForwardError::ClientTimeout) => request_timeout(),
-                Err(e) => Reply::forward_failed(&e).to_response(),
+                // Recorded by the exchange step it happened in; rendered here, once.
+                Err(e) => render(&Reply::forward_failed(&e)),
             })),
             EdgeProj::Webhook { fut } => fut.as_mut().poll(cx).map(Ok),
             EdgeProj::Ready { resp } => Poll::Ready(Ok(resp.take().unwrap_or_default())),
@@ -102,12 +92,9 @@ impl hyper::service::Service<Request<Incoming>> for Edge {
         };
         if host_bad {
             tracing::debug!(hosts, "request refused: it needs exactly one Host header");
-            let mut resp = Reply::bad_request("An HTTP/1.1 request needs exactly one Host header.")
-                .to_response();
-            resp.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
+            let resp = render(&Reply::bad_request(
+                "An HTTP/1.1 request needs exactly one Host header.",
+            ));
             return EdgeFuture::Ready { resp: Some(resp) };
         }
         let target = match self.policy.route(req.method(), req.uri().path()) {
@@ -119,7 +106,7 @@ impl hyper::service::Service<Request<Incoming>> for Edge {
                     fut: Box::pin(async move {
                         let resp = wh.handle(req).await;
                         if broken.timed_out() {
-                            return request_timeout();
+                            return render(&client_timed_out());
                         }
                         resp
                     }),

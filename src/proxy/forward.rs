@@ -1,12 +1,12 @@
 //! Forward: the innermost service. Sends the request to the upstream unchanged but for the
 //! hop-by-hop rule ([`crate::policy::hop`]) and `Host`, over the worker's pooled client
-//! (HTTP/1.1, or HTTP/2 by ALPN over TLS), with `request_timeout` on the answer's head.
+//! (HTTP/1.1, or HTTP/2 by ALPN over TLS); refuses an answer head the framing rule refuses
+//! ([`crate::policy::framing::answer_head`]). The deadline is the classify layer's.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{header, Request, Response, Uri};
@@ -14,10 +14,9 @@ use hyper_util::client::legacy;
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use crate::common::body::{Body, ClientBody};
-use crate::policy::hop;
-use crate::relay::h1;
-use crate::upstream::{ForwardError, HttpClient, Target};
+use super::body::{Body, ClientBody};
+use crate::policy::{framing, hop, ForwardError};
+use crate::upstream::{HttpClient, Target};
 
 /// See module docs.
 #[derive(Clone)]
@@ -26,7 +25,6 @@ pub struct Forward {
     client: Arc<HttpClient>,
     scheme: Scheme,
     authority: Authority,
-    timeout: Duration,
 }
 
 impl Forward {
@@ -36,7 +34,6 @@ impl Forward {
             client: Arc::new(client),
             scheme: target.scheme.clone(),
             authority: target.authority.clone(),
-            timeout: target.request_timeout,
         }
     }
 }
@@ -66,8 +63,6 @@ impl Service<Request<Body>> for Forward {
         ResponseFuture {
             client_body,
             inner: self.client.request(Request::from_parts(parts, body)),
-            sleep: tokio::time::sleep(self.timeout),
-            timeout: self.timeout,
         }
     }
 }
@@ -77,9 +72,6 @@ pin_project! {
     pub struct ResponseFuture {
         #[pin]
         inner: legacy::ResponseFuture,
-        #[pin]
-        sleep: tokio::time::Sleep,
-        timeout: Duration,
         client_body: Option<ClientBody>,
     }
 }
@@ -89,28 +81,18 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = match this.inner.poll(cx) {
-            Poll::Ready(r) => r,
-            Poll::Pending => {
-                if this.sleep.poll(cx).is_ready() {
-                    return Poll::Ready(Err(ForwardError::Timeout(*this.timeout)));
-                }
-                return Poll::Pending;
-            }
+        let Poll::Ready(result) = this.inner.poll(cx) else {
+            return Poll::Pending;
         };
         Poll::Ready(match result {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 let h = &parts.headers;
-                let framing = if h1::ambiguous_framing(
+                if let Err(e) = framing::answer_head(
+                    parts.status.as_u16(),
                     h.contains_key(header::CONTENT_LENGTH),
                     h.contains_key(header::TRANSFER_ENCODING),
                 ) {
-                    Err(h1::BadResponse::Framing)
-                } else {
-                    h1::final_status(parts.status.as_u16())
-                };
-                if let Err(e) = framing {
                     return Poll::Ready(Err(ForwardError::Broken(Box::new(e))));
                 }
                 hop::strip(&mut parts.headers);

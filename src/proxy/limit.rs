@@ -1,31 +1,37 @@
-//! Limit as a layer: holds one of the upstream limit's permits ([`Limiter`], shared with
-//! the relay) from the inner call until its answer is classified. Unlike `tower::limit`,
-//! the permit is taken inside the call, after the request is known, so the guard behind
-//! this layer re-checks the circuit when a queued request gets its turn.
+//! Limit as a layer: the exchange's permit step. Takes one of the upstream limit's permits
+//! ([`Limiter`], shared with the relay) once the request is known, then hands it to
+//! [`Guarded::permitted`], which admits the send again — a send that waited while its circuit
+//! tripped is answered here — and carries the permit down to the classifier, which releases
+//! it when the answer is judged. Unlike `tower::limit`, the permit is taken inside `call`, so
+//! only the requests that reach this step wait, and each is re-checked when its turn comes.
 //!
 //! Readiness is the inner service's: `poll_ready` drives the inner `poll_ready`; a request
 //! that has to wait for a permit takes the service that was polled ready along with it.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
-use pin_project_lite::pin_project;
+use http::Response;
 use tower::{Layer, Service};
 
+use super::guard::{known_body, local};
+use super::step::StepFuture;
+use super::{render, Body, Exchanging};
+use crate::policy::exchange::{Admission, Admitted, Guarded};
+use crate::policy::{ForwardError, Policy};
 use crate::upstream::{Limiter, OwnedPermit};
 
 /// See module docs.
 #[derive(Clone)]
 pub struct LimitLayer {
+    policy: Arc<Policy>,
     limiter: Arc<Limiter>,
 }
 
 impl LimitLayer {
-    /// Counts against `limiter`.
-    pub fn new(limiter: Arc<Limiter>) -> Self {
-        LimitLayer { limiter }
+    /// Counts against `limiter`, admitting again with `policy`.
+    pub fn new(policy: Arc<Policy>, limiter: Arc<Limiter>) -> Self {
+        LimitLayer { policy, limiter }
     }
 }
 
@@ -34,6 +40,7 @@ impl<S> Layer<S> for LimitLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Limit {
             inner,
+            policy: self.policy.clone(),
             limiter: self.limiter.clone(),
         }
     }
@@ -43,88 +50,59 @@ impl<S> Layer<S> for LimitLayer {
 #[derive(Clone)]
 pub struct Limit<S> {
     inner: S,
+    policy: Arc<Policy>,
     limiter: Arc<Limiter>,
 }
 
-type Acquire = Pin<Box<dyn Future<Output = OwnedPermit> + Send>>;
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F, S, R> {
-        Waiting { acquire: Acquire, inner: Option<S>, req: Option<R> },
-        Calling { #[pin] fut: F, permit: Option<OwnedPermit> },
-    }
-}
-
-pin_project! {
-    /// Waits for a permit, then calls the inner service holding it until its answer.
-    pub struct ResponseFuture<F, S, R> {
-        #[pin]
-        state: State<F, S, R>,
-    }
-}
-
-impl<S, R> Service<R> for Limit<S>
+/// The request once its permit is in hand: the guard again, then the inner call.
+fn permitted<S>(
+    policy: &Arc<Policy>,
+    inner: &mut S,
+    x: Exchanging<Guarded>,
+    permit: OwnedPermit,
+) -> StepFuture<S::Future, ForwardError>
 where
-    S: Service<R> + Clone,
+    S: Service<Exchanging<Admitted<OwnedPermit>>, Response = Response<Body>, Error = ForwardError>,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, S, R>;
+    let Exchanging { req, state } = x;
+    match state.permitted(policy, permit, known_body(&req), |r| render(&r)) {
+        Admission::Go(state) => StepFuture::Inner {
+            fut: inner.call(Exchanging { req, state }),
+        },
+        Admission::Local(response, settle) => local(policy, response, settle),
+    }
+}
+
+impl<S> Service<Exchanging<Guarded>> for Limit<S>
+where
+    S: Service<Exchanging<Admitted<OwnedPermit>>, Response = Response<Body>, Error = ForwardError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = ForwardError;
+    type Future = StepFuture<S::Future, ForwardError>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Permits are per request, taken in `call`; readiness is the inner service's.
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: R) -> Self::Future {
-        let state = match self.limiter.try_acquire_owned() {
-            Some(permit) => State::Calling {
-                fut: self.inner.call(req),
-                permit: Some(permit),
-            },
-            None => {
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
-                State::Waiting {
-                    acquire: Box::pin(self.limiter.clone().acquire_owned()),
-                    inner: Some(ready),
-                    req: Some(req),
-                }
-            }
-        };
-        ResponseFuture { state }
-    }
-}
-
-impl<F, S, R, T, E> Future for ResponseFuture<F, S, R>
-where
-    F: Future<Output = Result<T, E>>,
-    S: Service<R, Future = F, Response = T, Error = E>,
-{
-    type Output = Result<T, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Waiting {
-                    acquire,
-                    inner,
-                    req,
-                } => {
-                    let permit = ready!(acquire.as_mut().poll(cx));
-                    let (Some(mut inner), Some(req)) = (inner.take(), req.take()) else {
-                        panic!("limit future polled after completion");
-                    };
-                    let fut = inner.call(req);
-                    this.state.set(State::Calling {
-                        fut,
-                        permit: Some(permit),
-                    });
-                }
-                StateProj::Calling { fut, .. } => return fut.poll(cx),
-            }
+    fn call(&mut self, x: Exchanging<Guarded>) -> Self::Future {
+        if let Some(permit) = self.limiter.try_acquire_owned() {
+            return permitted(&self.policy, &mut self.inner, x, permit);
+        }
+        // Every permit is out: wait, with the service that was polled ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (policy, limiter) = (self.policy.clone(), self.limiter.clone());
+        StepFuture::Boxed {
+            fut: Box::pin(async move {
+                let permit = limiter.acquire_owned().await;
+                permitted(&policy, &mut inner, x, permit).await
+            }),
         }
     }
 }
@@ -132,37 +110,65 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::exchange::Routed;
+    use crate::policy::testing::{self, open};
+    use crate::policy::Mode;
     use tower::ServiceExt;
-    use tower_test::{assert_request_eq, mock};
+    use tower_test::mock;
 
+    type Inner = tower::util::MapErr<
+        mock::Mock<Exchanging<Admitted<OwnedPermit>>, Response<Body>>,
+        fn(crate::common::BoxError) -> ForwardError,
+    >;
+
+    fn guarded(p: &Policy) -> Exchanging<Guarded> {
+        let req = super::super::testing::request(
+            p,
+            http::Method::POST,
+            "messages",
+            Body::full(r#"{"type":"text"}"#),
+        );
+        let routed = Routed::new(super::super::route::Target::of(&req));
+        let crate::policy::exchange::Guard::Go(state) =
+            routed.admit(p, known_body(&req), |r| render(&r))
+        else {
+            panic!("a closed circuit lets the send go")
+        };
+        Exchanging { req, state }
+    }
+
+    /// One permit: the second send waits for the first's answer; the circuit trips
+    /// meanwhile, so when its turn comes it is answered here and never reaches the inner
+    /// service, and the permit is back.
     #[tokio::test]
-    async fn drives_inner_readiness_and_holds_the_permit_until_the_answer() {
+    async fn a_send_that_waited_is_guarded_again_and_the_permit_comes_back() {
+        let p = Arc::new(testing::policy(Mode::Enforce, 64 * 1024));
         let limiter = Arc::new(Limiter::new(1));
-        let (service, mut handle) = mock::pair::<&'static str, &'static str>();
-        let mut svc = LimitLayer::new(limiter.clone()).layer(service);
+        let (inner, mut handle) = mock::pair::<Exchanging<Admitted<OwnedPermit>>, Response<Body>>();
+        let inner: Inner = inner.map_err(ForwardError::Broken);
+        let mut svc = LimitLayer::new(p.clone(), limiter.clone()).layer(inner);
 
         // Readiness is the inner service's.
         handle.allow(0);
         let mut task = tokio_test::task::spawn(());
         task.enter(|cx, _| assert!(svc.poll_ready(cx).is_pending()));
         handle.allow(2);
-        task.enter(|cx, _| assert!(svc.poll_ready(cx).is_ready()));
 
-        let first = svc.call("a");
+        let first = tokio::spawn(svc.ready().await.unwrap().call(guarded(&p)));
+        let (x, reply) = handle.next_request().await.unwrap();
         assert_eq!(limiter.in_flight(), 1);
-        // The second request waits for the permit, with the service that was polled ready.
-        svc.ready().await.unwrap();
-        let mut second = tokio_test::task::spawn(svc.call("b"));
+        let mut second = tokio_test::task::spawn(svc.ready().await.unwrap().call(guarded(&p)));
         assert!(second.poll().is_pending());
 
-        let first = tokio::spawn(first);
-        assert_request_eq!(handle, "a").send_response("A");
-        assert_eq!(first.await.unwrap().unwrap(), "A");
-        // The permit came back: the waiting request is called now.
+        open(&p, crate::circuit::Scope::AllSends);
+        // The classifier's step releases the permit with the state (here: dropped).
+        drop(x);
+        reply.send_response(Response::new(Body::full("ok")));
+        assert_eq!(first.await.unwrap().unwrap().status(), 200);
         assert!(second.is_woken());
-        assert!(second.poll().is_pending());
-        assert_request_eq!(handle, "b").send_response("B");
-        assert_eq!(second.await.unwrap(), "B");
+        let resp = second.await.unwrap();
+        assert_eq!(resp.status(), 403);
+        assert!(handle.poll_request().is_pending());
         assert_eq!(limiter.in_flight(), 0);
     }
 }

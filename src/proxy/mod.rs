@@ -1,12 +1,15 @@
 //! Engine 2: the hyper + tower stack (every request when `fast_path = false`; what the relay
-//! hands over otherwise). Thin layers, each calling the policy core ([`crate::policy`]):
+//! hands over otherwise). Thin layers, each taking one step of the exchange the policy core
+//! defines ([`crate::policy::exchange`]), in its order:
 //!
-//! (route, in [`edge`]) → guard → limit → guard (again, after any wait) → classify → forward.
+//! (route, in [`edge`]) → [`guard`] → [`limit`] (the upstream permit, and the guard again)
+//! → [`classify`] (the answer's head and error body by the deadline, judged, settled) →
+//! [`forward`].
 //!
-//! The limit's permit is held until the classifier has decided, so a queued send never
-//! slips out between an upstream 368 and the trip it causes. [`edge`] is the main
-//! listener's hyper service: the webhook path or this stack, and the one conversion of a
-//! failed forward into the Cloud API envelope.
+//! Each layer hands the next an [`Exchanging`] request carrying the state its step produced,
+//! and each layer's inner service must accept the state the layer makes: the stack cannot be
+//! assembled in another order. [`edge`] is the main listener's hyper service: the webhook
+//! path or this stack, and the one place a failure becomes an answer ([`render`]).
 
 pub mod classify;
 pub mod edge;
@@ -14,22 +17,29 @@ pub mod forward;
 pub mod guard;
 pub mod limit;
 pub mod route;
+mod step;
 
 use std::sync::Arc;
 
+use http::{header, HeaderValue, Request, Response};
 use tower::ServiceBuilder;
 
 pub use crate::common::body::{self, Body};
-use crate::policy::Policy;
+use crate::policy::reply::MARKER;
+use crate::policy::{Policy, Reply};
 use crate::upstream::{HttpClient, Limiter, Target};
 pub use edge::Edge;
 
-/// Marks a response the gateway made itself (the classifier skips it).
-#[derive(Clone, Copy, Debug)]
-pub struct LocalReply;
+/// A request on its way down the stack, with the exchange state the layer above left it in.
+pub struct Exchanging<S> {
+    /// The request.
+    pub req: Request<Body>,
+    /// Its exchange state ([`crate::policy::exchange`]).
+    pub state: S,
+}
 
 /// The assembled proxy service (requests carry their [`route::Target`]).
-pub type Stack = guard::Guard<limit::Limit<guard::Guard<classify::Classify<forward::Forward>>>>;
+pub type Stack = guard::Guard<limit::Limit<classify::Classify<forward::Forward>>>;
 
 /// Builds a worker's stack over `policy`, counting against `limiter` (shared with the
 /// relay), forwarding with `client` (one per worker: its own pool).
@@ -39,11 +49,51 @@ pub fn stack(
     target: &Target,
     client: HttpClient,
 ) -> Stack {
-    let guard = guard::GuardLayer::new(policy.clone());
     ServiceBuilder::new()
-        .layer(guard.clone())
-        .layer(limit::LimitLayer::new(limiter))
-        .layer(guard)
-        .layer(classify::ClassifyLayer::new(policy).deadline(target.request_timeout))
+        .layer(guard::GuardLayer::new(policy.clone()))
+        .layer(limit::LimitLayer::new(policy.clone(), limiter))
+        .layer(classify::ClassifyLayer::new(policy))
         .service(forward::Forward::new(target, client))
+}
+
+/// The hyper engine's rendering of a gateway-made answer (hyper adds `content-length` and
+/// `date`): the relay's is `relay::render`, and a test keeps the two the same.
+pub fn render(reply: &Reply<'_>) -> Response<Body> {
+    let mut resp = Response::new(Body::full(reply.body_bytes()));
+    *resp.status_mut() = reply.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(MARKER, HeaderValue::from_static(reply.marker()));
+    if let Some(secs) = reply.retry_after() {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if reply.close() {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Test helpers for the layers.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::policy::testing::PHONE;
+    use crate::policy::{Policy, Route};
+
+    /// A request for `PHONE`'s `edge`, with its routed target.
+    pub fn request<B>(p: &Policy, method: http::Method, edge: &str, body: B) -> http::Request<B> {
+        let path = format!("/v21.0/{PHONE}/{edge}");
+        let Route::Graph(call) = p.route(&method, &path) else {
+            panic!("{path} is the webhook path")
+        };
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(body)
+            .unwrap_or_else(|e| panic!("{e}"));
+        req.extensions_mut().insert(super::route::Target(call));
+        req
+    }
 }

@@ -1,7 +1,5 @@
-//! One relayed request, the steps of [`crate::policy`] in order: guard → limit → guard →
-//! forward → classify → respond, recorded once.
-
-use std::time::Instant;
+//! One relayed request, straight-line: the steps of [`crate::policy::exchange`] in their
+//! order — guard → permit (and the guard again) → forward → classify → settle → respond.
 
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,16 +11,19 @@ use super::h1::request::RequestHead;
 use super::h1::response::{parse_response, ResponseHead};
 use super::h1::BadResponse;
 use super::{Relay, Scratch};
-use crate::policy::{Admit, Answer, Body, Call, Inspect, Outcome, Reply};
+use crate::common::error_chain;
+use crate::policy::exchange::{Admission, Answered, Guard, Routed, Settle};
+use crate::policy::framing::Codings;
+use crate::policy::{Answer, Body, Call, ForwardError, Reply};
 use crate::upstream::pool::Conn;
-use crate::upstream::{error_chain, ForwardError};
 
 impl Relay {
-    /// Answers the request in `req` (`head` says where its parts are) on `client`.
-    /// Returns whether the client connection can carry another request. A drain that
-    /// starts while the request is in flight (`drain` flips) closes the connection after
-    /// this answer, which says so (`connection: close`): the client's next send then goes
-    /// to a fresh connection instead of being cut unanswered.
+    /// Answers the request in `req` (`head` says where its parts are) on `client`, taking
+    /// the exchange's steps in their order ([`crate::policy::exchange`]). Returns whether
+    /// the client connection can carry another request. A drain that starts while the
+    /// request is in flight (`drain` flips) closes the connection after this answer, which
+    /// says so (`connection: close`): the client's next send then goes to a fresh
+    /// connection instead of being cut unanswered.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn exchange(
         &self,
@@ -34,36 +35,45 @@ impl Relay {
         drain: &watch::Receiver<bool>,
         s: &mut Scratch,
     ) -> bool {
-        let policy = &self.shared.policy;
+        let policy = &*self.shared.policy;
         let body = &req[head.head_len..];
         let closing = || close || *drain.borrow();
-        let close = closing();
-        if let Some(unacked) = self.answer_locally(call, body, close, s) {
-            if let Some(seq) = unacked {
-                policy.acknowledged(seq).await;
+        // Renders a local answer into `s.out` (no response object: this path runs at the
+        // rate a blocked app retries).
+        let out = &mut s.out;
+        let local = |reply: Reply<'_>| {
+            out.clear();
+            super::render(&reply, closing(), out);
+        };
+        // The relay holds every request whole: the guard never asks to read it.
+        let guarded = match Routed::new(call).admit(policy, Body::Read(body), local) {
+            Guard::Go(g) => g,
+            Guard::Local((), settle) => {
+                return self.answer_local(client, settle, closing(), s).await
             }
-            return send(client, close, s).await;
-        }
+            Guard::Read(routed, _) => routed.too_large(),
+        };
         let limiter = &self.shared.limiter;
         let permit = match limiter.try_acquire() {
             Some(p) => p,
             None => limiter.acquire().await,
         };
-        // Again: the circuit may have tripped while this send waited for a permit.
-        let close = closing();
-        if let Some(unacked) = self.answer_locally(call, body, close, s) {
-            drop(permit);
-            if let Some(seq) = unacked {
-                policy.acknowledged(seq).await;
+        let out = &mut s.out;
+        let local = |reply: Reply<'_>| {
+            out.clear();
+            super::render(&reply, closing(), out);
+        };
+        let admitted = match guarded.permitted(policy, permit, Body::Read(body), local) {
+            Admission::Go(a) => a,
+            Admission::Local((), settle) => {
+                return self.answer_local(client, settle, closing(), s).await
             }
-            return send(client, close, s).await;
-        }
+        };
 
         s.up.extend_from_slice(body);
-        let start = Instant::now();
-        let timeout = self.shared.request_timeout;
-        let sent = tokio::time::timeout(
-            timeout,
+        let deadline = tokio::time::Instant::from_std(admitted.deadline());
+        let sent = tokio::time::timeout_at(
+            deadline,
             self.forward(head.method == Method::HEAD, &closing, s),
         )
         .await;
@@ -71,72 +81,66 @@ impl Relay {
         let close = closing();
         let (mut conn, rh) = match sent {
             Ok(Ok(ok)) => ok,
-            Ok(Err(e)) => return self.failed(client, call, e, start, close, s).await,
+            Ok(Err(e)) => {
+                admitted.failed(&e);
+                return self.failed(client, e, close, s).await;
+            }
             Err(_) => {
-                let e = ForwardError::Timeout(timeout);
-                return self.failed(client, call, e, start, close, s).await;
+                let e = ForwardError::Timeout(admitted.timeout());
+                admitted.failed(&e);
+                return self.failed(client, e, close, s).await;
             }
         };
-        let to_head = start.elapsed();
 
         let mut reader = BodyReader::new(rh.framing, std::mem::take(&mut s.resp), rh.head_len);
-        let mut unacked = None;
-        if let Inspect::Read { limit } = policy.inspect(rh.status, rh.content_length()) {
-            // The error body is read within `request_timeout` of forwarding, like the
-            // head: a stalled body must not hold the upstream permit past it.
-            let left = timeout.saturating_sub(start.elapsed());
-            let read = tokio::time::timeout(left, reader.buffer(&mut conn, limit, &mut s.decoded));
-            let Ok(read) = read.await else {
-                s.resp = reader.into_buffer();
-                drop(permit);
-                let e = ForwardError::Timeout(timeout);
-                return self.failed(client, call, e, start, close, s).await;
-            };
-            match read {
-                Ok(true) => {
-                    let judged: &[u8] = if reader.chunked() {
-                        &s.decoded
-                    } else {
-                        reader.framed()
-                    };
-                    let mut codings = [&[][..]; 5];
-                    let mut n = 0;
-                    for c in rh.content_encoding(reader.head()) {
-                        codings[n] = c;
-                        n += 1;
+        let settle = match admitted.answered(policy, rh.status, rh.content_length()) {
+            Answered::Pass(settle) => settle,
+            Answered::Read(reading) => {
+                // The error body is read by the same deadline as the head: a stalled body
+                // must not hold the upstream permit past it.
+                let deadline = tokio::time::Instant::from_std(reading.deadline());
+                let read = tokio::time::timeout_at(
+                    deadline,
+                    reader.buffer(&mut conn, reading.limit(), &mut s.decoded),
+                );
+                match read.await {
+                    Ok(Ok(true)) => {
+                        let judged: &[u8] = if reader.chunked() {
+                            &s.decoded
+                        } else {
+                            reader.framed()
+                        };
+                        let codings = Codings::collect(rh.content_encoding(reader.head()));
+                        let answer = Answer {
+                            status: rh.status,
+                            content_encoding: codings.as_slice(),
+                            retry_after: rh.retry_after(reader.head()),
+                            body: judged,
+                            // The relay holds every request whole: judge reads it only for a
+                            // template code.
+                            request: Some(body),
+                        };
+                        reading.judge(policy, answer)
                     }
-                    let answer = Answer {
-                        status: rh.status,
-                        content_encoding: &codings[..n],
-                        retry_after: rh.retry_after(reader.head()),
-                        body: judged,
-                        // The relay holds every request whole: judge reads it only for a
-                        // template code.
-                        request: Some(body),
-                    };
-                    unacked = policy.classify(call, answer);
-                }
-                Ok(false) => {} // too large to judge: relayed as it comes
-                Err(e) => {
-                    s.resp = reader.into_buffer();
-                    let e = ForwardError::Broken(Box::new(e));
-                    return self.failed(client, call, e, start, close, s).await;
+                    // Too large to judge: relayed as it comes.
+                    Ok(Ok(false)) => reading.too_large(),
+                    Ok(Err(e)) => {
+                        s.resp = reader.into_buffer();
+                        let e = ForwardError::Broken(Box::new(e));
+                        reading.failed(&e);
+                        return self.failed(client, e, close, s).await;
+                    }
+                    Err(_) => {
+                        s.resp = reader.into_buffer();
+                        let e = ForwardError::Timeout(reading.timeout());
+                        reading.failed(&e);
+                        return self.failed(client, e, close, s).await;
+                    }
                 }
             }
-        }
-        // The classifier has decided: queued sends may go (or be answered locally) now.
-        drop(permit);
-        // A tripping answer reaches the app only once the open is durable.
-        if let Some(seq) = unacked {
-            policy.acknowledged(seq).await;
-        }
-        policy.record(
-            call,
-            Outcome::Answered {
-                status: rh.status,
-                to_head,
-            },
-        );
+        };
+        // The permit is back; a tripping answer reaches the app once the open is durable.
+        settle.done(policy).await;
 
         let relayed = relay_body(&mut reader, &mut conn, client, &mut s.out).await;
         let reusable = reader.reusable() && !rh.close;
@@ -153,30 +157,16 @@ impl Relay {
         !close && reusable
     }
 
-    /// The guard: when the send is in scope of an open circuit, puts the local answer in
-    /// `s.out` and returns `Some` (with the change to wait for when it is not durable yet).
-    /// Builds no response object: this path runs at the rate a blocked app retries.
-    fn answer_locally(
+    /// Sends the local answer in `s.out` once it is settled (durable, recorded).
+    async fn answer_local(
         &self,
-        call: Call,
-        body: &[u8],
+        client: &mut TcpStream,
+        settle: Settle,
         close: bool,
         s: &mut Scratch,
-    ) -> Option<Option<u64>> {
-        let policy = &self.shared.policy;
-        let out = &mut s.out;
-        let local = policy.admit(call, Body::Read(body), |reply| {
-            out.clear();
-            reply.write_h1(close, out);
-        });
-        match local {
-            Admit::Local { unacked, .. } => {
-                policy.record(call, Outcome::Local);
-                Some(unacked)
-            }
-            // The relay always has the whole body: the guard never asks to read it.
-            Admit::Forward | Admit::Inspect { .. } => None,
-        }
+    ) -> bool {
+        settle.done(&self.shared.policy).await;
+        send(client, close, s).await
     }
 
     /// Writes `s.up` to an upstream connection and reads the answer's head into `s.resp`
@@ -217,26 +207,18 @@ impl Relay {
         }
     }
 
-    /// A forward that failed before any answer byte reached the client: logged, recorded,
-    /// answered with the gateway's 502/504.
+    /// A forward that failed before any answer byte reached the client (the exchange has
+    /// recorded it): logged, answered with the gateway's 502/504.
     async fn failed(
         &self,
         client: &mut TcpStream,
-        call: Call,
         e: ForwardError,
-        start: Instant,
         close: bool,
         s: &mut Scratch,
     ) -> bool {
         tracing::warn!(error = %error_chain(&e), "upstream request failed");
-        self.shared.policy.record(
-            call,
-            Outcome::Failed {
-                after: start.elapsed(),
-            },
-        );
         s.out.clear();
-        Reply::forward_failed(&e).write_h1(close, &mut s.out);
+        super::render(&Reply::forward_failed(&e), close, &mut s.out);
         send(client, close, s).await
     }
 }

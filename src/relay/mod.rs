@@ -39,7 +39,6 @@ struct Shared {
     connector: Connector,
     /// `host` sent upstream.
     authority: String,
-    request_timeout: Duration,
     deadlines: ClientDeadlines,
 }
 
@@ -88,7 +87,6 @@ impl Relay {
                 limiter,
                 connector: Connector::new(target),
                 authority: target.authority.to_string(),
-                request_timeout: target.request_timeout,
                 deadlines,
             }),
             pool: Pool::default(),
@@ -229,12 +227,14 @@ impl Relay {
 /// Answers 408 to a client whose head or body missed its deadline; the connection closes.
 async fn timed_out(stream: &mut TcpStream) {
     use tokio::io::AsyncWriteExt;
-    crate::metrics::METRICS.client_timeouts.inc();
     let mut out = Vec::with_capacity(512);
-    crate::policy::Reply::request_timeout().write_h1(true, &mut out);
+    render(&crate::policy::exchange::client_timed_out(), true, &mut out);
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
 }
+
+/// The relay's rendering of a gateway-made answer ([`h1::encode::reply`]).
+pub use h1::encode::reply as render;
 
 /// Largest capacity a per-connection buffer keeps while the connection is idle.
 const IDLE_KEEP: usize = 1024;
@@ -268,5 +268,100 @@ impl Scratch {
                 v.shrink_to(IDLE_KEEP);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+    use crate::circuit::{OpenGuard, Scope};
+    use crate::common::Body;
+    use crate::policy::{ForwardError, Reply};
+    use bytes::Bytes;
+    use http::Response;
+
+    /// Parses what `render` wrote: status, headers (lowercase, without content-length,
+    /// date and connection, which hyper adds itself), body.
+    fn parse_h1(raw: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(n) = r.parse(raw).unwrap() else {
+            panic!("partial")
+        };
+        let hs = r
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8(h.value.to_vec()).unwrap(),
+                )
+            })
+            .filter(|(n, _)| !matches!(n.as_str(), "content-length" | "date" | "connection"))
+            .collect();
+        (r.code.unwrap(), hs, raw[n..].to_vec())
+    }
+
+    fn from_response(r: &Response<Body>) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let hs = r
+            .headers()
+            .iter()
+            .filter(|(n, _)| *n != http::header::CONNECTION)
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        let body = match r.body() {
+            Body::Full { data } => data.clone().unwrap_or_default().to_vec(),
+            _ => panic!("buffered"),
+        };
+        (r.status().as_u16(), hs, body)
+    }
+
+    /// Both engines render a reply alike: the same status, headers and body, and
+    /// `connection: close` exactly when the reply (or the relay's connection) closes.
+    fn same_on_both_engines(reply: &Reply<'_>) {
+        let mut raw = Vec::new();
+        render(reply, false, &mut raw);
+        let resp = crate::proxy::render(reply);
+        assert_eq!(parse_h1(&raw), from_response(&resp));
+        let text = String::from_utf8(raw.clone()).unwrap();
+        assert!(text.contains(&format!("\r\ncontent-length: {}\r\n", reply.body().len())));
+        assert_eq!(text.contains("connection: close"), reply.close());
+        assert_eq!(
+            resp.headers().contains_key(http::header::CONNECTION),
+            reply.close()
+        );
+        raw.clear();
+        render(reply, true, &mut raw);
+        assert!(String::from_utf8(raw)
+            .unwrap()
+            .contains("\r\nconnection: close\r\n"));
+    }
+
+    #[test]
+    fn gateway_answers_render_the_same_on_both_engines() {
+        let guard = OpenGuard {
+            scope: Scope::AllSends,
+            until_unix: Some(1_000_000 + 3600),
+            body: Bytes::from_static(b"{\"error\":{\"code\":368}}"),
+            seq: 1,
+        };
+        let r = Reply::open_at(&guard, || 1_000_000);
+        same_on_both_engines(&r);
+        assert_eq!(crate::proxy::render(&r).headers()["retry-after"], "3600");
+        let no_end = OpenGuard {
+            until_unix: None,
+            ..guard
+        };
+        same_on_both_engines(&Reply::open_at(&no_end, || 0));
+        for e in [
+            ForwardError::Connect("refused".into()),
+            ForwardError::Timeout(std::time::Duration::from_secs(1)),
+            ForwardError::Broken("eof".into()),
+            ForwardError::ClientBody("cut".into()),
+            ForwardError::ClientTimeout,
+        ] {
+            same_on_both_engines(&Reply::forward_failed(&e));
+        }
+        same_on_both_engines(&Reply::bad_request("no"));
     }
 }

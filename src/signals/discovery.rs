@@ -53,15 +53,15 @@ pub struct Hints {
     caller_token: bool,
 }
 
-impl Hints {
+impl crate::policy::Discovery for Hints {
     /// Whether [`Hints::hint`] wants the send's `Authorization` header.
-    pub fn wants_caller_token(&self) -> bool {
+    fn wants_caller_token(&self) -> bool {
         self.caller_token
     }
 
     /// Queues `phone` for a lookup; never waits. `authorization` is the send's header value,
     /// read only when [`Hints::wants_caller_token`].
-    pub fn hint(&self, phone: GraphId, authorization: Option<&[u8]>) {
+    fn hint(&self, phone: GraphId, authorization: Option<&[u8]>) {
         let token = self.caller_token.then(|| bearer(authorization?)).flatten();
         if self.tx.try_send(Hint { phone, token }).is_err() {
             METRICS

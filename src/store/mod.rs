@@ -124,7 +124,7 @@ pub async fn start(cfg: &Config, table: Arc<Table>) -> Result<StoreHandle, Store
     let records = loaded.mappings.len();
     // Past-due `until`s stay open here: the expiry task closes them right after start.
     for c in loaded.circuits {
-        table.merge(c);
+        table.restore(c);
     }
     // Then mappings: a phone number's open circuit whose WABA is known (a widening a crash
     // cut short) widens now.

@@ -81,8 +81,6 @@ pub struct Target {
     pub(crate) trust: Arc<ClientConfig>,
     /// TCP (and TLS) connect timeout.
     pub connect_timeout: Duration,
-    /// From forwarding to the answer's head.
-    pub request_timeout: Duration,
 }
 
 impl Target {
@@ -123,7 +121,6 @@ impl Target {
             tls_name,
             trust,
             connect_timeout: cfg.connect_timeout,
-            request_timeout: cfg.request_timeout,
         })
     }
 
@@ -156,25 +153,3 @@ impl Target {
 }
 
 pub use crate::common::error::{error_chain, BoxError};
-
-/// Why a request could not be forwarded; rendered once, at the edge, by
-/// [`crate::policy::Reply::forward_failed`].
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    /// TCP connect or TLS handshake failed.
-    #[error("upstream unreachable")]
-    Connect(#[source] BoxError),
-    /// No answer head within `request_timeout`.
-    #[error("upstream did not answer within {0:?}")]
-    Timeout(Duration),
-    /// The upstream closed or sent something that is not HTTP.
-    #[error("upstream answer broken")]
-    Broken(#[source] BoxError),
-    /// The client's request body broke off or was malformed while it was forwarded.
-    #[error("client request body broken")]
-    ClientBody(#[source] BoxError),
-    /// The client sent nothing of its request body for `client_body_timeout` while it
-    /// was forwarded (answered 408, the connection closes).
-    #[error("client request body not in within client_body_timeout")]
-    ClientTimeout,
-}

@@ -82,6 +82,20 @@ fn with_date(f: impl FnOnce(&[u8])) {
     });
 }
 
+/// A gateway-made answer as HTTP/1.1 bytes, appended to `out`: the status, headers and body
+/// `proxy::render` gives hyper, plus `content-length`, `date` and — when `close` or the
+/// reply asks for it — `connection: close`. A test keeps the two engines' renderings alike.
+pub fn reply(reply: &crate::policy::Reply<'_>, close: bool, out: &mut Vec<u8>) {
+    use crate::policy::reply::MARKER;
+    status_line(out, reply.status());
+    header(out, b"content-type", b"application/json");
+    header(out, MARKER.as_bytes(), reply.marker().as_bytes());
+    if let Some(secs) = reply.retry_after() {
+        header_decimal(out, b"retry-after", secs as u64);
+    }
+    finish(out, reply.body(), close || reply.close());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

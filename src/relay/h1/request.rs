@@ -2,7 +2,8 @@
 
 use http::Method;
 
-use super::{content_length, encode, MAX_BODY, MAX_HEAD, MAX_HEADERS};
+use super::{encode, MAX_BODY, MAX_HEAD, MAX_HEADERS};
+use crate::policy::framing::content_length;
 use crate::policy::hop::HopByHop;
 
 /// What the start of a client's buffer holds.

@@ -2,11 +2,9 @@
 
 use http::StatusCode;
 
-use super::{chunked_last, content_length, encode, BadResponse, Framing, MAX_HEAD, MAX_HEADERS};
+use super::{encode, BadResponse, Framing, MAX_HEAD, MAX_HEADERS};
+use crate::policy::framing::{self, chunked_last, content_length, MAX_CODINGS};
 use crate::policy::hop::HopByHop;
-
-/// Most `content-encoding` header lines remembered for the classifier.
-const MAX_CODINGS: usize = 4;
 
 /// A parsed upstream answer head.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,7 +87,6 @@ pub fn parse_response(
             skipped += n;
             continue;
         }
-        super::final_status(status)?;
         let Ok(code) = StatusCode::from_u16(status) else {
             return Err(BadResponse::Malformed("status code out of range"));
         };
@@ -129,9 +126,7 @@ pub fn parse_response(
             }
         }
         close |= hop.close();
-        if super::ambiguous_framing(length.is_some(), chunked) {
-            return Err(BadResponse::Framing);
-        }
+        framing::answer_head(status, length.is_some(), chunked)?;
         let framing = if head_request || status == 204 || status == 304 || length == Some(0) {
             Framing::Empty
         } else if chunked {

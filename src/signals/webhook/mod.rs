@@ -22,7 +22,6 @@ pub mod forward;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 use hmac::{Hmac, KeyInit, Mac};
@@ -31,16 +30,18 @@ use http_body_util::{BodyExt, Limited};
 use sha2::Sha256;
 
 use super::health::{HealthChecker, PollOutcome};
-use crate::circuit::{Action, Change, Evidence, Scope, State, Table};
+use crate::circuit::{Action, Change, Evidence, Scope, Table};
 use crate::common::Body;
 use crate::config::{Config, Secret};
 use crate::graph::health::Verdict;
-use crate::graph::plan::{
-    known_only, message_errors, plan, plan_message_errors, plan_template, plan_template_quality,
-    FIELD_MESSAGES, FIELD_TEMPLATE_QUALITY, FIELD_TEMPLATE_STATUS, WEBHOOK_CODE,
-};
 use crate::graph::webhook as payload;
 use crate::metrics::METRICS;
+use crate::policy::plan::{
+    known_only, message_errors, plan, plan_message_errors, FIELD_MESSAGES, WEBHOOK_CODE,
+};
+use crate::policy::template::{
+    plan_template, plan_template_quality, FIELD_TEMPLATE_QUALITY, FIELD_TEMPLATE_STATUS,
+};
 use crate::upstream::{error_chain, HttpClient};
 use forward::Forwarder;
 
@@ -48,7 +49,6 @@ use forward::Forwarder;
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 
 /// How long a delivery waits for its changes to be durable before answering 503.
-const DURABLE_WAIT: Duration = Duration::from_secs(5);
 
 /// The webhook receiver on the main listener.
 pub struct Webhook {
@@ -217,7 +217,11 @@ impl Webhook {
         let last_seq = self.apply(&env);
         let durable = async {
             match last_seq {
-                Some(seq) => self.table.wait_durable(seq, DURABLE_WAIT).await,
+                Some(seq) => {
+                    self.table
+                        .wait_durable(seq, crate::circuit::Waiter::Signal)
+                        .await
+                }
                 None => true,
             }
         };
@@ -376,13 +380,9 @@ fn conditional_close(table: &Table, mut change: Change, opened_by: Option<&str>)
     };
     let opened_by_event = table.get(&change.key()).is_some_and(|c| {
         c.is_open()
-            && c.history
-                .iter()
-                .rev()
-                .find(|t| !t.note && t.to == State::Open)
-                .is_some_and(|t| {
-                    matches!(&t.evidence, Some(Evidence::Webhook { event: e, .. }) if e == event)
-                })
+            && c.last_opening().is_some_and(
+                |t| matches!(&t.evidence, Some(Evidence::Webhook { event: e, .. }) if e == event),
+            )
     });
     if !opened_by_event {
         change.action = Action::Note;

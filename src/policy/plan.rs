@@ -1,14 +1,14 @@
 //! What a webhook event means for a circuit: each `account_update` change of a delivery
 //! mapped to one circuit change (open with a scope and an end, close, or a note), at the
-//! event's own time. Pure: the receiver ([`crate::signals::webhook`]) applies the plan.
+//! event's own time. Pure: the webhook receiver applies the plan.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::webhook::{
+use crate::circuit::{Action, Change, Evidence, Scope, Source};
+use crate::graph::codes::{self, POLICY_BLOCK};
+use crate::graph::webhook::{
     waba_info_id, AccountEvent, BanState, ChangeItem, Entry, RestrictionKind, PARTNER_EVENTS,
 };
-use crate::circuit::{Action, Change, Evidence, Scope, Source, TemplateRef};
-use crate::graph::codes::{self, POLICY_BLOCK};
 use crate::graph::GraphId;
 
 /// Graph error code local replies carry for circuits opened by a webhook: like a policy
@@ -299,7 +299,9 @@ pub fn message_errors(ch: &ChangeItem) -> Vec<AsyncError> {
                     "timestamp": st.get("timestamp"),
                     "error": e,
                 }),
-                time: st.get("timestamp").and_then(super::webhook::unix_time),
+                time: st
+                    .get("timestamp")
+                    .and_then(crate::graph::webhook::unix_time),
             });
         }
     }
@@ -401,152 +403,6 @@ pub fn plan_message_errors(
         only_if_opened_by: None,
         only_known_waba: false,
     })
-}
-
-/// The field of template status changes.
-pub const FIELD_TEMPLATE_STATUS: &str = "message_template_status_update";
-/// The field of template quality changes.
-pub const FIELD_TEMPLATE_QUALITY: &str = "message_template_quality_update";
-/// Graph codes of a send of a paused / disabled template (the policy core's: a send
-/// answered with one opens the same circuit as this webhook).
-
-/// The template a template webhook is about (`message_template_name`,
-/// `message_template_language`), when both are there and well-formed.
-pub fn webhook_template(value: &serde_json::Value) -> Option<TemplateRef> {
-    let s = |k: &str| value.get(k).and_then(serde_json::Value::as_str);
-    let t = TemplateRef {
-        name: s("message_template_name")?.to_string(),
-        language: s("message_template_language")?.to_string(),
-    };
-    t.is_valid().then_some(t)
-}
-
-/// Maps a `message_template_status_update` change to its template's circuit (pure):
-///
-/// - `PAUSED` → open, answered locally with 132015; the known end is the pause's
-///   (`other_info.title` `FIRST_PAUSE` 3 h, `SECOND_PAUSE` 6 h; none otherwise).
-/// - `DISABLED` → open with 132016, no end.
-/// - `REINSTATED`, `UNPAUSED`, `APPROVED`, or `other_info.title` `UNPAUSE` → close (the
-///   template is sendable again).
-/// - Anything else (`FLAGGED`, `REJECTED`, `PENDING_DELETION`, `DELETED`, …) → a note
-///   (Meta answers those sends itself).
-///
-/// `other_info` and the whole value are kept as evidence. `None` when the entry is not a
-/// WABA or the template is not named.
-pub fn plan_template(entry: &Entry, ch: &ChangeItem, now: DateTime<Utc>) -> Option<Step> {
-    if ch.field != FIELD_TEMPLATE_STATUS || !GraphId::is_valid(&entry.id) {
-        return None;
-    }
-    let template = webhook_template(&ch.value)?;
-    let event = ch.event_name().unwrap_or_default().to_ascii_uppercase();
-    let title = ch
-        .value
-        .get("other_info")
-        .and_then(|o| o.get("title"))
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or_default()
-        .to_ascii_uppercase();
-    let at = entry.event_time(ch, now);
-    let hours = |h: i64| Some(at + chrono::Duration::hours(h));
-    let action = match (event.as_str(), title.as_str()) {
-        (_, "UNPAUSE") | ("REINSTATED" | "UNPAUSED" | "APPROVED", _) => Action::Close,
-        ("PAUSED", t) => Action::Open {
-            scope: Scope::BusinessInitiated,
-            code: Some(codes::TEMPLATE_PAUSED),
-            until: match t {
-                "FIRST_PAUSE" => hours(3),
-                "SECOND_PAUSE" => hours(6),
-                _ => None,
-            },
-        },
-        ("DISABLED", _) => Action::Open {
-            scope: Scope::BusinessInitiated,
-            code: Some(codes::TEMPLATE_DISABLED),
-            until: None,
-        },
-        _ => Action::Note,
-    };
-    let title_part = if title.is_empty() {
-        String::new()
-    } else {
-        format!(" ({title})")
-    };
-    Some(Step {
-        change: Change {
-            waba_id: entry.id.clone(),
-            phone_number_id: None,
-            template: Some(template.clone()),
-            action,
-            source: Source::Webhook,
-            at,
-            reason: format!(
-                "{FIELD_TEMPLATE_STATUS} {event}{title_part}: template {} ({})",
-                template.name, template.language
-            ),
-            evidence: Some(Evidence::Webhook {
-                entry_id: entry.id.clone(),
-                field: ch.field.clone(),
-                event,
-                value: ch.value.clone(),
-            }),
-        },
-        check_health: false,
-        only_if_opened_by: None,
-        only_known_waba: false,
-    })
-}
-
-/// A `message_template_quality_update` as a note on the WABA's circuit (never a block) and
-/// its new score (the metric label). `None` when the entry is not a WABA.
-pub fn plan_template_quality(
-    entry: &Entry,
-    ch: &ChangeItem,
-    now: DateTime<Utc>,
-) -> Option<(Step, &'static str)> {
-    if ch.field != FIELD_TEMPLATE_QUALITY || !GraphId::is_valid(&entry.id) {
-        return None;
-    }
-    let s = |k: &str| {
-        ch.value
-            .get(k)
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or_default()
-    };
-    let new = s("new_quality_score").to_ascii_uppercase();
-    let label = match new.as_str() {
-        "GREEN" => "GREEN",
-        "YELLOW" => "YELLOW",
-        "RED" => "RED",
-        "UNKNOWN" => "UNKNOWN",
-        _ => "other",
-    };
-    let name = webhook_template(&ch.value)
-        .map(|t| format!("{} ({})", t.name, t.language))
-        .unwrap_or_else(|| "unnamed template".into());
-    let step = Step {
-        change: Change {
-            waba_id: entry.id.clone(),
-            phone_number_id: None,
-            template: None,
-            action: Action::Note,
-            source: Source::Webhook,
-            at: entry.event_time(ch, now),
-            reason: format!(
-                "{FIELD_TEMPLATE_QUALITY}: template {name} quality {} -> {label} (recorded, not a block)",
-                s("previous_quality_score")
-            ),
-            evidence: Some(Evidence::Webhook {
-                entry_id: entry.id.clone(),
-                field: ch.field.clone(),
-                event: label.to_string(),
-                value: ch.value.clone(),
-            }),
-        },
-        check_health: false,
-        only_if_opened_by: None,
-        only_known_waba: false,
-    };
-    Some((step, label))
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -935,76 +791,6 @@ mod tests {
             ..ch.clone()
         };
         assert!(message_errors(&other).is_empty());
-    }
-
-    #[test]
-    fn template_status_updates() {
-        let plan_t = |value: Value| {
-            let body = json!({"entry": [{"id": WABA, "time": T, "changes": [{"field": FIELD_TEMPLATE_STATUS, "value": value}]}]});
-            let env = payload::parse(body.to_string().as_bytes()).unwrap();
-            let en = &env.entries[0];
-            plan_template(en, &en.changes[0], now())
-        };
-        let v = |event: &str, title: Option<&str>| {
-            let mut v = json!({"event": event, "message_template_id": 123,
-                "message_template_name": "order_update", "message_template_language": "en_US"});
-            if let Some(t) = title {
-                v["other_info"] = json!({"title": t, "description": "paused"});
-            }
-            v
-        };
-        let open = |code: i64, until: Option<DateTime<Utc>>| Action::Open {
-            scope: Scope::BusinessInitiated,
-            code: Some(code),
-            until,
-        };
-        let cases = [
-            (
-                v("PAUSED", Some("FIRST_PAUSE")),
-                open(132015, Some(at(T + 3 * 3600))),
-            ),
-            (
-                v("PAUSED", Some("SECOND_PAUSE")),
-                open(132015, Some(at(T + 6 * 3600))),
-            ),
-            (v("PAUSED", Some("RATE_LIMITING_PAUSE")), open(132015, None)),
-            (v("PAUSED", None), open(132015, None)),
-            (v("DISABLED", None), open(132016, None)),
-            (v("REINSTATED", None), Action::Close),
-            (v("APPROVED", None), Action::Close),
-            (v("REINSTATED", Some("UNPAUSE")), Action::Close),
-            (v("FLAGGED", None), Action::Note),
-            (v("DELETED", None), Action::Note),
-        ];
-        for (value, want) in cases {
-            let s = plan_t(value.clone()).unwrap();
-            assert_eq!(s.change.action, want, "{value}");
-            assert_eq!(
-                s.change.key(),
-                format!("template:{WABA}:order_update:en_US")
-            );
-            let Some(Evidence::Webhook { value: ev, .. }) = &s.change.evidence else {
-                panic!()
-            };
-            assert_eq!(ev, &value);
-        }
-        // No (usable) name: nothing.
-        assert!(plan_t(json!({"event": "PAUSED"})).is_none());
-        assert!(plan_t(json!({"event": "PAUSED", "message_template_name": "Bad Name", "message_template_language": "en"})).is_none());
-    }
-
-    #[test]
-    fn template_quality_is_a_note() {
-        let body = json!({"entry": [{"id": WABA, "time": T, "changes": [{"field": FIELD_TEMPLATE_QUALITY, "value": {
-            "previous_quality_score": "GREEN", "new_quality_score": "RED", "message_template_id": 1,
-            "message_template_name": "order_update", "message_template_language": "en_US"}}]}]});
-        let env = payload::parse(body.to_string().as_bytes()).unwrap();
-        let en = &env.entries[0];
-        let (s, label) = plan_template_quality(en, &en.changes[0], now()).unwrap();
-        assert_eq!(label, "RED");
-        assert_eq!(s.change.action, Action::Note);
-        assert_eq!(s.change.template, None);
-        assert!(s.change.reason.contains("GREEN -> RED"));
     }
 
     #[test]

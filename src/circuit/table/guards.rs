@@ -1,0 +1,119 @@
+//! The hot path's view of the table: the open circuits' guards, by WABA, by phone number
+//! and by template, each map with its own count so a send reads a map only while something
+//! of its kind is open. Updated under the circuit's entry by the table ([`super::Table`]).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::report;
+use crate::circuit::guard::OpenGuard;
+use crate::circuit::model::Circuit;
+use crate::circuit::template::{TemplateIndex, TemplateRef};
+use crate::graph::GraphId;
+
+/// See the module docs.
+#[derive(Default)]
+pub(super) struct Guards {
+    open: DashMap<Arc<str>, Arc<OpenGuard>>,
+    /// At least `open.len()`: lets the hot path skip the map with one plain load when
+    /// nothing is open (`DashMap::is_empty` read-locks every shard, a write to lines every
+    /// core shares).
+    open_len: AtomicUsize,
+    /// Open phone-number circuits, by phone number.
+    phones: DashMap<GraphId, Arc<OpenGuard>>,
+    phones_len: AtomicUsize,
+    /// Open template circuits.
+    templates: TemplateIndex,
+}
+
+impl Guards {
+    #[inline]
+    pub(super) fn waba(&self, waba_id: &str) -> Option<Arc<OpenGuard>> {
+        if self.open_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.open.get(waba_id).map(|g| Arc::clone(g.value()))
+    }
+
+    #[inline]
+    pub(super) fn with_waba<R>(&self, waba_id: &str, f: impl FnOnce(&OpenGuard) -> R) -> Option<R> {
+        if self.open_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.open.get(waba_id).map(|g| f(g.value()))
+    }
+
+    #[inline]
+    pub(super) fn with_phone<R>(
+        &self,
+        phone: &GraphId,
+        f: impl FnOnce(&OpenGuard) -> R,
+    ) -> Option<R> {
+        if self.phones_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.phones.get(phone).map(|g| f(g.value()))
+    }
+
+    #[inline]
+    pub(super) fn has_templates(&self, waba_id: &str) -> bool {
+        self.templates.has_open(waba_id)
+    }
+
+    pub(super) fn with_template<R>(
+        &self,
+        waba_id: &str,
+        template: &TemplateRef,
+        f: impl FnOnce(&OpenGuard) -> R,
+    ) -> Option<R> {
+        self.templates.with_guard(waba_id, template, f)
+    }
+
+    pub(super) fn count(&self) -> usize {
+        self.open.len() + self.phones.len() + self.templates.len()
+    }
+
+    /// Makes the view agree with `c` (key `key`) after change `seq`.
+    pub(super) fn sync(&self, key: &Arc<str>, c: &Circuit, seq: u64) {
+        if c.template.is_some() {
+            if self.templates.sync(key, c, seq) {
+                report::open_gauge(c, i64::from(c.is_open()));
+            }
+            return;
+        }
+        if let Some(phone) = c.phone_number_id.as_deref().and_then(GraphId::new) {
+            if c.is_open() {
+                self.phones_len.fetch_add(1, Ordering::AcqRel);
+                if self
+                    .phones
+                    .insert(phone, Arc::new(OpenGuard::new(c, seq)))
+                    .is_some()
+                {
+                    self.phones_len.fetch_sub(1, Ordering::AcqRel);
+                }
+                report::open_gauge(c, 1);
+            } else if self.phones.remove(&phone).is_some() {
+                self.phones_len.fetch_sub(1, Ordering::AcqRel);
+                report::open_gauge(c, 0);
+            }
+            return;
+        }
+        // Count up before inserting and down after removing, so the count never reads low.
+        if c.is_open() {
+            self.open_len.fetch_add(1, Ordering::AcqRel);
+            if self
+                .open
+                .insert(key.clone(), Arc::new(OpenGuard::new(c, seq)))
+                .is_some()
+            {
+                self.open_len.fetch_sub(1, Ordering::AcqRel);
+            }
+            report::open_gauge(c, 1);
+        } else if self.open.remove(key.as_ref()).is_some() {
+            self.open_len.fetch_sub(1, Ordering::AcqRel);
+            report::open_gauge(c, 0);
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! The circuit table: the one place circuits change. Every change goes through
+//! [`Table::apply`] (made here) or [`Table::merge`] (a replica's or the store's), under the
+//! ordering rule ([`super::order`]); listeners (stores, pollers, timers, notifications) hear
+//! of each. The parts, by reason to change:
+//!
+//! - [`guards`]: the hot path's view, the open circuits' guards (what a send reads);
+//! - [`durable`]: the durable watermark and the bounded waits for it;
+//! - [`mappings`]: phone → WABA learning and the widening it causes;
+//! - [`report`]: gauges, the transition counter and log line, ignored-event summaries.
+
+mod durable;
+mod guards;
+mod mappings;
+mod report;
+
+pub use durable::Waiter;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+
+use super::directory::{Directory, Mapping, Resolved};
+use super::guard::OpenGuard;
+use super::model::Circuit;
+use super::order::{decide, newer, Action, Change, Outcome};
+use super::template::TemplateRef;
+use crate::graph::GraphId;
+
+/// Where a change came from, for the listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Made on this replica: persist and publish.
+    Local,
+    /// Received from another replica (or loaded): persist only.
+    Remote,
+}
+
+/// Sent to listeners after every applied change.
+#[derive(Clone, Debug)]
+pub struct Notice {
+    /// The circuit after the change.
+    pub circuit: Circuit,
+    /// Who made it.
+    pub origin: Origin,
+    /// Table-wide sequence number of this change; stores report durability by it.
+    pub seq: u64,
+    /// The circuit's state or scope changed (not only its record): what a person hears of.
+    pub transition: bool,
+    /// The circuit was dropped from the table (a closed record past its retention, or over
+    /// `max_circuits`): stores delete it.
+    pub removed: bool,
+}
+
+/// Sent to mapping listeners after every phone → WABA mapping change.
+#[derive(Clone, Debug)]
+pub struct MappingNotice {
+    /// The mapping after the change (`waba_id: None`: removed).
+    pub mapping: Mapping,
+    /// Who made it.
+    pub origin: Origin,
+    /// Table-wide sequence number (shared with circuit notices).
+    pub seq: u64,
+    /// The record was dropped (an old tombstone, or a learned entry over
+    /// `discovery.max_learned`): stores delete it.
+    pub removed: bool,
+}
+
+/// What keeps the table bounded and its times honest.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// An event dated later than now + this is ordered as if at now + this.
+    pub max_clock_skew: Duration,
+    /// Circuits kept; past it, closed records are dropped oldest first and new records
+    /// other than opens are refused (an open is never refused: that would forget a block).
+    pub max_circuits: usize,
+    /// How long a closed record is kept (it stops an older open delivered late).
+    pub closed_ttl: Duration,
+    /// Codes whose phone-number circuits widen to the whole WABA once its owner is known
+    /// (the account-level trip codes).
+    pub widen_codes: Vec<i64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_clock_skew: Duration::from_secs(300),
+            max_circuits: 100_000,
+            closed_ttl: Duration::from_secs(7 * 24 * 3600),
+            widen_codes: crate::graph::codes::DEFAULT_TRIP_CODES.to_vec(),
+        }
+    }
+}
+
+/// Every circuit: WABAs', phone numbers' and templates'.
+pub struct Table {
+    circuits: DashMap<Arc<str>, Circuit>,
+    /// What the hot path reads.
+    guards: guards::Guards,
+    origin: String,
+    history_limit: usize,
+    listeners: RwLock<Vec<mpsc::UnboundedSender<Notice>>>,
+    seq: AtomicU64,
+    durable: durable::Durability,
+    limits: Limits,
+    /// Which WABA owns each phone number. A WABA it knows (configured, or one a phone number
+    /// maps to) gets its notes recorded before its circuit ever opened; notes about any other
+    /// WABA without a circuit are not (a signed flood of them would grow state without bound).
+    directory: Directory,
+    mapping_listeners: RwLock<Vec<mpsc::UnboundedSender<MappingNotice>>>,
+    /// Rate-limits the log lines of ignored events.
+    quiet: Mutex<report::Quiet>,
+}
+
+impl Table {
+    /// An empty table; `origin` names this replica in the ordering tie-break.
+    pub fn new(origin: impl Into<String>, history_limit: usize) -> Table {
+        Table::with_limits(
+            origin,
+            history_limit,
+            Limits::default(),
+            Directory::new([], 100_000),
+        )
+    }
+
+    /// An empty table with `limits`, resolving phone numbers with `directory`.
+    pub fn with_limits(
+        origin: impl Into<String>,
+        history_limit: usize,
+        limits: Limits,
+        directory: Directory,
+    ) -> Table {
+        Table {
+            circuits: DashMap::new(),
+            guards: guards::Guards::default(),
+            origin: origin.into(),
+            history_limit,
+            listeners: RwLock::new(Vec::new()),
+            seq: AtomicU64::new(0),
+            durable: durable::Durability::default(),
+            limits,
+            directory,
+            mapping_listeners: RwLock::new(Vec::new()),
+            quiet: Mutex::new(report::Quiet::default()),
+        }
+    }
+
+    /// The phone → WABA directory.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// The hot path's resolve step: the WABA of a phone-number id.
+    #[inline]
+    pub fn resolve(&self, phone: &str) -> Option<Resolved> {
+        self.directory.resolve(phone)
+    }
+
+    /// Number of circuits (open and closed records).
+    pub fn len(&self) -> usize {
+        self.circuits.len()
+    }
+
+    /// True when there is no circuit.
+    pub fn is_empty(&self) -> bool {
+        self.circuits.is_empty()
+    }
+
+    /// This replica's id.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Registers a listener for every applied change (stores, pollers, timers).
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Notice> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut l) = self.listeners.write() {
+            l.push(tx);
+        }
+        rx
+    }
+
+    /// Hot path: the open guard for a WABA, if its circuit is open. No allocation.
+    #[inline]
+    pub fn guard(&self, waba_id: &str) -> Option<Arc<OpenGuard>> {
+        self.guards.waba(waba_id)
+    }
+
+    /// Hot path without reference counting: runs `f` on the open guard of a WABA, if its
+    /// circuit is open (the map's shard stays read-locked meanwhile: keep `f` short).
+    #[inline]
+    pub fn with_guard<R>(&self, waba_id: &str, f: impl FnOnce(&OpenGuard) -> R) -> Option<R> {
+        self.guards.with_waba(waba_id, f)
+    }
+
+    /// Hot path: runs `f` on the open guard of a phone number's own circuit, if one is open.
+    #[inline]
+    pub fn with_phone_guard<R>(
+        &self,
+        phone: &GraphId,
+        f: impl FnOnce(&OpenGuard) -> R,
+    ) -> Option<R> {
+        self.guards.with_phone(phone, f)
+    }
+
+    /// Hot path: true when the WABA has an open template circuit (the send's body then
+    /// decides). One load when none is open anywhere.
+    #[inline]
+    pub fn has_open_templates(&self, waba_id: &str) -> bool {
+        self.guards.has_templates(waba_id)
+    }
+
+    /// Hot path: runs `f` on the open guard of a template of a WABA, if its circuit is open.
+    pub fn with_template_guard<R>(
+        &self,
+        waba_id: &str,
+        template: &TemplateRef,
+        f: impl FnOnce(&OpenGuard) -> R,
+    ) -> Option<R> {
+        self.guards.with_template(waba_id, template, f)
+    }
+
+    /// One circuit.
+    pub fn get(&self, waba_id: &str) -> Option<Circuit> {
+        self.circuits.get(waba_id).map(|c| c.value().clone())
+    }
+
+    /// All circuits, sorted by WABA id.
+    pub fn list(&self) -> Vec<Circuit> {
+        let mut v: Vec<Circuit> = self.circuits.iter().map(|c| c.value().clone()).collect();
+        v.sort_by_key(Circuit::key);
+        v
+    }
+
+    /// Number of open circuits.
+    pub fn open_count(&self) -> usize {
+        self.guards.count()
+    }
+
+    /// Applies a local change by the ordering rule. Returns the circuit and the change's
+    /// sequence number (see [`Table::wait_durable`]) when it changed.
+    pub fn apply(&self, mut change: Change) -> Option<(Circuit, u64)> {
+        let now = Utc::now();
+        let key: Arc<str> = Arc::from(change.key().as_str());
+        // A new record other than an open: bounded (see `Limits`). Checked before taking
+        // the entry, so the map is not locked while counting.
+        if !self.circuits.contains_key(&key) && !matches!(change.action, Action::Open { .. }) {
+            if change.action == Action::Note && !self.directory.knows_waba(&change.waba_id) {
+                self.ignored("unknown_waba", &change.waba_id);
+                return None;
+            }
+            if self.circuits.len() >= self.limits.max_circuits {
+                self.ignored("over_cap", &change.waba_id);
+                return None;
+            }
+        }
+        let entry = self.circuits.entry(key.clone());
+        let current = match &entry {
+            dashmap::Entry::Occupied(o) => Some(o.get()),
+            dashmap::Entry::Vacant(_) => None,
+        };
+        // An event dated past now + max_clock_skew is ordered at that bound, so it cannot
+        // pin a circuit; its own time is kept on the record. The same event delivered again
+        // (Meta redelivers for days) is recognised by that time, not re-applied later.
+        let limit =
+            now + chrono::Duration::from_std(self.limits.max_clock_skew).unwrap_or_default();
+        let mut clamped_from = None;
+        if change.at > limit {
+            let redelivered = current.is_some_and(|c| {
+                c.history
+                    .iter()
+                    .any(|t| t.clamped_from == Some(change.at) && t.reason == change.reason)
+            });
+            if redelivered {
+                tracing::debug!(waba_id = %change.waba_id, "clamped event delivered again: ignored");
+                return None;
+            }
+            tracing::warn!(
+                waba_id = %change.waba_id,
+                event_time = %change.at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                ordered_at = %limit.to_rfc3339_opts(SecondsFormat::Secs, true),
+                "event dated later than this clock allows (max_clock_skew): ordered at the bound"
+            );
+            clamped_from = Some(change.at);
+            change.at = limit;
+        }
+        let was_open = current.is_some_and(|c| c.is_open());
+        let outcome = decide(current, &change, &self.origin, self.history_limit, now);
+        let (mut circuit, transition) = match outcome {
+            Outcome::Applied {
+                circuit,
+                transition,
+            } => (circuit, transition),
+            Outcome::Ignored(why) => {
+                tracing::debug!(waba_id = %change.waba_id, source = change.source.as_str(), why, "change ignored");
+                return None;
+            }
+        };
+        if let Some(from) = clamped_from {
+            if let Some(t) = circuit.history.last_mut().filter(|t| t.at == change.at) {
+                t.clamped_from = Some(from);
+            }
+        }
+        // Update the hot-path view while holding the entry, so guard and view never disagree for long.
+        let seq = self.next_seq();
+        self.guards.sync(&key, &circuit, seq);
+        let held = entry.insert(circuit.clone());
+        if transition {
+            report::transition(&circuit, was_open);
+        } else if let Some(t) = circuit
+            .history
+            .last()
+            .filter(|t| t.note && t.at == change.at)
+        {
+            tracing::warn!(waba_id = %circuit.waba_id, source = t.source.as_str(), reason = %t.reason, "circuit event recorded (no state change)");
+        }
+        // Notified while the entry is held, so one WABA's notices arrive in order.
+        self.notify(&circuit, Origin::Local, seq, transition, false);
+        drop(held);
+        // A phone number's circuit opened while its WABA was not known: maybe it is by now.
+        if let (Some(p), true) = (&circuit.phone_number_id, transition && circuit.is_open()) {
+            if let Some(r) = self.directory.resolve(p) {
+                self.widen(p, &r.waba);
+            }
+        }
+        Some((circuit, seq))
+    }
+
+    /// Merges a circuit from another replica or a store: kept only if newer.
+    pub fn merge(&self, incoming: Circuit) -> bool {
+        self.merge_logged(incoming, true)
+    }
+
+    /// [`Table::merge`] for a record the embedded store kept across a restart: not logged
+    /// as a transition (nothing changed; the store logs one summary line of what it loaded).
+    pub fn restore(&self, incoming: Circuit) -> bool {
+        self.merge_logged(incoming, false)
+    }
+
+    fn merge_logged(&self, incoming: Circuit, log: bool) -> bool {
+        let key: Arc<str> = Arc::from(incoming.key().as_str());
+        // Counted before the entry is taken: `len` read-locks every shard.
+        let over_cap = !incoming.is_open() && self.circuits.len() >= self.limits.max_circuits;
+        let entry = self.circuits.entry(key.clone());
+        let (was_open, was_scope) = match &entry {
+            dashmap::Entry::Occupied(o) => {
+                if !newer(&incoming, o.get()) {
+                    return false;
+                }
+                (o.get().is_open(), Some(o.get().scope))
+            }
+            dashmap::Entry::Vacant(_) => {
+                // A closed record from elsewhere past the cap is not worth a place.
+                if over_cap {
+                    drop(entry);
+                    self.ignored("over_cap", &incoming.waba_id);
+                    return false;
+                }
+                (false, None)
+            }
+        };
+        let seq = self.next_seq();
+        self.guards.sync(&key, &incoming, seq);
+        let transition = was_open != incoming.is_open()
+            || (incoming.is_open() && was_scope != Some(incoming.scope));
+        if log && was_open != incoming.is_open() {
+            report::log_transition(&incoming, was_open);
+        }
+        let held = entry.insert(incoming.clone());
+        self.notify(&incoming, Origin::Remote, seq, transition, false);
+        drop(held);
+        true
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    fn notify(&self, c: &Circuit, origin: Origin, seq: u64, transition: bool, removed: bool) {
+        if let Ok(listeners) = self.listeners.read() {
+            for l in listeners.iter() {
+                let _ = l.send(Notice {
+                    circuit: c.clone(),
+                    origin,
+                    seq,
+                    transition,
+                    removed,
+                });
+            }
+        }
+    }
+
+    /// Drops closed records older than `closed_ttl`, then, past `max_circuits`, the oldest
+    /// closed records (never an open circuit); stores are told to delete them. Returns how
+    /// many were dropped. Run now and then, off the hot path.
+    pub fn prune(&self, now: DateTime<Utc>) -> usize {
+        let ttl =
+            chrono::Duration::from_std(self.limits.closed_ttl).unwrap_or(chrono::Duration::MAX);
+        let mut closed: Vec<(DateTime<Utc>, Arc<str>)> = self
+            .circuits
+            .iter()
+            .filter(|c| !c.is_open())
+            .map(|c| (c.updated_at, c.key().clone()))
+            .collect();
+        closed.sort();
+        let over = self.circuits.len().saturating_sub(self.limits.max_circuits);
+        let mut dropped = 0;
+        for (i, (at, key)) in closed.into_iter().enumerate() {
+            let expired = now - at > ttl;
+            if !expired && i >= over {
+                break;
+            }
+            // Removed only if still closed and unchanged since the scan.
+            let gone = self
+                .circuits
+                .remove_if(&key, |_, c| !c.is_open() && c.updated_at == at);
+            if let Some((_, c)) = gone {
+                dropped += 1;
+                let seq = self.next_seq();
+                report::forget_series(&c);
+                self.notify(&c, Origin::Local, seq, false, true);
+            }
+        }
+        // Removals of phone → WABA mappings are remembered as long as closed records.
+        if let Some(before) = now.checked_sub_signed(ttl) {
+            for m in self.directory.prune_tombstones(before) {
+                self.notify_mapping(&m, Origin::Local, true);
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                circuits = self.circuits.len(),
+                "closed circuit records dropped (past redis_closed_ttl or over max_circuits)"
+            );
+        }
+        dropped
+    }
+}
