@@ -307,6 +307,63 @@ async fn a_full_disk_heals_and_forgets_nothing(engine: Engine) {
     .await;
 }
 
+/// The exchange's order, the same on both engines: the upstream permit goes back when the
+/// answer is judged, not when the trip it caused is durable, and the outcome is recorded
+/// after the acknowledgement. With one permit and a full disk (each trip's answer waits out
+/// the 1 s acknowledgement bound), a send of another WABA queued behind the tripping send is
+/// forwarded and answered while the tripping answer still waits; until that answer goes, it
+/// is not counted.
+async fn the_permit_goes_back_at_judgement_and_the_outcome_is_counted_after_the_ack(
+    engine: Engine,
+) {
+    bounded(async {
+        let Some(fs) = Tmpfs::mount("8m") else { return };
+        let state = fs.0.join("state");
+        let fake = FakeCloud::start().await;
+        fake.on_phone(PHONE, Reply::blocked_368());
+        let (waba2, phone2) = ("102290129340500", "106540352242500");
+        let cfg = config(engine, &fake.url(), "upstream_concurrency = 1")
+            .replace("{state_dir}", &state.display().to_string())
+            + &format!("\n[[accounts]]\nwaba_id = \"{waba2}\"\nphone_number_ids = [\"{phone2}\"]\n");
+        let gw = Gateway::builder(&cfg).start().await;
+        let forwarded = |m: &str| {
+            metric(m, "wa_breaker_requests_total", &[("outcome", "forwarded")]).unwrap_or(0.0)
+        };
+        fs.fill();
+        fake.hold();
+        let tripping = async {
+            let r = gw.send_str(PHONE, TEXT_BODY).await;
+            (r.status().as_u16(), Instant::now())
+        };
+        let queued = async {
+            assert!(fake.wait_in_flight(1, Duration::from_secs(10)).await);
+            let (r, ()) = tokio::join!(gw.send_str(phone2, TEXT_BODY), async {
+                // The second send is queued for the one permit by now; then Meta answers.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                fake.release();
+            });
+            let done = Instant::now();
+            // The tripping answer is still waiting for its acknowledgement: only this send
+            // is counted yet.
+            let m = gw.metrics().await;
+            (r.status().as_u16(), done, forwarded(&m))
+        };
+        let ((a_status, a_done), (b_status, b_done, counted)) = tokio::join!(tripping, queued);
+        assert_eq!(a_status, 403);
+        assert_eq!(b_status, 200);
+        assert!(
+            b_done < a_done,
+            "{engine:?}: the queued send was answered while the trip waited for durability"
+        );
+        assert_eq!(counted, 1.0, "{engine:?}: the tripping send is counted once it settles");
+        assert_eq!(forwarded(&gw.metrics().await), 2.0);
+        assert_eq!(fake.count_for_phone(phone2), 1);
+        fs.free();
+        gw.stop().await;
+    })
+    .await;
+}
+
 /// SIGTERM while the store cannot commit: the exit status says the state is not durable.
 async fn sigterm_with_uncommitted_changes_exits_non_zero(engine: Engine) {
     bounded(async {
@@ -530,6 +587,7 @@ both_engines!(
     a_trip_the_app_received_survives_kill9,
     kill9_during_a_burst_of_trips_loses_no_block_a_client_heard_of,
     a_full_disk_heals_and_forgets_nothing,
+    the_permit_goes_back_at_judgement_and_the_outcome_is_counted_after_the_ack,
     sigterm_with_uncommitted_changes_exits_non_zero,
     a_future_dated_event_cannot_pin_a_circuit,
     a_newer_close_that_arrives_first_is_remembered,
