@@ -1,10 +1,13 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics` and the bearer-protected `/admin` API.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, the on-call console page (`/`) and
+//! the bearer-protected `/admin` API.
 //!
 //! - [`circuits`]: `/admin/circuits…` (list, one, by phone number, open, close);
 //! - [`accounts`]: `/admin/accounts…` (the phone → WABA directory);
+//! - [`console`]: the page and its embedded assets, with their security headers.
 
 mod accounts;
 mod circuits;
+mod console;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -99,7 +102,8 @@ impl Admin {
                 r
             }
             (_, p) if p == "/admin" || p.starts_with("/admin/") => self.admin(req, p).await,
-            _ => json_error(StatusCode::NOT_FOUND, "not found"),
+            (m, p) => console::serve(m, p)
+                .unwrap_or_else(|| json_error(StatusCode::NOT_FOUND, "not found")),
         }
     }
 
