@@ -229,6 +229,33 @@ async fn a_trip_appears_with_its_evidence_and_the_close_button_lets_sends_throug
     assert_eq!(gw.send_str(PHONE, TEXT_BODY).await.status(), 200);
     assert_eq!(fake.count_for_phone(PHONE), 2);
 
+    // A template's circuit, opened from the dialog with a reason that is markup: shown as
+    // text, never parsed (no element made, no script run), and closed with its button.
+    let template = format!("template:{WABA}:order_update:en_US");
+    let hostile = "<img src=x onerror=\"window.pwned=1\"><b>bold</b>";
+    b.click("#open-new").await;
+    assert!(b.wait_visible("#open-dialog", true, WAIT).await);
+    b.type_into("#o-id", &template).await;
+    b.type_into("#o-reason", hostile).await;
+    b.click("#o-submit").await;
+    b.wait_text(&row(&template), hostile, WAIT).await.unwrap();
+    let text = b.text(&row(&template)).await.unwrap();
+    assert!(text.contains("order_update (en_US)") && text.contains("business initiated"), "{text}");
+    let made = b
+        .script(
+            "return [document.querySelectorAll(arguments[0]).length, window.pwned === undefined];",
+            json!([format!("{0} img, {0} b", row(&template))]),
+        )
+        .await;
+    assert_eq!(made, json!([0, true]), "the reason was parsed as HTML");
+    b.click(&format!("{} button[data-action=\"close\"]", row(&template)))
+        .await;
+    assert!(b.wait_visible("#close-dialog", true, WAIT).await);
+    b.click("#c-submit").await;
+    let closed = format!("{}[data-state=\"closed\"]", row(&template));
+    assert!(b.wait_visible(&closed, true, WAIT).await, "template closed in the page");
+    assert_eq!(circuit(&gw, &template).await["state"], "closed");
+
     let log = b.console_log().await;
     assert!(errors(&log).is_empty(), "browser console: {log:?}");
     b.quit().await;

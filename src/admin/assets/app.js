@@ -577,7 +577,8 @@
       dialogError('o-error', 'The circuit is a numeric WABA id, phone:{phone number id} or template:{waba}:{name}:{language}.');
       return;
     }
-    const body = { scope: $('o-scope').value };
+    const body = {};
+    if ($('o-scope').value) body.scope = $('o-scope').value;
     const reason = $('o-reason').value.trim();
     if (reason) body.reason = reason;
     const end = document.querySelector('input[name="o-end"]:checked').value;
