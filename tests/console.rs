@@ -240,7 +240,10 @@ async fn a_trip_appears_with_its_evidence_and_the_close_button_lets_sends_throug
     b.click("#o-submit").await;
     b.wait_text(&row(&template), hostile, WAIT).await.unwrap();
     let text = b.text(&row(&template)).await.unwrap();
-    assert!(text.contains("order_update (en_US)") && text.contains("business initiated"), "{text}");
+    assert!(
+        text.contains("order_update (en_US)") && text.contains("business initiated"),
+        "{text}"
+    );
     let made = b
         .script(
             "return [document.querySelectorAll(arguments[0]).length, window.pwned === undefined];",
@@ -253,7 +256,10 @@ async fn a_trip_appears_with_its_evidence_and_the_close_button_lets_sends_throug
     assert!(b.wait_visible("#close-dialog", true, WAIT).await);
     b.click("#c-submit").await;
     let closed = format!("{}[data-state=\"closed\"]", row(&template));
-    assert!(b.wait_visible(&closed, true, WAIT).await, "template closed in the page");
+    assert!(
+        b.wait_visible(&closed, true, WAIT).await,
+        "template closed in the page"
+    );
     assert_eq!(circuit(&gw, &template).await["state"], "closed");
 
     let log = b.console_log().await;
