@@ -44,7 +44,6 @@ pub use common::error_chain;
 pub use relay::h1;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -164,7 +163,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     }
 
     // 5. The admin listener, and ready.
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(admin::Readiness::default());
     let admin = admin::AdminService(Arc::new(admin::Admin::new(
         table.clone(),
         cfg.admin_token.clone(),
@@ -182,7 +181,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         admin_stop_rx,
         cfg.drain_timeout,
     ));
-    ready.store(true, Ordering::Release);
+    ready.set_ready();
     if let Some(w) = cfg.protection_warning() {
         if table.directory().counts().1 == 0 {
             tracing::warn!("{w}");
@@ -208,7 +207,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     // 6. Until a signal, then drain and flush state.
     server::shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
-    ready.store(false, Ordering::Release);
+    ready.set_draining();
     let _ = stop_tx.send(true);
     for w in running {
         let _ = w.await;

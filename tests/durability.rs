@@ -324,7 +324,9 @@ async fn the_permit_goes_back_at_judgement_and_the_outcome_is_counted_after_the_
         let (waba2, phone2) = ("102290129340500", "106540352242500");
         let cfg = config(engine, &fake.url(), "upstream_concurrency = 1")
             .replace("{state_dir}", &state.display().to_string())
-            + &format!("\n[[accounts]]\nwaba_id = \"{waba2}\"\nphone_number_ids = [\"{phone2}\"]\n");
+            + &format!(
+                "\n[[accounts]]\nwaba_id = \"{waba2}\"\nphone_number_ids = [\"{phone2}\"]\n"
+            );
         let gw = Gateway::builder(&cfg).start().await;
         let forwarded = |m: &str| {
             metric(m, "wa_breaker_requests_total", &[("outcome", "forwarded")]).unwrap_or(0.0)
@@ -355,7 +357,10 @@ async fn the_permit_goes_back_at_judgement_and_the_outcome_is_counted_after_the_
             b_done < a_done,
             "{engine:?}: the queued send was answered while the trip waited for durability"
         );
-        assert_eq!(counted, 1.0, "{engine:?}: the tripping send is counted once it settles");
+        assert_eq!(
+            counted, 1.0,
+            "{engine:?}: the tripping send is counted once it settles"
+        );
         assert_eq!(forwarded(&gw.metrics().await), 2.0);
         assert_eq!(fake.count_for_phone(phone2), 1);
         fs.free();
