@@ -168,7 +168,7 @@ _src = open("src/metrics.rs").read()
 METRICS = set(re.findall(r'"(wa_breaker_[a-z0-9_]+)"', _src)) - {HIST}
 METRICS |= {HIST + "_bucket", HIST + "_sum", HIST + "_count"}
 CONFIG_KEYS = {
-    "listen", "admin_listen", "upstream", "state_dir", "admin_token", "redis_url",
+    "listen", "listen_shared", "admin_listen", "upstream", "state_dir", "admin_token", "redis_url",
     "redis_prefix", "mode", "trip_codes", "graph_version", "log_format", "log_level",
     "connect_timeout", "request_timeout", "drain_timeout", "upstream_concurrency",
     "client_header_timeout", "client_body_timeout", "client_idle_timeout", "max_connections",
