@@ -1062,8 +1062,10 @@ mod tests {
 
     #[test]
     fn listen_shared_needs_redis() {
-        let mut cfg = Config::default();
-        cfg.listen_shared = true;
+        let mut cfg = Config {
+            listen_shared: true,
+            ..Config::default()
+        };
         let e = cfg.validate().unwrap_err().to_string();
         assert!(
             e.contains("listen_shared") && e.contains("redis_url"),

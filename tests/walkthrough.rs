@@ -373,3 +373,43 @@ async fn a_webhook_that_widens_a_circuit_counts_as_applied(engine: Engine) {
     })
     .await
 }
+
+/// Every `(#anchor)` link in the README (the table of contents, cross references) names a
+/// heading that exists, slugged as GitHub does.
+#[test]
+fn the_readmes_own_links_resolve() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let mut anchors = std::collections::HashSet::new();
+    let mut fenced = false;
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced || !line.starts_with('#') {
+            continue;
+        }
+        let title = line.trim_start_matches('#').trim();
+        let slug: String = title
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        anchors.insert(slug);
+    }
+    assert!(anchors.contains("contents"), "a table of contents");
+    let mut missing = Vec::new();
+    for (i, _) in readme.match_indices("](#") {
+        let rest = &readme[i + 3..];
+        let link = &rest[..rest.find(')').unwrap()];
+        if !anchors.contains(link) {
+            missing.push(link.to_string());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "README links to missing sections: {missing:?}"
+    );
+}

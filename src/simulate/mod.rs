@@ -402,8 +402,10 @@ mod tests {
 
     #[test]
     fn the_upstream_of_a_config_is_where_the_simulator_listens() {
-        let mut cfg = Config::default();
-        cfg.upstream = "http://127.0.0.1:9999".into();
+        let mut cfg = Config {
+            upstream: "http://127.0.0.1:9999".into(),
+            ..Config::default()
+        };
         assert_eq!(upstream_addr(&cfg), Some("127.0.0.1:9999".parse().unwrap()));
         cfg.upstream = "https://graph.facebook.com".into();
         assert_eq!(upstream_addr(&cfg), None);
