@@ -206,14 +206,13 @@ async fn block(sim: &Sim, waba: &str, bytes: &[u8]) -> Result<Answer, Answer> {
     need_id("WABA", waba)?;
     let req: BlockReq = body(bytes)?;
     let until = parse_until(req.until.as_ref(), req.for_.as_deref())?;
-    let b = Block {
-        code: req.code.unwrap_or(368),
-        scope: req.scope.unwrap_or_default(),
+    let b = Block::new(
+        req.code.unwrap_or(368),
+        req.scope.unwrap_or_default(),
         until,
-        since: Utc::now(),
-    };
+    );
     sim.world().block(waba, b.clone());
-    let mut out = json!({"waba_id": waba, "block": b});
+    let out = json!({"waba_id": waba, "block": b});
     if req.webhook {
         // What Meta would announce: a disablement, or a restriction with its end.
         let hook = if b.scope == Scope::AllSends && b.until.is_none() {
@@ -233,15 +232,7 @@ async fn block(sim: &Sim, waba: &str, bytes: &[u8]) -> Result<Answer, Answer> {
             }
             h
         };
-        let (status, delivery) = emit(
-            sim,
-            "account_update",
-            &with_target(hook, &req.url, &req.app_secret),
-            false,
-        )
-        .await;
-        out["webhook"] = delivery;
-        return Ok((status, out));
+        return Ok(and_webhook(sim, "account_update", hook, &req.url, &req.app_secret, out).await);
     }
     Ok(ok(out))
 }
@@ -250,18 +241,10 @@ async fn unblock(sim: &Sim, waba: &str, bytes: &[u8]) -> Result<Answer, Answer> 
     need_id("WABA", waba)?;
     let req: UnblockReq = body(bytes)?;
     let was = sim.world().unblock(waba);
-    let mut out = json!({"waba_id": waba, "was_blocked": was});
+    let out = json!({"waba_id": waba, "was_blocked": was});
     if req.webhook {
         let hook = json!({"waba_id": waba, "event": "DISABLED_UPDATE", "ban_state": "REINSTATE"});
-        let (status, delivery) = emit(
-            sim,
-            "account_update",
-            &with_target(hook, &req.url, &req.app_secret),
-            false,
-        )
-        .await;
-        out["webhook"] = delivery;
-        return Ok((status, out));
+        return Ok(and_webhook(sim, "account_update", hook, &req.url, &req.app_secret, out).await);
     }
     Ok(ok(out))
 }
@@ -282,14 +265,26 @@ struct PhoneBlockReq {
 fn block_phone(sim: &Sim, phone: &str, bytes: &[u8]) -> Result<Answer, Answer> {
     need_id("phone number", phone)?;
     let req: PhoneBlockReq = body(bytes)?;
-    let b = Block {
-        code: req.code.unwrap_or(368),
-        scope: Scope::AllSends,
-        until: parse_until(req.until.as_ref(), req.for_.as_deref())?,
-        since: Utc::now(),
-    };
+    let until = parse_until(req.until.as_ref(), req.for_.as_deref())?;
+    let b = Block::new(req.code.unwrap_or(368), Scope::AllSends, until);
     sim.world().block_phone(phone, b.clone());
     Ok(ok(json!({"phone_number_id": phone, "block": b})))
+}
+
+/// Delivers `hook` as the webhook `field` (to the request's `url`/`app_secret`, else the
+/// defaults) and puts the delivery into `out` under `webhook`; the state change is
+/// already made.
+async fn and_webhook(
+    sim: &Sim,
+    field: &str,
+    hook: Value,
+    url: &Option<String>,
+    secret: &Option<String>,
+    mut out: Value,
+) -> Answer {
+    let (status, delivery) = emit(sim, field, &with_target(hook, url, secret), false).await;
+    out["webhook"] = delivery;
+    (status, out)
 }
 
 fn with_target(mut hook: Value, url: &Option<String>, secret: &Option<String>) -> Value {
@@ -356,7 +351,7 @@ async fn template(sim: &Sim, name: &str, op: &str, bytes: &[u8]) -> Result<Answe
         status,
         title.as_deref(),
     );
-    let mut out = json!({"template": t});
+    let out = json!({"template": t});
     if req.webhook {
         let mut hook = json!({"template": name, "event": event,
             "language": if language == "*" { "en_US" } else { language.as_str() }});
@@ -366,15 +361,15 @@ async fn template(sim: &Sim, name: &str, op: &str, bytes: &[u8]) -> Result<Answe
         if let Some(ti) = &title {
             hook["title"] = ti.clone().into();
         }
-        let (status, delivery) = emit(
+        return Ok(and_webhook(
             sim,
             "message_template_status_update",
-            &with_target(hook, &req.url, &req.app_secret),
-            false,
+            hook,
+            &req.url,
+            &req.app_secret,
+            out,
         )
-        .await;
-        out["webhook"] = delivery;
-        return Ok((status, out));
+        .await);
     }
     Ok(ok(out))
 }

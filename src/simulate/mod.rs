@@ -32,7 +32,7 @@ use serde_json::Value;
 use crate::config::{Config, Secret};
 use crate::proxy::Body;
 use crate::upstream::HttpClient;
-use world::{Block, GraphRequest, Scope, World};
+use world::{Block, GraphRequest, World};
 
 /// Path prefix of the control API.
 pub const CONTROL_PREFIX: &str = "/_sim";
@@ -278,26 +278,10 @@ fn prepare(opts: Options, config: Option<&Path>) -> Result<(Arc<Sim>, SocketAddr
         world.add_account(waba, phones);
     }
     for waba in &opts.blocks {
-        world.block(
-            waba,
-            Block {
-                code: 368,
-                scope: Scope::AllSends,
-                until: None,
-                since: chrono::Utc::now(),
-            },
-        );
+        world.block(waba, Block::policy());
     }
     for phone in &opts.block_phones {
-        world.block_phone(
-            phone,
-            Block {
-                code: 368,
-                scope: Scope::AllSends,
-                until: None,
-                since: chrono::Utc::now(),
-            },
-        );
+        world.block_phone(phone, Block::policy());
     }
     let addr = opts
         .listen

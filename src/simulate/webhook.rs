@@ -148,15 +148,7 @@ fn account_update(req: &Value, time: i64) -> Result<Built, String> {
                 .to_ascii_uppercase();
             value["ban_info"] = json!({"waba_ban_state": state, "waba_ban_date": Utc::now().format("%B %-d, %Y").to_string()});
             effect = match state.as_str() {
-                "DISABLE" => Effect::Block(
-                    waba.clone(),
-                    Block {
-                        code: 368,
-                        scope: Scope::AllSends,
-                        until: None,
-                        since: Utc::now(),
-                    },
-                ),
+                "DISABLE" => Effect::Block(waba.clone(), Block::policy()),
                 "REINSTATE" => Effect::Unblock(waba.clone()),
                 _ => Effect::None,
             };
@@ -196,12 +188,7 @@ fn account_update(req: &Value, time: i64) -> Result<Built, String> {
             if let Some(scope) = scope {
                 effect = Effect::Block(
                     waba.clone(),
-                    Block {
-                        code: 368,
-                        scope,
-                        until: expiration.as_ref().and_then(time_of),
-                        since: Utc::now(),
-                    },
+                    Block::new(368, scope, expiration.as_ref().and_then(time_of)),
                 );
             }
         }

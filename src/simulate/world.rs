@@ -52,6 +52,21 @@ pub struct Block {
 }
 
 impl Block {
+    /// A 368 block of every send from now, open-ended: what a policy block looks like.
+    pub fn policy() -> Block {
+        Block::new(368, Scope::AllSends, None)
+    }
+
+    /// A block from now.
+    pub fn new(code: i64, scope: Scope, until: Option<DateTime<Utc>>) -> Block {
+        Block {
+            code,
+            scope,
+            until,
+            since: Utc::now(),
+        }
+    }
+
     fn active(&self, now: DateTime<Utc>) -> bool {
         self.until.is_none_or(|u| u > now)
     }
@@ -650,36 +665,19 @@ mod tests {
     fn a_block_answers_the_wabas_sends_in_scope() {
         let mut w = world();
         assert_eq!(send(&mut w, P1, text()).0, 200);
-        w.block(
-            W,
-            Block {
-                code: 368,
-                scope: Scope::AllSends,
-                until: None,
-                since: Utc::now(),
-            },
-        );
+        w.block(W, Block::policy());
         let (s, b) = send(&mut w, P2, text());
         assert_eq!((s, b["error"]["code"].as_i64()), (403, Some(368)));
-        w.block(
-            W,
-            Block {
-                code: 368,
-                scope: Scope::BusinessInitiated,
-                until: None,
-                since: Utc::now(),
-            },
-        );
+        w.block(W, Block::new(368, Scope::BusinessInitiated, None));
         assert_eq!(send(&mut w, P1, text()).0, 200);
         assert_eq!(send(&mut w, P1, template("order_update")).0, 403);
         w.block(
             W,
-            Block {
-                code: 368,
-                scope: Scope::AllSends,
-                until: Some(Utc::now() - chrono::Duration::seconds(1)),
-                since: Utc::now(),
-            },
+            Block::new(
+                368,
+                Scope::AllSends,
+                Some(Utc::now() - chrono::Duration::seconds(1)),
+            ),
         );
         assert_eq!(
             send(&mut w, P1, text()).0,
@@ -748,15 +746,7 @@ mod tests {
         assert_eq!(e[1]["entity_type"], "WABA");
         assert_eq!(e[1]["id"], W);
         assert_eq!(v["id"], P1);
-        w.block(
-            W,
-            Block {
-                code: 368,
-                scope: Scope::AllSends,
-                until: None,
-                since: Utc::now(),
-            },
-        );
+        w.block(W, Block::policy());
         let (_, v) = get(&mut w, &format!("/{W}"), "fields=health_status");
         assert_eq!(v["health_status"]["can_send_message"], "BLOCKED");
         assert_eq!(
