@@ -205,6 +205,31 @@ async fn a_template_paused_by_webhook_is_answered_locally_until_unpaused(engine:
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(sim.sends(P1).await, 2);
+
+        // A quality drop is recorded and counted, never a block.
+        let d = sim
+            .control(
+                "/_sim/webhooks/message_template_quality_update",
+                &json!({"url": hook, "waba_id": W, "template": "order_update", "language": "en_US",
+                        "previous": "GREEN", "new": "YELLOW"}),
+            )
+            .await;
+        assert_eq!(d["status"], 200, "{d}");
+        assert_eq!(
+            d["payload"]["entry"][0]["changes"][0]["value"]["new_quality_score"],
+            "YELLOW"
+        );
+        let m = gw.metrics().await;
+        assert_eq!(
+            metric(
+                &m,
+                "wa_breaker_template_quality_total",
+                &[("score", "YELLOW")]
+            ),
+            Some(1.0),
+            "{m}"
+        );
+        assert_eq!(gw.send_str(P1, TEMPLATE_BODY).await.status(), 200);
     })
     .await
 }
