@@ -17,6 +17,8 @@
 //!   hot path.
 //! - [`graph`] — what the gateway knows of Meta's API: routes, error envelopes, webhook and
 //!   health payloads and what their events mean for a circuit.
+//! - Beside the gateway, in the same binary: [`cli`] (the operator's commands on a running
+//!   gateway's admin API) and [`simulate`] (a Cloud API simulator to rehearse blocks with).
 //!
 //! Data flows one way: the engines ask [`policy`], which reads and changes [`circuit`];
 //! signals and admin change circuits too; the table notifies the stores, and the stores feed
