@@ -15,7 +15,10 @@
 #     be had (WA_BREAKER_REQUIRE_PROMTOOL=1 turns that into a failure);
 #   * deploy/grafana: JSON, ${datasource} variable, and every PromQL expr uses
 #     only wa-breaker metric names (and parses, via promtool);
-#   * Dockerfile (parsed with the official BuildKit parser) and .dockerignore.
+#   * Dockerfile (parsed with the official BuildKit parser) and .dockerignore;
+#   * deploy/systemd/wa-breaker.service: `systemd-analyze verify` and its offline
+#     `security` exposure score when systemd-analyze is installed (a note when it
+#     is not), and always the hardening the README promises (a Python check).
 #
 # Usage: scripts/validate-deploy.sh          (from anywhere; idempotent)
 # Network: only PyPI (first run, into a cached venv) and Debian's apt
@@ -168,7 +171,7 @@ _src = open("src/metrics.rs").read()
 METRICS = set(re.findall(r'"(wa_breaker_[a-z0-9_]+)"', _src)) - {HIST}
 METRICS |= {HIST + "_bucket", HIST + "_sum", HIST + "_count"}
 CONFIG_KEYS = {
-    "listen", "admin_listen", "upstream", "state_dir", "admin_token", "redis_url",
+    "listen", "listen_shared", "admin_listen", "upstream", "state_dir", "admin_token", "redis_url",
     "redis_prefix", "mode", "trip_codes", "graph_version", "log_format", "log_level",
     "connect_timeout", "request_timeout", "drain_timeout", "upstream_concurrency",
     "client_header_timeout", "client_body_timeout", "client_idle_timeout", "max_connections",
@@ -711,6 +714,67 @@ check_docker() {
   "$VENV/bin/python" "$TMP/checks.py" docker-config deploy/docker/config.toml
 }
 
+check_systemd() {
+  local unit=deploy/systemd/wa-breaker.service rc=0
+  # The hardening and layout the README documents, whether or not systemd is here.
+  python3 - "$unit" <<'PYEOF' || rc=1
+import sys
+path = sys.argv[1]
+section, keys = None, {}
+for n, raw in enumerate(open(path), 1):
+    line = raw.strip()
+    if not line or line.startswith(("#", ";")):
+        continue
+    if line.startswith("["):
+        section = line.strip("[]")
+        continue
+    k, sep, v = line.partition("=")
+    if not sep:
+        sys.exit(f"{path}:{n}: not KEY=value: {line}")
+    keys.setdefault((section, k), []).append(v)
+want = {
+    ("Service", "NoNewPrivileges"): "yes", ("Service", "ProtectSystem"): "strict",
+    ("Service", "DynamicUser"): "yes", ("Service", "StateDirectory"): "wa-breaker",
+    ("Service", "CapabilityBoundingSet"): "", ("Service", "MemoryDenyWriteExecute"): "yes",
+    ("Service", "RestrictAddressFamilies"): "AF_INET AF_INET6 AF_UNIX",
+    ("Service", "SystemCallFilter"): "@system-service", ("Service", "PrivateTmp"): "yes",
+    ("Service", "ProtectHome"): "yes", ("Service", "KillSignal"): "SIGTERM",
+    ("Install", "WantedBy"): "multi-user.target",
+}
+errors = [f"{s}.{k} = {v!r} (have {keys.get((s, k))})" for (s, k), v in want.items()
+          if v not in keys.get((s, k), [])]
+exec_start = keys.get(("Service", "ExecStart"), [""])[0]
+if "--config" not in exec_start:
+    errors.append(f"ExecStart must pass --config: {exec_start!r}")
+if "WA_BREAKER_STATE_DIR=/var/lib/wa-breaker" not in keys.get(("Service", "Environment"), []):
+    errors.append("Environment=WA_BREAKER_STATE_DIR=/var/lib/wa-breaker (the StateDirectory)")
+if errors:
+    sys.exit("systemd unit: " + "; ".join(errors))
+print("    hardening and layout as documented")
+PYEOF
+  if command -v systemd-analyze >/dev/null; then
+    # verify wants ExecStart to exist; the binary is not installed here.
+    mkdir -p "$TMP/systemd"
+    sed "s#^ExecStart=/usr/local/bin/wa-breaker#ExecStart=$(command -v true)#" "$unit" \
+      > "$TMP/systemd/wa-breaker.service"
+    if systemd-analyze verify --man=no "$TMP/systemd/wa-breaker.service" > "$TMP/systemd/verify.out" 2>&1 \
+        && ! grep -q . "$TMP/systemd/verify.out"; then
+      log "    systemd-analyze verify: clean ($(systemd-analyze --version | head -n1))"
+    else
+      sed 's/^/    /' "$TMP/systemd/verify.out"
+      rc=1
+    fi
+    local score
+    score=$(systemd-analyze security --offline=yes "$TMP/systemd/wa-breaker.service" 2>/dev/null \
+      | grep -o 'Overall exposure level for wa-breaker.service: [0-9.]* [A-Z]*' || true)
+    [[ -n "$score" ]] && log "    $score"
+  else
+    log "    systemd-analyze not found: the unit was checked for its documented hardening only"
+    NOTES+=("systemd-analyze unavailable: unit not verified by systemd")
+  fi
+  return $rc
+}
+
 # ------------------------------------------------------------------- main ---
 setup_venv
 write_helpers
@@ -727,6 +791,7 @@ step "kubernetes: rendered kustomizations" check_kustomize_render
 step "prometheus: alert rules" check_prometheus
 step "grafana: dashboard" check_grafana
 step "docker: Dockerfile and .dockerignore" check_docker
+step "systemd: deploy/systemd/wa-breaker.service" check_systemd
 
 if [[ ${#FAILED[@]} -gt 0 ]]; then
   log ""
@@ -736,4 +801,4 @@ if [[ ${#FAILED[@]} -gt 0 ]]; then
 fi
 note=""
 [[ ${#NOTES[@]} -gt 0 ]] && note=" [$(IFS=';'; echo "${NOTES[*]}")]"
-log "validate-deploy: OK in $(elapsed "$T0") - k8s manifests (kubernetes-validate $KV_VERSION, k8s ${K8S_VERSIONS// /+}), alerts (promtool ${PROMTOOL_VERSION}), grafana, Dockerfile$note"
+log "validate-deploy: OK in $(elapsed "$T0") - k8s manifests (kubernetes-validate $KV_VERSION, k8s ${K8S_VERSIONS// /+}), alerts (promtool ${PROMTOOL_VERSION}), grafana, Dockerfile, systemd unit$note"

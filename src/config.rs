@@ -74,6 +74,22 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D:
 
 pub use crate::policy::Mode;
 
+/// An `IP:port` listen address. A host name (`localhost:8080`) is refused with the value
+/// echoed and the addresses meant spelled out: a listener binds an address, not a name.
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.trim().parse::<SocketAddr>().map_err(|_| {
+        let port = s
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or(8080);
+        serde::de::Error::custom(format!(
+            "{s:?} is not an IP address and port: write 127.0.0.1:{port} (this host only), \
+             0.0.0.0:{port} (every IPv4 interface) or [::]:{port} (every interface)"
+        ))
+    })
+}
+
 /// Whether proxy worker threads are pinned to CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -104,8 +120,14 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Apps' send URL (HTTP/1.1 and h2c); also serves `webhook.path`.
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
+    /// Let another process serve `listen` at the same time (`SO_REUSEPORT` across
+    /// processes): only for a hand-over between two instances that share Redis. Off, a
+    /// start refuses an address another process already serves.
+    pub listen_shared: bool,
     /// `/admin`, `/metrics`, `/healthz`, `/readyz`.
+    #[serde(deserialize_with = "socket_addr")]
     pub admin_listen: SocketAddr,
     /// Where requests go: `scheme://host[:port]`, no path.
     pub upstream: String,
@@ -202,6 +224,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: ([0, 0, 0, 0], 8080).into(),
+            listen_shared: false,
             admin_listen: ([127, 0, 0, 1], 9090).into(),
             upstream: "https://graph.facebook.com".into(),
             upstream_ca_file: None,
@@ -605,6 +628,24 @@ impl Config {
         if up.host().is_none() {
             return Err(invalid("upstream", "has no host"));
         }
+        // The URI parser takes any digits as a port (and then reports none); a connect to
+        // port 99999 could only fail.
+        let port = up
+            .authority()
+            .and_then(|a| a.as_str().rsplit_once(':'))
+            .map(|(_, p)| p)
+            .filter(|p| !p.ends_with(']'));
+        if let Some(port) = port {
+            if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+                return Err(invalid(
+                    "upstream",
+                    format!(
+                        "port {port} in {:?} is not a TCP port (1-65535)",
+                        self.upstream
+                    ),
+                ));
+            }
+        }
         if up.path() != "/" && !up.path().is_empty() {
             return Err(invalid(
                 "upstream",
@@ -613,7 +654,7 @@ impl Config {
         }
         if let Some(path) = &self.upstream_ca_file {
             crate::tls::read_ca_file(path)
-                .map_err(|e| invalid("upstream_ca_file", crate::upstream::error_chain(&e)))?;
+                .map_err(|e| invalid("upstream_ca_file", crate::common::error_chain(&e)))?;
         }
         if let Some(t) = &self.admin_token {
             if t.expose().len() < 16 {
@@ -642,7 +683,7 @@ impl Config {
             // Parsed now so a bad URL stops the start; the message never quotes it.
             let tls_cfg = if tls {
                 Some(std::sync::Arc::new(crate::store::redis_tls(self).map_err(
-                    |e| invalid(tls_key(self), crate::upstream::error_chain(&e)),
+                    |e| invalid(tls_key(self), crate::common::error_chain(&e)),
                 )?))
             } else {
                 None
@@ -673,6 +714,12 @@ impl Config {
             return Err(invalid(
                 "redis_prefix",
                 "must be non-empty without whitespace",
+            ));
+        }
+        if self.listen_shared && self.redis_url.is_none() {
+            return Err(invalid(
+                "listen_shared",
+                "needs redis_url: two instances serving one address without shared circuits would each see only part of the sends",
             ));
         }
         if self.trip_codes.is_empty() {
@@ -913,10 +960,19 @@ fn top_level_keys() -> Vec<String> {
     }
 }
 
+/// `WA_BREAKER_…` variables the binary reads itself (flags' environment forms), not config keys.
+const FLAG_VARS: &[&str] = &[
+    "config",
+    "admin_url",
+    "sim_listen",
+    "sim_webhook_url",
+    "sim_app_secret",
+];
+
 fn known_env_key(keys: &[String], key: &str) -> bool {
     let top = key.split('.').next().unwrap_or(key);
     let known = keys.iter().any(|k| k.eq_ignore_ascii_case(top));
-    if !known && key != "config" {
+    if !known && !FLAG_VARS.iter().any(|f| key.eq_ignore_ascii_case(f)) {
         eprintln!(
             "wa-breaker: ignoring environment variable {ENV_PREFIX}{}: not a config key",
             key.to_uppercase()
@@ -970,6 +1026,70 @@ mod tests {
             assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
         }
         assert!(!keys.iter().any(|x| x == "move_aside_corrupt_state"));
+    }
+
+    #[test]
+    fn listen_addresses_are_ip_and_port_with_a_suggestion() {
+        let parse = |toml: &str| {
+            Figment::from(Toml::string(toml))
+                .extract::<Config>()
+                .map_err(|e| e.to_string())
+        };
+        let e = parse("listen = \"localhost:8080\"").unwrap_err();
+        assert!(
+            e.contains("\"localhost:8080\" is not an IP address and port"),
+            "{e}"
+        );
+        assert!(
+            e.contains("127.0.0.1:8080") && e.contains("0.0.0.0:8080") && e.contains("[::]:8080"),
+            "{e}"
+        );
+        let e = parse("admin_listen = \"metrics.local:9191\"").unwrap_err();
+        assert!(e.contains("127.0.0.1:9191"), "{e}");
+        let c = parse("listen = \"[::]:8080\"\nadmin_listen = \"127.0.0.1:9091\"").unwrap();
+        assert_eq!(c.listen.to_string(), "[::]:8080");
+        assert_eq!(c.admin_listen.port(), 9091);
+    }
+
+    #[test]
+    fn upstream_ports_must_be_tcp_ports() {
+        let mut cfg = Config::default();
+        for bad in [
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:0",
+            "https://graph.facebook.com:70000",
+        ] {
+            cfg.upstream = bad.into();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("`upstream`") && e.contains("1-65535"),
+                "{bad}: {e}"
+            );
+        }
+        for good in [
+            "http://127.0.0.1:9999",
+            "https://graph.facebook.com",
+            "http://[::1]:9999",
+            "http://[::1]",
+        ] {
+            cfg.upstream = good.into();
+            cfg.validate().unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    #[test]
+    fn listen_shared_needs_redis() {
+        let mut cfg = Config {
+            listen_shared: true,
+            ..Config::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("listen_shared") && e.contains("redis_url"),
+            "{e}"
+        );
+        cfg.redis_url = Some(Secret::new("redis://127.0.0.1:6379"));
+        cfg.validate().unwrap();
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //!   hot path.
 //! - [`graph`] — what the gateway knows of Meta's API: routes, error envelopes, webhook and
 //!   health payloads and what their events mean for a circuit.
+//! - Beside the gateway, in the same binary: [`cli`] (the operator's commands on a running
+//!   gateway's admin API) and [`simulate`] (a Cloud API simulator to rehearse blocks with).
 //!
 //! Data flows one way: the engines ask [`policy`], which reads and changes [`circuit`];
 //! signals and admin change circuits too; the table notifies the stores, and the stores feed
@@ -25,6 +27,7 @@
 
 pub(crate) mod admin;
 pub mod circuit;
+pub mod cli;
 pub(crate) mod common;
 pub mod config;
 pub(crate) mod cpu;
@@ -36,12 +39,14 @@ pub(crate) mod proxy;
 pub(crate) mod relay;
 pub(crate) mod server;
 pub(crate) mod signals;
+pub mod simulate;
 pub(crate) mod store;
 pub(crate) mod tls;
 pub(crate) mod upstream;
 
 pub use common::error_chain;
 pub use relay::h1;
+pub use store::StoreError;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +61,19 @@ use crate::upstream::{Limiter, Target};
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// Another process already serves a listener's address.
+    #[error(
+        "cannot listen on {addr} ({what}): the address is in use by another process (another \
+         wa-breaker?). Stop it or choose another address{hint}"
+    )]
+    Taken {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// How to hand over on purpose, for the main listener.
+        hint: &'static str,
+    },
     /// A listener could not bind.
     #[error("cannot listen on {addr} ({what})")]
     Bind {
@@ -102,11 +120,34 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 
     // 2. Listeners, so a taken port fails the start before anything else runs.
     let workers = worker_count(&cfg);
-    let bind_err = |addr, what| move |source| RunError::Bind { addr, what, source };
-    let main = server::bind_workers(cfg.listen, workers).map_err(bind_err(cfg.listen, "listen"))?;
-    let admin_listener = TcpListener::bind(cfg.admin_listen)
-        .await
-        .map_err(bind_err(cfg.admin_listen, "admin_listen"))?;
+    let main =
+        server::bind_workers(cfg.listen, workers, cfg.listen_shared).map_err(|e| match e {
+            server::BindError::Taken => RunError::Taken {
+                addr: cfg.listen,
+                what: "listen",
+                hint: " (a hand-over between two instances that share Redis: listen_shared = true on both)",
+            },
+            server::BindError::Io(source) => RunError::Bind {
+                addr: cfg.listen,
+                what: "listen",
+                source,
+            },
+        })?;
+    let admin_listener =
+        TcpListener::bind(cfg.admin_listen)
+            .await
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::AddrInUse => RunError::Taken {
+                    addr: cfg.admin_listen,
+                    what: "admin_listen",
+                    hint: "",
+                },
+                _ => RunError::Bind {
+                    addr: cfg.admin_listen,
+                    what: "admin_listen",
+                    source,
+                },
+            })?;
 
     // 3. What every worker shares: the policy core, the upstream, its limit, the signals.
     let target = Target::new(&cfg)?;

@@ -1,10 +1,12 @@
 //! The `wa-breaker` binary: flags, config, logging, runtime.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use wa_breaker::config::{Config, LogFormat};
+use wa_breaker::{cli, simulate, StoreError};
 
 /// wa-breaker: a WhatsApp Cloud API send gateway that stops sending for a WhatsApp
 /// Business Account the moment Meta blocks it (HTTP 403 / error 368) and resumes when
@@ -29,7 +31,7 @@ struct Cli {
     /// When the state store under state_dir is corrupt or unreadable, rename it to
     /// `<name>.corrupt-<timestamp>` and start with empty state (logged loudly).
     /// Without it, such a store stops the start-up with an error naming the file.
-    #[arg(long, global = true)]
+    #[arg(long)]
     move_aside_corrupt_state: bool,
 
     #[command(subcommand)]
@@ -39,38 +41,54 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the gateway (the default).
-    Run,
-    /// Validate the config and print the effective settings, secrets masked.
+    Run {
+        /// As the top-level --move-aside-corrupt-state.
+        #[arg(long)]
+        move_aside_corrupt_state: bool,
+    },
+    /// Validate the config and the state store, and print the effective settings,
+    /// secrets masked. Exits non-zero when the gateway would not start.
     CheckConfig,
+    /// List, show, open and close circuits on a running gateway (its admin API).
+    ///
+    /// Exit codes: 0 ok, 1 not found, 2 usage or bad input, 3 unauthorized (no or wrong
+    /// token, admin API disabled), 4 admin API unreachable, 5 the gateway refused or failed.
+    Circuits(cli::CircuitsArgs),
+    /// List, set and delete phone number → WABA mappings on a running gateway.
+    ///
+    /// Exit codes as for `circuits`.
+    Accounts(cli::AccountsArgs),
+    /// Run a WhatsApp Cloud API simulator to rehearse blocks against (never Meta):
+    /// sends, Health Status, throughput, Meta's error envelopes on demand, signed
+    /// webhooks, and a control API under /_sim/.
+    Simulate(simulate::Options),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let mut cfg = match Config::load(cli.config.as_deref()) {
+    let args = Cli::parse();
+    match args.command {
+        Some(Command::Circuits(c)) => return cli::circuits(c, args.config.as_deref()),
+        Some(Command::Accounts(a)) => return cli::accounts(a, args.config.as_deref()),
+        Some(Command::Simulate(o)) => return simulate::main(o, args.config.as_deref()),
+        _ => {}
+    }
+    let mut cfg = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wa-breaker: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::CheckConfig) = cli.command {
-        print!("{}", cfg.to_masked_toml());
-        let phones: usize = cfg.accounts.iter().map(|a| a.phone_number_ids.len()).sum();
-        let learned = match wa_breaker::count_learned(&cfg.state_dir) {
-            Ok(Some(n)) => format!("{n} learned or operator-set in {}", cfg.state_dir.display()),
-            Ok(None) => "none learned yet (no state store)".to_string(),
-            Err(e) => format!("learned: unknown ({})", wa_breaker::error_chain(&e)),
-        };
-        eprintln!(
-            "wa-breaker: config OK: {} WABAs with {phones} phone numbers configured; {learned}",
-            cfg.accounts.len()
-        );
-        if let Some(w) = cfg.protection_warning() {
-            eprintln!("wa-breaker: warning: {w}");
-        }
-        return ExitCode::SUCCESS;
+    if let Some(Command::CheckConfig) = args.command {
+        return check_config(&cfg);
     }
-    cfg.move_aside_corrupt_state = cli.move_aside_corrupt_state;
+    cfg.move_aside_corrupt_state = args.move_aside_corrupt_state
+        || matches!(
+            args.command,
+            Some(Command::Run {
+                move_aside_corrupt_state: true
+            })
+        );
     init_logging(&cfg);
     release_freed_memory();
     // The control runtime (admin, store, signals); proxy workers run their own (see lib.rs).
@@ -84,7 +102,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(wa_breaker::run(cfg)) {
+    let code = match rt.block_on(wa_breaker::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let e = wa_breaker::error_chain(&e);
@@ -92,14 +110,52 @@ fn main() -> ExitCode {
             eprintln!("wa-breaker: {e}");
             ExitCode::FAILURE
         }
+    };
+    // State is flushed by now. Dropping the runtime would join its blocking threads, and
+    // one may still be inside a DNS lookup (getaddrinfo: health polls, discovery,
+    // notifications, the webhook relay) or another blocking call for seconds after
+    // `stopped` was logged: exit without waiting for them.
+    rt.shutdown_background();
+    code
+}
+
+/// `check-config`: the config was loaded and validated; the state store is opened as the
+/// start would open it, so a store that would stop the start fails here too.
+fn check_config(cfg: &Config) -> ExitCode {
+    print!("{}", cfg.to_masked_toml());
+    let phones: usize = cfg.accounts.iter().map(|a| a.phone_number_ids.len()).sum();
+    let learned = match wa_breaker::count_learned(&cfg.state_dir) {
+        Ok(Some(n)) => format!("{n} learned or operator-set in {}", cfg.state_dir.display()),
+        Ok(None) => "none learned yet (no state store)".to_string(),
+        // A running gateway holds its store: normal when checking a live config.
+        Err(e @ StoreError::InUse { .. }) => {
+            format!("learned: unknown ({})", wa_breaker::error_chain(&e))
+        }
+        Err(e) => {
+            eprintln!(
+                "wa-breaker: the config is valid, but the gateway would not start: {}",
+                wa_breaker::error_chain(&e)
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "wa-breaker: config OK: {} WABAs with {phones} phone numbers configured; {learned}",
+        cfg.accounts.len()
+    );
+    if let Some(w) = cfg.protection_warning() {
+        eprintln!("wa-breaker: warning: {w}");
     }
+    ExitCode::SUCCESS
 }
 
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: a log file or a journal gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cfg.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -225,10 +225,49 @@ pub async fn accept(listener: &TcpListener, name: &'static str) -> TcpStream {
     }
 }
 
+/// Why a listener could not bind.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another socket already listens on the address: another wa-breaker (its
+    /// `SO_REUSEPORT` group would otherwise take half the sends) or any other server.
+    #[error("the address is in use by another process")]
+    Taken,
+    /// Anything else the OS refused.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl BindError {
+    fn from_bind(e: std::io::Error) -> BindError {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            BindError::Taken
+        } else {
+            BindError::Io(e)
+        }
+    }
+}
+
 /// Binds `n` listening sockets on `addr` with `SO_REUSEPORT`, so each worker thread accepts
 /// its own connections (the kernel spreads them). Port 0 binds once and reuses the port.
-pub fn bind_workers(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+///
+/// `SO_REUSEPORT` lets any process of the same user join the group, and a second gateway
+/// on the same address would silently take about half the sends, each with its own
+/// circuits. So unless `shared` (the `listen_shared` hand-over), a probe socket without
+/// `SO_REUSEPORT` binds the address first: the kernel refuses it while any socket listens
+/// there, ours excepted since none is bound yet. (Two instances started in the same
+/// instant could both pass the probe; a start that finds the address served never does.)
+pub fn bind_workers(
+    addr: SocketAddr,
+    n: usize,
+    shared: bool,
+) -> Result<Vec<std::net::TcpListener>, BindError> {
     use socket2::{Domain, Socket, Type};
+    if !shared && addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        // TIME_WAIT connections of a previous run do not count as a server.
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into()).map_err(BindError::from_bind)?;
+    }
     let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
     let mut at = addr;
     for _ in 0..n.max(1) {
@@ -237,7 +276,7 @@ pub fn bind_workers(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net:
         #[cfg(unix)]
         sock.set_reuse_port(true)?;
         sock.set_nonblocking(true)?;
-        sock.bind(&at.into())?;
+        sock.bind(&at.into()).map_err(BindError::from_bind)?;
         sock.listen(1024)?;
         let l: std::net::TcpListener = sock.into();
         at = l.local_addr()?;

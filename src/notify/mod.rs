@@ -25,9 +25,10 @@ use tokio::sync::mpsc;
 
 use crate::circuit::{Notice, Origin, Table};
 use crate::common::Body;
+use crate::common::{error_chain, BoxError};
 use crate::config::{mask_url, NotifyConfig, NotifyKind, NotifyOn, Secret};
 use crate::metrics::METRICS;
-use crate::upstream::{error_chain, BoxError, HttpClient};
+use crate::upstream::HttpClient;
 
 pub use event::{signature, Event, SIGNATURE_HEADER};
 

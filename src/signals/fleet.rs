@@ -156,7 +156,7 @@ impl PollGate {
                 match crate::store::redis_tls(cfg) {
                     Ok(t) => Some(Arc::new(t)),
                     Err(e) => {
-                        tracing::warn!(error = %crate::upstream::error_chain(&e), "health poll leases cannot use redis (TLS): each replica polls within its own health.hourly_budget");
+                        tracing::warn!(error = %crate::common::error_chain(&e), "health poll leases cannot use redis (TLS): each replica polls within its own health.hourly_budget");
                         return None;
                     }
                 }

@@ -18,7 +18,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 
-use crate::upstream::error_chain;
+use crate::common::error_chain;
 
 /// Where Redis is and how to speak to it.
 pub enum Endpoint {

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, watch};
 use super::StoreError;
 use crate::circuit::{Circuit, Mapping, MappingNotice, Notice, Table};
 use crate::common::backoff::backoff_delay;
+use crate::common::BoxError;
 use crate::metrics::METRICS;
-use crate::upstream::BoxError;
 
 /// The store's file name inside `state_dir`.
 pub const FILE_NAME: &str = "circuits.redb";
@@ -80,7 +80,7 @@ pub fn open(state_dir: &Path, move_aside: bool) -> Result<(Database, Loaded), St
             tracing::error!(
                 path = %shown,
                 moved_to = %aside.display(),
-                error = %crate::upstream::error_chain(why.as_ref()),
+                error = %crate::common::error_chain(why.as_ref()),
                 "STATE STORE WAS CORRUPT AND HAS BEEN MOVED ASIDE (--move-aside-corrupt-state): \
                  starting with EMPTY circuit state; circuits that were open are forgotten until \
                  a send, webhook or operator opens them again (or another replica shares them)"

@@ -24,8 +24,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::circuit::Table;
+use crate::common::BoxError;
 use crate::config::Config;
-use crate::upstream::BoxError;
 
 /// How long `start` waits for the first Redis sync before serving without it.
 const REDIS_START_WAIT: Duration = Duration::from_secs(5);
@@ -39,7 +39,7 @@ pub enum StoreError {
     #[error(
         "state store {path} is corrupt or unreadable: {}. Nothing was changed. To keep a copy \
          and start with empty state, restart once with --move-aside-corrupt-state (the file is \
-         renamed to {path}.corrupt-<timestamp>)", crate::upstream::error_chain(.cause.as_ref())
+         renamed to {path}.corrupt-<timestamp>)", crate::common::error_chain(.cause.as_ref())
     )]
     Corrupt {
         /// The file.
@@ -165,7 +165,7 @@ pub async fn start(cfg: &Config, table: Arc<Table>) -> Result<StoreHandle, Store
             || url.expose().starts_with("rediss+sentinel://")
         {
             Some(std::sync::Arc::new(redis_tls(cfg).map_err(|e| {
-                StoreError::Redis(crate::upstream::error_chain(&e))
+                StoreError::Redis(crate::common::error_chain(&e))
             })?))
         } else {
             None

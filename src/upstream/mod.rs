@@ -133,23 +133,29 @@ impl Target {
     /// policy. The trust store is the one configured; the client also reaches other URLs
     /// (the webhook relay) over it.
     pub fn client(&self) -> HttpClient {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(self.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*self.trust).clone())
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE)
-            // Only requests not yet written are retried (see the module docs).
-            .retry_canceled_requests(true)
-            .build(https)
+        http_client(&self.trust, self.connect_timeout)
     }
 }
 
-pub use crate::common::error::{error_chain, BoxError};
+/// A pooled hyper client (`http://` and `https://` with `trust`, HTTP/2 by ALPN) with the
+/// shared pool policy: the one client stack of the crate (the hyper engine, the gateway's
+/// own Graph calls, the webhook relay, notifications, the admin CLI, the simulator's
+/// webhooks).
+pub fn http_client(trust: &ClientConfig, connect_timeout: Duration) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(trust.clone())
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE)
+        // Only requests not yet written are retried (see the module docs).
+        .retry_canceled_requests(true)
+        .build(https)
+}

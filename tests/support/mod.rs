@@ -1,6 +1,7 @@
 //! Integration-test support for wa-breaker: a fake Cloud API, a redis-server launcher,
 //! a launcher for the built binary, signed-webhook helpers, a raw HTTP/1.1 upstream and
-//! client for framing tests, and `Engine` + `both_engines!` to run a test on both engines.
+//! client for framing tests, `Engine` + `both_engines!` to run a test on both engines, and a
+//! launcher for `wa-breaker simulate` (the Cloud API simulator users rehearse with).
 //!
 //! Each test file includes it with `mod support;` (so each compiles its own copy;
 //! unused items are expected).
@@ -11,6 +12,7 @@ pub mod fake_cloud;
 pub mod gateway;
 pub mod raw;
 pub mod redis;
+pub mod simulator;
 pub mod webhook;
 
 pub use self::engine::Engine;
@@ -28,6 +30,7 @@ pub use self::raw::{
     RawUpstream, Writes, BYTE_PAUSE, OK_RAW, SPLIT_PAUSE,
 };
 pub use self::redis::{free_port, redis_available, RedisServer, RedisSubscriber, Resp};
+pub use self::simulator::Simulator;
 pub use self::webhook::{
     account_update, change, disabled, entry, envelope, event, now_unix, post_signed,
     post_with_signature, restriction, sign, verify_get, violation,

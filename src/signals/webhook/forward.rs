@@ -8,7 +8,8 @@ use http::{header, HeaderMap, HeaderName, Request, Uri};
 use http_body_util::{BodyExt, Limited};
 
 use crate::common::Body;
-use crate::upstream::{BoxError, HttpClient};
+use crate::common::BoxError;
+use crate::upstream::HttpClient;
 
 /// Headers relayed besides the body.
 const RELAYED: [HeaderName; 4] = [

@@ -31,6 +31,7 @@ use sha2::Sha256;
 
 use super::health::{HealthChecker, PollOutcome};
 use crate::circuit::{Action, Change, Evidence, Scope, Table};
+use crate::common::error_chain;
 use crate::common::Body;
 use crate::config::{Config, Secret};
 use crate::graph::health::Verdict;
@@ -42,7 +43,7 @@ use crate::policy::plan::{
 use crate::policy::template::{
     plan_template, plan_template_quality, FIELD_TEMPLATE_QUALITY, FIELD_TEMPLATE_STATUS,
 };
-use crate::upstream::{error_chain, HttpClient};
+use crate::upstream::HttpClient;
 use forward::Forwarder;
 
 /// The signature header Meta sets on every POST.
@@ -413,6 +414,9 @@ impl Webhook {
         {
             return None;
         }
+        let phone_key = crate::circuit::key("", Some(phone));
+        let phone_open = |t: &Table| t.get(&phone_key).is_some_and(|c| c.is_open());
+        let was_open = phone_open(&self.table);
         let seq = self.table.learn(crate::circuit::Mapping {
             phone_number_id: phone.to_string(),
             waba_id: Some(entry.id.clone()),
@@ -425,6 +429,13 @@ impl Webhook {
             .with_label_values(&["webhook"])
             .inc();
         tracing::info!(phone_number_id = phone, waba_id = %entry.id, field = %ch.field, "phone number's WABA learned from a webhook");
+        if was_open && !phone_open(&self.table) {
+            // The mapping widened the phone number's circuit to its WABA: a circuit change
+            // this delivery applied. Its changes come after the mapping's, so the answer
+            // waits for the last of them to be durable.
+            METRICS.webhooks.with_label_values(&["applied"]).inc();
+            return Some(self.table.last_seq().max(seq));
+        }
         Some(seq)
     }
 }
