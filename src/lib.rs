@@ -233,7 +233,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         listen = %cfg.listen,
         admin_listen = %cfg.admin_listen,
         upstream = %cfg.upstream,
-        mode = ?cfg.mode,
+        mode = cfg.mode.as_str(),
         accounts = cfg.accounts.len(),
         phone_numbers_configured = configured,
         phone_numbers_learned = learned,

@@ -56,6 +56,16 @@ pub enum Mode {
     Observe,
 }
 
+impl Mode {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Observe => "observe",
+        }
+    }
+}
+
 /// The policy's own settings (built from the configuration at start-up).
 #[derive(Clone, Debug)]
 pub struct Settings {
