@@ -20,6 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -174,10 +175,15 @@ impl Relay {
                         _ = shutdown.changed() => return,
                     }
                     buf.reserve(4096);
-                    match stream.try_read_buf(&mut buf) {
-                        // Readiness can be spurious: wait again.
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        r => r,
+                    // One poll of `read_buf`, not `try_read_buf`: the poll path forgets the
+                    // socket's readiness after a short read, `try_read_buf` keeps it until
+                    // a read fails with `WouldBlock`. With `try_read_buf`, the wait above
+                    // returned at once after every request and the next read found nothing:
+                    // one `recvfrom` per request for nothing (issue 24).
+                    match stream.read_buf(&mut buf).now_or_never() {
+                        // Readiness was spurious: wait again, holding no buffer.
+                        None => continue,
+                        Some(r) => r,
                     }
                 } else {
                     if buf.capacity() - buf.len() < 1024 {
