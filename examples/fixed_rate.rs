@@ -118,7 +118,18 @@ async fn run(args: Args) -> Result<(), String> {
         let (stats, request, authority) = (stats.clone(), request.clone(), authority.to_string());
         let (rate, conns) = (args.rate, args.conns);
         tasks.push(tokio::spawn(async move {
-            connection(j, conns, rate, t0, measure_from, end, &authority, &request, &stats).await
+            connection(
+                j,
+                conns,
+                rate,
+                t0,
+                measure_from,
+                end,
+                &authority,
+                &request,
+                &stats,
+            )
+            .await
         }));
     }
     for t in tasks {

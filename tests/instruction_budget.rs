@@ -80,12 +80,15 @@ async fn instructions_per_request_stay_within_the_budget() {
     .into_iter()
     .collect();
     for (key, what) in FIGURES {
-        println!("budget: {key} = {} instructions per request ({what})", measured[key]);
+        println!(
+            "budget: {key} = {} instructions per request ({what})",
+            measured[key]
+        );
     }
 
     let path = baseline_path();
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let base: Baseline =
         toml::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
     if std::env::var_os("WAB_BUDGET_WRITE").is_some() {
@@ -220,7 +223,10 @@ phone_number_ids = ["{PHONE}"]
     phase(N1, 403).await;
     phase(N2, 403).await;
     let st = gw.stop().await;
-    assert!(st.success(), "{name}: the gateway under valgrind exited with {st}");
+    assert!(
+        st.success(),
+        "{name}: the gateway under valgrind exited with {st}"
+    );
 
     let parts: Vec<u64> = (1..=6)
         .map(|i| {
