@@ -45,7 +45,7 @@
 #   PINGORA_DIR=path     where the pingora peer is built and cached (default
 #                        ${XDG_CACHE_HOME:-~/.cache}/wa-breaker-bench/pingora-peer; outside
 #                        the repository, never committed)
-#   PINGORA_VERSION=0.8  the pingora version asked of crates.io
+#   PINGORA_VERSION=0.9  the pingora version asked of crates.io
 #   FIXED_RATES="1000 5000 20000"
 #                        open-loop rates (sends/s) of the fixed-rate table, driven by
 #                        examples/fixed_rate.rs (latency corrected for coordinated
@@ -275,8 +275,8 @@ if [[ ${WAB_SKIP_GATEWAY:-0} == 1 ]]; then
   GATEWAY=0
 else
   if [[ ${WAB_NO_BUILD:-0} != 1 ]]; then
-    log "running: cargo build --release --bin wa-breaker --example fixed_rate (set WAB_NO_BUILD=1 to skip)"
-    (cd "$ROOT" && cargo build --release --bin wa-breaker --example fixed_rate >&2) \
+    log "running: cargo build --release --bin wa-breaker --example fixed_rate --example delay_relay (set WAB_NO_BUILD=1 to skip)"
+    (cd "$ROOT" && cargo build --release --bin wa-breaker --example fixed_rate --example delay_relay >&2) \
       || die "cargo build --release failed (WAB_SKIP_GATEWAY=1 benchmarks the peers only)"
   fi
   if [[ ! -x $WAB_BIN ]]; then
@@ -312,7 +312,7 @@ fi
 PINGORA_BIN=""
 build_pingora() {
   local dir=${PINGORA_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/wa-breaker-bench/pingora-peer}
-  local ver=${PINGORA_VERSION:-0.8}
+  local ver=${PINGORA_VERSION:-0.9}
   mkdir -p "$dir/src"
   local tmp
   tmp=$(mktemp -d)
@@ -1030,6 +1030,18 @@ REPORT=$RUNDIR/report.md
   echo
   echo "Total run time: ${ELAPSED} s."
 } >"$REPORT"
+
+# The TLS + WAN table: its own script (a network namespace of its own), after the rest,
+# with every server above still up but idle.
+if [[ ${WAN:-1} != 0 && $GATEWAY == 1 ]]; then
+  if [[ $(id -u) != 0 ]]; then
+    printf '\n### TLS upstream over an emulated WAN\n\nskipped: needs root (ip netns); run benches/load/wan.sh as root\n' >>"$REPORT"
+  elif WAB_BIN=$WAB_BIN FR_BIN=$FR_BIN OUT_DIR=$OUT_DIR bash "$HERE/wan.sh" >"$RUNDIR/wan.out" 2>"$RUNDIR/wan.err"; then
+    { echo; sed 's/^## /### /' "$OUT_DIR/wan.md"; } >>"$REPORT"
+  else
+    printf '\n### TLS upstream over an emulated WAN\n\nfailed: %s\n' "$(tail -3 "$RUNDIR/wan.err" | tr '\n' ' ')" >>"$REPORT"
+  fi
+fi
 
 cp "$REPORT" "$OUT_DIR/latest.md"
 if [[ $GATEWAY == 1 ]]; then cp "$RUNDIR/${GW_LOG[main]}" "$OUT_DIR/${GW_LOG[main]}"; fi
