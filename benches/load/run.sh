@@ -218,8 +218,10 @@ fi
 
 # ---------------------------------------------------------------- tools
 ensure_tools() {
-  local missing=() pkgs=() t
-  for t in wrk nginx haproxy curl; do
+  local missing=() pkgs=() t tools=(wrk nginx haproxy curl)
+  # The pingora peer's build needs cmake (libz-ng-sys).
+  [[ ${PINGORA:-1} == 0 ]] || tools+=(cmake)
+  for t in "${tools[@]}"; do
     if command -v "$t" >/dev/null; then log "found $t: $(command -v "$t")"
     else missing+=("$t")
     fi
