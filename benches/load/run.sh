@@ -149,6 +149,8 @@ cleanup() {
   trap - EXIT INT TERM
   set +e
   stop_pid "$WRK_PID" wrk
+  # pingora: INT is its fast shutdown (TERM waits for a grace period).
+  [[ -n ${PINGORA_PID:-} ]] && kill -INT "$PINGORA_PID" 2>/dev/null
   stop_pid "${PINGORA_PID:-}" pingora
   for g in "${GATEWAYS[@]}"; do
     stop_pid "${GW_PID[$g]:-}" "${GW_NAME[$g]}"
