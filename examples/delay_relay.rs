@@ -81,7 +81,10 @@ async fn pipe(
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => return, // drops tx: the writer shuts down after the rest
                 Ok(n) => {
-                    if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                    if tx
+                        .send((Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                    {
                         return;
                     }
                 }
