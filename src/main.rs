@@ -117,7 +117,13 @@ fn init_logging(cfg: &Config) {
 fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     let loaded = std::thread::scope(|s| s.spawn(|| Config::load(path)).join());
     match loaded {
-        Ok(result) => result.map(|parsed| parsed.clone()),
+        Ok(Ok(parsed)) => {
+            // The copy is the point: made here, it lives in the main arena.
+            let copy = Config::clone(&parsed);
+            drop(parsed);
+            Ok(copy)
+        }
+        Ok(Err(e)) => Err(e),
         Err(panic) => std::panic::resume_unwind(panic),
     }
 }
