@@ -27,9 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+#[path = "common/h1.rs"]
+mod h1;
 
 /// The template send of `benches/load/post.lua`.
 const BODY: &str = r#"{"messaging_product":"whatsapp","recipient_type":"individual","to":"15551234567","type":"template","template":{"name":"order_update","language":{"code":"en_US"},"components":[{"type":"body","parameters":[{"type":"text","text":"A-1029384"},{"type":"text","text":"tomorrow between 9 and 11"}]}]}}"#;
@@ -223,20 +225,20 @@ async fn connection(
                 }
             },
         };
-        let outcome = exchange(s, request, &mut buf).await;
+        let outcome = h1::exchange(s, request, &mut buf).await;
         let done = Instant::now();
         free_at = done;
         match outcome {
-            Ok((status, keep)) => {
+            Ok(answer) => {
                 if measured {
                     lat.push(micros(done - from));
-                    if (200..300).contains(&status) {
+                    if (200..300).contains(&answer.status) {
                         stats.ok.fetch_add(1, Ordering::Relaxed);
                     } else {
                         stats.non2xx.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                if !keep {
+                if !answer.keep {
                     stream = None;
                 }
             }
@@ -254,49 +256,4 @@ async fn connection(
 
 fn micros(d: Duration) -> u32 {
     d.as_micros().min(u32::MAX as u128) as u32
-}
-
-/// One request and its answer (framed by `content-length`): the status and whether the
-/// connection stays open.
-async fn exchange(
-    s: &mut TcpStream,
-    req: &[u8],
-    buf: &mut Vec<u8>,
-) -> std::io::Result<(u16, bool)> {
-    s.write_all(req).await?;
-    buf.clear();
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut r = httparse::Response::new(&mut headers);
-        match r.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => {
-                let status = r.code.unwrap_or(0);
-                let mut len = None;
-                let mut keep = true;
-                for h in r.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("content-length") {
-                        len = std::str::from_utf8(h.value)
-                            .ok()
-                            .and_then(|v| v.trim().parse::<usize>().ok());
-                    } else if h.name.eq_ignore_ascii_case("connection") {
-                        keep = !h.value.eq_ignore_ascii_case(b"close");
-                    }
-                }
-                let Some(len) = len else {
-                    return Err(std::io::Error::other("answer without content-length"));
-                };
-                while buf.len() < n + len {
-                    if s.read_buf(buf).await? == 0 {
-                        return Err(std::io::ErrorKind::UnexpectedEof.into());
-                    }
-                }
-                return Ok((status, keep));
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(e) => return Err(std::io::Error::other(e.to_string())),
-        }
-        if s.read_buf(buf).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-    }
 }

@@ -710,6 +710,31 @@ foreign_pct() { # "busy0 total0 steal0" ours0 "busy1 total1 steal1" ours1
     printf "%.0f %.1f\n", (t > 0) ? 100 * f / t : 0, (t > 0) ? 100 * (y[3] - x[3]) / t : 0 }'
 }
 
+# One measured run of target $1 into raw file $2: `$3` (a warm-up, or "-") then `$4` (the
+# measured command, which writes $2), with the CPU ticks around the measured part. A run
+# during which other processes used more than OTHER_MAX % of the CPU is measured again, up
+# to RERUN_MAX times; the rejected run's output is kept beside. Sets s0 s1 (the server's
+# ticks), bg st (other % and steal %) and attempt.
+measure_run() { # target raw warmup_fn measure_fn
+  local t=$1 raw=$2 c0 c1 o0 o1
+  attempt=0
+  while :; do
+    attempt=$((attempt + 1))
+    [[ $3 == - ]] || "$3"
+    c0=$(cpu_ticks); o0=$(our_ticks); s0=$(ticks_of "${SRV_OF[$t]}")
+    "$4"
+    c1=$(cpu_ticks); o1=$(our_ticks); s1=$(ticks_of "${SRV_OF[$t]}")
+    read -r bg st <<<"$(foreign_pct "$c0" "$o0" "$c1" "$o1")"
+    if ((bg > OTHER_MAX && attempt <= RERUN_MAX)); then
+      mv "$raw" "${raw%.txt}-rejected$attempt.txt"
+      log "  other processes used ${bg}% of the CPU (steal ${st}%): measuring again"
+      RERUNS=$((RERUNS + 1))
+      continue
+    fi
+    return 0
+  done
+}
+
 # Prepares the gateway of wa-breaker target $1 (GW_OF); returns non-zero (and sets
 # SKIP[$1]) when it cannot. Pass-through targets (*_pass, wab_hyper): circuit closed
 # (closed via the admin API if this script opened it), and a sample answers 200 with a
@@ -769,27 +794,14 @@ for round in $(seq 1 "$ROUNDS"); do
         prepare "$t" || continue
       fi
       port=${PORT[$t]}
-      # A run during which other processes used more than OTHER_MAX % of the CPU is
-      # measured again (up to RERUN_MAX times); the rejected attempt's raw output is kept.
-      attempt=0
-      while :; do
-        attempt=$((attempt + 1))
+      raw=$OUT_DIR/raw/$t-c$c-r$round.txt
+      wrk_warmup() {
         log "round $round/$ROUNDS  $t  -c$c  warm-up $WARMUP$( ((attempt > 1)) && echo " (attempt $attempt)")"
         run_wrk "$port" "$c" "$WARMUP" "$RUNDIR/warmup.out" || die "wrk warm-up failed: $(tail -5 "$RUNDIR/warmup.out")"
-        raw=$OUT_DIR/raw/$t-c$c-r$round.txt
         log "round $round/$ROUNDS  $t  -c$c  measuring $DURATION"
-        c0=$(cpu_ticks); o0=$(our_ticks); s0=$(ticks_of "${SRV_OF[$t]}")
-        run_wrk "$port" "$c" "$DURATION" "$raw" || die "wrk failed: $(tail -5 "$raw")"
-        c1=$(cpu_ticks); o1=$(our_ticks); s1=$(ticks_of "${SRV_OF[$t]}")
-        read -r bg st <<<"$(foreign_pct "$c0" "$o0" "$c1" "$o1")"
-        if ((bg > OTHER_MAX && attempt <= RERUN_MAX)); then
-          mv "$raw" "${raw%.txt}-rejected$attempt.txt"
-          log "  other processes used ${bg}% of the CPU (steal ${st}%): measuring again"
-          RERUNS=$((RERUNS + 1))
-          continue
-        fi
-        break
-      done
+      }
+      wrk_measure() { run_wrk "$port" "$c" "$DURATION" "$raw" || die "wrk failed: $(tail -5 "$raw")"; }
+      measure_run "$t" "$raw" wrk_warmup wrk_measure
       vals=$(parse_wrk "$raw") || die "could not parse wrk output $raw"
       read -r rps p50 p99 p999 n2 err reqs <<<"$vals"
       # CPU of the server under test (not wrk, not the upstream) per request, in µs.
@@ -832,25 +844,14 @@ for round in $(seq 1 "$FR_ROUNDS"); do
         [[ -n ${SKIP[$t]:-} ]] && continue
         prepare "$t" || continue
       fi
-      attempt=0
-      while :; do
-        attempt=$((attempt + 1))
-        raw=$OUT_DIR/raw/fixed-$t-$rate-r$round.txt
+      raw=$OUT_DIR/raw/fixed-$t-$rate-r$round.txt
+      fr_measure() {
         log "fixed rate: round $round/$FR_ROUNDS  $t  $rate/s  ($FR_CONNS conns, warm-up $FR_WARMUP, $FR_DURATION)"
-        c0=$(cpu_ticks); o0=$(our_ticks); s0=$(ticks_of "${SRV_OF[$t]}")
         "${PIN_WRK[@]}" "$FR_BIN" --url "http://127.0.0.1:${PORT[$t]}$URL_PATH" --rate "$rate" \
           --conns "$FR_CONNS" --duration "$FR_DURATION" --warmup "$FR_WARMUP" >"$raw" 2>&1 \
           || die "fixed_rate failed: $(tail -5 "$raw")"
-        c1=$(cpu_ticks); o1=$(our_ticks); s1=$(ticks_of "${SRV_OF[$t]}")
-        read -r bg st <<<"$(foreign_pct "$c0" "$o0" "$c1" "$o1")"
-        if ((bg > OTHER_MAX && attempt <= RERUN_MAX)); then
-          mv "$raw" "${raw%.txt}-rejected$attempt.txt"
-          log "  other processes used ${bg}% of the CPU (steal ${st}%): measuring again"
-          RERUNS=$((RERUNS + 1))
-          continue
-        fi
-        break
-      done
+      }
+      measure_run "$t" "$raw" - fr_measure
       # The CPU window includes the warm-up: charge the server's CPU to every send made.
       line=$(grep '^FIXED_RATE ' "$raw") || die "no FIXED_RATE line in $raw"
       fr=$(awk -v d=$((s1 - s0)) -v hz="$HZ" -v w="$FR_WARMUP" -v m="$FR_DURATION" '{

@@ -128,20 +128,27 @@ printf 'subjectAltName=IP:%s,DNS:graph.wan.test\n' "$NS_IP" >"$RUNDIR/san.ext"
 openssl x509 -req -in "$RUNDIR/up.csr" -CA "$RUNDIR/ca.pem" -CAkey "$RUNDIR/ca.key" \
   -CAcreateserial -days 2 -extfile "$RUNDIR/san.ext" -out "$RUNDIR/up.pem" 2>/dev/null
 
-# ---------------------------------------------------------------- stand-in Graph
-SEND_RESULT='{"messaging_product":"whatsapp","contacts":[{"input":"15551234567","wa_id":"15551234567"}],"messages":[{"id":"wamid.HBgLMTU1NTEyMzQ1NjcVAgARGBI5QTNDQTVCM0Q0Q0Q2RTY3RTcA"}]}'
-cat >"$RUNDIR/up.conf" <<EOF
-worker_processes 1;
-pid $RUNDIR/up.pid;
-error_log $RUNDIR/up.err;
+# The part of an nginx config both nginx instances share: pid, logs and temp paths in the
+# run dir (name prefix $1), no access log; the caller closes the http block.
+nginx_head() { # prefix workers
+  cat <<EOF
+worker_processes $2;
+pid $RUNDIR/$1.pid;
+error_log $RUNDIR/$1.err;
 events { worker_connections 8192; }
 http {
   access_log off;
-  client_body_temp_path $RUNDIR/up-body;
-  proxy_temp_path $RUNDIR/up-proxy;
-  fastcgi_temp_path $RUNDIR/up-fcgi;
-  uwsgi_temp_path $RUNDIR/up-uwsgi;
-  scgi_temp_path $RUNDIR/up-scgi;
+  client_body_temp_path $RUNDIR/$1-body;
+  proxy_temp_path $RUNDIR/$1-proxy;
+  fastcgi_temp_path $RUNDIR/$1-fcgi;
+  uwsgi_temp_path $RUNDIR/$1-uwsgi;
+  scgi_temp_path $RUNDIR/$1-scgi;
+EOF
+}
+
+# ---------------------------------------------------------------- stand-in Graph
+SEND_RESULT='{"messaging_product":"whatsapp","contacts":[{"input":"15551234567","wa_id":"15551234567"}],"messages":[{"id":"wamid.HBgLMTU1NTEyMzQ1NjcVAgARGBI5QTNDQTVCM0Q0Q0Q2RTY3RTcA"}]}'
+{ nginx_head up 1; cat <<EOF; } >"$RUNDIR/up.conf"
   keepalive_requests 1000000;
   keepalive_timeout 120s;
   http2_max_concurrent_streams 1000;
@@ -171,19 +178,7 @@ log "round trip to the stand-in (plain request, median of 5): ${RTT:-?} ms"
 accepts() { curl -s "http://$NS_IP:9081/" | awk 'NR == 3 { print $1 }'; }
 
 # ---------------------------------------------------------------- proxies under test
-cat >"$RUNDIR/nginx.conf" <<EOF
-worker_processes 2;
-worker_cpu_affinity auto;
-pid $RUNDIR/nginx.pid;
-error_log $RUNDIR/nginx.err;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  client_body_temp_path $RUNDIR/nx-body;
-  proxy_temp_path $RUNDIR/nx-proxy;
-  fastcgi_temp_path $RUNDIR/nx-fcgi;
-  uwsgi_temp_path $RUNDIR/nx-uwsgi;
-  scgi_temp_path $RUNDIR/nx-scgi;
+{ echo "worker_cpu_affinity auto;"; nginx_head nginx 2; cat <<EOF; } >"$RUNDIR/nginx.conf"
   upstream graph { server $NS_IP:9443; keepalive 512; keepalive_requests 1000000; keepalive_timeout 120s; }
   server {
     listen 127.0.0.1:9212;
