@@ -984,7 +984,7 @@ REPORT=$RUNDIR/report.md
   fi
   echo
   if [[ $GATEWAY == 1 ]]; then
-    echo "wa-breaker memory ($WAB_ACCOUNTS WABAs configured; target: idle RSS <= 30 MB):"
+    echo "wa-breaker memory ($WAB_ACCOUNTS WABAs configured; target: idle RSS <= 20 MB):"
     echo
     echo "- idle after startup: VmRSS $(kb_mb "${RSS_IDLE[main]:-}")"
     echo "- after the whole run: VmRSS $(kb_mb "${RSS_END[main]:-}"), peak VmHWM $(kb_mb "${HWM_END[main]:-}")"
