@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::MissedTickBehavior;
 
@@ -42,45 +41,8 @@ fn next(state: &mut u64) -> u64 {
     *state
 }
 
-/// Sends one request on `s` and reads its answer: the status and whether the gateway
-/// answered it (`x-wa-breaker`).
-async fn exchange(
-    s: &mut TcpStream,
-    req: &[u8],
-    buf: &mut Vec<u8>,
-) -> std::io::Result<(u16, bool)> {
-    s.write_all(req).await?;
-    buf.clear();
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut r = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(n)) = r.parse(buf) {
-            let status = r.code.unwrap_or(0);
-            let mut len = 0usize;
-            let mut local = false;
-            for h in r.headers.iter() {
-                if h.name.eq_ignore_ascii_case("content-length") {
-                    len = std::str::from_utf8(h.value)
-                        .ok()
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                }
-                if h.name.eq_ignore_ascii_case("x-wa-breaker") {
-                    local = true;
-                }
-            }
-            while buf.len() < n + len {
-                if s.read_buf(buf).await? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-            }
-            return Ok((status, local));
-        }
-        if s.read_buf(buf).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-}
+#[path = "common/h1.rs"]
+mod h1;
 
 #[tokio::main]
 async fn main() {
@@ -150,8 +112,8 @@ async fn main() {
                 };
                 stats.sent.fetch_add(1, Ordering::Relaxed);
                 let t0 = Instant::now();
-                match exchange(s, &req, &mut buf).await {
-                    Ok((status, local)) => {
+                match h1::exchange(s, &req, &mut buf).await {
+                    Ok(h1::Answer { status, local, .. }) => {
                         let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
                         if let Ok(mut l) = stats.lat.lock() {
                             l.push(us);

@@ -7,6 +7,8 @@
 # URL path /v21.0/106540352242922/messages, loopback only):
 #   direct     stand-in upstream, nginx :9001 (200 + Cloud API send result)
 #   nginx      nginx reverse proxy :9012 -> :9001
+#   pingora    pingora reverse proxy :9011 -> :9001 (built from crates.io by this script,
+#              configured as its authors run it: see build_pingora)
 #   haproxy    HAProxy :9013 -> :9001 (2 threads)
 #   wab_pass   wa-breaker :9015 -> :9001, circuit closed (pass-through)
 #   wab_hyper  wa-breaker :9017 -> :9001 with fast_path = false: the hyper
@@ -39,13 +41,33 @@
 #                        (no target) and its memory. Never built by this script.
 #   WAB_ACCOUNTS=10000   number of [[accounts]] in the generated config
 #   WAB_HYPER_ROW=0      skip the fast_path = false row (wab_hyper)
+#   PINGORA=0            leave out the pingora peer (default: built and run, see below)
+#   PINGORA_DIR=path     where the pingora peer is built and cached (default
+#                        ${XDG_CACHE_HOME:-~/.cache}/wa-breaker-bench/pingora-peer; outside
+#                        the repository, never committed)
+#   PINGORA_VERSION=0.9  the pingora version asked of crates.io
+#   FIXED_RATES="1000 5000 20000"
+#                        open-loop rates (sends/s) of the fixed-rate table, driven by
+#                        examples/fixed_rate.rs (latency corrected for coordinated
+#                        omission); FIXED_RATES="" leaves the table out
+#   FR_CONNS=64 FR_DURATION=10s FR_WARMUP=2s FR_ROUNDS=1
+#                        its connections, measured time, warm-up and rounds (medians)
+#   FR_BIN=path          the generator (default target/release/examples/fixed_rate; built
+#                        with the gateway unless WAB_NO_BUILD=1)
+#   WAN=0                leave out the TLS + emulated-WAN table (benches/load/wan.sh, run
+#                        at the end; needs root for its network namespace)
 #   TASKSET=1            pin wrk to WRK_CPUS (default 0) and every server to
 #                        SRV_CPUS (default 1) with taskset. The nginx proxy and HAProxy
 #                        configs are then generated without their pin lines
 #                        (worker_cpu_affinity, cpu-map): those would re-bind the workers
 #                        to CPUs 0 and 1, outside the taskset CPU. wa-breaker sees one
 #                        allowed CPU, runs one worker and does not pin it.
-#   OUT_DIR=path         results (default target/bench-load): latest.md, raw/
+#   OTHER_MAX=10         a measured run during which processes this script did not start
+#                        used more than this % of the CPU is measured again ...
+#   RERUN_MAX=2          ... up to this many times (the rejected run's raw output is kept
+#                        as raw/<target>-c<conns>-r<round>-rejected<N>.txt)
+#   OUT_DIR=path         results (default target/bench-load): latest.md, results.tsv (one
+#                        line per measured run: the raw per-round figures), raw/ (wrk output)
 #   KEEP_TMP=1           keep the temp dir (configs, pid files, logs)
 #   NO_INSTALL=1         never call apt-get; fail if a tool is missing
 #
@@ -67,12 +89,16 @@ WAB_ACCOUNTS=${WAB_ACCOUNTS:-10000}
 WAB_BIN=${WAB_BIN:-$ROOT/target/release/wa-breaker}
 WAB_BIN_BEFORE=${WAB_BIN_BEFORE:-}
 OUT_DIR=${OUT_DIR:-$ROOT/target/bench-load}
+OTHER_MAX=${OTHER_MAX:-10}
+RERUN_MAX=${RERUN_MAX:-2}
+RERUNS=0
 
 PHONE_ID=106540352242922
 WABA_ID=102290129340398
 URL_PATH=/v21.0/$PHONE_ID/messages
 ADMIN_TOKEN=bench-admin-token
 PORTS=(9001 9012 9013 9014 9015 9016 9017 9018)
+[[ ${PINGORA:-1} == 0 ]] || PORTS+=(9011)
 [[ -z $WAB_BIN_BEFORE ]] || PORTS+=(9019 9020)
 HZ=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
@@ -123,6 +149,9 @@ cleanup() {
   trap - EXIT INT TERM
   set +e
   stop_pid "$WRK_PID" wrk
+  # pingora: INT is its fast shutdown (TERM waits for a grace period).
+  [[ -n ${PINGORA_PID:-} ]] && kill -INT "$PINGORA_PID" 2>/dev/null
+  stop_pid "${PINGORA_PID:-}" pingora
   for g in "${GATEWAYS[@]}"; do
     stop_pid "${GW_PID[$g]:-}" "${GW_NAME[$g]}"
   done
@@ -191,8 +220,10 @@ fi
 
 # ---------------------------------------------------------------- tools
 ensure_tools() {
-  local missing=() pkgs=() t
-  for t in wrk nginx haproxy curl; do
+  local missing=() pkgs=() t tools=(wrk nginx haproxy curl)
+  # The pingora peer's build needs cmake (libz-ng-sys).
+  [[ ${PINGORA:-1} == 0 ]] || tools+=(cmake)
+  for t in "${tools[@]}"; do
     if command -v "$t" >/dev/null; then log "found $t: $(command -v "$t")"
     else missing+=("$t")
     fi
@@ -248,8 +279,8 @@ if [[ ${WAB_SKIP_GATEWAY:-0} == 1 ]]; then
   GATEWAY=0
 else
   if [[ ${WAB_NO_BUILD:-0} != 1 ]]; then
-    log "running: cargo build --release (set WAB_NO_BUILD=1 to skip)"
-    (cd "$ROOT" && cargo build --release >&2) \
+    log "running: cargo build --release --bin wa-breaker --example fixed_rate --example delay_relay (set WAB_NO_BUILD=1 to skip)"
+    (cd "$ROOT" && cargo build --release --bin wa-breaker --example fixed_rate --example delay_relay >&2) \
       || die "cargo build --release failed (WAB_SKIP_GATEWAY=1 benchmarks the peers only)"
   fi
   if [[ ! -x $WAB_BIN ]]; then
@@ -264,6 +295,95 @@ if [[ -n $WAB_BIN_BEFORE ]]; then
     BEFORE=1
   else
     log "WAB_BIN_BEFORE is set but the current gateway is not run: skipping the before rows too"
+  fi
+fi
+
+
+# ---------------------------------------------------------------- pingora peer
+# A pingora reverse proxy to the stand-in upstream, set up the way pingora's authors run
+# it (docs/user_guide/conf.md and internals.md, pingora/examples/server.rs):
+#   - jemalloc as the global allocator (pingora's own examples use it; glibc malloc is
+#     slower for its allocation pattern);
+#   - threads: 2, one per CPU, like nginx's and HAProxy's two workers and the gateway's;
+#   - work_stealing: false: pingora's "N isolated single-threaded runtimes" mode, the
+#     same model as nginx workers and the gateway's per-core workers, so each thread can be
+#     pinned to its own CPU like theirs (run.sh pins thread i to CPU i with taskset after
+#     start; pingora has no affinity setting of its own);
+#   - upstream_keepalive_pool_size: 128, the same pool as nginx's `keepalive 128`;
+#   - no logging phase, no access log (nginx and HAProxy run with access logs off).
+# Built once into PINGORA_DIR (outside the repository) and reused while its sources
+# are unchanged.
+PINGORA_BIN=""
+build_pingora() {
+  local dir=${PINGORA_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/wa-breaker-bench/pingora-peer}
+  local ver=${PINGORA_VERSION:-0.9}
+  mkdir -p "$dir/src"
+  local tmp
+  tmp=$(mktemp -d)
+  cat >"$tmp/Cargo.toml" <<TOML
+[package]
+name = "wab-pingora-peer"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+pingora = { version = "$ver", default-features = false, features = ["proxy"] }
+async-trait = "0.1"
+tikv-jemallocator = "0.6"
+
+[profile.release]
+codegen-units = 1
+lto = "thin"
+TOML
+  cat >"$tmp/main.rs" <<'RS'
+//! The pingora peer of wa-breaker's load benchmark: proxies every request to the
+//! stand-in upstream 127.0.0.1:9001 over pooled HTTP/1.1 connections.
+use async_trait::async_trait;
+use pingora::prelude::*;
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+struct Peer;
+
+#[async_trait]
+impl ProxyHttp for Peer {
+    type CTX = ();
+    fn new_ctx(&self) -> Self::CTX {}
+
+    async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(("127.0.0.1", 9001), false, String::new())))
+    }
+}
+
+fn main() {
+    let mut server = Server::new(Some(Opt::parse_args())).expect("pingora server");
+    server.bootstrap();
+    let mut proxy = http_proxy_service(&server.configuration, Peer);
+    proxy.add_tcp("127.0.0.1:9011");
+    server.add_service(proxy);
+    server.run_forever();
+}
+RS
+  if [[ -x $dir/target/release/wab-pingora-peer ]] && cmp -s "$tmp/Cargo.toml" "$dir/Cargo.toml" \
+     && cmp -s "$tmp/main.rs" "$dir/src/main.rs"; then
+    log "pingora peer: cached build in $dir"
+  else
+    cp "$tmp/Cargo.toml" "$dir/Cargo.toml"
+    cp "$tmp/main.rs" "$dir/src/main.rs"
+    log "pingora peer: building pingora $ver from crates.io in $dir (nice -n 19; once, then cached)"
+    (cd "$dir" && nice -n 19 cargo build --release >&2) || { rm -rf "$tmp"; return 1; }
+  fi
+  rm -rf "$tmp"
+  PINGORA_BIN=$dir/target/release/wab-pingora-peer
+  V_PINGORA="pingora $(awk '/^name = "pingora"$/ { getline; gsub(/[^0-9.]/, "", $0); print; exit }' "$dir/Cargo.lock" 2>/dev/null)"
+}
+PINGORA_ON=0
+V_PINGORA=""
+if [[ ${PINGORA:-1} != 0 ]]; then
+  if build_pingora; then PINGORA_ON=1
+  else log "pingora peer: build failed; its rows are skipped (PINGORA=0 leaves them out)"
   fi
 fi
 
@@ -342,6 +462,36 @@ cpus_of_children() { # parent pid
 cpus_of_threads() { # pid
   awk '/^Cpus_allowed_list:/ {print $2}' /proc/"$1"/task/*/status 2>/dev/null | sort | paste -sd' ' -
 }
+
+if [[ $PINGORA_ON == 1 ]]; then
+  log "starting pingora :9011"
+  cat >"$RUNDIR/pingora.yaml" <<YAML
+---
+version: 1
+threads: 2
+work_stealing: false
+upstream_keepalive_pool_size: 128
+pid_file: $RUNDIR/pingora.pid
+error_log: $RUNDIR/pingora.err
+upgrade_sock: $RUNDIR/pingora-upgrade.sock
+YAML
+  "${PIN_SRV[@]}" "$PINGORA_BIN" -c "$RUNDIR/pingora.yaml" >"$RUNDIR/pingora.log" 2>&1 &
+  PINGORA_PID=$!
+  SERVER_PIDS+=("$PINGORA_PID")
+  wait_port 9011 30 pingora
+  SRV_OF[pingora]=$PINGORA_PID
+  # Pin its two service threads (named after the service) like nginx's workers.
+  if [[ ${TASKSET:-0} != 1 ]]; then
+    i=0
+    for task in /proc/"$PINGORA_PID"/task/*; do
+      comm=$(cat "$task/comm" 2>/dev/null || true)
+      [[ $comm == "Pingora HTTP"* ]] || continue
+      taskset -p -c $((i % V_NPROC)) "${task##*/}" >/dev/null 2>&1 && i=$((i + 1))
+    done
+    log "pingora: pinned $i service threads (thread i on CPU i)"
+  fi
+  AFF_PINGORA=$(cpus_of_threads "$PINGORA_PID")
+fi
 AFF_NGINX=$(cpus_of_children "${SRV_OF[nginx]}")
 AFF_HAPROXY=$(cpus_of_threads "${SRV_OF[haproxy]}")
 AFF_UP=$(cpus_of_children "${SRV_OF[direct]}")
@@ -457,7 +607,9 @@ admin_post() { # gateway path -> prints status; body in $RUNDIR/admin.out
 
 code=$(sample 9001 "$RUNDIR/direct")
 [[ $code == 200 ]] || die "direct upstream sample answered $code, want 200"
-for p in 9012 9013; do
+PEER_PORTS=(9012 9013)
+[[ $PINGORA_ON == 1 ]] && PEER_PORTS+=(9011)
+for p in "${PEER_PORTS[@]}"; do
   code=$(sample $p "$RUNDIR/peer$p")
   [[ $code == 200 ]] || die "peer :$p sample answered $code, want 200"
 done
@@ -473,18 +625,21 @@ rm -rf "$OUT_DIR/raw" "$OUT_DIR/failed-run" "$OUT_DIR/wa-breaker.log" "$OUT_DIR/
 mkdir -p "$OUT_DIR/raw"
 
 # Per connection level, in this order; each before row right after its current counterpart.
-TARGETS=(direct nginx haproxy wab_pass)
+TARGETS=(direct nginx haproxy)
+if [[ $PINGORA_ON == 1 ]]; then TARGETS+=(pingora); fi
+TARGETS+=(wab_pass)
 if [[ -n $WAB_BIN_BEFORE ]]; then TARGETS+=(wab_before_pass); fi
 if [[ ${WAB_HYPER_ROW:-1} != 0 ]]; then TARGETS+=(wab_hyper); fi
 TARGETS+=(nginx_403 wab_local)
 if [[ -n $WAB_BIN_BEFORE ]]; then TARGETS+=(wab_before_local); fi
-declare -A PORT=([direct]=9001 [nginx]=9012 [haproxy]=9013 [nginx_403]=9014
+declare -A PORT=([direct]=9001 [nginx]=9012 [haproxy]=9013 [nginx_403]=9014 [pingora]=9011
   [wab_pass]=${GW_PORT[main]} [wab_local]=${GW_PORT[main]} [wab_hyper]=${GW_PORT[hyper]}
   [wab_before_pass]=${GW_PORT[before]} [wab_before_local]=${GW_PORT[before]})
 declare -A LABEL=(
   [direct]="direct upstream (nginx :9001)"
   [nginx]="nginx proxy :9012"
   [haproxy]="HAProxy :9013"
+  [pingora]="pingora :9011"
   [wab_pass]="wa-breaker pass-through :${GW_PORT[main]}"
   [wab_before_pass]="wa-breaker (before) pass-through :${GW_PORT[before]}"
   [wab_hyper]="wa-breaker pass-through, fast_path = false :${GW_PORT[hyper]}"
@@ -543,14 +698,41 @@ ticks_of() {
       if (pid == self) sum += f[14] + f[15] }
     END { printf "%.0f\n", sum }'
 }
-# "busy total" CPU ticks from /proc/stat (busy = all but idle and iowait; softirq
-# must count: loopback traffic's softirq time is charged to our processes' stime).
-cpu_ticks() { awk '/^cpu / { printf "%.0f %.0f\n", $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
-# -> % of all CPU used by processes this script did not start, between two samples.
-foreign_pct() { # "busy0 total0" ours0 "busy1 total1" ours1
+# "busy total steal" CPU ticks from /proc/stat: busy = user + nice + system + irq +
+# softirq (softirq must count: loopback traffic's softirq time is charged to our
+# processes' stime); steal (time the hypervisor gave to other guests) is kept apart.
+cpu_ticks() { awk '/^cpu / { printf "%.0f %.0f %.0f\n", $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $9 }' /proc/stat; }
+# -> "other steal": % of all CPU used by processes this script did not start, and % stolen
+# by the hypervisor, between two samples.
+foreign_pct() { # "busy0 total0 steal0" ours0 "busy1 total1 steal1" ours1
   awk -v a="$1" -v o0="$2" -v b="$3" -v o1="$4" 'BEGIN { split(a, x, " "); split(b, y, " ")
     t = y[2] - x[2]; f = (y[1] - x[1]) - (o1 - o0); if (f < 0) f = 0
-    printf "%.0f", (t > 0) ? 100 * f / t : 0 }'
+    printf "%.0f %.1f\n", (t > 0) ? 100 * f / t : 0, (t > 0) ? 100 * (y[3] - x[3]) / t : 0 }'
+}
+
+# One measured run of target $1 into raw file $2: `$3` (a warm-up, or "-") then `$4` (the
+# measured command, which writes $2), with the CPU ticks around the measured part. A run
+# during which other processes used more than OTHER_MAX % of the CPU is measured again, up
+# to RERUN_MAX times; the rejected run's output is kept beside. Sets s0 s1 (the server's
+# ticks), bg st (other % and steal %) and attempt.
+measure_run() { # target raw warmup_fn measure_fn
+  local t=$1 raw=$2 c0 c1 o0 o1
+  attempt=0
+  while :; do
+    attempt=$((attempt + 1))
+    [[ $3 == - ]] || "$3"
+    c0=$(cpu_ticks); o0=$(our_ticks); s0=$(ticks_of "${SRV_OF[$t]}")
+    "$4"
+    c1=$(cpu_ticks); o1=$(our_ticks); s1=$(ticks_of "${SRV_OF[$t]}")
+    read -r bg st <<<"$(foreign_pct "$c0" "$o0" "$c1" "$o1")"
+    if ((bg > OTHER_MAX && attempt <= RERUN_MAX)); then
+      mv "$raw" "${raw%.txt}-rejected$attempt.txt"
+      log "  other processes used ${bg}% of the CPU (steal ${st}%): measuring again"
+      RERUNS=$((RERUNS + 1))
+      continue
+    fi
+    return 0
+  done
 }
 
 # Prepares the gateway of wa-breaker target $1 (GW_OF); returns non-zero (and sets
@@ -612,22 +794,74 @@ for round in $(seq 1 "$ROUNDS"); do
         prepare "$t" || continue
       fi
       port=${PORT[$t]}
-      log "round $round/$ROUNDS  $t  -c$c  warm-up $WARMUP"
-      run_wrk "$port" "$c" "$WARMUP" "$RUNDIR/warmup.out" || die "wrk warm-up failed: $(tail -5 "$RUNDIR/warmup.out")"
       raw=$OUT_DIR/raw/$t-c$c-r$round.txt
-      log "round $round/$ROUNDS  $t  -c$c  measuring $DURATION"
-      c0=$(cpu_ticks); o0=$(our_ticks); s0=$(ticks_of "${SRV_OF[$t]}")
-      run_wrk "$port" "$c" "$DURATION" "$raw" || die "wrk failed: $(tail -5 "$raw")"
-      c1=$(cpu_ticks); o1=$(our_ticks); s1=$(ticks_of "${SRV_OF[$t]}")
-      bg=$(foreign_pct "$c0" "$o0" "$c1" "$o1")
+      wrk_warmup() {
+        log "round $round/$ROUNDS  $t  -c$c  warm-up $WARMUP$( ((attempt > 1)) && echo " (attempt $attempt)")"
+        run_wrk "$port" "$c" "$WARMUP" "$RUNDIR/warmup.out" || die "wrk warm-up failed: $(tail -5 "$RUNDIR/warmup.out")"
+        log "round $round/$ROUNDS  $t  -c$c  measuring $DURATION"
+      }
+      wrk_measure() { run_wrk "$port" "$c" "$DURATION" "$raw" || die "wrk failed: $(tail -5 "$raw")"; }
+      measure_run "$t" "$raw" wrk_warmup wrk_measure
       vals=$(parse_wrk "$raw") || die "could not parse wrk output $raw"
       read -r rps p50 p99 p999 n2 err reqs <<<"$vals"
       # CPU of the server under test (not wrk, not the upstream) per request, in µs.
       us=$(awk -v d=$((s1 - s0)) -v n="$reqs" -v hz="$HZ" 'BEGIN { printf "%.1f", (n > 0) ? d * 1e6 / hz / n : 0 }')
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$c" "$round" \
-        "$rps" "$p50" "$p99" "$p999" "$n2" "$err" "$bg" "$us" >>"$RESULTS"
-      log "  -> rps $rps  p50 $p50  p99 $p99  p99.9 $p999 ms  non-2xx $n2  errors $err  other-cpu $bg%  server-cpu $us us/req"
-      ((bg > 10)) && log "  WARNING: other processes used ${bg}% of the CPU during this run"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$c" "$round" \
+        "$rps" "$p50" "$p99" "$p999" "$n2" "$err" "$bg" "$us" "$st" "$attempt" >>"$RESULTS"
+      log "  -> server-cpu $us us/req  rps $rps  p50 $p50  p99 $p99  p99.9 $p999 ms  non-2xx $n2  errors $err  other-cpu $bg%  steal $st%"
+      ((bg > OTHER_MAX)) && log "  WARNING: other processes used ${bg}% of the CPU during this run (after $RERUN_MAX re-runs)"
+    done
+  done
+done
+
+
+# ---------------------------------------------------------------- fixed rate
+# Open loop: FR_CONNS connections share a fixed rate (examples/fixed_rate.rs); latency
+# runs from when a send was due whenever it waited behind a slow answer (coordinated
+# omission corrected). "Added" = the target's percentile minus going direct's, same rate.
+FIXED_RATES=${FIXED_RATES-"1000 5000 20000"}
+FR_CONNS=${FR_CONNS:-64}
+FR_DURATION=${FR_DURATION:-10s}
+FR_WARMUP=${FR_WARMUP:-2s}
+FR_ROUNDS=${FR_ROUNDS:-1}
+FR_BIN=${FR_BIN:-$ROOT/target/release/examples/fixed_rate}
+FR_RESULTS=$RUNDIR/fixed-rate.tsv
+: >"$FR_RESULTS"
+FR_TARGETS=(direct nginx haproxy)
+if [[ $PINGORA_ON == 1 ]]; then FR_TARGETS+=(pingora); fi
+if [[ $GATEWAY == 1 ]]; then
+  FR_TARGETS+=(wab_pass)
+  if [[ ${WAB_HYPER_ROW:-1} != 0 ]]; then FR_TARGETS+=(wab_hyper); fi
+fi
+if [[ -n $FIXED_RATES && ! -x $FR_BIN ]]; then
+  log "no fixed-rate generator at $FR_BIN (cargo build --release --example fixed_rate): fixed-rate table skipped"
+  FIXED_RATES=""
+fi
+for round in $(seq 1 "$FR_ROUNDS"); do
+  for rate in $FIXED_RATES; do
+    for t in "${FR_TARGETS[@]}"; do
+      if [[ $t == wab_* ]]; then
+        [[ -n ${SKIP[$t]:-} ]] && continue
+        prepare "$t" || continue
+      fi
+      raw=$OUT_DIR/raw/fixed-$t-$rate-r$round.txt
+      fr_measure() {
+        log "fixed rate: round $round/$FR_ROUNDS  $t  $rate/s  ($FR_CONNS conns, warm-up $FR_WARMUP, $FR_DURATION)"
+        "${PIN_WRK[@]}" "$FR_BIN" --url "http://127.0.0.1:${PORT[$t]}$URL_PATH" --rate "$rate" \
+          --conns "$FR_CONNS" --duration "$FR_DURATION" --warmup "$FR_WARMUP" >"$raw" 2>&1 \
+          || die "fixed_rate failed: $(tail -5 "$raw")"
+      }
+      measure_run "$t" "$raw" - fr_measure
+      # The CPU window includes the warm-up: charge the server's CPU to every send made.
+      line=$(grep '^FIXED_RATE ' "$raw") || die "no FIXED_RATE line in $raw"
+      fr=$(awk -v d=$((s1 - s0)) -v hz="$HZ" -v w="$FR_WARMUP" -v m="$FR_DURATION" '{
+          for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+          ws = w + 0; ms = m + 0; n = v["rate"] * (ws + ms)
+          printf "%.3f %.3f %.3f %.3f %.3f %d %d %d %d %.3f %.1f", v["p50_us"] / 1000, v["p90_us"] / 1000,
+            v["p99_us"] / 1000, v["p999_us"] / 1000, v["max_us"] / 1000, v["achieved"], v["errors"], v["non2xx"],
+            v["sent"], v["late_p99_us"] / 1000, (n > 0) ? d * 1e6 / hz / n : 0 }' <<<"$line")
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$rate" "$round" "$(tr ' ' '\t' <<<"$fr")" "$bg" "$st" >>"$FR_RESULTS"
+      log "  -> $line other-cpu $bg% steal $st%"
     done
   done
 done
@@ -650,6 +884,7 @@ ELAPSED=$(($(date +%s) - T0))
 # ---------------------------------------------------------------- report
 # medians per (target, conns) and column -> AGG lines:
 #   target conns rps p50 p99 p999 non2xx err other-cpu%(max over rounds) server-cpu-us/req
+#   steal%(max over rounds) attempts(sum over rounds)
 AGG=$(awk -F'\t' '
   function med(key, col,   n, i, j, a, x) {
     n = cnt[key]
@@ -659,11 +894,13 @@ AGG=$(awk -F'\t' '
   }
   { key = $1 SUBSEP $2; if (!(key in cnt)) order[++k] = key
     cnt[key]++; for (c = 4; c <= 11; c++) val[key, cnt[key], c] = $c
-    if ($10 + 0 > max[key] + 0) max[key] = $10 + 0 }
+    if ($10 + 0 > max[key] + 0) max[key] = $10 + 0
+    if ($12 + 0 > stl[key] + 0) stl[key] = $12 + 0
+    att[key] += $13 }
   END { for (i = 1; i <= k; i++) { split(order[i], p, SUBSEP)
-          printf "%s %s %.0f %.2f %.2f %.2f %.0f %.0f %.0f %.1f\n", p[1], p[2],
+          printf "%s %s %.0f %.2f %.2f %.2f %.0f %.0f %.0f %.1f %.1f %d\n", p[1], p[2],
             med(order[i], 4), med(order[i], 5), med(order[i], 6), med(order[i], 7), med(order[i], 8), med(order[i], 9),
-            max[order[i]], med(order[i], 11) } }' "$RESULTS")
+            max[order[i]], med(order[i], 11), stl[order[i]], att[order[i]] } }' "$RESULTS")
 
 get() { # target conns field(3 rps, 4 p50, 5 p99, 6 p999, 7 non2xx, 8 err, 9 other%, 10 cpu-us/req)
   awk -v t="$1" -v c="$2" -v f="$3" '$1 == t && $2 == c { print $f }' <<<"$AGG"
@@ -682,27 +919,27 @@ REPORT=$RUNDIR/report.md
   if [[ -n ${AFF_WAB:-} ]]; then pinning+=", wa-breaker threads [$AFF_WAB]"; fi
   echo "- machine: $V_NPROC cores, ${V_CPU:-unknown CPU}, kernel $V_KERNEL; $pinning"
   echo "- background load before the run: ${BUSY_START}% CPU in use, loadavg $LOAD_START$( ((BUSY_START > 15)) && echo " (**busy machine: figures skewed**)")"
-  echo "- tools: $V_WRK, $V_NGINX, $V_HAPROXY$([[ $GATEWAY == 1 ]] && echo ", ${V_WAB:-wa-breaker (no --version)}")$([[ $BEFORE == 1 ]] && echo "; before: ${V_WAB_BEFORE:-wa-breaker (no --version)} ($WAB_BIN_BEFORE)")"
+  echo "- tools: $V_WRK, $V_NGINX, $V_HAPROXY$([[ $PINGORA_ON == 1 ]] && echo ", $V_PINGORA (jemalloc, threads 2, work_stealing false, upstream_keepalive_pool_size 128, threads pinned [${AFF_PINGORA:-}])")$([[ $GATEWAY == 1 ]] && echo ", ${V_WAB:-wa-breaker (no --version)}")$([[ $BEFORE == 1 ]] && echo "; before: ${V_WAB_BEFORE:-wa-breaker (no --version)} ($WAB_BIN_BEFORE)")"
   echo "- wrk -t$THREADS -d$DURATION --latency (warm-up $WARMUP before each run), POST $URL_PATH, ~330-byte body; rounds: $ROUNDS$([[ $ROUNDS -gt 1 ]] && echo " (each column is the median over rounds)")"
   echo
-  echo "| target | conns | server CPU µs/req | rps | p50 ms | p99 ms | p99.9 ms | non-2xx | socket errors | other CPU % |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| target | conns | server CPU µs/req | rps | p50 ms | p99 ms | p99.9 ms | non-2xx | socket errors | other CPU % | steal % | runs |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for c in $CONNS; do
     for t in "${TARGETS[@]}"; do
       line=$(awk -v t="$t" -v c="$c" '$1 == t && $2 == c' <<<"$AGG")
       if [[ -n $line ]]; then
-        read -r _ _ rps p50 p99 p999 n2 err bg us <<<"$line"
-        printf '| %s | %s | %s | %s | %.2f | %.2f | %.2f | %s | %s | %s |\n' "${LABEL[$t]}" "$c" "$us" "$rps" "$p50" "$p99" "$p999" "$n2" "$err" "$bg"
+        read -r _ _ rps p50 p99 p999 n2 err bg us st att <<<"$line"
+        printf '| %s | %s | %s | %s | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s |\n' "${LABEL[$t]}" "$c" "$us" "$rps" "$p50" "$p99" "$p999" "$n2" "$err" "$bg" "$st" "$att"
       else
-        printf '| %s | %s | skipped: %s | | | | | | | |\n' "${LABEL[$t]}" "$c" "${SKIP[$t]:-not run}"
+        printf '| %s | %s | skipped: %s | | | | | | | | | |\n' "${LABEL[$t]}" "$c" "${SKIP[$t]:-not run}"
       fi
     done
   done
   echo
   echo "\`server CPU µs/req\` is the CPU time (user+system) of the server under test alone (not wrk, not the upstream) divided by the requests it served; it comes first because it moves far less than rps from run to run."
-  echo "\`other CPU %\` is the share of all CPU time used, during the measured run, by processes this script did not start (max over rounds)."
+  echo "\`other CPU %\` is the share of all CPU time used, during the measured run, by processes this script did not start (max over rounds); a run above ${OTHER_MAX}% was measured again, up to ${RERUN_MAX} times (\`runs\`: measured runs over all rounds, rejected ones included; ${RERUNS} re-runs in all). \`steal %\`: CPU time the hypervisor gave to other guests (max over rounds). Every round's figures: results.tsv; wrk's output: raw/."
   bgmax=$(awk 'BEGIN { m = 0 } $9 + 0 > m { m = $9 + 0 } END { print m }' <<<"$AGG")
-  if ((bgmax > 10)); then
+  if ((bgmax > OTHER_MAX)); then
     echo "**Warning: other processes used up to ${bgmax}% of the CPU during some runs; those rows (and ratios built on them) are skewed. Re-run on a quiet machine.**"
   fi
   echo
@@ -730,6 +967,7 @@ REPORT=$RUNDIR/report.md
   }
   ratio wab_pass nginx 1.05 "wa-breaker pass-through / nginx proxy"
   ratio wab_pass haproxy 1.05 "wa-breaker pass-through / HAProxy"
+  if [[ $PINGORA_ON == 1 ]]; then ratio wab_pass pingora 1.05 "wa-breaker pass-through / pingora"; fi
   ratio wab_local nginx_403 1.00 "wa-breaker local 403 / nginx local 403"
   if [[ ${WAB_HYPER_ROW:-1} != 0 ]]; then
     echo
@@ -746,7 +984,7 @@ REPORT=$RUNDIR/report.md
   fi
   echo
   if [[ $GATEWAY == 1 ]]; then
-    echo "wa-breaker memory ($WAB_ACCOUNTS WABAs configured; target: idle RSS <= 30 MB):"
+    echo "wa-breaker memory ($WAB_ACCOUNTS WABAs configured; target: idle RSS <= 20 MB):"
     echo
     echo "- idle after startup: VmRSS $(kb_mb "${RSS_IDLE[main]:-}")"
     echo "- after the whole run: VmRSS $(kb_mb "${RSS_END[main]:-}"), peak VmHWM $(kb_mb "${HWM_END[main]:-}")"
@@ -762,14 +1000,59 @@ REPORT=$RUNDIR/report.md
   else
     echo "wa-breaker: not run (${SKIP[wab_pass]:-gateway skipped})."
   fi
+  if [[ -s ${FR_RESULTS:-} ]]; then
+    echo
+    echo "### Fixed rate (open loop, latency corrected for coordinated omission)"
+    echo
+    echo "examples/fixed_rate.rs: $FR_CONNS keep-alive connections sharing each rate, warm-up $FR_WARMUP, measured $FR_DURATION, rounds $FR_ROUNDS (medians). Added = the target's percentile minus going direct's at the same rate (negative: within noise). Server CPU per send counts the warm-up's sends too. \`generator late p99\`: how late the generator's timer sent on a free connection (not charged to the server)."
+    echo
+    echo "| target | rate/s | server CPU µs/send | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | achieved/s | errors | non-2xx | generator late p99 ms | other CPU % | steal % |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for t in "${!LABEL[@]}"; do printf '%s\t%s\n' "$t" "${LABEL[$t]}"; done >"$RUNDIR/labels.tsv"
+    awk -F'\t' '
+      function med(key, col,   n, i, j, a, x) {
+        n = cnt[key]
+        for (i = 1; i <= n; i++) a[i] = val[key, i, col] + 0
+        for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+      }
+      FNR == NR { label[$1] = $2; next }
+      { key = $1 SUBSEP $2; if (!(key in cnt)) order[++k] = key
+        cnt[key]++; for (c = 4; c <= 16; c++) val[key, cnt[key], c] = $c
+        if ($15 + 0 > oth[key] + 0) oth[key] = $15 + 0
+        if ($16 + 0 > stl[key] + 0) stl[key] = $16 + 0 }
+      END {
+        for (i = 1; i <= k; i++) { split(order[i], p, SUBSEP)
+          if (p[1] == "direct") { d50[p[2]] = med(order[i], 4); d99[p[2]] = med(order[i], 6); d999[p[2]] = med(order[i], 7); dd[p[2]] = 1 } }
+        for (i = 1; i <= k; i++) { split(order[i], p, SUBSEP); key = order[i]
+          if (p[1] == "direct" || !(p[2] in dd)) { a50 = "—"; a99 = "—"; a999 = "—" }
+          else { a50 = sprintf("%+.2f", med(key, 4) - d50[p[2]]); a99 = sprintf("%+.2f", med(key, 6) - d99[p[2]]); a999 = sprintf("%+.2f", med(key, 7) - d999[p[2]]) }
+          printf "| %s | %s | %.1f | %.2f | %.2f | %.2f | %s | %s | %s | %d | %d | %d | %.2f | %d | %.1f |\n",
+            label[p[1]], p[2], med(key, 14), med(key, 4), med(key, 6), med(key, 7), a50, a99, a999,
+            med(key, 9), med(key, 10), med(key, 11), med(key, 13), oth[key], stl[key] } }
+    ' "$RUNDIR/labels.tsv" "$FR_RESULTS"
+  fi
   echo
   echo "Total run time: ${ELAPSED} s."
 } >"$REPORT"
+
+# The TLS + WAN table: its own script (a network namespace of its own), after the rest,
+# with every server above still up but idle.
+if [[ ${WAN:-1} != 0 && $GATEWAY == 1 ]]; then
+  if [[ $(id -u) != 0 ]]; then
+    printf '\n### TLS upstream over an emulated WAN\n\nskipped: needs root (ip netns); run benches/load/wan.sh as root\n' >>"$REPORT"
+  elif WAB_BIN=$WAB_BIN FR_BIN=$FR_BIN OUT_DIR=$OUT_DIR bash "$HERE/wan.sh" >"$RUNDIR/wan.out" 2>"$RUNDIR/wan.err"; then
+    { echo; sed 's/^## /### /' "$OUT_DIR/wan.md"; } >>"$REPORT"
+  else
+    printf '\n### TLS upstream over an emulated WAN\n\nfailed: %s\n' "$(tail -3 "$RUNDIR/wan.err" | tr '\n' ' ')" >>"$REPORT"
+  fi
+fi
 
 cp "$REPORT" "$OUT_DIR/latest.md"
 if [[ $GATEWAY == 1 ]]; then cp "$RUNDIR/${GW_LOG[main]}" "$OUT_DIR/${GW_LOG[main]}"; fi
 if [[ $BEFORE == 1 ]]; then cp "$RUNDIR/${GW_LOG[before]}" "$OUT_DIR/${GW_LOG[before]}"; fi
 cp "$RESULTS" "$OUT_DIR/results.tsv"
+if [[ -s ${FR_RESULTS:-} ]]; then cp "$FR_RESULTS" "$OUT_DIR/fixed-rate.tsv"; fi
 echo
 cat "$REPORT"
 echo

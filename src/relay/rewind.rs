@@ -92,10 +92,11 @@ impl AsyncRead for Rewind {
         let s = &this.inner.stream;
         loop {
             ready!(s.poll_read_ready(cx))?;
-            // `try_read` clears the readiness on WouldBlock, so the loop waits again.
-            match s.try_read(buf.initialize_unfilled()) {
+            // `try_read_buf` clears the readiness on WouldBlock, so the loop waits again.
+            // It reads into the unfilled part as it is: `try_read(initialize_unfilled())`
+            // zeroed all of hyper's spare read buffer (~8 KiB) on every call (issue 24).
+            match s.try_read_buf(buf) {
                 Ok(n) => {
-                    buf.advance(n);
                     this.inner.unanswered.fetch_add(n, Ordering::Relaxed);
                     return Poll::Ready(Ok(()));
                 }

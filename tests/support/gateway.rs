@@ -91,6 +91,7 @@ pub struct GatewayBuilder {
     wait_ready: bool,
     ready_timeout: Duration,
     config_flag: bool,
+    wrapper: Vec<String>,
 }
 
 impl GatewayBuilder {
@@ -143,6 +144,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Run the binary under another program: `wrapper[0] wrapper[1..] <binary> --config …`
+    /// (placeholders replaced), e.g. `valgrind --tool=callgrind …`.
+    pub fn wrapper(mut self, w: &[&str]) -> Self {
+        self.wrapper = w.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     /// Write the config, spawn the binary and (unless `no_wait`) wait for
     /// `GET {admin_url}/readyz` = 200; panics with the log and exit status on failure.
     pub async fn start(self) -> Gateway {
@@ -169,6 +177,7 @@ impl GatewayBuilder {
             wait_ready: self.wait_ready,
             ready_timeout: self.ready_timeout,
             config_flag: self.config_flag,
+            wrapper: self.wrapper,
             child: Mutex::new(None),
             last_status: Mutex::new(None),
             client: client(),
@@ -231,6 +240,7 @@ pub struct Gateway {
     wait_ready: bool,
     ready_timeout: Duration,
     config_flag: bool,
+    wrapper: Vec<String>,
     child: Mutex<Option<Child>>,
     last_status: Mutex<Option<ExitStatus>>,
     client: reqwest::Client,
@@ -254,6 +264,7 @@ impl Gateway {
             wait_ready: true,
             ready_timeout: READY_TIMEOUT,
             config_flag: true,
+            wrapper: Vec::new(),
         }
     }
 
@@ -496,7 +507,14 @@ impl Gateway {
             .open(&self.log_path)
             .expect("open gateway.log");
         let log2 = log.try_clone().unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args.iter().map(|a| self.subst(a))).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
