@@ -146,10 +146,15 @@ impl Directory {
         }
     }
 
-    /// The hot path: the WABA of a phone-number id.
+    /// The WABA of a phone-number id.
     #[inline]
     pub fn resolve(&self, phone: &str) -> Option<Resolved> {
-        let p = GraphId::new(phone)?;
+        self.resolve_id(GraphId::new(phone)?)
+    }
+
+    /// The hot path: the WABA of a phone number whose id is already parsed.
+    #[inline]
+    pub fn resolve_id(&self, p: GraphId) -> Option<Resolved> {
         if self.has_overrides.load(Ordering::Acquire) {
             if let Some(w) = self.overrides.load().get(&p) {
                 return Some(Resolved { phone: p, waba: *w });

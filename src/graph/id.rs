@@ -3,7 +3,7 @@
 
 /// A Graph id (phone number or WABA): up to 32 decimal digits, kept inline (`Copy`), so a
 /// resolved send carries its ids without allocating or counting references.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct GraphId {
     len: u8,
     digits: [u8; GraphId::MAX_LEN],
@@ -34,9 +34,20 @@ impl GraphId {
     }
 
     /// The id as text.
+    #[inline]
     pub fn as_str(&self) -> &str {
-        // Only ASCII digits are ever stored.
-        std::str::from_utf8(&self.digits[..self.len as usize]).unwrap_or_default()
+        let digits = &self.digits[..self.len as usize];
+        // SAFETY: `new` stores only ASCII digits (checked by `is_valid`), which are UTF-8;
+        // this runs several times per send, so the check is not repeated here.
+        unsafe { std::str::from_utf8_unchecked(digits) }
+    }
+}
+
+/// Hashes the digits only (not the unused tail of the inline array): a send hashes its
+/// ids a few times.
+impl std::hash::Hash for GraphId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.digits[..self.len as usize].hash(state);
     }
 }
 

@@ -15,8 +15,9 @@
 //! The obligations, and the behaviour chosen where the two engines once differed:
 //!
 //! - **The upstream permit** (the engine takes it from [`crate::upstream::Limiter`]) is handed
-//!   to [`Guarded::permitted`], which admits the send again — a circuit may have tripped while
-//!   it waited — and travels with the request until the answer is judged: [`Reading::judge`]
+//!   to [`Guarded::permitted`] after a wait, which admits the send again — a circuit may have
+//!   tripped while it waited — or to [`Guarded::permitted_at_once`] when it was free (nothing
+//!   ran since the guard, so it is not asked again); it travels with the request until the answer is judged: [`Reading::judge`]
 //!   (or [`Admitted::answered`] for an answer that is not read) drops it. So no queued send
 //!   slips out between Meta's 368 and the trip it causes, and the permit is **not** held while
 //!   the trip waits to become durable (that wait is disk, not upstream capacity).
@@ -237,10 +238,21 @@ impl Guarded {
         self.rec.call
     }
 
-    /// With the upstream `permit` in hand: the guard again (a send that waited while its
-    /// circuit tripped is answered locally, and its permit given back at once), then
-    /// forward. `body` is what the engine holds now; the first guard already read what a
-    /// decision needs.
+    /// With a `permit` taken at once, without waiting: forward now. Nothing ran between
+    /// the guard and this step, so the guard is not asked again.
+    pub fn permitted_at_once<P>(self, policy: &Policy, permit: P) -> Admitted<P> {
+        Admitted {
+            rec: self.rec,
+            permit,
+            start: Instant::now(),
+            timeout: policy.request_timeout,
+        }
+    }
+
+    /// With the upstream `permit` in hand after a wait: the guard again (a send that waited
+    /// while its circuit tripped is answered locally, and its permit given back at once),
+    /// then forward. `body` is what the engine holds now; the first guard already read what
+    /// a decision needs.
     pub fn permitted<P, R>(
         self,
         policy: &Policy,

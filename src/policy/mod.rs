@@ -352,13 +352,15 @@ impl Policy {
             return Route::Webhook;
         }
         Route::Graph(match route::parse(method, path) {
-            Some(r) => Call {
-                kind: r.kind,
-                account: self.table.resolve(&r.node),
-                phone: (r.kind == Kind::Send)
-                    .then(|| GraphId::new(&r.node))
-                    .flatten(),
-            },
+            Some(r) => {
+                // The node parsed once: resolved, and kept as a send's phone number.
+                let node = GraphId::new(&r.node);
+                Call {
+                    kind: r.kind,
+                    account: node.and_then(|p| self.table.resolve_id(p)),
+                    phone: node.filter(|_| r.kind == Kind::Send),
+                }
+            }
             None => Call::READ,
         })
     }

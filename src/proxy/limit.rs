@@ -54,7 +54,8 @@ pub struct Limit<S> {
     limiter: Arc<Limiter>,
 }
 
-/// The request once its permit is in hand: the guard again, then the inner call.
+/// The request once its permit is in hand after a wait: the guard again, then the inner
+/// call.
 fn permitted<S>(
     policy: &Arc<Policy>,
     inner: &mut S,
@@ -92,7 +93,11 @@ where
 
     fn call(&mut self, x: Exchanging<Guarded>) -> Self::Future {
         if let Some(permit) = self.limiter.try_acquire_owned() {
-            return permitted(&self.policy, &mut self.inner, x, permit);
+            let Exchanging { req, state } = x;
+            let state = state.permitted_at_once(&self.policy, permit);
+            return StepFuture::Inner {
+                fut: self.inner.call(Exchanging { req, state }),
+            };
         }
         // Every permit is out: wait, with the service that was polled ready.
         let clone = self.inner.clone();

@@ -40,33 +40,37 @@ impl Relay {
         let closing = || close || *drain.borrow();
         // Renders a local answer into `s.out` (no response object: this path runs at the
         // rate a blocked app retries).
+        let close_now = closing();
         let out = &mut s.out;
         let local = |reply: Reply<'_>| {
             out.clear();
-            super::render(&reply, closing(), out);
+            super::render(&reply, close_now, out);
         };
         // The relay holds every request whole: the guard never asks to read it.
         let guarded = match Routed::new(call).admit(policy, Body::Read(body), local) {
             Guard::Go(g) => g,
             Guard::Local((), settle) => {
-                return self.answer_local(client, settle, closing(), s).await
+                return self.answer_local(client, settle, close_now, s).await
             }
             Guard::Read(routed, _) => routed.too_large(),
         };
         let limiter = &self.shared.limiter;
-        let permit = match limiter.try_acquire() {
-            Some(p) => p,
-            None => limiter.acquire().await,
-        };
-        let out = &mut s.out;
-        let local = |reply: Reply<'_>| {
-            out.clear();
-            super::render(&reply, closing(), out);
-        };
-        let admitted = match guarded.permitted(policy, permit, Body::Read(body), local) {
-            Admission::Go(a) => a,
-            Admission::Local((), settle) => {
-                return self.answer_local(client, settle, closing(), s).await
+        let admitted = match limiter.try_acquire() {
+            Some(permit) => guarded.permitted_at_once(policy, permit),
+            None => {
+                let permit = limiter.acquire().await;
+                let close_now = closing();
+                let out = &mut s.out;
+                let local = |reply: Reply<'_>| {
+                    out.clear();
+                    super::render(&reply, close_now, out);
+                };
+                match guarded.permitted(policy, permit, Body::Read(body), local) {
+                    Admission::Go(a) => a,
+                    Admission::Local((), settle) => {
+                        return self.answer_local(client, settle, close_now, s).await
+                    }
+                }
             }
         };
 

@@ -159,6 +159,12 @@ impl Table {
         self.directory.resolve(phone)
     }
 
+    /// The hot path's resolve step, for an id the route step parsed once.
+    #[inline]
+    pub fn resolve_id(&self, phone: GraphId) -> Option<Resolved> {
+        self.directory.resolve_id(phone)
+    }
+
     /// Number of circuits (open and closed records).
     pub fn len(&self) -> usize {
         self.circuits.len()
