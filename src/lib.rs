@@ -4,25 +4,30 @@
 //!
 //! The crate's map, in the order a request meets it:
 //!
-//! - [`server`](crate) — listeners, accept loops, drains; hands each connection to an engine.
-//! - engines, which move bytes and ask the policy at every step: the byte relay
-//!   (`relay`, with its HTTP/1 codec [`h1`]) and the hyper + tower stack (`proxy`).
-//! - [`policy`] — every decision on the request path, pure: route, guard, classify, the
-//!   local reply, the hop-by-hop rule, metrics by outcome.
+//! - `server` — listeners, accept loops, drains; hands each connection to an engine.
+//! - engines, which move bytes and take the steps [`policy::exchange`] defines, in its
+//!   order: the byte relay (`relay`, with its HTTP/1 codec [`h1`]) and the hyper + tower
+//!   stack (`proxy`, one layer per step).
+//! - the core, pure and importing nothing above it (`tests/architecture.rs` keeps it so):
+//!   - [`policy`] — every decision on the request path (route, guard, judge, the local
+//!     reply, framing and hop-by-hop rules) and the exchange, plus what webhook events mean
+//!     for a circuit (`plan`, `template`);
+//!   - [`circuit`] — the circuit model, the ordering rule, the phone → WABA directory and
+//!     the table the policy reads;
+//!   - [`graph`] — what the gateway knows of Meta's API: routes, the id rule, error codes
+//!     and envelopes, webhook and health payloads.
 //! - `upstream` — the upstream parsed once, its pools, the in-flight limit.
-//! - [`circuit`] — the circuit model, the ordering rule and the table the policy reads.
-//! - `signals` (webhooks, Health Status polls, expiry timers) and `admin` change circuits;
-//!   `store` keeps them on disk and shares them through Redis.
-//! - `notify` — announces this replica's transitions to Slack / signed webhooks, off the
-//!   hot path.
-//! - [`graph`] — what the gateway knows of Meta's API: routes, error envelopes, webhook and
-//!   health payloads and what their events mean for a circuit.
-//! - Beside the gateway, in the same binary: [`cli`] (the operator's commands on a running
-//!   gateway's admin API) and [`simulate`] (a Cloud API simulator to rehearse blocks with).
+//! - `signals` (webhooks, Health Status polls, discovery, expiry timers) and `admin` (the
+//!   admin API and the console page) change circuits; `store` keeps them on disk and shares
+//!   them through Redis; `notify` announces transitions to Slack / signed webhooks.
+//! - [`config`] — the typed configuration; it builds each core component's settings.
+//! - [`cli`] (the operator CLI) and [`simulate`] (a Cloud API simulator) are other faces of
+//!   the same binary.
 //!
 //! Data flows one way: the engines ask [`policy`], which reads and changes [`circuit`];
 //! signals and admin change circuits too; the table notifies the stores, and the stores feed
-//! other replicas' changes back into it. Nothing on the request path waits for a store.
+//! other replicas' changes back into it. Nothing on the request path waits for a store
+//! (a trip's answer waits, at most a second, for its own change to be durable).
 #![warn(missing_docs)]
 
 pub(crate) mod admin;
@@ -233,7 +238,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         listen = %cfg.listen,
         admin_listen = %cfg.admin_listen,
         upstream = %cfg.upstream,
-        mode = cfg.mode.as_str(),
+        mode = %cfg.mode.as_str(),
         accounts = cfg.accounts.len(),
         phone_numbers_configured = configured,
         phone_numbers_learned = learned,

@@ -2,7 +2,8 @@
 //! second gateway on a served address refuses to start (and `listen_shared` allows a
 //! hand-over between instances sharing Redis); log files carry no colour codes; the process
 //! exits right after `stopped`; `check-config` refuses what the start would refuse; a
-//! webhook that widens a circuit counts as applied. Real processes over real sockets.
+//! webhook that widens a circuit counts as applied; log lines speak the configuration's
+//! words. Real processes over real sockets.
 
 mod support;
 
@@ -170,6 +171,66 @@ async fn a_log_file_has_no_colour_codes() {
             !log.contains('\x1b'),
             "escape codes in the log file:\n{log:?}"
         );
+    })
+    .await
+}
+
+/// Log lines speak the configuration's words and name what they are about (issue 23):
+/// `mode=enforce` and `scope=all_sends`, not Rust's `Enforce`/`AllSends`; a phone number's
+/// transition names the phone number and no empty `waba_id=`; and circuits the store kept
+/// across a restart are not logged again as fresh `closed → open` transitions.
+#[tokio::test]
+async fn log_lines_use_the_configs_words_and_a_restart_is_not_a_transition() {
+    bounded(async {
+        let fake = FakeCloud::start().await;
+        let unmapped = "106540352242999";
+        fake.on_phone(unmapped, Reply::blocked_368());
+        fake.on_phone(P1, Reply::blocked_368());
+        let gw = Gateway::start(&config("{listen}", &fake.url(), "")).await;
+        assert_eq!(gw.send(unmapped, &text_body()).await.status(), 403);
+        assert_eq!(gw.send(P1, &text_body()).await.status(), 403);
+        let log = gw.logs();
+        assert!(log.contains("mode=enforce"), "{log}");
+        assert!(
+            !log.contains("Enforce") && !log.contains("AllSends"),
+            "{log}"
+        );
+        let transitions: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("circuit transition"))
+            .collect();
+        assert_eq!(transitions.len(), 2, "{log}");
+        for l in &transitions {
+            assert!(l.contains("scope=all_sends"), "{l}");
+            assert!(
+                !l.contains("waba_id= ") && !l.contains("waba_id=\"\""),
+                "{l}"
+            );
+        }
+        let phone_line = transitions
+            .iter()
+            .find(|l| l.contains(&format!("phone_number_id={unmapped}")))
+            .unwrap_or_else(|| panic!("the phone number's transition names it: {log}"));
+        assert!(!phone_line.contains("waba_id"), "{phone_line}");
+        assert!(transitions
+            .iter()
+            .any(|l| l.contains(&format!("waba_id={W}"))));
+
+        gw.kill9();
+        let before = gw.logs().len();
+        gw.restart().await;
+        let after = gw.logs()[before..].to_string();
+        assert!(after.contains("wa-breaker ready"), "{after}");
+        assert!(
+            !after.contains("circuit transition"),
+            "restored circuits are not fresh transitions:\n{after}"
+        );
+        // Still open, and answered locally.
+        assert_eq!(
+            gw.send(P1, &text_body()).await.headers()["x-wa-breaker"],
+            "open"
+        );
+        gw.stop().await;
     })
     .await
 }

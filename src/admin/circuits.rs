@@ -14,6 +14,16 @@ use crate::circuit::{
 use crate::common::Body;
 use crate::graph::GraphId;
 
+/// A circuit as the admin API shows it: `waba_id` is `null` for a phone number's circuit
+/// whose WABA is not known yet (the stores keep it as `""`).
+fn shown(c: &Circuit) -> Value {
+    let mut v = serde_json::to_value(c).unwrap_or_default();
+    if c.waba_id.is_empty() {
+        v["waba_id"] = Value::Null;
+    }
+    v
+}
+
 /// Longest operator reason.
 const MAX_REASON: usize = 1024;
 
@@ -26,7 +36,8 @@ impl Admin {
                     Some(p) => self.guarding(p),
                     None => self.table.list(),
                 };
-                json(StatusCode::OK, &q.apply(all))
+                let shown: Vec<Value> = q.apply(all).iter().map(shown).collect();
+                json(StatusCode::OK, &shown)
             }
             Err(msg) => json_error(StatusCode::BAD_REQUEST, &msg),
         }
@@ -35,7 +46,7 @@ impl Admin {
     /// `GET /admin/circuits/{id}`: a phone number's id gets a 404 that points at `?phone=`.
     pub(super) fn get_circuit(&self, id: &str) -> Response<Body> {
         match self.view(id) {
-            Some(c) => json(StatusCode::OK, &c),
+            Some(c) => json(StatusCode::OK, &shown(&c)),
             None if self.is_phone_number(id) => json_error(
                 StatusCode::NOT_FOUND,
                 &format!(
@@ -219,7 +230,7 @@ impl Admin {
             tracing::warn!(waba_id = id, "admin change applied but not yet durable");
             warnings.push("applied in memory but not yet stored: the state store is not committing (see wa_breaker_store_durable); it is retried, and a restart before then would forget this change");
         }
-        let mut body = serde_json::to_value(&after).unwrap_or_default();
+        let mut body = shown(&after);
         if let Some(obj) = body.as_object_mut() {
             obj.insert("durable".into(), durable.into());
             if !warnings.is_empty() {

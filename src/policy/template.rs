@@ -87,8 +87,6 @@ pub fn from_answer(
 pub const FIELD_TEMPLATE_STATUS: &str = "message_template_status_update";
 /// The field of template quality changes.
 pub const FIELD_TEMPLATE_QUALITY: &str = "message_template_quality_update";
-/// Graph codes of a send of a paused / disabled template (the policy core's: a send
-/// answered with one opens the same circuit as this webhook).
 
 /// The template a template webhook is about (`message_template_name`,
 /// `message_template_language`), when both are there and well-formed.

@@ -181,11 +181,9 @@ mod tests {
         fn(crate::common::BoxError) -> ForwardError,
     >;
 
-    fn guard() -> (
-        Guard<Inner>,
-        mock::Handle<Exchanging<Guarded>, Response<Body>>,
-        Arc<Policy>,
-    ) {
+    type Handle = mock::Handle<Exchanging<Guarded>, Response<Body>>;
+
+    fn guard() -> (Guard<Inner>, Handle, Arc<Policy>) {
         let p = policy();
         let (inner, handle) = mock::pair::<Exchanging<Guarded>, Response<Body>>();
         let inner: Inner = inner.map_err(ForwardError::Broken);

@@ -78,22 +78,24 @@ pub(super) fn log_transition(c: &Circuit, was_open: bool) {
     let until = c
         .until
         .map(|u| u.to_rfc3339_opts(SecondsFormat::Secs, true));
-    let waba_id = (!c.waba_id.is_empty()).then_some(c.waba_id.as_str());
+    // Values as the configuration and the JSON spell them, unquoted; ids only when known.
+    use tracing::field::display;
+    let waba_id = (!c.waba_id.is_empty()).then_some(display(&c.waba_id));
     let template = c
         .template
         .as_ref()
-        .map(|t| format!("{} ({})", t.name, t.language));
+        .map(|t| display(format!("{}:{}", t.name, t.language)));
     tracing::warn!(
         waba_id,
-        phone_number_id = c.phone_number_id.as_deref(),
-        template = template.as_deref(),
-        from = if was_open { "open" } else { "closed" },
-        to = c.state.as_str(),
-        source = c.source.as_str(),
-        scope = c.scope.as_str(),
+        phone_number_id = c.phone_number_id.as_deref().map(display),
+        template,
+        from = %if was_open { "open" } else { "closed" },
+        to = %c.state.as_str(),
+        source = %c.source.as_str(),
+        scope = %c.scope.as_str(),
         code = c.code,
-        fbtrace_id = fbtrace_id.as_deref(),
-        until = until.as_deref(),
+        fbtrace_id = fbtrace_id.as_deref().map(display),
+        until = until.as_deref().map(display),
         reason = %c.reason,
         "circuit transition"
     );

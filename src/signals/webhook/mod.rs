@@ -49,8 +49,6 @@ use forward::Forwarder;
 /// The signature header Meta sets on every POST.
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 
-/// How long a delivery waits for its changes to be durable before answering 503.
-
 /// The webhook receiver on the main listener.
 pub struct Webhook {
     secrets: Vec<Secret>,
