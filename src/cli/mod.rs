@@ -49,7 +49,7 @@ impl From<Exit> for ExitCode {
 #[derive(clap::Args, Debug, Clone)]
 pub struct AdminArgs {
     /// Base URL of the gateway's admin listener, e.g. http://127.0.0.1:9090.
-    /// Default: the config's admin_listen (0.0.0.0 / [::] mean this host).
+    /// Default: the config's admin_listen (`0.0.0.0` / `[::]` mean this host).
     #[arg(long, value_name = "URL", env = "WA_BREAKER_ADMIN_URL", global = true)]
     pub admin_url: Option<String>,
 

@@ -14,7 +14,7 @@
 //!
 //! The obligations, and the behaviour chosen where the two engines once differed:
 //!
-//! - **The upstream permit** (the engine takes it from [`crate::upstream::Limiter`]) is handed
+//! - **The upstream permit** (the engine takes it from `upstream::Limiter`) is handed
 //!   to [`Guarded::permitted`] after a wait, which admits the send again — a circuit may have
 //!   tripped while it waited — or to [`Guarded::permitted_at_once`] when it was free (nothing
 //!   ran since the guard, so it is not asked again); it travels with the request until the answer is judged: [`Reading::judge`]

@@ -1,6 +1,6 @@
 //! The policy core: every decision on the request path, and the order of a request's steps,
-//! called by both engines — the byte relay ([`crate::relay`]) and the hyper + tower stack
-//! ([`crate::proxy`]). The engines move bytes and wait; this module decides. It does no I/O:
+//! called by both engines — the byte relay (`relay`) and the hyper + tower stack
+//! (`proxy`). The engines move bytes and wait; this module decides. It does no I/O:
 //! its only waits are the ones [`exchange`] hands the engines (a durable acknowledgement).
 //!
 //! A request's path, in the order [`exchange`] makes the engines take it:
@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | route + resolve | [`Policy::route`], [`Policy::discover`] | webhook or Graph call; a send or not; the phone number's WABA (the circuit directory); unmapped sends reported to discovery |
 //! | guard | [`exchange::Routed::admit`] → [`Policy::admit`] | forward, read the body first (template sends), or answer locally ([`Reply::open`]) |
-//! | permit + guard again | the engine waits for an upstream permit ([`crate::upstream::Limiter`]), then [`exchange::Guarded::permitted`] | a send queued while a circuit tripped is answered locally |
+//! | permit + guard again | the engine waits for an upstream permit (`upstream::Limiter`), then [`exchange::Guarded::permitted`] | a send queued while a circuit tripped is answered locally |
 //! | forward | engines; request headers filtered by [`hop`], framing by [`framing`] | — |
 //! | classify | [`exchange::Admitted::answered`] → [`Policy::inspect`], then [`exchange::Reading::judge`] → [`Policy::classify`] ([`Answer`], [`judge`], [`decode`]) | whether to read the body; whether it trips the WABA's, the phone number's or the send template's circuit, and until when |
 //! | settle | [`exchange::Settle::done`] | wait until a trip is durable ([`Policy::acknowledged`]); record the outcome, once |
@@ -144,7 +144,7 @@ pub const ACK_WAIT: Duration = crate::circuit::Waiter::Send.bound();
 /// What the route step found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
-    /// The webhook path: Meta's deliveries, served by [`crate::signals::webhook`].
+    /// The webhook path: Meta's deliveries, served by the webhook receiver (`signals::webhook`).
     Webhook,
     /// A Graph API call, forwarded (or answered locally).
     Graph(Call),

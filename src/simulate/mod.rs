@@ -6,7 +6,7 @@
 //! was queued — with Meta's error envelope; Health Status reads
 //! (`GET /{node}?fields=health_status`: a phone number names its parent WABA) and the
 //! throughput level (`?fields=throughput`). The control API under `/_sim/` changes that
-//! world, emits signed webhooks and shows the request log (see [`control`]). Not for
+//! world, emits signed webhooks and shows the request log (see `control`). Not for
 //! production: it keeps everything in memory and has no authentication; it listens on
 //! loopback unless told otherwise.
 
@@ -51,7 +51,7 @@ pub struct Options {
     pub listen: Option<SocketAddr>,
 
     /// A WABA and its phone numbers, WABA=PHONE[,PHONE…] (repeatable). With --config,
-    /// the config's [[accounts]] are simulated too. Health Status of a phone number names
+    /// the config's `[[accounts]]` are simulated too. Health Status of a phone number names
     /// its WABA; a blocked WABA answers its phone numbers' sends.
     #[arg(long = "account", value_name = "WABA=PHONES", value_parser = parse_account)]
     pub accounts: Vec<(String, Vec<String>)>,
