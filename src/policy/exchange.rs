@@ -396,6 +396,16 @@ impl<P> Reading<P> {
     /// is released — queued sends may go, or be answered locally, from here on.
     pub fn judge(self, policy: &Policy, answer: super::Answer<'_>) -> Settle {
         let unacked = policy.classify(self.rec.call, answer);
+        self.answered(unacked)
+    }
+
+    /// The body is larger than [`Reading::limit`]: relayed unjudged.
+    pub fn too_large(self) -> Settle {
+        self.answered(None)
+    }
+
+    /// Releases the permit; the answer settles (after `unacked`, when a trip is pending).
+    fn answered(self, unacked: Option<u64>) -> Settle {
         drop(self.permit);
         Settle {
             rec: self.rec,
@@ -404,19 +414,6 @@ impl<P> Reading<P> {
                 to_head: self.to_head,
             },
             unacked,
-        }
-    }
-
-    /// The body is larger than [`Reading::limit`]: relayed unjudged.
-    pub fn too_large(self) -> Settle {
-        drop(self.permit);
-        Settle {
-            rec: self.rec,
-            outcome: Outcome::Answered {
-                status: self.status,
-                to_head: self.to_head,
-            },
-            unacked: None,
         }
     }
 
