@@ -7,12 +7,10 @@
 //! These are admin requests, not sends: one engine serves them (the admin listener is the
 //! same for both). The drain test holds a send in flight, so it runs on both engines.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const WABA: &str = "102290129340398";
 const PHONE: &str = "106540352242922";

@@ -4,12 +4,10 @@
 //! Meta's error envelopes on demand, the request log, the control API's refusals, and the
 //! README's rehearsal script run as written.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const W: &str = "102290129340398";
 const P1: &str = "106540352242922";
@@ -491,7 +489,7 @@ fn simulate_help_lists_its_options() {
 fn the_readme_rehearsal_script_passes() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("README.md");
-    let marker = "<!-- rehearsal script: tests/simulate.rs runs it -->";
+    let marker = "<!-- rehearsal script: tests/it/simulate.rs runs it -->";
     let at = readme.find(marker).expect("rehearsal marker in README.md");
     let rest = &readme[at + marker.len()..];
     let start = rest.find("```sh\n").expect("script block") + "```sh\n".len();
@@ -511,7 +509,7 @@ fn the_readme_rehearsal_script_passes() {
     let (sim, gw, admin) = (port(0), port(1), port(2));
     let mut cmd = std::process::Command::new("bash");
     cmd.arg(&path)
-        .env("WA_BREAKER", support::gateway::bin())
+        .env("WA_BREAKER", crate::support::gateway::bin())
         .env("SIM", format!("127.0.0.1:{sim}"))
         .env("GW", format!("127.0.0.1:{gw}"))
         .env("ADMIN", format!("127.0.0.1:{admin}"))

@@ -8,12 +8,10 @@
 //! false`), see `both_engines!` at the end. reqwest here has no decompression features,
 //! so clients see the raw (compressed) bytes.
 
-mod support;
-
 use std::io::{Read, Write};
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const WABA_A: &str = "102290129340398";
 const PHONE_A1: &str = "106540352242922";

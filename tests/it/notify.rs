@@ -3,14 +3,12 @@
 //! down gets the queued notifications when it returns, webhook signatures verify, filters
 //! hold, a hanging sink does not delay sends or the other sinks, and sink URLs never show.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
-use support::*;
 
 const PHONE: &str = "106540352242922";
 const WABA: &str = "102290129340398";

@@ -1,11 +1,9 @@
 //! Self-test of tests/support over real sockets (does not start the gateway).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 const PHONE: &str = "106540352242922";
 const WABA: &str = "102290129340398";

@@ -2,14 +2,11 @@
 //! signatures, every documented `account_update` event, batching, duplicates and order,
 //! the relay to `forward_url`, and the scope a restriction sets.
 
-mod signals_util;
-mod support;
-
 use std::time::Duration;
 
+use crate::signals_util::*;
+use crate::support::*;
 use serde_json::{json, Value};
-use signals_util::*;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SEC: Duration = Duration::from_secs(3);

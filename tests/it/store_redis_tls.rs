@@ -5,13 +5,11 @@
 //! wrong password and an ACL user missing a command each give one clear log line while the
 //! gateway keeps serving from memory and its embedded store.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const PHONE: &str = "106540352242922";
 const WABA: &str = "102290129340398";
@@ -140,7 +138,7 @@ struct TlsRedis {
 
 impl TlsRedis {
     fn start() -> TlsRedis {
-        let bin = support::redis::find_redis_server()
+        let bin = crate::support::redis::find_redis_server()
             .expect("redis-server (apt-get install -y redis-server)");
         let dir = tempfile::Builder::new()
             .prefix("wa-breaker-tls-")

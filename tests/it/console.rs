@@ -3,19 +3,16 @@
 //!
 //! The page is admin-side (it calls only the admin API, which both engines share), so these
 //! tests run one engine, the default; the send that trips the circuit is an ordinary send
-//! whose handling both engines already prove in `tests/proxy.rs` and `tests/relay.rs`.
+//! whose handling both engines already prove in `tests/it/proxy.rs` and `tests/it/relay.rs`.
 //!
 //! Screenshots of each state land in `target/console-screenshots/` (`docs/console.png` is
 //! a copy of `3-circuit-open.png`).
 
-mod browser_util;
-mod support;
-
 use std::time::{Duration, Instant};
 
-use browser_util::Browser;
+use crate::browser_util::Browser;
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const WABA: &str = "102290129340398";
 const PHONE: &str = "106540352242922";

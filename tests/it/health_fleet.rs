@@ -3,14 +3,11 @@
 //! against the fake Cloud API (which records each health poll's arrival and how many were
 //! in flight then).
 
-mod signals_util;
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::signals_util::*;
+use crate::support::*;
 use serde_json::json;
-use signals_util::*;
-use support::*;
 
 const PREFIX: &str = "hf";
 const LIMIT: Duration = Duration::from_secs(120);

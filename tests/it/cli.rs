@@ -3,14 +3,12 @@
 //! exit code, the token from the environment, a file or the config — and never the token
 //! in any output or error.
 
-mod support;
-
 use std::process::Output;
 use std::time::Duration;
 
+use crate::support::*;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use support::*;
 
 const W: &str = "102290129340398";
 const W2: &str = "102290129340399";

@@ -4,13 +4,11 @@
 //! the accounts admin API; the discovery token rule; the learned map's cap. Real gateway
 //! processes over real sockets against the fake Cloud API (and a real redis-server).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::webhook::{change, entry, envelope, now_unix};
+use crate::support::*;
 use serde_json::{json, Value};
-use support::webhook::{change, entry, envelope, now_unix};
-use support::*;
 
 const P1: &str = "106540352242922";
 const P2: &str = "106540352242923";

@@ -3,10 +3,11 @@
 //! client for framing tests, `Engine` + `both_engines!` to run a test on both engines, and a
 //! launcher for `wa-breaker simulate` (the Cloud API simulator users rehearse with).
 //!
-//! Each test file includes it with `mod support;` (so each compiles its own copy;
-//! unused items are expected).
+//! The one test binary (`tests/it/main.rs`) includes it once (a few items serve only some
+//! modules).
 #![allow(dead_code, unused_imports)]
 
+#[macro_use]
 pub mod engine;
 pub mod fake_cloud;
 pub mod gateway;

@@ -4,14 +4,11 @@
 //! and the `fbtrace_id` of local replies. Everything a send goes through runs on both
 //! engines.
 
-mod signals_util;
-mod support;
-
 use std::time::Duration;
 
+use crate::signals_util::*;
+use crate::support::*;
 use serde_json::{json, Value};
-use signals_util::*;
-use support::*;
 
 const SEC: Duration = Duration::from_secs(3);
 

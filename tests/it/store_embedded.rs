@@ -2,15 +2,13 @@
 //! store is a clear start-up error, and `--move-aside-corrupt-state` recovers.
 //! Real gateway processes, a fake Cloud API, real sockets.
 
-mod support;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 const PHONE: &str = "106540352242922";
 const WABA: &str = "102290129340398";

@@ -3,14 +3,11 @@
 //! holds it open, and polling closes it later) — timers re-arm when `until` changes, and a
 //! restriction that ended while the gateway was down expires at start.
 
-mod signals_util;
-mod support;
-
 use std::time::Duration;
 
+use crate::signals_util::*;
+use crate::support::*;
 use serde_json::json;
-use signals_util::*;
-use support::*;
 
 const SEC: Duration = Duration::from_secs(4);
 

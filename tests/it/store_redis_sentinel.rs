@@ -4,13 +4,11 @@
 //! replica, and both gateways follow: the trip made before the failover is still there, and
 //! changes made after it cross between them again.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const PHONE: &str = "106540352242922";
 const WABA: &str = "102290129340398";
@@ -32,7 +30,7 @@ struct Proc {
 
 impl Proc {
     fn spawn(dir: &Path, name: &str, port: u16, args: &[String]) -> Proc {
-        let bin = support::redis::find_redis_server()
+        let bin = crate::support::redis::find_redis_server()
             .expect("redis-server (apt-get install -y redis-server)");
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
         let child = Command::new(bin)
@@ -67,7 +65,7 @@ impl Proc {
     }
 
     fn cmd(&self, args: &[&str]) -> Resp {
-        support::redis::RespConn::connect(self.port).cmd(args)
+        crate::support::redis::RespConn::connect(self.port).cmd(args)
     }
 }
 

@@ -7,13 +7,11 @@
 //! Tests listed in `both_engines!` (at the end) run as `relay::…` (`fast_path = true`) and
 //! `hyper::…` (`fast_path = false`).
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

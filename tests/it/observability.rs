@@ -1,11 +1,9 @@
 //! Metrics, structured logs and the promise that no secret leaks anywhere.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 const WABA: &str = "102290129340398";
 const PHONE: &str = "106540352242922";

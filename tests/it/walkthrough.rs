@@ -5,13 +5,11 @@
 //! webhook that widens a circuit counts as applied; log lines speak the configuration's
 //! words. Real processes over real sockets.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::webhook::{change, entry, envelope, now_unix};
+use crate::support::*;
 use serde_json::json;
-use support::webhook::{change, entry, envelope, now_unix};
-use support::*;
 
 const W: &str = "102290129340398";
 const P1: &str = "106540352242922";

@@ -2,12 +2,10 @@
 //! holds for concurrent and out-of-order changes, Redis outages neither stop nor split the
 //! replicas, and a late replica catches up. Real gateway processes, real sockets.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const PHONE: &str = "106540352242922";
 const WABA: &str = "102290129340398";

@@ -5,12 +5,10 @@
 //! `hyper::…` with `fast_path = false`, see `both_engines!` at the end); tests that start
 //! no gateway, or only exercise the admin listener, run once.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const WABA_A: &str = "102290129340398";
 const PHONE_A1: &str = "106540352242922";

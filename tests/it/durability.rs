@@ -3,15 +3,13 @@
 //! the future cannot pin a circuit, a newer close that arrives first is remembered, and
 //! signed floods of notes do not grow state.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const WABA: &str = "102290129340398";
 const PHONE: &str = "106540352242922";

@@ -21,15 +21,13 @@
 //! `VALGRIND` to a binary). `WAB_BUDGET_WRITE=1` writes the measured figures into the
 //! baseline file instead of checking them.
 
-mod support;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::fake_cloud::FakeCloud;
+use crate::support::gateway::{Gateway, TEMPLATE_BODY, TEST_TOKEN, TEST_VERSION};
 use serde_json::json;
-use support::fake_cloud::FakeCloud;
-use support::gateway::{Gateway, TEMPLATE_BODY, TEST_TOKEN, TEST_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -124,7 +122,7 @@ async fn instructions_per_request_stay_within_the_budget() {
     assert!(
         failures.is_empty(),
         "instruction budget ({}):\n  {}\nIf the change is intended, record the new figures \
-         with `WAB_BUDGET_WRITE=1 cargo test --release --test instruction_budget` and say why \
+         with `WAB_BUDGET_WRITE=1 cargo test --release --test it instruction_budget` and say why \
          in the commit message (BENCHMARKS.md, \"Instruction budget\").",
         path.display(),
         failures.join("\n  ")

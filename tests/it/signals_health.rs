@@ -3,14 +3,11 @@
 //! polling stops when the circuit closes; 401 backs off; the global concurrency limit; the
 //! health check after an `ACCOUNT_VIOLATION`.
 
-mod signals_util;
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::signals_util::*;
+use crate::support::*;
 use serde_json::{json, Value};
-use signals_util::*;
-use support::*;
 
 const SEC: Duration = Duration::from_secs(3);
 

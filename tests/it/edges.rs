@@ -4,11 +4,9 @@
 //! Tests listed in `both_engines!` (at the end) run as `relay::…` (`fast_path = true`) and
 //! `hyper::…` (`fast_path = false`).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
