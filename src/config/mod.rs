@@ -18,7 +18,8 @@ mod validate;
 
 pub use secret::{mask_url, Secret};
 pub use sections::{
-    Account, DiscoveryConfig, HealthConfig, NotifyConfig, NotifyKind, NotifyOn, WebhookConfig,
+    Account, DiscoveryConfig, HealthConfig, NotifyConfig, NotifyKind, NotifyOn, ShapingConfig,
+    WebhookConfig,
 };
 
 /// Prefix of every environment override.
@@ -166,6 +167,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// `[discovery]`: learning which WABA owns a phone number.
     pub discovery: DiscoveryConfig,
+    /// `[shaping]`: the pace per phone number.
+    pub shaping: ShapingConfig,
     /// `[[accounts]]`: phone-number ids by WABA.
     pub accounts: Vec<Account>,
     /// `[[notify]]`: where circuit transitions are announced (Slack, signed JSON webhooks).
@@ -213,6 +216,7 @@ impl Default for Config {
             webhook: WebhookConfig::default(),
             health: HealthConfig::default(),
             discovery: DiscoveryConfig::default(),
+            shaping: ShapingConfig::default(),
             accounts: Vec::new(),
             notify: Vec::new(),
         }
@@ -294,6 +298,23 @@ impl Config {
             classify_body_limit: self.classify_body_limit,
             webhook_path: self.webhook.path.clone(),
             request_timeout: self.request_timeout,
+            shaping: self.shaping_settings(),
+        }
+    }
+
+    /// The pacer's settings (`[shaping]`; ids checked by `validate`).
+    pub fn shaping_settings(&self) -> crate::policy::pace::Settings {
+        let s = &self.shaping;
+        crate::policy::pace::Settings {
+            mode: s.mode,
+            throughput: s.throughput,
+            max_delay: s.max_delay,
+            phone_throughput: s
+                .phone_throughput
+                .iter()
+                .filter_map(|(id, n)| crate::graph::GraphId::new(id).map(|id| (id, *n)))
+                .collect(),
+            ..crate::policy::pace::Settings::default()
         }
     }
 
