@@ -57,7 +57,8 @@ pub struct Metrics {
     pub client_body_errors: IntCounter,
     /// Client connections cut by `client_header_timeout` or `client_body_timeout` (408).
     pub client_timeouts: IntCounter,
-    /// Signal events that changed nothing, by why (`unknown_waba`, `over_cap`, `clamped_time`).
+    /// Circuit changes recorded nowhere, by why (`unknown_waba`, `over_cap`,
+    /// `unknown_over_cap`: an open for a key a send chose past `max_unknown_circuits`).
     pub events_ignored: IntCounterVec,
     /// Phone → WABA mappings learned or set, by source (`webhook`, `health`, `admin`).
     pub mappings_learned: IntCounterVec,
@@ -229,12 +230,12 @@ impl Metrics {
         let events_ignored = IntCounterVec::new(
             Opts::new(
                 "wa_breaker_events_ignored_total",
-                "Signal events recorded nowhere, by reason",
+                "Circuit changes recorded nowhere, by reason (unknown_waba, over_cap, unknown_over_cap)",
             ),
             &["reason"],
         )
         .expect("valid metric");
-        for r in ["unknown_waba", "over_cap"] {
+        for r in ["unknown_waba", "over_cap", "unknown_over_cap"] {
             events_ignored.with_label_values(&[r]);
         }
         let mappings_learned = IntCounterVec::new(

@@ -276,8 +276,9 @@ impl Target {
     }
 }
 
-/// `GET /admin/circuits` filters: `state=open|closed`, `limit=N` (at most [`MAX_LIMIT`]),
-/// `after=KEY` (the list is sorted by key as text: pass the last id of a page for the next)
+/// `GET /admin/circuits` filters: `state=open|closed`, `limit=N` (at most [`MAX_LIMIT`],
+/// [`DEFAULT_LIMIT`] when not given), `after=KEY` (the list is sorted by key as text: pass
+/// the last id of a page for the next)
 /// and `phone=PHONE_NUMBER_ID` (only the circuits that guard that number).
 #[derive(Debug, Default)]
 struct ListQuery {
@@ -289,6 +290,10 @@ struct ListQuery {
 
 /// Largest page of `GET /admin/circuits`.
 const MAX_LIMIT: usize = 10_000;
+
+/// The page of `GET /admin/circuits` without `limit`: the next page starts `after` the last
+/// circuit's key.
+pub const DEFAULT_LIMIT: usize = 1_000;
 
 impl ListQuery {
     fn parse(query: Option<&str>) -> Result<ListQuery, String> {
@@ -310,8 +315,13 @@ impl ListQuery {
                             .ok_or(format!("limit must be between 1 and {MAX_LIMIT}"))?,
                     )
                 }
-                "after" if GraphId::is_valid(&v) => q.after = Some(v.into_owned()),
-                "after" => return Err("after must be a numeric WABA id".into()),
+                "after" if Target::parse(&v).is_some() => q.after = Some(v.into_owned()),
+                "after" => {
+                    return Err(
+                        "after must be a circuit's id: a numeric WABA id, phone:{phone_number_id} or template:{waba_id}:{name}:{language} (the last of the previous page)"
+                            .into(),
+                    )
+                }
                 "phone" if GraphId::is_valid(&v) => q.phone = Some(v.into_owned()),
                 "phone" => return Err("phone must be a numeric phone number id".into()),
                 other => {
@@ -324,12 +334,13 @@ impl ListQuery {
         Ok(q)
     }
 
-    /// The page of `all` (sorted by key).
+    /// The page of `all` (sorted by key): at most `limit` (else [`DEFAULT_LIMIT`]) circuits
+    /// whose key sorts after `after`.
     fn apply(&self, all: Vec<Circuit>) -> Vec<Circuit> {
         all.into_iter()
             .filter(|c| self.state.is_none_or(|open| c.is_open() == open))
-            .filter(|c| self.after.as_deref().is_none_or(|a| c.waba_id.as_str() > a))
-            .take(self.limit.unwrap_or(usize::MAX))
+            .filter(|c| self.after.as_deref().is_none_or(|a| c.key().as_str() > a))
+            .take(self.limit.unwrap_or(DEFAULT_LIMIT))
             .collect()
     }
 }

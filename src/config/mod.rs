@@ -161,6 +161,10 @@ pub struct Config {
     pub max_clock_skew: Duration,
     /// Circuits (open and closed records) kept in memory, on disk and as metric series.
     pub max_circuits: usize,
+    /// Open circuits for keys the gateway did not know (a send's unmapped phone number, a
+    /// send's template name): past it, a new such open is not recorded (the answer still
+    /// goes to the app). Known WABAs and mapped phone numbers are never counted.
+    pub max_unknown_circuits: usize,
     /// `[webhook]`.
     pub webhook: WebhookConfig,
     /// `[health]`.
@@ -213,6 +217,7 @@ impl Default for Config {
             history_limit: 20,
             max_clock_skew: Duration::from_secs(300),
             max_circuits: 100_000,
+            max_unknown_circuits: 10_000,
             webhook: WebhookConfig::default(),
             health: HealthConfig::default(),
             discovery: DiscoveryConfig::default(),
@@ -325,6 +330,7 @@ impl Config {
         let limits = Limits {
             max_clock_skew: self.max_clock_skew,
             max_circuits: self.max_circuits,
+            max_unknown: self.max_unknown_circuits,
             closed_ttl: self.redis_closed_ttl,
             widen_codes: self.trip_codes.clone(),
         };

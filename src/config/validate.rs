@@ -177,6 +177,12 @@ impl Config {
         if self.max_circuits < 100 {
             return Err(invalid("max_circuits", "must be at least 100"));
         }
+        if self.max_unknown_circuits > self.max_circuits {
+            return Err(invalid(
+                "max_unknown_circuits",
+                "must be at most max_circuits",
+            ));
+        }
         if self.max_clock_skew > Duration::from_secs(24 * 3600) {
             return Err(invalid("max_clock_skew", "must be at most 24h"));
         }

@@ -11,6 +11,7 @@ mod browser_util;
 mod signals_util;
 
 mod admin;
+mod bounds;
 mod classify;
 mod cli;
 mod console;
