@@ -515,6 +515,32 @@ mod tests {
     }
 
     #[test]
+    fn pages_by_default_and_after_takes_any_circuit_key() {
+        let now = Utc::now();
+        let mut all: Vec<Circuit> = (0..DEFAULT_LIMIT + 5)
+            .map(|i| Circuit::new(&(100_000_000_000_000 + i).to_string(), now))
+            .collect();
+        let mut phone = Circuit::new("", now);
+        phone.phone_number_id = Some("106540352242922".into());
+        all.push(phone);
+        all.sort_by_key(Circuit::key);
+        let q = ListQuery::parse(None).unwrap();
+        assert_eq!(q.apply(all.clone()).len(), DEFAULT_LIMIT);
+        let last = all[all.len() - 2].key();
+        let q = ListQuery::parse(Some(&format!("after={last}"))).unwrap();
+        let page = q.apply(all.clone());
+        assert_eq!(
+            page.len(),
+            1,
+            "the phone number's circuit sorts after every WABA"
+        );
+        assert_eq!(page[0].key(), "phone:106540352242922");
+        let q = ListQuery::parse(Some("after=phone:106540352242922")).unwrap();
+        assert!(q.apply(all).is_empty());
+        assert!(ListQuery::parse(Some("after=phone:x")).is_err());
+    }
+
+    #[test]
     fn targets_by_the_form_of_the_id() {
         assert_eq!(Target::parse("102290129340398"), Some(Target::Waba));
         assert_eq!(

@@ -511,3 +511,61 @@ impl Table {
         dropped
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Action, Change, Directory, Limits, Table};
+    use crate::circuit::testing::open;
+    use crate::circuit::{Scope, Source};
+
+    const WABA: &str = "102290129340398";
+    const PHONE: &str = "106540352242922";
+
+    fn table(max_unknown: usize) -> Table {
+        let phones = [PHONE.to_string()];
+        let limits = Limits {
+            max_unknown,
+            ..Limits::default()
+        };
+        Table::with_limits("t", 5, limits, Directory::new([(WABA, &phones[..])], 100))
+    }
+
+    /// A send's open for a phone number of no known WABA.
+    fn unknown_phone(p: &str, action: Action) -> Change {
+        Change {
+            phone_number_id: Some(p.into()),
+            action,
+            ..open("", Scope::AllSends, None, Source::Send)
+        }
+    }
+
+    #[test]
+    fn opens_for_keys_a_send_chose_stop_at_their_cap_and_known_ones_do_not() {
+        let t = table(2);
+        let open_action = open("", Scope::AllSends, None, Source::Send).action;
+        for p in ["900000000000001", "900000000000002", "900000000000003"] {
+            t.apply(unknown_phone(p, open_action.clone()));
+        }
+        assert_eq!(t.unknown_open_count(), 2);
+        assert!(
+            t.get("phone:900000000000003").is_none(),
+            "refused past the cap"
+        );
+        // A known WABA, and an operator's open of any phone number, still open.
+        assert!(t
+            .apply(open(WABA, Scope::AllSends, None, Source::Send))
+            .is_some());
+        let admin = Change {
+            source: Source::Admin,
+            ..unknown_phone("900000000000004", open_action.clone())
+        };
+        assert!(t.apply(admin).is_some());
+        // A close frees a place.
+        t.apply(unknown_phone("900000000000001", Action::Close));
+        assert_eq!(t.unknown_open_count(), 1);
+        assert!(t
+            .apply(unknown_phone("900000000000003", open_action))
+            .is_some());
+        assert_eq!(t.unknown_open_count(), 2);
+    }
+}

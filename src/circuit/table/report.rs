@@ -275,7 +275,7 @@ impl Table {
                 max_circuits = self.limits.max_circuits,
                 opens_over_max_unknown_circuits = q.unknown_over_cap,
                 max_unknown_circuits = self.limits.max_unknown,
-                "changes not recorded: notes about WABAs this gateway does not know (not configured, never opened), new closed records past max_circuits, or opens for keys a send chose (unmapped phone numbers, template names) past max_unknown_circuits (wa_breaker_events_ignored_total; summarised once a minute)"
+                "events not recorded: notes about WABAs this gateway does not know (not configured, never opened), new closed records past max_circuits, or opens for keys a send chose (unmapped phone numbers, template names) past max_unknown_circuits (wa_breaker_events_ignored_total; summarised once a minute)"
             );
             *q = Quiet {
                 last: Some(Instant::now()),
