@@ -25,6 +25,7 @@ mod notify;
 mod observability;
 mod proxy;
 mod relay;
+mod signals_codes;
 mod signals_expiry;
 mod signals_health;
 mod signals_webhook;
