@@ -745,6 +745,29 @@ mod tests {
     }
 
     #[test]
+    fn account_alerts_entities() {
+        let ch = |entity_type: &str| ChangeItem {
+            field: FIELD_ACCOUNT_ALERTS.into(),
+            value: json!({"entity_type": entity_type, "entity_id": "106540352242922",
+                "alert_info": {"alert_severity": "INFORMATIONAL", "alert_type": "OBA_APPROVED"}}),
+            time: None,
+        };
+        // Only a PHONE_NUMBER entity names a phone number; CURRENT_STATUS_ID and BUSINESS
+        // are read and name none.
+        assert_eq!(phone_of(&ch("PHONE_NUMBER")), Some("106540352242922"));
+        for other in ["CURRENT_STATUS_ID", "BUSINESS", "SOMETHING_NEW"] {
+            assert_eq!(phone_of(&ch(other)), None, "{other}");
+            assert_eq!(ch(other).account_event(), None);
+        }
+        let body = json!({"object": OBJECT_WABA, "entry": [{"id": "102290129340398", "time": 1731617831,
+            "changes": [{"field": "account_alerts", "value": {"entity_type": "CURRENT_STATUS_ID",
+            "entity_id": 5, "alert_info": {"alert_severity": "CRITICAL"}}}]}]});
+        let env = parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!(env.skipped, 0);
+        assert_eq!(phone_of(&env.entries[0].changes[0]), None);
+    }
+
+    #[test]
     fn restriction_info_as_one_object_or_missing() {
         let ev = one(json!({"event": "ACCOUNT_RESTRICTION", "restriction_info":
             {"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING"}}));
