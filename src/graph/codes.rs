@@ -25,6 +25,14 @@ pub const TEMPLATE_PAUSED: i64 = 132015;
 pub const THROUGHPUT: i64 = 130429;
 /// "Template is disabled" (no end: the template must be edited or replaced).
 pub const TEMPLATE_DISABLED: i64 = 132016;
+/// "Business eligibility payment issue": the payment method is missing or failing, the
+/// credit line is over its limit, the WABA is deleted or suspended. Every paid send of
+/// the WABA fails until the business fixes it; Health Status reports it (141006).
+pub const PAYMENT_ISSUE: i64 = 131042;
+/// "Messaging limited because of template classification violations": template and direct
+/// sends of the WABA (or its portfolio) are limited; "automatically lifted after the
+/// enforcement period", which Meta does not state.
+pub const CLASSIFICATION_LIMIT: i64 = 131064;
 
 /// Phone-level codes: one phone number cannot send until something about it changes (its
 /// registration, certificate, display name, a throughput upgrade), while the WABA's other
@@ -42,6 +50,14 @@ pub const TEMPLATE_CODES: &[i64] = &[TEMPLATE_PAUSED, TEMPLATE_DISABLED];
 
 /// The codes that open a WABA's circuit when nothing else is configured (`trip_codes`).
 pub const DEFAULT_TRIP_CODES: &[i64] = &[POLICY_BLOCK, ACCOUNT_LOCKED];
+
+/// WABA-level codes worth a WABA circuit closed by Health Status, but **not** tripped by
+/// default: neither is a step of Meta's enforcement ladder that more sends make worse (a
+/// billing problem; a limit that lifts by itself after an unstated period), and without a
+/// Health Status token nothing would close the circuit but an operator — a self-lifting
+/// limit would become an indefinite local block. List them in `trip_codes` (with
+/// `[health] access_token`) to answer them locally until Health Status says AVAILABLE.
+pub const OPT_IN_TRIP_CODES: &[i64] = &[PAYMENT_ISSUE, CLASSIFICATION_LIMIT];
 
 /// Who Meta acts against with a code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,8 +79,11 @@ pub enum Level {
 /// What the gateway does when a send is answered with a code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Opens the WABA's circuit for every send (when the code is in `trip_codes`).
+    /// Opens the WABA's circuit for every send (a default `trip_codes` entry).
     TripWaba,
+    /// Opens the WABA's circuit for every send only when listed in `trip_codes` (not by
+    /// default: [`OPT_IN_TRIP_CODES`]); passed through otherwise.
+    TripWabaWhenListed,
     /// Opens the phone number's own circuit for a hold.
     HoldPhone,
     /// Opens the circuit of the send's template.
@@ -113,7 +132,7 @@ pub const CATALOGUE: &[Code] = &[
     row(131026, "Message undeliverable", Level::Recipient, Action::Pass),
     row(ACCOUNT_LOCKED, "Account has been locked", Level::Waba, Action::TripWaba),
     row(NAME_NOT_APPROVED, "WhatsApp provided number needs display name approval before message can be sent", Level::Phone, Action::HoldPhone),
-    row(131042, "Business eligibility payment issue", Level::Waba, Action::Pass),
+    row(PAYMENT_ISSUE, "Business eligibility payment issue", Level::Waba, Action::TripWabaWhenListed),
     row(REGISTRATION_ERROR, "Incorrect certificate", Level::Phone, Action::HoldPhone),
     row(131047, "Re-engagement message", Level::Recipient, Action::Pass),
     row(131048, "Spam rate limit hit", Level::Phone, Action::Pass),
@@ -122,7 +141,7 @@ pub const CATALOGUE: &[Code] = &[
     row(131051, "Unsupported message type", Level::Recipient, Action::Pass),
     row(131056, "(Business Account, Consumer Account) pair rate limit hit", Level::Recipient, Action::Pass),
     row(MAINTENANCE, "Account in maintenance mode", Level::Phone, Action::HoldPhone),
-    row(131064, "Messaging limited because of template classification violations", Level::Waba, Action::Pass),
+    row(CLASSIFICATION_LIMIT, "Messaging limited because of template classification violations", Level::Waba, Action::TripWabaWhenListed),
     row(132001, "Template name does not exist in the translation", Level::Template, Action::Pass),
     row(TEMPLATE_PAUSED, "Template is paused", Level::Template, Action::TemplateCircuit),
     row(TEMPLATE_DISABLED, "Template is disabled", Level::Template, Action::TemplateCircuit),
@@ -142,6 +161,10 @@ pub fn title(code: i64) -> &'static str {
         ACCOUNT_LOCKED => "(#131031) Account has been locked",
         TEMPLATE_PAUSED => "(#132015) Template is paused",
         TEMPLATE_DISABLED => "(#132016) Template is disabled",
+        PAYMENT_ISSUE => "(#131042) Business eligibility payment issue",
+        CLASSIFICATION_LIMIT => {
+            "(#131064) Messaging limited because of template classification violations"
+        }
         _ => "Sending is blocked for this WhatsApp Business Account",
     }
 }
@@ -172,6 +195,24 @@ mod tests {
         }
         for code in DEFAULT_TRIP_CODES {
             assert_eq!(lookup(*code).map(|c| c.action), Some(Action::TripWaba));
+        }
+        for code in OPT_IN_TRIP_CODES {
+            let c = lookup(*code).unwrap();
+            assert_eq!(
+                (c.level, c.action),
+                (Level::Waba, Action::TripWabaWhenListed)
+            );
+            assert!(!DEFAULT_TRIP_CODES.contains(code));
+        }
+        // Every row whose action trips is in exactly one of the two lists.
+        for c in CATALOGUE {
+            let listed =
+                DEFAULT_TRIP_CODES.contains(&c.code) || OPT_IN_TRIP_CODES.contains(&c.code);
+            assert_eq!(
+                listed,
+                matches!(c.action, Action::TripWaba | Action::TripWabaWhenListed),
+                "{c:?}"
+            );
         }
         assert_eq!(
             title(368),

@@ -222,6 +222,24 @@ impl HealthStatus {
         })
     }
 
+    /// The top-level `can_send_message` as a statement about **messaging**. Meta's top level
+    /// summarises every entity and calling too (`can_receive_call_sip`): its own example is
+    /// top-level `BLOCKED` only because SIP calling is not configured (errors 138024,
+    /// 138025) while every entity's `can_send_message` is AVAILABLE. So a top-level
+    /// `BLOCKED` that no messaging entity (PHONE_NUMBER, WABA, BUSINESS, APP, …) bears out
+    /// is read as `LIMITED`: not a block, and not a proof it can send either.
+    fn top_level_messaging(&self) -> Option<&CanSend> {
+        match self.can_send.as_ref() {
+            Some(CanSend::Blocked)
+                if !self.entities.is_empty()
+                    && !self.entities.iter().any(|e| e.can_send == CanSend::Blocked) =>
+            {
+                Some(&CanSend::Limited)
+            }
+            other => other,
+        }
+    }
+
     /// The verdict for the entity `own` (`None`: the top level decides), held by any
     /// BLOCKED entity `above` accepts.
     fn verdict(&self, own: Option<&Entity>, above: impl Fn(&Entity) -> bool) -> Verdict {
@@ -246,7 +264,7 @@ impl HealthStatus {
         let blocked_anywhere = relevant.clone().any(|e| e.can_send == CanSend::Blocked);
         let own_can = match own {
             Some(w) => Some(&w.can_send),
-            None => self.can_send.as_ref(),
+            None => self.top_level_messaging(),
         };
         if blocked_anywhere || (own.is_none() && own_can == Some(&CanSend::Blocked)) {
             return Verdict::Blocked { errors };
@@ -571,6 +589,55 @@ mod tests {
         assert!(matches!(
             answer("LIMITED", json!([ent("WABA", WABA, "AVAILABLE")])).verdict_for_phone(PHONE),
             Verdict::Limited { .. }
+        ));
+    }
+
+    /// Meta's own example: every entity can send, the top level is BLOCKED only because
+    /// SIP calling is not set up (`can_receive_call_sip`, errors 138024 / 138025).
+    fn sip_blocked(entities: &[(&str, &str)]) -> HealthStatus {
+        let sip = json!({"can_receive_call_sip": "BLOCKED", "errors": [
+            {"error_code": 138024, "error_description": "SIP calling is not enabled"},
+            {"error_code": 138025, "error_description": "No SIP server configured"}]});
+        let list: Vec<Value> = entities
+            .iter()
+            .map(|(kind, id)| {
+                let mut e = ent(kind, id, "AVAILABLE");
+                if *kind == "PHONE_NUMBER" {
+                    e["can_receive_call_sip"] = sip["can_receive_call_sip"].clone();
+                    e["calling_errors"] = sip["errors"].clone();
+                }
+                e
+            })
+            .collect();
+        answer("BLOCKED", Value::Array(list))
+    }
+
+    #[test]
+    fn a_top_level_block_for_sip_calling_never_holds_a_circuit() {
+        let hs = sip_blocked(&[
+            ("PHONE_NUMBER", PHONE),
+            ("WABA", WABA),
+            ("BUSINESS", "1"),
+            ("APP", "2"),
+        ]);
+        assert_eq!(hs.can_send, Some(CanSend::Blocked));
+        assert_eq!(hs.verdict_for_waba(WABA), Verdict::Available);
+        assert_eq!(hs.verdict_for_phone(PHONE), Verdict::Available);
+        // Without the node's own entity the top level would decide: a BLOCKED that no
+        // messaging entity bears out is not a block (nor a proof it can send).
+        let hs = sip_blocked(&[("WABA", WABA), ("BUSINESS", "1"), ("APP", "2")]);
+        assert!(matches!(
+            hs.verdict_for_phone(PHONE),
+            Verdict::Limited { .. }
+        ));
+        // A messaging entity that is BLOCKED still blocks.
+        let hs = answer(
+            "BLOCKED",
+            json!([ent("WABA", "999", "BLOCKED"), ent("APP", "2", "AVAILABLE")]),
+        );
+        assert!(matches!(
+            hs.verdict_for_phone(PHONE),
+            Verdict::Blocked { .. }
         ));
     }
 

@@ -321,7 +321,7 @@ fn one_or_many(v: &Value) -> Vec<&Value> {
 }
 
 /// The restriction types wa-breaker tells apart, each mapped to what it blocks (see
-/// [`RestrictionKind::of`] and the README's webhook table).
+/// [`RestrictionKind::of`], [`RESTRICTION_TYPES`] and the README's webhook table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestrictionKind {
     /// `RESTRICTED_BIZ_INITIATED_MESSAGING`: cannot start conversations (template sends).
@@ -333,28 +333,73 @@ pub enum RestrictionKind {
     /// send body names the template, not its category, so the gateway cannot tell a
     /// utility template from another: recorded, never a block (Meta answers those sends).
     DirectSendUtilityTemplates,
-    /// Known types that restrict something other than sending messages: adding phone
-    /// numbers, calling, template creation.
+    /// `RESTRICTED_UTILITY_TEMPLATES`: utility templates. As for direct-send utility
+    /// templates, the send does not say a template's category: recorded, never a block.
+    UtilityTemplates,
+    /// Calling (`RESTRICTED_*_CALLING*`): the gateway guards no call; never a block.
+    Calling,
+    /// Adding phone numbers (`RESTRICTED_ADD_PHONE_NUMBER_ACTION`) and older non-sending
+    /// types (template creation): never a block.
     NotSending,
     /// A type the gateway does not know: recorded, never a block.
     Unknown,
 }
 
+/// Every restriction type Meta lists today (the `account_update` reference) with its kind,
+/// plus older names still accepted. A table test and the README's webhook table follow it.
+pub const RESTRICTION_TYPES: &[(&str, RestrictionKind)] = &[
+    (
+        "RESTRICTED_ADD_PHONE_NUMBER_ACTION",
+        RestrictionKind::NotSending,
+    ),
+    (
+        "RESTRICTED_BIZ_INITIATED_AND_USER_INITIATED_CALLING",
+        RestrictionKind::Calling,
+    ),
+    (
+        "RESTRICTED_BIZ_INITIATED_MESSAGING",
+        RestrictionKind::BusinessInitiated,
+    ),
+    (
+        "RESTRICTED_BUSINESS_INITIATED_CALLING",
+        RestrictionKind::Calling,
+    ),
+    (
+        "RESTRICTED_CUSTOMER_INITIATED_MESSAGING",
+        RestrictionKind::CustomerInitiated,
+    ),
+    (
+        "RESTRICTED_DIRECT_SEND_UTILITY_TEMPLATES",
+        RestrictionKind::DirectSendUtilityTemplates,
+    ),
+    (
+        "RESTRICTED_USER_INITIATED_CALLING",
+        RestrictionKind::Calling,
+    ),
+    (
+        "RESTRICTED_USER_INITIATED_CALLING_CALL_BUTTON_HIDDEN",
+        RestrictionKind::Calling,
+    ),
+    (
+        "RESTRICTED_UTILITY_TEMPLATES",
+        RestrictionKind::UtilityTemplates,
+    ),
+    // Older names, no longer in Meta's list.
+    ("RESTRICTED_BIZ_INITIATED_CALLING", RestrictionKind::Calling),
+    (
+        "RESTRICTED_CUSTOMER_INITIATED_CALLING",
+        RestrictionKind::Calling,
+    ),
+    ("RESTRICTED_TEMPLATE_CREATION", RestrictionKind::NotSending),
+];
+
 impl RestrictionKind {
-    /// The kind of a `restriction_type`.
+    /// The kind of a `restriction_type` (case as Meta sends it; unknown → `Unknown`).
     pub fn of(restriction_type: &str) -> RestrictionKind {
-        match restriction_type {
-            "RESTRICTED_BIZ_INITIATED_MESSAGING" => RestrictionKind::BusinessInitiated,
-            "RESTRICTED_CUSTOMER_INITIATED_MESSAGING" => RestrictionKind::CustomerInitiated,
-            "RESTRICTED_DIRECT_SEND_UTILITY_TEMPLATES" => {
-                RestrictionKind::DirectSendUtilityTemplates
-            }
-            "RESTRICTED_ADD_PHONE_NUMBER_ACTION"
-            | "RESTRICTED_BIZ_INITIATED_CALLING"
-            | "RESTRICTED_CUSTOMER_INITIATED_CALLING"
-            | "RESTRICTED_TEMPLATE_CREATION" => RestrictionKind::NotSending,
-            _ => RestrictionKind::Unknown,
-        }
+        RESTRICTION_TYPES
+            .iter()
+            .find(|(t, _)| *t == restriction_type)
+            .map_or(RestrictionKind::Unknown, |(_, k)| *k)
     }
 
     /// True for the kinds that block sends.
@@ -377,6 +422,9 @@ pub struct Restriction {
     pub expiration: Option<DateTime<Utc>>,
     /// True when `expiration` was present but could not be read.
     pub bad_expiration: bool,
+    /// `remediation`, as text (a string, or the JSON of whatever else was sent), when
+    /// present: kept as evidence and shown in the note's reason.
+    pub remediation: Option<String>,
 }
 
 impl Restriction {
@@ -388,11 +436,18 @@ impl Restriction {
         let kind = RestrictionKind::of(&restriction_type);
         let raw = v.get("expiration").filter(|e| !e.is_null());
         let expiration = raw.and_then(parse_expiration);
+        let remediation = match v.get("remediation") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.trim().is_empty() => None,
+            Some(Value::String(s)) => Some(s.trim().to_string()),
+            Some(other) => Some(other.to_string()),
+        };
         Some(Restriction {
             kind,
             restriction_type,
             expiration,
             bad_expiration: raw.is_some() && expiration.is_none(),
+            remediation,
         })
     }
 }
@@ -609,7 +664,7 @@ mod tests {
         assert_eq!(r[2].kind, RestrictionKind::NotSending);
         assert_eq!(r[2].expiration, None);
         assert!(!r[2].bad_expiration);
-        assert_eq!(r[3].kind, RestrictionKind::NotSending);
+        assert_eq!(r[3].kind, RestrictionKind::Calling);
         assert!(r[3].bad_expiration);
         assert_eq!(r[4].restriction_type, "RESTRICTED_UTILITY_TEMPLATE_SENDING");
         assert_eq!(r[4].kind, RestrictionKind::Unknown);
@@ -617,6 +672,99 @@ mod tests {
             RestrictionKind::of("RESTRICTED_DIRECT_SEND_UTILITY_TEMPLATES"),
             RestrictionKind::DirectSendUtilityTemplates
         );
+    }
+
+    #[test]
+    fn every_restriction_type_meta_lists_today() {
+        use RestrictionKind::*;
+        // Meta's current list (the account_update reference), each with what it blocks.
+        let today = [
+            ("RESTRICTED_ADD_PHONE_NUMBER_ACTION", NotSending, false),
+            (
+                "RESTRICTED_BIZ_INITIATED_AND_USER_INITIATED_CALLING",
+                Calling,
+                false,
+            ),
+            (
+                "RESTRICTED_BIZ_INITIATED_MESSAGING",
+                BusinessInitiated,
+                true,
+            ),
+            ("RESTRICTED_BUSINESS_INITIATED_CALLING", Calling, false),
+            (
+                "RESTRICTED_CUSTOMER_INITIATED_MESSAGING",
+                CustomerInitiated,
+                true,
+            ),
+            (
+                "RESTRICTED_DIRECT_SEND_UTILITY_TEMPLATES",
+                DirectSendUtilityTemplates,
+                false,
+            ),
+            ("RESTRICTED_USER_INITIATED_CALLING", Calling, false),
+            (
+                "RESTRICTED_USER_INITIATED_CALLING_CALL_BUTTON_HIDDEN",
+                Calling,
+                false,
+            ),
+            ("RESTRICTED_UTILITY_TEMPLATES", UtilityTemplates, false),
+        ];
+        for (t, kind, blocks) in today {
+            let ev = one(json!({"event": "ACCOUNT_RESTRICTION", "restriction_info": [
+                {"restriction_type": t, "expiration": 1764003000,
+                 "remediation": "Review the WhatsApp Business Messaging Policy"}]}));
+            let AccountEvent::Restriction(r) = ev else {
+                panic!("{t}: {ev:?}")
+            };
+            assert_eq!(r[0].kind, kind, "{t}");
+            assert_eq!(r[0].kind.blocks_sends(), blocks, "{t}");
+            assert_eq!(r[0].expiration.unwrap().timestamp(), 1764003000, "{t}");
+            assert_eq!(
+                r[0].remediation.as_deref(),
+                Some("Review the WhatsApp Business Messaging Policy")
+            );
+        }
+        assert_eq!(
+            RESTRICTION_TYPES.len(),
+            today.len() + 3,
+            "the table lists Meta's types and three older names"
+        );
+        // Unknown or oddly spelled types parse, block nothing; a remediation of another
+        // shape is kept as its JSON.
+        let ev = one(json!({"event": "ACCOUNT_RESTRICTION", "restriction_info": [
+            {"restriction_type": "RESTRICTED_SOMETHING_NEW", "remediation": {"url": "x"}},
+            {"restriction_type": "restricted_biz_initiated_messaging", "remediation": " "}]}));
+        let AccountEvent::Restriction(r) = ev else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(r[0].kind, Unknown);
+        assert_eq!(r[0].remediation.as_deref(), Some(r#"{"url":"x"}"#));
+        assert_eq!(r[1].kind, Unknown);
+        assert_eq!(r[1].remediation, None);
+        assert!(!Unknown.blocks_sends());
+    }
+
+    #[test]
+    fn account_alerts_entities() {
+        let ch = |entity_type: &str| ChangeItem {
+            field: FIELD_ACCOUNT_ALERTS.into(),
+            value: json!({"entity_type": entity_type, "entity_id": "106540352242922",
+                "alert_info": {"alert_severity": "INFORMATIONAL", "alert_type": "OBA_APPROVED"}}),
+            time: None,
+        };
+        // Only a PHONE_NUMBER entity names a phone number; CURRENT_STATUS_ID and BUSINESS
+        // are read and name none.
+        assert_eq!(phone_of(&ch("PHONE_NUMBER")), Some("106540352242922"));
+        for other in ["CURRENT_STATUS_ID", "BUSINESS", "SOMETHING_NEW"] {
+            assert_eq!(phone_of(&ch(other)), None, "{other}");
+            assert_eq!(ch(other).account_event(), None);
+        }
+        let body = json!({"object": OBJECT_WABA, "entry": [{"id": "102290129340398", "time": 1731617831,
+            "changes": [{"field": "account_alerts", "value": {"entity_type": "CURRENT_STATUS_ID",
+            "entity_id": 5, "alert_info": {"alert_severity": "CRITICAL"}}}]}]});
+        let env = parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!(env.skipped, 0);
+        assert_eq!(phone_of(&env.entries[0].changes[0]), None);
     }
 
     #[test]

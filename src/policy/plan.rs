@@ -70,6 +70,20 @@ pub fn restriction_scope(kinds: impl IntoIterator<Item = RestrictionKind>) -> Op
     }
 }
 
+/// `PARTNER_REMOVED`'s `disconnection_info{reason, initiated_by}` as a reason suffix
+/// (the whole value is kept as evidence anyway); empty without it.
+fn disconnection(value: &serde_json::Value) -> String {
+    let Some(d) = value.get("disconnection_info").filter(|d| d.is_object()) else {
+        return String::new();
+    };
+    let s = |k: &str| {
+        d.get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("unspecified")
+    };
+    format!(": disconnected by {} ({})", s("initiated_by"), s("reason"))
+}
+
 /// Maps one `changes[]` element of `entry` to a circuit change (pure; unit-tested).
 /// `None` for fields and events that are not about sending, and for entries whose id is not
 /// a WABA id.
@@ -78,7 +92,8 @@ pub fn restriction_scope(kinds: impl IntoIterator<Item = RestrictionKind>) -> Op
 ///   ([`restriction_scope`]): `RESTRICTED_BIZ_INITIATED_MESSAGING` → template sends,
 ///   `RESTRICTED_CUSTOMER_INITIATED_MESSAGING` → non-template sends, both → all sends;
 ///   `until` = the latest `expiration` of those (none if one has none). Other types only
-///   (known non-send types, direct-send utility templates, unknown types) → a note.
+///   (adding phone numbers, calling, utility templates — the send does not say a
+///   template's category —, unknown types) → a note; `remediation` is in the reason.
 /// - `DISABLED_UPDATE`: `DISABLE` → open (no `until`); `REINSTATE` → close;
 ///   `SCHEDULE_FOR_DISABLE` and anything else → a note.
 /// - `ACCOUNT_VIOLATION` → a note, and a health check when a token is configured; opens
@@ -87,7 +102,8 @@ pub fn restriction_scope(kinds: impl IntoIterator<Item = RestrictionKind>) -> Op
 ///   `ACCOUNT_RECONNECTED` → close, only what `ACCOUNT_OFFBOARDED` opened
 ///   ([`Step::only_if_opened_by`]).
 /// - `PARTNER_*` → a note on the WABA of `value.waba_info.waba_id` (`entry[].id` is the
-///   partner's business portfolio there); none without it.
+///   partner's business portfolio there); none without it. `PARTNER_REMOVED`'s
+///   `disconnection_info` is in the reason (and the evidence).
 ///
 /// The event time is the change's own timestamp, else `entry.time`, else `now`.
 pub fn plan(
@@ -147,10 +163,16 @@ pub fn plan(
         AccountEvent::Restriction(rs) => {
             let types: Vec<String> = rs
                 .iter()
-                .map(|r| match (r.expiration, r.bad_expiration) {
-                    (Some(e), _) => format!("{} until {}", r.restriction_type, rfc3339(e)),
-                    (None, true) => format!("{} (unreadable expiration)", r.restriction_type),
-                    (None, false) => r.restriction_type.clone(),
+                .map(|r| {
+                    let t = match (r.expiration, r.bad_expiration) {
+                        (Some(e), _) => format!("{} until {}", r.restriction_type, rfc3339(e)),
+                        (None, true) => format!("{} (unreadable expiration)", r.restriction_type),
+                        (None, false) => r.restriction_type.clone(),
+                    };
+                    match &r.remediation {
+                        Some(m) => format!("{t} (remediation: {m})"),
+                        None => t,
+                    }
                 })
                 .collect();
             let blocking: Vec<_> = rs.iter().filter(|r| r.kind.blocks_sends()).collect();
@@ -241,7 +263,10 @@ pub fn plan(
             },
             _ => step(
                 Action::Note,
-                format!("account_update {e} (account lifecycle; not a send block)"),
+                format!(
+                    "account_update {e}{} (account lifecycle; not a send block)",
+                    disconnection(&ch.value)
+                ),
                 false,
             ),
         },
@@ -550,6 +575,39 @@ mod tests {
     }
 
     #[test]
+    fn remediation_and_disconnection_info_are_kept() {
+        let c = planned(json!({"event": "ACCOUNT_RESTRICTION", "restriction_info": [
+            {"restriction_type": "RESTRICTED_USER_INITIATED_CALLING",
+             "remediation": "Turn off calling for this number"}]}));
+        assert_eq!(c.action, Action::Note);
+        assert!(
+            c.reason
+                .contains("(remediation: Turn off calling for this number)"),
+            "{}",
+            c.reason
+        );
+        let body = json!({"entry": [{"id": "506914307656634", "time": T, "changes": [{"field": "account_update",
+            "value": {"event": "PARTNER_REMOVED", "waba_info": {"waba_id": WABA, "owner_business_id": "1"},
+                      "disconnection_info": {"reason": "Business removed the partner", "initiated_by": "USER"}}}]}]});
+        let env = payload::parse(body.to_string().as_bytes()).unwrap();
+        let en = &env.entries[0];
+        let c = plan(en, &en.changes[0], now(), false, false)
+            .unwrap()
+            .change;
+        assert_eq!(c.action, Action::Note);
+        assert!(
+            c.reason
+                .contains("PARTNER_REMOVED: disconnected by USER (Business removed the partner)"),
+            "{}",
+            c.reason
+        );
+        let Some(Evidence::Webhook { value, .. }) = &c.evidence else {
+            panic!()
+        };
+        assert_eq!(value["disconnection_info"]["initiated_by"], "USER");
+    }
+
+    #[test]
     fn disabled_updates() {
         let c = planned(
             json!({"event": "DISABLED_UPDATE", "ban_info": {"waba_ban_state": "DISABLE", "waba_ban_date": "April 17, 2025"}}),
@@ -680,10 +738,19 @@ mod tests {
         const BIZ: &str = "RESTRICTED_BIZ_INITIATED_MESSAGING";
         const CUST: &str = "RESTRICTED_CUSTOMER_INITIATED_MESSAGING";
         let table: &[(&str, Option<Scope>)] = &[
+            // Meta's list today: only the two messaging types block a send the gateway
+            // guards; calling and adding numbers never open a send circuit; utility
+            // templates cannot be told apart in a send body (recorded only).
+            ("RESTRICTED_ADD_PHONE_NUMBER_ACTION", None),
+            ("RESTRICTED_BIZ_INITIATED_AND_USER_INITIATED_CALLING", None),
             (BIZ, Some(BusinessInitiated)),
+            ("RESTRICTED_BUSINESS_INITIATED_CALLING", None),
             (CUST, Some(CustomerInitiated)),
             ("RESTRICTED_DIRECT_SEND_UTILITY_TEMPLATES", None),
-            ("RESTRICTED_ADD_PHONE_NUMBER_ACTION", None),
+            ("RESTRICTED_USER_INITIATED_CALLING", None),
+            ("RESTRICTED_USER_INITIATED_CALLING_CALL_BUTTON_HIDDEN", None),
+            ("RESTRICTED_UTILITY_TEMPLATES", None),
+            // Older names, and one Meta may add.
             ("RESTRICTED_BIZ_INITIATED_CALLING", None),
             ("RESTRICTED_CUSTOMER_INITIATED_CALLING", None),
             ("RESTRICTED_SOMETHING_NEW", None),

@@ -102,12 +102,17 @@ pub fn webhook_template(value: &serde_json::Value) -> Option<TemplateRef> {
 /// Maps a `message_template_status_update` change to its template's circuit (pure):
 ///
 /// - `PAUSED` → open, answered locally with 132015; the known end is the pause's
-///   (`other_info.title` `FIRST_PAUSE` 3 h, `SECOND_PAUSE` 6 h; none otherwise).
+///   (`other_info.title` `FIRST_PAUSE` 3 h, `SECOND_PAUSE` 6 h). `RATE_LIMITING_PAUSE`
+///   (paused during pacing) and any other title have no end: only Meta's unpause or an
+///   operator closes them, never time.
 /// - `DISABLED` → open with 132016, no end.
-/// - `REINSTATED`, `UNPAUSED`, `APPROVED`, or `other_info.title` `UNPAUSE` → close (the
-///   template is sendable again).
-/// - Anything else (`FLAGGED`, `REJECTED`, `PENDING_DELETION`, `DELETED`, …) → a note
-///   (Meta answers those sends itself).
+/// - `REINSTATED`, `APPROVED`, or `other_info.title` `UNPAUSE` (whatever the event) →
+///   close (the template is sendable again). Meta documents no `UNPAUSED` event: the
+///   unpause is the `UNPAUSE` title.
+/// - Every other event Meta documents (`ARCHIVED`, `UNARCHIVED`, `DELETED`, `FLAGGED`,
+///   `IN_APPEAL`, `LIMIT_EXCEEDED`, `LOCKED`, `PENDING`, `PENDING_DELETION`, `REJECTED`)
+///   and any event or title it may add → a note (Meta answers those sends itself; an
+///   appeal or a lock changes nothing the gateway holds).
 ///
 /// `other_info` and the whole value are kept as evidence. `None` when the entry is not a
 /// WABA or the template is not named.
@@ -127,7 +132,7 @@ pub fn plan_template(entry: &Entry, ch: &ChangeItem, now: DateTime<Utc>) -> Opti
     let at = entry.event_time(ch, now);
     let hours = |h: i64| Some(at + chrono::Duration::hours(h));
     let action = match (event.as_str(), title.as_str()) {
-        (_, "UNPAUSE") | ("REINSTATED" | "UNPAUSED" | "APPROVED", _) => Action::Close,
+        (_, "UNPAUSE") | ("REINSTATED" | "APPROVED", _) => Action::Close,
         ("PAUSED", t) => Action::Open {
             scope: Scope::BusinessInitiated,
             code: Some(codes::TEMPLATE_PAUSED),
@@ -299,6 +304,81 @@ mod tests {
         // No (usable) name: nothing.
         assert!(plan_t(json!({"event": "PAUSED"})).is_none());
         assert!(plan_t(json!({"event": "PAUSED", "message_template_name": "Bad Name", "message_template_language": "en"})).is_none());
+    }
+
+    /// Every `message_template_status_update` event Meta documents, and every
+    /// `other_info.title`, against what the template's circuit does.
+    #[test]
+    fn every_documented_template_event_and_title() {
+        let plan_t = |event: &str, title: Option<&str>| {
+            let mut v = json!({"event": event, "message_template_id": 123,
+                "message_template_name": "order_update", "message_template_language": "en_US",
+                "message_template_category": "MARKETING", "reason": "NONE"});
+            if let Some(t) = title {
+                v["other_info"] = json!({"title": t, "description": "…"});
+            }
+            let body = json!({"entry": [{"id": WABA, "time": T, "changes": [{"field": FIELD_TEMPLATE_STATUS, "value": v}]}]});
+            let env = payload::parse(body.to_string().as_bytes()).unwrap();
+            let en = &env.entries[0];
+            plan_template(en, &en.changes[0], now())
+                .unwrap()
+                .change
+                .action
+        };
+        let paused = |until: Option<DateTime<Utc>>| Action::Open {
+            scope: Scope::BusinessInitiated,
+            code: Some(132015),
+            until,
+        };
+        let events = [
+            ("APPROVED", Action::Close),
+            ("ARCHIVED", Action::Note),
+            ("UNARCHIVED", Action::Note),
+            ("DELETED", Action::Note),
+            (
+                "DISABLED",
+                Action::Open {
+                    scope: Scope::BusinessInitiated,
+                    code: Some(132016),
+                    until: None,
+                },
+            ),
+            ("FLAGGED", Action::Note),
+            ("IN_APPEAL", Action::Note),
+            ("LIMIT_EXCEEDED", Action::Note),
+            ("LOCKED", Action::Note),
+            ("PAUSED", paused(None)),
+            ("PENDING", Action::Note),
+            ("REINSTATED", Action::Close),
+            ("PENDING_DELETION", Action::Note),
+            ("REJECTED", Action::Note),
+            // Not documented (there is no UNPAUSED event) or new: a note, never an error.
+            ("UNPAUSED", Action::Note),
+            ("SOMETHING_NEW", Action::Note),
+        ];
+        for (event, want) in &events {
+            assert_eq!(&plan_t(event, None), want, "{event}");
+        }
+        // The titles of PAUSED: how long, or no end at all.
+        let titles = [
+            ("FIRST_PAUSE", paused(Some(at(T + 3 * 3600)))),
+            ("SECOND_PAUSE", paused(Some(at(T + 6 * 3600)))),
+            ("RATE_LIMITING_PAUSE", paused(None)),
+            ("SOME_NEW_PAUSE", paused(None)),
+        ];
+        for (title, want) in &titles {
+            assert_eq!(&plan_t("PAUSED", Some(title)), want, "PAUSED {title}");
+        }
+        // UNPAUSE is the unpause signal, whatever event carries it.
+        for (event, _) in &events {
+            assert_eq!(
+                plan_t(event, Some("UNPAUSE")),
+                Action::Close,
+                "{event} UNPAUSE"
+            );
+        }
+        // Title DISABLED goes with the DISABLED event; alone it changes nothing.
+        assert_eq!(plan_t("FLAGGED", Some("DISABLED")), Action::Note);
     }
 
     #[test]

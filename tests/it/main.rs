@@ -27,6 +27,7 @@ mod observability;
 mod proxy;
 mod relay;
 mod shaping;
+mod signals_codes;
 mod signals_expiry;
 mod signals_health;
 mod signals_webhook;

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::signals_util::*;
+use crate::support::fake_cloud::{FAKE_APP_ID, FAKE_BUSINESS_ID};
 use crate::support::*;
 use serde_json::{json, Value};
 
@@ -274,4 +275,35 @@ async fn violation_checks_health_at_once() {
     assert_eq!(notes(&c).len(), 1);
     assert_eq!(fake.count_health(WABA), 1);
     assert_eq!(json!(fake.count_health(WABA2)), json!(1));
+}
+
+/// Meta's own Health Status example: every entity's `can_send_message` is AVAILABLE, the
+/// top level is BLOCKED only because SIP calling is not set up (`can_receive_call_sip`,
+/// errors 138024 / 138025). Messaging is what the gateway guards: the open circuit closes.
+#[tokio::test]
+async fn a_top_level_block_for_sip_calling_closes_an_open_circuit() {
+    let fake = FakeCloud::start().await;
+    let sip = json!({"can_receive_call_sip": "BLOCKED", "errors": [
+        {"error_code": 138024, "error_description": "SIP calling is not enabled", "possible_solution": "Enable SIP"},
+        {"error_code": 138025, "error_description": "No SIP server configured", "possible_solution": "Configure one"}]});
+    let entity = |kind: &str, id: &str| {
+        let mut e = json!({"entity_type": kind, "id": id, "can_send_message": "AVAILABLE"});
+        e["can_receive_call_sip"] = sip["can_receive_call_sip"].clone();
+        e["errors"] = sip["errors"].clone();
+        e
+    };
+    let body = json!({"health_status": {"can_send_message": "BLOCKED", "entities": [
+        entity("WABA", WABA), entity("BUSINESS", FAKE_BUSINESS_ID), entity("APP", FAKE_APP_ID)]},
+        "id": WABA});
+    fake.set_health(WABA, body);
+    let gw = Gateway::start(&config(&fake.url(), "", &health("150ms", "2s"))).await;
+    open_by_webhook(&gw, WABA).await;
+    let c = wait_state(&gw, WABA, "closed", SEC).await;
+    assert_eq!(c["source"], "health");
+    let last = c["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last["evidence"]["health_status"]["can_send_message"],
+        "BLOCKED"
+    );
+    assert_eq!(gw.send_str(PHONE, TEXT_BODY).await.status(), 200);
 }

@@ -520,3 +520,44 @@ async fn relay_failure_answers_non_2xx_and_redelivery_is_idempotent() {
         Some(3.0)
     );
 }
+
+/// Shapes Meta sends today, in one signed delivery: `account_alerts` about a
+/// `CURRENT_STATUS_ID` entity and a calling restriction with its `remediation`. Both are
+/// read (200), neither opens anything, the remediation is in the note; sends flow.
+#[tokio::test]
+async fn current_status_alerts_and_calling_restrictions_are_read_and_block_nothing() {
+    let fake = FakeCloud::start().await;
+    let gw = gateway(&fake, "").await;
+    let t = now_unix();
+    let alert = json!({"entity_type": "CURRENT_STATUS_ID", "entity_id": "1234567890",
+        "alert_info": {"alert_severity": "INFORMATIONAL", "alert_status": "NONE",
+                       "alert_type": "INCREASED_CAPABILITIES_ELIGIBILITY_PENDING",
+                       "alert_description": "…"}});
+    let calling = json!({"event": "ACCOUNT_RESTRICTION", "restriction_info": [
+        {"restriction_type": "RESTRICTED_USER_INITIATED_CALLING", "expiration": t + 86400,
+         "remediation": "Lower your call rejection rate"}]});
+    let body = envelope(vec![entry(
+        WABA,
+        t,
+        vec![
+            change("account_alerts", alert),
+            change("account_update", calling),
+        ],
+    )]);
+    assert_eq!(deliver(&gw, &body).await.status(), 200);
+    let c = circuit(&gw, WABA).await;
+    assert_ne!(c["state"], "open", "{c:#}");
+    let n = notes(&c);
+    assert_eq!(n.len(), 1, "{c:#}");
+    assert!(
+        n[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("remediation: Lower your call rejection rate"),
+        "{}",
+        n[0]
+    );
+    for b in [TEMPLATE_BODY, TEXT_BODY] {
+        assert_eq!(gw.send_str(PHONE, b).await.status(), 200);
+    }
+}
