@@ -9,9 +9,9 @@
 //!   order: the byte relay (`relay`, with its HTTP/1 codec [`h1`]) and the hyper + tower
 //!   stack (`proxy`, one layer per step).
 //! - the core, pure and importing nothing above it (`tests/architecture.rs` keeps it so):
-//!   - [`policy`] — every decision on the request path (route, guard, judge, the local
-//!     reply, framing and hop-by-hop rules) and the exchange, plus what webhook events mean
-//!     for a circuit (`plan`, `template`);
+//!   - [`policy`] — every decision on the request path (route, guard, pace, judge, the
+//!     local reply, framing and hop-by-hop rules) and the exchange, plus what webhook events
+//!     mean for a circuit (`plan`, `template`);
 //!   - [`circuit`] — the circuit model, the ordering rule, the phone → WABA directory and
 //!     the table the policy reads;
 //!   - [`graph`] — what the gateway knows of Meta's API: routes, the id rule, error codes

@@ -510,6 +510,37 @@ mod tests {
     }
 
     #[test]
+    fn shaping_defaults_and_bounds() {
+        let mut cfg = Config::default();
+        assert_eq!(cfg.shaping.mode, crate::policy::pace::ShapingMode::Observe);
+        assert_eq!(cfg.shaping.throughput, 80);
+        cfg.validate().unwrap();
+        let rejects = |c: &Config, key: &str| {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        };
+        cfg.shaping.throughput = 0;
+        rejects(&cfg, "shaping.throughput");
+        cfg.shaping.throughput = 80;
+        cfg.shaping.max_delay = Duration::from_secs(61);
+        rejects(&cfg, "shaping.max_delay");
+        cfg.shaping.max_delay = Duration::from_secs(1);
+        cfg.shaping.phone_throughput.insert("+1 555".into(), 20);
+        rejects(&cfg, "shaping.phone_throughput");
+        cfg.shaping.phone_throughput.clear();
+        cfg.shaping
+            .phone_throughput
+            .insert("106540352242922".into(), 0);
+        rejects(&cfg, "shaping.phone_throughput");
+        cfg.shaping
+            .phone_throughput
+            .insert("106540352242922".into(), 20);
+        cfg.validate().unwrap();
+        let id = crate::graph::GraphId::new("106540352242922").unwrap();
+        assert_eq!(cfg.shaping_settings().phone_throughput.get(&id), Some(&20));
+    }
+
+    #[test]
     fn health_lease_and_budget_defaults_and_bounds() {
         let mut cfg = Config::default();
         assert_eq!(cfg.health.lease(), Duration::from_secs(180));

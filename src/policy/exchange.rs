@@ -626,6 +626,53 @@ mod tests {
         assert!(settle.now().is_none());
     }
 
+    /// `enforce` at 1/s with a 3 s `max_delay`: the first send goes, the next ones wait for
+    /// their slots and are guarded again when it comes (a circuit opened meanwhile answers
+    /// them locally); one whose slot is further than `max_delay` is answered 130429 now.
+    #[test]
+    fn a_paced_send_waits_and_is_guarded_again() {
+        let p = crate::policy::testing::with_settings(crate::policy::Settings {
+            shaping: crate::policy::pace::Settings {
+                mode: crate::policy::pace::ShapingMode::Enforce,
+                throughput: 1,
+                max_delay: Duration::from_secs(3),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let _first = guarded(&p);
+        let mut waiting = Vec::new();
+        for _ in 0..3 {
+            let Guard::Go(g) = send(&p).admit(&p, Body::Read(b"{}"), |_| ()) else {
+                panic!("closed: go")
+            };
+            match g.pace(&p, |_| ()) {
+                Pace::Wait(w) => waiting.push(w),
+                _ => panic!("over the pace, within max_delay: wait"),
+            }
+        }
+        assert!(waiting[0].until() > Instant::now());
+        assert!(waiting[0].until() < waiting[1].until());
+        let Guard::Go(g) = send(&p).admit(&p, Body::Read(b"{}"), |_| ()) else {
+            panic!("closed: go")
+        };
+        match g.pace(&p, |r| (r.status().as_u16(), r.marker(), r.retry_after())) {
+            Pace::Local((400, "shaped", Some(secs)), _) => assert!(secs >= 1),
+            other => panic!("past max_delay: a local 130429, got {other:?}"),
+        }
+        let w = waiting.remove(0);
+        assert!(matches!(
+            w.waited(&p, Body::Read(b"{}"), |_| ()),
+            Admission::Go(_)
+        ));
+        open(&p, Scope::AllSends);
+        let w = waiting.remove(0);
+        match w.waited(&p, Body::Read(b"{}"), |r| r.status()) {
+            Admission::Local(status, _) => assert_eq!(status, 403),
+            Admission::Go(_) => panic!("a circuit opened during the wait: local"),
+        }
+    }
+
     /// A state dropped before it settled (the client went away) records `abandoned`, and
     /// its permit goes back.
     #[test]

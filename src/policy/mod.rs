@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | route + resolve | [`Policy::route`], [`Policy::discover`] | webhook or Graph call; a send or not; the phone number's WABA (the circuit directory); unmapped sends reported to discovery |
 //! | guard | [`exchange::Routed::admit`] → [`Policy::admit`] | forward, read the body first (template sends), or answer locally ([`Reply::open`]) |
+//! | pace | [`exchange::Pacing::pace`] → [`Policy::pace`] ([`pace`]) | a send over its phone number's pace waits for its slot (then the guard again, [`exchange::Waiting::waited`]) or is answered locally with Meta's 130429 |
 //! | permit + guard again | the engine waits for an upstream permit (`upstream::Limiter`), then [`exchange::Guarded::permitted`] | a send queued while a circuit tripped is answered locally |
 //! | forward | engines; request headers filtered by [`hop`], framing by [`framing`] | — |
 //! | classify | [`exchange::Admitted::answered`] → [`Policy::inspect`], then [`exchange::Reading::judge`] → [`Policy::classify`] ([`Answer`], [`judge`], [`decode`]) | whether to read the body; whether it trips the WABA's, the phone number's or the send template's circuit, and until when |
@@ -799,14 +800,18 @@ pub(crate) mod testing {
 
     /// A policy over an empty table with one account (`WABA`: `PHONE`).
     pub fn policy(mode: Mode, classify_body_limit: usize) -> Policy {
-        let phones = [PHONE.to_string()];
-        let directory = Directory::new([(WABA, &phones[..])], 100_000);
-        let table = Table::with_limits("test", 20, Limits::default(), directory);
-        let settings = Settings {
+        with_settings(Settings {
             mode,
             classify_body_limit,
             ..Settings::default()
-        };
+        })
+    }
+
+    /// [`policy`] with `settings`.
+    pub fn with_settings(settings: Settings) -> Policy {
+        let phones = [PHONE.to_string()];
+        let directory = Directory::new([(WABA, &phones[..])], 100_000);
+        let table = Table::with_limits("test", 20, Limits::default(), directory);
         Policy::new(settings, Arc::new(table))
     }
 

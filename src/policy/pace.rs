@@ -17,6 +17,7 @@
 //! back [`RECOVER_SHARE`] of the throughput until the pace is whole again.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -205,6 +206,37 @@ pub struct Checked {
     pub evicted: usize,
 }
 
+/// The shard maps' hasher: FNV-1a from a per-process random basis (the pace is checked on
+/// every send; SipHash cost more than the rest of the check). Keys are request-chosen
+/// digit strings, so the basis is not predictable; each shard is capped anyway.
+#[derive(Clone, Copy, Debug)]
+struct Fnv(u64);
+
+impl BuildHasher for Fnv {
+    type Hasher = FnvHasher;
+    fn build_hasher(&self) -> FnvHasher {
+        FnvHasher(self.0)
+    }
+}
+
+struct FnvHasher(u64);
+
+impl Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0 ^ n as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+type Shard = Mutex<HashMap<GraphId, Cell, Fnv>>;
+
 /// Every phone number's pace. One per process, shared by every worker.
 pub struct Pacer {
     mode: ShapingMode,
@@ -213,7 +245,7 @@ pub struct Pacer {
     phone_throughput: HashMap<GraphId, u32>,
     per_shard: usize,
     epoch: Instant,
-    shards: Box<[Mutex<HashMap<GraphId, Cell>>]>,
+    shards: Box<[Shard]>,
 }
 
 impl Pacer {
@@ -226,7 +258,12 @@ impl Pacer {
             phone_throughput: settings.phone_throughput,
             per_shard: settings.max_numbers.div_ceil(SHARDS).max(1),
             epoch: Instant::now(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: {
+                let basis = Fnv(std::hash::RandomState::new().hash_one(0xcbf2_9ce4_8422_2325u64));
+                (0..SHARDS)
+                    .map(|_| Mutex::new(HashMap::with_hasher(basis)))
+                    .collect()
+            },
         }
     }
 
@@ -248,11 +285,14 @@ impl Pacer {
             .unwrap_or(self.throughput)
     }
 
-    fn shard(&self, phone: &GraphId) -> &Mutex<HashMap<GraphId, Cell>> {
-        let h = phone
-            .as_str()
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+    /// A number's shard, by its last two digits (spread evenly enough, two additions).
+    fn shard(&self, phone: &GraphId) -> &Shard {
+        let d = phone.as_bytes();
+        let h = d
+            .iter()
+            .rev()
+            .take(2)
+            .fold(0usize, |h, b| h * 10 + *b as usize);
         &self.shards[h % SHARDS]
     }
 
@@ -268,7 +308,7 @@ impl Pacer {
             Err(poisoned) => poisoned.into_inner(),
         };
         let mut evicted = 0;
-        if !shard.contains_key(&phone) && shard.len() >= self.per_shard {
+        if shard.len() >= self.per_shard && !shard.contains_key(&phone) {
             let before = shard.len();
             shard.retain(|_, c| !c.idle(now));
             if shard.len() >= self.per_shard {
@@ -279,8 +319,9 @@ impl Pacer {
             }
             evicted = before - shard.len();
         }
-        let throughput = self.throughput(&phone);
-        let cell = shard.entry(phone).or_insert_with(|| Cell::new(throughput));
+        let cell = shard
+            .entry(phone)
+            .or_insert_with(|| Cell::new(self.throughput(&phone)));
         let decision = cell.decide(now, self.max_delay);
         let over = decision != Decision::Go;
         let episode_starts = over && !cell.over;

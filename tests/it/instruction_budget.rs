@@ -179,6 +179,13 @@ fast_path = {relay}
 workers = 1
 pin_workers = "never"
 
+# The pace is checked on every send; at this throughput no send is over it (pass-through).
+[shaping]
+mode = "enforce"
+
+[shaping.phone_throughput]
+"{PHONE}" = 100000
+
 [[accounts]]
 waba_id = "{WABA}"
 phone_number_ids = ["{PHONE}"]

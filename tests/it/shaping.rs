@@ -83,6 +83,11 @@ async fn send_timed(gw: &Gateway, phone: &str) -> Sent {
     }
 }
 
+/// `n` sends of `phone` at once, each on its own connection.
+async fn burst(gw: &Gateway, phone: &str, n: usize) -> Vec<Sent> {
+    futures_util::future::join_all((0..n).map(|_| send_timed(gw, phone))).await
+}
+
 /// 30 sends at once from a number paced at 5/s with `max_delay = "1s"`: the upstream never
 /// sees more than 10 of them in any one second (a second's burst, then the pace); the
 /// forwarded ones waited at most about `max_delay`; the rest are answered locally with
@@ -93,17 +98,11 @@ async fn a_number_over_its_pace_waits_then_is_answered_130429_locally(engine: En
     let gw = start(engine, &fake.url(), "enforce").await;
     let name = engine.name();
 
-    let burst: Vec<_> = (0..30)
-        .map(|_| {
-            let gw = &gw;
-            async move { send_timed(gw, PHONE_A1).await }
-        })
-        .collect();
     let other = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         send_timed(&gw, PHONE_A2).await
     };
-    let (sent, other) = tokio::join!(futures_util::future::join_all(burst), other);
+    let (sent, other) = tokio::join!(burst(&gw, PHONE_A1, 30), other);
 
     assert_eq!(other.status, 200, "{name}: the other number's send");
     let forwarded: Vec<&Sent> = sent.iter().filter(|s| s.status == 200).collect();
@@ -167,13 +166,7 @@ async fn observe_mode_forwards_everything_and_counts_what_it_would_hold(engine: 
     let fake = FakeCloud::start().await;
     let gw = start(engine, &fake.url(), "observe").await;
     let name = engine.name();
-    let burst: Vec<_> = (0..30)
-        .map(|_| {
-            let gw = &gw;
-            async move { send_timed(gw, PHONE_A1).await }
-        })
-        .collect();
-    let sent = futures_util::future::join_all(burst).await;
+    let sent = burst(&gw, PHONE_A1, 30).await;
     assert!(sent.iter().all(|s| s.status == 200), "{name}");
     assert_eq!(fake.count_for_phone(PHONE_A1), 30, "{name}");
     let m = gw.metrics().await;
