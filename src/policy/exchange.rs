@@ -259,7 +259,7 @@ impl Pacing {
     #[inline]
     pub fn pace<R>(self, policy: &Policy, render: impl FnOnce(Reply<'_>) -> R) -> Pace<R> {
         match policy.pace(self.rec.call) {
-            Paced::Go => Pace::Go(Guarded { rec: self.rec }),
+            Paced::Go(at) => Pace::Go(Guarded { rec: self.rec, at }),
             Paced::Wait(until) => Pace::Wait(Waiting {
                 rec: self.rec,
                 until,
@@ -307,7 +307,10 @@ impl Waiting {
                 },
             ),
             // The first guard read every body a decision needs.
-            Admit::Forward | Admit::Inspect { .. } => Admission::Go(Guarded { rec: self.rec }),
+            Admit::Forward | Admit::Inspect { .. } => Admission::Go(Guarded {
+                rec: self.rec,
+                at: None,
+            }),
         }
     }
 
@@ -321,6 +324,9 @@ impl Waiting {
 #[derive(Debug)]
 pub struct Guarded {
     rec: Record,
+    /// When the pace was checked, if it was, just before: the start when the permit is
+    /// free at once (one clock read per send).
+    at: Option<Instant>,
 }
 
 impl Guarded {
@@ -336,7 +342,7 @@ impl Guarded {
         Admitted {
             rec: self.rec,
             permit,
-            start: Instant::now(),
+            start: self.at.unwrap_or_else(Instant::now),
             timeout: policy.request_timeout,
         }
     }

@@ -310,8 +310,9 @@ pub struct Policy {
 /// What the pace step ([`Policy::pace`]) decided for a send.
 #[derive(Debug)]
 pub enum Paced {
-    /// Within its number's pace (or not paced): on at once.
-    Go,
+    /// Within its number's pace (or not paced): on at once. The instant the pace was
+    /// checked at, when it was: the exchange's start, so a send reads the clock once.
+    Go(Option<Instant>),
     /// Its slot is at this instant (at most `max_delay` ahead): wait, then on.
     Wait(Instant),
     /// Past `max_delay`: answered locally with Meta's 130429.
@@ -377,10 +378,10 @@ impl Policy {
     pub fn pace(&self, call: Call) -> Paced {
         let mode = self.pacer.mode();
         if mode == pace::ShapingMode::Off || call.kind != Kind::Send {
-            return Paced::Go;
+            return Paced::Go(None);
         }
         let Some(phone) = call.phone else {
-            return Paced::Go;
+            return Paced::Go(None);
         };
         let now = Instant::now();
         let checked = self.pacer.check(phone, now);
@@ -388,7 +389,7 @@ impl Policy {
             METRICS.shaping_evicted.inc_by(checked.evicted as u64);
         }
         match checked.decision {
-            pace::Decision::Go => Paced::Go,
+            pace::Decision::Go => Paced::Go(Some(now)),
             _ => self.over_pace(phone, checked, now),
         }
     }
@@ -413,14 +414,14 @@ impl Policy {
         }
         let observe = mode == pace::ShapingMode::Observe;
         match checked.decision {
-            pace::Decision::Go => Paced::Go,
+            pace::Decision::Go => Paced::Go(Some(now)),
             pace::Decision::Wait(_) if observe => {
                 METRICS.shaping_observed("pace", "wait");
-                Paced::Go
+                Paced::Go(Some(now))
             }
             pace::Decision::Over { .. } if observe => {
                 METRICS.shaping_observed("pace", "answer");
-                Paced::Go
+                Paced::Go(Some(now))
             }
             pace::Decision::Wait(w) => {
                 METRICS.shaping_wait.observe(w.as_secs_f64());
