@@ -22,6 +22,7 @@ mod health_fleet;
 mod instruction_budget;
 mod levels;
 mod notify;
+mod overload;
 mod observability;
 mod proxy;
 mod relay;
