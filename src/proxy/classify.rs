@@ -246,7 +246,9 @@ mod tests {
         let Guard::Go(guarded) = routed.admit(p, known_body(&req), |r| render(&r)) else {
             panic!("closed circuits let everything go")
         };
-        let permit = Arc::new(Limiter::new(1, crate::upstream::Queue::UNBOUNDED)).try_acquire_owned().unwrap();
+        let permit = Arc::new(Limiter::new(1, crate::upstream::Queue::UNBOUNDED))
+            .try_acquire_owned()
+            .unwrap();
         let Admission::Go(state) = guarded.permitted(p, permit, known_body(&req), |r| render(&r))
         else {
             panic!("closed circuits let everything go")

@@ -43,12 +43,7 @@ pub type Stack = guard::Guard<limit::Limit<classify::Classify<forward::Forward>>
 
 /// Builds a worker's stack over `policy`, counting against `limits` (the `ready` budget
 /// shared with the relay), forwarding with `client` (one per worker: its own pool).
-pub fn stack(
-    policy: Arc<Policy>,
-    limits: Limits,
-    target: &Target,
-    client: HttpClient,
-) -> Stack {
+pub fn stack(policy: Arc<Policy>, limits: Limits, target: &Target, client: HttpClient) -> Stack {
     ServiceBuilder::new()
         .layer(guard::GuardLayer::new(policy.clone()))
         .layer(limit::LimitLayer::new(policy.clone(), limits))

@@ -89,7 +89,11 @@ async fn dripping_bodies_do_not_delay_a_normal_send(engine: Engine) {
     for i in 0..3 {
         drips.push(drip(&gw, format!("/v21.0/{PHONE_A1}/messages"), 2000));
         drips.push(drip(&gw, format!("/v21.0/{PHONE_A1}/media?n={i}"), 2000));
-        drips.push(drip(&gw, format!("/v21.0/{PHONE_A1}/media?big={i}"), 1 << 20));
+        drips.push(drip(
+            &gw,
+            format!("/v21.0/{PHONE_A1}/media?big={i}"),
+            1 << 20,
+        ));
     }
     // The drippers are in, each with a head and a byte or two of body.
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -161,12 +165,20 @@ async fn past_the_queue_cap_or_deadline_the_answer_is_503_overloaded(engine: Eng
         assert_eq!(v["error"]["code"], 2, "{v}");
         assert_eq!(v["error"]["error_subcode"], 503, "{v}");
     }
-    assert_eq!(fake.count(), 1, "nothing but the holder reached the upstream");
+    assert_eq!(
+        fake.count(),
+        1,
+        "nothing but the holder reached the upstream"
+    );
     fake.release();
     assert_eq!(holder.await.unwrap(), 200);
     let m = gw.metrics().await;
     assert_eq!(
-        metric(&m, "wa_breaker_requests_total", &[("outcome", "overloaded")]),
+        metric(
+            &m,
+            "wa_breaker_requests_total",
+            &[("outcome", "overloaded")]
+        ),
         Some(2.0)
     );
     assert_eq!(gw.send_str(PHONE_A1, TEXT_BODY).await.status(), 200);
