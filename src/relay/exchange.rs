@@ -61,6 +61,7 @@ impl Relay {
                 // A client that goes away while it waits leaves the queue at once (the
                 // exchange records `abandoned`).
                 let waited = tokio::select! {
+                    biased;
                     w = limiter.acquire() => w,
                     () = gone(client) => return false,
                 };
@@ -92,6 +93,7 @@ impl Relay {
         // A client that goes away while the upstream has not answered gives its permit
         // back at once (issue 25: it was held until `request_timeout`).
         let sent = tokio::select! {
+                    biased;
             sent = tokio::time::timeout_at(
                 deadline,
                 self.forward(head.method == Method::HEAD, &closing, s),
@@ -121,6 +123,7 @@ impl Relay {
                 // must not hold the upstream permit past it.
                 let deadline = tokio::time::Instant::from_std(reading.deadline());
                 let read = tokio::select! {
+                    biased;
                     read = tokio::time::timeout_at(
                         deadline,
                         reader.buffer(&mut conn, reading.limit(), &mut s.decoded),
