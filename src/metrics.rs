@@ -60,7 +60,8 @@ pub struct Metrics {
     pub client_body_errors: IntCounter,
     /// Client connections cut by `client_header_timeout` or `client_body_timeout` (408).
     pub client_timeouts: IntCounter,
-    /// Signal events that changed nothing, by why (`unknown_waba`, `over_cap`, `clamped_time`).
+    /// Circuit changes recorded nowhere, by why (`unknown_waba`, `over_cap`,
+    /// `unknown_over_cap`: an open for a key a send chose past `max_unknown_circuits`).
     pub events_ignored: IntCounterVec,
     /// Phone → WABA mappings learned or set, by source (`webhook`, `health`, `admin`).
     pub mappings_learned: IntCounterVec,
@@ -78,7 +79,21 @@ pub struct Metrics {
     /// `wa_breaker_notify_dropped_total{sink,reason}`: notifications never delivered
     /// (`queue_full`, `gave_up` after `retry_for`).
     pub notify_dropped: IntCounterVec,
+    /// `wa_breaker_shaped_total{reason}`: sends the shaping answered locally in Meta's
+    /// place (`pace`, `pair`, `marketing`).
+    shaped: IntCounterVec,
+    /// `wa_breaker_shaping_observed_total{reason, action}`: what `observe` mode would have
+    /// held (`wait`) or answered locally (`answer`), forwarded instead.
+    shaping_observed: IntCounterVec,
+    /// `wa_breaker_shaping_wait_seconds`: how long paced sends waited for their slot.
+    pub shaping_wait: Histogram,
+    /// `wa_breaker_shaping_evicted_total`: idle phone numbers dropped from the pacer's
+    /// memory (`shaping` caps the numbers it tracks).
+    pub shaping_evicted: IntCounter,
 }
+
+/// The `reason` labels of `wa_breaker_shaped_total`.
+pub const SHAPED_REASONS: &[&str] = &["pace", "pair", "marketing"];
 
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -218,12 +233,12 @@ impl Metrics {
         let events_ignored = IntCounterVec::new(
             Opts::new(
                 "wa_breaker_events_ignored_total",
-                "Signal events recorded nowhere, by reason",
+                "Circuit changes recorded nowhere, by reason (unknown_waba, over_cap, unknown_over_cap)",
             ),
             &["reason"],
         )
         .expect("valid metric");
-        for r in ["unknown_waba", "over_cap"] {
+        for r in ["unknown_waba", "over_cap", "unknown_over_cap"] {
             events_ignored.with_label_values(&[r]);
         }
         let mappings_learned = IntCounterVec::new(
@@ -298,6 +313,41 @@ impl Metrics {
             &["sink", "reason"],
         )
         .expect("valid metric");
+        let shaped = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_shaped_total",
+                "Sends the shaping answered locally in Meta's place, by reason (pace, pair, marketing)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let shaping_observed = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_shaping_observed_total",
+                "Sends observe mode forwarded that enforce would have held (action wait) or answered locally (action answer), by reason",
+            ),
+            &["reason", "action"],
+        )
+        .expect("valid metric");
+        for r in SHAPED_REASONS {
+            shaped.with_label_values(&[r]);
+            for a in ["wait", "answer"] {
+                shaping_observed.with_label_values(&[r, a]);
+            }
+        }
+        let shaping_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "wa_breaker_shaping_wait_seconds",
+                "How long sends over their phone number's pace waited for their slot before they were forwarded",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("valid metric");
+        let shaping_evicted = IntCounter::new(
+            "wa_breaker_shaping_evicted_total",
+            "Phone numbers dropped from the pacer's memory to stay within its cap",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("wa_breaker_build_info", "Build information"),
             &["version"],
@@ -334,6 +384,10 @@ impl Metrics {
             Box::new(notify_sent.clone()),
             Box::new(notify_failures.clone()),
             Box::new(notify_dropped.clone()),
+            Box::new(shaped.clone()),
+            Box::new(shaping_observed.clone()),
+            Box::new(shaping_wait.clone()),
+            Box::new(shaping_evicted.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -388,7 +442,24 @@ impl Metrics {
             notify_sent,
             notify_failures,
             notify_dropped,
+            shaped,
+            shaping_observed,
+            shaping_wait,
+            shaping_evicted,
         }
+    }
+
+    /// Counts a send the shaping answered locally (`reason`: one of [`SHAPED_REASONS`]).
+    pub fn shaped(&self, reason: &'static str) {
+        self.shaped.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a send `observe` mode forwarded that enforce would have held (`wait`) or
+    /// answered locally (`answer`).
+    pub fn shaping_observed(&self, reason: &'static str, action: &'static str) {
+        self.shaping_observed
+            .with_label_values(&[reason, action])
+            .inc();
     }
 
     /// Exports `wa_breaker_redis_connected`: only when Redis is configured, so an alert on

@@ -276,8 +276,9 @@ impl Target {
     }
 }
 
-/// `GET /admin/circuits` filters: `state=open|closed`, `limit=N` (at most [`MAX_LIMIT`]),
-/// `after=KEY` (the list is sorted by key as text: pass the last id of a page for the next)
+/// `GET /admin/circuits` filters: `state=open|closed`, `limit=N` (at most [`MAX_LIMIT`],
+/// [`DEFAULT_LIMIT`] when not given), `after=KEY` (the list is sorted by key as text: pass
+/// the last id of a page for the next)
 /// and `phone=PHONE_NUMBER_ID` (only the circuits that guard that number).
 #[derive(Debug, Default)]
 struct ListQuery {
@@ -289,6 +290,10 @@ struct ListQuery {
 
 /// Largest page of `GET /admin/circuits`.
 const MAX_LIMIT: usize = 10_000;
+
+/// The page of `GET /admin/circuits` without `limit`: the next page starts `after` the last
+/// circuit's key.
+pub const DEFAULT_LIMIT: usize = 1_000;
 
 impl ListQuery {
     fn parse(query: Option<&str>) -> Result<ListQuery, String> {
@@ -310,8 +315,13 @@ impl ListQuery {
                             .ok_or(format!("limit must be between 1 and {MAX_LIMIT}"))?,
                     )
                 }
-                "after" if GraphId::is_valid(&v) => q.after = Some(v.into_owned()),
-                "after" => return Err("after must be a numeric WABA id".into()),
+                "after" if Target::parse(&v).is_some() => q.after = Some(v.into_owned()),
+                "after" => {
+                    return Err(
+                        "after must be a circuit's id: a numeric WABA id, phone:{phone_number_id} or template:{waba_id}:{name}:{language} (the last of the previous page)"
+                            .into(),
+                    )
+                }
                 "phone" if GraphId::is_valid(&v) => q.phone = Some(v.into_owned()),
                 "phone" => return Err("phone must be a numeric phone number id".into()),
                 other => {
@@ -324,12 +334,13 @@ impl ListQuery {
         Ok(q)
     }
 
-    /// The page of `all` (sorted by key).
+    /// The page of `all` (sorted by key): at most `limit` (else [`DEFAULT_LIMIT`]) circuits
+    /// whose key sorts after `after`.
     fn apply(&self, all: Vec<Circuit>) -> Vec<Circuit> {
         all.into_iter()
             .filter(|c| self.state.is_none_or(|open| c.is_open() == open))
-            .filter(|c| self.after.as_deref().is_none_or(|a| c.waba_id.as_str() > a))
-            .take(self.limit.unwrap_or(usize::MAX))
+            .filter(|c| self.after.as_deref().is_none_or(|a| c.key().as_str() > a))
+            .take(self.limit.unwrap_or(DEFAULT_LIMIT))
             .collect()
     }
 }
@@ -501,6 +512,32 @@ mod tests {
             .check(true, now)
             .unwrap();
         assert_eq!(r.until.unwrap().to_rfc3339(), "2099-01-02T02:04:05+00:00");
+    }
+
+    #[test]
+    fn pages_by_default_and_after_takes_any_circuit_key() {
+        let now = Utc::now();
+        let mut all: Vec<Circuit> = (0..DEFAULT_LIMIT + 5)
+            .map(|i| Circuit::new(&(100_000_000_000_000 + i).to_string(), now))
+            .collect();
+        let mut phone = Circuit::new("", now);
+        phone.phone_number_id = Some("106540352242922".into());
+        all.push(phone);
+        all.sort_by_key(Circuit::key);
+        let q = ListQuery::parse(None).unwrap();
+        assert_eq!(q.apply(all.clone()).len(), DEFAULT_LIMIT);
+        let last = all[all.len() - 2].key();
+        let q = ListQuery::parse(Some(&format!("after={last}"))).unwrap();
+        let page = q.apply(all.clone());
+        assert_eq!(
+            page.len(),
+            1,
+            "the phone number's circuit sorts after every WABA"
+        );
+        assert_eq!(page[0].key(), "phone:106540352242922");
+        let q = ListQuery::parse(Some("after=phone:106540352242922")).unwrap();
+        assert!(q.apply(all).is_empty());
+        assert!(ListQuery::parse(Some("after=phone:x")).is_err());
     }
 
     #[test]

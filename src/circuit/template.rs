@@ -137,8 +137,9 @@ impl TemplateIndex {
     }
 
     /// Makes the index agree with the template circuit `c` (key `key`) after change `seq`.
-    /// True when its open gauge should be set (it is open, or it just closed).
-    pub fn sync(&self, key: &Arc<str>, c: &Circuit, seq: u64) -> bool {
+    /// `Some(open)` when the circuit's open state in the index changed (it opened or it
+    /// closed), `None` when it did not.
+    pub fn sync(&self, key: &Arc<str>, c: &Circuit, seq: u64) -> Option<bool> {
         if c.is_open() {
             let fresh = self
                 .open
@@ -148,7 +149,7 @@ impl TemplateIndex {
                 *self.wabas.entry(c.waba_id.clone()).or_insert(0) += 1;
                 self.len.fetch_add(1, Ordering::AcqRel);
             }
-            true
+            fresh.then_some(true)
         } else if self.open.remove(key.as_ref()).is_some() {
             self.len.fetch_sub(1, Ordering::AcqRel);
             let zero = match self.wabas.get_mut(&c.waba_id) {
@@ -161,9 +162,9 @@ impl TemplateIndex {
             if zero {
                 self.wabas.remove_if(&c.waba_id, |_, n| *n == 0);
             }
-            true
+            Some(false)
         } else {
-            false
+            None
         }
     }
 }

@@ -345,6 +345,43 @@ fn segment(id: &str) -> String {
     percent_encoding::utf8_percent_encode(id, SEGMENT).to_string()
 }
 
+/// Circuits per page the CLI asks for.
+const PAGE: usize = 1_000;
+
+/// Every circuit `GET /admin/circuits?{query}` lists, page by page (the API pages by
+/// default): the next page starts after the last circuit's id, until a page is short.
+async fn all_pages(client: &AdminClient, query: &[String]) -> Result<Value, Failure> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = query.to_vec();
+        q.push(format!("limit={PAGE}"));
+        if let Some(a) = &after {
+            q.push(format!(
+                "after={}",
+                form_urlencoded::byte_serialize(a.as_bytes()).collect::<String>()
+            ));
+        }
+        let path = format!("/admin/circuits?{}", q.join("&"));
+        let a = expect_ok(client, client.call(Method::GET, &path, None).await?)?;
+        let Value::Array(page) = a.json() else {
+            return Err(Failure::new(
+                Exit::Failed,
+                format!(
+                    "{}: /admin/circuits did not answer a JSON array",
+                    client.base()
+                ),
+            ));
+        };
+        let full = page.len() >= PAGE;
+        after = page.last().map(render::circuit_id);
+        all.extend(page);
+        if !full || after.is_none() {
+            return Ok(Value::Array(all));
+        }
+    }
+}
+
 async fn circuits_op(client: &AdminClient, op: CircuitsOp, json: bool) -> Result<(), Failure> {
     match op {
         CircuitsOp::List { state, phone } => {
@@ -367,13 +404,7 @@ async fn circuits_op(client: &AdminClient, op: CircuitsOp, json: bool) -> Result
                 }
                 query.push(format!("phone={p}"));
             }
-            let path = if query.is_empty() {
-                "/admin/circuits".to_string()
-            } else {
-                format!("/admin/circuits?{}", query.join("&"))
-            };
-            let a = expect_ok(client, client.call(Method::GET, &path, None).await?)?;
-            let list = a.json();
+            let list = all_pages(client, &query).await?;
             if json {
                 print_json(&list);
             } else {

@@ -18,7 +18,8 @@ mod validate;
 
 pub use secret::{mask_url, Secret};
 pub use sections::{
-    Account, DiscoveryConfig, HealthConfig, NotifyConfig, NotifyKind, NotifyOn, WebhookConfig,
+    Account, DiscoveryConfig, HealthConfig, NotifyConfig, NotifyKind, NotifyOn, ShapingConfig,
+    WebhookConfig,
 };
 
 /// Prefix of every environment override.
@@ -175,12 +176,18 @@ pub struct Config {
     pub max_clock_skew: Duration,
     /// Circuits (open and closed records) kept in memory, on disk and as metric series.
     pub max_circuits: usize,
+    /// Open circuits for keys the gateway did not know (a send's unmapped phone number, a
+    /// send's template name): past it, a new such open is not recorded (the answer still
+    /// goes to the app). Known WABAs and mapped phone numbers are never counted.
+    pub max_unknown_circuits: usize,
     /// `[webhook]`.
     pub webhook: WebhookConfig,
     /// `[health]`.
     pub health: HealthConfig,
     /// `[discovery]`: learning which WABA owns a phone number.
     pub discovery: DiscoveryConfig,
+    /// `[shaping]`: the pace per phone number.
+    pub shaping: ShapingConfig,
     /// `[[accounts]]`: phone-number ids by WABA.
     pub accounts: Vec<Account>,
     /// `[[notify]]`: where circuit transitions are announced (Slack, signed JSON webhooks).
@@ -230,9 +237,11 @@ impl Default for Config {
             history_limit: 20,
             max_clock_skew: Duration::from_secs(300),
             max_circuits: 100_000,
+            max_unknown_circuits: 10_000,
             webhook: WebhookConfig::default(),
             health: HealthConfig::default(),
             discovery: DiscoveryConfig::default(),
+            shaping: ShapingConfig::default(),
             accounts: Vec::new(),
             notify: Vec::new(),
         }
@@ -314,6 +323,23 @@ impl Config {
             classify_body_limit: self.classify_body_limit,
             webhook_path: self.webhook.path.clone(),
             request_timeout: self.request_timeout,
+            shaping: self.shaping_settings(),
+        }
+    }
+
+    /// The pacer's settings (`[shaping]`; ids checked by `validate`).
+    pub fn shaping_settings(&self) -> crate::policy::pace::Settings {
+        let s = &self.shaping;
+        crate::policy::pace::Settings {
+            mode: s.mode,
+            throughput: s.throughput,
+            max_delay: s.max_delay,
+            phone_throughput: s
+                .phone_throughput
+                .iter()
+                .filter_map(|(id, n)| crate::graph::GraphId::new(id).map(|id| (id, *n)))
+                .collect(),
+            ..crate::policy::pace::Settings::default()
         }
     }
 
@@ -330,6 +356,7 @@ impl Config {
         let limits = Limits {
             max_clock_skew: self.max_clock_skew,
             max_circuits: self.max_circuits,
+            max_unknown: self.max_unknown_circuits,
             closed_ttl: self.closed_retention(),
             keep_closed: self.max_event_age,
             widen_codes: self.trip_codes.clone(),

@@ -1,7 +1,8 @@
-//! The configuration's sections: `[webhook]`, `[health]`, `[discovery]`, `[[accounts]]`,
-//! `[[notify]]` — each with its serde defaults (documented in the README's configuration
+//! The configuration's sections: `[webhook]`, `[health]`, `[discovery]`, `[shaping]`,
+//! `[[accounts]]`, `[[notify]]` — each with its serde defaults (documented in the README's configuration
 //! table).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -125,6 +126,35 @@ impl Default for DiscoveryConfig {
         }
     }
 }
+
+/// `[shaping]`: sends shaped before Meta refuses them (the pace per phone number).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShapingConfig {
+    /// `enforce`, `observe` (count and log what would be held, forward all) or `off`.
+    pub mode: crate::policy::pace::ShapingMode,
+    /// Messages/s per phone number when nothing better is known.
+    pub throughput: u32,
+    /// Longest wait for the number's pace before a local 130429.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// `[shaping.phone_throughput]`: messages/s per phone-number id (the operator's word wins).
+    pub phone_throughput: BTreeMap<String, u32>,
+}
+
+impl Default for ShapingConfig {
+    fn default() -> Self {
+        ShapingConfig {
+            mode: crate::policy::pace::ShapingMode::Observe,
+            throughput: 80,
+            max_delay: Duration::from_secs(1),
+            phone_throughput: BTreeMap::new(),
+        }
+    }
+}
+
+/// Most messages/s a phone number may be given (Meta's highest level is 1 000).
+pub const MAX_THROUGHPUT: u32 = 100_000;
 
 /// `[[accounts]]`: one WABA and its phone numbers.
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -185,6 +185,12 @@ impl Config {
         if self.max_circuits < 100 {
             return Err(invalid("max_circuits", "must be at least 100"));
         }
+        if self.max_unknown_circuits > self.max_circuits {
+            return Err(invalid(
+                "max_unknown_circuits",
+                "must be at most max_circuits",
+            ));
+        }
         if self.max_clock_skew > Duration::from_secs(24 * 3600) {
             return Err(invalid("max_clock_skew", "must be at most 24h"));
         }
@@ -233,6 +239,7 @@ impl Config {
             }
         }
         self.validate_notify()?;
+        self.validate_shaping()?;
         let mut phones: HashMap<&str, &str> = HashMap::new();
         let mut wabas: HashSet<&str> = HashSet::new();
         for (i, a) in self.accounts.iter().enumerate() {
@@ -259,6 +266,35 @@ impl Config {
                         format!("phone number {p} is already mapped to WABA {other}"),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_shaping(&self) -> Result<(), ConfigError> {
+        use super::sections::MAX_THROUGHPUT;
+        let s = &self.shaping;
+        if !(1..=MAX_THROUGHPUT).contains(&s.throughput) {
+            return Err(invalid(
+                "shaping.throughput",
+                format!("must be between 1 and {MAX_THROUGHPUT} messages/s"),
+            ));
+        }
+        if s.max_delay > Duration::from_secs(60) {
+            return Err(invalid("shaping.max_delay", "must be at most 60s"));
+        }
+        for (id, n) in &s.phone_throughput {
+            if !GraphId::is_valid(id) {
+                return Err(invalid(
+                    "shaping.phone_throughput",
+                    format!("{id:?} is not a phone-number id (digits only)"),
+                ));
+            }
+            if !(1..=MAX_THROUGHPUT).contains(n) {
+                return Err(invalid(
+                    "shaping.phone_throughput",
+                    format!("{id}: must be between 1 and {MAX_THROUGHPUT} messages/s"),
+                ));
             }
         }
         Ok(())

@@ -21,6 +21,8 @@ pub const NAME_NOT_APPROVED: i64 = 131037;
 pub const MAINTENANCE: i64 = 131057;
 /// "Template is paused" (low quality; Meta pauses for 3 h the first time, 6 h the second).
 pub const TEMPLATE_PAUSED: i64 = 132015;
+/// Cloud API throughput reached for the phone number (the pace answers it locally too).
+pub const THROUGHPUT: i64 = 130429;
 /// "Template is disabled" (no end: the template must be edited or replaced).
 pub const TEMPLATE_DISABLED: i64 = 132016;
 

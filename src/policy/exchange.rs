@@ -4,16 +4,20 @@
 //! or record an outcome twice (or never: a state dropped unfinished records `abandoned`).
 //!
 //! ```text
-//!  Policy::route ─▶ Routed ──admit──▶ Guarded ──permitted(permit)──▶ Admitted ──answered──▶ Pass ─┐
-//!                     │  ▲              (guard again after the wait)     │                          │
-//!                     │  └─ Read: body first (hyper)                     │          Reading ──judge─┤
-//!                     └──────────── Local ◀───────────────────────────────┘             │            ▼
-//!                                     │                                     failed ◀────┘        Settle
-//!                                     └──────────────────────────────────────────────────────▶ (ack, record)
+//!  Policy::route ─▶ Routed ──admit──▶ Pacing ──pace──▶ Guarded ──permitted(permit)──▶ Admitted ──answered──▶ Pass ─┐
+//!                     │  ▲              │   └─ Waiting ─waited (guard again)─┘ (guard again after the wait)         │
+//!                     │  └─ Read: body first (hyper)   │                                 │          Reading ──judge─┤
+//!                     └──────────── Local ◀────────────┴─────────────────────────────────┘             │            ▼
+//!                                     │                                     failed ◀────────────────────┘        Settle
+//!                                     └──────────────────────────────────────────────────────────────────────▶ (ack, record)
 //! ```
 //!
 //! The obligations, and the behaviour chosen where the two engines once differed:
 //!
+//! - **The pace** ([`Pacing::pace`], `[shaping]`): after the guard, before the upstream
+//!   permit, a send over its phone number's pace waits for its slot — a timer the engine
+//!   sleeps on, no permit held meanwhile — and is guarded again when the slot comes
+//!   ([`Waiting::waited`]); past `max_delay` it is answered locally with Meta's 130429.
 //! - **The upstream permit** (the engine takes it from `upstream::Limiter`) is handed
 //!   to [`Guarded::permitted`] after a wait, which admits the send again — a circuit may have
 //!   tripped while it waited — or to [`Guarded::permitted_at_once`] when it was free (nothing
@@ -41,7 +45,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Admit, Body, Call, Outcome, Policy, Reply};
+use super::{Admit, Body, Call, Outcome, Paced, Policy, Reply};
 use crate::common::error::BoxError;
 
 /// Why a request could not be forwarded; rendered once by the engine as
@@ -172,8 +176,8 @@ pub enum Admission<N, R> {
 /// What the first guard decided (it may ask for the body first).
 #[derive(Debug)]
 pub enum Guard<R> {
-    /// On to the upstream permit.
-    Go(Guarded),
+    /// On to the pace.
+    Go(Pacing),
     /// Read the body (at most `limit` bytes; a larger one is forwarded unread) and admit
     /// again with it.
     Read(Routed, usize),
@@ -217,12 +221,12 @@ impl Routed {
             Admit::Forward => match body {
                 Body::Unread(n) => match policy.read_first(n) {
                     Some(limit) => Guard::Read(self, limit),
-                    None => Guard::Go(Guarded {
+                    None => Guard::Go(Pacing {
                         rec: self.rec,
                         large: true,
                     }),
                 },
-                Body::Read(_) => Guard::Go(Guarded {
+                Body::Read(_) => Guard::Go(Pacing {
                     rec: self.rec,
                     large: false,
                 }),
@@ -234,8 +238,8 @@ impl Routed {
     /// large to be a send the gateway can judge; Meta decides), as [`Policy::admit`] does
     /// for a body declared that large, and its permit comes from the large budget
     /// ([`Guarded::large`]).
-    pub fn too_large(self) -> Guarded {
-        Guarded {
+    pub fn too_large(self) -> Pacing {
+        Pacing {
             rec: self.rec,
             large: true,
         }
@@ -256,8 +260,104 @@ impl Routed {
     }
 }
 
-/// Guarded, waiting for an upstream permit. Its body is all in (read before the permit,
-/// issue 25) unless it is [`Guarded::large`].
+/// Guarded, not yet paced.
+#[derive(Debug)]
+pub struct Pacing {
+    rec: Record,
+    large: bool,
+}
+
+/// What the pace step decided.
+#[derive(Debug)]
+pub enum Pace<R> {
+    /// On to the upstream permit now.
+    Go(Guarded),
+    /// Sleep until [`Waiting::until`], then [`Waiting::waited`].
+    Wait(Waiting),
+    /// Answered locally (Meta's 130429, `x-wa-breaker: shaped`).
+    Local(R, Settle),
+}
+
+impl Pacing {
+    /// The call.
+    pub fn call(&self) -> Call {
+        self.rec.call
+    }
+
+    /// The pace ([`Policy::pace`]): a send within its phone number's pace goes on; one
+    /// over it waits for its slot (at most `max_delay`), or is answered locally (`render`
+    /// turns the [`Reply`] into what the engine sends).
+    #[inline]
+    pub fn pace<R>(self, policy: &Policy, render: impl FnOnce(Reply<'_>) -> R) -> Pace<R> {
+        match policy.pace(self.rec.call) {
+            Paced::Go => Pace::Go(Guarded {
+                rec: self.rec,
+                large: self.large,
+            }),
+            Paced::Wait(until) => Pace::Wait(Waiting {
+                rec: self.rec,
+                large: self.large,
+                until,
+            }),
+            Paced::Local(reply) => Pace::Local(
+                render(reply),
+                Settle {
+                    rec: self.rec,
+                    outcome: Outcome::Local,
+                    unacked: None,
+                },
+            ),
+        }
+    }
+}
+
+/// A send waiting for its slot in its phone number's pace (no permit held).
+#[derive(Debug)]
+pub struct Waiting {
+    rec: Record,
+    large: bool,
+    until: Instant,
+}
+
+impl Waiting {
+    /// When the slot comes.
+    pub fn until(&self) -> Instant {
+        self.until
+    }
+
+    /// The slot has come: the guard again (a circuit may have tripped during the wait),
+    /// then on to the upstream permit. `body` is what the engine holds now.
+    pub fn waited<R>(
+        self,
+        policy: &Policy,
+        body: Body<'_>,
+        render: impl FnOnce(Reply<'_>) -> R,
+    ) -> Admission<Guarded, R> {
+        match policy.admit(self.rec.call, body, render) {
+            Admit::Local { answer, unacked } => Admission::Local(
+                answer,
+                Settle {
+                    rec: self.rec,
+                    outcome: Outcome::Local,
+                    unacked,
+                },
+            ),
+            // The first guard read every body a decision needs.
+            Admit::Forward | Admit::Inspect { .. } => Admission::Go(Guarded {
+                rec: self.rec,
+                large: self.large,
+            }),
+        }
+    }
+
+    /// The request failed while it waited (its body broke off).
+    pub fn failed(self, e: &ForwardError) {
+        self.rec.record(e.outcome(Duration::ZERO));
+    }
+}
+
+/// Guarded and paced, waiting for an upstream permit. Its body is all in (read before the
+/// permit, issue 25) unless it is [`Guarded::large`].
 #[derive(Debug)]
 pub struct Guarded {
     rec: Record,
@@ -294,7 +394,8 @@ impl Guarded {
     }
 
     /// With a `permit` taken at once, without waiting: forward now. Nothing ran between
-    /// the guard and this step, so the guard is not asked again.
+    /// the guard (or the guard after the pace's wait) and this step, so it is not asked
+    /// again.
     pub fn permitted_at_once<P>(self, policy: &Policy, permit: P) -> Admitted<P> {
         Admitted {
             rec: self.rec,
@@ -513,10 +614,18 @@ mod tests {
         }
     }
 
-    fn admitted(p: &Policy, permits: &Arc<AtomicUsize>) -> Admitted<Permit> {
+    fn guarded(p: &Policy) -> Guarded {
         let Guard::Go(g) = send(p).admit(p, Body::Read(b"{}"), |_| ()) else {
             panic!("closed: go")
         };
+        match g.pace(p, |_| ()) {
+            Pace::Go(g) => g,
+            _ => panic!("within the pace: go"),
+        }
+    }
+
+    fn admitted(p: &Policy, permits: &Arc<AtomicUsize>) -> Admitted<Permit> {
+        let g = guarded(p);
         match g.permitted(p, Permit::take(permits), Body::Read(b"{}"), |_| ()) {
             Admission::Go(a) => a,
             Admission::Local(..) => panic!("closed: go"),
@@ -558,9 +667,7 @@ mod tests {
     fn the_second_guard_and_passes_release_the_permit() {
         let p = policy(Mode::Enforce, 64 * 1024);
         let permits = Arc::new(AtomicUsize::new(0));
-        let Guard::Go(g) = send(&p).admit(&p, Body::Read(b"{}"), |_| ()) else {
-            panic!("closed: go")
-        };
+        let g = guarded(&p);
         open(&p, Scope::AllSends);
         match g.permitted(&p, Permit::take(&permits), Body::Read(b"{}"), |r| {
             r.status()

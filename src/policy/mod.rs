@@ -21,13 +21,14 @@ pub mod decode;
 pub mod exchange;
 pub mod framing;
 pub mod hop;
+pub mod pace;
 pub mod plan;
 pub mod reply;
 pub mod template;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use http::Method;
@@ -79,6 +80,8 @@ pub struct Settings {
     pub webhook_path: String,
     /// `request_timeout`: from forwarding to the answer's head, and to an error body's end.
     pub request_timeout: Duration,
+    /// `[shaping]`: the pace per phone number.
+    pub shaping: pace::Settings,
 }
 
 impl Default for Settings {
@@ -89,6 +92,7 @@ impl Default for Settings {
             classify_body_limit: 64 * 1024,
             webhook_path: "/webhook".into(),
             request_timeout: Duration::from_secs(30),
+            shaping: pace::Settings::default(),
         }
     }
 }
@@ -305,6 +309,19 @@ pub struct Policy {
     ack_late_logged: AtomicBool,
     /// Where sends of unmapped phone numbers are reported (see [`Policy::discover`]).
     discovery: Option<Arc<dyn Discovery>>,
+    /// Every phone number's pace (`[shaping]`).
+    pacer: pace::Pacer,
+}
+
+/// What the pace step ([`Policy::pace`]) decided for a send.
+#[derive(Debug)]
+pub enum Paced {
+    /// Within its number's pace (or not paced): on at once.
+    Go,
+    /// Its slot is at this instant (at most `max_delay` ahead): wait, then on.
+    Wait(Instant),
+    /// Past `max_delay`: answered locally with Meta's 130429.
+    Local(Reply<'static>),
 }
 
 impl Policy {
@@ -319,6 +336,7 @@ impl Policy {
             request_timeout: settings.request_timeout,
             ack_late_logged: AtomicBool::new(false),
             discovery: None,
+            pacer: pace::Pacer::new(settings.shaping),
         }
     }
 
@@ -350,6 +368,85 @@ impl Policy {
     /// The circuit table the policy reads.
     pub fn table(&self) -> &Arc<Table> {
         &self.table
+    }
+
+    /// Every phone number's pace.
+    pub fn pacer(&self) -> &pace::Pacer {
+        &self.pacer
+    }
+
+    /// The pace step, after the guard: a send of a phone number over its pace waits for
+    /// its slot (at most `max_delay`), else is answered locally with Meta's 130429 envelope
+    /// (`enforce`); `observe` counts and logs what would have been held and lets it go;
+    /// `off`, reads and other calls go at once.
+    #[inline]
+    pub fn pace(&self, call: Call) -> Paced {
+        let mode = self.pacer.mode();
+        if mode == pace::ShapingMode::Off || call.kind != Kind::Send {
+            return Paced::Go;
+        }
+        let Some(phone) = call.phone else {
+            return Paced::Go;
+        };
+        let now = Instant::now();
+        let checked = self.pacer.check(phone, now);
+        if checked.evicted > 0 {
+            METRICS.shaping_evicted.inc_by(checked.evicted as u64);
+        }
+        match checked.decision {
+            pace::Decision::Go => Paced::Go,
+            _ => self.over_pace(phone, checked, now),
+        }
+    }
+
+    /// A send over its number's pace (off the common path).
+    #[cold]
+    fn over_pace(&self, phone: GraphId, checked: pace::Checked, now: Instant) -> Paced {
+        let mode = self.pacer.mode();
+        let throughput = self.pacer.throughput(&phone);
+        if checked.episode_starts {
+            tracing::info!(
+                phone_number_id = %phone.as_str(),
+                throughput,
+                max_delay_ms = self.pacer.max_delay().as_millis() as u64,
+                shaping = mode.as_str(),
+                "sends of a phone number are over its pace: {}",
+                match mode {
+                    pace::ShapingMode::Observe => "observe mode forwards them (they would wait, or be answered 130429 past max_delay)",
+                    _ => "they wait for their slot, or are answered 130429 past max_delay",
+                }
+            );
+        }
+        let observe = mode == pace::ShapingMode::Observe;
+        match checked.decision {
+            pace::Decision::Go => Paced::Go,
+            pace::Decision::Wait(_) if observe => {
+                METRICS.shaping_observed("pace", "wait");
+                Paced::Go
+            }
+            pace::Decision::Over { .. } if observe => {
+                METRICS.shaping_observed("pace", "answer");
+                Paced::Go
+            }
+            pace::Decision::Wait(w) => {
+                METRICS.shaping_wait.observe(w.as_secs_f64());
+                Paced::Wait(now + w)
+            }
+            pace::Decision::Over { retry_after, rate } => {
+                METRICS.shaped("pace");
+                let details = format!(
+                    "wa-breaker answered this send locally, it did not reach Meta: phone number {} is paced at {rate:.1} messages/s (throughput {throughput}), and this send would have waited longer than max_delay ({} ms) for its slot. Retry after retry-after.",
+                    phone.as_str(),
+                    self.pacer.max_delay().as_millis(),
+                );
+                Paced::Local(Reply::shaped(
+                    crate::graph::codes::THROUGHPUT,
+                    "(#130429) Rate limit hit",
+                    &details,
+                    retry_after,
+                ))
+            }
+        }
     }
 
     /// Route + resolve: the webhook path, or a Graph call with its kind and account.
@@ -495,6 +592,13 @@ impl Policy {
         );
         if let Some(code) = j.code {
             METRICS.upstream_code(code);
+            // Meta's own throughput answer for a send: that number's pace is lowered
+            // (inbound traffic counts against it too).
+            if code == crate::graph::codes::THROUGHPUT && call.kind == Kind::Send {
+                if let Some(phone) = call.phone {
+                    self.pacer.throttled(phone, Instant::now());
+                }
+            }
         }
         if let Some(why) = &j.unreadable {
             tracing::debug!(status, reason = %why, "error answer not judged");

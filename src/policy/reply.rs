@@ -3,7 +3,7 @@
 //! (its body prebuilt with the circuit's guard, [`crate::circuit::OpenGuard`]), the 502/504
 //! for a failed forward, the 400 and the 408 are chosen here and nowhere else.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -12,8 +12,8 @@ use super::ForwardError;
 use crate::circuit::OpenGuard;
 use crate::graph::envelope::{self, GATEWAY_TRACE_PREFIX};
 
-/// The header that marks an answer the gateway made: `open` (a circuit answered locally)
-/// or `upstream-error` (the forward failed).
+/// The header that marks an answer the gateway made: `open` (a circuit answered locally),
+/// `shaped` (the shaping answered in Meta's place) or `upstream-error` (the forward failed).
 pub const MARKER: &str = "x-wa-breaker";
 
 /// Gateway-specific Graph error code in 502/504 answers (Graph's "temporarily unavailable",
@@ -74,6 +74,32 @@ impl<'a> Reply<'a> {
             retry_after: guard.until_unix.map(|u| (u - now_unix()).max(1)),
             close: false,
             body: ReplyBody::Borrowed(&guard.body),
+        }
+    }
+
+    /// The shaping's local answer in Meta's place: 400, Meta's envelope with Meta's `code`
+    /// and `message`, `details` saying that the gateway answered and why, `retry-after`
+    /// (seconds, at least 1) and `x-wa-breaker: shaped`.
+    pub fn shaped(
+        code: i64,
+        message: &str,
+        details: &str,
+        retry_after: Duration,
+    ) -> Reply<'static> {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        Reply {
+            status: StatusCode::BAD_REQUEST,
+            marker: "shaped",
+            retry_after: Some(i64::try_from(secs).unwrap_or(i64::MAX).max(1)),
+            close: false,
+            body: ReplyBody::Owned(envelope::build(
+                code,
+                None,
+                "OAuthException",
+                message,
+                details,
+                &request_trace_id(),
+            )),
         }
     }
 
@@ -190,8 +216,8 @@ impl<'a> Reply<'a> {
         self.status
     }
 
-    /// The `x-wa-breaker` value: `open`, `upstream-error`, `bad-request`, `client-timeout`,
-    /// `overloaded`.
+    /// The `x-wa-breaker` value: `open`, `shaped`, `upstream-error`, `bad-request`,
+    /// `client-timeout`, `overloaded`.
     pub fn marker(&self) -> &'static str {
         self.marker
     }
@@ -246,6 +272,22 @@ mod tests {
         };
         let r = Reply::open_at(&no_end, || panic!("no clock without an end"));
         assert_eq!(r.retry_after(), None);
+    }
+
+    #[test]
+    fn shaped_answers_are_metas_envelope_with_retry_after() {
+        let r = Reply::shaped(
+            130429,
+            "(#130429) Rate limit hit",
+            "wa-breaker answered",
+            Duration::from_millis(1200),
+        );
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!((r.marker(), r.retry_after()), ("shaped", Some(2)));
+        let env = envelope::parse(r.body()).unwrap();
+        assert_eq!((env.code, env.kind.as_str()), (130429, "OAuthException"));
+        let r = Reply::shaped(130429, "m", "d", Duration::from_millis(10));
+        assert_eq!(r.retry_after(), Some(1));
     }
 
     #[test]

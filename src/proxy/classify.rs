@@ -243,8 +243,11 @@ mod tests {
     /// The request as the limit layer hands it down: guarded, with a permit.
     fn admitted(p: &Policy, req: Request<Body>) -> Exchanging<Admitted<OwnedPermit>> {
         let routed = Routed::new(crate::proxy::route::Target::of(&req));
-        let Guard::Go(guarded) = routed.admit(p, known_body(&req), |r| render(&r)) else {
+        let Guard::Go(pacing) = routed.admit(p, known_body(&req), |r| render(&r)) else {
             panic!("closed circuits let everything go")
+        };
+        let crate::policy::exchange::Pace::Go(guarded) = pacing.pace(p, |r| render(&r)) else {
+            panic!("within the pace")
         };
         let permit = Arc::new(Limiter::new(1, crate::upstream::Queue::UNBOUNDED))
             .try_acquire_owned()

@@ -1,7 +1,7 @@
 //! Guard as a layer: the exchange's guard step ([`Routed::admit`]). A send in scope of an
 //! open circuit is answered here; a decision that needs the body, or a send body the
 //! classifier should keep (a 132015/132016 answer names no template, the send does), reads
-//! it first; everything else goes to the limit layer as [`Exchanging<Guarded>`].
+//! it first; everything else goes to the pace layer as [`Exchanging<Pacing>`].
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,7 +13,7 @@ use super::body::{self, Body};
 use super::route::Target;
 use super::step::StepFuture;
 use super::{render, Exchanging};
-use crate::policy::exchange::{Guard as Admission, Guarded, Routed, Settle};
+use crate::policy::exchange::{Guard as Admission, Pacing, Routed, Settle};
 use crate::policy::framing::content_length;
 use crate::policy::{self, ForwardError, Policy};
 
@@ -86,7 +86,7 @@ pub(crate) fn local<F, E: Send + 'static>(
 
 impl<S> Service<Request<Body>> for Guard<S>
 where
-    S: Service<Exchanging<Guarded>, Response = Response<Body>, Error = ForwardError>
+    S: Service<Exchanging<Pacing>, Response = Response<Body>, Error = ForwardError>
         + Clone
         + Send
         + 'static,
@@ -130,7 +130,7 @@ async fn read_first<S>(
     limit: usize,
 ) -> Result<Response<Body>, ForwardError>
 where
-    S: Service<Exchanging<Guarded>, Response = Response<Body>, Error = ForwardError>,
+    S: Service<Exchanging<Pacing>, Response = Response<Body>, Error = ForwardError>,
 {
     let (parts, body) = req.into_parts();
     let (req, state) = match body::buffer(body, limit).await {
@@ -179,15 +179,15 @@ mod tests {
     }
 
     type Inner = tower::util::MapErr<
-        mock::Mock<Exchanging<Guarded>, Response<Body>>,
+        mock::Mock<Exchanging<Pacing>, Response<Body>>,
         fn(crate::common::BoxError) -> ForwardError,
     >;
 
-    type Handle = mock::Handle<Exchanging<Guarded>, Response<Body>>;
+    type Handle = mock::Handle<Exchanging<Pacing>, Response<Body>>;
 
     fn guard() -> (Guard<Inner>, Handle, Arc<Policy>) {
         let p = policy();
-        let (inner, handle) = mock::pair::<Exchanging<Guarded>, Response<Body>>();
+        let (inner, handle) = mock::pair::<Exchanging<Pacing>, Response<Body>>();
         let inner: Inner = inner.map_err(ForwardError::Broken);
         (GuardLayer::new(p.clone()).layer(inner), handle, p)
     }

@@ -150,10 +150,13 @@ mod tests {
             Body::full(r#"{"type":"text"}"#),
         );
         let routed = Routed::new(super::super::route::Target::of(&req));
-        let crate::policy::exchange::Guard::Go(state) =
+        let crate::policy::exchange::Guard::Go(pacing) =
             routed.admit(p, known_body(&req), |r| render(&r))
         else {
             panic!("a closed circuit lets the send go")
+        };
+        let crate::policy::exchange::Pace::Go(state) = pacing.pace(p, |r| render(&r)) else {
+            panic!("within the pace")
         };
         Exchanging { req, state }
     }

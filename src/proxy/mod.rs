@@ -2,7 +2,8 @@
 //! hands over otherwise). Thin layers, each taking one step of the exchange the policy core
 //! defines ([`crate::policy::exchange`]), in its order:
 //!
-//! (route, in [`edge`]) → [`guard`] → [`limit`] (the upstream permit, and the guard again)
+//! (route, in [`edge`]) → [`guard`] → [`pace`] (the phone number's pace, and the guard again
+//! after a wait) → [`limit`] (the upstream permit, and the guard again)
 //! → [`classify`] (the answer's head and error body by the deadline, judged, settled) →
 //! [`forward`].
 //!
@@ -16,6 +17,7 @@ pub mod edge;
 pub mod forward;
 pub mod guard;
 pub mod limit;
+pub mod pace;
 pub mod route;
 mod step;
 
@@ -39,13 +41,14 @@ pub struct Exchanging<S> {
 }
 
 /// The assembled proxy service (requests carry their [`route::Target`]).
-pub type Stack = guard::Guard<limit::Limit<classify::Classify<forward::Forward>>>;
+pub type Stack = guard::Guard<pace::Pace<limit::Limit<classify::Classify<forward::Forward>>>>;
 
 /// Builds a worker's stack over `policy`, counting against `limits` (the `ready` budget
 /// shared with the relay), forwarding with `client` (one per worker: its own pool).
 pub fn stack(policy: Arc<Policy>, limits: Limits, target: &Target, client: HttpClient) -> Stack {
     ServiceBuilder::new()
         .layer(guard::GuardLayer::new(policy.clone()))
+        .layer(pace::PaceLayer::new(policy.clone()))
         .layer(limit::LimitLayer::new(policy.clone(), limits))
         .layer(classify::ClassifyLayer::new(policy))
         .service(forward::Forward::new(target, client))

@@ -1,5 +1,6 @@
 //! One relayed request, straight-line: the steps of [`crate::policy::exchange`] in their
-//! order — guard → permit (and the guard again) → forward → classify → settle → respond.
+//! order — guard → pace (a wait for the slot, and the guard again) → permit (and the guard
+//! again) → forward → classify → settle → respond.
 
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,7 +13,7 @@ use super::h1::response::{parse_response, ResponseHead};
 use super::h1::BadResponse;
 use super::{Relay, Scratch};
 use crate::common::error_chain;
-use crate::policy::exchange::{Admission, Answered, Guard, Routed, Settle};
+use crate::policy::exchange::{Admission, Answered, Guard, Pace, Routed, Settle};
 use crate::policy::framing::Codings;
 use crate::policy::{Answer, Body, Call, ForwardError, Reply};
 use crate::upstream::pool::Conn;
@@ -47,12 +48,38 @@ impl Relay {
             super::render(&reply, close_now, out);
         };
         // The relay holds every request whole: the guard never asks to read it.
-        let guarded = match Routed::new(call).admit(policy, Body::Read(body), local) {
+        let pacing = match Routed::new(call).admit(policy, Body::Read(body), local) {
             Guard::Go(g) => g,
             Guard::Local((), settle) => {
                 return self.answer_local(client, settle, close_now, s).await
             }
             Guard::Read(routed, _) => routed.too_large(),
+        };
+        let out = &mut s.out;
+        let local = |reply: Reply<'_>| {
+            out.clear();
+            super::render(&reply, close_now, out);
+        };
+        let guarded = match pacing.pace(policy, local) {
+            Pace::Go(g) => g,
+            Pace::Local((), settle) => {
+                return self.answer_local(client, settle, close_now, s).await
+            }
+            Pace::Wait(waiting) => {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(waiting.until())).await;
+                let close_now = closing();
+                let out = &mut s.out;
+                let local = |reply: Reply<'_>| {
+                    out.clear();
+                    super::render(&reply, close_now, out);
+                };
+                match waiting.waited(policy, Body::Read(body), local) {
+                    Admission::Go(g) => g,
+                    Admission::Local((), settle) => {
+                        return self.answer_local(client, settle, close_now, s).await
+                    }
+                }
+            }
         };
         let limiter = &self.shared.limiter;
         let admitted = match limiter.try_acquire() {

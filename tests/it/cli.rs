@@ -141,6 +141,24 @@ async fn circuits_list_show_open_close() {
         let (_, out, _) = admin(&gw, &["circuits", "list", "--state", "closed"]).await;
         assert_eq!(out, "no circuits\n");
 
+        // `--phone`: the circuits guarding that number (its WABA's: open for P1, closed for
+        // P3 of the other WABA), and a usage error for something that is not an id.
+        for (phone, waba, state) in [(P1, W, "open"), (P3, W2, "closed")] {
+            let (code, out, _) =
+                admin(&gw, &["circuits", "list", "--phone", phone, "--json"]).await;
+            assert_eq!(code, 0);
+            let by_phone = json(&out);
+            assert_eq!(by_phone.as_array().map(Vec::len), Some(1), "{by_phone}");
+            assert_eq!(
+                (&by_phone[0]["waba_id"], &by_phone[0]["state"]),
+                (&serde_json::json!(waba), &serde_json::json!(state)),
+                "{phone}: {by_phone}"
+            );
+        }
+        let (code, _, err) = admin(&gw, &["circuits", "list", "--phone", "+1 555"]).await;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("not a numeric phone-number id"), "{err}");
+
         let (code, out, _) = admin(&gw, &["circuits", "show", W]).await;
         assert_eq!(code, 0);
         assert!(out.contains("state     open"), "{out}");

@@ -11,6 +11,7 @@ mod browser_util;
 mod signals_util;
 
 mod admin;
+mod bounds;
 mod classify;
 mod cli;
 mod console;
@@ -26,6 +27,7 @@ mod observability;
 mod overload;
 mod proxy;
 mod relay;
+mod shaping;
 mod signals_expiry;
 mod signals_health;
 mod signals_webhook;

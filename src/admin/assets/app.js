@@ -12,6 +12,8 @@
   const EXTRAS_EVERY = 30;     // probe optional endpoints (warnings, holds) every 30 polls
   const STALE_MS = 5000;       // no good answer for this long: say the view is stale
   const MAX_ROWS = 500;        // rows rendered per table; the filter narrows the rest
+  const PAGE = 1000;           // circuits per GET /admin/circuits page (the API pages by default)
+  const CLOSED_PAGES = 2;      // closed circuits loaded: the newest pages by id, open ones all
   const ID_RE = /^(?:phone:\d{1,32}|template:\d{1,32}:[a-z0-9_]{1,512}:[A-Za-z0-9_-]{1,16}|\d{1,32})$/;
 
   const $ = (id) => document.getElementById(id);
@@ -20,6 +22,7 @@
     token: sessionStorage.getItem(TOKEN_KEY) || '',
     circuits: new Map(),   // key -> circuit
     accounts: [],
+    closedMore: false,     // more closed circuits exist than were loaded
     openKeys: null,
     ticks: 0,
     timer: null,
@@ -288,6 +291,9 @@
     } else if (rows.length > shown.length) {
       note.textContent = 'Showing ' + shown.length + ' of ' + rows.length + ' circuits: narrow them with the filter.';
       note.hidden = false;
+    } else if (st.closedMore) {
+      note.textContent = 'Every open circuit is listed; only the first ' + (PAGE * CLOSED_PAGES) + ' closed ones (wa-breaker circuits list shows them all).';
+      note.hidden = false;
     } else {
       note.hidden = true;
     }
@@ -502,10 +508,32 @@
     poll();
   }
 
+  // Every page of GET /admin/circuits?{query} (at most maxPages): each next page starts after
+  // the last circuit's id. Answers like api(), data being the circuits of every page, and
+  // `more` when pages were left.
+  async function pages(query, maxPages) {
+    let data = [];
+    let after = null;
+    for (let n = 0; n < maxPages; n++) {
+      let path = '/admin/circuits?' + query + '&limit=' + PAGE;
+      if (after !== null) path += '&after=' + encodeURIComponent(after);
+      const r = await api('GET', path);
+      if (!r.ok) return r;
+      if (!Array.isArray(r.data)) return { status: r.status, ok: false, data: null };
+      data = data.concat(r.data);
+      if (r.data.length < PAGE) return { status: r.status, ok: true, data, more: false };
+      after = keyOf(r.data[r.data.length - 1]);
+    }
+    return { status: 200, ok: true, data, more: true };
+  }
+
   async function refreshAll() {
-    const [all, acc] = await Promise.all([api('GET', '/admin/circuits'), api('GET', '/admin/accounts')]);
-    if (!accept(all) || !accept(acc)) return false;
-    st.circuits = new Map(all.data.map((c) => [keyOf(c), c]));
+    const [open, closed, acc] = await Promise.all([
+      pages('state=open', Infinity), pages('state=closed', CLOSED_PAGES), api('GET', '/admin/accounts'),
+    ]);
+    if (!accept(open) || !accept(closed) || !accept(acc)) return false;
+    st.circuits = new Map(open.data.concat(closed.data).map((c) => [keyOf(c), c]));
+    st.closedMore = closed.more;
     st.accounts = acc.data;
     return true;
   }
@@ -513,7 +541,7 @@
   async function poll() {
     if (!st.running) return;
     try {
-      const open = await api('GET', '/admin/circuits?state=open');
+      const open = await pages('state=open', Infinity);
       if (!accept(open)) return;
       const keys = open.data.map(keyOf).sort().join(',');
       let ok = true;

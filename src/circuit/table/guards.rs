@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::report;
 use crate::circuit::guard::OpenGuard;
 use crate::circuit::model::Circuit;
 use crate::circuit::template::{TemplateIndex, TemplateRef};
@@ -75,45 +74,47 @@ impl Guards {
         self.open.len() + self.phones.len() + self.templates.len()
     }
 
-    /// Makes the view agree with `c` (key `key`) after change `seq`.
-    pub(super) fn sync(&self, key: &Arc<str>, c: &Circuit, seq: u64) {
+    /// Makes the view agree with `c` (key `key`) after change `seq`: `Some(open)` when the
+    /// circuit's open state in the view changed (it opened or it closed), `None` when not
+    /// (the table sets the open gauges from it).
+    pub(super) fn sync(&self, key: &Arc<str>, c: &Circuit, seq: u64) -> Option<bool> {
         if c.template.is_some() {
-            if self.templates.sync(key, c, seq) {
-                report::open_gauge(c, i64::from(c.is_open()));
-            }
-            return;
+            return self.templates.sync(key, c, seq);
         }
         if let Some(phone) = c.phone_number_id.as_deref().and_then(GraphId::new) {
             if c.is_open() {
                 self.phones_len.fetch_add(1, Ordering::AcqRel);
-                if self
+                let fresh = self
                     .phones
                     .insert(phone, Arc::new(OpenGuard::new(c, seq)))
-                    .is_some()
-                {
+                    .is_none();
+                if !fresh {
                     self.phones_len.fetch_sub(1, Ordering::AcqRel);
                 }
-                report::open_gauge(c, 1);
-            } else if self.phones.remove(&phone).is_some() {
-                self.phones_len.fetch_sub(1, Ordering::AcqRel);
-                report::open_gauge(c, 0);
+                return fresh.then_some(true);
             }
-            return;
+            if self.phones.remove(&phone).is_some() {
+                self.phones_len.fetch_sub(1, Ordering::AcqRel);
+                return Some(false);
+            }
+            return None;
         }
         // Count up before inserting and down after removing, so the count never reads low.
         if c.is_open() {
             self.open_len.fetch_add(1, Ordering::AcqRel);
-            if self
+            let fresh = self
                 .open
                 .insert(key.clone(), Arc::new(OpenGuard::new(c, seq)))
-                .is_some()
-            {
+                .is_none();
+            if !fresh {
                 self.open_len.fetch_sub(1, Ordering::AcqRel);
             }
-            report::open_gauge(c, 1);
+            fresh.then_some(true)
         } else if self.open.remove(key.as_ref()).is_some() {
             self.open_len.fetch_sub(1, Ordering::AcqRel);
-            report::open_gauge(c, 0);
+            Some(false)
+        } else {
+            None
         }
     }
 }

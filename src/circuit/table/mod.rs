@@ -20,12 +20,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use tokio::sync::mpsc;
 
 use super::directory::{Directory, Mapping, Resolved};
 use super::guard::OpenGuard;
-use super::model::Circuit;
+use super::model::{Circuit, Source};
 use super::order::{decide, newer, Action, Change, Outcome};
 use super::template::TemplateRef;
 use crate::graph::GraphId;
@@ -77,6 +77,11 @@ pub struct Limits {
     /// Circuits kept; past it, closed records are dropped oldest first and new records
     /// other than opens are refused (an open is never refused: that would forget a block).
     pub max_circuits: usize,
+    /// Open circuits for keys a send chose — a phone number no WABA is known for, a template
+    /// name — at most (`max_unknown_circuits`): past it, such an open for a circuit not open
+    /// yet is refused (counted, summarised in the ignored-changes line). Opens of known
+    /// WABAs and mapped phone numbers, and any signal's or operator's, never count.
+    pub max_unknown: usize,
     /// How long a closed record is kept (it stops an older open delivered late).
     pub closed_ttl: Duration,
     /// A closed record younger than this is kept even past `max_circuits` (`max_event_age`:
@@ -92,6 +97,7 @@ impl Default for Limits {
         Limits {
             max_clock_skew: Duration::from_secs(300),
             max_circuits: 100_000,
+            max_unknown: 10_000,
             closed_ttl: Duration::from_secs(7 * 24 * 3600),
             keep_closed: Duration::from_secs(7 * 24 * 3600),
             widen_codes: crate::graph::codes::DEFAULT_TRIP_CODES.to_vec(),
@@ -117,6 +123,18 @@ pub struct Table {
     mapping_listeners: RwLock<Vec<mpsc::UnboundedSender<MappingNotice>>>,
     /// Rate-limits the log lines of ignored events.
     quiet: Mutex<report::Quiet>,
+    /// Open circuits of keys a send chose (see [`Limits::max_unknown`]).
+    unknown: DashSet<Arc<str>>,
+    /// Which circuits have metric series of their own.
+    series: report::Series,
+    /// Rate-limits transition lines.
+    bursts: Mutex<report::Bursts>,
+}
+
+/// True for a circuit whose key a send chose: a send's phone number of no known WABA, or a
+/// send's template (see [`Limits::max_unknown`]).
+fn chosen_by_send(source: Source, waba_id: &str, phone: Option<&str>, template: bool) -> bool {
+    source == Source::Send && (template || (phone.is_some() && waba_id.is_empty()))
 }
 
 impl Table {
@@ -149,6 +167,9 @@ impl Table {
             directory,
             mapping_listeners: RwLock::new(Vec::new()),
             quiet: Mutex::new(report::Quiet::default()),
+            unknown: DashSet::new(),
+            series: report::Series::default(),
+            bursts: Mutex::new(report::Bursts::default()),
         }
     }
 
@@ -250,11 +271,47 @@ impl Table {
         self.guards.count()
     }
 
+    /// Number of open circuits whose key a send chose (see [`Limits::max_unknown`]).
+    pub fn unknown_open_count(&self) -> usize {
+        self.unknown.len()
+    }
+
+    /// Keeps the set of open circuits of keys a send chose in step with `c`.
+    fn track_unknown(&self, key: &Arc<str>, c: &Circuit) {
+        let chosen = chosen_by_send(
+            c.source,
+            &c.waba_id,
+            c.phone_number_id.as_deref(),
+            c.template.is_some(),
+        );
+        if chosen && c.is_open() {
+            self.unknown.insert(key.clone());
+        } else {
+            self.unknown.remove(key.as_ref());
+        }
+    }
+
     /// Applies a local change by the ordering rule. Returns the circuit and the change's
     /// sequence number (see [`Table::wait_durable`]) when it changed.
     pub fn apply(&self, mut change: Change) -> Option<(Circuit, u64)> {
         let now = Utc::now();
         let key: Arc<str> = Arc::from(change.key().as_str());
+        // An open for a key a send chose, past `max_unknown` such open circuits: refused (the
+        // send's answer still goes to the app), so no client grows the table by the ids it
+        // makes up.
+        if matches!(change.action, Action::Open { .. })
+            && chosen_by_send(
+                change.source,
+                &change.waba_id,
+                change.phone_number_id.as_deref(),
+                change.template.is_some(),
+            )
+            && !self.unknown.contains(key.as_ref())
+            && self.unknown.len() >= self.limits.max_unknown
+        {
+            self.ignored("unknown_over_cap", &key);
+            return None;
+        }
         // A new record other than an open: bounded (see `Limits`). Checked before taking
         // the entry, so the map is not locked while counting.
         if !self.circuits.contains_key(&key) && !matches!(change.action, Action::Open { .. }) {
@@ -316,10 +373,13 @@ impl Table {
         }
         // Update the hot-path view while holding the entry, so guard and view never disagree for long.
         let seq = self.next_seq();
-        self.guards.sync(&key, &circuit, seq);
+        if let Some(open) = self.guards.sync(&key, &circuit, seq) {
+            self.series.open_gauge(&key, &circuit, open);
+        }
+        self.track_unknown(&key, &circuit);
         let held = entry.insert(circuit.clone());
         if transition {
-            report::transition(&circuit, was_open);
+            self.report_transition(&key, &circuit, was_open);
         } else if let Some(t) = circuit
             .history
             .last()
@@ -373,11 +433,14 @@ impl Table {
             }
         };
         let seq = self.next_seq();
-        self.guards.sync(&key, &incoming, seq);
+        if let Some(open) = self.guards.sync(&key, &incoming, seq) {
+            self.series.open_gauge(&key, &incoming, open);
+        }
+        self.track_unknown(&key, &incoming);
         let transition = was_open != incoming.is_open()
             || (incoming.is_open() && was_scope != Some(incoming.scope));
         if log && was_open != incoming.is_open() {
-            report::log_transition(&incoming, was_open);
+            self.log_transition(&incoming, was_open);
         }
         let held = entry.insert(incoming.clone());
         self.notify(&incoming, Origin::Remote, seq, transition, false);
@@ -433,7 +496,8 @@ impl Table {
             if let Some((_, c)) = gone {
                 dropped += 1;
                 let seq = self.next_seq();
-                report::forget_series(&c);
+                self.unknown.remove(key.as_ref());
+                self.series.forget(&key, &c);
                 self.notify(&c, Origin::Local, seq, false, true);
             }
         }
@@ -443,6 +507,7 @@ impl Table {
                 self.notify_mapping(&m, Origin::Local, true);
             }
         }
+        self.flush_bursts();
         if dropped > 0 {
             tracing::info!(
                 dropped,
@@ -451,5 +516,63 @@ impl Table {
             );
         }
         dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Action, Change, Directory, Limits, Table};
+    use crate::circuit::testing::open;
+    use crate::circuit::{Scope, Source};
+
+    const WABA: &str = "102290129340398";
+    const PHONE: &str = "106540352242922";
+
+    fn table(max_unknown: usize) -> Table {
+        let phones = [PHONE.to_string()];
+        let limits = Limits {
+            max_unknown,
+            ..Limits::default()
+        };
+        Table::with_limits("t", 5, limits, Directory::new([(WABA, &phones[..])], 100))
+    }
+
+    /// A send's open for a phone number of no known WABA.
+    fn unknown_phone(p: &str, action: Action) -> Change {
+        Change {
+            phone_number_id: Some(p.into()),
+            action,
+            ..open("", Scope::AllSends, None, Source::Send)
+        }
+    }
+
+    #[test]
+    fn opens_for_keys_a_send_chose_stop_at_their_cap_and_known_ones_do_not() {
+        let t = table(2);
+        let open_action = open("", Scope::AllSends, None, Source::Send).action;
+        for p in ["900000000000001", "900000000000002", "900000000000003"] {
+            t.apply(unknown_phone(p, open_action.clone()));
+        }
+        assert_eq!(t.unknown_open_count(), 2);
+        assert!(
+            t.get("phone:900000000000003").is_none(),
+            "refused past the cap"
+        );
+        // A known WABA, and an operator's open of any phone number, still open.
+        assert!(t
+            .apply(open(WABA, Scope::AllSends, None, Source::Send))
+            .is_some());
+        let admin = Change {
+            source: Source::Admin,
+            ..unknown_phone("900000000000004", open_action.clone())
+        };
+        assert!(t.apply(admin).is_some());
+        // A close frees a place.
+        t.apply(unknown_phone("900000000000001", Action::Close));
+        assert_eq!(t.unknown_open_count(), 1);
+        assert!(t
+            .apply(unknown_phone("900000000000003", open_action))
+            .is_some());
+        assert_eq!(t.unknown_open_count(), 2);
     }
 }

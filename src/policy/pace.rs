@@ -1,0 +1,445 @@
+//! Pace per phone number (`[shaping]`): each phone number's sends leave no faster than its
+//! throughput, with a burst of at most one second's worth. A pure decision over per-number
+//! state in a sharded map (a short lock on one of [`SHARDS`] shards, never held across an
+//! await; no global lock); the wait itself is the exchange's pace step
+//! ([`super::exchange::Pacing::pace`]), a timer the engine sleeps on.
+//!
+//! The rule is GCRA with reservations. For a number paced at `r` messages/s the emission
+//! interval is `T = 1/r` and the burst `b = max(1, floor(r))`. Each number keeps its
+//! theoretical arrival time `tat`; a send at `now` takes the slot `max(tat, now) - (b-1)·T`:
+//! at once when that is not in the future, after a wait when it is (the send reserves its
+//! slot, `tat` moves on by `T`), and answered locally when the wait would be longer than
+//! `max_delay` (nothing is reserved). So in any one second at most `b + r` sends leave.
+//!
+//! Meta's own 130429 for a number (inbound traffic counts against the same throughput)
+//! lowers its pace: it halves (at most once per [`CUT_EVERY`], never below
+//! [`FLOOR`] of the throughput), and each [`RECOVER_STEP`] without another 130429 gives
+//! back [`RECOVER_SHARE`] of the throughput until the pace is whole again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::graph::GraphId;
+
+/// Shards of the per-number map.
+pub const SHARDS: usize = 16;
+/// Meta's 130429 halves a number's pace at most once per this (in-flight sends answered
+/// together are one signal).
+pub const CUT_EVERY: Duration = Duration::from_secs(1);
+/// The lowest share of its throughput a number is paced at after 130429s.
+pub const FLOOR: f64 = 0.125;
+/// How often a lowered pace recovers a step.
+pub const RECOVER_STEP: Duration = Duration::from_secs(10);
+/// The share of the throughput one recovery step gives back.
+pub const RECOVER_SHARE: f64 = 0.1;
+
+/// `shaping.mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShapingMode {
+    /// Sends over the pace wait, or are answered locally past `max_delay`.
+    Enforce,
+    /// Count and log what would have been held; forward everything.
+    #[default]
+    Observe,
+    /// No pacing at all.
+    Off,
+}
+
+impl ShapingMode {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShapingMode::Enforce => "enforce",
+            ShapingMode::Observe => "observe",
+            ShapingMode::Off => "off",
+        }
+    }
+}
+
+/// The pacer's settings (built from `[shaping]` at start-up).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `shaping.mode`.
+    pub mode: ShapingMode,
+    /// `shaping.throughput`: messages/s of a number nothing better is known of.
+    pub throughput: u32,
+    /// `shaping.max_delay`: the longest wait before a local 130429.
+    pub max_delay: Duration,
+    /// `[shaping.phone_throughput]`: the operator's word per phone-number id.
+    pub phone_throughput: HashMap<GraphId, u32>,
+    /// Phone numbers tracked at once (idle ones are evicted past it).
+    pub max_numbers: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: ShapingMode::Observe,
+            throughput: 80,
+            max_delay: Duration::from_secs(1),
+            phone_throughput: HashMap::new(),
+            max_numbers: 100_000,
+        }
+    }
+}
+
+/// What the pace says of one send.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Decision {
+    /// Within the pace: now.
+    Go,
+    /// Its slot is this far ahead (at most `max_delay`).
+    Wait(Duration),
+    /// The slot is further than `max_delay`: answered locally.
+    Over {
+        /// When a send would be within `max_delay` again.
+        retry_after: Duration,
+        /// The number's pace now, messages/s.
+        rate: f64,
+    },
+}
+
+/// A number's pace as the pacer holds it (for the admin API and logs).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PaceView {
+    /// The number's throughput (the operator's, else the default), messages/s.
+    pub throughput: u32,
+    /// Its pace now (lowered after Meta's 130429), messages/s.
+    pub rate: f64,
+    /// How far ahead its next free slot is, seconds (0: a send goes at once).
+    pub backlog_secs: f64,
+}
+
+/// One number's state.
+#[derive(Clone, Copy, Debug)]
+struct Cell {
+    /// Theoretical arrival time, ns since the pacer's epoch.
+    tat: i64,
+    /// Throughput, messages/s.
+    throughput: u32,
+    /// When Meta's last 130429 cut the pace (ns since the epoch).
+    cut_at: i64,
+    /// The share of the throughput right after that cut (1.0: never cut).
+    cut_to: f64,
+    /// Over the pace since the last send within it (one log line per episode).
+    over: bool,
+}
+
+impl Cell {
+    fn new(throughput: u32) -> Cell {
+        Cell {
+            tat: i64::MIN,
+            throughput,
+            cut_at: 0,
+            cut_to: 1.0,
+            over: false,
+        }
+    }
+
+    /// The share of the throughput the number is paced at `now`.
+    fn share(&self, now: i64) -> f64 {
+        if self.cut_to >= 1.0 {
+            return 1.0;
+        }
+        let steps = (now - self.cut_at).max(0) / nanos(RECOVER_STEP);
+        (self.cut_to + steps as f64 * RECOVER_SHARE).min(1.0)
+    }
+
+    fn rate(&self, now: i64) -> f64 {
+        (self.throughput as f64 * self.share(now)).max(f64::MIN_POSITIVE)
+    }
+
+    /// The GCRA decision (see the module docs); reserves the slot unless `Over`.
+    fn decide(&mut self, now: i64, max_delay: i64) -> Decision {
+        let rate = self.rate(now);
+        let interval = (1e9 / rate) as i64;
+        let burst = (rate.floor() as i64).max(1);
+        let tat = self.tat.max(now);
+        let wait = tat - interval.saturating_mul(burst - 1) - now;
+        if wait > max_delay {
+            return Decision::Over {
+                retry_after: Duration::from_nanos((wait - max_delay) as u64),
+                rate,
+            };
+        }
+        self.tat = tat + interval;
+        if wait <= 0 {
+            Decision::Go
+        } else {
+            Decision::Wait(Duration::from_nanos(wait as u64))
+        }
+    }
+
+    /// Meta answered 130429: halve the pace (see the module docs).
+    fn cut(&mut self, now: i64) {
+        if self.cut_to < 1.0 && now - self.cut_at < nanos(CUT_EVERY) {
+            return;
+        }
+        self.cut_to = (self.share(now) / 2.0).max(FLOOR);
+        self.cut_at = now;
+    }
+
+    /// Nothing worth keeping: no reservation ahead, pace whole.
+    fn idle(&self, now: i64) -> bool {
+        self.tat <= now && self.share(now) >= 1.0
+    }
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// What one pace check found, with whether it starts an episode over the pace (worth one
+/// log line).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Checked {
+    /// The decision.
+    pub decision: Decision,
+    /// The first send over the pace since the number was last within it.
+    pub episode_starts: bool,
+    /// Idle numbers dropped to make room for this one.
+    pub evicted: usize,
+}
+
+/// Every phone number's pace. One per process, shared by every worker.
+pub struct Pacer {
+    mode: ShapingMode,
+    throughput: u32,
+    max_delay: i64,
+    phone_throughput: HashMap<GraphId, u32>,
+    per_shard: usize,
+    epoch: Instant,
+    shards: Box<[Mutex<HashMap<GraphId, Cell>>]>,
+}
+
+impl Pacer {
+    /// A pacer with `settings`.
+    pub fn new(settings: Settings) -> Pacer {
+        Pacer {
+            mode: settings.mode,
+            throughput: settings.throughput.max(1),
+            max_delay: nanos(settings.max_delay),
+            phone_throughput: settings.phone_throughput,
+            per_shard: settings.max_numbers.div_ceil(SHARDS).max(1),
+            epoch: Instant::now(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    /// `shaping.mode`.
+    pub fn mode(&self) -> ShapingMode {
+        self.mode
+    }
+
+    /// `shaping.max_delay`.
+    pub fn max_delay(&self) -> Duration {
+        Duration::from_nanos(self.max_delay.max(0) as u64)
+    }
+
+    /// A number's throughput: the operator's, else the default.
+    pub fn throughput(&self, phone: &GraphId) -> u32 {
+        self.phone_throughput
+            .get(phone)
+            .copied()
+            .unwrap_or(self.throughput)
+    }
+
+    fn shard(&self, phone: &GraphId) -> &Mutex<HashMap<GraphId, Cell>> {
+        let h = phone
+            .as_str()
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        &self.shards[h % SHARDS]
+    }
+
+    fn at(&self, now: Instant) -> i64 {
+        nanos(now.saturating_duration_since(self.epoch))
+    }
+
+    /// A send of `phone` at `now`: its decision (the slot reserved unless over).
+    pub fn check(&self, phone: GraphId, now: Instant) -> Checked {
+        let now = self.at(now);
+        let mut shard = match self.shard(&phone).lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut evicted = 0;
+        if !shard.contains_key(&phone) && shard.len() >= self.per_shard {
+            let before = shard.len();
+            shard.retain(|_, c| !c.idle(now));
+            if shard.len() >= self.per_shard {
+                // All busy: the one furthest behind goes (it holds the least reservation).
+                if let Some(k) = shard.iter().min_by_key(|(_, c)| c.tat).map(|(k, _)| *k) {
+                    shard.remove(&k);
+                }
+            }
+            evicted = before - shard.len();
+        }
+        let throughput = self.throughput(&phone);
+        let cell = shard.entry(phone).or_insert_with(|| Cell::new(throughput));
+        let decision = cell.decide(now, self.max_delay);
+        let over = decision != Decision::Go;
+        let episode_starts = over && !cell.over;
+        cell.over = over;
+        Checked {
+            decision,
+            episode_starts,
+            evicted,
+        }
+    }
+
+    /// Meta answered a send of `phone` with 130429 at `now`: its pace is lowered.
+    pub fn throttled(&self, phone: GraphId, now: Instant) {
+        let now = self.at(now);
+        let throughput = self.throughput(&phone);
+        let mut shard = match self.shard(&phone).lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        shard
+            .entry(phone)
+            .or_insert_with(|| Cell::new(throughput))
+            .cut(now);
+    }
+
+    /// A number's pace at `now`.
+    pub fn view(&self, phone: &GraphId, now: Instant) -> PaceView {
+        let at = self.at(now);
+        let throughput = self.throughput(phone);
+        let shard = match self.shard(phone).lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let cell = shard.get(phone).copied().unwrap_or(Cell::new(throughput));
+        let rate = cell.rate(at);
+        let burst = (rate.floor() as i64).max(1);
+        let slot = cell.tat.max(at) - ((1e9 / rate) as i64).saturating_mul(burst - 1);
+        PaceView {
+            throughput: cell.throughput,
+            rate,
+            backlog_secs: (slot - at).max(0) as f64 / 1e9,
+        }
+    }
+
+    /// Numbers tracked now.
+    pub fn tracked(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or_else(|p| p.into_inner().len(), |g| g.len()))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    fn id(s: &str) -> GraphId {
+        GraphId::new(s).unwrap()
+    }
+
+    /// 5/s with a 1 s `max_delay`: 30 sends at once — 5 go now, 5 more wait up to 1 s
+    /// (one every 200 ms), 20 are over; no second sees more than 10.
+    #[test]
+    fn a_burst_of_one_second_then_the_pace_then_over() {
+        let mut c = Cell::new(5);
+        let decisions: Vec<_> = (0..30).map(|_| c.decide(0, S)).collect();
+        assert!(decisions[..5].iter().all(|d| *d == Decision::Go));
+        for (i, d) in decisions[5..10].iter().enumerate() {
+            assert_eq!(
+                *d,
+                Decision::Wait(Duration::from_millis(200 * (i as u64 + 1)))
+            );
+        }
+        for d in &decisions[10..] {
+            let Decision::Over { retry_after, rate } = d else {
+                panic!("{d:?}")
+            };
+            assert!(*retry_after > Duration::ZERO && *retry_after <= Duration::from_millis(200));
+            assert_eq!(*rate, 5.0);
+        }
+        // A second later the next slot is 200 ms ahead again.
+        assert_eq!(c.decide(S, S), Decision::Wait(Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn sends_within_the_pace_go_at_once() {
+        let mut c = Cell::new(10);
+        for i in 0..100 {
+            assert_eq!(c.decide(i * S / 10, 0), Decision::Go, "send {i}");
+        }
+        // max_delay 0: the eleventh at once is over, not delayed.
+        let mut c = Cell::new(10);
+        for _ in 0..10 {
+            assert_eq!(c.decide(0, 0), Decision::Go);
+        }
+        assert!(matches!(c.decide(0, 0), Decision::Over { .. }));
+    }
+
+    #[test]
+    fn meta_130429_halves_the_pace_and_it_recovers_in_steps() {
+        let mut c = Cell::new(80);
+        c.cut(0);
+        assert_eq!(c.rate(0), 40.0);
+        // A second cut within CUT_EVERY is the same signal.
+        c.cut(S / 2);
+        assert_eq!(c.rate(S / 2), 40.0);
+        c.cut(2 * S);
+        assert_eq!(c.rate(2 * S), 20.0);
+        for _ in 0..5 {
+            c.cut(100 * S);
+            c.cut_at -= 2 * S;
+        }
+        assert_eq!(c.rate(100 * S - 10 * S), 80.0 * FLOOR);
+        let at = c.cut_at;
+        assert_eq!(c.rate(at + 10 * S), 80.0 * (FLOOR + RECOVER_SHARE));
+        assert_eq!(c.rate(at + 100 * S), 80.0);
+        assert!(c.idle(at + 100 * S));
+    }
+
+    #[test]
+    fn numbers_are_paced_apart_and_operator_throughput_wins() {
+        let mut phones = HashMap::new();
+        phones.insert(id("111"), 2);
+        let p = Pacer::new(Settings {
+            mode: ShapingMode::Enforce,
+            throughput: 80,
+            max_delay: Duration::ZERO,
+            phone_throughput: phones,
+            max_numbers: 100,
+        });
+        let now = Instant::now();
+        assert_eq!(p.check(id("111"), now).decision, Decision::Go);
+        assert_eq!(p.check(id("111"), now).decision, Decision::Go);
+        let third = p.check(id("111"), now);
+        assert!(matches!(third.decision, Decision::Over { .. }));
+        assert!(third.episode_starts);
+        assert!(!p.check(id("111"), now).episode_starts);
+        for _ in 0..80 {
+            assert_eq!(p.check(id("222"), now).decision, Decision::Go);
+        }
+        assert_eq!(p.view(&id("222"), now).throughput, 80);
+        assert!(p.view(&id("111"), now).backlog_secs > 0.0);
+    }
+
+    #[test]
+    fn memory_is_bounded_idle_numbers_go_first() {
+        let p = Pacer::new(Settings {
+            max_numbers: SHARDS,
+            ..Settings::default()
+        });
+        let t0 = Instant::now();
+        let mut evicted = 0;
+        for i in 0..1000u32 {
+            evicted += p.check(id(&(1000 + i).to_string()), t0).evicted;
+        }
+        assert!(p.tracked() <= SHARDS);
+        assert!(evicted >= 1000 - SHARDS);
+    }
+}
