@@ -61,7 +61,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::policy::Policy;
-use crate::upstream::{Limiter, Target};
+use crate::upstream::{Limits, Target};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +164,14 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         .map(|h| Arc::new(h) as Arc<dyn policy::Discovery>);
     let policy =
         Arc::new(Policy::new(cfg.policy_settings(), table.clone()).with_discovery(discovery));
-    let limiter = Arc::new(Limiter::new(cfg.upstream_concurrency));
+    let limits = Limits::new(
+        cfg.upstream_concurrency,
+        cfg.upstream_large_concurrency,
+        upstream::Queue {
+            max: cfg.upstream_queue_max,
+            timeout: cfg.upstream_queue_timeout,
+        },
+    );
     let webhook = Arc::new(signals::webhook::Webhook::new(
         &cfg,
         table.clone(),
@@ -174,7 +181,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let relay = cfg.fast_path.then(|| {
         relay::Relay::new(
             policy.clone(),
-            limiter.clone(),
+            limits.ready.clone(),
             &target,
             relay::ClientDeadlines::new(&cfg),
         )
@@ -186,7 +193,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let connections = Arc::new(tokio::sync::Semaphore::new(cfg.connection_cap()));
     let mut running = Vec::with_capacity(workers);
     for (i, listener) in main.into_iter().enumerate() {
-        let stack = proxy::stack(policy.clone(), limiter.clone(), &target, target.client());
+        let stack = proxy::stack(policy.clone(), limits.clone(), &target, target.client());
         let engines = server::Engines {
             relay: relay.as_ref().map(relay::Relay::worker),
             edge: proxy::Edge::new(
@@ -224,6 +231,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         "admin",
         admin_listener,
         admin,
+        server::AdminLimits::new(&cfg),
         admin_stop_rx,
         cfg.drain_timeout,
     ));

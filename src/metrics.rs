@@ -30,6 +30,9 @@ pub struct Metrics {
     /// Requests whose exchange ended before it settled (the client went away, a drain cut
     /// it): `wa_breaker_requests_total{outcome="abandoned"}`.
     pub abandoned: IntCounter,
+    /// Requests answered 503 `overloaded`: no upstream permit within `upstream_queue_max`
+    /// / `upstream_queue_timeout`: `wa_breaker_requests_total{outcome="overloaded"}`.
+    pub overloaded: IntCounter,
     /// Answers that went to the app before their circuit change was durable (after
     /// `policy::ACK_WAIT`).
     pub ack_timeouts: IntCounter,
@@ -394,6 +397,7 @@ impl Metrics {
             "invalid",
             "applied",
             "relay_failed",
+            "stale",
         ] {
             webhooks.with_label_values(&[r]);
         }
@@ -409,6 +413,7 @@ impl Metrics {
             upstream_error: requests.with_label_values(&["upstream_error"]),
             unmapped: requests.with_label_values(&["unmapped"]),
             abandoned: requests.with_label_values(&["abandoned"]),
+            overloaded: requests.with_label_values(&["overloaded"]),
             registry,
             circuit_open,
             phone_circuit_open,

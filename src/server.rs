@@ -55,7 +55,7 @@ pub async fn serve_main(
     let mut stop = shutdown.clone();
     loop {
         tokio::select! {
-            (permit, stream) = accept_capped(&listener, &engines.connections) => {
+            (permit, stream) = accept_capped(&listener, &engines.connections, "main") => {
                 let hyper = Hyper { builder: builder.clone(), edge: engines.edge.clone(), watcher: graceful.watcher(), idle: engines.deadlines.idle };
                 match &engines.relay {
                     Some(relay) => {
@@ -134,12 +134,37 @@ impl Hyper {
     }
 }
 
-/// Serves `service` on `listener` (the admin listener) until `shutdown` flips, then drains
-/// for up to `drain`.
+/// The admin listener's limits: the main listener's head and idle deadlines
+/// (`client_header_timeout`, `client_idle_timeout`) and its own connection cap
+/// (`admin_max_connections`), so partial heads cannot pile up on it (issue 25).
+#[derive(Clone, Copy, Debug)]
+pub struct AdminLimits {
+    /// A request head, from when the connection waits for one (then closed).
+    pub header: Duration,
+    /// A fresh connection's first byte (then closed).
+    pub idle: Duration,
+    /// Connections open at once; at the cap the listener stops accepting.
+    pub max_connections: usize,
+}
+
+impl AdminLimits {
+    /// From the validated config.
+    pub fn new(cfg: &crate::config::Config) -> AdminLimits {
+        AdminLimits {
+            header: cfg.client_header_timeout,
+            idle: cfg.client_idle_timeout,
+            max_connections: cfg.admin_max_connections,
+        }
+    }
+}
+
+/// Serves `service` on `listener` (the admin listener) within `limits` until `shutdown`
+/// flips, then drains for up to `drain`.
 pub async fn serve<S>(
     name: &'static str,
     listener: TcpListener,
     service: S,
+    limits: AdminLimits,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) where
@@ -149,19 +174,36 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // As on the main listener's hyper engine: the head's clock starts when the connection
+    // waits for a request, so it also bounds a kept-alive connection's idle time.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header.min(limits.idle));
     let graceful = GracefulShutdown::new();
+    let cap = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
         tokio::select! {
-            stream = accept(&listener, name) => {
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), service.clone())
-                    .into_owned();
-                let conn = graceful.watch(conn);
+            (permit, stream) = accept_capped(&listener, &cap, name) => {
+                let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    // The first byte within `client_idle_timeout` (the auto builder waits
+                    // for it with no deadline of its own); the connection holds its place
+                    // under the cap until it closes.
+                    if tokio::time::timeout(limits.idle, stream.peek(&mut [0u8; 1]))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(listener = name, error = %e, "connection closed with error");
                     }
+                    drop(permit);
                 });
             }
             _ = shutdown.changed() => break,
@@ -180,13 +222,14 @@ pub async fn serve<S>(
 async fn accept_capped(
     listener: &TcpListener,
     cap: &Arc<Semaphore>,
+    name: &'static str,
 ) -> (OwnedSemaphorePermit, TcpStream) {
     let permit = match cap.clone().acquire_owned().await {
         Ok(p) => p,
         // The semaphore is never closed.
         Err(_) => std::future::pending().await,
     };
-    (permit, accept(listener, "main").await)
+    (permit, accept(listener, name).await)
 }
 
 /// Longest pause between accept attempts while they fail.

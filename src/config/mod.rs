@@ -144,6 +144,21 @@ pub struct Config {
     pub max_connections: usize,
     /// Requests in flight to the upstream, across workers; more wait.
     pub upstream_concurrency: usize,
+    /// Most requests waiting for an upstream permit at once; more are answered 503
+    /// `overloaded`.
+    pub upstream_queue_max: usize,
+    /// Longest wait for an upstream permit (then 503 `overloaded`).
+    #[serde(with = "humantime_serde")]
+    pub upstream_queue_timeout: Duration,
+    /// Requests in flight to the upstream whose body is larger than the gateway reads
+    /// before the permit (64 KiB or `classify_body_limit`): a budget of their own.
+    pub upstream_large_concurrency: usize,
+    /// Client connections open at once on `admin_listen`, per process.
+    pub admin_max_connections: usize,
+    /// Webhook events dated longer ago than this are acknowledged and ignored (Meta
+    /// redelivers for up to 7 days); closed records are kept at least this long.
+    #[serde(with = "humantime_serde")]
+    pub max_event_age: Duration,
     /// Proxy worker threads; `0` = one per CPU.
     pub workers: usize,
     /// Whether worker `i` is pinned to the `i`-th allowed CPU.
@@ -210,6 +225,11 @@ impl Default for Config {
             client_idle_timeout: Duration::from_secs(60),
             max_connections: 0,
             upstream_concurrency: 1024,
+            upstream_queue_max: 4096,
+            upstream_queue_timeout: Duration::from_secs(5),
+            upstream_large_concurrency: 64,
+            admin_max_connections: 64,
+            max_event_age: Duration::from_secs(7 * 24 * 3600),
             workers: 0,
             pin_workers: PinWorkers::Auto,
             fast_path: true,
@@ -323,6 +343,12 @@ impl Config {
         }
     }
 
+    /// How long a closed record is kept: `redis_closed_ttl`, but never less than
+    /// `max_event_age` (a record gone sooner would let a replayed old event re-open).
+    pub fn closed_retention(&self) -> Duration {
+        self.redis_closed_ttl.max(self.max_event_age)
+    }
+
     /// The circuit table this configuration describes: its limits, and a directory seeded
     /// with `[[accounts]]`; `origin` names this replica in the ordering tie-break.
     pub fn circuit_table(&self, origin: impl Into<String>) -> crate::circuit::Table {
@@ -331,7 +357,8 @@ impl Config {
             max_clock_skew: self.max_clock_skew,
             max_circuits: self.max_circuits,
             max_unknown: self.max_unknown_circuits,
-            closed_ttl: self.redis_closed_ttl,
+            closed_ttl: self.closed_retention(),
+            keep_closed: self.max_event_age,
             widen_codes: self.trip_codes.clone(),
         };
         let directory = Directory::new(

@@ -138,6 +138,8 @@ impl Config {
             ("health.max_backoff", self.health.max_backoff),
             ("webhook.forward_timeout", self.webhook.forward_timeout),
             ("redis_closed_ttl", self.redis_closed_ttl),
+            ("upstream_queue_timeout", self.upstream_queue_timeout),
+            ("max_event_age", self.max_event_age),
             ("redis_retry_max", self.redis_retry_max),
         ] {
             if d.is_zero() {
@@ -155,6 +157,12 @@ impl Config {
         }
         if self.upstream_concurrency == 0 {
             return Err(invalid("upstream_concurrency", "must be at least 1"));
+        }
+        if self.upstream_large_concurrency == 0 {
+            return Err(invalid("upstream_large_concurrency", "must be at least 1"));
+        }
+        if self.admin_max_connections == 0 {
+            return Err(invalid("admin_max_connections", "must be at least 1"));
         }
         if self.classify_body_limit < 1024 {
             return Err(invalid(

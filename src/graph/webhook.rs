@@ -71,6 +71,32 @@ pub struct ChangeItem {
     pub time: Option<DateTime<Utc>>,
 }
 
+impl Envelope {
+    /// Replays change nothing (issue 25): drops every change dated before `oldest` (now
+    /// minus `max_event_age`; Meta redelivers for up to 7 days, so an older delivery is a
+    /// replay) and dates a change with no time of its own or of its entry at `oldest`, so
+    /// it orders before every record an accepted event could have made (a time-less
+    /// replay never undoes a later close). Returns how many changes were dropped.
+    pub fn bound_age(&mut self, oldest: DateTime<Utc>) -> usize {
+        let mut stale = 0;
+        for entry in &mut self.entries {
+            let entry_time = entry.time;
+            entry.changes.retain_mut(|ch| match ch.time.or(entry_time) {
+                Some(t) if t < oldest => {
+                    stale += 1;
+                    false
+                }
+                Some(_) => true,
+                None => {
+                    ch.time = Some(oldest);
+                    true
+                }
+            });
+        }
+        stale
+    }
+}
+
 impl Entry {
     /// The event time of `change`: its own timestamp, else `entry.time`, else `now`.
     pub fn event_time(&self, change: &ChangeItem, now: DateTime<Utc>) -> DateTime<Utc> {

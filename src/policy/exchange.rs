@@ -35,6 +35,11 @@
 //!   client timeouts) are recorded by the `failed` step of the state they happen in, and
 //!   timeouts before a request is routed by [`client_timed_out`]. A state dropped before it
 //!   finished (the client went away, a drain cut it) records `abandoned`.
+//! - **Requests that are ready** (issue 25): a body up to [`Policy::read_first_limit`]
+//!   (at least 64 KiB) is read whole by the guard step, before the permit, so a client
+//!   dripping its body holds no permit; a larger one streams and is [`Guarded::large`] (its
+//!   permit comes from a budget of its own). No permit within the queue's bounds is
+//!   [`Guarded::overloaded`]: a local 503.
 //! - **Replies** are values ([`Reply`]) each engine renders once (`proxy::render`,
 //!   `relay::render`): the local answer, the 502/504, the 400 and the 408.
 
@@ -109,6 +114,21 @@ impl Drop for Record {
 pub fn client_timed_out() -> Reply<'static> {
     super::record(Call::READ, Outcome::ClientTimeout);
     Reply::request_timeout()
+}
+
+/// One warning per second at most while requests are answered `overloaded` (the metric
+/// counts each).
+fn overload_logged() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(
+            "no upstream permit within upstream_queue_max / upstream_queue_timeout: answered 503 overloaded (at most one line per second)"
+        );
+    }
 }
 
 /// The end of every path: the outcome to record and, for an answer that tripped a circuit
@@ -186,8 +206,8 @@ impl Routed {
 
     /// The guard ([`Policy::admit`]): a send in scope of an open circuit is answered
     /// locally (`render` turns the [`Reply`] into what the engine sends); a decision that
-    /// needs the body, or a send body the classifier should keep for a template code
-    /// ([`Policy::keep_send_body`]), asks for it first; anything else goes on.
+    /// needs the body, or a body not yet read that is small enough to read before the
+    /// permit ([`Policy::read_first`]), asks for it first; anything else goes on.
     pub fn admit<R>(
         self,
         policy: &Policy,
@@ -197,22 +217,32 @@ impl Routed {
         let call = self.rec.call;
         match policy.admit(call, body, render) {
             Admit::Local { answer, unacked } => Guard::Local(answer, self.local(unacked)),
-            Admit::Inspect { limit } => Guard::Read(self, limit),
+            Admit::Inspect { limit } => Guard::Read(self, limit.max(policy.read_first_limit())),
             Admit::Forward => match body {
-                Body::Unread(n) => match policy.keep_send_body(call, n) {
+                Body::Unread(n) => match policy.read_first(n) {
                     Some(limit) => Guard::Read(self, limit),
-                    None => Guard::Go(Pacing { rec: self.rec }),
+                    None => Guard::Go(Pacing {
+                        rec: self.rec,
+                        large: true,
+                    }),
                 },
-                Body::Read(_) => Guard::Go(Pacing { rec: self.rec }),
+                Body::Read(_) => Guard::Go(Pacing {
+                    rec: self.rec,
+                    large: false,
+                }),
             },
         }
     }
 
     /// The body the guard asked for is larger than it reads: it goes on unjudged (too
     /// large to be a send the gateway can judge; Meta decides), as [`Policy::admit`] does
-    /// for a body declared that large.
+    /// for a body declared that large, and its permit comes from the large budget
+    /// ([`Guarded::large`]).
     pub fn too_large(self) -> Pacing {
-        Pacing { rec: self.rec }
+        Pacing {
+            rec: self.rec,
+            large: true,
+        }
     }
 
     /// The request failed before it was forwarded (its body broke off or timed out while
@@ -234,6 +264,7 @@ impl Routed {
 #[derive(Debug)]
 pub struct Pacing {
     rec: Record,
+    large: bool,
 }
 
 /// What the pace step decided.
@@ -259,9 +290,14 @@ impl Pacing {
     #[inline]
     pub fn pace<R>(self, policy: &Policy, render: impl FnOnce(Reply<'_>) -> R) -> Pace<R> {
         match policy.pace(self.rec.call) {
-            Paced::Go(at) => Pace::Go(Guarded { rec: self.rec, at }),
+            Paced::Go(at) => Pace::Go(Guarded {
+                rec: self.rec,
+                at,
+                large: self.large,
+            }),
             Paced::Wait(until) => Pace::Wait(Waiting {
                 rec: self.rec,
+                large: self.large,
                 until,
             }),
             Paced::Local(reply) => Pace::Local(
@@ -280,6 +316,7 @@ impl Pacing {
 #[derive(Debug)]
 pub struct Waiting {
     rec: Record,
+    large: bool,
     until: Instant,
 }
 
@@ -310,6 +347,7 @@ impl Waiting {
             Admit::Forward | Admit::Inspect { .. } => Admission::Go(Guarded {
                 rec: self.rec,
                 at: None,
+                large: self.large,
             }),
         }
     }
@@ -320,19 +358,44 @@ impl Waiting {
     }
 }
 
-/// Guarded and paced, waiting for an upstream permit.
+/// Guarded and paced, waiting for an upstream permit. Its body is all in (read before the
+/// permit, issue 25) unless it is [`Guarded::large`].
 #[derive(Debug)]
 pub struct Guarded {
     rec: Record,
     /// When the pace was checked, if it was, just before: the start when the permit is
     /// free at once (one clock read per send).
     at: Option<Instant>,
+    large: bool,
 }
 
 impl Guarded {
     /// The call.
     pub fn call(&self) -> Call {
         self.rec.call
+    }
+
+    /// The body is larger than the gateway reads before the permit
+    /// ([`Policy::read_first_limit`]) and streams upstream as it arrives: its permit comes
+    /// from the large-body budget (`upstream_large_concurrency`), so a client dripping one
+    /// never holds a permit that sends need.
+    pub fn large(&self) -> bool {
+        self.large
+    }
+
+    /// No permit within the queue's bounds (`upstream_queue_max`, `upstream_queue_timeout`):
+    /// answered locally with [`Reply::overloaded`] (`render` makes the engine's answer),
+    /// counted as `overloaded`. Nothing was sent upstream.
+    pub fn overloaded<R>(self, render: impl FnOnce(Reply<'_>) -> R) -> (R, Settle) {
+        overload_logged();
+        (
+            render(Reply::overloaded()),
+            Settle {
+                rec: self.rec,
+                outcome: Outcome::Overloaded,
+                unacked: None,
+            },
+        )
     }
 
     /// With a `permit` taken at once, without waiting: forward now. Nothing ran between

@@ -212,6 +212,11 @@ pub enum Admit<R> {
     },
 }
 
+/// Request bodies up to this many bytes (or `classify_body_limit`, when larger) are read
+/// whole before the upstream permit is taken, on both engines (the relay's own limit,
+/// `relay::h1::MAX_BODY`, is the same).
+pub const READ_FIRST: usize = 64 * 1024;
+
 /// What to do with an upstream answer's body before relaying it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Inspect {
@@ -249,6 +254,8 @@ pub enum Outcome {
     ClientTimeout,
     /// The exchange ended before it settled: the client went away, or a drain cut it.
     Abandoned,
+    /// No upstream permit within the queue's bounds (answered 503 `overloaded`).
+    Overloaded,
 }
 
 /// An upstream error answer as [`Policy::classify`] and [`judge`] read it, with the send
@@ -540,18 +547,22 @@ impl Policy {
         }
     }
 
-    /// Whether an engine that streams request bodies (hyper) should hold a send's body
-    /// whole before forwarding it, and up to how many bytes: a send of a known WABA whose
-    /// declared length (`None`: chunked or unknown) is at most `classify_body_limit`, so
-    /// that [`Policy::classify`] can find its template if Meta answers 132015/132016 — as
-    /// the relay, which holds every request whole. A longer body is streamed and judged
-    /// without it (too large to inspect, as in the guard).
-    pub fn keep_send_body(&self, call: Call, declared: Option<u64>) -> Option<usize> {
-        let limit = self.classify_limit;
-        (call.kind == Kind::Send
-            && call.account.is_some()
-            && declared.is_none_or(|n| n <= limit as u64))
-        .then_some(limit)
+    /// Whether an engine that streams request bodies (hyper) reads a body whole before the
+    /// upstream permit, and up to how many bytes: one whose declared length (`None`:
+    /// chunked or unknown) is at most [`Policy::read_first_limit`], as nginx's
+    /// `proxy_request_buffering` (issue 25: a client dripping its body must not hold a
+    /// permit), and as the relay, which holds every request whole. It also lets
+    /// [`Policy::classify`] find a send's template if Meta answers 132015/132016. A longer
+    /// body streams (its permit from the large-body budget) and is judged without it.
+    pub fn read_first(&self, declared: Option<u64>) -> Option<usize> {
+        let limit = self.read_first_limit();
+        declared.is_none_or(|n| n <= limit as u64).then_some(limit)
+    }
+
+    /// The largest body read whole before the upstream permit: [`READ_FIRST`] or
+    /// `classify_body_limit`, the larger.
+    pub fn read_first_limit(&self) -> usize {
+        self.classify_limit.max(READ_FIRST)
     }
 
     /// On an answer's head: a non-2xx answer is read (up to `classify_body_limit`) to be
@@ -650,6 +661,7 @@ fn record(call: Call, outcome: Outcome) {
         Outcome::ClientBody => METRICS.client_body_errors.inc(),
         Outcome::ClientTimeout => METRICS.client_timeouts.inc(),
         Outcome::Abandoned => METRICS.abandoned.inc(),
+        Outcome::Overloaded => METRICS.overloaded.inc(),
     }
 }
 

@@ -190,13 +190,34 @@ impl<'a> Reply<'a> {
         }
     }
 
+    /// The answer to a request that found no upstream permit within the queue's bounds
+    /// (`upstream_queue_max`, `upstream_queue_timeout`): 503 in the envelope, `"code": 2`
+    /// with `"error_subcode": 503` (nothing was delivered; a retry is safe),
+    /// `retry-after: 1`, `x-wa-breaker: overloaded`. The connection stays open.
+    pub fn overloaded() -> Reply<'static> {
+        Reply {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            marker: "overloaded",
+            retry_after: Some(1),
+            close: false,
+            body: ReplyBody::Owned(envelope::build(
+                GATEWAY_CODE,
+                Some(503),
+                "WaBreakerException",
+                "wa-breaker: overloaded",
+                "Too many requests are waiting for the Cloud API (upstream_queue_max or upstream_queue_timeout); this one was not delivered. Retry later.",
+                &request_trace_id(),
+            )),
+        }
+    }
+
     /// The status.
     pub fn status(&self) -> StatusCode {
         self.status
     }
 
     /// The `x-wa-breaker` value: `open`, `shaped`, `upstream-error`, `bad-request`,
-    /// `client-timeout`.
+    /// `client-timeout`, `overloaded`.
     pub fn marker(&self) -> &'static str {
         self.marker
     }

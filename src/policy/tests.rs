@@ -724,17 +724,18 @@ fn retry_after_values() {
     }
 }
 
+/// Every request body up to 64 KiB (or `classify_body_limit`, when larger) is read before
+/// the permit (issue 25), whatever the call; a larger one streams.
 #[test]
-fn send_bodies_kept_for_the_classifier() {
+fn bodies_read_before_the_permit() {
     let p = policy(Mode::Enforce, 1024);
-    let send = call(&p, Method::POST, &format!("/v21.0/{PHONE}/messages"));
-    let unmapped = call(&p, Method::POST, &format!("/v21.0/{OTHER}/messages"));
-    let read = call(&p, Method::GET, &format!("/v21.0/{PHONE}"));
-    assert_eq!(p.keep_send_body(send, Some(1024)), Some(1024));
-    assert_eq!(p.keep_send_body(send, None), Some(1024));
-    assert_eq!(p.keep_send_body(send, Some(1025)), None);
-    assert_eq!(p.keep_send_body(unmapped, Some(10)), None);
-    assert_eq!(p.keep_send_body(read, Some(10)), None);
+    assert_eq!(p.read_first_limit(), READ_FIRST);
+    assert_eq!(p.read_first(Some(1024)), Some(READ_FIRST));
+    assert_eq!(p.read_first(None), Some(READ_FIRST));
+    assert_eq!(p.read_first(Some(READ_FIRST as u64)), Some(READ_FIRST));
+    assert_eq!(p.read_first(Some(READ_FIRST as u64 + 1)), None);
+    let p = policy(Mode::Enforce, 1 << 20);
+    assert_eq!(p.read_first(Some(1 << 20)), Some(1 << 20));
 }
 
 /// The README's error-code table names every code the policy acts on: the phone-level

@@ -249,7 +249,9 @@ mod tests {
         let crate::policy::exchange::Pace::Go(guarded) = pacing.pace(p, |r| render(&r)) else {
             panic!("within the pace")
         };
-        let permit = Arc::new(Limiter::new(1)).try_acquire_owned().unwrap();
+        let permit = Arc::new(Limiter::new(1, crate::upstream::Queue::UNBOUNDED))
+            .try_acquire_owned()
+            .unwrap();
         let Admission::Go(state) = guarded.permitted(p, permit, known_body(&req), |r| render(&r))
         else {
             panic!("closed circuits let everything go")

@@ -52,6 +52,8 @@ pub struct Guard<S> {
 pub(crate) fn known_body(req: &Request<Body>) -> policy::Body<'_> {
     match req.body() {
         Body::Full { data } => policy::Body::Read(data.as_deref().unwrap_or_default()),
+        // No body at all (a GET): nothing to read before the permit.
+        b if http_body::Body::is_end_stream(b) => policy::Body::Read(&[]),
         _ => policy::Body::Unread(
             req.headers()
                 .get(header::CONTENT_LENGTH)

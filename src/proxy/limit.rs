@@ -5,6 +5,11 @@
 //! it when the answer is judged. Unlike `tower::limit`, the permit is taken inside `call`, so
 //! only the requests that reach this step wait, and each is re-checked when its turn comes.
 //!
+//! A request whose body streams (larger than the guard reads first, [`Guarded::large`])
+//! counts against the large-body budget, every other one against the budget it shares with
+//! the relay. A wait past the queue's bounds is answered 503 ([`Guarded::overloaded`]); a
+//! client that goes away drops the future, and with it its place in the queue or its permit.
+//!
 //! Readiness is the inner service's: `poll_ready` drives the inner `poll_ready`; a request
 //! that has to wait for a permit takes the service that was polled ready along with it.
 
@@ -19,19 +24,19 @@ use super::step::StepFuture;
 use super::{render, Body, Exchanging};
 use crate::policy::exchange::{Admission, Admitted, Guarded};
 use crate::policy::{ForwardError, Policy};
-use crate::upstream::{Limiter, OwnedPermit};
+use crate::upstream::{Limits, OwnedPermit};
 
 /// See module docs.
 #[derive(Clone)]
 pub struct LimitLayer {
     policy: Arc<Policy>,
-    limiter: Arc<Limiter>,
+    limits: Limits,
 }
 
 impl LimitLayer {
-    /// Counts against `limiter`, admitting again with `policy`.
-    pub fn new(policy: Arc<Policy>, limiter: Arc<Limiter>) -> Self {
-        LimitLayer { policy, limiter }
+    /// Counts against `limits`, admitting again with `policy`.
+    pub fn new(policy: Arc<Policy>, limits: Limits) -> Self {
+        LimitLayer { policy, limits }
     }
 }
 
@@ -41,7 +46,7 @@ impl<S> Layer<S> for LimitLayer {
         Limit {
             inner,
             policy: self.policy.clone(),
-            limiter: self.limiter.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -51,7 +56,7 @@ impl<S> Layer<S> for LimitLayer {
 pub struct Limit<S> {
     inner: S,
     policy: Arc<Policy>,
-    limiter: Arc<Limiter>,
+    limits: Limits,
 }
 
 /// The request once its permit is in hand after a wait: the guard again, then the inner
@@ -92,7 +97,12 @@ where
     }
 
     fn call(&mut self, x: Exchanging<Guarded>) -> Self::Future {
-        if let Some(permit) = self.limiter.try_acquire_owned() {
+        let limiter = if x.state.large() {
+            &self.limits.large
+        } else {
+            &self.limits.ready
+        };
+        if let Some(permit) = limiter.try_acquire_owned() {
             let Exchanging { req, state } = x;
             let state = state.permitted_at_once(&self.policy, permit);
             return StepFuture::Inner {
@@ -102,11 +112,17 @@ where
         // Every permit is out: wait, with the service that was polled ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let (policy, limiter) = (self.policy.clone(), self.limiter.clone());
+        let (policy, limiter) = (self.policy.clone(), limiter.clone());
         StepFuture::Boxed {
             fut: Box::pin(async move {
-                let permit = limiter.acquire_owned().await;
-                permitted(&policy, &mut inner, x, permit).await
+                match limiter.acquire_owned().await {
+                    Ok(permit) => permitted(&policy, &mut inner, x, permit).await,
+                    Err(_) => {
+                        let (response, settle) = x.state.overloaded(|r| render(&r));
+                        settle.done(&policy).await;
+                        Ok(response)
+                    }
+                }
             }),
         }
     }
@@ -151,10 +167,11 @@ mod tests {
     #[tokio::test]
     async fn a_send_that_waited_is_guarded_again_and_the_permit_comes_back() {
         let p = Arc::new(testing::policy(Mode::Enforce, 64 * 1024));
-        let limiter = Arc::new(Limiter::new(1));
+        let limits = Limits::new(1, 1, crate::upstream::Queue::UNBOUNDED);
+        let limiter = limits.ready.clone();
         let (inner, mut handle) = mock::pair::<Exchanging<Admitted<OwnedPermit>>, Response<Body>>();
         let inner: Inner = inner.map_err(ForwardError::Broken);
-        let mut svc = LimitLayer::new(p.clone(), limiter.clone()).layer(inner);
+        let mut svc = LimitLayer::new(p.clone(), limits).layer(inner);
 
         // Readiness is the inner service's.
         handle.allow(0);

@@ -29,7 +29,7 @@ use tower::ServiceBuilder;
 pub use crate::common::body::{self, Body};
 use crate::policy::reply::MARKER;
 use crate::policy::{Policy, Reply};
-use crate::upstream::{HttpClient, Limiter, Target};
+use crate::upstream::{HttpClient, Limits, Target};
 pub use edge::Edge;
 
 /// A request on its way down the stack, with the exchange state the layer above left it in.
@@ -43,18 +43,13 @@ pub struct Exchanging<S> {
 /// The assembled proxy service (requests carry their [`route::Target`]).
 pub type Stack = guard::Guard<pace::Pace<limit::Limit<classify::Classify<forward::Forward>>>>;
 
-/// Builds a worker's stack over `policy`, counting against `limiter` (shared with the
-/// relay), forwarding with `client` (one per worker: its own pool).
-pub fn stack(
-    policy: Arc<Policy>,
-    limiter: Arc<Limiter>,
-    target: &Target,
-    client: HttpClient,
-) -> Stack {
+/// Builds a worker's stack over `policy`, counting against `limits` (the `ready` budget
+/// shared with the relay), forwarding with `client` (one per worker: its own pool).
+pub fn stack(policy: Arc<Policy>, limits: Limits, target: &Target, client: HttpClient) -> Stack {
     ServiceBuilder::new()
         .layer(guard::GuardLayer::new(policy.clone()))
         .layer(pace::PaceLayer::new(policy.clone()))
-        .layer(limit::LimitLayer::new(policy.clone(), limiter))
+        .layer(limit::LimitLayer::new(policy.clone(), limits))
         .layer(classify::ClassifyLayer::new(policy))
         .service(forward::Forward::new(target, client))
 }

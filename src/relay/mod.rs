@@ -448,5 +448,6 @@ mod tests {
             same_on_both_engines(&Reply::forward_failed(&e));
         }
         same_on_both_engines(&Reply::bad_request("no"));
+        same_on_both_engines(&Reply::overloaded());
     }
 }

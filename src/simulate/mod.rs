@@ -244,6 +244,12 @@ pub fn main(opts: Options, config: Option<&Path>) -> ExitCode {
             "simulate",
             listener,
             SimService(sim),
+            // The defaults of the gateway's main listener.
+            crate::server::AdminLimits {
+                header: Duration::from_secs(60),
+                idle: Duration::from_secs(60),
+                max_connections: 1024,
+            },
             stop_rx,
             Duration::from_secs(1),
         ));

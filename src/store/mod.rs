@@ -175,7 +175,7 @@ pub async fn start(cfg: &Config, table: Arc<Table>) -> Result<StoreHandle, Store
             tls,
             &cfg.redis_prefix,
             table.clone(),
-            cfg.redis_closed_ttl,
+            cfg.closed_retention(),
             cfg.redis_retry_max,
         )
         .map_err(StoreError::Redis)?;

@@ -26,7 +26,7 @@ use tokio_rustls::rustls::ClientConfig;
 
 use crate::common::Body;
 use crate::config::Config;
-pub use limit::{Limiter, OwnedPermit};
+pub use limit::{Limiter, Limits, OwnedPermit, Queue};
 
 /// Idle upstream connections older than this are closed rather than reused (servers
 /// commonly close at 60–75 s; reusing one they are about to close risks a lost send).

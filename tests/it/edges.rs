@@ -508,6 +508,50 @@ async fn a_broken_chunked_request_body_gets_400(engine: Engine) {
     assert_eq!(gw.send_str(PHONE_A1, TEXT_BODY).await.status(), 200);
 }
 
+/// Issue 25, item 4: the admin listener has the main listener's deadlines and its own
+/// connection cap. 300 partial heads on `admin_listen` (cap 64) stop neither sends on the
+/// main listener nor `/healthz` once the cap frees; a partial head is closed at the header
+/// deadline, without an answer.
+async fn partial_heads_on_the_admin_listener_are_cut_and_capped(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let gw = start(
+        engine,
+        &fake.url(),
+        &format!("{DEADLINES}\nadmin_max_connections = 64"),
+    )
+    .await;
+    let t0 = Instant::now();
+    let mut partial = Vec::new();
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(gw.admin_addr()).await.unwrap();
+        let _ = s
+            .write_all(b"GET /admin/circuits HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer x")
+            .await;
+        partial.push(s);
+    }
+    // Sends on the main listener are not held up.
+    assert_eq!(
+        send_within(&gw, Duration::from_secs(2)).await,
+        Some(200),
+        "{}",
+        engine.name()
+    );
+    // The first partial head is cut at the header deadline (1 s), answered nothing.
+    let (got, after) = until_closed(&mut partial[0], t0).await;
+    assert!(
+        after < Duration::from_secs(4),
+        "{}: partial admin head closed after {after:?}",
+        engine.name()
+    );
+    assert!(!got.contains("200 OK"), "{}: {got:?}", engine.name());
+    // `/healthz` answers once the cap frees: at most five rounds of 64 heads, cut at 1 s.
+    let healthz = tokio::time::timeout(Duration::from_secs(15), gw.admin_get("/healthz", None))
+        .await
+        .unwrap_or_else(|_| panic!("{}: /healthz did not answer", engine.name()));
+    assert_eq!(healthz.status(), 200);
+    drop(partial);
+}
+
 both_engines!(
     a_stalled_body_is_cut_with_408_at_client_body_timeout,
     a_broken_chunked_request_body_gets_400,
@@ -518,4 +562,5 @@ both_engines!(
     slow_heads_and_idle_keep_alives_are_cut_at_their_deadlines,
     every_spelling_of_a_send_to_an_open_circuit_is_answered_locally,
     a_drain_answers_in_flight_sends_with_connection_close,
+    partial_heads_on_the_admin_listener_are_cut_and_capped,
 );

@@ -24,6 +24,7 @@ mod instruction_budget;
 mod levels;
 mod notify;
 mod observability;
+mod overload;
 mod proxy;
 mod relay;
 mod shaping;

@@ -561,3 +561,63 @@ async fn current_status_alerts_and_calling_restrictions_are_read_and_block_nothi
         assert_eq!(gw.send_str(PHONE, b).await.status(), 200);
     }
 }
+
+/// Issue 25, item 6: a signed DISABLE dated 30 days back (past `max_event_age`, 7 days by
+/// default: Meta redelivers for no longer) is acknowledged and opens nothing, counted as
+/// `stale`.
+#[tokio::test]
+async fn an_event_older_than_max_event_age_is_acknowledged_and_ignored() {
+    let fake = FakeCloud::start().await;
+    let gw = gateway(&fake, "").await;
+    let old = now_unix() - 30 * 24 * 3600;
+    let r = deliver(&gw, &account_update(WABA, old, disabled("DISABLE"))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(circuit(&gw, WABA).await["state"], "closed");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "wa_breaker_webhooks_total", &[("result", "stale")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "wa_breaker_webhooks_total", &[("result", "applied")]),
+        Some(0.0)
+    );
+    // One a day old still counts.
+    let r = deliver(
+        &gw,
+        &account_update(WABA, now_unix() - 24 * 3600, disabled("DISABLE")),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(circuit(&gw, WABA).await["state"], "open");
+}
+
+/// Issue 25, item 6: an event without `time` is dated `max_event_age` ago, not at its
+/// arrival, so replaying a time-less DISABLE after a REINSTATE does not re-open.
+#[tokio::test]
+async fn a_timeless_replay_after_a_reinstate_does_not_reopen() {
+    let fake = FakeCloud::start().await;
+    let gw = gateway(&fake, "").await;
+    let timeless = json!({"object": "whatsapp_business_account", "entry": [
+        {"id": WABA, "changes": [change("account_update", disabled("DISABLE"))]}
+    ]});
+    assert_eq!(deliver(&gw, &timeless).await.status(), 200);
+    assert_eq!(
+        circuit(&gw, WABA).await["state"],
+        "open",
+        "nothing newer: it opens"
+    );
+    let r = deliver(
+        &gw,
+        &account_update(WABA, now_unix(), disabled("REINSTATE")),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(circuit(&gw, WABA).await["state"], "closed");
+    assert_eq!(deliver(&gw, &timeless).await.status(), 200);
+    assert_eq!(
+        circuit(&gw, WABA).await["state"],
+        "closed",
+        "the replay orders before the REINSTATE"
+    );
+}

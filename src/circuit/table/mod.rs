@@ -84,6 +84,9 @@ pub struct Limits {
     pub max_unknown: usize,
     /// How long a closed record is kept (it stops an older open delivered late).
     pub closed_ttl: Duration,
+    /// A closed record younger than this is kept even past `max_circuits` (`max_event_age`:
+    /// an event as old as this is still accepted, and must find the close that follows it).
+    pub keep_closed: Duration,
     /// Codes whose phone-number circuits widen to the whole WABA once its owner is known
     /// (the account-level trip codes).
     pub widen_codes: Vec<i64>,
@@ -96,6 +99,7 @@ impl Default for Limits {
             max_circuits: 100_000,
             max_unknown: 10_000,
             closed_ttl: Duration::from_secs(7 * 24 * 3600),
+            keep_closed: Duration::from_secs(7 * 24 * 3600),
             widen_codes: crate::graph::codes::DEFAULT_TRIP_CODES.to_vec(),
         }
     }
@@ -463,11 +467,14 @@ impl Table {
     }
 
     /// Drops closed records older than `closed_ttl`, then, past `max_circuits`, the oldest
-    /// closed records (never an open circuit); stores are told to delete them. Returns how
+    /// closed records older than `keep_closed` (never an open circuit, never a close an
+    /// accepted event could still precede); stores are told to delete them. Returns how
     /// many were dropped. Run now and then, off the hot path.
     pub fn prune(&self, now: DateTime<Utc>) -> usize {
         let ttl =
             chrono::Duration::from_std(self.limits.closed_ttl).unwrap_or(chrono::Duration::MAX);
+        let keep =
+            chrono::Duration::from_std(self.limits.keep_closed).unwrap_or(chrono::Duration::MAX);
         let mut closed: Vec<(DateTime<Utc>, Arc<str>)> = self
             .circuits
             .iter()
@@ -479,7 +486,7 @@ impl Table {
         let mut dropped = 0;
         for (i, (at, key)) in closed.into_iter().enumerate() {
             let expired = now - at > ttl;
-            if !expired && i >= over {
+            if !expired && (i >= over || now - at <= keep) {
                 break;
             }
             // Removed only if still closed and unchanged since the scan.

@@ -61,6 +61,8 @@ pub struct Webhook {
     table: Arc<Table>,
     health: Option<Arc<HealthChecker>>,
     warned_unconfigured: AtomicBool,
+    /// `max_event_age`: older events are acknowledged and ignored.
+    max_event_age: chrono::Duration,
 }
 
 impl Webhook {
@@ -99,6 +101,8 @@ impl Webhook {
             table,
             health,
             warned_unconfigured: AtomicBool::new(false),
+            max_event_age: chrono::Duration::from_std(cfg.max_event_age)
+                .unwrap_or(chrono::Duration::MAX),
         }
     }
 
@@ -204,7 +208,7 @@ impl Webhook {
             );
             return text(StatusCode::UNAUTHORIZED, "invalid X-Hub-Signature-256\n");
         }
-        let env = match payload::parse(&body) {
+        let mut env = match payload::parse(&body) {
             Ok(env) => env,
             Err(e) => {
                 METRICS.webhooks.with_label_values(&["invalid"]).inc();
@@ -213,6 +217,21 @@ impl Webhook {
             }
         };
 
+        let oldest = Utc::now()
+            .checked_sub_signed(self.max_event_age)
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        let stale = env.bound_age(oldest);
+        if stale > 0 {
+            METRICS
+                .webhooks
+                .with_label_values(&["stale"])
+                .inc_by(stale as u64);
+            tracing::info!(
+                stale,
+                oldest = %oldest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "webhook events older than max_event_age ignored (a replay: Meta redelivers for up to 7 days); acknowledged"
+            );
+        }
         let last_seq = self.apply(&env);
         let durable = async {
             match last_seq {
