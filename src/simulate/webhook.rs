@@ -298,7 +298,7 @@ fn template(field: &str, req: &Value, world: &World, time: i64) -> Result<Built,
             value["other_info"] = json!({"title": t, "description": format!("Simulated {t}.")});
         }
         let status = match (event.as_str(), title.as_deref()) {
-            (_, Some("UNPAUSE")) | ("APPROVED" | "REINSTATED" | "UNPAUSED", _) => Some(None),
+            (_, Some("UNPAUSE")) | ("APPROVED" | "REINSTATED", _) => Some(None),
             ("PAUSED", _) => Some(Some(TemplateStatus::Paused)),
             ("DISABLED", _) => Some(Some(TemplateStatus::Disabled)),
             _ => None,
