@@ -56,7 +56,14 @@ pub async fn serve_main(
     loop {
         tokio::select! {
             (permit, stream) = accept_capped(&listener, &engines.connections, "main") => {
-                let hyper = Hyper { builder: builder.clone(), edge: engines.edge.clone(), watcher: graceful.watcher(), idle: engines.deadlines.idle };
+                let hyper = Hyper {
+                    builder: builder.clone(),
+                    edge: engines.edge.clone(),
+                    watcher: graceful.watcher(),
+                    idle: engines.deadlines.idle,
+                    header: engines.deadlines.header,
+                    stop: shutdown.clone(),
+                };
                 match &engines.relay {
                     Some(relay) => {
                         let (relay, stop, alive) = (relay.clone(), shutdown.clone(), alive.clone());
@@ -93,8 +100,13 @@ struct Hyper {
     builder: auto::Builder<TokioExecutor>,
     edge: Edge,
     watcher: Watcher,
-    /// `client_idle_timeout`, for a fresh connection's first byte.
+    /// `client_idle_timeout`, for a fresh connection's first byte, and an HTTP/2
+    /// connection's time with no stream open.
     idle: Duration,
+    /// `client_header_timeout`, for a fresh HTTP/2 connection's first request.
+    header: Duration,
+    /// Flips when the process drains (an HTTP/2 connection then gets GOAWAY at once).
+    stop: watch::Receiver<bool>,
 }
 
 impl Hyper {
@@ -104,12 +116,16 @@ impl Hyper {
         // hyper-util's auto builder waits for a fresh connection's first bytes (HTTP/1 or
         // HTTP/2?) with no deadline of its own: a connection that never sends one is
         // closed at `client_idle_timeout`, like on the relay.
-        if read.is_empty()
-            && tokio::time::timeout(self.idle, stream.peek(&mut [0u8; 1]))
-                .await
-                .is_err()
-        {
-            return;
+        let h2 = if read.is_empty() {
+            match tokio::time::timeout(self.idle, starts_h2(&stream)).await {
+                Ok(h2) => h2,
+                Err(_) => return,
+            }
+        } else {
+            read.starts_with(PRI)
+        };
+        if h2 {
+            return self.serve_h2(stream, read).await;
         }
         let (io, handle) = Rewind::new(stream, read);
         let conn = self
@@ -131,6 +147,188 @@ impl Hyper {
             }
             tracing::debug!(listener = "main", error = %e, "connection closed with error");
         }
+    }
+}
+
+impl Hyper {
+    /// Serves an HTTP/2 connection (prior knowledge; the relay hands these over too).
+    /// hyper has no HTTP/2 idle or head deadline of its own, so the connection counts its
+    /// open streams and gets GOAWAY (hyper's graceful shutdown) once none has been open
+    /// for `client_idle_timeout` — or, before its first request, for the smaller of
+    /// `client_header_timeout` and `client_idle_timeout`. A HEADERS block never finished
+    /// is no stream, so the same deadline cuts it. A drain sends GOAWAY at once. Streams
+    /// still open finish; once none is open, the connection is closed after
+    /// [`H2_GOAWAY_GRACE`] even if the client never acknowledges the GOAWAY.
+    async fn serve_h2(self, stream: TcpStream, read: Vec<u8>) {
+        let (count, mut open) = watch::channel(0usize);
+        let service = Streams {
+            inner: self.edge,
+            count: Arc::new(count),
+        };
+        let (io, _handle) = Rewind::new(stream, read);
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        let mut conn = std::pin::pin!(conn);
+        let mut stop = self.stop;
+        let first = self.header.min(self.idle);
+        let mut shut = false;
+        loop {
+            let quiet = if shut {
+                (H2_GOAWAY_GRACE, H2_GOAWAY_GRACE)
+            } else {
+                (first, self.idle)
+            };
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(listener = "main", error = %e, "connection closed with error");
+                    }
+                    break;
+                }
+                _ = no_stream_for(&mut open, quiet.0, quiet.1) => {
+                    if shut {
+                        break;
+                    }
+                    crate::metrics::METRICS.client_timeouts.inc();
+                    conn.as_mut().graceful_shutdown();
+                    shut = true;
+                }
+                _ = drain_started(&mut stop), if !shut => {
+                    conn.as_mut().graceful_shutdown();
+                    shut = true;
+                }
+            }
+        }
+        // Held until here, so a drain waits for this connection (up to its bound).
+        drop(self.watcher);
+    }
+}
+
+/// The start of the HTTP/2 connection preface (`PRI * HTTP/2.0`), which no HTTP/1 method
+/// spells.
+const PRI: &[u8] = b"PRI ";
+
+/// How long an HTTP/2 connection that was sent GOAWAY stays open once no stream is open
+/// (for the client to read the GOAWAY); then it is closed.
+const H2_GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether a fresh connection's first bytes are the HTTP/2 preface's (waits for the
+/// first byte, and for more only while what came is a prefix of `PRI `). A closed or
+/// failed connection is left to hyper.
+async fn starts_h2(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 4];
+    loop {
+        let n = match stream.peek(&mut buf).await {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 || buf[..n] != PRI[..n] {
+            return false;
+        }
+        if n == PRI.len() {
+            return true;
+        }
+        // "P" or "PR" so far: rare, wait for the rest.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Completes once no stream has been open for `first` (before any stream opened) or
+/// `then` (after).
+async fn no_stream_for(open: &mut watch::Receiver<usize>, first: Duration, then: Duration) {
+    let mut quiet = first;
+    loop {
+        if open.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(quiet) => return,
+            r = open.changed() => {
+                if r.is_err() {
+                    return std::future::pending().await;
+                }
+                quiet = then;
+            }
+        }
+    }
+}
+
+/// Completes when the drain starts (never if the sender is gone).
+async fn drain_started(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// An HTTP/2 connection's service: the hyper engine's, counting open streams (from the
+/// request until its answer's body is done or dropped).
+#[derive(Clone)]
+struct Streams {
+    inner: Edge,
+    count: Arc<watch::Sender<usize>>,
+}
+
+/// One open stream; dropping it counts it closed.
+struct Open(Arc<watch::Sender<usize>>);
+
+impl Open {
+    fn new(count: &Arc<watch::Sender<usize>>) -> Open {
+        count.send_modify(|n| *n += 1);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Streams {
+    type Response = Response<Counted>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Counted>, Infallible>> + Send>,
+    >;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let open = Open::new(&self.count);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            Ok(resp.map(|inner| Counted { inner, _open: open }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An HTTP/2 answer's body, holding its stream's place in the count.
+    struct Counted {
+        #[pin]
+        inner: Body,
+        _open: Open,
+    }
+}
+
+impl http_body::Body for Counted {
+    type Data = <Body as http_body::Body>::Data;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -552,6 +552,203 @@ async fn partial_heads_on_the_admin_listener_are_cut_and_capped(engine: Engine) 
     drop(partial);
 }
 
+/// HTTP/2 (prior knowledge) deadlines, issue 25 item 1: one second each.
+const H2_DEADLINES: &str = r#"
+client_header_timeout = "1s"
+client_idle_timeout = "1s"
+"#;
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// One HTTP/2 frame's bytes.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The (type, stream) of each whole frame in what a gateway wrote after its preface.
+fn h2_frames(mut b: &[u8]) -> Vec<(u8, u32)> {
+    let mut out = Vec::new();
+    while b.len() >= 9 {
+        let len = (usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2]);
+        let stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff;
+        out.push((b[3], stream));
+        b = &b[(9 + len).min(b.len())..];
+    }
+    out
+}
+
+const GOAWAY: u8 = 7;
+const HEADERS: u8 = 1;
+
+/// Reads until the gateway closes `s` (EOF or reset): what it wrote and when, or None
+/// if still open after `limit`.
+async fn h2_until_closed(s: &mut TcpStream, limit: Duration) -> Option<(Vec<u8>, Instant)> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.ok()?;
+    Some((all, Instant::now()))
+}
+
+/// An h2c connection that sends the preface and SETTINGS, then nothing, gets GOAWAY and
+/// is closed after the deadline (1 s), not left open.
+async fn an_idle_h2_connection_is_closed_at_the_deadline(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let gw = start(engine, &fake.url(), H2_DEADLINES).await;
+    let mut s = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    s.write_all(H2_PREFACE).await.unwrap();
+    let t0 = Instant::now();
+    let (got, at) = h2_until_closed(&mut s, Duration::from_secs(6))
+        .await
+        .unwrap_or_else(|| panic!("{}: idle h2 connection still open after 6 s", engine.name()));
+    let after = at - t0;
+    assert!(
+        after >= Duration::from_millis(800) && after < Duration::from_secs(4),
+        "{}: closed after {after:?}",
+        engine.name()
+    );
+    let frames = h2_frames(&got);
+    assert!(
+        frames.iter().any(|f| f.0 == GOAWAY),
+        "{}: {frames:?}",
+        engine.name()
+    );
+}
+
+/// A HEADERS frame whose block is never finished (no END_HEADERS, no CONTINUATION) is no
+/// request: the connection is closed at the deadline all the same.
+async fn an_unfinished_h2_headers_block_is_closed_at_the_deadline(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let gw = start(engine, &fake.url(), H2_DEADLINES).await;
+    let mut s = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    let mut out = H2_PREFACE.to_vec();
+    // `:method GET`, `:scheme http`, and then nothing: END_STREAM without END_HEADERS.
+    out.extend(h2_frame(HEADERS, 0x1, 1, &[0x82, 0x86]));
+    s.write_all(&out).await.unwrap();
+    let t0 = Instant::now();
+    let (got, at) = h2_until_closed(&mut s, Duration::from_secs(6))
+        .await
+        .unwrap_or_else(|| panic!("{}: unfinished HEADERS still open after 6 s", engine.name()));
+    assert!(
+        at - t0 < Duration::from_secs(4),
+        "{}: closed after {:?}",
+        engine.name(),
+        at - t0
+    );
+    let frames = h2_frames(&got);
+    assert!(
+        !frames.iter().any(|f| f.0 == HEADERS),
+        "{}: answered {frames:?}",
+        engine.name()
+    );
+}
+
+/// An h2c connection that made one request (answered) and then idles is closed at
+/// `client_idle_timeout`.
+async fn an_h2_connection_idle_after_a_request_is_closed(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let gw = start(engine, &fake.url(), H2_DEADLINES).await;
+    let mut s = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    let path = format!("/v21.0/{PHONE_A1}/whatsapp_business_profile");
+    // GET, http, then literal `:path` and `:authority` (no Huffman).
+    let mut block = vec![0x82, 0x86, 0x44, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x41, 2]);
+    block.extend_from_slice(b"gw");
+    let mut out = H2_PREFACE.to_vec();
+    out.extend(h2_frame(HEADERS, 0x5, 1, &block));
+    s.write_all(&out).await.unwrap();
+    let t0 = Instant::now();
+    let (got, at) = h2_until_closed(&mut s, Duration::from_secs(8))
+        .await
+        .unwrap_or_else(|| panic!("{}: h2 connection still open after 8 s", engine.name()));
+    let frames = h2_frames(&got);
+    assert!(
+        frames.contains(&(HEADERS, 1)),
+        "{}: the request was not answered: {frames:?}",
+        engine.name()
+    );
+    assert!(
+        frames.iter().any(|f| f.0 == GOAWAY),
+        "{}: {frames:?}",
+        engine.name()
+    );
+    assert!(
+        at - t0 < Duration::from_secs(5),
+        "{}: closed after {:?}",
+        engine.name(),
+        at - t0
+    );
+    assert!(
+        fake.last().is_some(),
+        "{}: the request reached the upstream",
+        engine.name()
+    );
+}
+
+/// SIGTERM with an idle h2c connection open (deadlines far off, a long drain bound): the
+/// connection gets GOAWAY at once and the process exits well within `drain_timeout`.
+async fn a_drain_closes_idle_h2_connections_at_once(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let extra = r#"
+client_header_timeout = "60s"
+client_idle_timeout = "60s"
+drain_timeout = "30s"
+"#;
+    let gw = start(engine, &fake.url(), extra).await;
+    let mut s = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    s.write_all(H2_PREFACE).await.unwrap();
+    // The connection is served (hyper's SETTINGS came) before the drain starts.
+    let mut first = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        use tokio::io::AsyncReadExt;
+        s.read_exact(&mut first).await?;
+        let len =
+            (usize::from(first[0]) << 16) | (usize::from(first[1]) << 8) | usize::from(first[2]);
+        s.read_exact(&mut vec![0u8; len]).await
+    })
+    .await
+    .expect("server SETTINGS in time")
+    .expect("server SETTINGS");
+    assert_eq!(first[3], 4, "{}: SETTINGS first", engine.name());
+    let t0 = Instant::now();
+    gw.signal("TERM");
+    let status = gw
+        .wait_exit(Duration::from_secs(8))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: still running 8 s after SIGTERM\n{}",
+                engine.name(),
+                gw.logs()
+            )
+        });
+    assert!(status.success(), "{status:?}\n{}", gw.logs());
+    assert!(t0.elapsed() < Duration::from_secs(8));
+    let (got, _) = h2_until_closed(&mut s, Duration::from_secs(2))
+        .await
+        .expect("closed after exit");
+    let frames = h2_frames(&got);
+    assert!(
+        frames.iter().any(|f| f.0 == GOAWAY),
+        "{}: {frames:?}",
+        engine.name()
+    );
+}
+
 both_engines!(
     a_stalled_body_is_cut_with_408_at_client_body_timeout,
     a_broken_chunked_request_body_gets_400,
@@ -563,4 +760,8 @@ both_engines!(
     every_spelling_of_a_send_to_an_open_circuit_is_answered_locally,
     a_drain_answers_in_flight_sends_with_connection_close,
     partial_heads_on_the_admin_listener_are_cut_and_capped,
+    an_idle_h2_connection_is_closed_at_the_deadline,
+    an_unfinished_h2_headers_block_is_closed_at_the_deadline,
+    an_h2_connection_idle_after_a_request_is_closed,
+    a_drain_closes_idle_h2_connections_at_once,
 );
