@@ -58,7 +58,9 @@ pub struct Metrics {
     pub store_commit_failures: IntCounter,
     /// Requests whose client body broke off or was malformed (400, not an upstream error).
     pub client_body_errors: IntCounter,
-    /// Client connections cut by `client_header_timeout` or `client_body_timeout` (408).
+    /// Client connections cut by `client_header_timeout` or `client_body_timeout` (408), and
+    /// HTTP/2 connections sent GOAWAY with no stream open by `client_header_timeout` or
+    /// `client_idle_timeout`.
     pub client_timeouts: IntCounter,
     /// Circuit changes recorded nowhere, by why (`unknown_waba`, `over_cap`,
     /// `unknown_over_cap`: an open for a key a send chose past `max_unknown_circuits`).
@@ -227,7 +229,7 @@ impl Metrics {
         .expect("valid metric");
         let client_timeouts = IntCounter::new(
             "wa_breaker_client_timeouts_total",
-            "Client connections answered 408 and closed: request head or body not in by client_header_timeout / client_body_timeout",
+            "Client connections answered 408 and closed: request head or body not in by client_header_timeout / client_body_timeout; HTTP/2 connections sent GOAWAY with no stream open by client_header_timeout / client_idle_timeout",
         )
         .expect("valid metric");
         let events_ignored = IntCounterVec::new(
