@@ -9,10 +9,10 @@
 //! |---|---|---|
 //! | route + resolve | [`Policy::route`], [`Policy::discover`] | webhook or Graph call; a send or not; the phone number's WABA (the circuit directory); unmapped sends reported to discovery |
 //! | guard | [`exchange::Routed::admit`] → [`Policy::admit`] | forward, read the body first (template sends), or answer locally ([`Reply::open`]) |
-//! | pace | [`exchange::Pacing::pace`] → [`Policy::pair`] ([`pair`]), then [`Policy::pace`] ([`pace`]) | a send to a recipient its phone number holds after Meta's 131056 is answered locally with 131056; then | a send over its phone number's pace waits for its slot (then the guard again, [`exchange::Waiting::waited`]) or is answered locally with Meta's 130429 |
+//! | pace | [`exchange::Pacing::pace`] → [`Policy::pair`] ([`pair`]), then [`Policy::pace`] ([`pace`]) | a send to a recipient its phone number holds after Meta's 131056 is answered locally with 131056; then a send over its phone number's pace waits for its slot (then the guard again, [`exchange::Waiting::waited`]) or is answered locally with Meta's 130429 |
 //! | permit + guard again | the engine waits for an upstream permit (`upstream::Limiter`), then [`exchange::Guarded::permitted`] | a send queued while a circuit tripped is answered locally |
 //! | forward | engines; request headers filtered by [`hop`], framing by [`framing`] | — |
-//! | classify | [`exchange::Admitted::answered`] → [`Policy::inspect`], then [`exchange::Reading::judge`] → [`Policy::classify`] ([`Answer`], [`judge`], [`decode`]) | whether to read the body; whether it trips the WABA's, the phone number's or the send template's circuit, and until when |
+//! | classify | [`exchange::Admitted::answered`] → [`Policy::inspect`] (a 2xx ends a pair hold the pair step read, [`Policy::delivered`]), then [`exchange::Reading::judge`] → [`Policy::classify`] ([`Answer`], [`judge`], [`decode`]) | whether to read the body; whether it trips the WABA's, the phone number's or the send template's circuit, and until when |
 //! | settle | [`exchange::Settle::done`] | wait until a trip is durable ([`Policy::acknowledged`]); record the outcome, once |
 //! | respond | engines render the answer or a [`Reply`] | — |
 //!
