@@ -60,8 +60,12 @@ struct Sent {
 }
 
 async fn send_timed(gw: &Gateway, phone: &str) -> Sent {
+    send_body(gw, phone, TEXT_BODY).await
+}
+
+async fn send_body(gw: &Gateway, phone: &str, body: &str) -> Sent {
     let t0 = Instant::now();
-    let r = gw.send_str(phone, TEXT_BODY).await;
+    let r = gw.send_str(phone, body).await;
     let took = t0.elapsed();
     let header = |k: &str| {
         r.headers()
@@ -202,32 +206,7 @@ async fn send_to(gw: &Gateway, phone: &str, to: &str) -> Sent {
         "text": {"body": "hello"},
     })
     .to_string();
-    let t0 = Instant::now();
-    let r = gw.send_str(phone, &body).await;
-    let took = t0.elapsed();
-    let header = |k: &str| {
-        r.headers()
-            .get(k)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let (status, marker, retry_after) = (
-        r.status().as_u16(),
-        header("x-wa-breaker"),
-        header("retry-after").and_then(|v| v.parse().ok()),
-    );
-    let body: serde_json::Value = r.json().await.unwrap_or_default();
-    Sent {
-        status,
-        marker,
-        retry_after,
-        code: body["error"]["code"].as_i64(),
-        details: body["error"]["error_data"]["details"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        took,
-    }
+    send_body(gw, phone, &body).await
 }
 
 fn pair_rate() -> Reply {
