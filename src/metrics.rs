@@ -92,6 +92,9 @@ pub struct Metrics {
     /// `wa_breaker_shaping_evicted_total`: idle phone numbers dropped from the pacer's
     /// memory (`shaping` caps the numbers it tracks).
     pub shaping_evicted: IntCounter,
+    /// `wa_breaker_shaping_pairs_evicted_total`: (phone number, recipient) pairs dropped
+    /// from the pair holds' memory (capped) to make room for a new hold.
+    pub shaping_pairs_evicted: IntCounter,
 }
 
 /// The `reason` labels of `wa_breaker_shaped_total`.
@@ -350,6 +353,11 @@ impl Metrics {
             "Phone numbers dropped from the pacer's memory to stay within its cap",
         )
         .expect("valid metric");
+        let shaping_pairs_evicted = IntCounter::new(
+            "wa_breaker_shaping_pairs_evicted_total",
+            "(Phone number, recipient) pairs dropped from the pair holds' memory to stay within its cap",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("wa_breaker_build_info", "Build information"),
             &["version"],
@@ -390,6 +398,7 @@ impl Metrics {
             Box::new(shaping_observed.clone()),
             Box::new(shaping_wait.clone()),
             Box::new(shaping_evicted.clone()),
+            Box::new(shaping_pairs_evicted.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -448,6 +457,7 @@ impl Metrics {
             shaping_observed,
             shaping_wait,
             shaping_evicted,
+            shaping_pairs_evicted,
         }
     }
 

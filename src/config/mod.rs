@@ -334,6 +334,7 @@ impl Config {
             mode: s.mode,
             throughput: s.throughput,
             max_delay: s.max_delay,
+            pair_hold: s.pair_hold,
             phone_throughput: s
                 .phone_throughput
                 .iter()
@@ -552,6 +553,12 @@ mod tests {
         cfg.shaping.max_delay = Duration::from_secs(61);
         rejects(&cfg, "shaping.max_delay");
         cfg.shaping.max_delay = Duration::from_secs(1);
+        assert_eq!(cfg.shaping.pair_hold, Duration::from_secs(4));
+        cfg.shaping.pair_hold = Duration::ZERO;
+        rejects(&cfg, "shaping.pair_hold");
+        cfg.shaping.pair_hold = Duration::from_secs(16 * 60);
+        rejects(&cfg, "shaping.pair_hold");
+        cfg.shaping.pair_hold = Duration::from_secs(4);
         cfg.shaping.phone_throughput.insert("+1 555".into(), 20);
         rejects(&cfg, "shaping.phone_throughput");
         cfg.shaping.phone_throughput.clear();

@@ -138,6 +138,9 @@ pub struct ShapingConfig {
     /// Longest wait for the number's pace before a local 130429.
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
+    /// The first hold of a (phone number, recipient) pair after Meta's 131056.
+    #[serde(with = "humantime_serde")]
+    pub pair_hold: Duration,
     /// `[shaping.phone_throughput]`: messages/s per phone-number id (the operator's word wins).
     pub phone_throughput: BTreeMap<String, u32>,
 }
@@ -148,6 +151,7 @@ impl Default for ShapingConfig {
             mode: crate::policy::pace::ShapingMode::Observe,
             throughput: 80,
             max_delay: Duration::from_secs(1),
+            pair_hold: Duration::from_secs(4),
             phone_throughput: BTreeMap::new(),
         }
     }

@@ -283,6 +283,12 @@ impl Config {
         if s.max_delay > Duration::from_secs(60) {
             return Err(invalid("shaping.max_delay", "must be at most 60s"));
         }
+        if s.pair_hold.is_zero() || s.pair_hold > crate::policy::pair::CAP {
+            return Err(invalid(
+                "shaping.pair_hold",
+                "must be more than 0s and at most 15m",
+            ));
+        }
         for (id, n) in &s.phone_throughput {
             if !GraphId::is_valid(id) {
                 return Err(invalid(

@@ -23,6 +23,8 @@ pub const MAINTENANCE: i64 = 131057;
 pub const TEMPLATE_PAUSED: i64 = 132015;
 /// Cloud API throughput reached for the phone number (the pace answers it locally too).
 pub const THROUGHPUT: i64 = 130429;
+/// The (business number, user) pair rate limit: a pair's sends are held ([`crate::policy::pair`]).
+pub const PAIR_RATE: i64 = 131056;
 /// "Template is disabled" (no end: the template must be edited or replaced).
 pub const TEMPLATE_DISABLED: i64 = 132016;
 /// "Business eligibility payment issue": the payment method is missing or failing, the

@@ -45,7 +45,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Admit, Body, Call, Outcome, Paced, Policy, Reply};
+use super::{Admit, Body, Call, Outcome, Paced, Paired, Policy, Reply};
 use crate::common::error::BoxError;
 
 /// Why a request could not be forwarded; rendered once by the engine as
@@ -86,12 +86,19 @@ impl ForwardError {
 #[derive(Debug)]
 struct Record {
     call: Call,
+    /// The recipient's digits, when the pair step read them (its phone number had pair
+    /// holds): a delivery ends the pair's hold ([`Policy::delivered`]).
+    to: Option<u64>,
     done: bool,
 }
 
 impl Record {
     fn new(call: Call) -> Record {
-        Record { call, done: false }
+        Record {
+            call,
+            to: None,
+            done: false,
+        }
     }
 
     fn record(mut self, outcome: Outcome) {
@@ -284,11 +291,31 @@ impl Pacing {
         self.rec.call
     }
 
-    /// The pace ([`Policy::pace`]): a send within its phone number's pace goes on; one
-    /// over it waits for its slot (at most `max_delay`), or is answered locally (`render`
-    /// turns the [`Reply`] into what the engine sends).
+    /// The pair holds ([`Policy::pair`]: a send to a recipient its phone number holds
+    /// after Meta's 131056 is answered locally; `body` is read only when the number has
+    /// holds), then the pace ([`Policy::pace`]): a send within its phone number's pace goes
+    /// on; one over it waits for its slot (at most `max_delay`), or is answered locally
+    /// (`render` turns the [`Reply`] into what the engine sends).
     #[inline]
-    pub fn pace<R>(self, policy: &Policy, render: impl FnOnce(Reply<'_>) -> R) -> Pace<R> {
+    pub fn pace<R>(
+        mut self,
+        policy: &Policy,
+        body: Body<'_>,
+        render: impl FnOnce(Reply<'_>) -> R,
+    ) -> Pace<R> {
+        match policy.pair(self.rec.call, body) {
+            Paired::Go(to) => self.rec.to = to,
+            Paired::Local(reply) => {
+                return Pace::Local(
+                    render(reply),
+                    Settle {
+                        rec: self.rec,
+                        outcome: Outcome::Local,
+                        unacked: None,
+                    },
+                )
+            }
+        }
         match policy.pace(self.rec.call) {
             Paced::Go(at) => Pace::Go(Guarded {
                 rec: self.rec,
@@ -495,6 +522,11 @@ impl<P> Admitted<P> {
         content_length: Option<u64>,
     ) -> Answered<P> {
         let to_head = self.start.elapsed();
+        if let Some(to) = self.rec.to {
+            if (200..300).contains(&status) {
+                policy.delivered(self.rec.call, to);
+            }
+        }
         match policy.inspect(status, content_length) {
             super::Inspect::Pass => Answered::Pass(Settle {
                 rec: self.rec,
@@ -623,7 +655,7 @@ mod tests {
         let Guard::Go(g) = send(p).admit(p, Body::Read(b"{}"), |_| ()) else {
             panic!("closed: go")
         };
-        match g.pace(p, |_| ()) {
+        match g.pace(p, Body::Read(b"{}"), |_| ()) {
             Pace::Go(g) => g,
             _ => panic!("within the pace: go"),
         }
@@ -715,7 +747,7 @@ mod tests {
             let Guard::Go(g) = send(&p).admit(&p, Body::Read(b"{}"), |_| ()) else {
                 panic!("closed: go")
             };
-            match g.pace(&p, |_| ()) {
+            match g.pace(&p, Body::Read(b"{}"), |_| ()) {
                 Pace::Wait(w) => waiting.push(w),
                 _ => panic!("over the pace, within max_delay: wait"),
             }
@@ -725,7 +757,9 @@ mod tests {
         let Guard::Go(g) = send(&p).admit(&p, Body::Read(b"{}"), |_| ()) else {
             panic!("closed: go")
         };
-        match g.pace(&p, |r| (r.status().as_u16(), r.marker(), r.retry_after())) {
+        match g.pace(&p, Body::Read(b"{}"), |r| {
+            (r.status().as_u16(), r.marker(), r.retry_after())
+        }) {
             Pace::Local((400, "shaped", Some(secs)), _) => assert!(secs >= 1),
             other => panic!("past max_delay: a local 130429, got {other:?}"),
         }

@@ -9,10 +9,10 @@
 //! |---|---|---|
 //! | route + resolve | [`Policy::route`], [`Policy::discover`] | webhook or Graph call; a send or not; the phone number's WABA (the circuit directory); unmapped sends reported to discovery |
 //! | guard | [`exchange::Routed::admit`] → [`Policy::admit`] | forward, read the body first (template sends), or answer locally ([`Reply::open`]) |
-//! | pace | [`exchange::Pacing::pace`] → [`Policy::pace`] ([`pace`]) | a send over its phone number's pace waits for its slot (then the guard again, [`exchange::Waiting::waited`]) or is answered locally with Meta's 130429 |
+//! | pace | [`exchange::Pacing::pace`] → [`Policy::pair`] ([`pair`]), then [`Policy::pace`] ([`pace`]) | a send to a recipient its phone number holds after Meta's 131056 is answered locally with 131056; then a send over its phone number's pace waits for its slot (then the guard again, [`exchange::Waiting::waited`]) or is answered locally with Meta's 130429 |
 //! | permit + guard again | the engine waits for an upstream permit (`upstream::Limiter`), then [`exchange::Guarded::permitted`] | a send queued while a circuit tripped is answered locally |
 //! | forward | engines; request headers filtered by [`hop`], framing by [`framing`] | — |
-//! | classify | [`exchange::Admitted::answered`] → [`Policy::inspect`], then [`exchange::Reading::judge`] → [`Policy::classify`] ([`Answer`], [`judge`], [`decode`]) | whether to read the body; whether it trips the WABA's, the phone number's or the send template's circuit, and until when |
+//! | classify | [`exchange::Admitted::answered`] → [`Policy::inspect`] (a 2xx ends a pair hold the pair step read, [`Policy::delivered`]), then [`exchange::Reading::judge`] → [`Policy::classify`] ([`Answer`], [`judge`], [`decode`]) | whether to read the body; whether it trips the WABA's, the phone number's or the send template's circuit, and until when |
 //! | settle | [`exchange::Settle::done`] | wait until a trip is durable ([`Policy::acknowledged`]); record the outcome, once |
 //! | respond | engines render the answer or a [`Reply`] | — |
 //!
@@ -23,6 +23,7 @@ pub mod exchange;
 pub mod framing;
 pub mod hop;
 pub mod pace;
+pub mod pair;
 pub mod plan;
 pub mod reply;
 pub mod template;
@@ -312,6 +313,18 @@ pub struct Policy {
     discovery: Option<Arc<dyn Discovery>>,
     /// Every phone number's pace (`[shaping]`).
     pacer: pace::Pacer,
+    /// (Phone number, recipient) pairs held after Meta's 131056 (`shaping.pair_hold`).
+    pairs: pair::Pairs,
+}
+
+/// What the pair step ([`Policy::pair`]) decided for a send.
+#[derive(Debug)]
+pub enum Paired {
+    /// No hold for its pair: on. The recipient's digits, when its phone number has holds
+    /// (its body was read): a delivery ends the pair's reach ([`Policy::delivered`]).
+    Go(Option<u64>),
+    /// Held: answered locally with Meta's 131056.
+    Local(Reply<'static>),
 }
 
 /// What the pace step ([`Policy::pace`]) decided for a send.
@@ -329,6 +342,7 @@ pub enum Paced {
 impl Policy {
     /// A policy with `settings`, reading and changing `table`.
     pub fn new(settings: Settings, table: Arc<Table>) -> Policy {
+        let pairs = pair::Pairs::new(settings.shaping.pair_hold, settings.shaping.max_pairs);
         Policy {
             table,
             mode: settings.mode,
@@ -339,6 +353,7 @@ impl Policy {
             ack_late_logged: AtomicBool::new(false),
             discovery: None,
             pacer: pace::Pacer::new(settings.shaping),
+            pairs,
         }
     }
 
@@ -375,6 +390,93 @@ impl Policy {
     /// Every phone number's pace.
     pub fn pacer(&self) -> &pace::Pacer {
         &self.pacer
+    }
+
+    /// (Phone number, recipient) pairs on hold.
+    pub fn pairs(&self) -> &pair::Pairs {
+        &self.pairs
+    }
+
+    /// The pair step, after the guard and before the pace: a send to a recipient its
+    /// phone number is holding after Meta's 131056 is answered locally with Meta's 131056
+    /// envelope (`enforce`); `observe` counts it and lets it go. The body is read (for its
+    /// `to`) only when the phone number has holds: every other send pays one atomic load.
+    #[inline]
+    pub fn pair(&self, call: Call, body: Body<'_>) -> Paired {
+        if !self.pairs.any() || call.kind != Kind::Send {
+            return Paired::Go(None);
+        }
+        match (call.phone, body) {
+            (Some(phone), Body::Read(b)) => self.pair_held(phone, b),
+            _ => Paired::Go(None),
+        }
+    }
+
+    /// A send of a phone number that has pair holds (off the common path).
+    #[cold]
+    fn pair_held(&self, phone: GraphId, body: &[u8]) -> Paired {
+        let mode = self.pacer.mode();
+        let now = Instant::now();
+        if mode == pace::ShapingMode::Off || !self.pairs.has_holds(&phone, now) {
+            return Paired::Go(None);
+        }
+        let Some(to) = pair::recipient(body) else {
+            return Paired::Go(None);
+        };
+        match self.pairs.check(&phone, to, now) {
+            pair::Check::Free => Paired::Go(Some(to)),
+            pair::Check::Held { .. } if mode == pace::ShapingMode::Observe => {
+                METRICS.shaping_observed("pair", "answer");
+                Paired::Go(Some(to))
+            }
+            pair::Check::Held { retry_after, level } => {
+                METRICS.shaped("pair");
+                let details = format!(
+                    "wa-breaker answered this send locally, it did not reach Meta: Meta answered an earlier send from phone number {} to this recipient with 131056 (pair rate limit), and the pair is held for {} more second(s) (hold {} after {} repeat(s)). Retry after retry-after.",
+                    phone.as_str(),
+                    retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+                    level + 1,
+                    level,
+                );
+                Paired::Local(Reply::shaped(
+                    crate::graph::codes::PAIR_RATE,
+                    "(#131056) (Business Account, Consumer Account) pair rate limit hit",
+                    &details,
+                    retry_after,
+                ))
+            }
+        }
+    }
+
+    /// A send whose pair step read its recipient `to` was delivered (2xx): the pair's hold
+    /// and reach end.
+    #[cold]
+    pub fn delivered(&self, call: Call, to: u64) {
+        if let Some(phone) = call.phone {
+            self.pairs.delivered(&phone, to);
+        }
+    }
+
+    /// Meta answered a send of `phone` with 131056: its pair (the recipient read from the
+    /// request) is held (see [`pair`]); once per 131056, logged.
+    #[cold]
+    fn pair_rate_hit(&self, phone: GraphId, request: Option<&[u8]>) {
+        if self.pacer.mode() == pace::ShapingMode::Off {
+            return;
+        }
+        let Some(to) = request.and_then(pair::recipient) else {
+            return;
+        };
+        let (hold, evicted) = self.pairs.hit(phone, to, Instant::now());
+        if evicted > 0 {
+            METRICS.shaping_pairs_evicted.inc_by(evicted as u64);
+        }
+        tracing::info!(
+            phone_number_id = %phone.as_str(),
+            hold_secs = hold.as_secs(),
+            shaping = self.pacer.mode().as_str(),
+            "Meta answered 131056 (pair rate limit): sends from this phone number to this recipient are held for the hold"
+        );
     }
 
     /// The pace step, after the guard: a send of a phone number over its pace waits for
@@ -585,6 +687,7 @@ impl Policy {
     /// to wait for with [`Policy::acknowledged`] before the answer goes to the app.
     pub fn classify(&self, call: Call, answer: Answer<'_>) -> Option<u64> {
         let status = answer.status;
+        let request = answer.request;
         let j = judge(
             &self.trip_codes,
             self.classify_limit,
@@ -599,6 +702,11 @@ impl Policy {
             if code == crate::graph::codes::THROUGHPUT && call.kind == Kind::Send {
                 if let Some(phone) = call.phone {
                     self.pacer.throttled(phone, Instant::now());
+                }
+            }
+            if code == crate::graph::codes::PAIR_RATE && call.kind == Kind::Send {
+                if let Some(phone) = call.phone {
+                    self.pair_rate_hit(phone, request);
                 }
             }
         }

@@ -74,6 +74,11 @@ pub struct Settings {
     pub phone_throughput: HashMap<GraphId, u32>,
     /// Phone numbers tracked at once (idle ones are evicted past it).
     pub max_numbers: usize,
+    /// `shaping.pair_hold`: the first hold of a (phone number, recipient) pair after
+    /// Meta's 131056 ([`super::pair`]).
+    pub pair_hold: Duration,
+    /// (Phone number, recipient) pairs held at once (evicted past it, idle ones first).
+    pub max_pairs: usize,
 }
 
 impl Default for Settings {
@@ -84,6 +89,8 @@ impl Default for Settings {
             max_delay: Duration::from_secs(1),
             phone_throughput: HashMap::new(),
             max_numbers: 100_000,
+            pair_hold: Duration::from_secs(4),
+            max_pairs: 100_000,
         }
     }
 }
@@ -454,6 +461,7 @@ mod tests {
             max_delay: Duration::ZERO,
             phone_throughput: phones,
             max_numbers: 100,
+            ..Settings::default()
         });
         let now = Instant::now();
         assert_eq!(p.check(id("111"), now).decision, Decision::Go);

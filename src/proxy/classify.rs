@@ -246,7 +246,9 @@ mod tests {
         let Guard::Go(pacing) = routed.admit(p, known_body(&req), |r| render(&r)) else {
             panic!("closed circuits let everything go")
         };
-        let crate::policy::exchange::Pace::Go(guarded) = pacing.pace(p, |r| render(&r)) else {
+        let crate::policy::exchange::Pace::Go(guarded) =
+            pacing.pace(p, known_body(&req), |r| render(&r))
+        else {
             panic!("within the pace")
         };
         let permit = Arc::new(Limiter::new(1, crate::upstream::Queue::UNBOUNDED))

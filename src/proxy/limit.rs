@@ -155,7 +155,9 @@ mod tests {
         else {
             panic!("a closed circuit lets the send go")
         };
-        let crate::policy::exchange::Pace::Go(state) = pacing.pace(p, |r| render(&r)) else {
+        let crate::policy::exchange::Pace::Go(state) =
+            pacing.pace(p, known_body(&req), |r| render(&r))
+        else {
             panic!("within the pace")
         };
         Exchanging { req, state }

@@ -64,7 +64,7 @@ where
 
     fn call(&mut self, x: Exchanging<Pacing>) -> Self::Future {
         let Exchanging { req, state } = x;
-        match state.pace(&self.policy, |r| render(&r)) {
+        match state.pace(&self.policy, known_body(&req), |r| render(&r)) {
             Paced::Go(state) => StepFuture::Inner {
                 fut: self.inner.call(Exchanging { req, state }),
             },

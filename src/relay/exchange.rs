@@ -60,7 +60,7 @@ impl Relay {
             out.clear();
             super::render(&reply, close_now, out);
         };
-        let guarded = match pacing.pace(policy, local) {
+        let guarded = match pacing.pace(policy, Body::Read(body), local) {
             Pace::Go(g) => g,
             Pace::Local((), settle) => {
                 return self.answer_local(client, settle, close_now, s).await

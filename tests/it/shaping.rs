@@ -12,6 +12,10 @@ const PHONE_A1: &str = "106540352242922";
 const PHONE_A2: &str = "106540352242923";
 
 fn config(engine: Engine, mode: &str) -> String {
+    config_with(engine, mode, "")
+}
+
+fn config_with(engine: Engine, mode: &str, shaping: &str) -> String {
     let engine_line = engine.config_line();
     format!(
         r#"
@@ -25,6 +29,7 @@ request_timeout = "5s"
 [shaping]
 mode = "{mode}"
 max_delay = "1s"
+{shaping}
 
 [shaping.phone_throughput]
 "{PHONE_A1}" = 5
@@ -55,8 +60,12 @@ struct Sent {
 }
 
 async fn send_timed(gw: &Gateway, phone: &str) -> Sent {
+    send_body(gw, phone, TEXT_BODY).await
+}
+
+async fn send_body(gw: &Gateway, phone: &str, body: &str) -> Sent {
     let t0 = Instant::now();
-    let r = gw.send_str(phone, TEXT_BODY).await;
+    let r = gw.send_str(phone, body).await;
     let took = t0.elapsed();
     let header = |k: &str| {
         r.headers()
@@ -188,7 +197,124 @@ async fn observe_mode_forwards_everything_and_counts_what_it_would_hold(engine: 
     );
 }
 
+/// A text send from a phone number to `to`.
+async fn send_to(gw: &Gateway, phone: &str, to: &str) -> Sent {
+    let body = serde_json::json!({
+        "messaging_product": "whatsapp",
+        "to": to,
+        "type": "text",
+        "text": {"body": "hello"},
+    })
+    .to_string();
+    send_body(gw, phone, &body).await
+}
+
+fn pair_rate() -> Reply {
+    Reply::graph_error(
+        400,
+        131056,
+        "(#131056) (Business Account, Consumer Account) pair rate limit hit",
+    )
+}
+
+/// Meta answers 131056 for one (phone number, recipient) pair: the retry, spelled
+/// differently, is answered locally with Meta's 131056, `retry-after` and
+/// `x-wa-breaker: shaped`; another recipient of the number and another number to that
+/// recipient flow. After the hold (`pair_hold = "1s"`) the pair is forwarded again; a
+/// second 131056 within the hold's reach holds it four times longer.
+async fn a_pair_meta_answered_131056_is_held_and_a_repeat_quadruples_the_hold(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let gw = Gateway::builder(&config_with(engine, "enforce", "pair_hold = \"1s\""))
+        .var("upstream", &fake.url())
+        .start()
+        .await;
+    let name = engine.name();
+
+    fake.queue_phone(PHONE_A1, vec![pair_rate()]);
+    let first = send_to(&gw, PHONE_A1, "15557654321").await;
+    assert_eq!(first.code, Some(131056), "{name}: Meta's answer relayed");
+    assert_eq!(fake.count_for_phone(PHONE_A1), 1, "{name}");
+
+    let retry = send_to(&gw, PHONE_A1, "+1 555-765-4321").await;
+    assert_eq!(retry.status, 400, "{name}");
+    assert_eq!(retry.marker.as_deref(), Some("shaped"), "{name}");
+    assert_eq!(retry.code, Some(131056), "{name}");
+    assert_eq!(retry.retry_after, Some(1), "{name}");
+    assert!(
+        retry.details.contains("wa-breaker") && retry.details.contains(PHONE_A1),
+        "{name}: {}",
+        retry.details
+    );
+    assert_eq!(
+        fake.count_for_phone(PHONE_A1),
+        1,
+        "{name}: the retry stayed here"
+    );
+
+    let other_recipient = send_to(&gw, PHONE_A1, "15550001111").await;
+    assert_eq!(other_recipient.status, 200, "{name}: another recipient");
+    let other_number = send_to(&gw, PHONE_A2, "15557654321").await;
+    assert_eq!(other_number.status, 200, "{name}: another number");
+    assert_eq!(fake.count_for_phone(PHONE_A1), 2, "{name}");
+    assert_eq!(fake.count_for_phone(PHONE_A2), 1, "{name}");
+
+    // The hold is over; Meta answers 131056 again, within the hold's reach: 4 s.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fake.queue_phone(PHONE_A1, vec![pair_rate()]);
+    let again = send_to(&gw, PHONE_A1, "1 (555) 765 4321").await;
+    assert_eq!(again.code, Some(131056), "{name}");
+    assert_eq!(again.marker, None, "{name}: forwarded after the hold");
+    assert_eq!(fake.count_for_phone(PHONE_A1), 3, "{name}");
+    let held = send_to(&gw, PHONE_A1, "15557654321").await;
+    assert_eq!(held.marker.as_deref(), Some("shaped"), "{name}");
+    assert!(
+        held.retry_after.is_some_and(|n| (3..=4).contains(&n)),
+        "{name}: retry-after {:?}",
+        held.retry_after
+    );
+    assert_eq!(fake.count_for_phone(PHONE_A1), 3, "{name}");
+
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "wa_breaker_shaped_total", &[("reason", "pair")]),
+        Some(2.0),
+        "{name}"
+    );
+}
+
+/// `mode = "observe"`: a pair Meta answered 131056 is forwarded, and counted.
+async fn observe_mode_forwards_a_held_pair_and_counts_it(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let gw = start(engine, &fake.url(), "observe").await;
+    let name = engine.name();
+    fake.queue_phone(PHONE_A1, vec![pair_rate()]);
+    assert_eq!(
+        send_to(&gw, PHONE_A1, "15557654321").await.code,
+        Some(131056)
+    );
+    let retry = send_to(&gw, PHONE_A1, "+1 555 765 4321").await;
+    assert_eq!(retry.status, 200, "{name}");
+    assert_eq!(fake.count_for_phone(PHONE_A1), 2, "{name}");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "wa_breaker_shaping_observed_total",
+            &[("reason", "pair"), ("action", "answer")]
+        ),
+        Some(1.0),
+        "{name}"
+    );
+    assert_eq!(
+        metric(&m, "wa_breaker_shaped_total", &[("reason", "pair")]),
+        Some(0.0),
+        "{name}"
+    );
+}
+
 both_engines!(
     a_number_over_its_pace_waits_then_is_answered_130429_locally,
     observe_mode_forwards_everything_and_counts_what_it_would_hold,
+    a_pair_meta_answered_131056_is_held_and_a_repeat_quadruples_the_hold,
+    observe_mode_forwards_a_held_pair_and_counts_it,
 );
