@@ -247,31 +247,27 @@ impl Pairs {
 }
 
 /// The recipient of a send body: the top-level `"to"` string's digits (`+1 555-765-4321`
-/// is `15557654321`), or `None` when there is none, it has no digits or more than 18.
+/// is `15557654321`), or `None` when there is none, it has no digits or more than 18, or the
+/// body is not a JSON object. Parsed as JSON, as the template of a send is
+/// (`circuit::template::of_send`), so a `"to"` inside a nested object or a string is never
+/// taken for the recipient. Read only for numbers that have pair holds (off the common path).
 pub fn recipient(body: &[u8]) -> Option<u64> {
-    let mut rest = body;
-    while let Some(i) = rest.windows(4).position(|w| w == b"\"to\"") {
-        rest = &rest[i + 4..];
-        let after = rest.trim_ascii_start();
-        let Some(after) = after.strip_prefix(b":") else {
-            continue;
-        };
-        let value = after.trim_ascii_start().strip_prefix(b"\"")?;
-        let end = value.iter().position(|b| *b == b'"')?;
-        let mut n: u64 = 0;
-        let mut digits = 0;
-        for b in &value[..end] {
-            if b.is_ascii_digit() {
-                digits += 1;
-                if digits > 18 {
-                    return None;
-                }
-                n = n * 10 + u64::from(b - b'0');
-            }
-        }
-        return (digits > 0).then_some(n);
+    #[derive(serde::Deserialize)]
+    struct Msg<'a> {
+        #[serde(borrow)]
+        to: Option<std::borrow::Cow<'a, str>>,
     }
-    None
+    let to = serde_json::from_slice::<Msg>(body).ok()?.to?;
+    let mut n: u64 = 0;
+    let mut digits = 0;
+    for b in to.bytes().filter(u8::is_ascii_digit) {
+        digits += 1;
+        if digits > 18 {
+            return None;
+        }
+        n = n * 10 + u64::from(b - b'0');
+    }
+    (digits > 0).then_some(n)
 }
 
 #[cfg(test)]
@@ -295,6 +291,14 @@ mod tests {
         assert_eq!(recipient(br#"{"to":""}"#), None);
         assert_eq!(recipient(br#"{"type":"text"}"#), None);
         assert_eq!(recipient(br#"{"to":"1234567890123456789"}"#), None);
+        // Hostile shapes: a nested or quoted `"to"` is not the recipient; not JSON, none.
+        assert_eq!(
+            recipient(br#"{"context":{"to":"111"},"text":{"body":"\"to\":\"222\""},"to":"333"}"#),
+            Some(333)
+        );
+        assert_eq!(recipient(br#"{"interactive":{"to":"111"}}"#), None);
+        assert_eq!(recipient(br#"{"to":"15557654321""#), None);
+        assert_eq!(recipient(b"\"to\":\"1\""), None);
     }
 
     #[test]
