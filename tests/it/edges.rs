@@ -583,6 +583,7 @@ fn h2_frames(mut b: &[u8]) -> Vec<(u8, u32)> {
 }
 
 const GOAWAY: u8 = 7;
+const SETTINGS: u8 = 4;
 const HEADERS: u8 = 1;
 
 /// Reads until the gateway closes `s` (EOF or reset): what it wrote and when, or None
@@ -626,6 +627,46 @@ async fn an_idle_h2_connection_is_closed_at_the_deadline(engine: Engine) {
         "{}: {frames:?}",
         engine.name()
     );
+}
+
+/// The preface split at every point of its first bytes (the engine peeks at most `PRI `
+/// to tell HTTP/2 from HTTP/1), and dripped a byte at a time: each connection is taken for
+/// HTTP/2 (the gateway answers with SETTINGS and, idle, GOAWAY), never for HTTP/1.
+async fn a_split_or_dripped_h2_preface_is_recognised(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let gw = start(engine, &fake.url(), H2_DEADLINES).await;
+    let mut clients = Vec::new();
+    for split in 0..=H2_PREFACE.len() {
+        let addr = gw.listen_addr();
+        clients.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            if split == H2_PREFACE.len() {
+                for b in H2_PREFACE {
+                    s.write_all(&[*b]).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            } else {
+                s.write_all(&H2_PREFACE[..split]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                s.write_all(&H2_PREFACE[split..]).await.unwrap();
+            }
+            (split, h2_until_closed(&mut s, Duration::from_secs(8)).await)
+        }));
+    }
+    for c in clients {
+        let (split, closed) = c.await.unwrap();
+        let (got, _) = closed
+            .unwrap_or_else(|| panic!("{}: split {split}: still open after 8 s", engine.name()));
+        let frames = h2_frames(&got);
+        assert!(
+            frames.first().is_some_and(|f| f.0 == SETTINGS) && frames.iter().any(|f| f.0 == GOAWAY),
+            "{}: split {split} (dripped when {}): {frames:?} {:?}",
+            engine.name(),
+            H2_PREFACE.len(),
+            String::from_utf8_lossy(&got)
+        );
+    }
 }
 
 /// A HEADERS frame whose block is never finished (no END_HEADERS, no CONTINUATION) is no
@@ -761,6 +802,7 @@ both_engines!(
     a_drain_answers_in_flight_sends_with_connection_close,
     partial_heads_on_the_admin_listener_are_cut_and_capped,
     an_idle_h2_connection_is_closed_at_the_deadline,
+    a_split_or_dripped_h2_preface_is_recognised,
     an_unfinished_h2_headers_block_is_closed_at_the_deadline,
     an_h2_connection_idle_after_a_request_is_closed,
     a_drain_closes_idle_h2_connections_at_once,
