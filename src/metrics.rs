@@ -22,6 +22,9 @@ pub struct Metrics {
     /// `wa_breaker_template_quality_total{score}`: `message_template_quality_update`
     /// webhooks by new score (GREEN, YELLOW, RED, UNKNOWN, else other).
     pub template_quality: IntCounterVec,
+    /// `wa_breaker_warnings_total{kind}`: warnings recorded by this replica (one per event:
+    /// a redelivery is not counted again), by kind.
+    pub warnings: IntCounterVec,
     pub transitions: IntCounterVec,
     pub forwarded: IntCounter,
     pub answered_locally: IntCounter,
@@ -136,6 +139,14 @@ impl Metrics {
                 "message_template_quality_update webhooks by new quality score (recorded, never a block)",
             ),
             &["score"],
+        )
+        .expect("valid metric");
+        let warnings = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_warnings_total",
+                "Warnings recorded by this replica (Meta's first enforcement steps, never a block), by kind",
+            ),
+            &["kind"],
         )
         .expect("valid metric");
         let transitions = IntCounterVec::new(
@@ -391,6 +402,7 @@ impl Metrics {
             Box::new(webhook_errors.clone()),
             Box::new(template_circuit_open.clone()),
             Box::new(template_quality.clone()),
+            Box::new(warnings.clone()),
             Box::new(notify_sent.clone()),
             Box::new(notify_failures.clone()),
             Box::new(notify_dropped.clone()),
@@ -430,6 +442,7 @@ impl Metrics {
             phone_circuit_open,
             template_circuit_open,
             template_quality,
+            warnings,
             transitions,
             upstream_by_class: ["2xx", "3xx", "4xx", "5xx", "error"]
                 .map(|c| upstream_duration.with_label_values(&[c])),

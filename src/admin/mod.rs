@@ -3,11 +3,13 @@
 //!
 //! - [`circuits`]: `/admin/circuits…` (list, one, by phone number, open, close);
 //! - [`accounts`]: `/admin/accounts…` (the phone → WABA directory);
+//! - [`warnings`]: `/admin/warnings…` (warnings recorded per WABA, with their evidence);
 //! - [`console`]: the page and its embedded assets, with their security headers.
 
 mod accounts;
 mod circuits;
 mod console;
+mod warnings;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -131,6 +133,11 @@ impl Admin {
             (Method::GET, ["circuits", id]) => self.get_circuit(id),
             (Method::POST, ["circuits", id, op @ ("open" | "close")]) => {
                 self.operate_request(id, op, req.into_body()).await
+            }
+            (Method::GET, ["warnings"]) => self.list_warnings(req.uri().query()),
+            (Method::GET, ["warnings", id]) => self.waba_warnings(id),
+            (_, ["warnings"]) | (_, ["warnings", _]) => {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             (Method::GET, ["accounts"]) => self.list_accounts(),
             (Method::PUT, ["accounts", "phones", id]) => {

@@ -118,6 +118,7 @@ mod tests {
             reason: "locked".into(),
             evidence,
             clamped_from: None,
+            warning: None,
         });
         c
     }

@@ -13,7 +13,7 @@ pub mod template;
 pub use directory::{Directory, Mapping, MappingSource, Resolved};
 pub use guard::{local_body, local_trace_id, OpenGuard};
 pub use model::{key, PHONE_KEY_PREFIX};
-pub use model::{Circuit, Evidence, Scope, Source, State, Transition};
+pub use model::{Circuit, Evidence, Scope, Source, State, Transition, Warning, WarningKind};
 pub use order::{decide, newer, Action, Change, Outcome};
 pub use table::{Limits, MappingNotice, Notice, Origin, Table, Waiter};
 pub use template::TemplateRef;

@@ -128,6 +128,89 @@ pub enum Evidence {
     },
 }
 
+/// What a warning is about: the `kind` of `/admin/warnings`, of a warning notification and
+/// of `wa_breaker_warnings_total`. Meta's enforcement is a ladder; these are its first
+/// steps, recorded and announced, never a block by themselves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarningKind {
+    /// `account_update` `ACCOUNT_VIOLATION` (the first step of Meta's ladder).
+    AccountViolation,
+    /// `account_update` `DISABLED_UPDATE` `SCHEDULE_FOR_DISABLE`.
+    DisableScheduled,
+    /// A restriction that blocks nothing the gateway guards (adding phone numbers,
+    /// calling, utility templates).
+    Restriction,
+    /// A template's quality fell to YELLOW or RED (before Meta pauses it).
+    TemplateQuality,
+    /// A template is about to be, or was, moved to another category (`template_category_update`).
+    TemplateCategory,
+    /// The messaging limit was lowered (`business_capability_update`).
+    MessagingLimit,
+    /// A phone number's sends were answered 131048 (spam rate limit): one per episode.
+    SpamRate,
+    /// A kind a newer replica knows and this one does not.
+    #[serde(other)]
+    Other,
+}
+
+impl WarningKind {
+    /// Every kind this version records (the metric's label values).
+    pub const ALL: [WarningKind; 7] = [
+        WarningKind::AccountViolation,
+        WarningKind::DisableScheduled,
+        WarningKind::Restriction,
+        WarningKind::TemplateQuality,
+        WarningKind::TemplateCategory,
+        WarningKind::MessagingLimit,
+        WarningKind::SpamRate,
+    ];
+
+    /// As the JSON, the configuration and the metric label spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WarningKind::AccountViolation => "account_violation",
+            WarningKind::DisableScheduled => "disable_scheduled",
+            WarningKind::Restriction => "restriction",
+            WarningKind::TemplateQuality => "template_quality",
+            WarningKind::TemplateCategory => "template_category",
+            WarningKind::MessagingLimit => "messaging_limit",
+            WarningKind::SpamRate => "spam_rate",
+            WarningKind::Other => "other",
+        }
+    }
+}
+
+/// A warning: what kind, and the template or phone number it concerns (the WABA is the
+/// record's). Kept on the history entry that recorded it ([`Transition::warning`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    /// What it is about.
+    pub kind: WarningKind,
+    /// The template it concerns (quality, category).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRef>,
+    /// The phone number it concerns (spam rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number_id: Option<String>,
+    /// Meta's word for it, short: the violation type, the new score, the new category or
+    /// limit, the restriction types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Warning {
+    /// A warning of `kind` about the WABA itself.
+    pub fn new(kind: WarningKind) -> Warning {
+        Warning {
+            kind,
+            template: None,
+            phone_number_id: None,
+            detail: None,
+        }
+    }
+}
+
 /// One recorded transition (or note) with its evidence.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Transition {
@@ -149,6 +232,10 @@ pub struct Transition {
     /// `at` is then the clamped time the circuit is ordered by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clamped_from: Option<DateTime<Utc>>,
+    /// Set on a note that is a warning (see [`Warning`]): listed by `/admin/warnings` and
+    /// announced to the notification sinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<Warning>,
 }
 
 /// One WABA's circuit, one phone number's, or one template's.

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::model::{Circuit, Evidence, Scope, Source, State, Transition};
+use super::model::{Circuit, Evidence, Scope, Source, State, Transition, Warning};
 
 /// What a change asks for.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +25,8 @@ pub enum Action {
     },
     /// Record an event that does not change the state.
     Note,
+    /// Record a warning: a note that is listed and announced (it blocks nothing).
+    Warn(Warning),
 }
 
 /// A change from any signal: a send, a webhook, a poll, an operator, a timer.
@@ -125,13 +127,19 @@ pub fn decide(
                 reason: change.reason.clone(),
                 evidence: change.evidence.clone(),
                 clamped_from: None,
+                warning: match &change.action {
+                    Action::Warn(w) => Some(w.clone()),
+                    _ => None,
+                },
             },
             history_limit,
         )
     };
 
     match &change.action {
-        Action::Note => {
+        // A warning is a note the sinks hear of: the same event delivered again (Meta
+        // redelivers) is the same note, recorded and announced once.
+        Action::Note | Action::Warn(_) => {
             let dup = cur
                 .history
                 .iter()
@@ -200,6 +208,7 @@ pub fn decide(
                     reason: change.reason.clone(),
                     evidence: change.evidence.clone(),
                     clamped_from: None,
+                    warning: None,
                 },
                 history_limit,
             );
@@ -249,6 +258,7 @@ pub fn decide(
                     reason: change.reason.clone(),
                     evidence: change.evidence.clone(),
                     clamped_from: None,
+                    warning: None,
                 },
                 history_limit,
             );

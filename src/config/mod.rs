@@ -335,6 +335,7 @@ impl Config {
             throughput: s.throughput,
             max_delay: s.max_delay,
             pair_hold: s.pair_hold,
+            spam_cooldown: s.spam_cooldown,
             phone_throughput: s
                 .phone_throughput
                 .iter()

@@ -141,6 +141,9 @@ pub struct ShapingConfig {
     /// The first hold of a (phone number, recipient) pair after Meta's 131056.
     #[serde(with = "humantime_serde")]
     pub pair_hold: Duration,
+    /// How long Meta's 131048 (spam rate limit) halves a phone number's pace.
+    #[serde(with = "humantime_serde")]
+    pub spam_cooldown: Duration,
     /// `[shaping.phone_throughput]`: messages/s per phone-number id (the operator's word wins).
     pub phone_throughput: BTreeMap<String, u32>,
 }
@@ -152,6 +155,7 @@ impl Default for ShapingConfig {
             throughput: 80,
             max_delay: Duration::from_secs(1),
             pair_hold: Duration::from_secs(4),
+            spam_cooldown: Duration::from_secs(3600),
             phone_throughput: BTreeMap::new(),
         }
     }
@@ -188,6 +192,8 @@ pub enum NotifyOn {
     Open,
     /// A circuit closed.
     Closed,
+    /// A warning was recorded (nothing blocked).
+    Warning,
 }
 
 /// `[[notify]]`: one place transitions are announced, off the hot path.
@@ -206,7 +212,7 @@ pub struct NotifyConfig {
     /// Name in logs and metric labels; default `{kind}-{index}`.
     #[serde(default)]
     pub name: Option<String>,
-    /// Only these transitions (`open`, `closed`); empty: both.
+    /// Only these events (`open`, `closed`, `warning`); empty: all of them.
     #[serde(default)]
     pub transitions: Vec<NotifyOn>,
     /// Only circuits of these WABAs; empty: every WABA (and phone-number circuits).

@@ -289,6 +289,12 @@ impl Config {
                 "must be more than 0s and at most 15m",
             ));
         }
+        if s.spam_cooldown.is_zero() || s.spam_cooldown > Duration::from_secs(7 * 24 * 3600) {
+            return Err(invalid(
+                "shaping.spam_cooldown",
+                "must be more than 0s and at most 7d",
+            ));
+        }
         for (id, n) in &s.phone_throughput {
             if !GraphId::is_valid(id) {
                 return Err(invalid(

@@ -23,6 +23,9 @@ pub const MAINTENANCE: i64 = 131057;
 pub const TEMPLATE_PAUSED: i64 = 132015;
 /// Cloud API throughput reached for the phone number (the pace answers it locally too).
 pub const THROUGHPUT: i64 = 130429;
+/// Spam rate limit: too many of the phone number's messages were blocked or reported; its
+/// pace is halved for a while and a person is warned ([`crate::policy::warning`]).
+pub const SPAM_RATE: i64 = 131048;
 /// The (business number, user) pair rate limit: a pair's sends are held ([`crate::policy::pair`]).
 pub const PAIR_RATE: i64 = 131056;
 /// "Template is disabled" (no end: the template must be edited or replaced).

@@ -6,7 +6,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::circuit::{Circuit, Evidence, Scope, Source, State};
+use crate::circuit::{Circuit, Evidence, Scope, Source, State, Warning};
 use crate::config::NotifyOn;
 
 /// The header that carries a `webhook` sink's signature.
@@ -15,6 +15,9 @@ pub const SIGNATURE_HEADER: &str = "x-wa-breaker-signature";
 /// One transition as sinks receive it (the `webhook` body, field for field).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Event {
+    /// `transition` (a circuit opened or closed) or `warning` (recorded, nothing blocked:
+    /// see `warning`).
+    pub event: &'static str,
     /// Stable id of this transition (`{key}:{version}:{replica}`): a receiver can drop a
     /// repeat delivered after a retry whose answer was lost.
     pub id: String,
@@ -44,6 +47,10 @@ pub struct Event {
     pub evidence: Option<Evidence>,
     /// The replica that made the change (the only one that notifies).
     pub replica: String,
+    /// A warning's kind (`account_violation`, `template_quality`, …), the template or
+    /// phone number it concerns and Meta's word for it; absent for transitions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<Warning>,
 }
 
 impl Event {
@@ -53,6 +60,7 @@ impl Event {
         let last = c.last_transition_to(c.state);
         let open = c.is_open();
         Event {
+            event: "transition",
             id: format!("{}:{}:{}", c.key(), c.version, c.origin),
             waba_id: c.waba_id.clone(),
             phone_number_id: c.phone_number_id.clone(),
@@ -66,11 +74,36 @@ impl Event {
             until: if open { c.until } else { None },
             evidence: last.and_then(|t| t.evidence.clone()),
             replica: c.origin.clone(),
+            warning: None,
+        }
+    }
+
+    /// The event for warning `w`, just recorded on `c` (its newest history entry). The
+    /// circuit's state is unchanged: `to`, `scope`, `since` and `until` say what it is.
+    pub fn from_warning(c: &Circuit, w: &Warning) -> Event {
+        let entry = c
+            .history
+            .iter()
+            .rev()
+            .find(|t| t.warning.as_ref() == Some(w));
+        let open = c.is_open();
+        Event {
+            event: "warning",
+            warning: Some(w.clone()),
+            reason: entry.map_or_else(String::new, |t| t.reason.clone()),
+            at: entry.map_or(c.updated_at, |t| t.at),
+            source: entry.map_or(c.source, |t| t.source),
+            evidence: entry.and_then(|t| t.evidence.clone()),
+            code: if open { c.code } else { None },
+            ..Event::from_circuit(c)
         }
     }
 
     /// Which transition it is, for the sinks' filters.
     pub fn on(&self) -> NotifyOn {
+        if self.warning.is_some() {
+            return NotifyOn::Warning;
+        }
         match self.to {
             State::Open => NotifyOn::Open,
             State::Closed => NotifyOn::Closed,
@@ -83,8 +116,12 @@ impl Event {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// The Slack message: WABA, scope, code, source, since, until and the evidence.
+    /// The Slack message: WABA, scope, code, source, since, until and the evidence (for a
+    /// warning: its kind, what it concerns, Meta's word and the evidence).
     pub fn slack_text(&self) -> String {
+        if let Some(w) = &self.warning {
+            return self.warning_text(w);
+        }
         let who = match (&self.phone_number_id, self.waba_id.is_empty()) {
             (Some(p), true) => format!("phone number {p} (WABA not known yet)"),
             (Some(p), false) => format!("WABA {} (phone number {p})", self.waba_id),
@@ -122,9 +159,58 @@ impl Event {
         s
     }
 
+    fn warning_text(&self, w: &Warning) -> String {
+        let mut s = format!(
+            ":warning: *wa-breaker: warning for WABA {}* — {}",
+            if self.waba_id.is_empty() {
+                "(not known yet)"
+            } else {
+                &self.waba_id
+            },
+            warning_title(w)
+        );
+        if let Some(d) = &w.detail {
+            s.push_str(&format!(": {}", clip(d, 200)));
+        }
+        s.push_str("\nSends are not blocked; Meta's next step may be a block.\n");
+        if let Some(t) = &w.template {
+            s.push_str(&format!("• template: {} ({})\n", t.name, t.language));
+        }
+        if let Some(p) = &w.phone_number_id {
+            s.push_str(&format!("• phone number: {p}\n"));
+        }
+        s.push_str(&format!(
+            "• at: {}\n",
+            self.at.to_rfc3339_opts(SecondsFormat::Secs, true)
+        ));
+        if !self.reason.is_empty() {
+            s.push_str(&format!("• reason: {}\n", clip(&self.reason, 300)));
+        }
+        s.push_str(&format!(
+            "• evidence: {}",
+            evidence_text(self.evidence.as_ref())
+        ));
+        s
+    }
+
     /// The Slack body.
     pub fn slack_json(&self) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({ "text": self.slack_text() })).unwrap_or_default()
+    }
+}
+
+/// A warning's kind as a person reads it.
+fn warning_title(w: &Warning) -> &'static str {
+    use crate::circuit::WarningKind as K;
+    match w.kind {
+        K::AccountViolation => "policy violation (ACCOUNT_VIOLATION)",
+        K::DisableScheduled => "account scheduled for disablement",
+        K::Restriction => "restriction on something other than sending",
+        K::TemplateQuality => "template quality fell",
+        K::TemplateCategory => "template moved to MARKETING",
+        K::MessagingLimit => "messaging limit lowered",
+        K::SpamRate => "spam rate limit (131048) on a phone number",
+        K::Other => "warning",
     }
 }
 
@@ -224,6 +310,7 @@ mod tests {
                 phone_number_id: Some("106540352242922".into()),
             }),
             clamped_from: None,
+            warning: None,
         });
         c
     }
@@ -291,6 +378,7 @@ mod tests {
                 reason: "appeal won".into(),
             }),
             clamped_from: None,
+            warning: None,
         });
         let e = Event::from_circuit(&c);
         assert_eq!(e.on(), NotifyOn::Closed);

@@ -1,5 +1,5 @@
-//! Notifications: every circuit transition made by THIS replica is announced to the
-//! `[[notify]]` sinks (a Slack-compatible incoming webhook, or a JSON webhook signed with
+//! Notifications: every circuit transition and every warning recorded by THIS replica is
+//! announced to the `[[notify]]` sinks (a Slack-compatible incoming webhook, or a JSON webhook signed with
 //! HMAC-SHA256), off the hot path.
 //!
 //! - One dispatcher task reads the table's notices and keeps only local transitions
@@ -115,9 +115,10 @@ struct Queue {
     full_logged: bool,
 }
 
-/// Only what this replica changed, and only transitions (not notes, not removals).
+/// Only what this replica changed, and only transitions and warnings (not other notes,
+/// not removals).
 fn worth_announcing(n: &Notice) -> bool {
-    n.origin == Origin::Local && n.transition && !n.removed
+    n.origin == Origin::Local && (n.transition || n.warning.is_some()) && !n.removed
 }
 
 async fn dispatch(mut notices: mpsc::UnboundedReceiver<Notice>, mut queues: Vec<Queue>) {
@@ -125,7 +126,10 @@ async fn dispatch(mut notices: mpsc::UnboundedReceiver<Notice>, mut queues: Vec<
         if !worth_announcing(&n) {
             continue;
         }
-        let event = Arc::new(Event::from_circuit(&n.circuit));
+        let event = Arc::new(match &n.warning {
+            Some(w) if !n.transition => Event::from_warning(&n.circuit, w),
+            _ => Event::from_circuit(&n.circuit),
+        });
         for q in queues.iter_mut().filter(|q| q.filter.wants(&event)) {
             match q.tx.try_send(event.clone()) {
                 Ok(()) => {
@@ -315,10 +319,19 @@ mod tests {
             seq: 1,
             transition,
             removed,
+            warning: None,
         };
         assert!(worth_announcing(&n(Origin::Local, true, false)));
         assert!(!worth_announcing(&n(Origin::Remote, true, false)));
         assert!(!worth_announcing(&n(Origin::Local, false, false)));
         assert!(!worth_announcing(&n(Origin::Local, true, true)));
+        let warned = |origin| Notice {
+            warning: Some(Box::new(crate::circuit::Warning::new(
+                crate::circuit::WarningKind::AccountViolation,
+            ))),
+            ..n(origin, false, false)
+        };
+        assert!(worth_announcing(&warned(Origin::Local)));
+        assert!(!worth_announcing(&warned(Origin::Remote)));
     }
 }

@@ -27,6 +27,7 @@ pub mod pair;
 pub mod plan;
 pub mod reply;
 pub mod template;
+pub mod warning;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -296,6 +297,9 @@ pub struct Judgement {
     pub change: Option<Change>,
     /// Why the body could not be read (it passes on unjudged).
     pub unreadable: Option<String>,
+    /// A send answered 131048 (spam rate limit): the answer as evidence, for the warning
+    /// that starts an episode ([`warning::spam_rate`]).
+    pub spam: Option<Evidence>,
 }
 
 /// The decisions, with what they read: the account map, the circuit table and the
@@ -688,7 +692,7 @@ impl Policy {
     pub fn classify(&self, call: Call, answer: Answer<'_>) -> Option<u64> {
         let status = answer.status;
         let request = answer.request;
-        let j = judge(
+        let mut j = judge(
             &self.trip_codes,
             self.classify_limit,
             call,
@@ -710,6 +714,9 @@ impl Policy {
                 }
             }
         }
+        if let (Some(evidence), Some(phone)) = (j.spam.take(), call.phone) {
+            self.spam_limited(call, phone, evidence);
+        }
         if let Some(why) = &j.unreadable {
             tracing::debug!(status, reason = %why, "error answer not judged");
         }
@@ -725,6 +732,27 @@ impl Policy {
             _ => self.table.with_guard(&waba, |g| g.seq),
         };
         seq.filter(|seq| *seq > durable)
+    }
+
+    /// Meta answered a send of `phone` with 131048: its pace is halved for
+    /// `shaping.spam_cooldown` ([`pace`]); the first one of an episode — on this replica,
+    /// and not announced by another within the cool-down (the record is shared) — is a
+    /// warning ([`warning::spam_rate`]).
+    fn spam_limited(&self, call: Call, phone: GraphId, evidence: Evidence) {
+        if !self.pacer.spam_limited(phone, Instant::now()) {
+            return;
+        }
+        let waba = call.account.map(|a| a.waba.to_string()).unwrap_or_default();
+        let key = crate::circuit::key(&waba, waba.is_empty().then_some(phone.as_str()));
+        let cooldown = self.pacer.spam_cooldown();
+        let now = Utc::now();
+        let since = now - chrono::Duration::from_std(cooldown).unwrap_or_default();
+        if warning::spam_announced(self.table.get(&key).as_ref(), phone.as_str(), since) {
+            tracing::info!(phone_number_id = %phone, "131048 spam rate limit: pace halved; the episode was announced by another replica");
+            return;
+        }
+        self.table
+            .apply(warning::spam_rate(&waba, phone, evidence, cooldown, now));
     }
 
     /// Waits (at most [`ACK_WAIT`]) until the change `seq` is committed to the embedded
@@ -799,6 +827,7 @@ pub fn judge(
         code: None,
         change: None,
         unreadable: None,
+        spam: None,
     };
     let body = match decode::decode(content_encoding, body, cap) {
         Ok(b) => b,
@@ -813,6 +842,10 @@ pub fn judge(
     };
     j.code = Some(err.code);
     if call.kind != Kind::Send {
+        return j;
+    }
+    if err.code == crate::graph::codes::SPAM_RATE && !trip_codes.contains(&err.code) {
+        j.spam = Some(send_evidence(call, err));
         return j;
     }
     // A template code is about one template, whatever `trip_codes` says: the WABA's other

@@ -15,6 +15,11 @@
 //! lowers its pace: it halves (at most once per [`CUT_EVERY`], never below
 //! [`FLOOR`] of the throughput), and each [`RECOVER_STEP`] without another 130429 gives
 //! back [`RECOVER_SHARE`] of the throughput until the pace is whole again.
+//!
+//! Meta's 131048 (spam rate limit: too many of the number's messages were blocked or
+//! reported) halves the number's pace for `shaping.spam_cooldown`, on top of any 130429 cut;
+//! another 131048 meanwhile extends it. The first one of such an episode is a warning
+//! (`spam_rate`, see [`super::warning`]).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -79,6 +84,8 @@ pub struct Settings {
     pub pair_hold: Duration,
     /// (Phone number, recipient) pairs held at once (evicted past it, idle ones first).
     pub max_pairs: usize,
+    /// `shaping.spam_cooldown`: how long Meta's 131048 halves a number's pace.
+    pub spam_cooldown: Duration,
 }
 
 impl Default for Settings {
@@ -91,6 +98,7 @@ impl Default for Settings {
             max_numbers: 100_000,
             pair_hold: Duration::from_secs(4),
             max_pairs: 100_000,
+            spam_cooldown: Duration::from_secs(3600),
         }
     }
 }
@@ -135,6 +143,8 @@ struct Cell {
     cut_to: f64,
     /// Over the pace since the last send within it (one log line per episode).
     over: bool,
+    /// The pace is halved until then after Meta's 131048 (ns since the epoch; 0: never).
+    spam_until: i64,
 }
 
 impl Cell {
@@ -145,6 +155,7 @@ impl Cell {
             cut_at: 0,
             cut_to: 1.0,
             over: false,
+            spam_until: 0,
         }
     }
 
@@ -158,7 +169,8 @@ impl Cell {
     }
 
     fn rate(&self, now: i64) -> f64 {
-        (self.throughput as f64 * self.share(now)).max(f64::MIN_POSITIVE)
+        let spam = if now < self.spam_until { 0.5 } else { 1.0 };
+        (self.throughput as f64 * self.share(now) * spam).max(f64::MIN_POSITIVE)
     }
 
     /// The GCRA decision (see the module docs); reserves the slot unless `Over`.
@@ -193,7 +205,7 @@ impl Cell {
 
     /// Nothing worth keeping: no reservation ahead, pace whole.
     fn idle(&self, now: i64) -> bool {
-        self.tat <= now && self.share(now) >= 1.0
+        self.tat <= now && self.share(now) >= 1.0 && self.spam_until <= now
     }
 }
 
@@ -249,6 +261,7 @@ pub struct Pacer {
     mode: ShapingMode,
     throughput: u32,
     max_delay: i64,
+    spam_cooldown: i64,
     phone_throughput: HashMap<GraphId, u32>,
     per_shard: usize,
     epoch: Instant,
@@ -262,6 +275,7 @@ impl Pacer {
             mode: settings.mode,
             throughput: settings.throughput.max(1),
             max_delay: nanos(settings.max_delay),
+            spam_cooldown: nanos(settings.spam_cooldown),
             phone_throughput: settings.phone_throughput,
             per_shard: settings.max_numbers.div_ceil(SHARDS).max(1),
             epoch: Instant::now(),
@@ -352,6 +366,27 @@ impl Pacer {
             .entry(phone)
             .or_insert_with(|| Cell::new(throughput))
             .cut(now);
+    }
+
+    /// Meta answered a send of `phone` with 131048 at `now`: its pace is halved for the
+    /// spam cool-down (extended by each one). True when this starts an episode (the pace
+    /// was not halved for it already): worth one warning.
+    pub fn spam_limited(&self, phone: GraphId, now: Instant) -> bool {
+        let now = self.at(now);
+        let throughput = self.throughput(&phone);
+        let mut shard = match self.shard(&phone).lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let cell = shard.entry(phone).or_insert_with(|| Cell::new(throughput));
+        let starts = cell.spam_until <= now;
+        cell.spam_until = now.saturating_add(self.spam_cooldown);
+        starts
+    }
+
+    /// `shaping.spam_cooldown`.
+    pub fn spam_cooldown(&self) -> Duration {
+        Duration::from_nanos(self.spam_cooldown.max(0) as u64)
     }
 
     /// A number's pace at `now`.
@@ -449,6 +484,41 @@ mod tests {
         assert_eq!(c.rate(at + 10 * S), 80.0 * (FLOOR + RECOVER_SHARE));
         assert_eq!(c.rate(at + 100 * S), 80.0);
         assert!(c.idle(at + 100 * S));
+    }
+
+    #[test]
+    fn meta_131048_halves_the_pace_for_the_cooldown_and_starts_one_episode() {
+        let p = Pacer::new(Settings {
+            spam_cooldown: Duration::from_secs(60),
+            ..Settings::default()
+        });
+        let (a, b) = (id("106540352242922"), id("106540352242923"));
+        let t0 = p.epoch;
+        assert!(p.spam_limited(a, t0), "the first one starts an episode");
+        assert!(
+            !p.spam_limited(a, t0 + Duration::from_secs(30)),
+            "the same episode"
+        );
+        assert_eq!(p.view(&a, t0 + Duration::from_secs(31)).rate, 40.0);
+        assert_eq!(
+            p.view(&b, t0 + Duration::from_secs(31)).rate,
+            80.0,
+            "other numbers keep theirs"
+        );
+        // Extended by the second one: halved until 90 s, whole after.
+        assert_eq!(p.view(&a, t0 + Duration::from_secs(89)).rate, 40.0);
+        assert_eq!(p.view(&a, t0 + Duration::from_secs(91)).rate, 80.0);
+        assert!(
+            p.spam_limited(a, t0 + Duration::from_secs(91)),
+            "a new episode"
+        );
+        // With a 130429 cut on top, both apply; a number in a cool-down is not idle.
+        p.throttled(a, t0 + Duration::from_secs(92));
+        assert_eq!(p.view(&a, t0 + Duration::from_secs(92)).rate, 20.0);
+        let at = p.at(t0 + Duration::from_secs(145));
+        let shard = p.shard(&a).lock().unwrap();
+        assert!(!shard[&a].idle(at), "still halved at 145 s");
+        assert!(shard[&a].idle(p.at(t0 + Duration::from_secs(300))));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::circuit::{Action, Change, Evidence, Scope, Source};
+use crate::circuit::{Action, Change, Evidence, Scope, Source, Warning, WarningKind};
 use crate::graph::codes::{self, POLICY_BLOCK};
 use crate::graph::webhook::{
     waba_info_id, AccountEvent, BanState, ChangeItem, Entry, RestrictionKind, PARTNER_EVENTS,
@@ -93,11 +93,13 @@ fn disconnection(value: &serde_json::Value) -> String {
 ///   `RESTRICTED_CUSTOMER_INITIATED_MESSAGING` → non-template sends, both → all sends;
 ///   `until` = the latest `expiration` of those (none if one has none). Other types only
 ///   (adding phone numbers, calling, utility templates — the send does not say a
-///   template's category —, unknown types) → a note; `remediation` is in the reason.
+///   template's category —, unknown types) → a warning (`restriction`); `remediation` is
+///   in the reason.
 /// - `DISABLED_UPDATE`: `DISABLE` → open (no `until`); `REINSTATE` → close;
-///   `SCHEDULE_FOR_DISABLE` and anything else → a note.
-/// - `ACCOUNT_VIOLATION` → a note, and a health check when a token is configured; opens
-///   at once instead when `violation_opens` is set and there is no token.
+///   `SCHEDULE_FOR_DISABLE` → a warning (`disable_scheduled`); anything else → a note.
+/// - `ACCOUNT_VIOLATION` → a warning (`account_violation`, its `violation_type`), and a
+///   health check when a token is configured; opens at once instead when
+///   `violation_opens` is set and there is no token.
 /// - `ACCOUNT_DELETED`, `ACCOUNT_OFFBOARDED` → open, all sends (no send can succeed);
 ///   `ACCOUNT_RECONNECTED` → close, only what `ACCOUNT_OFFBOARDED` opened
 ///   ([`Step::only_if_opened_by`]).
@@ -206,8 +208,14 @@ pub fn plan(
                     false,
                 )
             } else {
+                // Blocks nothing the gateway guards (adding numbers, calling, utility
+                // templates, a type it does not know): a person hears of it.
+                let kinds: Vec<&str> = rs.iter().map(|r| r.restriction_type.as_str()).collect();
                 step(
-                    Action::Note,
+                    Action::Warn(Warning {
+                        detail: (!kinds.is_empty()).then(|| kinds.join(", ")),
+                        ..Warning::new(WarningKind::Restriction)
+                    }),
                     format!("account_update ACCOUNT_RESTRICTION: {listed} (not a send block)"),
                     false,
                 )
@@ -222,7 +230,7 @@ pub fn plan(
                 BanState::Disable => step(open(Scope::AllSends, None), reason, false),
                 BanState::Reinstate => step(Action::Close, reason, false),
                 BanState::ScheduleForDisable => step(
-                    Action::Note,
+                    Action::Warn(Warning::new(WarningKind::DisableScheduled)),
                     format!("{reason}: disablement scheduled, sends still work"),
                     false,
                 ),
@@ -241,7 +249,11 @@ pub fn plan(
             if violation_opens && !has_token {
                 step(open(Scope::AllSends, None), reason, false)
             } else {
-                step(Action::Note, reason, has_token)
+                let warn = Warning {
+                    detail: violation_type,
+                    ..Warning::new(WarningKind::AccountViolation)
+                };
+                step(Action::Warn(warn), reason, has_token)
             }
         }
         AccountEvent::Lifecycle(e) => match e.as_str() {
@@ -562,16 +574,27 @@ mod tests {
     }
 
     #[test]
-    fn other_restrictions_are_notes() {
+    fn other_restrictions_are_warnings() {
         let c = planned(restriction(&[
             ("RESTRICTED_ADD_PHONE_NUMBER_ACTION", json!(T + 10)),
             ("RESTRICTED_BIZ_INITIATED_CALLING", Value::Null),
         ]));
-        assert_eq!(c.action, Action::Note);
+        assert_eq!(
+            c.action,
+            Action::Warn(Warning {
+                detail: Some(
+                    "RESTRICTED_ADD_PHONE_NUMBER_ACTION, RESTRICTED_BIZ_INITIATED_CALLING".into()
+                ),
+                ..Warning::new(WarningKind::Restriction)
+            })
+        );
         assert!(c.reason.contains("RESTRICTED_ADD_PHONE_NUMBER_ACTION"));
         assert!(c.reason.contains("not a send block"));
         let c = planned(json!({"event": "ACCOUNT_RESTRICTION", "restriction_info": []}));
-        assert_eq!(c.action, Action::Note);
+        assert_eq!(
+            c.action,
+            Action::Warn(Warning::new(WarningKind::Restriction))
+        );
     }
 
     #[test]
@@ -579,7 +602,7 @@ mod tests {
         let c = planned(json!({"event": "ACCOUNT_RESTRICTION", "restriction_info": [
             {"restriction_type": "RESTRICTED_USER_INITIATED_CALLING",
              "remediation": "Turn off calling for this number"}]}));
-        assert_eq!(c.action, Action::Note);
+        assert!(matches!(c.action, Action::Warn(_)));
         assert!(
             c.reason
                 .contains("(remediation: Turn off calling for this number)"),
@@ -632,7 +655,10 @@ mod tests {
         let c = planned(
             json!({"event": "DISABLED_UPDATE", "ban_info": {"waba_ban_state": "SCHEDULE_FOR_DISABLE"}}),
         );
-        assert_eq!(c.action, Action::Note);
+        assert_eq!(
+            c.action,
+            Action::Warn(Warning::new(WarningKind::DisableScheduled))
+        );
         assert!(c.reason.contains("SCHEDULE_FOR_DISABLE"));
         let c = planned(
             json!({"event": "DISABLED_UPDATE", "ban_info": {"waba_ban_state": ["DISABLE", "REINSTATE"]}}),
@@ -644,11 +670,15 @@ mod tests {
     fn violations() {
         let v =
             json!({"event": "ACCOUNT_VIOLATION", "violation_info": {"violation_type": "ADULT"}});
-        // No token: a note; with the switch: open.
+        let warn = Action::Warn(Warning {
+            detail: Some("ADULT".into()),
+            ..Warning::new(WarningKind::AccountViolation)
+        });
+        // No token: a warning; with the switch: open.
         let s = plan_value(v.clone(), false, false).unwrap();
         assert_eq!(
             (s.change.action.clone(), s.check_health),
-            (Action::Note, false)
+            (warn.clone(), false)
         );
         assert!(s.change.reason.ends_with("ADULT"));
         let s = plan_value(v.clone(), true, false).unwrap();
@@ -660,10 +690,10 @@ mod tests {
                 ..
             }
         ));
-        // Token: a note and a health check (the switch only matters if the check fails).
+        // Token: a warning and a health check (the switch only matters if the check fails).
         for opens in [false, true] {
             let s = plan_value(v.clone(), opens, true).unwrap();
-            assert_eq!((s.change.action, s.check_health), (Action::Note, true));
+            assert_eq!((s.change.action, s.check_health), (warn.clone(), true));
         }
     }
 
@@ -768,9 +798,14 @@ mod tests {
             },
             None => Action::Note,
         };
+        // A restriction that blocks nothing is a warning naming its types.
+        let of = |a: Action| match a {
+            Action::Warn(_) => Action::Note,
+            a => a,
+        };
         for (t, scope) in table {
             let c = planned(restriction(&[(t, json!(T + 3600))]));
-            assert_eq!(c.action, want_of(*scope), "{t} alone");
+            assert_eq!(of(c.action), want_of(*scope), "{t} alone");
             if *t == "RESTRICTED_SOMETHING_NEW" {
                 assert!(
                     c.reason.contains("unknown restriction type"),
@@ -780,7 +815,7 @@ mod tests {
             }
             for (u, other) in table {
                 let c = planned(restriction(&[(t, json!(T + 3600)), (u, json!(T + 3600))]));
-                assert_eq!(c.action, want_of(union(*scope, *other)), "{t} + {u}");
+                assert_eq!(of(c.action), want_of(union(*scope, *other)), "{t} + {u}");
             }
         }
     }

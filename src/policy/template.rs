@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use super::plan::Step;
 use super::{Answer, Call};
 use crate::circuit::template::{of_send, TemplateRef};
-use crate::circuit::{Action, Change, Evidence, Scope, Source};
+use crate::circuit::{Action, Change, Evidence, Scope, Source, Warning, WarningKind};
 use crate::graph::codes;
 use crate::graph::envelope;
 use crate::graph::webhook::{ChangeItem, Entry};
@@ -203,20 +203,36 @@ pub fn plan_template_quality(
         "UNKNOWN" => "UNKNOWN",
         _ => "other",
     };
-    let name = webhook_template(&ch.value)
+    let template = webhook_template(&ch.value);
+    let name = template
+        .as_ref()
         .map(|t| format!("{} ({})", t.name, t.language))
         .unwrap_or_else(|| "unnamed template".into());
+    let previous = s("previous_quality_score");
+    // YELLOW "may soon be paused or disabled", RED "in danger of being paused": a person
+    // should act before Meta pauses it. Back to GREEN (or UNKNOWN) is recorded only.
+    let action = match label {
+        "YELLOW" | "RED" => Action::Warn(Warning {
+            template,
+            detail: Some(if previous.is_empty() {
+                label.to_string()
+            } else {
+                format!("{label} (was {previous})")
+            }),
+            ..Warning::new(WarningKind::TemplateQuality)
+        }),
+        _ => Action::Note,
+    };
     let step = Step {
         change: Change {
             waba_id: entry.id.clone(),
             phone_number_id: None,
             template: None,
-            action: Action::Note,
+            action,
             source: Source::Webhook,
             at: entry.event_time(ch, now),
             reason: format!(
-                "{FIELD_TEMPLATE_QUALITY}: template {name} quality {} -> {label} (recorded, not a block)",
-                s("previous_quality_score")
+                "{FIELD_TEMPLATE_QUALITY}: template {name} quality {previous} -> {label} (recorded, not a block)",
             ),
             evidence: Some(Evidence::Webhook {
                 entry_id: entry.id.clone(),
@@ -230,6 +246,86 @@ pub fn plan_template_quality(
         only_known_waba: false,
     };
     Some((step, label))
+}
+
+/// The field of template category changes.
+pub const FIELD_TEMPLATE_CATEGORY: &str = "template_category_update";
+
+/// A `template_category_update` as a record on the WABA (never a block): 24 h before
+/// Meta re-categorises a template it sends `correct_category` (and
+/// `category_update_timestamp`), then `previous_category` and `new_category` once moved.
+/// A move to `MARKETING` — announced or made — is a warning (`template_category`: marketing
+/// costs more and counts against each user's marketing limit, 131049); other moves are
+/// notes. `None` when the entry is not a WABA or names no category.
+pub fn plan_template_category(entry: &Entry, ch: &ChangeItem, now: DateTime<Utc>) -> Option<Step> {
+    if ch.field != FIELD_TEMPLATE_CATEGORY || !GraphId::is_valid(&entry.id) {
+        return None;
+    }
+    let s = |k: &str| {
+        ch.value
+            .get(k)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_ascii_uppercase)
+    };
+    let template = webhook_template(&ch.value);
+    let name = template
+        .as_ref()
+        .map(|t| format!("{} ({})", t.name, t.language))
+        .unwrap_or_else(|| "unnamed template".into());
+    let (to, text, event) = match (s("new_category"), s("correct_category")) {
+        (Some(new), _) => {
+            let from = s("previous_category").unwrap_or_else(|| "unspecified".into());
+            let text = format!("moved from {from} to {new}");
+            (new, text, "MOVED")
+        }
+        (None, Some(correct)) => {
+            let when = ch
+                .value
+                .get("category_update_timestamp")
+                .and_then(crate::graph::webhook::unix_time)
+                .map(|t| {
+                    format!(
+                        " on {}",
+                        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    )
+                })
+                .unwrap_or_default();
+            let text = format!("to be moved to {correct}{when}");
+            (correct, text, "ANNOUNCED")
+        }
+        (None, None) => return None,
+    };
+    let action = if to == "MARKETING" {
+        Action::Warn(Warning {
+            template,
+            detail: Some(text.clone()),
+            ..Warning::new(WarningKind::TemplateCategory)
+        })
+    } else {
+        Action::Note
+    };
+    Some(Step {
+        change: Change {
+            waba_id: entry.id.clone(),
+            phone_number_id: None,
+            template: None,
+            action,
+            source: Source::Webhook,
+            at: entry.event_time(ch, now),
+            reason: format!(
+                "{FIELD_TEMPLATE_CATEGORY}: template {name} {text} (recorded, not a block)"
+            ),
+            evidence: Some(Evidence::Webhook {
+                entry_id: entry.id.clone(),
+                field: ch.field.clone(),
+                event: event.to_string(),
+                value: ch.value.clone(),
+            }),
+        },
+        check_health: false,
+        only_if_opened_by: None,
+        only_known_waba: false,
+    })
 }
 
 #[cfg(test)]
@@ -382,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn template_quality_is_a_note() {
+    fn template_quality_yellow_or_red_is_a_warning() {
         let body = json!({"entry": [{"id": WABA, "time": T, "changes": [{"field": FIELD_TEMPLATE_QUALITY, "value": {
             "previous_quality_score": "GREEN", "new_quality_score": "RED", "message_template_id": 1,
             "message_template_name": "order_update", "message_template_language": "en_US"}}]}]});
@@ -390,8 +486,86 @@ mod tests {
         let en = &env.entries[0];
         let (s, label) = plan_template_quality(en, &en.changes[0], now()).unwrap();
         assert_eq!(label, "RED");
-        assert_eq!(s.change.action, Action::Note);
-        assert_eq!(s.change.template, None);
+        assert_eq!(
+            s.change.action,
+            Action::Warn(Warning {
+                template: Some(TemplateRef {
+                    name: "order_update".into(),
+                    language: "en_US".into()
+                }),
+                detail: Some("RED (was GREEN)".into()),
+                ..Warning::new(WarningKind::TemplateQuality)
+            })
+        );
+        assert_eq!(s.change.template, None, "recorded on the WABA");
         assert!(s.change.reason.contains("GREEN -> RED"));
+        for (new, warns) in [
+            ("YELLOW", true),
+            ("GREEN", false),
+            ("UNKNOWN", false),
+            ("", false),
+        ] {
+            let body = json!({"entry": [{"id": WABA, "time": T, "changes": [{"field": FIELD_TEMPLATE_QUALITY, "value": {
+                "previous_quality_score": "RED", "new_quality_score": new,
+                "message_template_name": "order_update", "message_template_language": "en_US"}}]}]});
+            let env = payload::parse(body.to_string().as_bytes()).unwrap();
+            let en = &env.entries[0];
+            let (s, _) = plan_template_quality(en, &en.changes[0], now()).unwrap();
+            assert_eq!(matches!(s.change.action, Action::Warn(_)), warns, "{new}");
+        }
+    }
+
+    #[test]
+    fn a_move_to_marketing_is_a_warning_and_other_moves_are_notes() {
+        let plan_c = |value: Value| {
+            let body = json!({"entry": [{"id": WABA, "time": T, "changes": [{"field": FIELD_TEMPLATE_CATEGORY, "value": value}]}]});
+            let env = payload::parse(body.to_string().as_bytes()).unwrap();
+            let en = &env.entries[0];
+            plan_template_category(en, &en.changes[0], now())
+        };
+        let named = |mut v: Value| {
+            v["message_template_name"] = json!("order_update");
+            v["message_template_language"] = json!("en_US");
+            v
+        };
+        let s = plan_c(named(
+            json!({"correct_category": "MARKETING", "category_update_timestamp": T + 86_400}),
+        ))
+        .unwrap();
+        match &s.change.action {
+            Action::Warn(w) => {
+                assert_eq!(w.kind, WarningKind::TemplateCategory);
+                assert_eq!(
+                    w.template.as_ref().map(|t| t.name.as_str()),
+                    Some("order_update")
+                );
+                assert_eq!(
+                    w.detail.as_deref(),
+                    Some("to be moved to MARKETING on 2030-03-18T17:46:40Z")
+                );
+            }
+            a => panic!("{a:?}"),
+        }
+        let s = plan_c(named(
+            json!({"previous_category": "UTILITY", "new_category": "MARKETING"}),
+        ))
+        .unwrap();
+        assert!(
+            matches!(&s.change.action, Action::Warn(w) if w.detail.as_deref() == Some("moved from UTILITY to MARKETING"))
+        );
+        let s = plan_c(named(
+            json!({"previous_category": "MARKETING", "new_category": "UTILITY"}),
+        ))
+        .unwrap();
+        assert_eq!(s.change.action, Action::Note);
+        // Unnamed templates still warn (the WABA is known); no category: nothing.
+        assert!(matches!(
+            plan_c(json!({"new_category": "MARKETING"}))
+                .unwrap()
+                .change
+                .action,
+            Action::Warn(_)
+        ));
+        assert!(plan_c(named(json!({}))).is_none());
     }
 }

@@ -39,3 +39,4 @@ mod store_redis_sentinel;
 mod store_redis_tls;
 mod support_selftest;
 mod walkthrough;
+mod warnings;

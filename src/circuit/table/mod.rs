@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use super::directory::{Directory, Mapping, Resolved};
 use super::guard::OpenGuard;
-use super::model::{Circuit, Source};
+use super::model::{Circuit, Source, Transition};
 use super::order::{decide, newer, Action, Change, Outcome};
 use super::template::TemplateRef;
 use crate::graph::GraphId;
@@ -53,6 +53,9 @@ pub struct Notice {
     /// The circuit was dropped from the table (a closed record past its retention, or over
     /// `max_circuits`): stores delete it.
     pub removed: bool,
+    /// The change recorded this warning (a local [`Action::Warn`] that applied): what the
+    /// notification sinks announce besides transitions.
+    pub warning: Option<Box<super::model::Warning>>,
 }
 
 /// Sent to mapping listeners after every phone → WABA mapping change.
@@ -155,6 +158,7 @@ impl Table {
         limits: Limits,
         directory: Directory,
     ) -> Table {
+        report::register_warning_kinds();
         Table {
             circuits: DashMap::new(),
             guards: guards::Guards::default(),
@@ -266,6 +270,27 @@ impl Table {
         v
     }
 
+    /// The warnings the records hold (see [`super::model::Warning`]), newest first, with
+    /// the WABA of each record (`waba_id`: only that WABA's). A record keeps its last
+    /// `history_limit` entries, and a closed record lives `closed_ttl`: so do its warnings.
+    pub fn warnings(&self, waba_id: Option<&str>) -> Vec<(String, Transition)> {
+        let mut v: Vec<(String, Transition)> = self
+            .circuits
+            .iter()
+            .filter(|c| waba_id.is_none_or(|w| c.waba_id == w))
+            .flat_map(|c| {
+                let waba = c.waba_id.clone();
+                c.history
+                    .iter()
+                    .filter(|t| t.warning.is_some())
+                    .map(move |t| (waba.clone(), t.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        v.sort_by(|a, b| b.1.at.cmp(&a.1.at).then_with(|| a.0.cmp(&b.0)));
+        v
+    }
+
     /// Number of open circuits.
     pub fn open_count(&self) -> usize {
         self.guards.count()
@@ -315,6 +340,8 @@ impl Table {
         // A new record other than an open: bounded (see `Limits`). Checked before taking
         // the entry, so the map is not locked while counting.
         if !self.circuits.contains_key(&key) && !matches!(change.action, Action::Open { .. }) {
+            // A warning is kept for any WABA (bounded by `max_circuits` below): a person
+            // should hear of Meta's first step whether or not a phone number maps there.
             if change.action == Action::Note && !self.directory.knows_waba(&change.waba_id) {
                 self.ignored("unknown_waba", &change.waba_id);
                 return None;
@@ -356,6 +383,10 @@ impl Table {
         }
         let was_open = current.is_some_and(|c| c.is_open());
         let outcome = decide(current, &change, &self.origin, self.history_limit, now);
+        let warning = match &change.action {
+            Action::Warn(w) => Some(Box::new(w.clone())),
+            _ => None,
+        };
         let (mut circuit, transition) = match outcome {
             Outcome::Applied {
                 circuit,
@@ -380,6 +411,8 @@ impl Table {
         let held = entry.insert(circuit.clone());
         if transition {
             self.report_transition(&key, &circuit, was_open);
+        } else if let Some(w) = &warning {
+            report::warning(&circuit, w, &change.reason);
         } else if let Some(t) = circuit
             .history
             .last()
@@ -388,7 +421,7 @@ impl Table {
             tracing::warn!(waba_id = %circuit.waba_id, source = t.source.as_str(), reason = %t.reason, "circuit event recorded (no state change)");
         }
         // Notified while the entry is held, so one WABA's notices arrive in order.
-        self.notify(&circuit, Origin::Local, seq, transition, false);
+        self.notify(&circuit, Origin::Local, seq, transition, false, warning);
         drop(held);
         // A phone number's circuit opened while its WABA was not known: maybe it is by now.
         if let (Some(p), true) = (&circuit.phone_number_id, transition && circuit.is_open()) {
@@ -443,7 +476,7 @@ impl Table {
             self.log_transition(&incoming, was_open);
         }
         let held = entry.insert(incoming.clone());
-        self.notify(&incoming, Origin::Remote, seq, transition, false);
+        self.notify(&incoming, Origin::Remote, seq, transition, false, None);
         drop(held);
         true
     }
@@ -452,7 +485,15 @@ impl Table {
         self.seq.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    fn notify(&self, c: &Circuit, origin: Origin, seq: u64, transition: bool, removed: bool) {
+    fn notify(
+        &self,
+        c: &Circuit,
+        origin: Origin,
+        seq: u64,
+        transition: bool,
+        removed: bool,
+        warning: Option<Box<super::model::Warning>>,
+    ) {
         if let Ok(listeners) = self.listeners.read() {
             for l in listeners.iter() {
                 let _ = l.send(Notice {
@@ -461,6 +502,7 @@ impl Table {
                     seq,
                     transition,
                     removed,
+                    warning: warning.clone(),
                 });
             }
         }
@@ -498,7 +540,7 @@ impl Table {
                 let seq = self.next_seq();
                 self.unknown.remove(key.as_ref());
                 self.series.forget(&key, &c);
-                self.notify(&c, Origin::Local, seq, false, true);
+                self.notify(&c, Origin::Local, seq, false, true, None);
             }
         }
         // Removals of phone → WABA mappings are remembered as long as closed records.

@@ -10,8 +10,31 @@ use chrono::SecondsFormat;
 use dashmap::DashMap;
 
 use super::Table;
-use crate::circuit::model::{Circuit, Evidence, Source};
+use crate::circuit::model::{Circuit, Evidence, Source, Warning};
 use crate::metrics::METRICS;
+
+/// Every kind's series exists from the start (at 0), so an alert on its increase sees
+/// the first one.
+pub(super) fn register_warning_kinds() {
+    for k in crate::circuit::model::WarningKind::ALL {
+        METRICS.warnings.with_label_values(&[k.as_str()]);
+    }
+}
+
+/// A warning this replica recorded: counted by kind and logged once (a redelivery is not
+/// recorded again, so not logged again).
+pub(super) fn warning(c: &Circuit, w: &Warning, reason: &str) {
+    METRICS.warnings.with_label_values(&[w.kind.as_str()]).inc();
+    tracing::warn!(
+        waba_id = %c.waba_id,
+        kind = w.kind.as_str(),
+        template = w.template.as_ref().map(|t| t.name.as_str()),
+        phone_number_id = w.phone_number_id.as_deref(),
+        detail = w.detail.as_deref(),
+        reason,
+        "warning recorded (sends are not blocked)"
+    );
+}
 
 /// Phone-number circuits of an unknown WABA and template circuits (keys a send chose) with
 /// metric series of their own, at most; further ones are counted in the `other` series

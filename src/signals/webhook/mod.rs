@@ -41,8 +41,10 @@ use crate::policy::plan::{
     known_only, message_errors, plan, plan_message_errors, FIELD_MESSAGES, WEBHOOK_CODE,
 };
 use crate::policy::template::{
-    plan_template, plan_template_quality, FIELD_TEMPLATE_QUALITY, FIELD_TEMPLATE_STATUS,
+    plan_template, plan_template_category, plan_template_quality, FIELD_TEMPLATE_CATEGORY,
+    FIELD_TEMPLATE_QUALITY, FIELD_TEMPLATE_STATUS,
 };
+use crate::policy::warning::{plan_capability, previous_limit, FIELD_CAPABILITY};
 use crate::upstream::HttpClient;
 use forward::Forwarder;
 
@@ -287,6 +289,9 @@ impl Webhook {
                     FIELD_TEMPLATE_STATUS | FIELD_TEMPLATE_QUALITY => {
                         Some(self.apply_template(entry, ch, now))
                     }
+                    FIELD_TEMPLATE_CATEGORY | FIELD_CAPABILITY => {
+                        Some(self.apply_record(entry, ch, now))
+                    }
                     _ => None,
                 };
                 if let Some(seq) = own {
@@ -382,6 +387,32 @@ impl Webhook {
                 return None;
             }
             step
+        };
+        let (_, seq) = self.table.apply(step.change)?;
+        METRICS.webhooks.with_label_values(&["applied"]).inc();
+        Some(seq)
+    }
+}
+
+impl Webhook {
+    /// `template_category_update` and `business_capability_update`: a record on the WABA,
+    /// a warning when a template moves to MARKETING or the messaging limit is lowered
+    /// (see [`plan_template_category`], [`plan_capability`]); never a block.
+    fn apply_record(
+        &self,
+        entry: &payload::Entry,
+        ch: &payload::ChangeItem,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<u64> {
+        let step = if ch.field == FIELD_TEMPLATE_CATEGORY {
+            plan_template_category(entry, ch, now)
+        } else {
+            let previous = previous_limit(self.table.get(&entry.id).as_ref());
+            plan_capability(entry, ch, previous, now)
+        };
+        let Some(step) = step else {
+            tracing::info!(waba_id = %entry.id, field = %ch.field, "webhook change without what it is about (template category or messaging limit): not recorded");
+            return None;
         };
         let (_, seq) = self.table.apply(step.change)?;
         METRICS.webhooks.with_label_values(&["applied"]).inc();
