@@ -776,6 +776,11 @@ fn readme_code_table_covers_every_code_acted_on() {
         .chain(&defaults)
         .chain(TEMPLATE_CODES)
         .chain(&[POLICY_BLOCK, ACCOUNT_LOCKED])
+        .chain(&[
+            crate::graph::codes::SPAM_RATE,
+            crate::graph::codes::PAIR_RATE,
+            crate::graph::codes::THROUGHPUT,
+        ])
     {
         assert!(
             listed.contains(code),
