@@ -177,6 +177,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         table.clone(),
         target.client(),
         signals.health(),
+        signals.budget(),
     ));
     let relay = cfg.fast_path.then(|| {
         relay::Relay::new(

@@ -25,6 +25,12 @@ pub struct Metrics {
     /// `wa_breaker_warnings_total{kind}`: warnings recorded by this replica (one per event:
     /// a redelivery is not counted again), by kind.
     pub warnings: IntCounterVec,
+    /// `wa_breaker_messaging_limit_users{waba_id}`: unique users template messages reached
+    /// in the last 24 h (the fleet's with Redis).
+    pub messaging_limit_users: IntGaugeVec,
+    /// `wa_breaker_messaging_limit{waba_id}`: the WABA's messaging limit, when a finite one
+    /// is known.
+    pub messaging_limit: IntGaugeVec,
     pub transitions: IntCounterVec,
     pub forwarded: IntCounter,
     pub answered_locally: IntCounter,
@@ -147,6 +153,22 @@ impl Metrics {
                 "Warnings recorded by this replica (Meta's first enforcement steps, never a block), by kind",
             ),
             &["kind"],
+        )
+        .expect("valid metric");
+        let messaging_limit_users = IntGaugeVec::new(
+            Opts::new(
+                "wa_breaker_messaging_limit_users",
+                "Unique users the WABA's template messages reached in the last 24 h (from Meta's status webhooks; the fleet's count with Redis)",
+            ),
+            &["waba_id"],
+        )
+        .expect("valid metric");
+        let messaging_limit = IntGaugeVec::new(
+            Opts::new(
+                "wa_breaker_messaging_limit",
+                "The WABA's messaging limit (unique users per 24 h): the operator's, else Meta's last business_capability_update",
+            ),
+            &["waba_id"],
         )
         .expect("valid metric");
         let transitions = IntCounterVec::new(
@@ -403,6 +425,8 @@ impl Metrics {
             Box::new(template_circuit_open.clone()),
             Box::new(template_quality.clone()),
             Box::new(warnings.clone()),
+            Box::new(messaging_limit_users.clone()),
+            Box::new(messaging_limit.clone()),
             Box::new(notify_sent.clone()),
             Box::new(notify_failures.clone()),
             Box::new(notify_dropped.clone()),
@@ -443,6 +467,8 @@ impl Metrics {
             template_circuit_open,
             template_quality,
             warnings,
+            messaging_limit_users,
+            messaging_limit,
             transitions,
             upstream_by_class: ["2xx", "3xx", "4xx", "5xx", "error"]
                 .map(|c| upstream_duration.with_label_values(&[c])),

@@ -147,6 +147,8 @@ pub enum WarningKind {
     TemplateCategory,
     /// The messaging limit was lowered (`business_capability_update`).
     MessagingLimit,
+    /// Template messages reached 80 % or 100 % of the messaging limit in a moving 24 h.
+    MessagingBudget,
     /// A phone number's sends were answered 131048 (spam rate limit): one per episode.
     SpamRate,
     /// A kind a newer replica knows and this one does not.
@@ -156,13 +158,14 @@ pub enum WarningKind {
 
 impl WarningKind {
     /// Every kind this version records (the metric's label values).
-    pub const ALL: [WarningKind; 7] = [
+    pub const ALL: [WarningKind; 8] = [
         WarningKind::AccountViolation,
         WarningKind::DisableScheduled,
         WarningKind::Restriction,
         WarningKind::TemplateQuality,
         WarningKind::TemplateCategory,
         WarningKind::MessagingLimit,
+        WarningKind::MessagingBudget,
         WarningKind::SpamRate,
     ];
 
@@ -175,6 +178,7 @@ impl WarningKind {
             WarningKind::TemplateQuality => "template_quality",
             WarningKind::TemplateCategory => "template_category",
             WarningKind::MessagingLimit => "messaging_limit",
+            WarningKind::MessagingBudget => "messaging_budget",
             WarningKind::SpamRate => "spam_rate",
             WarningKind::Other => "other",
         }

@@ -18,8 +18,8 @@ mod validate;
 
 pub use secret::{mask_url, Secret};
 pub use sections::{
-    Account, DiscoveryConfig, HealthConfig, NotifyConfig, NotifyKind, NotifyOn, ShapingConfig,
-    WebhookConfig,
+    Account, DiscoveryConfig, HealthConfig, MessagingLimitConfig, NotifyConfig, NotifyKind,
+    NotifyOn, ShapingConfig, WebhookConfig,
 };
 
 /// Prefix of every environment override.
@@ -188,6 +188,8 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     /// `[shaping]`: the pace per phone number.
     pub shaping: ShapingConfig,
+    /// `[messaging_limit]`: the messaging-limit budget (observe).
+    pub messaging_limit: MessagingLimitConfig,
     /// `[[accounts]]`: phone-number ids by WABA.
     pub accounts: Vec<Account>,
     /// `[[notify]]`: where circuit transitions are announced (Slack, signed JSON webhooks).
@@ -242,6 +244,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             discovery: DiscoveryConfig::default(),
             shaping: ShapingConfig::default(),
+            messaging_limit: MessagingLimitConfig::default(),
             accounts: Vec::new(),
             notify: Vec::new(),
         }

@@ -161,6 +161,30 @@ impl Default for ShapingConfig {
     }
 }
 
+/// `[messaging_limit]`: unique users reached with template messages per WABA over a moving
+/// 24 h, against the messaging limit (observe only: warnings, never a block).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagingLimitConfig {
+    /// Count (from Meta's `messages` status webhooks) and warn at 80 % and 100 %.
+    pub enabled: bool,
+    /// Users counted per WABA at most (exact up to it; the count saturates there).
+    pub max_users: usize,
+    /// `[messaging_limit.limits]`: the limit per WABA id (unique users per 24 h); the
+    /// operator's word wins over Meta's `business_capability_update`.
+    pub limits: BTreeMap<String, u64>,
+}
+
+impl Default for MessagingLimitConfig {
+    fn default() -> Self {
+        MessagingLimitConfig {
+            enabled: true,
+            max_users: 100_000,
+            limits: BTreeMap::new(),
+        }
+    }
+}
+
 /// Most messages/s a phone number may be given (Meta's highest level is 1 000).
 pub const MAX_THROUGHPUT: u32 = 100_000;
 

@@ -289,6 +289,27 @@ impl Config {
                 "must be more than 0s and at most 15m",
             ));
         }
+        let m = &self.messaging_limit;
+        if !(1..=10_000_000).contains(&m.max_users) {
+            return Err(invalid(
+                "messaging_limit.max_users",
+                "must be between 1 and 10000000",
+            ));
+        }
+        for (id, n) in &m.limits {
+            if !GraphId::is_valid(id) {
+                return Err(invalid(
+                    "messaging_limit.limits",
+                    format!("{id:?} is not a WABA id (digits only)"),
+                ));
+            }
+            if *n == 0 {
+                return Err(invalid(
+                    "messaging_limit.limits",
+                    format!("the limit of {id} must be at least 1 unique user"),
+                ));
+            }
+        }
         if s.spam_cooldown.is_zero() || s.spam_cooldown > Duration::from_secs(7 * 24 * 3600) {
             return Err(invalid(
                 "shaping.spam_cooldown",

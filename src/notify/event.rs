@@ -209,6 +209,7 @@ fn warning_title(w: &Warning) -> &'static str {
         K::TemplateQuality => "template quality fell",
         K::TemplateCategory => "template moved to MARKETING",
         K::MessagingLimit => "messaging limit lowered",
+        K::MessagingBudget => "template messages near the messaging limit",
         K::SpamRate => "spam rate limit (131048) on a phone number",
         K::Other => "warning",
     }

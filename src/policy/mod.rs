@@ -18,6 +18,7 @@
 //!
 //! Signals use the same vocabulary: [`plan`] maps webhook events to circuit changes.
 
+pub mod budget;
 pub mod decode;
 pub mod exchange;
 pub mod framing;

@@ -258,16 +258,22 @@ pub fn recipient(body: &[u8]) -> Option<u64> {
         to: Option<std::borrow::Cow<'a, str>>,
     }
     let to = serde_json::from_slice::<Msg>(body).ok()?.to?;
+    digits(&to)
+}
+
+/// A phone number as its digits (`+1 555-765-4321` is `15557654321`): `None` without
+/// digits or with more than 18. How recipients compare everywhere (sends, webhooks).
+pub fn digits(s: &str) -> Option<u64> {
     let mut n: u64 = 0;
-    let mut digits = 0;
-    for b in to.bytes().filter(u8::is_ascii_digit) {
-        digits += 1;
-        if digits > 18 {
+    let mut count = 0;
+    for b in s.bytes().filter(u8::is_ascii_digit) {
+        count += 1;
+        if count > 18 {
             return None;
         }
         n = n * 10 + u64::from(b - b'0');
     }
-    (digits > 0).then_some(n)
+    (count > 0).then_some(n)
 }
 
 #[cfg(test)]

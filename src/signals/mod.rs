@@ -14,6 +14,7 @@
 //! start are scanned first, so a restriction whose end passed while the gateway was down
 //! expires at once.
 
+pub mod budget;
 pub mod discovery;
 pub mod expiry;
 pub mod fleet;
@@ -35,6 +36,7 @@ use health::HealthChecker;
 pub struct Signals {
     health: Option<Arc<HealthChecker>>,
     discovery: Option<discovery::Hints>,
+    budget: Option<budget::Budget>,
 }
 
 impl Signals {
@@ -47,6 +49,11 @@ impl Signals {
     pub fn discovery(&self) -> Option<discovery::Hints> {
         self.discovery.clone()
     }
+
+    /// The messaging-limit count, when `messaging_limit.enabled`.
+    pub fn budget(&self) -> Option<budget::Budget> {
+        self.budget.clone()
+    }
 }
 
 /// Starts the background signal tasks (health poller, expiry timers). Call after the
@@ -57,6 +64,7 @@ pub fn start(cfg: &Config, target: &Target, table: Arc<Table>) -> Signals {
         tracing::info!("no health.access_token: Health Status polling is off (webhooks, expiry and operators still close circuits)");
     }
     let discovery = discovery::start(cfg, target, table.clone());
+    let budget = budget::Budget::start(cfg, table.clone());
     let mut rx = table.subscribe();
     let initial = table.list();
     let gate = fleet::PollGate::new(cfg, table.origin());
@@ -87,6 +95,7 @@ pub fn start(cfg: &Config, target: &Target, table: Arc<Table>) -> Signals {
     Signals {
         health: checker,
         discovery,
+        budget,
     }
 }
 

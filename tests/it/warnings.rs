@@ -370,3 +370,110 @@ async fn spam_rate_answers_warn_once_per_episode(engine: Engine) {
 }
 
 both_engines!(spam_rate_answers_warn_once_per_episode);
+
+/// A `messages` change reporting template statuses (`sent`, priced `marketing`) for `users`.
+fn statuses(t: i64, users: &[u64], category: &str) -> Value {
+    let st: Vec<Value> = users
+        .iter()
+        .map(|u| {
+            json!({"id": format!("wamid.{u}"), "status": "sent", "timestamp": t.to_string(),
+                   "recipient_id": u.to_string(),
+                   "pricing": {"billable": true, "pricing_model": "PMP", "category": category}})
+        })
+        .collect();
+    envelope(vec![entry(
+        WABA,
+        t,
+        vec![change(
+            "messages",
+            json!({"messaging_product": "whatsapp",
+                   "metadata": {"display_phone_number": "15550000000", "phone_number_id": PHONE},
+                   "statuses": st}),
+        )],
+    )])
+}
+
+async fn gauge(gw: &Gateway, name: &str) -> Option<f64> {
+    metric(&gw.metrics().await, name, &[("waba_id", WABA)])
+}
+
+async fn wait_gauge(gw: &Gateway, name: &str, want: f64) {
+    let t = Instant::now();
+    while gauge(gw, name).await != Some(want) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{name} not {want}: {:?}",
+            gauge(gw, name).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two replicas hear different statuses of one WABA: the fleet's count (Redis) reaches 80 %
+/// and then 100 % of the operator's limit, each announced once; replies in a service
+/// window and repeats are not new users; nothing is blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_counts_template_reach_and_warns_at_80_and_100_percent() {
+    bounded(async {
+        let redis = RedisServer::start();
+        let fake = FakeCloud::start().await;
+        let hooks = FakeCloud::start_webhook_sink().await;
+        let slack = FakeCloud::start_webhook_sink().await;
+        let extra = format!(
+            "{}[messaging_limit.limits]\n\"{WABA}\" = 10\n",
+            sinks(&hooks, &slack)
+        );
+        let cfg = config("", &fake.url(), Some(&redis.url()), &extra);
+        let a = Gateway::start(&cfg).await;
+        let b = Gateway::start(&cfg).await;
+        let t = now_unix() - 30;
+        post(&a, &statuses(t, &[1, 2, 3, 4, 5], "marketing")).await;
+        post(&b, &statuses(t + 1, &[1, 2, 6, 7], "utility")).await;
+        post(&b, &statuses(t + 1, &[20, 21, 22, 23], "service")).await;
+        wait_gauge(&b, "wa_breaker_messaging_limit_users", 7.0).await;
+        assert_eq!(gauge(&b, "wa_breaker_messaging_limit").await, Some(10.0));
+        assert_eq!(hooks.count(), 0, "70 %: nothing yet");
+        post(&a, &statuses(t + 2, &[8], "authentication")).await;
+        wait_gauge(&a, "wa_breaker_messaging_limit_users", 8.0).await;
+        assert!(
+            hooks.wait_count(1, Duration::from_secs(5)).await,
+            "80 % not announced"
+        );
+        post(&b, &statuses(t + 3, &[3, 9], "marketing")).await;
+        post(&a, &statuses(t + 4, &[10, 11], "marketing")).await;
+        assert!(
+            hooks.wait_count(2, Duration::from_secs(5)).await,
+            "100 % not announced"
+        );
+        post(&b, &statuses(t + 5, &[12], "marketing")).await;
+        wait_gauge(&b, "wa_breaker_messaging_limit_users", 12.0).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let got: Vec<Value> = hooks.requests().iter().map(|r| r.json()).collect();
+        let details: Vec<&str> = got
+            .iter()
+            .map(|v| v["warning"]["detail"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            details,
+            [
+                "80% of 10: 8 of 10 unique users in 24 h",
+                "100% of 10: 11 of 10 unique users in 24 h"
+            ],
+            "each level once in the fleet"
+        );
+        assert!(got
+            .iter()
+            .all(|v| v["warning"]["kind"] == "messaging_budget"));
+        assert_eq!(
+            warnings(&a, "?kind=messaging_budget").await.len(),
+            2,
+            "recorded on the shared record"
+        );
+        assert_eq!(
+            a.send_str(PHONE, TEMPLATE_BODY).await.status(),
+            200,
+            "never a block"
+        );
+    })
+    .await;
+}

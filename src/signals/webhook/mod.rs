@@ -65,6 +65,8 @@ pub struct Webhook {
     warned_unconfigured: AtomicBool,
     /// `max_event_age`: older events are acknowledged and ignored.
     max_event_age: chrono::Duration,
+    /// The messaging-limit count (`messages` statuses of template messages).
+    budget: Option<super::budget::Budget>,
 }
 
 impl Webhook {
@@ -75,6 +77,7 @@ impl Webhook {
         table: Arc<Table>,
         client: HttpClient,
         health: Option<Arc<HealthChecker>>,
+        budget: Option<super::budget::Budget>,
     ) -> Webhook {
         let w = &cfg.webhook;
         // Validated at load time; an unparsable URL here would be a bug, not a config error.
@@ -105,6 +108,7 @@ impl Webhook {
             warned_unconfigured: AtomicBool::new(false),
             max_event_age: chrono::Duration::from_std(cfg.max_event_age)
                 .unwrap_or(chrono::Duration::MAX),
+            budget,
         }
     }
 
@@ -345,6 +349,9 @@ impl Webhook {
         ch: &payload::ChangeItem,
         now: chrono::DateTime<Utc>,
     ) -> Option<u64> {
+        if let Some(b) = &self.budget {
+            b.record(&entry.id, crate::policy::budget::reached(ch, now));
+        }
         let errors = message_errors(ch);
         if errors.is_empty() {
             return None;
