@@ -33,6 +33,8 @@ use crate::store::connect::{Con, Endpoint};
 
 /// Deliveries waiting for the task; past it they are dropped (counted).
 const QUEUE: usize = 4096;
+/// Statuses counted in one round at most (one Redis round trip per WABA).
+const MAX_BATCH: usize = 5_000;
 /// Longest wait on one Redis round trip before counting locally.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// After a failed round trip, Redis is not tried again for this long.
@@ -159,13 +161,24 @@ struct Counter {
 
 impl Counter {
     async fn run(mut self, mut rx: mpsc::Receiver<Batch>) {
-        while let Some(batch) = rx.recv().await {
-            self.count(batch).await;
+        while let Some(first) = rx.recv().await {
+            // What queued meanwhile goes in the same round trip per WABA (statuses come
+            // three per message at busy times).
+            let mut by_waba: HashMap<String, Vec<Reached>> = HashMap::new();
+            let mut n = first.reached.len();
+            by_waba.entry(first.waba_id).or_default().extend(first.reached);
+            while n < MAX_BATCH {
+                let Ok(b) = rx.try_recv() else { break };
+                n += b.reached.len();
+                by_waba.entry(b.waba_id).or_default().extend(b.reached);
+            }
+            for (waba, reached) in by_waba {
+                self.count(waba, reached).await;
+            }
         }
     }
 
-    async fn count(&mut self, batch: Batch) {
-        let waba = batch.waba_id;
+    async fn count(&mut self, waba: String, reached: Vec<Reached>) {
         // Only WABAs something vouches for: a signed flood of made-up ids grows nothing.
         if !self.table.directory().knows_waba(&waba) && !self.limits.contains_key(&waba) {
             METRICS
@@ -180,11 +193,11 @@ impl Counter {
             .windows
             .entry(waba.clone())
             .or_insert_with(|| Window::new(self.max_users));
-        for r in &batch.reached {
+        for r in &reached {
             window.add(*r, secs);
         }
         let local = window.count(secs) as u64;
-        let count = match self.shared_count(&waba, &batch.reached, secs).await {
+        let count = match self.shared_count(&waba, &reached, secs).await {
             Some(n) => n,
             None => local,
         };
