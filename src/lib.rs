@@ -164,6 +164,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         .map(|h| Arc::new(h) as Arc<dyn policy::Discovery>);
     let policy =
         Arc::new(Policy::new(cfg.policy_settings(), table.clone()).with_discovery(discovery));
+    signals::replicas::start(&cfg, table.origin(), policy.clone());
     let limits = Limits::new(
         cfg.upstream_concurrency,
         cfg.upstream_large_concurrency,

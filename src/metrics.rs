@@ -31,6 +31,8 @@ pub struct Metrics {
     /// `wa_breaker_messaging_limit{waba_id}`: the WABA's messaging limit, when a finite one
     /// is known.
     pub messaging_limit: IntGaugeVec,
+    /// `wa_breaker_fleet_replicas`: replicas sharing each phone number's pace.
+    pub fleet_replicas: IntGauge,
     pub transitions: IntCounterVec,
     pub forwarded: IntCounter,
     pub answered_locally: IntCounter,
@@ -169,6 +171,11 @@ impl Metrics {
                 "The WABA's messaging limit (unique users per 24 h): the operator's, else Meta's last business_capability_update",
             ),
             &["waba_id"],
+        )
+        .expect("valid metric");
+        let fleet_replicas = IntGauge::new(
+            "wa_breaker_fleet_replicas",
+            "Replicas alive (heartbeats over Redis) sharing each phone number's pace; 1 alone",
         )
         .expect("valid metric");
         let transitions = IntCounterVec::new(
@@ -427,6 +434,7 @@ impl Metrics {
             Box::new(warnings.clone()),
             Box::new(messaging_limit_users.clone()),
             Box::new(messaging_limit.clone()),
+            Box::new(fleet_replicas.clone()),
             Box::new(notify_sent.clone()),
             Box::new(notify_failures.clone()),
             Box::new(notify_dropped.clone()),
@@ -469,6 +477,7 @@ impl Metrics {
             warnings,
             messaging_limit_users,
             messaging_limit,
+            fleet_replicas,
             transitions,
             upstream_by_class: ["2xx", "3xx", "4xx", "5xx", "error"]
                 .map(|c| upstream_duration.with_label_values(&[c])),

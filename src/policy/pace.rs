@@ -20,9 +20,14 @@
 //! reported) halves the number's pace for `shaping.spam_cooldown`, on top of any 130429 cut;
 //! another 131048 meanwhile extends it. The first one of such an episode is a warning
 //! (`spam_rate`, see [`super::warning`]).
+//!
+//! With several replicas each paces at its share: the rate divided by the replicas alive
+//! ([`Pacer::set_replicas`], counted with heartbeats over Redis by `signals::replicas`),
+//! so the fleet together keeps the number's throughput. Alone (no Redis) the share is 1.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -124,8 +129,11 @@ pub enum Decision {
 pub struct PaceView {
     /// The number's throughput (the operator's, else the default), messages/s.
     pub throughput: u32,
-    /// Its pace now (lowered after Meta's 130429), messages/s.
+    /// Its pace now on this replica (lowered after Meta's 130429 and 131048, divided
+    /// among the replicas), messages/s.
     pub rate: f64,
+    /// Replicas sharing the number's pace (1 alone).
+    pub replicas: u32,
     /// How far ahead its next free slot is, seconds (0: a send goes at once).
     pub backlog_secs: f64,
 }
@@ -168,14 +176,16 @@ impl Cell {
         (self.cut_to + steps as f64 * RECOVER_SHARE).min(1.0)
     }
 
-    fn rate(&self, now: i64) -> f64 {
+    /// The number's pace at `now` on this replica, one of `replicas` sharing it.
+    fn rate(&self, now: i64, replicas: u32) -> f64 {
         let spam = if now < self.spam_until { 0.5 } else { 1.0 };
-        (self.throughput as f64 * self.share(now) * spam).max(f64::MIN_POSITIVE)
+        (self.throughput as f64 * self.share(now) * spam / f64::from(replicas.max(1)))
+            .max(f64::MIN_POSITIVE)
     }
 
     /// The GCRA decision (see the module docs); reserves the slot unless `Over`.
-    fn decide(&mut self, now: i64, max_delay: i64) -> Decision {
-        let rate = self.rate(now);
+    fn decide(&mut self, now: i64, max_delay: i64, replicas: u32) -> Decision {
+        let rate = self.rate(now, replicas);
         let interval = (1e9 / rate) as i64;
         let burst = (rate.floor() as i64).max(1);
         let tat = self.tat.max(now);
@@ -266,6 +276,8 @@ pub struct Pacer {
     per_shard: usize,
     epoch: Instant,
     shards: Box<[Shard]>,
+    /// Replicas alive in the fleet (each paces at this share of the rate).
+    replicas: AtomicU32,
 }
 
 impl Pacer {
@@ -285,7 +297,18 @@ impl Pacer {
                     .map(|_| Mutex::new(HashMap::with_hasher(basis)))
                     .collect()
             },
+            replicas: AtomicU32::new(1),
         }
+    }
+
+    /// `n` replicas share every number's pace from now on (at least 1).
+    pub fn set_replicas(&self, n: u32) {
+        self.replicas.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Replicas sharing every number's pace.
+    pub fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed).max(1)
     }
 
     /// `shaping.mode`.
@@ -343,7 +366,7 @@ impl Pacer {
         let cell = shard
             .entry(phone)
             .or_insert_with(|| Cell::new(self.throughput(&phone)));
-        let decision = cell.decide(now, self.max_delay);
+        let decision = cell.decide(now, self.max_delay, self.replicas());
         let over = decision != Decision::Go;
         let episode_starts = over && !cell.over;
         cell.over = over;
@@ -398,12 +421,14 @@ impl Pacer {
             Err(poisoned) => poisoned.into_inner(),
         };
         let cell = shard.get(phone).copied().unwrap_or(Cell::new(throughput));
-        let rate = cell.rate(at);
+        let replicas = self.replicas();
+        let rate = cell.rate(at, replicas);
         let burst = (rate.floor() as i64).max(1);
         let slot = cell.tat.max(at) - ((1e9 / rate) as i64).saturating_mul(burst - 1);
         PaceView {
             throughput: cell.throughput,
             rate,
+            replicas,
             backlog_secs: (slot - at).max(0) as f64 / 1e9,
         }
     }
@@ -432,7 +457,7 @@ mod tests {
     #[test]
     fn a_burst_of_one_second_then_the_pace_then_over() {
         let mut c = Cell::new(5);
-        let decisions: Vec<_> = (0..30).map(|_| c.decide(0, S)).collect();
+        let decisions: Vec<_> = (0..30).map(|_| c.decide(0, S, 1)).collect();
         assert!(decisions[..5].iter().all(|d| *d == Decision::Go));
         for (i, d) in decisions[5..10].iter().enumerate() {
             assert_eq!(
@@ -448,41 +473,44 @@ mod tests {
             assert_eq!(*rate, 5.0);
         }
         // A second later the next slot is 200 ms ahead again.
-        assert_eq!(c.decide(S, S), Decision::Wait(Duration::from_millis(200)));
+        assert_eq!(
+            c.decide(S, S, 1),
+            Decision::Wait(Duration::from_millis(200))
+        );
     }
 
     #[test]
     fn sends_within_the_pace_go_at_once() {
         let mut c = Cell::new(10);
         for i in 0..100 {
-            assert_eq!(c.decide(i * S / 10, 0), Decision::Go, "send {i}");
+            assert_eq!(c.decide(i * S / 10, 0, 1), Decision::Go, "send {i}");
         }
         // max_delay 0: the eleventh at once is over, not delayed.
         let mut c = Cell::new(10);
         for _ in 0..10 {
-            assert_eq!(c.decide(0, 0), Decision::Go);
+            assert_eq!(c.decide(0, 0, 1), Decision::Go);
         }
-        assert!(matches!(c.decide(0, 0), Decision::Over { .. }));
+        assert!(matches!(c.decide(0, 0, 1), Decision::Over { .. }));
     }
 
     #[test]
     fn meta_130429_halves_the_pace_and_it_recovers_in_steps() {
         let mut c = Cell::new(80);
         c.cut(0);
-        assert_eq!(c.rate(0), 40.0);
+        assert_eq!(c.rate(0, 1), 40.0);
         // A second cut within CUT_EVERY is the same signal.
         c.cut(S / 2);
-        assert_eq!(c.rate(S / 2), 40.0);
+        assert_eq!(c.rate(S / 2, 1), 40.0);
         c.cut(2 * S);
-        assert_eq!(c.rate(2 * S), 20.0);
+        assert_eq!(c.rate(2 * S, 1), 20.0);
         for _ in 0..5 {
             c.cut(100 * S);
             c.cut_at -= 2 * S;
         }
-        assert_eq!(c.rate(100 * S - 10 * S), 80.0 * FLOOR);
+        assert_eq!(c.rate(100 * S - 10 * S, 1), 80.0 * FLOOR);
         let at = c.cut_at;
-        assert_eq!(c.rate(at + 10 * S), 80.0 * (FLOOR + RECOVER_SHARE));
-        assert_eq!(c.rate(at + 100 * S), 80.0);
+        assert_eq!(c.rate(at + 10 * S, 1), 80.0 * (FLOOR + RECOVER_SHARE));
+        assert_eq!(c.rate(at + 100 * S, 1), 80.0);
         assert!(c.idle(at + 100 * S));
     }
 
@@ -519,6 +547,24 @@ mod tests {
         let shard = p.shard(&a).lock().unwrap();
         assert!(!shard[&a].idle(at), "still halved at 145 s");
         assert!(shard[&a].idle(p.at(t0 + Duration::from_secs(300))));
+    }
+
+    #[test]
+    fn replicas_share_the_pace() {
+        let mut c = Cell::new(10);
+        // Two replicas: 5/s each, a burst of 5.
+        let d: Vec<_> = (0..12).map(|_| c.decide(0, S, 2)).collect();
+        assert!(d[..5].iter().all(|d| *d == Decision::Go));
+        assert_eq!(d[5], Decision::Wait(Duration::from_millis(200)));
+        assert!(matches!(d[10], Decision::Over { rate, .. } if rate == 5.0));
+        let p = Pacer::new(Settings::default());
+        let a = id("106540352242922");
+        assert_eq!(p.view(&a, p.epoch).rate, 80.0);
+        p.set_replicas(4);
+        assert_eq!(p.view(&a, p.epoch).rate, 20.0);
+        assert_eq!(p.view(&a, p.epoch).replicas, 4);
+        p.set_replicas(0);
+        assert_eq!(p.replicas(), 1, "never below one");
     }
 
     #[test]

@@ -166,7 +166,10 @@ impl Counter {
             // three per message at busy times).
             let mut by_waba: HashMap<String, Vec<Reached>> = HashMap::new();
             let mut n = first.reached.len();
-            by_waba.entry(first.waba_id).or_default().extend(first.reached);
+            by_waba
+                .entry(first.waba_id)
+                .or_default()
+                .extend(first.reached);
             while n < MAX_BATCH {
                 let Ok(b) = rx.try_recv() else { break };
                 n += b.reached.len();

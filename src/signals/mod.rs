@@ -19,6 +19,7 @@ pub mod discovery;
 pub mod expiry;
 pub mod fleet;
 pub mod health;
+pub mod replicas;
 pub mod webhook;
 
 use std::collections::HashMap;

@@ -312,7 +312,114 @@ async fn observe_mode_forwards_a_held_pair_and_counts_it(engine: Engine) {
     );
 }
 
+/// Sends of `phone` from `workers` loops, one after another, until `until`.
+async fn flat_out(gw: &Gateway, phone: &str, workers: usize, until: Instant) {
+    futures_util::future::join_all((0..workers).map(|_| async {
+        while Instant::now() < until {
+            if send_timed(gw, phone).await.status != 200 {
+                // Answered locally at once: try again shortly, as a busy app would.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }))
+    .await;
+}
+
+async fn replicas(gw: &Gateway) -> Option<f64> {
+    metric(&gw.metrics().await, "wa_breaker_fleet_replicas", &[])
+}
+
+async fn wait_replicas(gw: &Gateway, n: f64, within: Duration) {
+    let t = Instant::now();
+    while replicas(gw).await != Some(n) {
+        assert!(
+            t.elapsed() < within,
+            "{n} replicas not seen: {:?}",
+            replicas(gw).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Upstream sends of `phone` whose arrival is within `[from, to)`.
+fn sends_between(fake: &FakeCloud, phone: &str, from: Instant, to: Instant) -> usize {
+    fake.sends_for(phone)
+        .iter()
+        .filter(|r| r.at >= from && r.at < to)
+        .count()
+}
+
+/// Two replicas on one Redis, a number at 10/s, both sending flat out: each paces at half,
+/// so past the first second's burst the upstream sees about 10 a second in total; one
+/// replica stops and the other takes the whole rate within seconds.
+async fn two_replicas_share_a_numbers_pace_and_one_takes_it_all_when_the_other_stops(
+    engine: Engine,
+) {
+    let redis = RedisServer::start();
+    let fake = FakeCloud::start().await;
+    let name = engine.name();
+    let cfg = format!(
+        r#"
+{}
+listen = "{{listen}}"
+admin_listen = "{{admin_listen}}"
+state_dir = "{{state_dir}}"
+upstream = "{}"
+request_timeout = "5s"
+redis_url = "{}"
+redis_prefix = "pace"
+
+[shaping]
+mode = "enforce"
+max_delay = "1s"
+
+[shaping.phone_throughput]
+"{PHONE_A1}" = 10
+
+[[accounts]]
+waba_id = "{WABA_A}"
+phone_number_ids = ["{PHONE_A1}", "{PHONE_A2}"]
+"#,
+        engine.config_line(),
+        fake.url(),
+        redis.url()
+    );
+    let a = Gateway::start(&cfg).await;
+    let b = Gateway::start(&cfg).await;
+    wait_replicas(&a, 2.0, Duration::from_secs(5)).await;
+    wait_replicas(&b, 2.0, Duration::from_secs(5)).await;
+
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs(4);
+    tokio::join!(
+        flat_out(&a, PHONE_A1, 6, end),
+        flat_out(&b, PHONE_A1, 6, end)
+    );
+    // Past the first second (each replica's burst of its share, 5), 10/s in total: in
+    // the 3 s after it at most 30, plus a slot each replica may start at either edge.
+    let steady = sends_between(&fake, PHONE_A1, t0 + Duration::from_secs(1), end);
+    assert!(
+        (20..=34).contains(&steady),
+        "{name}: {steady} sends reached the upstream in 3 s at 10/s shared by two replicas"
+    );
+    let first = sends_between(&fake, PHONE_A1, t0, t0 + Duration::from_secs(1));
+    assert!(first <= 22, "{name}: {first} in the first second");
+
+    // B stops: within LIVE_FOR plus a beat A paces at the whole rate.
+    b.stop().await;
+    wait_replicas(&a, 1.0, Duration::from_secs(10)).await;
+    let t1 = Instant::now();
+    let end = t1 + Duration::from_secs(3);
+    flat_out(&a, PHONE_A1, 6, end).await;
+    let alone = sends_between(&fake, PHONE_A1, t1 + Duration::from_secs(1), end);
+    assert!(
+        (16..=23).contains(&alone),
+        "{name}: {alone} sends in 2 s from the replica left (10/s expected, 5/s would be half)"
+    );
+}
+
 both_engines!(
+    two_replicas_share_a_numbers_pace_and_one_takes_it_all_when_the_other_stops,
     a_number_over_its_pace_waits_then_is_answered_130429_locally,
     observe_mode_forwards_everything_and_counts_what_it_would_hold,
     a_pair_meta_answered_131056_is_held_and_a_repeat_quadruples_the_hold,
