@@ -170,10 +170,12 @@ pub enum Ttl {
 }
 
 /// The TTL of a circuit's key written at `now`: open with `until` → `until` + [`UNTIL_GRACE`];
-/// open until a signal → none; closed → `closed_ttl`.
+/// open until a signal → none; closed → `closed_ttl`, except a template record that keeps
+/// the template's category (none: it stays true for months; `max_circuits` bounds them).
 pub fn ttl_for(c: &Circuit, now: DateTime<Utc>, closed_ttl: Duration) -> Ttl {
     match (c.state, c.until) {
         (State::Open, None) => Ttl::Persist,
+        (State::Closed, _) if c.category.is_some() => Ttl::Persist,
         (State::Open, Some(until)) => {
             let left = (until - now)
                 .to_std()
@@ -190,6 +192,7 @@ pub fn ttl_for(c: &Circuit, now: DateTime<Utc>, closed_ttl: Duration) -> Ttl {
 pub fn worth_restoring(c: &Circuit, now: DateTime<Utc>, closed_ttl: Duration) -> bool {
     let end = match (c.state, c.until) {
         (State::Open, None) => return true,
+        (State::Closed, _) if c.category.is_some() => return true,
         (State::Open, Some(until)) => add(until, UNTIL_GRACE),
         (State::Closed, _) => add(c.updated_at, closed_ttl),
     };

@@ -1,0 +1,180 @@
+//! Marketing cooldowns and template categories, the decisions. Meta reports the user's
+//! marketing limit only by webhook: a `messages` status `failed` with 131049 and the
+//! `recipient_id`, and asks to wait at least 24 h before sending that user marketing again
+//! (sooner can make them unreachable another 24 h). So the WABA's sends of MARKETING
+//! templates to that recipient are answered locally with 131049 for
+//! `shaping.marketing_cooldown` ([`from_status`], [`check`]). A template's category is
+//! learned from `message_template_status_update` (`message_template_category`) and
+//! `template_category_update` (`new_category`; the advance notice `correct_category` is
+//! recorded) ([`plan_category`]). A template of unknown category is forwarded — never held
+//! by guesswork; utility and authentication templates and free-form sends always flow.
+//! The mechanics (keys, the hot path's index) are [`crate::circuit::cooldown`].
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::plan::{AsyncError, Step};
+use super::template::webhook_template;
+use crate::circuit::cooldown::{self, MARKETING};
+use crate::circuit::template::of_send;
+use crate::circuit::{Action, Change, Evidence, Scope, Source, Table};
+use crate::graph::codes::MARKETING_LIMIT;
+use crate::graph::webhook::{ChangeItem, Entry};
+use crate::graph::GraphId;
+
+/// The field of Meta's template re-categorisations.
+pub const FIELD_TEMPLATE_CATEGORY: &str = "template_category_update";
+
+/// A recipient's digits as a cooldown keys them (the same rule as the pair holds':
+/// `+1 555-765-4321` is `15557654321`).
+pub fn digits(recipient: &str) -> Option<u64> {
+    let mut n: u64 = 0;
+    let mut count = 0;
+    for b in recipient.bytes().filter(u8::is_ascii_digit) {
+        count += 1;
+        if count > 18 {
+            return None;
+        }
+        n = n * 10 + u64::from(b - b'0');
+    }
+    (count > 0).then_some(n)
+}
+
+/// A `messages` status error reported for WABA `waba_id` (pure): a 131049 with a
+/// `recipient_id` opens that recipient's cooldown from the status's time (else `at`) for
+/// `cooldown`. `None` for anything else.
+pub fn from_status(
+    waba_id: &str,
+    e: &AsyncError,
+    cooldown: Duration,
+    at: DateTime<Utc>,
+) -> Option<Change> {
+    if e.code != MARKETING_LIMIT || e.site != "status" || !GraphId::is_valid(waba_id) {
+        return None;
+    }
+    let to = digits(e.recipient.as_deref()?)?;
+    let at = e.time.unwrap_or(at);
+    let until = at.checked_add_signed(chrono::Duration::from_std(cooldown).ok()?)?;
+    Some(Change {
+        waba_id: waba_id.to_string(),
+        phone_number_id: None,
+        template: None,
+        recipient: Some(to.to_string()),
+        action: Action::Open {
+            scope: Scope::BusinessInitiated,
+            code: Some(MARKETING_LIMIT),
+            until: Some(until),
+        },
+        source: Source::Webhook,
+        at,
+        reason: "messages status failed with 131049 (the user's marketing limit): MARKETING templates to this recipient are held".into(),
+        // The status's id, time and error; never the recipient (it is the key).
+        evidence: Some(Evidence::Webhook {
+            entry_id: waba_id.to_string(),
+            field: super::plan::FIELD_MESSAGES.into(),
+            event: "statuses[].errors[]".into(),
+            value: e.evidence.clone(),
+        }),
+    })
+}
+
+/// A `message_template_status_update` that names the template's category
+/// (`message_template_category`), or a `template_category_update` (`new_category`, and the
+/// advance notice `correct_category` with `category_update_timestamp`), as a category
+/// change on the template's record (pure). `None` when the entry is not a WABA, the
+/// template is not named, or no category is given.
+pub fn plan_category(entry: &Entry, ch: &ChangeItem, now: DateTime<Utc>) -> Option<Step> {
+    let status = ch.field == super::template::FIELD_TEMPLATE_STATUS;
+    if !(status || ch.field == FIELD_TEMPLATE_CATEGORY) || !GraphId::is_valid(&entry.id) {
+        return None;
+    }
+    let template = webhook_template(&ch.value)?;
+    let s = |k: &str| {
+        ch.value
+            .get(k)
+            .and_then(serde_json::Value::as_str)
+            .and_then(cooldown::normalize)
+    };
+    let (category, coming) = if status {
+        (s("message_template_category"), None)
+    } else {
+        let when = ch
+            .value
+            .get("category_update_timestamp")
+            .and_then(crate::graph::webhook::unix_time);
+        (s("new_category"), s("correct_category").map(|c| (c, when)))
+    };
+    if category.is_none() && coming.is_none() {
+        return None;
+    }
+    let what = match (&category, &coming) {
+        (Some(c), _) => format!("category {c}"),
+        (None, Some((c, _))) => format!("Meta will move it to category {c} (advance notice)"),
+        (None, None) => return None,
+    };
+    Some(Step {
+        change: Change {
+            waba_id: entry.id.clone(),
+            phone_number_id: None,
+            template: Some(template.clone()),
+            recipient: None,
+            action: Action::Categorize { category, coming },
+            source: Source::Webhook,
+            at: entry.event_time(ch, now),
+            reason: format!(
+                "{}: template {} ({}) {what}",
+                ch.field, template.name, template.language
+            ),
+            evidence: Some(Evidence::Webhook {
+                entry_id: entry.id.clone(),
+                field: ch.field.clone(),
+                event: ch.event_name().unwrap_or("category").to_string(),
+                value: ch.value.clone(),
+            }),
+        },
+        check_health: false,
+        only_if_opened_by: None,
+        only_known_waba: false,
+    })
+}
+
+/// What the cooldown step found for a send.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Check {
+    /// Not held: a free-form send, a template not known to be MARKETING, no cooldown.
+    Free,
+    /// A MARKETING template to a recipient in cooldown, until `until`.
+    Held {
+        /// The cooldown's end.
+        until: DateTime<Utc>,
+        /// The template's name (for the answer's details).
+        template: String,
+    },
+}
+
+/// A send of `waba_id` with body `body` at `now` (the caller has checked that the WABA
+/// holds cooldowns): held when it is a template whose known category is MARKETING, to a
+/// recipient in cooldown.
+pub fn check(table: &Table, waba_id: &str, body: &[u8], now: DateTime<Utc>) -> Check {
+    let idx = table.cooldowns();
+    let Some(t) = of_send(body) else {
+        return Check::Free;
+    };
+    if idx
+        .category(waba_id, &t)
+        .is_none_or(|c| c.as_ref() != MARKETING)
+    {
+        return Check::Free;
+    }
+    let Some(to) = super::pair::recipient(body) else {
+        return Check::Free;
+    };
+    match idx.held(waba_id, to) {
+        Some(h) if h.until > now => Check::Held {
+            until: h.until,
+            template: t.name,
+        },
+        _ => Check::Free,
+    }
+}
