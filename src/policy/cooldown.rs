@@ -178,3 +178,230 @@ pub fn check(table: &Table, waba_id: &str, body: &[u8], now: DateTime<Utc>) -> C
         _ => Check::Free,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::circuit::{Circuit, Directory, Limits, State};
+    use crate::graph::webhook as payload;
+    use chrono::TimeZone;
+    use serde_json::{json, Value};
+
+    const WABA: &str = "102290129340398";
+    const T: i64 = 1_900_000_000;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(T + s, 0).unwrap()
+    }
+
+    fn status(code: i64, recipient: Option<&str>, site: &'static str) -> AsyncError {
+        AsyncError {
+            code,
+            site,
+            evidence: json!({"id": "wamid.X", "error": {"code": code}}),
+            time: Some(at(0)),
+            recipient: recipient.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_131049_status_for_a_recipient_opens_their_cooldown_from_the_status_time() {
+        let day = Duration::from_secs(86_400);
+        let c = from_status(
+            WABA,
+            &status(131049, Some("+1 555-765-4321"), "status"),
+            day,
+            at(50),
+        )
+        .unwrap();
+        assert_eq!(c.key(), "cooldown:102290129340398:15557654321");
+        assert_eq!(c.at, at(0), "the status's own time");
+        assert_eq!(
+            c.action,
+            Action::Open {
+                scope: Scope::BusinessInitiated,
+                code: Some(131049),
+                until: Some(at(86_400)),
+            }
+        );
+        let Some(Evidence::Webhook { value, .. }) = &c.evidence else {
+            panic!()
+        };
+        assert!(
+            !value.to_string().contains("15557654321"),
+            "no recipient in evidence"
+        );
+        // Other codes, no recipient, value.errors[], a WABA that is not an id: nothing.
+        for e in [
+            status(131050, Some("15557654321"), "status"),
+            status(131049, None, "status"),
+            status(131049, Some("no digits"), "status"),
+            status(131049, Some("15557654321"), "value"),
+        ] {
+            assert!(from_status(WABA, &e, day, at(0)).is_none(), "{e:?}");
+        }
+        assert!(from_status("", &status(131049, Some("1"), "status"), day, at(0)).is_none());
+    }
+
+    fn parse(field: &str, value: Value) -> payload::Envelope {
+        let body = json!({"object": "whatsapp_business_account", "entry": [
+            {"id": WABA, "time": T, "changes": [{"field": field, "value": value}]}]});
+        payload::parse(body.to_string().as_bytes()).unwrap()
+    }
+
+    fn categorize_of(env: &payload::Envelope) -> Option<Action> {
+        let e = &env.entries[0];
+        plan_category(e, &e.changes[0], at(0)).map(|s| s.change.action)
+    }
+
+    #[test]
+    fn categories_come_from_status_updates_and_category_updates() {
+        let tpl = |extra: Value| {
+            let mut v = json!({"message_template_name": "promo_offer", "message_template_language": "en_US"});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            v
+        };
+        let approved = parse(
+            "message_template_status_update",
+            tpl(json!({"event": "APPROVED", "message_template_category": "marketing"})),
+        );
+        assert_eq!(
+            categorize_of(&approved),
+            Some(Action::Categorize {
+                category: Some("MARKETING".into()),
+                coming: None
+            })
+        );
+        let notice = parse(
+            "template_category_update",
+            tpl(json!({"correct_category": "MARKETING", "category_update_timestamp": T + 86_400})),
+        );
+        assert_eq!(
+            categorize_of(&notice),
+            Some(Action::Categorize {
+                category: None,
+                coming: Some(("MARKETING".into(), Some(at(86_400))))
+            })
+        );
+        let moved = parse(
+            "template_category_update",
+            tpl(json!({"previous_category": "UTILITY", "new_category": "MARKETING"})),
+        );
+        assert_eq!(
+            categorize_of(&moved),
+            Some(Action::Categorize {
+                category: Some("MARKETING".into()),
+                coming: None
+            })
+        );
+        // No category, or no template name: nothing.
+        let none = parse(
+            "message_template_status_update",
+            tpl(json!({"event": "PAUSED"})),
+        );
+        assert_eq!(categorize_of(&none), None);
+        let unnamed = parse(
+            "template_category_update",
+            json!({"new_category": "MARKETING"}),
+        );
+        assert_eq!(categorize_of(&unnamed), None);
+    }
+
+    fn table(max_cooldowns: usize) -> Table {
+        let limits = Limits {
+            max_cooldowns,
+            ..Limits::default()
+        };
+        Table::with_limits("t", 5, limits, Directory::new([], 100))
+    }
+
+    fn cooldown(to: &str, until: DateTime<Utc>) -> Change {
+        Change {
+            waba_id: WABA.into(),
+            phone_number_id: None,
+            template: None,
+            recipient: Some(to.into()),
+            action: Action::Open {
+                scope: Scope::BusinessInitiated,
+                code: Some(131049),
+                until: Some(until),
+            },
+            source: Source::Webhook,
+            at: Utc::now(),
+            reason: "131049".into(),
+            evidence: None,
+        }
+    }
+
+    fn categorized(t: &Table, name: &str, category: &str) {
+        t.apply(Change {
+            waba_id: WABA.into(),
+            phone_number_id: None,
+            template: Some(crate::circuit::TemplateRef {
+                name: name.into(),
+                language: "en_US".into(),
+            }),
+            recipient: None,
+            action: Action::Categorize {
+                category: Some(category.into()),
+                coming: None,
+            },
+            source: Source::Webhook,
+            at: Utc::now(),
+            reason: "category".into(),
+            evidence: None,
+        })
+        .unwrap();
+    }
+
+    fn send(name: &str, to: &str) -> Vec<u8> {
+        json!({"to": to, "type": "template", "template": {"name": name, "language": {"code": "en_US"}}})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn only_marketing_templates_to_the_recipient_are_held_and_the_cap_evicts_the_soonest() {
+        let t = table(2);
+        let now = Utc::now();
+        let hour = chrono::Duration::hours(1);
+        categorized(&t, "promo", "MARKETING");
+        categorized(&t, "receipt", "UTILITY");
+        t.apply(cooldown("15557654321", now + hour)).unwrap();
+        let held = |name: &str, to: &str| check(&t, WABA, &send(name, to), now);
+        assert!(
+            matches!(held("promo", "+1 (555) 765-4321"), Check::Held { until, .. } if until == now + hour)
+        );
+        assert_eq!(held("promo", "15550001111"), Check::Free);
+        assert_eq!(held("receipt", "15557654321"), Check::Free);
+        assert_eq!(held("unknown", "15557654321"), Check::Free);
+        let text = json!({"to": "15557654321", "type": "text", "text": {"body": "x"}}).to_string();
+        assert_eq!(check(&t, WABA, text.as_bytes(), now), Check::Free);
+        // Categories stay on closed template records; cooldowns are not circuits' gauges.
+        let rec = t.get("template:102290129340398:promo:en_US").unwrap();
+        assert_eq!(rec.state, State::Closed);
+        assert!(rec.category.is_some());
+
+        // The cap: a third cooldown evicts the one ending first.
+        t.apply(cooldown("15550000002", now + hour * 3)).unwrap();
+        t.apply(cooldown("15550000003", now + hour * 2)).unwrap();
+        assert_eq!(t.cooldowns().len(), 2);
+        assert!(
+            t.get("cooldown:102290129340398:15557654321").is_none(),
+            "the soonest went"
+        );
+        assert_eq!(held("promo", "15557654321"), Check::Free);
+        assert!(matches!(held("promo", "15550000003"), Check::Held { .. }));
+
+        // Closed (the expiry, an operator): free again.
+        let mut close = cooldown("15550000003", now);
+        close.action = Action::Close;
+        t.apply(close).unwrap();
+        assert_eq!(held("promo", "15550000003"), Check::Free);
+        assert_eq!(t.cooldowns().len(), 1);
+        let c: Circuit = t.get("cooldown:102290129340398:15550000003").unwrap();
+        assert!(c.is_cooldown() && !c.is_open() && c.has_valid_ids());
+    }
+}

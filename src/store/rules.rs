@@ -348,4 +348,21 @@ mod tests {
         let ancient = circuit(DateTime::<Utc>::MIN_UTC, 0, "");
         assert!(!worth_restoring(&ancient, now, week));
     }
+
+    #[test]
+    fn a_template_record_with_a_category_has_no_ttl_and_is_always_restored() {
+        let now = at(1_800_000_000, 0);
+        let week = Duration::from_secs(7 * 86400);
+        let mut c = circuit(at(1_800_000_000 - 30 * 86400, 0), 1, "a");
+        assert!(matches!(ttl_for(&c, now, week), Ttl::Millis(_)));
+        c.category = Some(Box::new(crate::circuit::cooldown::Category {
+            current: Some("MARKETING".into()),
+            coming: None,
+            coming_at: None,
+            at: c.updated_at,
+            source: crate::circuit::Source::Webhook,
+        }));
+        assert!(matches!(ttl_for(&c, now, week), Ttl::Persist));
+        assert!(worth_restoring(&c, now, week));
+    }
 }
