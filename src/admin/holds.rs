@@ -104,7 +104,9 @@ impl Admin {
         if !GraphId::is_valid(id) {
             return json_error(StatusCode::BAD_REQUEST, "the id must be a numeric Graph id");
         }
-        let Some(to) = digits(recipient) else {
+        // `+1 555-765-4321` arrives URL-encoded (`%2B1%20555-765-4321`).
+        let recipient = percent_encoding::percent_decode_str(recipient).decode_utf8_lossy();
+        let Some(to) = digits(&recipient) else {
             return json_error(
                 StatusCode::BAD_REQUEST,
                 "the recipient must have 1 to 18 digits",

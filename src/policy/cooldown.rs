@@ -403,5 +403,26 @@ mod tests {
         assert_eq!(t.cooldowns().len(), 1);
         let c: Circuit = t.get("cooldown:102290129340398:15550000003").unwrap();
         assert!(c.is_cooldown() && !c.is_open() && c.has_valid_ids());
+
+        // Pruning drops the ended cooldown at once; categories outlive `closed_ttl`.
+        t.prune(Utc::now() + chrono::Duration::days(30));
+        assert!(t.get("cooldown:102290129340398:15550000003").is_none());
+        assert!(
+            t.get("cooldown:102290129340398:15550000002").is_some(),
+            "still held"
+        );
+        assert!(t.get("template:102290129340398:promo:en_US").is_some());
+        assert_eq!(
+            t.cooldowns()
+                .category(
+                    WABA,
+                    &crate::circuit::TemplateRef {
+                        name: "promo".into(),
+                        language: "en_US".into()
+                    }
+                )
+                .as_deref(),
+            Some(MARKETING)
+        );
     }
 }

@@ -16,6 +16,10 @@ const R: &str = "15557654321";
 const OTHER: &str = "15550001111";
 
 fn config(engine: Engine, mode: &str, extra: &str) -> String {
+    config_shaping(engine, mode, extra, "")
+}
+
+fn config_shaping(engine: Engine, mode: &str, extra: &str, shaping: &str) -> String {
     let engine_line = engine.config_line();
     format!(
         r#"
@@ -33,6 +37,7 @@ app_secret = "{SECRET}"
 
 [shaping]
 mode = "{mode}"
+{shaping}
 
 [[accounts]]
 waba_id = "{WABA}"
@@ -337,7 +342,113 @@ async fn a_cooldown_is_shared_with_a_second_replica(engine: Engine) {
     assert_eq!(status, 200, "{name}: B knows order_update is UTILITY");
 }
 
+/// `marketing_cooldown = "3s"`: held, then — the expiry timer closes it — forwarded again.
+async fn a_cooldown_ends_by_itself(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let cfg = config_shaping(engine, "enforce", "", "marketing_cooldown = \"3s\"");
+    let gw = Gateway::builder(&cfg)
+        .var("upstream", &fake.url())
+        .start()
+        .await;
+    let name = engine.name();
+    learn_and_limit(&gw).await;
+    let (status, marker, retry, ..) = send(&gw, &template_to("promo_offer", R)).await;
+    assert_eq!((status, marker.as_deref()), (400, Some("shaped")), "{name}");
+    assert!(
+        retry.is_some_and(|s| (1..=3).contains(&s)),
+        "{name}: {retry:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    while !holds(&gw).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: the cooldown did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, marker, ..) = send(&gw, &template_to("promo_offer", R)).await;
+    assert_eq!(
+        (status, marker),
+        (200, None),
+        "{name}: forwarded after the end"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "wa_breaker_shaping_cooldowns", &[]),
+        Some(0.0),
+        "{name}"
+    );
+}
+
+/// A pair hold (after Meta's 131056) is listed by `GET /admin/holds` as this replica's and
+/// cleared by `DELETE /admin/holds/pair/…`: the pair's next send is forwarded.
+async fn a_pair_hold_is_listed_and_cleared_by_an_operator(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let gw = Gateway::builder(&config_shaping(
+        engine,
+        "enforce",
+        "",
+        "pair_hold = \"60s\"",
+    ))
+    .var("upstream", &fake.url())
+    .start()
+    .await;
+    let name = engine.name();
+    fake.queue_phone(
+        PHONE,
+        vec![Reply::graph_error(
+            400,
+            131056,
+            "(#131056) (Business Account, Consumer Account) pair rate limit hit",
+        )],
+    );
+    let (_, _, _, code, _) = send(&gw, &text_to(R)).await;
+    assert_eq!(code, Some(131056), "{name}");
+    let (status, marker, ..) = send(&gw, &text_to(R)).await;
+    assert_eq!((status, marker.as_deref()), (400, Some("shaped")), "{name}");
+    let listed = holds(&gw).await;
+    assert_eq!(listed.len(), 1, "{name}: {listed:?}");
+    assert_eq!(listed[0]["kind"], "pair");
+    assert_eq!(listed[0]["phone_number_id"], PHONE);
+    assert_eq!(listed[0]["recipient"], R);
+    assert_eq!(listed[0]["level"], 0);
+    let admin = gw.admin_url();
+    let delete = |path: String| {
+        let url = format!("{admin}{path}");
+        async move {
+            client()
+                .delete(url)
+                .header("authorization", format!("Bearer {ADMIN}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let path = format!("/admin/holds/pair/{PHONE}/%2B1%20555-765-4321");
+    assert_eq!(delete(path.clone()).await, 200, "{name}");
+    assert_eq!(delete(path).await, 404, "{name}: gone");
+    assert!(holds(&gw).await.is_empty(), "{name}");
+    let (status, marker, ..) = send(&gw, &text_to(R)).await;
+    assert_eq!(
+        (status, marker),
+        (200, None),
+        "{name}: forwarded once cleared"
+    );
+    assert_eq!(fake.count_for_phone(PHONE), 2, "{name}");
+    // Without the token: 401.
+    let r = client()
+        .get(format!("{}/admin/holds", gw.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "{name}");
+}
+
 both_engines!(
+    a_cooldown_ends_by_itself,
+    a_pair_hold_is_listed_and_cleared_by_an_operator,
     a_marketing_template_to_a_recipient_meta_limited_is_held,
     observe_mode_forwards_a_marketing_send_in_cooldown_and_counts_it,
     a_cooldown_is_shared_with_a_second_replica,

@@ -535,24 +535,27 @@ impl Table {
             chrono::Duration::from_std(self.limits.closed_ttl).unwrap_or(chrono::Duration::MAX);
         let keep =
             chrono::Duration::from_std(self.limits.keep_closed).unwrap_or(chrono::Duration::MAX);
-        let mut closed: Vec<(DateTime<Utc>, Arc<str>, bool)> = self
+        let mut closed: Vec<(DateTime<Utc>, Arc<str>, bool, bool)> = self
             .circuits
             .iter()
             .filter(|c| !c.is_open())
-            .map(|c| (c.updated_at, c.key().clone(), c.category.is_some()))
+            .map(|c| {
+                let key = c.key().clone();
+                (c.updated_at, key, c.category.is_some(), c.is_cooldown())
+            })
             .collect();
         closed.sort();
         let over = self.circuits.len().saturating_sub(self.limits.max_circuits);
         let mut dropped = 0;
-        for (i, (at, key, categorized)) in closed.into_iter().enumerate() {
+        for (i, (at, key, categorized, cooldown)) in closed.into_iter().enumerate() {
             // A template's category outlives `closed_ttl` (it stays true for months);
-            // only `max_circuits` drops such a record.
-            let expired = now - at > ttl && !categorized;
+            // only `max_circuits` drops such a record. An ended marketing cooldown goes at
+            // once: a late status cannot re-open it (its end follows from the status's own
+            // time, already past), and thousands of them must not crowd `max_circuits`.
+            let expired = (now - at > ttl && !categorized) || cooldown;
             if !expired && (i >= over || now - at <= keep) {
-                if categorized {
-                    continue;
-                }
-                break;
+                // Not this one; a newer ended cooldown may still go.
+                continue;
             }
             // Removed only if still closed and unchanged since the scan.
             let gone = self
