@@ -97,6 +97,34 @@ impl Admin {
         json(StatusCode::OK, &shown)
     }
 
+    /// `GET /admin/pace/{phone_number_id}`: the number's pace on this replica now.
+    pub(super) fn pace(&self, id: &str) -> Response<Body> {
+        let Some(phone) = GraphId::new(id) else {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "the id must be a numeric phone-number id",
+            );
+        };
+        let Some(policy) = &self.policy else {
+            return json_error(StatusCode::NOT_FOUND, "no pacer on this listener");
+        };
+        let pacer = policy.pacer();
+        let view = pacer.view(&phone, Instant::now());
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "phone_number_id": id,
+                "mode": pacer.mode().as_str(),
+                "throughput": view.throughput,
+                "source": pacer.throughput_source(&phone),
+                "rate": (view.rate * 1000.0).round() / 1000.0,
+                "lowered": view.rate + 1e-9 < f64::from(view.throughput),
+                "backlog_secs": (view.backlog_secs * 1000.0).round() / 1000.0,
+                "max_delay_ms": pacer.max_delay().as_millis() as u64,
+            }),
+        )
+    }
+
     /// `DELETE /admin/holds/marketing/{waba_id}/{recipient}`: ends the cooldown (for the
     /// whole fleet); `DELETE /admin/holds/pair/{phone_number_id}/{recipient}`: ends this
     /// replica's pair hold. The recipient may be written as a send's `to` is.

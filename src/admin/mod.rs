@@ -3,8 +3,8 @@
 //!
 //! - [`circuits`]: `/admin/circuits…` (list, one, by phone number, open, close);
 //! - [`accounts`]: `/admin/accounts…` (the phone → WABA directory);
-//! - [`holds`]: `/admin/holds…` (marketing cooldowns and pair holds) and
-//!   `/admin/templates/…/category`;
+//! - [`holds`]: `/admin/holds…` (marketing cooldowns and pair holds),
+//!   `/admin/templates/…/category` and `/admin/pace/{phone_number_id}`;
 //! - [`console`]: the page and its embedded assets, with their security headers.
 
 mod accounts;
@@ -145,6 +145,7 @@ impl Admin {
                 self.operate_request(id, op, req.into_body()).await
             }
             (Method::GET, ["holds"]) => self.list_holds(),
+            (Method::GET, ["pace", id]) => self.pace(id),
             (Method::DELETE, ["holds", kind @ ("marketing" | "pair"), id, to]) => {
                 self.clear_hold(kind, id, to).await
             }
@@ -155,7 +156,10 @@ impl Admin {
                 };
                 self.set_category(waba, name, language, body).await
             }
-            (_, ["holds"]) | (_, ["holds", _, _, _]) | (_, ["templates", _, _, _, "category"]) => {
+            (_, ["holds"])
+            | (_, ["holds", _, _, _])
+            | (_, ["pace", _])
+            | (_, ["templates", _, _, _, "category"]) => {
                 json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             (Method::GET, ["accounts"]) => self.list_accounts(),

@@ -437,6 +437,18 @@ async fn a_pair_hold_is_listed_and_cleared_by_an_operator(engine: Engine) {
         "{name}: forwarded once cleared"
     );
     assert_eq!(fake.count_for_phone(PHONE), 2, "{name}");
+    // The number's pace on this replica.
+    let r = gw
+        .admin_get(&format!("/admin/pace/{PHONE}"), Some(ADMIN))
+        .await;
+    assert_eq!(r.status(), 200, "{name}");
+    let pace: Value = r.json().await.unwrap();
+    assert_eq!(pace["throughput"], 80, "{name}: {pace}");
+    assert_eq!(pace["source"], "throughput", "{name}");
+    assert_eq!(pace["mode"], "enforce", "{name}");
+    assert_eq!(pace["lowered"], false, "{name}");
+    let r = gw.admin_get("/admin/pace/not-a-number", Some(ADMIN)).await;
+    assert_eq!(r.status(), 400, "{name}");
     // Without the token: 401.
     let r = client()
         .get(format!("{}/admin/holds", gw.admin_url()))
