@@ -153,10 +153,8 @@ impl Admin {
                     );
                 }
                 tracing::info!(phone_number_id = id, "admin request: pair hold cleared");
-                json(
-                    StatusCode::OK,
-                    &serde_json::json!({"cleared": true, "durable": true}),
-                )
+                // Kept in this replica's memory only: nothing to store.
+                json(StatusCode::OK, &serde_json::json!({"cleared": true}))
             }
             _ => {
                 let key = crate::circuit::cooldown::key(id, &to.to_string());
