@@ -436,8 +436,9 @@ impl Table {
         let held = entry.insert(circuit.clone());
         if circuit.is_cooldown() || matches!(change.action, Action::Categorize { .. }) {
             // Holds and categories are many and routine: no transition line or counter
-            // per recipient (`wa_breaker_shaping_cooldowns` counts them).
-            tracing::debug!(key = %key, state = circuit.state.as_str(), reason = %circuit.reason, "cooldown or category recorded");
+            // per recipient (`wa_breaker_shaping_cooldowns` counts them). The key is not
+            // logged: a cooldown's names a recipient.
+            tracing::debug!(waba_id = %circuit.waba_id, state = circuit.state.as_str(), reason = %circuit.reason, "cooldown or category recorded");
         } else if transition {
             self.report_transition(&key, &circuit, was_open);
         } else if let Some(t) = circuit
