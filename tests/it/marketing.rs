@@ -209,6 +209,19 @@ async fn a_marketing_template_to_a_recipient_meta_limited_is_held(engine: Engine
     assert!(listed[0]["until"]
         .as_str()
         .is_some_and(|u| u.ends_with('Z')));
+    // Holds are not circuits; the category is on the template's (closed) record.
+    let r = gw.admin_get("/admin/circuits", Some(ADMIN)).await;
+    let all: Vec<Value> = r.json().await.unwrap();
+    assert!(
+        all.iter().all(|c| c["recipient"].is_null()),
+        "{name}: {all:?}"
+    );
+    let (status, promo) = gw
+        .circuit(ADMIN, &format!("template:{WABA}:promo_offer:en_US"))
+        .await;
+    assert_eq!(status, 200, "{name}");
+    assert_eq!(promo["state"], "closed", "{name}");
+    assert_eq!(promo["category"]["current"], "MARKETING", "{name}: {promo}");
     let m = gw.metrics().await;
     assert_eq!(
         metric(&m, "wa_breaker_shaped_total", &[("reason", "marketing")]),
