@@ -36,6 +36,8 @@ impl Admin {
                     Some(p) => self.guarding(p),
                     None => self.table.list(),
                 };
+                // Marketing cooldowns are holds: `GET /admin/holds` lists them.
+                let all = all.into_iter().filter(|c| !c.is_cooldown()).collect();
                 let shown: Vec<Value> = q.apply(all).iter().map(shown).collect();
                 json(StatusCode::OK, &shown)
             }
@@ -102,7 +104,7 @@ impl Admin {
             .table
             .list()
             .into_iter()
-            .filter(|c| c.key() == own || is_waba_level(c))
+            .filter(|c| !c.is_cooldown() && (c.key() == own || is_waba_level(c)))
             .collect();
         if let Some(w) = &waba {
             if !out.iter().any(|c| c.key() == *w) {
@@ -197,6 +199,7 @@ impl Admin {
             waba_id,
             phone_number_id,
             template,
+            recipient: None,
             action,
             source: Source::Admin,
             at: now,

@@ -4,11 +4,14 @@
 //! - [`circuits`]: `/admin/circuits…` (list, one, by phone number, open, close);
 //! - [`accounts`]: `/admin/accounts…` (the phone → WABA directory);
 //! - [`warnings`]: `/admin/warnings…` (warnings recorded per WABA, with their evidence);
+//! - [`holds`]: `/admin/holds…` (marketing cooldowns and pair holds),
+//!   `/admin/templates/…/category` and `/admin/pace/{phone_number_id}`;
 //! - [`console`]: the page and its embedded assets, with their security headers.
 
 mod accounts;
 mod circuits;
 mod console;
+mod holds;
 mod warnings;
 
 use std::collections::HashSet;
@@ -67,6 +70,8 @@ pub struct Admin {
     configured: HashSet<String>,
     /// When the configuration was loaded: the `updated_at` of configured mappings.
     started: DateTime<Utc>,
+    /// The policy, for this replica's pair holds (`/admin/holds`).
+    policy: Option<Arc<crate::policy::Policy>>,
 }
 
 impl Admin {
@@ -83,7 +88,14 @@ impl Admin {
             ready,
             configured,
             started: Utc::now(),
+            policy: None,
         }
+    }
+
+    /// With the policy whose pair holds `/admin/holds` lists and clears.
+    pub fn with_policy(mut self, policy: Arc<crate::policy::Policy>) -> Admin {
+        self.policy = Some(policy);
+        self
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
@@ -136,7 +148,24 @@ impl Admin {
             }
             (Method::GET, ["warnings"]) => self.list_warnings(req.uri().query()),
             (Method::GET, ["warnings", id]) => self.waba_warnings(id),
-            (_, ["warnings"]) | (_, ["warnings", _]) => {
+            (Method::GET, ["holds"]) => self.list_holds(),
+            (Method::GET, ["pace", id]) => self.pace(id),
+            (Method::DELETE, ["holds", kind @ ("marketing" | "pair"), id, to]) => {
+                self.clear_hold(kind, id, to).await
+            }
+            (Method::POST, ["templates", waba, name, language, "category"]) => {
+                let body = match read_json(req.into_body()).await {
+                    Ok(b) => b,
+                    Err(resp) => return resp,
+                };
+                self.set_category(waba, name, language, body).await
+            }
+            (_, ["warnings"])
+            | (_, ["warnings", _])
+            | (_, ["holds"])
+            | (_, ["holds", _, _, _])
+            | (_, ["pace", _])
+            | (_, ["templates", _, _, _, "category"]) => {
                 json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             (Method::GET, ["accounts"]) => self.list_accounts(),

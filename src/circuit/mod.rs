@@ -3,6 +3,7 @@
 //! directory, template circuits' mechanics ([`template`]), the guard a send reads
 //! ([`OpenGuard`], with its local answer prebuilt) and the table that holds them all.
 
+pub mod cooldown;
 pub mod directory;
 mod guard;
 mod model;
@@ -36,6 +37,7 @@ pub(crate) mod testing {
             waba_id: waba_id.into(),
             phone_number_id: None,
             template: None,
+            recipient: None,
             action: Action::Open {
                 scope,
                 code: Some(368),

@@ -257,6 +257,14 @@ pub struct Circuit {
     /// (opened when Meta paused or disabled it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<TemplateRef>,
+    /// Set for a marketing cooldown (after Meta's 131049 for this recipient): the
+    /// recipient's digits; the record holds the WABA's MARKETING template sends to them
+    /// while open (key `cooldown:{waba}:{digits}`, see [`super::cooldown`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// A template record's category, as Meta (or an operator) last gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<Box<super::cooldown::Category>>,
     /// Open or closed.
     pub state: State,
     /// Which sends an open circuit answers locally.
@@ -293,6 +301,8 @@ impl Circuit {
             waba_id: waba_id.to_string(),
             phone_number_id: None,
             template: None,
+            recipient: None,
+            category: None,
             state: State::Closed,
             scope: Scope::AllSends,
             code: None,
@@ -310,17 +320,32 @@ impl Circuit {
     /// The circuit's key in the table and the stores: the WABA id, `phone:{id}` for a
     /// phone-number circuit, `template:{waba}:{name}:{language}` for a template circuit.
     pub fn key(&self) -> String {
-        match &self.template {
-            Some(t) => super::template::key(&self.waba_id, t),
-            None => key(&self.waba_id, self.phone_number_id.as_deref()),
+        match (&self.template, &self.recipient) {
+            (Some(t), _) => super::template::key(&self.waba_id, t),
+            (None, Some(r)) => super::cooldown::key(&self.waba_id, r),
+            (None, None) => key(&self.waba_id, self.phone_number_id.as_deref()),
         }
+    }
+
+    /// True for a marketing cooldown's record (a hold, not a circuit: never polled,
+    /// announced or given metric series of its own).
+    pub fn is_cooldown(&self) -> bool {
+        self.recipient.is_some() && self.template.is_none()
     }
 
     /// Its ids are Graph ids (what a record from a store or another replica must hold).
     pub fn has_valid_ids(&self) -> bool {
         let id = crate::graph::GraphId::is_valid;
         if let Some(t) = &self.template {
-            return id(&self.waba_id) && self.phone_number_id.is_none() && t.is_valid();
+            return id(&self.waba_id)
+                && self.phone_number_id.is_none()
+                && self.recipient.is_none()
+                && t.is_valid();
+        }
+        if let Some(r) = &self.recipient {
+            return id(&self.waba_id)
+                && self.phone_number_id.is_none()
+                && super::cooldown::recipient_is_valid(r);
         }
         match &self.phone_number_id {
             Some(p) => id(p) && (self.waba_id.is_empty() || id(&self.waba_id)),

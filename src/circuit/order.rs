@@ -27,6 +27,15 @@ pub enum Action {
     Note,
     /// Record a warning: a note that is listed and announced (it blocks nothing).
     Warn(Warning),
+    /// Record a template's category (a note that also sets [`Circuit::category`]; creates
+    /// a closed template record when there is none).
+    Categorize {
+        /// The category it has now (`new_category`, `message_template_category`, an
+        /// operator's), when the event says.
+        category: Option<String>,
+        /// Meta's advance notice (`correct_category`) and when the move is due.
+        coming: Option<(String, Option<DateTime<Utc>>)>,
+    },
 }
 
 /// A change from any signal: a send, a webhook, a poll, an operator, a timer.
@@ -39,6 +48,8 @@ pub struct Change {
     pub phone_number_id: Option<String>,
     /// Set for a template circuit: the circuit of this one template of `waba_id`.
     pub template: Option<super::template::TemplateRef>,
+    /// Set for a marketing cooldown: the recipient's digits (see [`Circuit::recipient`]).
+    pub recipient: Option<String>,
     /// What the change asks for.
     pub action: Action,
     /// What caused it.
@@ -54,9 +65,10 @@ pub struct Change {
 impl Change {
     /// The key of the circuit it changes (see [`Circuit::key`]).
     pub fn key(&self) -> String {
-        match &self.template {
-            Some(t) => super::template::key(&self.waba_id, t),
-            None => super::model::key(&self.waba_id, self.phone_number_id.as_deref()),
+        match (&self.template, &self.recipient) {
+            (Some(t), _) => super::template::key(&self.waba_id, t),
+            (None, Some(r)) => super::cooldown::key(&self.waba_id, r),
+            (None, None) => super::model::key(&self.waba_id, self.phone_number_id.as_deref()),
         }
     }
 }
@@ -93,6 +105,7 @@ pub fn decide(
             fresh = Circuit {
                 phone_number_id: change.phone_number_id.clone(),
                 template: change.template.clone(),
+                recipient: change.recipient.clone(),
                 ..Circuit::new(&change.waba_id, DateTime::<Utc>::MIN_UTC)
             };
             &fresh
@@ -137,6 +150,19 @@ pub fn decide(
     };
 
     match &change.action {
+        Action::Categorize { category, coming } => {
+            let Some(next_category) =
+                super::cooldown::categorize(cur.category.as_deref(), change, category, coming)
+            else {
+                return Outcome::Ignored("category older or unchanged");
+            };
+            next.category = Some(Box::new(next_category));
+            note(&mut next);
+            Outcome::Applied {
+                circuit: next,
+                transition: false,
+            }
+        }
         // A warning is a note the sinks hear of: the same event delivered again (Meta
         // redelivers) is the same note, recorded and announced once.
         Action::Note | Action::Warn(_) => {
@@ -298,6 +324,7 @@ mod tests {
             waba_id: "1".into(),
             phone_number_id: None,
             template: None,
+            recipient: None,
             action,
             source,
             at: t(at),

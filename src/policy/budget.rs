@@ -191,6 +191,7 @@ pub fn warning(
         waba_id: waba_id.to_string(),
         phone_number_id: None,
         template: None,
+        recipient: None,
         action: Action::Warn(Warning {
             detail: Some(detail),
             ..Warning::new(WarningKind::MessagingBudget)

@@ -146,6 +146,7 @@ pub fn plan(
             waba_id: waba_id.clone(),
             phone_number_id: None,
             template: None,
+            recipient: None,
             action,
             source: Source::Webhook,
             at,
@@ -302,6 +303,9 @@ pub struct AsyncError {
     pub evidence: serde_json::Value,
     /// `statuses[].timestamp`, when readable.
     pub time: Option<DateTime<Utc>>,
+    /// `statuses[].recipient_id` (a status's error only): who the failed message was for.
+    /// Not evidence: only a marketing cooldown's key uses it.
+    pub recipient: Option<String>,
 }
 
 /// Every error of a `messages` change: `statuses[].errors[]` and `value.errors[]`
@@ -339,6 +343,10 @@ pub fn message_errors(ch: &ChangeItem) -> Vec<AsyncError> {
                 time: st
                     .get("timestamp")
                     .and_then(crate::graph::webhook::unix_time),
+                recipient: st
+                    .get("recipient_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
             });
         }
     }
@@ -355,6 +363,7 @@ pub fn message_errors(ch: &ChangeItem) -> Vec<AsyncError> {
             site: "value",
             evidence: e.clone(),
             time: None,
+            recipient: None,
         });
     }
     out
@@ -425,6 +434,7 @@ pub fn plan_message_errors(
             waba_id: entry.id.clone(),
             phone_number_id: None,
             template: None,
+            recipient: None,
             action,
             source: Source::Webhook,
             at,
@@ -877,6 +887,7 @@ mod tests {
             site,
             evidence: json!({"error": {"code": code}}),
             time: None,
+            recipient: None,
         };
         let trips = [368, 131031];
         assert!(async_error_opens(&trips, &status(131031, "status")));

@@ -71,6 +71,7 @@ pub fn from_answer(
         waba_id: account.waba.to_string(),
         phone_number_id: None,
         template: Some(template),
+        recipient: None,
         action: Action::Open {
             scope: Scope::BusinessInitiated,
             code: Some(err.code),
@@ -159,6 +160,7 @@ pub fn plan_template(entry: &Entry, ch: &ChangeItem, now: DateTime<Utc>) -> Opti
             waba_id: entry.id.clone(),
             phone_number_id: None,
             template: Some(template.clone()),
+            recipient: None,
             action,
             source: Source::Webhook,
             at,
@@ -228,6 +230,7 @@ pub fn plan_template_quality(
             waba_id: entry.id.clone(),
             phone_number_id: None,
             template: None,
+            recipient: None,
             action,
             source: Source::Webhook,
             at: entry.event_time(ch, now),
@@ -248,8 +251,7 @@ pub fn plan_template_quality(
     Some((step, label))
 }
 
-/// The field of template category changes.
-pub const FIELD_TEMPLATE_CATEGORY: &str = "template_category_update";
+use super::cooldown::FIELD_TEMPLATE_CATEGORY;
 
 /// A `template_category_update` as a record on the WABA (never a block): 24 h before
 /// Meta re-categorises a template it sends `correct_category` (and
@@ -309,6 +311,7 @@ pub fn plan_template_category(entry: &Entry, ch: &ChangeItem, now: DateTime<Utc>
             waba_id: entry.id.clone(),
             phone_number_id: None,
             template: None,
+            recipient: None,
             action,
             source: Source::Webhook,
             at: entry.event_time(ch, now),

@@ -260,6 +260,7 @@ fn local_reply_carries_the_opening_code() {
         waba_id: WABA.into(),
         phone_number_id: None,
         template: None,
+        recipient: None,
         action: Action::Open {
             scope: Scope::AllSends,
             code: Some(131031),

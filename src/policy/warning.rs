@@ -106,6 +106,7 @@ pub fn plan_capability(
             waba_id: entry.id.clone(),
             phone_number_id: None,
             template: None,
+            recipient: None,
             action,
             source: Source::Webhook,
             at: entry.event_time(ch, now),
@@ -138,6 +139,7 @@ pub fn spam_rate(
         waba_id: waba_id.to_string(),
         phone_number_id: waba_id.is_empty().then(|| phone.to_string()),
         template: None,
+        recipient: None,
         action: Action::Warn(Warning {
             phone_number_id: Some(phone.to_string()),
             detail: Some(format!("pace halved for {mins} min")),

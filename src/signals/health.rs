@@ -229,6 +229,7 @@ pub fn record(table: &Table, key: &str, verdict: &Verdict, raw: Value) -> bool {
         waba_id: cur.waba_id.clone(),
         phone_number_id: cur.phone_number_id.clone(),
         template: None,
+        recipient: None,
         action,
         source,
         at: now,
@@ -451,6 +452,7 @@ mod tests {
             waba_id: WABA.into(),
             phone_number_id: None,
             template: None,
+            recipient: None,
             action: Action::Open {
                 scope: Scope::AllSends,
                 code: Some(368),

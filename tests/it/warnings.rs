@@ -427,9 +427,12 @@ async fn the_fleet_counts_template_reach_and_warns_at_80_and_100_percent() {
         let a = Gateway::start(&cfg).await;
         let b = Gateway::start(&cfg).await;
         let t = now_unix() - 30;
+        // Each replica counts asynchronously: wait for one's count before the other's
+        // delivery, as Meta's deliveries are spread out in time.
         post(&a, &statuses(t, &[1, 2, 3, 4, 5], "marketing")).await;
-        post(&b, &statuses(t + 1, &[1, 2, 6, 7], "utility")).await;
+        wait_gauge(&a, "wa_breaker_messaging_limit_users", 5.0).await;
         post(&b, &statuses(t + 1, &[20, 21, 22, 23], "service")).await;
+        post(&b, &statuses(t + 1, &[1, 2, 6, 7], "utility")).await;
         wait_gauge(&b, "wa_breaker_messaging_limit_users", 7.0).await;
         assert_eq!(gauge(&b, "wa_breaker_messaging_limit").await, Some(10.0));
         assert_eq!(hooks.count(), 0, "70 %: nothing yet");
@@ -440,6 +443,7 @@ async fn the_fleet_counts_template_reach_and_warns_at_80_and_100_percent() {
             "80 % not announced"
         );
         post(&b, &statuses(t + 3, &[3, 9], "marketing")).await;
+        wait_gauge(&b, "wa_breaker_messaging_limit_users", 9.0).await;
         post(&a, &statuses(t + 4, &[10, 11], "marketing")).await;
         assert!(
             hooks.wait_count(2, Duration::from_secs(5)).await,

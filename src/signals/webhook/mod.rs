@@ -37,12 +37,13 @@ use crate::config::{Config, Secret};
 use crate::graph::health::Verdict;
 use crate::graph::webhook as payload;
 use crate::metrics::METRICS;
+use crate::policy::cooldown::{self, plan_category, FIELD_TEMPLATE_CATEGORY};
 use crate::policy::plan::{
     known_only, message_errors, plan, plan_message_errors, FIELD_MESSAGES, WEBHOOK_CODE,
 };
 use crate::policy::template::{
-    plan_template, plan_template_category, plan_template_quality, FIELD_TEMPLATE_CATEGORY,
-    FIELD_TEMPLATE_QUALITY, FIELD_TEMPLATE_STATUS,
+    plan_template, plan_template_category, plan_template_quality, FIELD_TEMPLATE_QUALITY,
+    FIELD_TEMPLATE_STATUS,
 };
 use crate::policy::warning::{plan_capability, previous_limit, FIELD_CAPABILITY};
 use crate::upstream::HttpClient;
@@ -67,6 +68,9 @@ pub struct Webhook {
     max_event_age: chrono::Duration,
     /// The messaging-limit count (`messages` statuses of template messages).
     budget: Option<super::budget::Budget>,
+    /// `shaping.marketing_cooldown`, or `None` with `shaping.mode = "off"` (131049 statuses
+    /// then hold nothing).
+    marketing_cooldown: Option<std::time::Duration>,
 }
 
 impl Webhook {
@@ -109,6 +113,8 @@ impl Webhook {
             max_event_age: chrono::Duration::from_std(cfg.max_event_age)
                 .unwrap_or(chrono::Duration::MAX),
             budget,
+            marketing_cooldown: (cfg.shaping.mode != crate::policy::pace::ShapingMode::Off)
+                .then_some(cfg.shaping.marketing_cooldown),
         }
     }
 
@@ -290,12 +296,10 @@ impl Webhook {
                 }
                 let own = match ch.field.as_str() {
                     FIELD_MESSAGES => Some(self.apply_message_errors(entry, ch, now)),
-                    FIELD_TEMPLATE_STATUS | FIELD_TEMPLATE_QUALITY => {
+                    FIELD_TEMPLATE_STATUS | FIELD_TEMPLATE_QUALITY | FIELD_TEMPLATE_CATEGORY => {
                         Some(self.apply_template(entry, ch, now))
                     }
-                    FIELD_TEMPLATE_CATEGORY | FIELD_CAPABILITY => {
-                        Some(self.apply_record(entry, ch, now))
-                    }
+                    FIELD_CAPABILITY => Some(self.apply_record(entry, ch, now)),
                     _ => None,
                 };
                 if let Some(seq) = own {
@@ -360,8 +364,29 @@ impl Webhook {
             METRICS.webhook_error(e.code, e.site);
         }
         tracing::debug!(waba_id = %entry.id, errors = errors.len(), "messages webhook reports errors");
-        let step = plan_message_errors(entry, ch, &errors, &self.trip_codes, now)?;
-        let (_, seq) = self.table.apply(step.change)?;
+        let mut last = None;
+        // 131049 for a recipient: their marketing cooldown (see `policy::cooldown`).
+        if let Some(hold) = self.marketing_cooldown {
+            let at = entry.event_time(ch, now);
+            for change in errors
+                .iter()
+                .filter_map(|e| cooldown::from_status(&entry.id, e, hold, at))
+            {
+                if let Some((c, seq)) = self.table.apply(change) {
+                    METRICS.webhooks.with_label_values(&["applied"]).inc();
+                    if c.is_open() {
+                        tracing::info!(waba_id = %entry.id, until = ?c.until, "Meta reported 131049 (the user's marketing limit): MARKETING templates to this recipient are held (marketing_cooldown)");
+                    }
+                    last = Some(seq);
+                }
+            }
+        }
+        let Some(step) = plan_message_errors(entry, ch, &errors, &self.trip_codes, now) else {
+            return last;
+        };
+        let Some((_, seq)) = self.table.apply(step.change) else {
+            return last;
+        };
         METRICS.webhooks.with_label_values(&["applied"]).inc();
         Some(seq)
     }
@@ -370,7 +395,9 @@ impl Webhook {
 impl Webhook {
     /// `message_template_status_update` → the template's circuit (see [`plan_template`]);
     /// a close or note for a template that has no circuit records nothing (Meta announces
-    /// every approval; only pauses and disables make circuits).
+    /// every approval; only pauses and disables make circuits) — but its
+    /// `message_template_category`, like `template_category_update`, is recorded on the
+    /// template's record, created closed when needed (see [`plan_category`]).
     /// `message_template_quality_update` → a note on the WABA and
     /// `wa_breaker_template_quality_total`, never a block.
     fn apply_template(
@@ -379,6 +406,19 @@ impl Webhook {
         ch: &payload::ChangeItem,
         now: chrono::DateTime<Utc>,
     ) -> Option<u64> {
+        // The template's category (`message_template_category`, `template_category_update`):
+        // recorded on its template record, created closed when there is none.
+        let mut last = None;
+        if let Some(step) = plan_category(entry, ch, now) {
+            if let Some((_, seq)) = self.table.apply(step.change) {
+                METRICS.webhooks.with_label_values(&["applied"]).inc();
+                last = Some(seq);
+            }
+        }
+        if ch.field == FIELD_TEMPLATE_CATEGORY {
+            // And on the WABA's record: a move to MARKETING is a warning.
+            return self.apply_record(entry, ch, now).or(last);
+        }
         let step = if ch.field == FIELD_TEMPLATE_QUALITY {
             let (step, label) = plan_template_quality(entry, ch, now)?;
             METRICS.template_quality.with_label_values(&[label]).inc();
@@ -391,11 +431,13 @@ impl Webhook {
             let exists = self.table.get(&step.change.key()).is_some();
             if !matches!(step.change.action, Action::Open { .. }) && !exists {
                 tracing::debug!(waba_id = %entry.id, reason = %step.change.reason, "template event for a template without a circuit: not recorded");
-                return None;
+                return last;
             }
             step
         };
-        let (_, seq) = self.table.apply(step.change)?;
+        let Some((_, seq)) = self.table.apply(step.change) else {
+            return last;
+        };
         METRICS.webhooks.with_label_values(&["applied"]).inc();
         Some(seq)
     }
