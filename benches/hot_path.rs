@@ -64,6 +64,7 @@ fn setup() -> (Policy, Arc<Table>) {
             waba_id: waba(i),
             phone_number_id: None,
             template: None,
+            country: None,
             action: Action::Open {
                 scope: Scope::AllSends,
                 code: Some(368),

@@ -1,8 +1,10 @@
-//! Circuits: the model ([`Circuit`]: a WABA's, a phone number's or a template's), the
+//! Circuits: the model ([`Circuit`]: a WABA's, a phone number's, a template's or a WABA's
+//! sends to one country ([`country`])), the
 //! ordering rule that decides every change ([`decide`], [`newer`]), the phone → WABA
 //! directory, template circuits' mechanics ([`template`]), the guard a send reads
 //! ([`OpenGuard`], with its local answer prebuilt) and the table that holds them all.
 
+pub mod country;
 pub mod directory;
 mod guard;
 mod model;
@@ -36,6 +38,7 @@ pub(crate) mod testing {
             waba_id: waba_id.into(),
             phone_number_id: None,
             template: None,
+            country: None,
             action: Action::Open {
                 scope,
                 code: Some(368),

@@ -37,6 +37,8 @@ pub struct Change {
     pub phone_number_id: Option<String>,
     /// Set for a template circuit: the circuit of this one template of `waba_id`.
     pub template: Option<super::template::TemplateRef>,
+    /// Set for a country circuit: the circuit of `waba_id`'s sends to this calling code.
+    pub country: Option<String>,
     /// What the change asks for.
     pub action: Action,
     /// What caused it.
@@ -52,10 +54,12 @@ pub struct Change {
 impl Change {
     /// The key of the circuit it changes (see [`Circuit::key`]).
     pub fn key(&self) -> String {
-        match &self.template {
-            Some(t) => super::template::key(&self.waba_id, t),
-            None => super::model::key(&self.waba_id, self.phone_number_id.as_deref()),
-        }
+        super::model::full_key(
+            &self.waba_id,
+            self.phone_number_id.as_deref(),
+            self.template.as_ref(),
+            self.country.as_deref(),
+        )
     }
 }
 
@@ -91,6 +95,7 @@ pub fn decide(
             fresh = Circuit {
                 phone_number_id: change.phone_number_id.clone(),
                 template: change.template.clone(),
+                country: change.country.clone(),
                 ..Circuit::new(&change.waba_id, DateTime::<Utc>::MIN_UTC)
             };
             &fresh
@@ -288,6 +293,7 @@ mod tests {
             waba_id: "1".into(),
             phone_number_id: None,
             template: None,
+            country: None,
             action,
             source,
             at: t(at),

@@ -144,6 +144,7 @@ pub fn plan(
             waba_id: waba_id.clone(),
             phone_number_id: None,
             template: None,
+            country: None,
             action,
             source: Source::Webhook,
             at,
@@ -290,6 +291,9 @@ pub struct AsyncError {
     pub evidence: serde_json::Value,
     /// `statuses[].timestamp`, when readable.
     pub time: Option<DateTime<Utc>>,
+    /// The country calling code of the status's `recipient_id`, when it has one (the
+    /// recipient itself is not kept): what a 130497 is about.
+    pub country: Option<u16>,
 }
 
 /// Every error of a `messages` change: `statuses[].errors[]` and `value.errors[]`
@@ -327,6 +331,10 @@ pub fn message_errors(ch: &ChangeItem) -> Vec<AsyncError> {
                 time: st
                     .get("timestamp")
                     .and_then(crate::graph::webhook::unix_time),
+                country: st
+                    .get("recipient_id")
+                    .and_then(Value::as_str)
+                    .and_then(crate::circuit::country::of_number),
             });
         }
     }
@@ -343,6 +351,7 @@ pub fn message_errors(ch: &ChangeItem) -> Vec<AsyncError> {
             site: "value",
             evidence: e.clone(),
             time: None,
+            country: None,
         });
     }
     out
@@ -413,6 +422,7 @@ pub fn plan_message_errors(
             waba_id: entry.id.clone(),
             phone_number_id: None,
             template: None,
+            country: None,
             action,
             source: Source::Webhook,
             at,
@@ -842,6 +852,7 @@ mod tests {
             site,
             evidence: json!({"error": {"code": code}}),
             time: None,
+            country: None,
         };
         let trips = [368, 131031];
         assert!(async_error_opens(&trips, &status(131031, "status")));

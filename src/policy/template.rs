@@ -71,6 +71,7 @@ pub fn from_answer(
         waba_id: account.waba.to_string(),
         phone_number_id: None,
         template: Some(template),
+        country: None,
         action: Action::Open {
             scope: Scope::BusinessInitiated,
             code: Some(err.code),
@@ -159,6 +160,7 @@ pub fn plan_template(entry: &Entry, ch: &ChangeItem, now: DateTime<Utc>) -> Opti
             waba_id: entry.id.clone(),
             phone_number_id: None,
             template: Some(template.clone()),
+            country: None,
             action,
             source: Source::Webhook,
             at,
@@ -211,6 +213,7 @@ pub fn plan_template_quality(
             waba_id: entry.id.clone(),
             phone_number_id: None,
             template: None,
+            country: None,
             action: Action::Note,
             source: Source::Webhook,
             at: entry.event_time(ch, now),

@@ -49,7 +49,10 @@ pub async fn expire_at(
     // An operator's `until` is the end they chose: no confirmation (nor for a phone
     // number's circuit: there is no WABA to ask about).
     let checker = checker.filter(|_| {
-        cur.source != Source::Admin && cur.phone_number_id.is_none() && cur.template.is_none()
+        cur.source != Source::Admin
+            && cur.phone_number_id.is_none()
+            && cur.template.is_none()
+            && cur.country.is_none()
     });
     let until_s = until.to_rfc3339_opts(SecondsFormat::Secs, true);
     let mut reason = format!("restriction ended at {until_s}");
@@ -81,6 +84,7 @@ pub async fn expire_at(
         waba_id: cur.waba_id.clone(),
         phone_number_id: cur.phone_number_id.clone(),
         template: cur.template.clone(),
+        country: cur.country.clone(),
         action: Action::Expire { until },
         source: Source::Expiry,
         at: Utc::now(),
@@ -121,6 +125,7 @@ mod tests {
             waba_id: "1".into(),
             phone_number_id: None,
             template: None,
+            country: None,
             action: Action::Open {
                 scope: Scope::AllSends,
                 code: None,

@@ -124,7 +124,8 @@ impl Watchers {
             // An operator's open stands until an operator (or its `until`) ends it.
             // A template's circuit is Meta's template state, not the WABA's health: closed by
             // its webhook, its known end or an operator.
-            Some(_) if c.source == Source::Admin || c.template.is_some() => {
+            // A country's circuit likewise: Health Status does not report countries.
+            Some(_) if c.source == Source::Admin || c.template.is_some() || c.country.is_some() => {
                 self.stop_polling(id);
             }
             Some(checker) if self.polls.get(id).is_none_or(|t| t.0.is_finished()) => {

@@ -1,5 +1,5 @@
 //! The hot path's view of the table: the open circuits' guards, by WABA, by phone number
-//! and by template, each map with its own count so a send reads a map only while something
+//! by template and by country, each map with its own count so a send reads a map only while something
 //! of its kind is open. Updated under the circuit's entry by the table ([`super::Table`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +25,8 @@ pub(super) struct Guards {
     phones_len: AtomicUsize,
     /// Open template circuits.
     templates: TemplateIndex,
+    /// Open country circuits (the same kind of index: keyed under a WABA).
+    countries: TemplateIndex,
 }
 
 impl Guards {
@@ -70,8 +72,23 @@ impl Guards {
         self.templates.with_guard(waba_id, template, f)
     }
 
+    #[inline]
+    pub(super) fn has_countries(&self, waba_id: &str) -> bool {
+        self.countries.has_open(waba_id)
+    }
+
+    pub(super) fn with_country<R>(
+        &self,
+        waba_id: &str,
+        code: u16,
+        f: impl FnOnce(&OpenGuard) -> R,
+    ) -> Option<R> {
+        self.countries
+            .with_key(waba_id, || crate::circuit::country::key(waba_id, code), f)
+    }
+
     pub(super) fn count(&self) -> usize {
-        self.open.len() + self.phones.len() + self.templates.len()
+        self.open.len() + self.phones.len() + self.templates.len() + self.countries.len()
     }
 
     /// Makes the view agree with `c` (key `key`) after change `seq`: `Some(open)` when the
@@ -80,6 +97,9 @@ impl Guards {
     pub(super) fn sync(&self, key: &Arc<str>, c: &Circuit, seq: u64) -> Option<bool> {
         if c.template.is_some() {
             return self.templates.sync(key, c, seq);
+        }
+        if c.country.is_some() {
+            return self.countries.sync(key, c, seq);
         }
         if let Some(phone) = c.phone_number_id.as_deref().and_then(GraphId::new) {
             if c.is_open() {

@@ -103,6 +103,7 @@ impl Table {
             waba_id: waba.to_string(),
             phone_number_id: None,
             template: None,
+            country: None,
             action: Action::Open {
                 scope: pc.scope,
                 code: pc.code,
@@ -117,6 +118,7 @@ impl Table {
             waba_id: String::new(),
             phone_number_id: Some(phone.to_string()),
             template: None,
+            country: None,
             action: Action::Close,
             source: pc.source,
             at: Utc::now(),

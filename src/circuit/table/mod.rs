@@ -105,7 +105,7 @@ impl Default for Limits {
     }
 }
 
-/// Every circuit: WABAs', phone numbers' and templates'.
+/// Every circuit: WABAs', phone numbers', templates' and countries'.
 pub struct Table {
     circuits: DashMap<Arc<str>, Circuit>,
     /// What the hot path reads.
@@ -252,6 +252,24 @@ impl Table {
         f: impl FnOnce(&OpenGuard) -> R,
     ) -> Option<R> {
         self.guards.with_template(waba_id, template, f)
+    }
+
+    /// Hot path: true when the WABA has an open country circuit (the send's recipient then
+    /// decides). One load when none is open anywhere.
+    #[inline]
+    pub fn has_open_countries(&self, waba_id: &str) -> bool {
+        self.guards.has_countries(waba_id)
+    }
+
+    /// Hot path: runs `f` on the open guard of a WABA's sends to calling code `code`, if
+    /// that country circuit is open.
+    pub fn with_country_guard<R>(
+        &self,
+        waba_id: &str,
+        code: u16,
+        f: impl FnOnce(&OpenGuard) -> R,
+    ) -> Option<R> {
+        self.guards.with_country(waba_id, code, f)
     }
 
     /// One circuit.

@@ -37,6 +37,7 @@ use crate::config::{Config, Secret};
 use crate::graph::health::Verdict;
 use crate::graph::webhook as payload;
 use crate::metrics::METRICS;
+use crate::policy::country::plan_status_errors;
 use crate::policy::plan::{
     known_only, message_errors, plan, plan_message_errors, FIELD_MESSAGES, WEBHOOK_CODE,
 };
@@ -58,6 +59,8 @@ pub struct Webhook {
     violation_opens: bool,
     /// Codes that open a WABA when a `messages` webhook reports them (`trip_codes`).
     trip_codes: Vec<i64>,
+    /// How long a country circuit opened by a failed status (130497) holds (`country_hold`).
+    country_hold: std::time::Duration,
     table: Arc<Table>,
     health: Option<Arc<HealthChecker>>,
     warned_unconfigured: AtomicBool,
@@ -98,6 +101,7 @@ impl Webhook {
             max_body: w.max_body,
             violation_opens: w.violation_opens,
             trip_codes: cfg.trip_codes.clone(),
+            country_hold: cfg.country_hold,
             table,
             health,
             warned_unconfigured: AtomicBool::new(false),
@@ -348,10 +352,23 @@ impl Webhook {
             METRICS.webhook_error(e.code, e.site);
         }
         tracing::debug!(waba_id = %entry.id, errors = errors.len(), "messages webhook reports errors");
-        let step = plan_message_errors(entry, ch, &errors, &self.trip_codes, now)?;
-        let (_, seq) = self.table.apply(step.change)?;
+        // 130497 in a failed status: the circuit of the WABA's sends to that recipient's
+        // country (never the WABA's).
+        let mut last = None;
+        for step in plan_status_errors(entry, ch, &errors, self.country_hold, now) {
+            if let Some((_, seq)) = self.table.apply(step.change) {
+                METRICS.webhooks.with_label_values(&["applied"]).inc();
+                last = Some(last.map_or(seq, |l: u64| l.max(seq)));
+            }
+        }
+        let Some(step) = plan_message_errors(entry, ch, &errors, &self.trip_codes, now) else {
+            return last;
+        };
+        let Some((_, seq)) = self.table.apply(step.change) else {
+            return last;
+        };
         METRICS.webhooks.with_label_values(&["applied"]).inc();
-        Some(seq)
+        Some(last.map_or(seq, |l: u64| l.max(seq)))
     }
 }
 
