@@ -5,16 +5,18 @@
 //! `messages` webhook's failed status with 130497, the hold passing, an operator) is decided
 //! in `policy::country`.
 //!
-//! The calling codes are the ones libphonenumber's metadata assigns (through the
-//! `phonenumber` crate, which ships Google's `PhoneNumberMetadata.xml`), not a hand-typed
-//! list. Calling codes are a prefix code (no assigned code is a prefix of another), so the
+//! The calling codes are the ones libphonenumber's metadata assigns, generated into
+//! [`super::calling_codes`] from the `PhoneNumberMetadata.xml` the `phonenumber` crate
+//! ships (a dev-dependency: a unit test keeps the table equal to the crate's database), not
+//! a hand-typed list — the gateway carries 215 numbers, not the crate's regex metadata
+//! (which costs about 130 ms of start-up to load). Calling codes are a prefix code (no assigned code is a prefix of another), so the
 //! first one to three digits of an international number that form an assigned code are its
 //! code. +1 (the North American Numbering Plan) spans the US, Canada and a score of
 //! Caribbean countries: a circuit for calling code 1 covers all of them (resolving the
 //! region needs libphonenumber's per-region patterns, regular expressions the hot path
 //! does not run), as the README says.
 
-use std::sync::LazyLock;
+use super::calling_codes::CALLING_CODES;
 
 /// Prefix of country circuit keys.
 pub const KEY_PREFIX: &str = "country:";
@@ -28,34 +30,20 @@ pub fn key(waba_id: &str, code: u16) -> String {
 /// digits; the shortest assigned numbers have 7 with their code). Others have no country.
 const DIGITS: (usize, usize) = (7, 15);
 
-/// Which numbers from 0 to 999 are assigned country calling codes.
-struct Codes {
-    assigned: [bool; 1000],
-}
-
-static CODES: LazyLock<Codes> = LazyLock::new(|| {
-    // By code, not by region: the non-geographic codes (+800, +882, …) all share the
-    // region id `001`.
-    let db = &*phonenumber::metadata::DATABASE;
-    let mut assigned = [false; 1000];
-    for (code, slot) in (0u16..).zip(assigned.iter_mut()) {
-        *slot = code > 0 && db.by_code(&code).is_some();
+/// Which numbers from 0 to 999 are assigned country calling codes (built at compile time).
+const ASSIGNED: [bool; 1000] = {
+    let mut a = [false; 1000];
+    let mut i = 0;
+    while i < CALLING_CODES.len() {
+        a[CALLING_CODES[i].0 as usize] = true;
+        i += 1;
     }
-    Codes { assigned }
-});
-
-/// Loads the calling-code table now (start-up), so no send pays for it.
-pub fn warm() {
-    LazyLock::force(&CODES);
-}
+    a
+};
 
 /// True when `code` is an assigned country calling code.
 pub fn is_assigned(code: u16) -> bool {
-    CODES
-        .assigned
-        .get(usize::from(code))
-        .copied()
-        .unwrap_or(false)
+    ASSIGNED.get(usize::from(code)).copied().unwrap_or(false)
 }
 
 /// The country calling code of an international number as a send's `to` or a status's
@@ -96,15 +84,11 @@ pub fn parse_code(s: &str) -> Option<u16> {
 }
 
 /// The regions (ISO 3166 alpha-2, `001` for non-geographic services) that share `code`,
-/// main region first, for people: `"DE"`, `"US, AG, AI, …"`.
-pub fn regions(code: u16) -> String {
-    let db = &*phonenumber::metadata::DATABASE;
-    let Some(mut all) = db.by_code(&code) else {
-        return String::new();
-    };
-    all.sort_by_key(|m| !m.is_main_country_for_code());
-    let ids: Vec<&str> = all.iter().map(|m| m.id()).collect();
-    ids.join(", ")
+/// main region first, for people: `"DE"`, `"US, AG, AI, …"` (empty for an unassigned code).
+pub fn regions(code: u16) -> &'static str {
+    CALLING_CODES
+        .binary_search_by_key(&code, |(c, _)| *c)
+        .map_or("", |i| CALLING_CODES[i].1)
 }
 
 #[cfg(test)]
@@ -175,6 +159,38 @@ mod tests {
                 assert!(a == b || !b.starts_with(&a), "{a} is a prefix of {b}");
             }
         }
+    }
+
+    /// The generated table is libphonenumber's: the same codes, each with the same regions
+    /// and main region. On a difference (after `cargo update -p phonenumber`), the message
+    /// is the new `src/circuit/calling_codes.rs` body to paste.
+    #[test]
+    fn calling_codes_match_libphonenumber() {
+        let db = &*phonenumber::metadata::DATABASE;
+        let mut lines = Vec::new();
+        for code in 1u16..1000 {
+            let Some(mut all) = db.by_code(&code) else {
+                continue;
+            };
+            all.sort_by_key(|m| (!m.is_main_country_for_code(), m.id().to_string()));
+            let mut ids: Vec<&str> = Vec::new();
+            for m in &all {
+                if !ids.contains(&m.id()) {
+                    ids.push(m.id());
+                }
+            }
+            lines.push(format!("    ({code}, \"{}\"),", ids.join(", ")));
+        }
+        let ours: Vec<String> = CALLING_CODES
+            .iter()
+            .map(|(c, r)| format!("    ({c}, \"{r}\"),"))
+            .collect();
+        assert!(
+            ours == lines,
+            "src/circuit/calling_codes.rs is out of date; its table is now:\n{}",
+            lines.join("\n")
+        );
+        assert!(CALLING_CODES.windows(2).all(|w| w[0].0 < w[1].0), "sorted");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! directory, template circuits' mechanics ([`template`]), the guard a send reads
 //! ([`OpenGuard`], with its local answer prebuilt) and the table that holds them all.
 
+mod calling_codes;
 pub mod country;
 pub mod directory;
 mod guard;

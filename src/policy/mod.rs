@@ -348,8 +348,6 @@ impl Policy {
     /// A policy with `settings`, reading and changing `table`.
     pub fn new(settings: Settings, table: Arc<Table>) -> Policy {
         let pairs = pair::Pairs::new(settings.shaping.pair_hold, settings.shaping.max_pairs);
-        // The calling-code table, loaded before the first send can need it.
-        crate::circuit::country::warm();
         Policy {
             table,
             mode: settings.mode,
