@@ -264,6 +264,24 @@ mod tests {
     }
 
     #[test]
+    fn country_circuits_name_the_country() {
+        let mut c = open_circuit();
+        c.country = Some("49".into());
+        c.code = Some(130497);
+        let e = Event::from_circuit(&c);
+        let v: serde_json::Value = serde_json::from_slice(&e.json()).unwrap();
+        assert_eq!(v["country"], "49");
+        assert_eq!(v["id"], "country:102290129340398:49:3:gw-a-1");
+        assert!(e
+            .slack_text()
+            .contains("WABA 102290129340398 to country calling code +49 (DE) is blocked"));
+        assert!(Event::from_circuit(&open_circuit())
+            .json()
+            .windows(9)
+            .all(|w| w != b"\"country\""));
+    }
+
+    #[test]
     fn phone_circuits_name_the_phone_number() {
         let mut c = open_circuit();
         c.waba_id = String::new();
