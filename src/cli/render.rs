@@ -318,6 +318,8 @@ mod tests {
         assert!(lines[2].starts_with("template:2:order_update:en_US"), "{t}");
         assert!(lines[3].starts_with("1 "), "{t}");
         assert_eq!(circuit_table(&json!([])), "no circuits\n");
+        let country = json!({"waba_id": "2", "country": "49", "country_regions": "DE"});
+        assert_eq!(circuit_id(&country), "country:2:49");
     }
 
     #[test]
