@@ -30,7 +30,11 @@ fn template_to(to: &str) -> String {
 }
 
 async fn gateway(engine: Engine, fake: &FakeCloud, extra: &str) -> Gateway {
-    let cfg = config(&fake.url(), "", "").replace(
+    gateway_with(engine, fake, extra, "").await
+}
+
+async fn gateway_with(engine: Engine, fake: &FakeCloud, extra: &str, health: &str) -> Gateway {
+    let cfg = config(&fake.url(), "", health).replace(
         &format!("phone_number_ids = [\"{PHONE}\"]"),
         &format!("phone_number_ids = [\"{PHONE}\", \"{PHONE_B}\"]"),
     );
@@ -190,9 +194,17 @@ async fn restricted_country_answers_only_that_country(engine: Engine) {
 
 /// 130497 as a failed status of a `messages` webhook opens the same circuit (the recipient
 /// not kept); with `country_hold = "2s"` it closes by itself, and the next send probes.
+/// Health Status says nothing about countries: with a health token, the country circuit is
+/// neither polled nor its end confirmed by a poll.
 async fn failed_status_opens_and_the_hold_ends_it(engine: Engine) {
     let fake = FakeCloud::start().await;
-    let gw = gateway(engine, &fake, "country_hold = \"2s\"").await;
+    let gw = gateway_with(
+        engine,
+        &fake,
+        "country_hold = \"2s\"",
+        &health("200ms", "1s"),
+    )
+    .await;
     let t = now_unix();
     let body = envelope(vec![entry(
         WABA,
@@ -229,6 +241,12 @@ async fn failed_status_opens_and_the_hold_ends_it(engine: Engine) {
     );
     let c = wait_state(&gw, &key49(), "closed", Duration::from_secs(6)).await;
     assert_eq!(c["source"], "expiry", "{c}");
+    let polls = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path_and_query().contains("health_status"))
+        .count();
+    assert_eq!(polls, 0, "a country circuit is not health-polled");
     // The next send to Germany probes Meta.
     assert_eq!(
         gw.send_str(PHONE_B, &text_to("+49 151 2345 6789"))
