@@ -65,6 +65,7 @@ fn setup() -> (Policy, Arc<Table>) {
             phone_number_id: None,
             template: None,
             country: None,
+            recipient: None,
             action: Action::Open {
                 scope: Scope::AllSends,
                 code: Some(368),

@@ -217,12 +217,15 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 
     // 5. The admin listener, and ready.
     let ready = Arc::new(admin::Readiness::default());
-    let admin = admin::AdminService(Arc::new(admin::Admin::new(
-        table.clone(),
-        cfg.admin_token.clone(),
-        ready.clone(),
-        cfg.accounts.iter().map(|a| a.waba_id.clone()).collect(),
-    )));
+    let admin = admin::AdminService(Arc::new(
+        admin::Admin::new(
+            table.clone(),
+            cfg.admin_token.clone(),
+            ready.clone(),
+            cfg.accounts.iter().map(|a| a.waba_id.clone()).collect(),
+        )
+        .with_policy(policy.clone()),
+    ));
     // The admin listener has its own stop: it keeps answering (`/readyz` 503) while the
     // main listener drains, and closes last.
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);

@@ -98,6 +98,12 @@ pub struct Metrics {
     /// `wa_breaker_shaping_pairs_evicted_total`: (phone number, recipient) pairs dropped
     /// from the pair holds' memory (capped) to make room for a new hold.
     pub shaping_pairs_evicted: IntCounter,
+    /// `wa_breaker_shaping_cooldowns`: marketing cooldowns held (the fleet's, as this
+    /// replica's table knows them).
+    pub shaping_cooldowns: IntGauge,
+    /// `wa_breaker_shaping_cooldowns_evicted_total`: cooldowns dropped, soonest-ending
+    /// first, to stay within `shaping.max_cooldowns`.
+    pub shaping_cooldowns_evicted: IntCounter,
 }
 
 /// The `reason` labels of `wa_breaker_shaped_total`.
@@ -369,6 +375,16 @@ impl Metrics {
             "(Phone number, recipient) pairs dropped from the pair holds' memory to stay within its cap",
         )
         .expect("valid metric");
+        let shaping_cooldowns = IntGauge::new(
+            "wa_breaker_shaping_cooldowns",
+            "Marketing cooldowns held (after Meta's 131049: MARKETING template sends to the recipient are answered locally)",
+        )
+        .expect("valid metric");
+        let shaping_cooldowns_evicted = IntCounter::new(
+            "wa_breaker_shaping_cooldowns_evicted_total",
+            "Marketing cooldowns dropped, soonest-ending first, to stay within shaping.max_cooldowns",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("wa_breaker_build_info", "Build information"),
             &["version"],
@@ -411,6 +427,8 @@ impl Metrics {
             Box::new(shaping_wait.clone()),
             Box::new(shaping_evicted.clone()),
             Box::new(shaping_pairs_evicted.clone()),
+            Box::new(shaping_cooldowns.clone()),
+            Box::new(shaping_cooldowns_evicted.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -471,6 +489,8 @@ impl Metrics {
             shaping_wait,
             shaping_evicted,
             shaping_pairs_evicted,
+            shaping_cooldowns,
+            shaping_cooldowns_evicted,
         }
     }
 

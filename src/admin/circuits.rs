@@ -46,6 +46,8 @@ impl Admin {
                     Some(p) => self.guarding(p),
                     None => self.table.list(),
                 };
+                // Marketing cooldowns are holds: `GET /admin/holds` lists them.
+                let all = all.into_iter().filter(|c| !c.is_cooldown()).collect();
                 let shown: Vec<Value> = q.apply(all).iter().map(shown).collect();
                 json(StatusCode::OK, &shown)
             }
@@ -112,7 +114,7 @@ impl Admin {
             .table
             .list()
             .into_iter()
-            .filter(|c| c.key() == own || is_waba_level(c))
+            .filter(|c| !c.is_cooldown() && (c.key() == own || is_waba_level(c)))
             .collect();
         if let Some(w) = &waba {
             if !out.iter().any(|c| c.key() == *w) {
@@ -210,6 +212,7 @@ impl Admin {
             phone_number_id,
             template,
             country,
+            recipient: None,
             action,
             source: Source::Admin,
             at: now,

@@ -3,11 +3,14 @@
 //!
 //! - [`circuits`]: `/admin/circuits…` (list, one, by phone number, open, close);
 //! - [`accounts`]: `/admin/accounts…` (the phone → WABA directory);
+//! - [`holds`]: `/admin/holds…` (marketing cooldowns and pair holds),
+//!   `/admin/templates/…/category` and `/admin/pace/{phone_number_id}`;
 //! - [`console`]: the page and its embedded assets, with their security headers.
 
 mod accounts;
 mod circuits;
 mod console;
+mod holds;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -65,6 +68,8 @@ pub struct Admin {
     configured: HashSet<String>,
     /// When the configuration was loaded: the `updated_at` of configured mappings.
     started: DateTime<Utc>,
+    /// The policy, for this replica's pair holds (`/admin/holds`).
+    policy: Option<Arc<crate::policy::Policy>>,
 }
 
 impl Admin {
@@ -81,7 +86,14 @@ impl Admin {
             ready,
             configured,
             started: Utc::now(),
+            policy: None,
         }
+    }
+
+    /// With the policy whose pair holds `/admin/holds` lists and clears.
+    pub fn with_policy(mut self, policy: Arc<crate::policy::Policy>) -> Admin {
+        self.policy = Some(policy);
+        self
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
@@ -131,6 +143,24 @@ impl Admin {
             (Method::GET, ["circuits", id]) => self.get_circuit(id),
             (Method::POST, ["circuits", id, op @ ("open" | "close")]) => {
                 self.operate_request(id, op, req.into_body()).await
+            }
+            (Method::GET, ["holds"]) => self.list_holds(),
+            (Method::GET, ["pace", id]) => self.pace(id),
+            (Method::DELETE, ["holds", kind @ ("marketing" | "pair"), id, to]) => {
+                self.clear_hold(kind, id, to).await
+            }
+            (Method::POST, ["templates", waba, name, language, "category"]) => {
+                let body = match read_json(req.into_body()).await {
+                    Ok(b) => b,
+                    Err(resp) => return resp,
+                };
+                self.set_category(waba, name, language, body).await
+            }
+            (_, ["holds"])
+            | (_, ["holds", _, _, _])
+            | (_, ["pace", _])
+            | (_, ["templates", _, _, _, "category"]) => {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             (Method::GET, ["accounts"]) => self.list_accounts(),
             (Method::PUT, ["accounts", "phones", id]) => {

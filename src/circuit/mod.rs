@@ -5,6 +5,7 @@
 //! ([`OpenGuard`], with its local answer prebuilt) and the table that holds them all.
 
 mod calling_codes;
+pub mod cooldown;
 pub mod country;
 pub mod directory;
 mod guard;
@@ -40,6 +41,7 @@ pub(crate) mod testing {
             phone_number_id: None,
             template: None,
             country: None,
+            recipient: None,
             action: Action::Open {
                 scope,
                 code: Some(368),

@@ -171,6 +171,14 @@ pub struct Circuit {
     /// answered 130497, "restricted from messaging users in this country").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub country: Option<String>,
+    /// Set for a marketing cooldown (after Meta's 131049 for this recipient): the
+    /// recipient's digits; the record holds the WABA's MARKETING template sends to them
+    /// while open (key `cooldown:{waba}:{digits}`, see [`super::cooldown`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// A template record's category, as Meta (or an operator) last gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<Box<super::cooldown::Category>>,
     /// Open or closed.
     pub state: State,
     /// Which sends an open circuit answers locally.
@@ -208,6 +216,8 @@ impl Circuit {
             phone_number_id: None,
             template: None,
             country: None,
+            recipient: None,
+            category: None,
             state: State::Closed,
             scope: Scope::AllSends,
             code: None,
@@ -230,8 +240,15 @@ impl Circuit {
             &self.waba_id,
             self.phone_number_id.as_deref(),
             self.template.as_ref(),
+            self.recipient.as_deref(),
             self.country.as_deref(),
         )
+    }
+
+    /// True for a marketing cooldown's record (a hold, not a circuit: never polled,
+    /// announced or given metric series of its own).
+    pub fn is_cooldown(&self) -> bool {
+        self.recipient.is_some() && self.template.is_none()
     }
 
     /// Its ids are Graph ids (what a record from a store or another replica must hold).
@@ -241,10 +258,20 @@ impl Circuit {
             return id(&self.waba_id)
                 && self.phone_number_id.is_none()
                 && self.template.is_none()
+                && self.recipient.is_none()
                 && super::country::parse_code(code).is_some();
         }
         if let Some(t) = &self.template {
-            return id(&self.waba_id) && self.phone_number_id.is_none() && t.is_valid();
+            return id(&self.waba_id)
+                && self.phone_number_id.is_none()
+                && self.recipient.is_none()
+                && t.is_valid();
+        }
+        if let Some(r) = &self.recipient {
+            return id(&self.waba_id)
+                && self.phone_number_id.is_none()
+                && self.country.is_none()
+                && super::cooldown::recipient_is_valid(r);
         }
         match &self.phone_number_id {
             Some(p) => id(p) && (self.waba_id.is_empty() || id(&self.waba_id)),
@@ -274,12 +301,14 @@ pub(crate) fn full_key(
     waba_id: &str,
     phone_number_id: Option<&str>,
     template: Option<&TemplateRef>,
+    recipient: Option<&str>,
     country: Option<&str>,
 ) -> String {
-    match (template, country) {
-        (Some(t), _) => super::template::key(waba_id, t),
-        (None, Some(c)) => format!("{}{waba_id}:{c}", super::country::KEY_PREFIX),
-        (None, None) => key(waba_id, phone_number_id),
+    match (template, recipient, country) {
+        (Some(t), _, _) => super::template::key(waba_id, t),
+        (None, Some(r), _) => super::cooldown::key(waba_id, r),
+        (None, None, Some(c)) => format!("{}{waba_id}:{c}", super::country::KEY_PREFIX),
+        (None, None, None) => key(waba_id, phone_number_id),
     }
 }
 

@@ -25,6 +25,15 @@ pub enum Action {
     },
     /// Record an event that does not change the state.
     Note,
+    /// Record a template's category (a note that also sets [`Circuit::category`]; creates
+    /// a closed template record when there is none).
+    Categorize {
+        /// The category it has now (`new_category`, `message_template_category`, an
+        /// operator's), when the event says.
+        category: Option<String>,
+        /// Meta's advance notice (`correct_category`) and when the move is due.
+        coming: Option<(String, Option<DateTime<Utc>>)>,
+    },
 }
 
 /// A change from any signal: a send, a webhook, a poll, an operator, a timer.
@@ -39,6 +48,8 @@ pub struct Change {
     pub template: Option<super::template::TemplateRef>,
     /// Set for a country circuit: the circuit of `waba_id`'s sends to this calling code.
     pub country: Option<String>,
+    /// Set for a marketing cooldown: the recipient's digits (see [`Circuit::recipient`]).
+    pub recipient: Option<String>,
     /// What the change asks for.
     pub action: Action,
     /// What caused it.
@@ -58,6 +69,7 @@ impl Change {
             &self.waba_id,
             self.phone_number_id.as_deref(),
             self.template.as_ref(),
+            self.recipient.as_deref(),
             self.country.as_deref(),
         )
     }
@@ -96,6 +108,7 @@ pub fn decide(
                 phone_number_id: change.phone_number_id.clone(),
                 template: change.template.clone(),
                 country: change.country.clone(),
+                recipient: change.recipient.clone(),
                 ..Circuit::new(&change.waba_id, DateTime::<Utc>::MIN_UTC)
             };
             &fresh
@@ -136,6 +149,19 @@ pub fn decide(
     };
 
     match &change.action {
+        Action::Categorize { category, coming } => {
+            let Some(next_category) =
+                super::cooldown::categorize(cur.category.as_deref(), change, category, coming)
+            else {
+                return Outcome::Ignored("category older or unchanged");
+            };
+            next.category = Some(Box::new(next_category));
+            note(&mut next);
+            Outcome::Applied {
+                circuit: next,
+                transition: false,
+            }
+        }
         Action::Note => {
             let dup = cur
                 .history
@@ -294,6 +320,7 @@ mod tests {
             phone_number_id: None,
             template: None,
             country: None,
+            recipient: None,
             action,
             source,
             at: t(at),

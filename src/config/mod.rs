@@ -367,6 +367,7 @@ impl Config {
             closed_ttl: self.closed_retention(),
             keep_closed: self.max_event_age,
             widen_codes: self.trip_codes.clone(),
+            max_cooldowns: self.shaping.max_cooldowns,
         };
         let directory = Directory::new(
             self.accounts
@@ -586,6 +587,18 @@ mod tests {
         cfg.shaping.pair_hold = Duration::from_secs(16 * 60);
         rejects(&cfg, "shaping.pair_hold");
         cfg.shaping.pair_hold = Duration::from_secs(4);
+        assert_eq!(
+            cfg.shaping.marketing_cooldown,
+            Duration::from_secs(24 * 3600)
+        );
+        cfg.shaping.marketing_cooldown = Duration::ZERO;
+        rejects(&cfg, "shaping.marketing_cooldown");
+        cfg.shaping.marketing_cooldown = Duration::from_secs(8 * 24 * 3600);
+        rejects(&cfg, "shaping.marketing_cooldown");
+        cfg.shaping.marketing_cooldown = Duration::from_secs(24 * 3600);
+        cfg.shaping.max_cooldowns = 0;
+        rejects(&cfg, "shaping.max_cooldowns");
+        cfg.shaping.max_cooldowns = 100_000;
         cfg.shaping.phone_throughput.insert("+1 555".into(), 20);
         rejects(&cfg, "shaping.phone_throughput");
         cfg.shaping.phone_throughput.clear();

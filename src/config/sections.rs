@@ -141,6 +141,12 @@ pub struct ShapingConfig {
     /// The first hold of a (phone number, recipient) pair after Meta's 131056.
     #[serde(with = "humantime_serde")]
     pub pair_hold: Duration,
+    /// After Meta's 131049 for a recipient, how long the WABA's MARKETING template sends
+    /// to them are held.
+    #[serde(with = "humantime_serde")]
+    pub marketing_cooldown: Duration,
+    /// Marketing cooldowns held at once; past it, the one ending first is dropped.
+    pub max_cooldowns: usize,
     /// `[shaping.phone_throughput]`: messages/s per phone-number id (the operator's word wins).
     pub phone_throughput: BTreeMap<String, u32>,
 }
@@ -152,6 +158,8 @@ impl Default for ShapingConfig {
             throughput: 80,
             max_delay: Duration::from_secs(1),
             pair_hold: Duration::from_secs(4),
+            marketing_cooldown: Duration::from_secs(24 * 3600),
+            max_cooldowns: 100_000,
             phone_throughput: BTreeMap::new(),
         }
     }

@@ -286,6 +286,8 @@ impl Config {
     }
 
     fn validate_shaping(&self) -> Result<(), ConfigError> {
+        // Meta asks for at least 24 h; a week is the longest hold that still ends.
+        const MAX_MARKETING_COOLDOWN: Duration = Duration::from_secs(7 * 24 * 3600);
         use super::sections::MAX_THROUGHPUT;
         let s = &self.shaping;
         if !(1..=MAX_THROUGHPUT).contains(&s.throughput) {
@@ -302,6 +304,15 @@ impl Config {
                 "shaping.pair_hold",
                 "must be more than 0s and at most 15m",
             ));
+        }
+        if s.marketing_cooldown.is_zero() || s.marketing_cooldown > MAX_MARKETING_COOLDOWN {
+            return Err(invalid(
+                "shaping.marketing_cooldown",
+                "must be more than 0s and at most 7d",
+            ));
+        }
+        if s.max_cooldowns == 0 {
+            return Err(invalid("shaping.max_cooldowns", "must be at least 1"));
         }
         for (id, n) in &s.phone_throughput {
             if !GraphId::is_valid(id) {

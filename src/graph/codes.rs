@@ -28,6 +28,10 @@ pub const PAIR_RATE: i64 = 131056;
 /// "Business account is restricted from messaging users in this country": the WABA's sends
 /// to one country fail while its other sends work ([`Action::CountryCircuit`]).
 pub const COUNTRY_RESTRICTED: i64 = 130497;
+/// The user's marketing limit ("not delivered to maintain healthy ecosystem engagement"),
+/// reported by a `messages` webhook status: MARKETING templates to that recipient are held
+/// for `shaping.marketing_cooldown` ([`crate::policy::cooldown`]).
+pub const MARKETING_LIMIT: i64 = 131049;
 /// "Template is disabled" (no end: the template must be edited or replaced).
 pub const TEMPLATE_DISABLED: i64 = 132016;
 /// "Business eligibility payment issue": the payment method is missing or failing, the
@@ -145,7 +149,7 @@ pub const CATALOGUE: &[Code] = &[
     row(REGISTRATION_ERROR, "Incorrect certificate", Level::Phone, Action::HoldPhone),
     row(131047, "Re-engagement message", Level::Recipient, Action::Pass),
     row(131048, "Spam rate limit hit", Level::Phone, Action::Pass),
-    row(131049, "This message was not delivered to maintain healthy ecosystem engagement", Level::Recipient, Action::Pass),
+    row(MARKETING_LIMIT, "This message was not delivered to maintain healthy ecosystem engagement", Level::Recipient, Action::Pass),
     row(131050, "Unable to deliver the message. This recipient has chosen to stop receiving marketing messages on WhatsApp from your business", Level::Recipient, Action::Pass),
     row(131051, "Unsupported message type", Level::Recipient, Action::Pass),
     row(131056, "(Business Account, Consumer Account) pair rate limit hit", Level::Recipient, Action::Pass),

@@ -117,7 +117,9 @@ struct Queue {
 
 /// Only what this replica changed, and only transitions (not notes, not removals).
 fn worth_announcing(n: &Notice) -> bool {
-    n.origin == Origin::Local && n.transition && !n.removed
+    // A marketing cooldown is a hold on one recipient, not a circuit: many and routine
+    // (`wa_breaker_shaping_cooldowns` counts them).
+    n.origin == Origin::Local && n.transition && !n.removed && !n.circuit.is_cooldown()
 }
 
 async fn dispatch(mut notices: mpsc::UnboundedReceiver<Notice>, mut queues: Vec<Queue>) {

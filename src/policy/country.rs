@@ -55,6 +55,7 @@ fn open(
         waba_id: waba_id.to_string(),
         phone_number_id: None,
         template: None,
+        recipient: None,
         country: Some(code.to_string()),
         action: Action::Open {
             scope: Scope::AllSends,

@@ -291,7 +291,9 @@ impl Pacing {
         self.rec.call
     }
 
-    /// The pair holds ([`Policy::pair`]: a send to a recipient its phone number holds
+    /// The marketing cooldowns ([`Policy::cooldown`]: a MARKETING template to a recipient
+    /// its WABA holds after Meta's 131049 is answered locally), the pair holds
+    /// ([`Policy::pair`]: a send to a recipient its phone number holds
     /// after Meta's 131056 is answered locally; `body` is read only when the number has
     /// holds), then the pace ([`Policy::pace`]): a send within its phone number's pace goes
     /// on; one over it waits for its slot (at most `max_delay`), or is answered locally
@@ -303,6 +305,16 @@ impl Pacing {
         body: Body<'_>,
         render: impl FnOnce(Reply<'_>) -> R,
     ) -> Pace<R> {
+        if let Some(reply) = policy.cooldown(self.rec.call, body) {
+            return Pace::Local(
+                render(reply),
+                Settle {
+                    rec: self.rec,
+                    outcome: Outcome::Local,
+                    unacked: None,
+                },
+            );
+        }
         match policy.pair(self.rec.call, body) {
             Paired::Go(to) => self.rec.to = to,
             Paired::Local(reply) => {

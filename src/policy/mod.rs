@@ -10,6 +10,8 @@
 //! | route + resolve | [`Policy::route`], [`Policy::discover`] | webhook or Graph call; a send or not; the phone number's WABA (the circuit directory); unmapped sends reported to discovery |
 //! | guard | [`exchange::Routed::admit`] → [`Policy::admit`] | forward, read the body first (template sends; the recipient's country while the WABA has a country circuit, [`country`]), or answer locally ([`Reply::open`]) |
 //! | pace | [`exchange::Pacing::pace`] → [`Policy::pair`] ([`pair`]), then [`Policy::pace`] ([`pace`]) | a send to a recipient its phone number holds after Meta's 131056 is answered locally with 131056; then a send over its phone number's pace waits for its slot (then the guard again, [`exchange::Waiting::waited`]) or is answered locally with Meta's 130429 |
+//! | guard | [`exchange::Routed::admit`] → [`Policy::admit`] | forward, read the body first (template sends), or answer locally ([`Reply::open`]) |
+//! | pace | [`exchange::Pacing::pace`] → [`Policy::cooldown`] ([`cooldown`]), [`Policy::pair`] ([`pair`]), then [`Policy::pace`] ([`pace`]) | a MARKETING template to a recipient its WABA holds after Meta's 131049 is answered locally with 131049; a send to a recipient its phone number holds after Meta's 131056 is answered locally with 131056; then a send over its phone number's pace waits for its slot (then the guard again, [`exchange::Waiting::waited`]) or is answered locally with Meta's 130429 |
 //! | permit + guard again | the engine waits for an upstream permit (`upstream::Limiter`), then [`exchange::Guarded::permitted`] | a send queued while a circuit tripped is answered locally |
 //! | forward | engines; request headers filtered by [`hop`], framing by [`framing`] | — |
 //! | classify | [`exchange::Admitted::answered`] → [`Policy::inspect`] (a 2xx ends a pair hold the pair step read, [`Policy::delivered`]), then [`exchange::Reading::judge`] → [`Policy::classify`] ([`Answer`], [`judge`], [`decode`]) | whether to read the body; whether it trips the WABA's, the phone number's, the send template's or the recipient country's circuit, and until when |
@@ -18,6 +20,7 @@
 //!
 //! Signals use the same vocabulary: [`plan`] maps webhook events to circuit changes.
 
+pub mod cooldown;
 pub mod country;
 pub mod decode;
 pub mod exchange;
@@ -401,6 +404,55 @@ impl Policy {
     /// (Phone number, recipient) pairs on hold.
     pub fn pairs(&self) -> &pair::Pairs {
         &self.pairs
+    }
+
+    /// The cooldown step, after the guard and before the pair holds: a send of a MARKETING
+    /// template to a recipient its WABA holds in a marketing cooldown (after Meta's 131049)
+    /// is answered locally with Meta's 131049 envelope (`enforce`); `observe` counts it and
+    /// lets it go. Every send pays one atomic load while no cooldown is held anywhere; the
+    /// body is read (its template and `to`) only when the send's WABA holds one.
+    #[inline]
+    pub fn cooldown(&self, call: Call, body: Body<'_>) -> Option<Reply<'static>> {
+        if !self.table.cooldowns().any() || call.kind != Kind::Send {
+            return None;
+        }
+        self.cooldown_held(call, body)
+    }
+
+    /// A send while some WABA holds a cooldown (off the common path).
+    #[cold]
+    fn cooldown_held(&self, call: Call, body: Body<'_>) -> Option<Reply<'static>> {
+        let mode = self.pacer.mode();
+        let account = call.account?;
+        if mode == pace::ShapingMode::Off || !self.table.cooldowns().has(&account.waba) {
+            return None;
+        }
+        // A body the engine does not hold whole (over the read-first limit) is forwarded.
+        let Body::Read(b) = body else {
+            return None;
+        };
+        let now = Utc::now();
+        let (until, template) = match cooldown::check(&self.table, &account.waba, b, now) {
+            cooldown::Check::Free => return None,
+            cooldown::Check::Held { until, template } => (until, template),
+        };
+        if mode == pace::ShapingMode::Observe {
+            METRICS.shaping_observed("marketing", "answer");
+            return None;
+        }
+        METRICS.shaped("marketing");
+        let left = (until - now).to_std().unwrap_or(Duration::from_secs(1));
+        let details = format!(
+            "wa-breaker answered this send locally, it did not reach Meta: Meta reported 131049 (the user's marketing limit) for this recipient of WABA {}, and MARKETING templates to them are held until {} (marketing_cooldown; Meta asks to wait at least 24 h, sooner can make the user unreachable another 24 h). Template {template} is MARKETING; utility and authentication templates and free-form messages to this recipient are forwarded. Retry after retry-after.",
+            account.waba.as_str(),
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
+        Some(Reply::shaped(
+            crate::graph::codes::MARKETING_LIMIT,
+            "(#131049) This message was not delivered to maintain healthy ecosystem engagement",
+            &details,
+            left,
+        ))
     }
 
     /// The pair step, after the guard and before the pace: a send to a recipient its
@@ -904,6 +956,7 @@ pub fn judge_with(
         phone_number_id,
         template: None,
         country: None,
+        recipient: None,
         action: Action::Open {
             scope: Scope::AllSends,
             code: Some(err.code),
@@ -952,6 +1005,7 @@ fn phone_level(
         phone_number_id: Some(phone.to_string()),
         template: None,
         country: None,
+        recipient: None,
         action: Action::Open {
             scope: Scope::AllSends,
             code: Some(err.code),

@@ -292,6 +292,16 @@ impl Pacer {
             .unwrap_or(self.throughput)
     }
 
+    /// Where a number's throughput comes from: `phone_throughput` (the operator's word) or
+    /// `throughput` (the default).
+    pub fn throughput_source(&self, phone: &GraphId) -> &'static str {
+        if self.phone_throughput.contains_key(phone) {
+            "phone_throughput"
+        } else {
+            "throughput"
+        }
+    }
+
     /// A number's shard, by its last two digits (spread evenly enough, two additions).
     fn shard(&self, phone: &GraphId) -> &Shard {
         let d = phone.as_bytes();

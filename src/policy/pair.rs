@@ -223,12 +223,15 @@ impl Pairs {
         (hold, evicted)
     }
 
-    /// A send of `phone` to `to` was delivered (2xx): the pair is forgotten.
-    pub fn delivered(&self, phone: &GraphId, to: u64) {
+    /// A send of `phone` to `to` was delivered (2xx), or an operator cleared the pair: it
+    /// is forgotten. True when it was tracked.
+    pub fn delivered(&self, phone: &GraphId, to: u64) -> bool {
         let mut s = self.shard(phone);
         let before = s.pairs;
+        let mut found = false;
         if let Some(m) = s.phones.get_mut(phone) {
             if m.remove(&to).is_some() {
+                found = true;
                 if m.is_empty() {
                     s.phones.remove(phone);
                 }
@@ -238,6 +241,27 @@ impl Pairs {
         let after = s.pairs;
         drop(s);
         self.sync_live(before, after);
+        found
+    }
+
+    /// The pairs held at `now` (not those only within reach), for the admin API: phone
+    /// number, recipient's digits, time left, repeats so far.
+    pub fn held(&self, now: Instant) -> Vec<(GraphId, u64, Duration, u32)> {
+        let at = self.at(now);
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let s = match shard.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            for (phone, m) in &s.phones {
+                for (to, h) in m.iter().filter(|(_, h)| h.until > at) {
+                    let left = Duration::from_nanos((h.until - at) as u64);
+                    out.push((*phone, *to, left, h.level));
+                }
+            }
+        }
+        out
     }
 
     /// Pairs tracked now.

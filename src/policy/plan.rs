@@ -145,6 +145,7 @@ pub fn plan(
             phone_number_id: None,
             template: None,
             country: None,
+            recipient: None,
             action,
             source: Source::Webhook,
             at,
@@ -294,6 +295,9 @@ pub struct AsyncError {
     /// The country calling code of the status's `recipient_id`, when it has one (the
     /// recipient itself is not kept): what a 130497 is about.
     pub country: Option<u16>,
+    /// `statuses[].recipient_id` (a status's error only): who the failed message was for.
+    /// Not evidence: only a marketing cooldown's key uses it.
+    pub recipient: Option<String>,
 }
 
 /// Every error of a `messages` change: `statuses[].errors[]` and `value.errors[]`
@@ -335,6 +339,10 @@ pub fn message_errors(ch: &ChangeItem) -> Vec<AsyncError> {
                     .get("recipient_id")
                     .and_then(Value::as_str)
                     .and_then(crate::circuit::country::of_number),
+                recipient: st
+                    .get("recipient_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
             });
         }
     }
@@ -352,6 +360,7 @@ pub fn message_errors(ch: &ChangeItem) -> Vec<AsyncError> {
             evidence: e.clone(),
             time: None,
             country: None,
+            recipient: None,
         });
     }
     out
@@ -423,6 +432,7 @@ pub fn plan_message_errors(
             phone_number_id: None,
             template: None,
             country: None,
+            recipient: None,
             action,
             source: Source::Webhook,
             at,
@@ -853,6 +863,7 @@ mod tests {
             evidence: json!({"error": {"code": code}}),
             time: None,
             country: None,
+            recipient: None,
         };
         let trips = [368, 131031];
         assert!(async_error_opens(&trips, &status(131031, "status")));

@@ -72,6 +72,7 @@ pub fn from_answer(
         phone_number_id: None,
         template: Some(template),
         country: None,
+        recipient: None,
         action: Action::Open {
             scope: Scope::BusinessInitiated,
             code: Some(err.code),
@@ -161,6 +162,7 @@ pub fn plan_template(entry: &Entry, ch: &ChangeItem, now: DateTime<Utc>) -> Opti
             phone_number_id: None,
             template: Some(template.clone()),
             country: None,
+            recipient: None,
             action,
             source: Source::Webhook,
             at,
@@ -214,6 +216,7 @@ pub fn plan_template_quality(
             phone_number_id: None,
             template: None,
             country: None,
+            recipient: None,
             action: Action::Note,
             source: Source::Webhook,
             at: entry.event_time(ch, now),

@@ -261,6 +261,7 @@ fn local_reply_carries_the_opening_code() {
         phone_number_id: None,
         template: None,
         country: None,
+        recipient: None,
         action: Action::Open {
             scope: Scope::AllSends,
             code: Some(131031),

@@ -53,6 +53,7 @@ pub async fn expire_at(
             && cur.phone_number_id.is_none()
             && cur.template.is_none()
             && cur.country.is_none()
+            && !cur.is_cooldown()
     });
     let until_s = until.to_rfc3339_opts(SecondsFormat::Secs, true);
     let mut reason = format!("restriction ended at {until_s}");
@@ -85,6 +86,7 @@ pub async fn expire_at(
         phone_number_id: cur.phone_number_id.clone(),
         template: cur.template.clone(),
         country: cur.country.clone(),
+        recipient: cur.recipient.clone(),
         action: Action::Expire { until },
         source: Source::Expiry,
         at: Utc::now(),
@@ -126,6 +128,7 @@ mod tests {
             phone_number_id: None,
             template: None,
             country: None,
+            recipient: None,
             action: Action::Open {
                 scope: Scope::AllSends,
                 code: None,

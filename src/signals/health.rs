@@ -230,6 +230,7 @@ pub fn record(table: &Table, key: &str, verdict: &Verdict, raw: Value) -> bool {
         phone_number_id: cur.phone_number_id.clone(),
         template: None,
         country: None,
+        recipient: None,
         action,
         source,
         at: now,
@@ -454,6 +455,7 @@ mod tests {
             phone_number_id: None,
             template: None,
             country: None,
+            recipient: None,
             action: Action::Open {
                 scope: Scope::AllSends,
                 code: Some(368),

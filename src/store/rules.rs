@@ -169,11 +169,22 @@ pub enum Ttl {
     Millis(u64),
 }
 
+/// How long an ended marketing cooldown's key stays in Redis.
+pub const CLOSED_COOLDOWN_TTL: Duration = Duration::from_secs(3600);
+
 /// The TTL of a circuit's key written at `now`: open with `until` → `until` + [`UNTIL_GRACE`];
-/// open until a signal → none; closed → `closed_ttl`.
+/// open until a signal → none; closed → `closed_ttl`, except a template record that keeps
+/// the template's category (none: it stays true for months; `max_circuits` bounds them) and
+/// an ended marketing cooldown ([`CLOSED_COOLDOWN_TTL`]).
 pub fn ttl_for(c: &Circuit, now: DateTime<Utc>, closed_ttl: Duration) -> Ttl {
     match (c.state, c.until) {
         (State::Open, None) => Ttl::Persist,
+        (State::Closed, _) if c.category.is_some() => Ttl::Persist,
+        // An ended marketing cooldown orders nothing a later status could change (its end
+        // follows from the status's own time): kept an hour, for replicas catching up.
+        (State::Closed, _) if c.is_cooldown() => {
+            Ttl::Millis(closed_ttl.min(CLOSED_COOLDOWN_TTL).max(MIN_TTL).as_millis() as u64)
+        }
         (State::Open, Some(until)) => {
             let left = (until - now)
                 .to_std()
@@ -190,6 +201,8 @@ pub fn ttl_for(c: &Circuit, now: DateTime<Utc>, closed_ttl: Duration) -> Ttl {
 pub fn worth_restoring(c: &Circuit, now: DateTime<Utc>, closed_ttl: Duration) -> bool {
     let end = match (c.state, c.until) {
         (State::Open, None) => return true,
+        (State::Closed, _) if c.category.is_some() => return true,
+        (State::Closed, _) if c.is_cooldown() => return false,
         (State::Open, Some(until)) => add(until, UNTIL_GRACE),
         (State::Closed, _) => add(c.updated_at, closed_ttl),
     };
@@ -344,5 +357,22 @@ mod tests {
         assert!(worth_restoring(&c, now, week));
         let ancient = circuit(DateTime::<Utc>::MIN_UTC, 0, "");
         assert!(!worth_restoring(&ancient, now, week));
+    }
+
+    #[test]
+    fn a_template_record_with_a_category_has_no_ttl_and_is_always_restored() {
+        let now = at(1_800_000_000, 0);
+        let week = Duration::from_secs(7 * 86400);
+        let mut c = circuit(at(1_800_000_000 - 30 * 86400, 0), 1, "a");
+        assert!(matches!(ttl_for(&c, now, week), Ttl::Millis(_)));
+        c.category = Some(Box::new(crate::circuit::cooldown::Category {
+            current: Some("MARKETING".into()),
+            coming: None,
+            coming_at: None,
+            at: c.updated_at,
+            source: crate::circuit::Source::Webhook,
+        }));
+        assert!(matches!(ttl_for(&c, now, week), Ttl::Persist));
+        assert!(worth_restoring(&c, now, week));
     }
 }

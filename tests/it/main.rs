@@ -23,6 +23,7 @@ mod framing_props;
 mod health_fleet;
 mod instruction_budget;
 mod levels;
+mod marketing;
 mod notify;
 mod observability;
 mod overload;

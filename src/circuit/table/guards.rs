@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::circuit::cooldown::CooldownIndex;
 use crate::circuit::guard::OpenGuard;
 use crate::circuit::model::Circuit;
 use crate::circuit::template::{TemplateIndex, TemplateRef};
@@ -27,6 +28,8 @@ pub(super) struct Guards {
     templates: TemplateIndex,
     /// Open country circuits (the same kind of index: keyed under a WABA).
     countries: TemplateIndex,
+    /// Open marketing cooldowns and template categories.
+    pub(super) cooldowns: CooldownIndex,
 }
 
 impl Guards {
@@ -91,15 +94,30 @@ impl Guards {
         self.open.len() + self.phones.len() + self.templates.len() + self.countries.len()
     }
 
+    /// Forgets a record dropped from the table (a closed one, or an evicted cooldown).
+    pub(super) fn forget(&self, key: &str, c: &Circuit) {
+        if c.template.is_some() {
+            self.cooldowns.forget_category(key);
+        } else if c.is_cooldown() {
+            self.cooldowns.sync(key, c, true);
+        }
+    }
+
     /// Makes the view agree with `c` (key `key`) after change `seq`: `Some(open)` when the
     /// circuit's open state in the view changed (it opened or it closed), `None` when not
     /// (the table sets the open gauges from it).
     pub(super) fn sync(&self, key: &Arc<str>, c: &Circuit, seq: u64) -> Option<bool> {
         if c.template.is_some() {
+            self.cooldowns.sync_category(key, c);
             return self.templates.sync(key, c, seq);
         }
         if c.country.is_some() {
             return self.countries.sync(key, c, seq);
+        }
+        if c.is_cooldown() {
+            // A hold, not a circuit: no open gauge of its own.
+            self.cooldowns.sync(key, c, false);
+            return None;
         }
         if let Some(phone) = c.phone_number_id.as_deref().and_then(GraphId::new) {
             if c.is_open() {

@@ -104,6 +104,7 @@ impl Table {
             phone_number_id: None,
             template: None,
             country: None,
+            recipient: None,
             action: Action::Open {
                 scope: pc.scope,
                 code: pc.code,
@@ -119,6 +120,7 @@ impl Table {
             phone_number_id: Some(phone.to_string()),
             template: None,
             country: None,
+            recipient: None,
             action: Action::Close,
             source: pc.source,
             at: Utc::now(),

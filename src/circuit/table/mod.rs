@@ -23,6 +23,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use dashmap::{DashMap, DashSet};
 use tokio::sync::mpsc;
 
+use super::cooldown::CooldownIndex;
 use super::directory::{Directory, Mapping, Resolved};
 use super::guard::OpenGuard;
 use super::model::{Circuit, Source};
@@ -90,6 +91,9 @@ pub struct Limits {
     /// Codes whose phone-number circuits widen to the whole WABA once its owner is known
     /// (the account-level trip codes).
     pub widen_codes: Vec<i64>,
+    /// Marketing cooldowns held at once (`shaping.max_cooldowns`): past it, a new one
+    /// evicts the one that ends first (counted).
+    pub max_cooldowns: usize,
 }
 
 impl Default for Limits {
@@ -101,6 +105,7 @@ impl Default for Limits {
             closed_ttl: Duration::from_secs(7 * 24 * 3600),
             keep_closed: Duration::from_secs(7 * 24 * 3600),
             widen_codes: crate::graph::codes::DEFAULT_TRIP_CODES.to_vec(),
+            max_cooldowns: 100_000,
         }
     }
 }
@@ -272,6 +277,51 @@ impl Table {
         self.guards.with_country(waba_id, code, f)
     }
 
+    /// Hot path: the open marketing cooldowns and the templates' categories.
+    #[inline]
+    pub fn cooldowns(&self) -> &CooldownIndex {
+        &self.guards.cooldowns
+    }
+
+    /// Past `max_cooldowns`, the open cooldown that ends first is dropped (stores delete
+    /// it) to make room for a new one (key `key`). Returns how many were dropped.
+    fn make_room_for_cooldown(&self, key: &str) -> usize {
+        let idx = self.cooldowns();
+        let mut evicted = 0;
+        while idx.len() >= self.limits.max_cooldowns.max(1)
+            && self.circuits.get(key).is_none_or(|c| !c.is_open())
+        {
+            let Some((victim, until)) = idx.soonest() else {
+                break;
+            };
+            let gone = self.circuits.remove_if(victim.as_str(), |_, c| {
+                c.is_open() && c.until == Some(until)
+            });
+            match gone {
+                Some((k, c)) => {
+                    self.guards.forget(&k, &c);
+                    let seq = self.next_seq();
+                    self.notify(&c, Origin::Local, seq, false, true);
+                    evicted += 1;
+                }
+                // Changed since the scan (a race with another change): this one goes
+                // over the cap; the next makes room.
+                None => break,
+            }
+        }
+        if evicted > 0 {
+            crate::metrics::METRICS
+                .shaping_cooldowns_evicted
+                .inc_by(evicted as u64);
+            tracing::info!(
+                evicted,
+                max_cooldowns = self.limits.max_cooldowns,
+                "marketing cooldowns dropped (soonest-ending first) to stay within shaping.max_cooldowns"
+            );
+        }
+        evicted
+    }
+
     /// One circuit.
     pub fn get(&self, waba_id: &str) -> Option<Circuit> {
         self.circuits.get(waba_id).map(|c| c.value().clone())
@@ -342,6 +392,12 @@ impl Table {
                 return None;
             }
         }
+        if change.recipient.is_some()
+            && change.template.is_none()
+            && matches!(change.action, Action::Open { .. })
+        {
+            self.make_room_for_cooldown(&key);
+        }
         let entry = self.circuits.entry(key.clone());
         let current = match &entry {
             dashmap::Entry::Occupied(o) => Some(o.get()),
@@ -396,7 +452,12 @@ impl Table {
         }
         self.track_unknown(&key, &circuit);
         let held = entry.insert(circuit.clone());
-        if transition {
+        if circuit.is_cooldown() || matches!(change.action, Action::Categorize { .. }) {
+            // Holds and categories are many and routine: no transition line or counter
+            // per recipient (`wa_breaker_shaping_cooldowns` counts them). The key is not
+            // logged: a cooldown's names a recipient.
+            tracing::debug!(waba_id = %circuit.waba_id, state = circuit.state.as_str(), reason = %circuit.reason, "cooldown or category recorded");
+        } else if transition {
             self.report_transition(&key, &circuit, was_open);
         } else if let Some(t) = circuit
             .history
@@ -457,7 +518,7 @@ impl Table {
         self.track_unknown(&key, &incoming);
         let transition = was_open != incoming.is_open()
             || (incoming.is_open() && was_scope != Some(incoming.scope));
-        if log && was_open != incoming.is_open() {
+        if log && was_open != incoming.is_open() && !incoming.is_cooldown() {
             self.log_transition(&incoming, was_open);
         }
         let held = entry.insert(incoming.clone());
@@ -493,19 +554,27 @@ impl Table {
             chrono::Duration::from_std(self.limits.closed_ttl).unwrap_or(chrono::Duration::MAX);
         let keep =
             chrono::Duration::from_std(self.limits.keep_closed).unwrap_or(chrono::Duration::MAX);
-        let mut closed: Vec<(DateTime<Utc>, Arc<str>)> = self
+        let mut closed: Vec<(DateTime<Utc>, Arc<str>, bool, bool)> = self
             .circuits
             .iter()
             .filter(|c| !c.is_open())
-            .map(|c| (c.updated_at, c.key().clone()))
+            .map(|c| {
+                let key = c.key().clone();
+                (c.updated_at, key, c.category.is_some(), c.is_cooldown())
+            })
             .collect();
         closed.sort();
         let over = self.circuits.len().saturating_sub(self.limits.max_circuits);
         let mut dropped = 0;
-        for (i, (at, key)) in closed.into_iter().enumerate() {
-            let expired = now - at > ttl;
+        for (i, (at, key, categorized, cooldown)) in closed.into_iter().enumerate() {
+            // A template's category outlives `closed_ttl` (it stays true for months);
+            // only `max_circuits` drops such a record. An ended marketing cooldown goes at
+            // once: a late status cannot re-open it (its end follows from the status's own
+            // time, already past), and thousands of them must not crowd `max_circuits`.
+            let expired = (now - at > ttl && !categorized) || cooldown;
             if !expired && (i >= over || now - at <= keep) {
-                break;
+                // Not this one; a newer ended cooldown may still go.
+                continue;
             }
             // Removed only if still closed and unchanged since the scan.
             let gone = self
@@ -515,7 +584,10 @@ impl Table {
                 dropped += 1;
                 let seq = self.next_seq();
                 self.unknown.remove(key.as_ref());
-                self.series.forget(&key, &c);
+                self.guards.forget(&key, &c);
+                if !c.is_cooldown() {
+                    self.series.forget(&key, &c);
+                }
                 self.notify(&c, Origin::Local, seq, false, true);
             }
         }

@@ -37,6 +37,7 @@ use crate::config::{Config, Secret};
 use crate::graph::health::Verdict;
 use crate::graph::webhook as payload;
 use crate::metrics::METRICS;
+use crate::policy::cooldown::{self, plan_category, FIELD_TEMPLATE_CATEGORY};
 use crate::policy::country::plan_status_errors;
 use crate::policy::plan::{
     known_only, message_errors, plan, plan_message_errors, FIELD_MESSAGES, WEBHOOK_CODE,
@@ -66,6 +67,9 @@ pub struct Webhook {
     warned_unconfigured: AtomicBool,
     /// `max_event_age`: older events are acknowledged and ignored.
     max_event_age: chrono::Duration,
+    /// `shaping.marketing_cooldown`, or `None` with `shaping.mode = "off"` (131049 statuses
+    /// then hold nothing).
+    marketing_cooldown: Option<std::time::Duration>,
 }
 
 impl Webhook {
@@ -107,6 +111,8 @@ impl Webhook {
             warned_unconfigured: AtomicBool::new(false),
             max_event_age: chrono::Duration::from_std(cfg.max_event_age)
                 .unwrap_or(chrono::Duration::MAX),
+            marketing_cooldown: (cfg.shaping.mode != crate::policy::pace::ShapingMode::Off)
+                .then_some(cfg.shaping.marketing_cooldown),
         }
     }
 
@@ -288,7 +294,7 @@ impl Webhook {
                 }
                 let own = match ch.field.as_str() {
                     FIELD_MESSAGES => Some(self.apply_message_errors(entry, ch, now)),
-                    FIELD_TEMPLATE_STATUS | FIELD_TEMPLATE_QUALITY => {
+                    FIELD_TEMPLATE_STATUS | FIELD_TEMPLATE_QUALITY | FIELD_TEMPLATE_CATEGORY => {
                         Some(self.apply_template(entry, ch, now))
                     }
                     _ => None,
@@ -361,6 +367,22 @@ impl Webhook {
                 last = Some(last.map_or(seq, |l: u64| l.max(seq)));
             }
         }
+        // 131049 for a recipient: their marketing cooldown (see `policy::cooldown`).
+        if let Some(hold) = self.marketing_cooldown {
+            let at = entry.event_time(ch, now);
+            for change in errors
+                .iter()
+                .filter_map(|e| cooldown::from_status(&entry.id, e, hold, at))
+            {
+                if let Some((c, seq)) = self.table.apply(change) {
+                    METRICS.webhooks.with_label_values(&["applied"]).inc();
+                    if c.is_open() {
+                        tracing::info!(waba_id = %entry.id, until = ?c.until, "Meta reported 131049 (the user's marketing limit): MARKETING templates to this recipient are held (marketing_cooldown)");
+                    }
+                    last = Some(last.map_or(seq, |l: u64| l.max(seq)));
+                }
+            }
+        }
         let Some(step) = plan_message_errors(entry, ch, &errors, &self.trip_codes, now) else {
             return last;
         };
@@ -375,7 +397,9 @@ impl Webhook {
 impl Webhook {
     /// `message_template_status_update` → the template's circuit (see [`plan_template`]);
     /// a close or note for a template that has no circuit records nothing (Meta announces
-    /// every approval; only pauses and disables make circuits).
+    /// every approval; only pauses and disables make circuits) — but its
+    /// `message_template_category`, like `template_category_update`, is recorded on the
+    /// template's record, created closed when needed (see [`plan_category`]).
     /// `message_template_quality_update` → a note on the WABA and
     /// `wa_breaker_template_quality_total`, never a block.
     fn apply_template(
@@ -384,6 +408,18 @@ impl Webhook {
         ch: &payload::ChangeItem,
         now: chrono::DateTime<Utc>,
     ) -> Option<u64> {
+        // The template's category (`message_template_category`, `template_category_update`):
+        // recorded on its template record, created closed when there is none.
+        let mut last = None;
+        if let Some(step) = plan_category(entry, ch, now) {
+            if let Some((_, seq)) = self.table.apply(step.change) {
+                METRICS.webhooks.with_label_values(&["applied"]).inc();
+                last = Some(seq);
+            }
+        }
+        if ch.field == FIELD_TEMPLATE_CATEGORY {
+            return last;
+        }
         let step = if ch.field == FIELD_TEMPLATE_QUALITY {
             let (step, label) = plan_template_quality(entry, ch, now)?;
             METRICS.template_quality.with_label_values(&[label]).inc();
@@ -396,11 +432,13 @@ impl Webhook {
             let exists = self.table.get(&step.change.key()).is_some();
             if !matches!(step.change.action, Action::Open { .. }) && !exists {
                 tracing::debug!(waba_id = %entry.id, reason = %step.change.reason, "template event for a template without a circuit: not recorded");
-                return None;
+                return last;
             }
             step
         };
-        let (_, seq) = self.table.apply(step.change)?;
+        let Some((_, seq)) = self.table.apply(step.change) else {
+            return last;
+        };
         METRICS.webhooks.with_label_values(&["applied"]).inc();
         Some(seq)
     }
