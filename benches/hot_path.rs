@@ -64,6 +64,7 @@ fn setup() -> (Policy, Arc<Table>) {
             waba_id: waba(i),
             phone_number_id: None,
             template: None,
+            country: None,
             recipient: None,
             action: Action::Open {
                 scope: Scope::AllSends,

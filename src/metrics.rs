@@ -19,6 +19,9 @@ pub struct Metrics {
     /// `wa_breaker_template_circuit_open{waba_id, template, language}`: circuits of one
     /// template (paused or disabled by Meta).
     pub template_circuit_open: IntGaugeVec,
+    /// `wa_breaker_country_circuit_open{waba_id, country}`: circuits of one WABA's sends to
+    /// one country calling code (Meta's 130497); bounded by WABAs × assigned codes.
+    pub country_circuit_open: IntGaugeVec,
     /// `wa_breaker_template_quality_total{score}`: `message_template_quality_update`
     /// webhooks by new score (GREEN, YELLOW, RED, UNKNOWN, else other).
     pub template_quality: IntCounterVec,
@@ -145,6 +148,14 @@ impl Metrics {
                 "1 while the circuit of one message template (paused or disabled by Meta) is open",
             ),
             &["waba_id", "template", "language"],
+        )
+        .expect("valid metric");
+        let country_circuit_open = IntGaugeVec::new(
+            Opts::new(
+                "wa_breaker_country_circuit_open",
+                "1 while the circuit of one WABA's sends to one country calling code (Meta's 130497, restricted from messaging users in that country) is open",
+            ),
+            &["waba_id", "country"],
         )
         .expect("valid metric");
         let template_quality = IntCounterVec::new(
@@ -446,6 +457,7 @@ impl Metrics {
             Box::new(client_body_errors.clone()),
             Box::new(webhook_errors.clone()),
             Box::new(template_circuit_open.clone()),
+            Box::new(country_circuit_open.clone()),
             Box::new(template_quality.clone()),
             Box::new(warnings.clone()),
             Box::new(messaging_limit_users.clone()),
@@ -491,6 +503,7 @@ impl Metrics {
             circuit_open,
             phone_circuit_open,
             template_circuit_open,
+            country_circuit_open,
             template_quality,
             warnings,
             messaging_limit_users,

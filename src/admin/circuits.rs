@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{json, json_error, read_json, Admin};
+use crate::circuit::country::KEY_PREFIX as COUNTRY_KEY_PREFIX;
 use crate::circuit::template::KEY_PREFIX as TEMPLATE_KEY_PREFIX;
 use crate::circuit::{
     key, Action, Change, Circuit, Evidence, Scope, Source, TemplateRef, PHONE_KEY_PREFIX,
@@ -20,6 +21,15 @@ fn shown(c: &Circuit) -> Value {
     let mut v = serde_json::to_value(c).unwrap_or_default();
     if c.waba_id.is_empty() {
         v["waba_id"] = Value::Null;
+    }
+    // A country circuit names the regions of its calling code, for people ("DE"; +1 is
+    // the US, Canada and the rest of the NANP).
+    if let Some(code) = c
+        .country
+        .as_deref()
+        .and_then(crate::circuit::country::parse_code)
+    {
+        v["country_regions"] = crate::circuit::country::regions(code).into();
     }
     v
 }
@@ -69,7 +79,7 @@ impl Admin {
         let Some(target) = Target::parse(id) else {
             return json_error(
                 StatusCode::BAD_REQUEST,
-                "the id must be a numeric WABA id, phone:{phone_number_id} or template:{waba_id}:{name}:{language}",
+                "the id must be a numeric WABA id, phone:{phone_number_id}, template:{waba_id}:{name}:{language} or country:{waba_id}:{calling_code}",
             );
         };
         let body = match read_json::<OpBody>(body).await {
@@ -93,7 +103,7 @@ impl Admin {
     }
 
     /// The circuits that guard sends of phone number `phone`, sorted by key: its own, its
-    /// WABA's (shown closed when it never opened) and its WABA's template circuits.
+    /// WABA's (shown closed when it never opened) and its WABA's template and country circuits.
     fn guarding(&self, phone: &str) -> Vec<Circuit> {
         let own = key("", Some(phone));
         let waba = self.table.resolve(phone).map(|r| r.waba.to_string());
@@ -178,8 +188,8 @@ impl Admin {
             Some(w) => tracing::warn!(waba_id = id, op, "admin request: {w}"),
             None => tracing::info!(waba_id = id, op, "admin request"),
         }
-        let (waba_id, phone_number_id, template) = match target {
-            Target::Waba => (id.to_string(), None, None),
+        let (waba_id, phone_number_id, template, country) = match target {
+            Target::Waba => (id.to_string(), None, None, None),
             // A phone number's circuit keeps the WABA it was recorded with, else takes the
             // one the number resolves to: with a WABA it holds that number alone (without
             // one, a trip code's circuit widens to the WABA once it is known).
@@ -192,13 +202,16 @@ impl Admin {
                     .unwrap_or_default(),
                 Some(p),
                 None,
+                None,
             ),
-            Target::Template(w, t) => (w, None, Some(t)),
+            Target::Template(w, t) => (w, None, Some(t), None),
+            Target::Country(w, code) => (w, None, None, Some(code.to_string())),
         };
         let applied = self.table.apply(Change {
             waba_id,
             phone_number_id,
             template,
+            country,
             recipient: None,
             action,
             source: Source::Admin,
@@ -258,6 +271,8 @@ enum Target {
     Phone(String),
     /// `template:{waba_id}:{name}:{language}`: one template of a WABA.
     Template(String, TemplateRef),
+    /// `country:{waba_id}:{calling_code}`: a WABA's sends to one country calling code.
+    Country(String, u16),
 }
 
 impl Target {
@@ -274,6 +289,11 @@ impl Target {
             };
             let ok = parts.next().is_none() && GraphId::is_valid(w) && t.is_valid();
             return ok.then(|| Target::Template(w.to_string(), t));
+        }
+        if let Some(rest) = id.strip_prefix(COUNTRY_KEY_PREFIX) {
+            let (w, code) = rest.split_once(':')?;
+            let code = crate::circuit::country::parse_code(code)?;
+            return GraphId::is_valid(w).then(|| Target::Country(w.to_string(), code));
         }
         GraphId::is_valid(id).then_some(Target::Waba)
     }
@@ -321,7 +341,7 @@ impl ListQuery {
                 "after" if Target::parse(&v).is_some() => q.after = Some(v.into_owned()),
                 "after" => {
                     return Err(
-                        "after must be a circuit's id: a numeric WABA id, phone:{phone_number_id} or template:{waba_id}:{name}:{language} (the last of the previous page)"
+                        "after must be a circuit's id: a numeric WABA id, phone:{phone_number_id}, template:{waba_id}:{name}:{language} or country:{waba_id}:{calling_code} (the last of the previous page)"
                             .into(),
                     )
                 }
@@ -560,6 +580,10 @@ mod tests {
                 }
             ))
         );
+        assert_eq!(
+            Target::parse("country:102290129340398:49"),
+            Some(Target::Country("102290129340398".into(), 49))
+        );
         for bad in [
             "",
             "abc",
@@ -570,6 +594,13 @@ mod tests {
             "template:102290129340398:order_update:en_US:x",
             "template:x:order_update:en_US",
             "waba:1",
+            "country:102290129340398",
+            "country:102290129340398:",
+            "country:102290129340398:999",
+            "country:102290129340398:049",
+            "country:102290129340398:DE",
+            "country:102290129340398:49:1",
+            "country:x:49",
         ] {
             assert_eq!(Target::parse(bad), None, "{bad}");
         }

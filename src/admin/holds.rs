@@ -170,6 +170,7 @@ impl Admin {
                     phone_number_id: None,
                     template: None,
                     recipient: Some(to.to_string()),
+                    country: None,
                     action: Action::Close,
                     source: Source::Admin,
                     at: Utc::now(),
@@ -223,6 +224,7 @@ impl Admin {
             phone_number_id: None,
             template: Some(template),
             recipient: None,
+            country: None,
             action: Action::Categorize {
                 category: Some(category),
                 coming: None,

@@ -253,6 +253,7 @@ mod tests {
             phone_number_id: None,
             template: None,
             recipient: None,
+            country: None,
             action: Action::Note,
             source,
             at: at(s),

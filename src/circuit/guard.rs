@@ -57,6 +57,14 @@ pub fn local_trace_id(c: &Circuit) -> String {
     format!("{GATEWAY_TRACE_PREFIX}local-{opened:x}-{:x}", c.version)
 }
 
+/// ` (DE)`: the regions of a calling code, for people.
+fn country_regions(code: &str) -> String {
+    match super::country::parse_code(code).map(super::country::regions) {
+        Some(r) if !r.is_empty() => format!(" ({r})"),
+        _ => String::new(),
+    }
+}
+
 /// The body of an open circuit's local answer: Meta's envelope with the code that opened
 /// it, `error_data.details` saying the gateway answered (and since when, until when, why),
 /// and `fbtrace_id` from [`local_trace_id`].
@@ -70,13 +78,18 @@ pub fn local_body(c: &Circuit) -> Bytes {
         .until
         .map(|u| format!(" until {}", u.to_rfc3339_opts(SecondsFormat::Secs, true)))
         .unwrap_or_default();
-    let whose = match (&c.template, &c.phone_number_id) {
-        (Some(t), _) => format!(
+    let whose = match (&c.template, &c.country, &c.phone_number_id) {
+        (Some(t), _, _) => format!(
             "template {} ({}) of WhatsApp Business Account {}",
             t.name, t.language, c.waba_id
         ),
-        (None, Some(p)) => format!("phone number {p}"),
-        (None, None) => format!("WhatsApp Business Account {}", c.waba_id),
+        (None, Some(code), _) => format!(
+            "sends of WhatsApp Business Account {} to recipients of country calling code +{code}{} (Meta restricted the account from messaging users in that country)",
+            c.waba_id,
+            country_regions(code)
+        ),
+        (None, None, Some(p)) => format!("phone number {p}"),
+        (None, None, None) => format!("WhatsApp Business Account {}", c.waba_id),
     };
     let trace = local_trace_id(c);
     let trace_note = if trace.starts_with(GATEWAY_TRACE_PREFIX) {

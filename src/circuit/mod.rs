@@ -1,9 +1,12 @@
-//! Circuits: the model ([`Circuit`]: a WABA's, a phone number's or a template's), the
+//! Circuits: the model ([`Circuit`]: a WABA's, a phone number's, a template's or a WABA's
+//! sends to one country ([`country`])), the
 //! ordering rule that decides every change ([`decide`], [`newer`]), the phone → WABA
 //! directory, template circuits' mechanics ([`template`]), the guard a send reads
 //! ([`OpenGuard`], with its local answer prebuilt) and the table that holds them all.
 
+mod calling_codes;
 pub mod cooldown;
+pub mod country;
 pub mod directory;
 mod guard;
 mod model;
@@ -37,6 +40,7 @@ pub(crate) mod testing {
             waba_id: waba_id.into(),
             phone_number_id: None,
             template: None,
+            country: None,
             recipient: None,
             action: Action::Open {
                 scope,

@@ -257,6 +257,11 @@ pub struct Circuit {
     /// (opened when Meta paused or disabled it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<TemplateRef>,
+    /// Set for a country circuit: it answers the WABA's sends to recipients of this E.164
+    /// country calling code (`"49"`), from any of its phone numbers (opened when Meta
+    /// answered 130497, "restricted from messaging users in this country").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
     /// Set for a marketing cooldown (after Meta's 131049 for this recipient): the
     /// recipient's digits; the record holds the WABA's MARKETING template sends to them
     /// while open (key `cooldown:{waba}:{digits}`, see [`super::cooldown`]).
@@ -301,6 +306,7 @@ impl Circuit {
             waba_id: waba_id.to_string(),
             phone_number_id: None,
             template: None,
+            country: None,
             recipient: None,
             category: None,
             state: State::Closed,
@@ -318,13 +324,16 @@ impl Circuit {
     }
 
     /// The circuit's key in the table and the stores: the WABA id, `phone:{id}` for a
-    /// phone-number circuit, `template:{waba}:{name}:{language}` for a template circuit.
+    /// phone-number circuit, `template:{waba}:{name}:{language}` for a template circuit,
+    /// `country:{waba}:{calling code}` for a country circuit.
     pub fn key(&self) -> String {
-        match (&self.template, &self.recipient) {
-            (Some(t), _) => super::template::key(&self.waba_id, t),
-            (None, Some(r)) => super::cooldown::key(&self.waba_id, r),
-            (None, None) => key(&self.waba_id, self.phone_number_id.as_deref()),
-        }
+        full_key(
+            &self.waba_id,
+            self.phone_number_id.as_deref(),
+            self.template.as_ref(),
+            self.recipient.as_deref(),
+            self.country.as_deref(),
+        )
     }
 
     /// True for a marketing cooldown's record (a hold, not a circuit: never polled,
@@ -336,6 +345,13 @@ impl Circuit {
     /// Its ids are Graph ids (what a record from a store or another replica must hold).
     pub fn has_valid_ids(&self) -> bool {
         let id = crate::graph::GraphId::is_valid;
+        if let Some(code) = &self.country {
+            return id(&self.waba_id)
+                && self.phone_number_id.is_none()
+                && self.template.is_none()
+                && self.recipient.is_none()
+                && super::country::parse_code(code).is_some();
+        }
         if let Some(t) = &self.template {
             return id(&self.waba_id)
                 && self.phone_number_id.is_none()
@@ -345,12 +361,23 @@ impl Circuit {
         if let Some(r) = &self.recipient {
             return id(&self.waba_id)
                 && self.phone_number_id.is_none()
+                && self.country.is_none()
                 && super::cooldown::recipient_is_valid(r);
         }
         match &self.phone_number_id {
             Some(p) => id(p) && (self.waba_id.is_empty() || id(&self.waba_id)),
             None => id(&self.waba_id),
         }
+    }
+
+    /// When anything last happened to the record: its ordering time, or a newer recorded
+    /// event (a note or warning does not move `updated_at`, so a record that only holds
+    /// notes would otherwise look as old as time). What retention counts from.
+    pub fn last_activity(&self) -> DateTime<Utc> {
+        self.history
+            .iter()
+            .map(|t| t.at)
+            .fold(self.updated_at, DateTime::max)
     }
 
     /// True while open.
@@ -367,6 +394,22 @@ impl Circuit {
     /// The newest transition (not a note) into `state`.
     pub fn last_transition_to(&self, state: State) -> Option<&Transition> {
         self.history.iter().rev().find(|t| !t.note && t.to == state)
+    }
+}
+
+/// The key of any circuit (see [`Circuit::key`]).
+pub(crate) fn full_key(
+    waba_id: &str,
+    phone_number_id: Option<&str>,
+    template: Option<&TemplateRef>,
+    recipient: Option<&str>,
+    country: Option<&str>,
+) -> String {
+    match (template, recipient, country) {
+        (Some(t), _, _) => super::template::key(waba_id, t),
+        (None, Some(r), _) => super::cooldown::key(waba_id, r),
+        (None, None, Some(c)) => format!("{}{waba_id}:{c}", super::country::KEY_PREFIX),
+        (None, None, None) => key(waba_id, phone_number_id),
     }
 }
 
@@ -418,5 +461,34 @@ mod tests {
             };
             assert!(!c.has_valid_ids(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn country_circuits_have_their_own_key_and_round_trip() {
+        let c = Circuit {
+            country: Some("49".into()),
+            ..Circuit::new("102290129340398", Utc::now())
+        };
+        assert_eq!(c.key(), "country:102290129340398:49");
+        assert!(c.has_valid_ids());
+        let back: Circuit = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert!(
+            !serde_json::to_string(&Circuit::new("102290129340398", Utc::now()))
+                .unwrap()
+                .contains("country")
+        );
+        for bad in ["", "049", "999", "4 9", "DE"] {
+            let c = Circuit {
+                country: Some(bad.into()),
+                ..Circuit::new("102290129340398", Utc::now())
+            };
+            assert!(!c.has_valid_ids(), "{bad:?}");
+        }
+        let no_waba = Circuit {
+            country: Some("49".into()),
+            ..Circuit::new("", Utc::now())
+        };
+        assert!(!no_waba.has_valid_ids());
     }
 }

@@ -48,6 +48,8 @@ pub struct Change {
     pub phone_number_id: Option<String>,
     /// Set for a template circuit: the circuit of this one template of `waba_id`.
     pub template: Option<super::template::TemplateRef>,
+    /// Set for a country circuit: the circuit of `waba_id`'s sends to this calling code.
+    pub country: Option<String>,
     /// Set for a marketing cooldown: the recipient's digits (see [`Circuit::recipient`]).
     pub recipient: Option<String>,
     /// What the change asks for.
@@ -65,11 +67,13 @@ pub struct Change {
 impl Change {
     /// The key of the circuit it changes (see [`Circuit::key`]).
     pub fn key(&self) -> String {
-        match (&self.template, &self.recipient) {
-            (Some(t), _) => super::template::key(&self.waba_id, t),
-            (None, Some(r)) => super::cooldown::key(&self.waba_id, r),
-            (None, None) => super::model::key(&self.waba_id, self.phone_number_id.as_deref()),
-        }
+        super::model::full_key(
+            &self.waba_id,
+            self.phone_number_id.as_deref(),
+            self.template.as_ref(),
+            self.recipient.as_deref(),
+            self.country.as_deref(),
+        )
     }
 }
 
@@ -105,6 +109,7 @@ pub fn decide(
             fresh = Circuit {
                 phone_number_id: change.phone_number_id.clone(),
                 template: change.template.clone(),
+                country: change.country.clone(),
                 recipient: change.recipient.clone(),
                 ..Circuit::new(&change.waba_id, DateTime::<Utc>::MIN_UTC)
             };
@@ -324,6 +329,7 @@ mod tests {
             waba_id: "1".into(),
             phone_number_id: None,
             template: None,
+            country: None,
             recipient: None,
             action,
             source,

@@ -99,6 +99,8 @@ pub fn is_template(body: &[u8]) -> bool {
 
 /// The open template circuits, by key, with the WABAs that have any and their count: a send
 /// reads this only while a template circuit is open, and then only for a WABA that has one.
+/// Country circuits (`circuit::country`), also keyed under a WABA, have an index of this
+/// kind of their own.
 #[derive(Default)]
 pub struct TemplateIndex {
     open: DashMap<String, Arc<OpenGuard>>,
@@ -124,6 +126,19 @@ impl TemplateIndex {
             return None;
         }
         self.open.get(&key(waba_id, template)).map(|g| f(g.value()))
+    }
+
+    /// Runs `f` on the guard of the circuit keyed `key` under `waba_id`, if it is open.
+    pub fn with_key<R>(
+        &self,
+        waba_id: &str,
+        key: impl FnOnce() -> String,
+        f: impl FnOnce(&OpenGuard) -> R,
+    ) -> Option<R> {
+        if !self.has_open(waba_id) {
+            return None;
+        }
+        self.open.get(&key()).map(|g| f(g.value()))
     }
 
     /// Open template circuits.

@@ -9,7 +9,7 @@ const NONE: &str = "-";
 /// Longest reason in a table row.
 const REASON_WIDTH: usize = 70;
 
-/// The id an operator passes back: the WABA id, `phone:{id}` or the template key.
+/// The id an operator passes back: the WABA id, `phone:{id}`, the template or country key.
 pub fn circuit_id(c: &Value) -> String {
     let waba = c["waba_id"].as_str().unwrap_or_default();
     if let Some(t) = c.get("template").filter(|t| t.is_object()) {
@@ -18,6 +18,9 @@ pub fn circuit_id(c: &Value) -> String {
             t["name"].as_str().unwrap_or_default(),
             t["language"].as_str().unwrap_or_default()
         );
+    }
+    if let Some(code) = c["country"].as_str() {
+        return format!("country:{waba}:{code}");
     }
     match c["phone_number_id"].as_str() {
         Some(p) => format!("phone:{p}"),
@@ -315,6 +318,8 @@ mod tests {
         assert!(lines[2].starts_with("template:2:order_update:en_US"), "{t}");
         assert!(lines[3].starts_with("1 "), "{t}");
         assert_eq!(circuit_table(&json!([])), "no circuits\n");
+        let country = json!({"waba_id": "2", "country": "49", "country_regions": "DE"});
+        assert_eq!(circuit_id(&country), "country:2:49");
     }
 
     #[test]

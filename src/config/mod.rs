@@ -168,6 +168,10 @@ pub struct Config {
     pub fast_path: bool,
     /// Bytes of a non-2xx answer read to judge it, and of a send body read to spot a template.
     pub classify_body_limit: usize,
+    /// How long a country circuit (Meta's 130497 for a recipient's country) holds before
+    /// one send probes again; an operator closes it sooner.
+    #[serde(with = "humantime_serde")]
+    pub country_hold: Duration,
     /// Transitions kept per circuit.
     pub history_limit: usize,
     /// An event dated later than now + this is ordered at that bound (so a wrong or forged
@@ -236,6 +240,7 @@ impl Default for Config {
             pin_workers: PinWorkers::Auto,
             fast_path: true,
             classify_body_limit: 64 * 1024,
+            country_hold: crate::policy::country::DEFAULT_HOLD,
             history_limit: 20,
             max_clock_skew: Duration::from_secs(300),
             max_circuits: 100_000,
@@ -326,6 +331,7 @@ impl Config {
             classify_body_limit: self.classify_body_limit,
             webhook_path: self.webhook.path.clone(),
             request_timeout: self.request_timeout,
+            country_hold: self.country_hold,
             shaping: self.shaping_settings(),
         }
     }
@@ -540,6 +546,27 @@ mod tests {
         );
         cfg.redis_url = Some(Secret::new("redis://127.0.0.1:6379"));
         cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn country_hold_and_trip_codes() {
+        let mut cfg = Config::default();
+        assert_eq!(cfg.country_hold, Duration::from_secs(24 * 3600));
+        cfg.validate().unwrap();
+        let rejects = |c: &Config, key: &str| {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        };
+        cfg.country_hold = Duration::ZERO;
+        rejects(&cfg, "country_hold");
+        cfg.country_hold = Duration::from_secs(31 * 24 * 3600);
+        rejects(&cfg, "country_hold");
+        cfg.country_hold = Duration::from_secs(2);
+        cfg.validate().unwrap();
+        assert_eq!(cfg.policy_settings().country_hold, Duration::from_secs(2));
+        // 130497 never trips the WABA: it opens a country circuit.
+        cfg.trip_codes = vec![368, 130497];
+        rejects(&cfg, "130497");
     }
 
     #[test]

@@ -122,6 +122,20 @@ impl Config {
                 "must list at least one code (default [368, 131031])",
             ));
         }
+        if self
+            .trip_codes
+            .contains(&crate::graph::codes::COUNTRY_RESTRICTED)
+        {
+            return Err(invalid(
+                "trip_codes",
+                "must not list 130497: it opens a circuit of the WABA's sends to the recipient's country (see country_hold), never the whole WABA",
+            ));
+        }
+        if self.country_hold < Duration::from_secs(1)
+            || self.country_hold > Duration::from_secs(30 * 24 * 3600)
+        {
+            return Err(invalid("country_hold", "must be between 1s and 30 days"));
+        }
         if !self.graph_version.starts_with('v') || self.graph_version.contains('/') {
             return Err(invalid("graph_version", "must look like \"v21.0\""));
         }

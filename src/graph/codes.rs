@@ -28,6 +28,9 @@ pub const THROUGHPUT: i64 = 130429;
 pub const SPAM_RATE: i64 = 131048;
 /// The (business number, user) pair rate limit: a pair's sends are held ([`crate::policy::pair`]).
 pub const PAIR_RATE: i64 = 131056;
+/// "Business account is restricted from messaging users in this country": the WABA's sends
+/// to one country fail while its other sends work ([`Action::CountryCircuit`]).
+pub const COUNTRY_RESTRICTED: i64 = 130497;
 /// The user's marketing limit ("not delivered to maintain healthy ecosystem engagement"),
 /// reported by a `messages` webhook status: MARKETING templates to that recipient are held
 /// for `shaping.marketing_cooldown` ([`crate::policy::cooldown`]).
@@ -77,6 +80,8 @@ pub enum Level {
     Phone,
     /// One message template of a WABA.
     Template,
+    /// A WABA's sends to the users of one country.
+    WabaCountry,
     /// One recipient, or one (number, recipient) pair.
     Recipient,
     /// The access token, the app or a permission.
@@ -97,6 +102,8 @@ pub enum Action {
     HoldPhone,
     /// Opens the circuit of the send's template.
     TemplateCircuit,
+    /// Opens the circuit of the WABA's sends to the recipient's country (calling code).
+    CountryCircuit,
     /// Passes the answer back untouched (counted by code).
     Pass,
 }
@@ -136,7 +143,7 @@ pub const CATALOGUE: &[Code] = &[
     row(POLICY_BLOCK, "Temporarily blocked for policies violations", Level::Waba, Action::TripWaba),
     row(80007, "Rate limit issues", Level::Waba, Action::Pass),
     row(130429, "Rate limit hit", Level::Phone, Action::Pass),
-    row(130497, "Business account is restricted from messaging users in this country", Level::Waba, Action::Pass),
+    row(COUNTRY_RESTRICTED, "Business account is restricted from messaging users in this country", Level::WabaCountry, Action::CountryCircuit),
     row(131000, "Something went wrong", Level::Service, Action::Pass),
     row(131026, "Message undeliverable", Level::Recipient, Action::Pass),
     row(ACCOUNT_LOCKED, "Account has been locked", Level::Waba, Action::TripWaba),
@@ -170,6 +177,9 @@ pub fn title(code: i64) -> &'static str {
         ACCOUNT_LOCKED => "(#131031) Account has been locked",
         TEMPLATE_PAUSED => "(#132015) Template is paused",
         TEMPLATE_DISABLED => "(#132016) Template is disabled",
+        COUNTRY_RESTRICTED => {
+            "(#130497) Business account is restricted from messaging users in this country"
+        }
         PAYMENT_ISSUE => "(#131042) Business eligibility payment issue",
         CLASSIFICATION_LIMIT => {
             "(#131064) Messaging limited because of template classification violations"

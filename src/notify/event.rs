@@ -26,6 +26,10 @@ pub struct Event {
     /// Set when the circuit is one phone number's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phone_number_id: Option<String>,
+    /// Set when the circuit is the WABA's sends to one country: its E.164 calling code
+    /// (`"49"`; Meta's 130497).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
     /// The new state: `open` or `closed`.
     pub to: State,
     /// What an open circuit answers locally: `all_sends` or `business_initiated`.
@@ -64,6 +68,7 @@ impl Event {
             id: format!("{}:{}:{}", c.key(), c.version, c.origin),
             waba_id: c.waba_id.clone(),
             phone_number_id: c.phone_number_id.clone(),
+            country: c.country.clone(),
             to: c.state,
             scope: c.scope,
             source: c.source,
@@ -122,10 +127,25 @@ impl Event {
         if let Some(w) = &self.warning {
             return self.warning_text(w);
         }
-        let who = match (&self.phone_number_id, self.waba_id.is_empty()) {
-            (Some(p), true) => format!("phone number {p} (WABA not known yet)"),
-            (Some(p), false) => format!("WABA {} (phone number {p})", self.waba_id),
-            (None, _) => format!("WABA {}", self.waba_id),
+        let who = match (
+            &self.phone_number_id,
+            self.waba_id.is_empty(),
+            &self.country,
+        ) {
+            (Some(p), true, _) => format!("phone number {p} (WABA not known yet)"),
+            (Some(p), false, _) => format!("WABA {} (phone number {p})", self.waba_id),
+            (None, _, Some(code)) => {
+                let regions = crate::circuit::country::parse_code(code)
+                    .map(crate::circuit::country::regions)
+                    .filter(|r| !r.is_empty())
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default();
+                format!(
+                    "WABA {} to country calling code +{code}{regions}",
+                    self.waba_id
+                )
+            }
+            (None, _, None) => format!("WABA {}", self.waba_id),
         };
         let time = |t: Option<DateTime<Utc>>| {
             t.map_or("—".to_string(), |t| {
@@ -329,6 +349,24 @@ mod tests {
         assert_eq!(v["evidence"]["fbtrace_id"], "AbCdEf123");
         assert_eq!(v["id"], "102290129340398:3:gw-a-1");
         assert!(v.get("phone_number_id").is_none());
+    }
+
+    #[test]
+    fn country_circuits_name_the_country() {
+        let mut c = open_circuit();
+        c.country = Some("49".into());
+        c.code = Some(130497);
+        let e = Event::from_circuit(&c);
+        let v: serde_json::Value = serde_json::from_slice(&e.json()).unwrap();
+        assert_eq!(v["country"], "49");
+        assert_eq!(v["id"], "country:102290129340398:49:3:gw-a-1");
+        assert!(e
+            .slack_text()
+            .contains("WABA 102290129340398 to country calling code +49 (DE) is blocked"));
+        assert!(Event::from_circuit(&open_circuit())
+            .json()
+            .windows(9)
+            .all(|w| w != b"\"country\""));
     }
 
     #[test]

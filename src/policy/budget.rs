@@ -192,6 +192,7 @@ pub fn warning(
         phone_number_id: None,
         template: None,
         recipient: None,
+        country: None,
         action: Action::Warn(Warning {
             detail: Some(detail),
             ..Warning::new(WarningKind::MessagingBudget)

@@ -50,6 +50,7 @@ pub fn from_status(
         phone_number_id: None,
         template: None,
         recipient: Some(to.to_string()),
+        country: None,
         action: Action::Open {
             scope: Scope::BusinessInitiated,
             code: Some(MARKETING_LIMIT),
@@ -108,6 +109,7 @@ pub fn plan_category(entry: &Entry, ch: &ChangeItem, now: DateTime<Utc>) -> Opti
             phone_number_id: None,
             template: Some(template.clone()),
             recipient: None,
+            country: None,
             action: Action::Categorize { category, coming },
             source: Source::Webhook,
             at: entry.event_time(ch, now),
@@ -190,6 +192,7 @@ mod tests {
             evidence: json!({"id": "wamid.X", "error": {"code": code}}),
             time: Some(at(0)),
             recipient: recipient.map(str::to_string),
+            country: None,
         }
     }
 
@@ -312,6 +315,7 @@ mod tests {
             phone_number_id: None,
             template: None,
             recipient: Some(to.into()),
+            country: None,
             action: Action::Open {
                 scope: Scope::BusinessInitiated,
                 code: Some(131049),
@@ -333,6 +337,7 @@ mod tests {
                 language: "en_US".into(),
             }),
             recipient: None,
+            country: None,
             action: Action::Categorize {
                 category: Some(category.into()),
                 coming: None,

@@ -8,11 +8,13 @@
 //! | step | call | what is decided |
 //! |---|---|---|
 //! | route + resolve | [`Policy::route`], [`Policy::discover`] | webhook or Graph call; a send or not; the phone number's WABA (the circuit directory); unmapped sends reported to discovery |
+//! | guard | [`exchange::Routed::admit`] → [`Policy::admit`] | forward, read the body first (template sends; the recipient's country while the WABA has a country circuit, [`country`]), or answer locally ([`Reply::open`]) |
+//! | pace | [`exchange::Pacing::pace`] → [`Policy::pair`] ([`pair`]), then [`Policy::pace`] ([`pace`]) | a send to a recipient its phone number holds after Meta's 131056 is answered locally with 131056; then a send over its phone number's pace waits for its slot (then the guard again, [`exchange::Waiting::waited`]) or is answered locally with Meta's 130429 |
 //! | guard | [`exchange::Routed::admit`] → [`Policy::admit`] | forward, read the body first (template sends), or answer locally ([`Reply::open`]) |
 //! | pace | [`exchange::Pacing::pace`] → [`Policy::cooldown`] ([`cooldown`]), [`Policy::pair`] ([`pair`]), then [`Policy::pace`] ([`pace`]) | a MARKETING template to a recipient its WABA holds after Meta's 131049 is answered locally with 131049; a send to a recipient its phone number holds after Meta's 131056 is answered locally with 131056; then a send over its phone number's pace waits for its slot (then the guard again, [`exchange::Waiting::waited`]) or is answered locally with Meta's 130429 |
 //! | permit + guard again | the engine waits for an upstream permit (`upstream::Limiter`), then [`exchange::Guarded::permitted`] | a send queued while a circuit tripped is answered locally |
 //! | forward | engines; request headers filtered by [`hop`], framing by [`framing`] | — |
-//! | classify | [`exchange::Admitted::answered`] → [`Policy::inspect`] (a 2xx ends a pair hold the pair step read, [`Policy::delivered`]), then [`exchange::Reading::judge`] → [`Policy::classify`] ([`Answer`], [`judge`], [`decode`]) | whether to read the body; whether it trips the WABA's, the phone number's or the send template's circuit, and until when |
+//! | classify | [`exchange::Admitted::answered`] → [`Policy::inspect`] (a 2xx ends a pair hold the pair step read, [`Policy::delivered`]), then [`exchange::Reading::judge`] → [`Policy::classify`] ([`Answer`], [`judge`], [`decode`]) | whether to read the body; whether it trips the WABA's, the phone number's, the send template's or the recipient country's circuit, and until when |
 //! | settle | [`exchange::Settle::done`] | wait until a trip is durable ([`Policy::acknowledged`]); record the outcome, once |
 //! | respond | engines render the answer or a [`Reply`] | — |
 //!
@@ -20,6 +22,7 @@
 
 pub mod budget;
 pub mod cooldown;
+pub mod country;
 pub mod decode;
 pub mod exchange;
 pub mod framing;
@@ -85,6 +88,8 @@ pub struct Settings {
     pub webhook_path: String,
     /// `request_timeout`: from forwarding to the answer's head, and to an error body's end.
     pub request_timeout: Duration,
+    /// `country_hold`: how long a country circuit (130497) holds before one send probes.
+    pub country_hold: Duration,
     /// `[shaping]`: the pace per phone number.
     pub shaping: pace::Settings,
 }
@@ -97,6 +102,7 @@ impl Default for Settings {
             classify_body_limit: 64 * 1024,
             webhook_path: "/webhook".into(),
             request_timeout: Duration::from_secs(30),
+            country_hold: country::DEFAULT_HOLD,
             shaping: pace::Settings::default(),
         }
     }
@@ -311,6 +317,7 @@ pub struct Policy {
     mode: Mode,
     trip_codes: Vec<i64>,
     classify_limit: usize,
+    country_hold: Duration,
     webhook_path: String,
     request_timeout: Duration,
     /// A late acknowledgement was logged and none has been on time since.
@@ -354,6 +361,7 @@ impl Policy {
             mode: settings.mode,
             trip_codes: settings.trip_codes,
             classify_limit: settings.classify_body_limit,
+            country_hold: settings.country_hold,
             webhook_path: settings.webhook_path,
             request_timeout: settings.request_timeout,
             ack_late_logged: AtomicBool::new(false),
@@ -632,8 +640,10 @@ impl Policy {
     /// the circuit's scope: every send for `all_sends`, template sends for
     /// `business_initiated`, non-template sends for `customer_initiated` (the partial
     /// scopes need the body; one over `classify_body_limit` is forwarded — too large to
-    /// judge, Meta decides). Reads and other calls always pass, and
-    /// so does everything in observe mode. `local` turns the reply into what the engine
+    /// judge, Meta decides). A send to a recipient whose country the WABA's country
+    /// circuit holds (Meta's 130497) is answered locally too: the body is read for its
+    /// `to` only while that WABA has a country circuit open. Reads and other calls always
+    /// pass, and so does everything in observe mode. `local` turns the reply into what the engine
     /// sends, while the circuit is read-locked: keep it short.
     pub fn admit<R>(
         &self,
@@ -671,7 +681,7 @@ impl Policy {
             }
         };
         // The WABA's circuit first, then the template's (paused or disabled by Meta), then
-        // the phone number's own (a phone number of unknown WABA that tripped, or one
+        // the recipient country's, then the phone number's own (a phone number of unknown WABA that tripped, or one
         // blocked on its own).
         if let Some(a) = call.account {
             match self.table.with_guard(&a.waba, &mut judge) {
@@ -687,6 +697,26 @@ impl Policy {
                     Body::Read(b) => {
                         if let Some(t) = crate::circuit::template::of_send(b) {
                             match self.table.with_template_guard(&a.waba, &t, &mut judge) {
+                                Some(Admit::Forward) | None => {}
+                                Some(decided) => return decided,
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The WABA's sends to one country (Meta's 130497): the recipient decides, read
+        // from the body only while the WABA has such a circuit open.
+        if let Some(a) = call.account {
+            if self.table.has_open_countries(&a.waba) {
+                match body {
+                    // Too large to read: forwarded (Meta decides).
+                    Body::Unread(Some(n)) if n > limit as u64 => {}
+                    Body::Unread(_) => return Admit::Inspect { limit },
+                    Body::Read(b) if b.len() > limit => {}
+                    Body::Read(b) => {
+                        if let Some(code) = country::of_send(b) {
+                            match self.table.with_country_guard(&a.waba, code, &mut judge) {
                                 Some(Admit::Forward) | None => {}
                                 Some(decided) => return decided,
                             }
@@ -743,9 +773,10 @@ impl Policy {
     pub fn classify(&self, call: Call, answer: Answer<'_>) -> Option<u64> {
         let status = answer.status;
         let request = answer.request;
-        let mut j = judge(
+        let mut j = judge_with(
             &self.trip_codes,
             self.classify_limit,
+            self.country_hold,
             call,
             answer,
             Utc::now(),
@@ -775,8 +806,18 @@ impl Policy {
         let phone_circuit = change.phone_number_id.is_some();
         let waba = change.waba_id.clone();
         let template = change.template.clone();
+        let country = change
+            .country
+            .as_deref()
+            .and_then(crate::circuit::country::parse_code);
         self.table.apply(change);
         let durable = self.table.durable_seq();
+        if let Some(code) = country {
+            return self
+                .table
+                .with_country_guard(&waba, code, |g| g.seq)
+                .filter(|seq| *seq > durable);
+        }
         let seq = match (template, phone_circuit, call.phone) {
             (Some(t), _, _) => self.table.with_template_guard(&waba, &t, |g| g.seq),
             (None, true, Some(p)) => self.table.with_phone_guard(&p, |g| g.seq),
@@ -868,6 +909,20 @@ pub fn judge(
     answer: Answer<'_>,
     now: DateTime<Utc>,
 ) -> Judgement {
+    judge_with(trip_codes, cap, country::DEFAULT_HOLD, call, answer, now)
+}
+
+/// [`judge`] with the hold of a country circuit (`country_hold`): a send answered 130497
+/// opens the circuit of its WABA's sends to the recipient's country
+/// ([`country::from_answer`]), never the WABA's, whatever `trip_codes` says.
+pub fn judge_with(
+    trip_codes: &[i64],
+    cap: usize,
+    country_hold: Duration,
+    call: Call,
+    answer: Answer<'_>,
+    now: DateTime<Utc>,
+) -> Judgement {
     let Answer {
         status,
         content_encoding,
@@ -905,6 +960,12 @@ pub fn judge(
         j.change = template::from_answer(call, cap, answer, err, now);
         return j;
     }
+    // A country restriction is about the recipient's country: the WABA's sends to other
+    // countries still work.
+    if err.code == crate::graph::codes::COUNTRY_RESTRICTED {
+        j.change = country::from_answer(call, cap, answer, err, country_hold, now);
+        return j;
+    }
     if !trip_codes.contains(&err.code) {
         if PHONE_CODES.contains(&err.code) {
             let retry = answer.retry_after.and_then(|v| retry_after(v, now));
@@ -928,6 +989,7 @@ pub fn judge(
         waba_id,
         phone_number_id,
         template: None,
+        country: None,
         recipient: None,
         action: Action::Open {
             scope: Scope::AllSends,
@@ -976,6 +1038,7 @@ fn phone_level(
         waba_id: call.account.map(|a| a.waba.to_string()).unwrap_or_default(),
         phone_number_id: Some(phone.to_string()),
         template: None,
+        country: None,
         recipient: None,
         action: Action::Open {
             scope: Scope::AllSends,

@@ -146,6 +146,7 @@ pub fn plan(
             waba_id: waba_id.clone(),
             phone_number_id: None,
             template: None,
+            country: None,
             recipient: None,
             action,
             source: Source::Webhook,
@@ -303,6 +304,9 @@ pub struct AsyncError {
     pub evidence: serde_json::Value,
     /// `statuses[].timestamp`, when readable.
     pub time: Option<DateTime<Utc>>,
+    /// The country calling code of the status's `recipient_id`, when it has one (the
+    /// recipient itself is not kept): what a 130497 is about.
+    pub country: Option<u16>,
     /// `statuses[].recipient_id` (a status's error only): who the failed message was for.
     /// Not evidence: only a marketing cooldown's key uses it.
     pub recipient: Option<String>,
@@ -343,6 +347,10 @@ pub fn message_errors(ch: &ChangeItem) -> Vec<AsyncError> {
                 time: st
                     .get("timestamp")
                     .and_then(crate::graph::webhook::unix_time),
+                country: st
+                    .get("recipient_id")
+                    .and_then(Value::as_str)
+                    .and_then(crate::circuit::country::of_number),
                 recipient: st
                     .get("recipient_id")
                     .and_then(Value::as_str)
@@ -363,6 +371,7 @@ pub fn message_errors(ch: &ChangeItem) -> Vec<AsyncError> {
             site: "value",
             evidence: e.clone(),
             time: None,
+            country: None,
             recipient: None,
         });
     }
@@ -434,6 +443,7 @@ pub fn plan_message_errors(
             waba_id: entry.id.clone(),
             phone_number_id: None,
             template: None,
+            country: None,
             recipient: None,
             action,
             source: Source::Webhook,
@@ -887,6 +897,7 @@ mod tests {
             site,
             evidence: json!({"error": {"code": code}}),
             time: None,
+            country: None,
             recipient: None,
         };
         let trips = [368, 131031];

@@ -260,6 +260,7 @@ fn local_reply_carries_the_opening_code() {
         waba_id: WABA.into(),
         phone_number_id: None,
         template: None,
+        country: None,
         recipient: None,
         action: Action::Open {
             scope: Scope::AllSends,
@@ -776,8 +777,10 @@ fn readme_code_table_covers_every_code_acted_on() {
         .iter()
         .chain(&defaults)
         .chain(TEMPLATE_CODES)
-        .chain(&[POLICY_BLOCK, ACCOUNT_LOCKED])
         .chain(&[
+            POLICY_BLOCK,
+            ACCOUNT_LOCKED,
+            crate::graph::codes::COUNTRY_RESTRICTED,
             crate::graph::codes::SPAM_RATE,
             crate::graph::codes::PAIR_RATE,
             crate::graph::codes::THROUGHPUT,
@@ -788,4 +791,93 @@ fn readme_code_table_covers_every_code_acted_on() {
             "code {code} is missing from the README's error-code table"
         );
     }
+}
+
+/// A send answered 130497 opens the circuit of its WABA's sends to the recipient's country
+/// calling code for `country_hold` — never the WABA's, even with 130497 in `trip_codes` —
+/// and only sends to that country are answered locally (read from the body, which is asked
+/// for only while the WABA has a country circuit). An unmapped phone number, an unheld or
+/// oversized body, or a `to` with no country opens nothing.
+#[test]
+fn country_code_opens_the_recipients_country() {
+    let p = policy(Mode::Enforce, 1024);
+    let now = Utc::now();
+    let send = call(&p, Method::POST, &format!("/v21.0/{PHONE}/messages"));
+    let unmapped = call(&p, Method::POST, &format!("/v21.0/{OTHER}/messages"));
+    let de: &[u8] = br#"{"messaging_product":"whatsapp","to":"+49 151 2345 6789","type":"text","text":{"body":"hi"}}"#;
+    let de2: &[u8] = br#"{"to":"4915123456789","type":"template","template":{"name":"t"}}"#;
+    let uk: &[u8] = br#"{"to":"+44 7700 900123","type":"text"}"#;
+    let national: &[u8] = br#"{"to":"0151 2345 6789","type":"text"}"#;
+    let body = r#"{"error":{"code":130497,"message":"Business account is restricted from messaging users in this country","fbtrace_id":"CtY"}}"#;
+    let hold = Duration::from_secs(7200);
+    for trips in [vec![368, 131031], vec![368, 131031, 130497]] {
+        let a = Answer {
+            request: Some(de),
+            ..Answer::new(403, body.as_bytes())
+        };
+        let j = judge_with(&trips, 1024, hold, send, a, now);
+        assert_eq!(j.code, Some(130497));
+        let ch = j.change.expect("a country circuit");
+        assert_eq!(ch.key(), format!("country:{WABA}:49"));
+        assert_eq!((ch.phone_number_id, ch.template), (None, None));
+        assert_eq!(
+            ch.action,
+            Action::Open {
+                scope: Scope::AllSends,
+                code: Some(130497),
+                until: Some(now + chrono::Duration::seconds(7200)),
+            }
+        );
+        assert!(
+            !format!("{:?}", ch.evidence).contains("2345"),
+            "no recipient"
+        );
+    }
+    for (c, request, cap) in [
+        (unmapped, Some(de), 1024),
+        (send, None, 1024),
+        (send, Some(de), de.len() - 1),
+        (send, Some(national), 1024),
+    ] {
+        let a = Answer {
+            request,
+            ..Answer::new(403, body.as_bytes())
+        };
+        let j = judge_with(&p.trip_codes, cap, hold, c, a, now);
+        assert_eq!((j.code, j.change), (Some(130497), None));
+    }
+    // Nothing held: no body is asked for.
+    assert_eq!(decide(&p, send, Body::Unread(Some(100))), "forward");
+    let a = Answer {
+        request: Some(de),
+        ..Answer::new(403, body.as_bytes())
+    };
+    assert!(p.classify(send, a).is_some(), "waits for durability");
+    assert_eq!(decide(&p, send, Body::Unread(Some(100))), "inspect");
+    assert_eq!(decide(&p, send, Body::Unread(Some(4096))), "forward");
+    assert_eq!(decide(&p, send, Body::Read(de)), "local");
+    assert_eq!(decide(&p, send, Body::Read(de2)), "local");
+    assert_eq!(decide(&p, send, Body::Read(uk)), "forward");
+    assert_eq!(decide(&p, send, Body::Read(national)), "forward");
+    assert_eq!(decide(&p, send, Body::Read(TEXT)), "forward");
+    assert_eq!(decide(&p, unmapped, Body::Read(de)), "forward");
+    assert!(p.table().get(WABA).is_none_or(|c| !c.is_open()));
+    let local = p.admit(send, Body::Read(de), |r| {
+        String::from_utf8_lossy(r.body()).into_owned()
+    });
+    let Admit::Local { answer, .. } = local else {
+        panic!("local")
+    };
+    assert!(
+        answer.contains("130497") && answer.contains("+49 (DE)"),
+        "{answer}"
+    );
+    // Observe mode forwards.
+    let o = policy(Mode::Observe, 1024);
+    let a = Answer {
+        request: Some(de),
+        ..Answer::new(403, body.as_bytes())
+    };
+    o.classify(send, a);
+    assert_eq!(decide(&o, send, Body::Read(de)), "forward");
 }

@@ -107,6 +107,7 @@ pub fn plan_capability(
             phone_number_id: None,
             template: None,
             recipient: None,
+            country: None,
             action,
             source: Source::Webhook,
             at: entry.event_time(ch, now),
@@ -140,6 +141,7 @@ pub fn spam_rate(
         phone_number_id: waba_id.is_empty().then(|| phone.to_string()),
         template: None,
         recipient: None,
+        country: None,
         action: Action::Warn(Warning {
             phone_number_id: Some(phone.to_string()),
             detail: Some(format!("pace halved for {mins} min")),

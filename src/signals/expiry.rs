@@ -52,6 +52,7 @@ pub async fn expire_at(
         cur.source != Source::Admin
             && cur.phone_number_id.is_none()
             && cur.template.is_none()
+            && cur.country.is_none()
             && !cur.is_cooldown()
     });
     let until_s = until.to_rfc3339_opts(SecondsFormat::Secs, true);
@@ -84,6 +85,7 @@ pub async fn expire_at(
         waba_id: cur.waba_id.clone(),
         phone_number_id: cur.phone_number_id.clone(),
         template: cur.template.clone(),
+        country: cur.country.clone(),
         recipient: cur.recipient.clone(),
         action: Action::Expire { until },
         source: Source::Expiry,
@@ -125,6 +127,7 @@ mod tests {
             waba_id: "1".into(),
             phone_number_id: None,
             template: None,
+            country: None,
             recipient: None,
             action: Action::Open {
                 scope: Scope::AllSends,

@@ -229,6 +229,7 @@ pub fn record(table: &Table, key: &str, verdict: &Verdict, raw: Value) -> bool {
         waba_id: cur.waba_id.clone(),
         phone_number_id: cur.phone_number_id.clone(),
         template: None,
+        country: None,
         recipient: None,
         action,
         source,
@@ -291,9 +292,10 @@ pub fn next_delay(h: &HealthConfig, failures: u32) -> Duration {
     jittered(base, h.jitter)
 }
 
-/// True while `c` is polled: open, and not held open by an operator.
+/// True while `c` is polled: open, and not held open by an operator (nor a template's or a
+/// country's circuit: Health Status reports neither).
 fn pollable(c: &Circuit) -> bool {
-    c.is_open() && c.source != Source::Admin && c.template.is_none()
+    c.is_open() && c.source != Source::Admin && c.template.is_none() && c.country.is_none()
 }
 
 /// The per-circuit poll loop (`key`: a WABA id or `phone:{id}`); ends when the circuit is
@@ -452,6 +454,7 @@ mod tests {
             waba_id: WABA.into(),
             phone_number_id: None,
             template: None,
+            country: None,
             recipient: None,
             action: Action::Open {
                 scope: Scope::AllSends,

@@ -134,8 +134,14 @@ impl Watchers {
             // An operator's open stands until an operator (or its `until`) ends it.
             // A template's circuit is Meta's template state, not the WABA's health: closed by
             // its webhook, its known end or an operator.
+            // A country's circuit likewise: Health Status does not report countries.
             // A marketing cooldown is a hold with a known end: its timer closes it.
-            Some(_) if c.source == Source::Admin || c.template.is_some() || c.is_cooldown() => {
+            Some(_)
+                if c.source == Source::Admin
+                    || c.template.is_some()
+                    || c.country.is_some()
+                    || c.is_cooldown() =>
+            {
                 self.stop_polling(id);
             }
             Some(checker) if self.polls.get(id).is_none_or(|t| t.0.is_finished()) => {

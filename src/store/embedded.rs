@@ -312,6 +312,9 @@ impl Durable {
 }
 
 /// A change the writer receives.
+// Moved once into `take` and consumed there, never stored: boxing would only add an
+// allocation per change.
+#[allow(clippy::large_enum_variant)]
 enum Change {
     Circuit(Notice),
     Mapping(MappingNotice),

@@ -204,7 +204,7 @@ pub fn worth_restoring(c: &Circuit, now: DateTime<Utc>, closed_ttl: Duration) ->
         (State::Closed, _) if c.category.is_some() => return true,
         (State::Closed, _) if c.is_cooldown() => return false,
         (State::Open, Some(until)) => add(until, UNTIL_GRACE),
-        (State::Closed, _) => add(c.updated_at, closed_ttl),
+        (State::Closed, _) => add(c.last_activity(), closed_ttl),
     };
     end.is_some_and(|end| end > now)
 }

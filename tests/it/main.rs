@@ -15,6 +15,7 @@ mod bounds;
 mod classify;
 mod cli;
 mod console;
+mod country;
 mod discovery;
 mod durability;
 mod edges;

@@ -14,7 +14,7 @@
   const MAX_ROWS = 500;        // rows rendered per table; the filter narrows the rest
   const PAGE = 1000;           // circuits per GET /admin/circuits page (the API pages by default)
   const CLOSED_PAGES = 2;      // closed circuits loaded: the newest pages by id, open ones all
-  const ID_RE = /^(?:phone:\d{1,32}|template:\d{1,32}:[a-z0-9_]{1,512}:[A-Za-z0-9_-]{1,16}|\d{1,32})$/;
+  const ID_RE = /^(?:phone:\d{1,32}|template:\d{1,32}:[a-z0-9_]{1,512}:[A-Za-z0-9_-]{1,16}|country:\d{1,32}:[1-9]\d{0,2}|\d{1,32})$/;
 
   const $ = (id) => document.getElementById(id);
 
@@ -135,12 +135,14 @@
 
   function keyOf(c) {
     if (c.template) return 'template:' + c.waba_id + ':' + c.template.name + ':' + c.template.language;
+    if (c.country) return 'country:' + c.waba_id + ':' + c.country;
     if (c.phone_number_id) return 'phone:' + c.phone_number_id;
     return c.waba_id;
   }
 
   function levelOf(c) {
     if (c.template) return 'template';
+    if (c.country) return 'country';
     if (c.phone_number_id) return 'phone';
     return 'waba';
   }
@@ -187,6 +189,10 @@
       return [el('div', { class: 'main', text: c.template.name + ' (' + c.template.language + ')' }),
         el('div', { class: 'sub' }, el('span', { class: 'badge level', text: 'template' }), ' of WABA ', c.waba_id)];
     }
+    if (lvl === 'country') {
+      return [el('div', { class: 'main', text: '+' + c.country + (c.country_regions ? ' (' + c.country_regions + ')' : '') }),
+        el('div', { class: 'sub' }, el('span', { class: 'badge level', text: 'country' }), ' sends of WABA ', c.waba_id)];
+    }
     if (lvl === 'phone') {
       return [el('div', { class: 'main', text: c.phone_number_id }),
         el('div', { class: 'sub' }, el('span', { class: 'badge level', text: 'phone number' }), ' ', c.waba_id ? 'of WABA ' + c.waba_id : 'WABA not known yet')];
@@ -219,7 +225,7 @@
     const q = $('f-text').value.trim().toLowerCase();
     if (!q) return true;
     const ev = lastEvidence(c);
-    const hay = [keyOf(c), c.waba_id, c.phone_number_id, c.reason, c.template && c.template.name,
+    const hay = [keyOf(c), c.waba_id, c.phone_number_id, c.reason, c.template && c.template.name, c.country_regions,
       ev && ev.evidence && ev.evidence.fbtrace_id, ev && ev.reason]
       .concat(st.accounts.filter((a) => a.waba_id === c.waba_id).map((a) => a.phone_number_id))
       .filter(Boolean).join(' ').toLowerCase();
@@ -230,10 +236,10 @@
     const all = Array.from(st.circuits.values());
     const open = all.filter((c) => c.state === 'open');
     $('open-count').textContent = String(open.length);
-    const by = { waba: 0, phone: 0, template: 0 };
+    const by = { waba: 0, phone: 0, template: 0, country: 0 };
     for (const c of open) by[levelOf(c)]++;
     $('open-detail').textContent = open.length
-      ? by.waba + ' WABA · ' + by.phone + ' phone · ' + by.template + ' template'
+      ? by.waba + ' WABA · ' + by.phone + ' phone · ' + by.template + ' template' + (by.country ? ' · ' + by.country + ' country' : '')
       : 'all sends flow';
     $('tile-open').classList.toggle('alert', open.length > 0);
     const live = st.accounts.filter((a) => a.waba_id);

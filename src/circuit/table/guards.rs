@@ -1,5 +1,5 @@
 //! The hot path's view of the table: the open circuits' guards, by WABA, by phone number
-//! and by template, each map with its own count so a send reads a map only while something
+//! by template and by country, each map with its own count so a send reads a map only while something
 //! of its kind is open. Updated under the circuit's entry by the table ([`super::Table`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +26,8 @@ pub(super) struct Guards {
     phones_len: AtomicUsize,
     /// Open template circuits.
     templates: TemplateIndex,
+    /// Open country circuits (the same kind of index: keyed under a WABA).
+    countries: TemplateIndex,
     /// Open marketing cooldowns and template categories.
     pub(super) cooldowns: CooldownIndex,
 }
@@ -73,8 +75,23 @@ impl Guards {
         self.templates.with_guard(waba_id, template, f)
     }
 
+    #[inline]
+    pub(super) fn has_countries(&self, waba_id: &str) -> bool {
+        self.countries.has_open(waba_id)
+    }
+
+    pub(super) fn with_country<R>(
+        &self,
+        waba_id: &str,
+        code: u16,
+        f: impl FnOnce(&OpenGuard) -> R,
+    ) -> Option<R> {
+        self.countries
+            .with_key(waba_id, || crate::circuit::country::key(waba_id, code), f)
+    }
+
     pub(super) fn count(&self) -> usize {
-        self.open.len() + self.phones.len() + self.templates.len()
+        self.open.len() + self.phones.len() + self.templates.len() + self.countries.len()
     }
 
     /// Forgets a record dropped from the table (a closed one, or an evicted cooldown).
@@ -93,6 +110,9 @@ impl Guards {
         if c.template.is_some() {
             self.cooldowns.sync_category(key, c);
             return self.templates.sync(key, c, seq);
+        }
+        if c.country.is_some() {
+            return self.countries.sync(key, c, seq);
         }
         if c.is_cooldown() {
             // A hold, not a circuit: no open gauge of its own.

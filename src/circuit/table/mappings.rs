@@ -103,6 +103,7 @@ impl Table {
             waba_id: waba.to_string(),
             phone_number_id: None,
             template: None,
+            country: None,
             recipient: None,
             action: Action::Open {
                 scope: pc.scope,
@@ -118,6 +119,7 @@ impl Table {
             waba_id: String::new(),
             phone_number_id: Some(phone.to_string()),
             template: None,
+            country: None,
             recipient: None,
             action: Action::Close,
             source: pc.source,

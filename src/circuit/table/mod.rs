@@ -113,7 +113,7 @@ impl Default for Limits {
     }
 }
 
-/// Every circuit: WABAs', phone numbers' and templates'.
+/// Every circuit: WABAs', phone numbers', templates' and countries'.
 pub struct Table {
     circuits: DashMap<Arc<str>, Circuit>,
     /// What the hot path reads.
@@ -261,6 +261,24 @@ impl Table {
         f: impl FnOnce(&OpenGuard) -> R,
     ) -> Option<R> {
         self.guards.with_template(waba_id, template, f)
+    }
+
+    /// Hot path: true when the WABA has an open country circuit (the send's recipient then
+    /// decides). One load when none is open anywhere.
+    #[inline]
+    pub fn has_open_countries(&self, waba_id: &str) -> bool {
+        self.guards.has_countries(waba_id)
+    }
+
+    /// Hot path: runs `f` on the open guard of a WABA's sends to calling code `code`, if
+    /// that country circuit is open.
+    pub fn with_country_guard<R>(
+        &self,
+        waba_id: &str,
+        code: u16,
+        f: impl FnOnce(&OpenGuard) -> R,
+    ) -> Option<R> {
+        self.guards.with_country(waba_id, code, f)
     }
 
     /// Hot path: the open marketing cooldowns and the templates' categories.
@@ -586,7 +604,12 @@ impl Table {
             .filter(|c| !c.is_open())
             .map(|c| {
                 let key = c.key().clone();
-                (c.updated_at, key, c.category.is_some(), c.is_cooldown())
+                (
+                    c.last_activity(),
+                    key,
+                    c.category.is_some(),
+                    c.is_cooldown(),
+                )
             })
             .collect();
         closed.sort();
@@ -605,7 +628,7 @@ impl Table {
             // Removed only if still closed and unchanged since the scan.
             let gone = self
                 .circuits
-                .remove_if(&key, |_, c| !c.is_open() && c.updated_at == at);
+                .remove_if(&key, |_, c| !c.is_open() && c.last_activity() == at);
             if let Some((_, c)) = gone {
                 dropped += 1;
                 let seq = self.next_seq();
@@ -690,5 +713,50 @@ mod tests {
             .apply(unknown_phone("900000000000003", open_action))
             .is_some());
         assert_eq!(t.unknown_open_count(), 2);
+    }
+}
+
+#[cfg(test)]
+mod retention {
+    use super::{Action, Change, Directory, Limits, Table};
+    use crate::circuit::testing::open;
+    use crate::circuit::{Scope, Source, Warning, WarningKind};
+    use chrono::Utc;
+
+    const WABA: &str = "102290129340398";
+
+    /// A record that only holds notes or warnings (its circuit never opened) is kept as long
+    /// as a closed record is, counted from its newest entry — not dropped at the next prune
+    /// because its ordering time never moved.
+    #[test]
+    fn a_record_of_notes_lives_as_long_as_a_closed_one() {
+        let phones = ["106540352242922".to_string()];
+        let t = Table::with_limits(
+            "t",
+            5,
+            Limits::default(),
+            Directory::new([(WABA, &phones[..])], 100),
+        );
+        let now = Utc::now();
+        for (i, action) in [
+            Action::Note,
+            Action::Warn(Warning::new(WarningKind::AccountViolation)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            t.apply(Change {
+                action,
+                at: now,
+                reason: format!("event {i}"),
+                ..open(WABA, Scope::AllSends, None, Source::Webhook)
+            });
+            assert_eq!(t.prune(now + chrono::Duration::seconds(60)), 0);
+            assert_eq!(t.get(WABA).map(|c| c.history.len()), Some(i + 1), "kept");
+        }
+        assert_eq!(t.warnings(Some(WABA)).len(), 1);
+        // Past closed_ttl (7 days) after its newest entry, it goes.
+        assert_eq!(t.prune(now + chrono::Duration::days(8)), 1);
+        assert!(t.get(WABA).is_none());
     }
 }

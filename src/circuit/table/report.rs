@@ -77,7 +77,8 @@ impl Series {
     /// The open gauge of `c` after its open state in the hot path's view changed to `open`:
     /// `wa_breaker_circuit_open{waba_id}` for a WABA's circuit,
     /// `wa_breaker_phone_circuit_open{phone_number_id}` for a phone number's,
-    /// `wa_breaker_template_circuit_open{waba_id,template,language}` for a template's — or
+    /// `wa_breaker_template_circuit_open{waba_id,template,language}` for a template's,
+    /// `wa_breaker_country_circuit_open{waba_id,country}` for a country's — or
     /// the `other` series, which counts the open ones without a series of their own.
     pub(super) fn open_gauge(&self, key: &Arc<str>, c: &Circuit, open: bool) {
         let own = self.own(key, c);
@@ -97,6 +98,12 @@ impl Series {
                 [OTHER; 3]
             };
             set(METRICS.template_circuit_open.with_label_values(&labels));
+            return;
+        }
+        if let Some(code) = &c.country {
+            set(METRICS
+                .country_circuit_open
+                .with_label_values(&[c.waba_id.as_str(), code]));
             return;
         }
         match &c.phone_number_id {
@@ -143,6 +150,11 @@ impl Series {
                 &t.name,
                 &t.language,
             ]);
+        }
+        if let Some(code) = &c.country {
+            let _ = METRICS
+                .country_circuit_open
+                .remove_label_values(&[c.waba_id.as_str(), code]);
         }
         match &c.phone_number_id {
             Some(p) => {
@@ -257,6 +269,7 @@ fn log_transition(c: &Circuit, was_open: bool) {
         waba_id,
         phone_number_id = c.phone_number_id.as_deref().map(display),
         template,
+        country = c.country.as_deref().map(display),
         from = %if was_open { "open" } else { "closed" },
         to = %c.state.as_str(),
         source = %c.source.as_str(),

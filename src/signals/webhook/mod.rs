@@ -38,6 +38,7 @@ use crate::graph::health::Verdict;
 use crate::graph::webhook as payload;
 use crate::metrics::METRICS;
 use crate::policy::cooldown::{self, plan_category, FIELD_TEMPLATE_CATEGORY};
+use crate::policy::country::plan_status_errors;
 use crate::policy::plan::{
     known_only, message_errors, plan, plan_message_errors, FIELD_MESSAGES, WEBHOOK_CODE,
 };
@@ -61,6 +62,8 @@ pub struct Webhook {
     violation_opens: bool,
     /// Codes that open a WABA when a `messages` webhook reports them (`trip_codes`).
     trip_codes: Vec<i64>,
+    /// How long a country circuit opened by a failed status (130497) holds (`country_hold`).
+    country_hold: std::time::Duration,
     table: Arc<Table>,
     health: Option<Arc<HealthChecker>>,
     warned_unconfigured: AtomicBool,
@@ -107,6 +110,7 @@ impl Webhook {
             max_body: w.max_body,
             violation_opens: w.violation_opens,
             trip_codes: cfg.trip_codes.clone(),
+            country_hold: cfg.country_hold,
             table,
             health,
             warned_unconfigured: AtomicBool::new(false),
@@ -364,7 +368,15 @@ impl Webhook {
             METRICS.webhook_error(e.code, e.site);
         }
         tracing::debug!(waba_id = %entry.id, errors = errors.len(), "messages webhook reports errors");
+        // 130497 in a failed status: the circuit of the WABA's sends to that recipient's
+        // country (never the WABA's).
         let mut last = None;
+        for step in plan_status_errors(entry, ch, &errors, self.country_hold, now) {
+            if let Some((_, seq)) = self.table.apply(step.change) {
+                METRICS.webhooks.with_label_values(&["applied"]).inc();
+                last = Some(last.map_or(seq, |l: u64| l.max(seq)));
+            }
+        }
         // 131049 for a recipient: their marketing cooldown (see `policy::cooldown`).
         if let Some(hold) = self.marketing_cooldown {
             let at = entry.event_time(ch, now);
@@ -377,7 +389,7 @@ impl Webhook {
                     if c.is_open() {
                         tracing::info!(waba_id = %entry.id, until = ?c.until, "Meta reported 131049 (the user's marketing limit): MARKETING templates to this recipient are held (marketing_cooldown)");
                     }
-                    last = Some(seq);
+                    last = Some(last.map_or(seq, |l: u64| l.max(seq)));
                 }
             }
         }
@@ -388,7 +400,7 @@ impl Webhook {
             return last;
         };
         METRICS.webhooks.with_label_values(&["applied"]).inc();
-        Some(seq)
+        Some(last.map_or(seq, |l: u64| l.max(seq)))
     }
 }
 
