@@ -30,6 +30,14 @@ impl State {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
+    /// Only sends of templates whose category is `MARKETING` (an operator's opt-in hold
+    /// while a warning stands, see `[warnings]`). A template of unknown category is not
+    /// in it.
+    MarketingTemplates,
+    /// Only sends of templates whose category is `UTILITY` (`RESTRICTED_UTILITY_TEMPLATES`,
+    /// `RESTRICTED_DIRECT_SEND_UTILITY_TEMPLATES`). A template of unknown category is not
+    /// in it.
+    UtilityTemplates,
     /// Only template sends (business-initiated conversations).
     BusinessInitiated,
     /// Only non-template sends: replies inside the customer-service window
@@ -44,6 +52,8 @@ impl Scope {
     /// As the configuration, the JSON and the logs spell it.
     pub fn as_str(self) -> &'static str {
         match self {
+            Scope::MarketingTemplates => "marketing_templates",
+            Scope::UtilityTemplates => "utility_templates",
             Scope::BusinessInitiated => "business_initiated",
             Scope::CustomerInitiated => "customer_initiated",
             Scope::AllSends => "all_sends",

@@ -19,7 +19,7 @@ mod validate;
 pub use secret::{mask_url, Secret};
 pub use sections::{
     Account, DiscoveryConfig, HealthConfig, MessagingLimitConfig, NotifyConfig, NotifyKind,
-    NotifyOn, ShapingConfig, WebhookConfig,
+    NotifyOn, ShapingConfig, WarningsConfig, WebhookConfig,
 };
 
 /// Prefix of every environment override.
@@ -194,6 +194,8 @@ pub struct Config {
     pub shaping: ShapingConfig,
     /// `[messaging_limit]`: the messaging-limit budget (observe).
     pub messaging_limit: MessagingLimitConfig,
+    /// `[warnings]`: the opt-in hold of MARKETING templates while a warning stands.
+    pub warnings: WarningsConfig,
     /// `[[accounts]]`: phone-number ids by WABA.
     pub accounts: Vec<Account>,
     /// `[[notify]]`: where circuit transitions are announced (Slack, signed JSON webhooks).
@@ -250,6 +252,7 @@ impl Default for Config {
             discovery: DiscoveryConfig::default(),
             shaping: ShapingConfig::default(),
             messaging_limit: MessagingLimitConfig::default(),
+            warnings: WarningsConfig::default(),
             accounts: Vec::new(),
             notify: Vec::new(),
         }

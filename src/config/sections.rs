@@ -193,6 +193,28 @@ impl Default for MessagingLimitConfig {
     }
 }
 
+/// `[warnings]`: what a warning does besides being recorded and announced (nothing, by
+/// default).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarningsConfig {
+    /// Warning kinds that hold the WABA's MARKETING template sends while they stand
+    /// (opt-in; empty: warnings block nothing).
+    pub hold_marketing: Vec<crate::circuit::WarningKind>,
+    /// How long a warning stands for that hold.
+    #[serde(with = "humantime_serde")]
+    pub hold_for: Duration,
+}
+
+impl Default for WarningsConfig {
+    fn default() -> Self {
+        WarningsConfig {
+            hold_marketing: Vec::new(),
+            hold_for: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
 /// Most messages/s a phone number may be given (Meta's highest level is 1 000).
 pub const MAX_THROUGHPUT: u32 = 100_000;
 

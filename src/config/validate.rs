@@ -305,6 +305,25 @@ impl Config {
                 "must be more than 0s and at most 15m",
             ));
         }
+        let w = &self.warnings;
+        if w.hold_marketing
+            .contains(&crate::circuit::WarningKind::Other)
+        {
+            let known: Vec<&str> = crate::circuit::WarningKind::ALL
+                .iter()
+                .map(|k| k.as_str())
+                .collect();
+            return Err(invalid(
+                "warnings.hold_marketing",
+                format!("unknown warning kind; the kinds are {}", known.join(", ")),
+            ));
+        }
+        if w.hold_for.is_zero() || w.hold_for > Duration::from_secs(30 * 24 * 3600) {
+            return Err(invalid(
+                "warnings.hold_for",
+                "must be more than 0s and at most 30d",
+            ));
+        }
         let m = &self.messaging_limit;
         if !(1..=10_000_000).contains(&m.max_users) {
             return Err(invalid(

@@ -428,11 +428,15 @@ impl RestrictionKind {
             .map_or(RestrictionKind::Unknown, |(_, k)| *k)
     }
 
-    /// True for the kinds that block sends.
+    /// True for the kinds that block sends (utility templates: once their category is
+    /// known, see `Scope::UtilityTemplates`).
     pub fn blocks_sends(self) -> bool {
         matches!(
             self,
-            RestrictionKind::BusinessInitiated | RestrictionKind::CustomerInitiated
+            RestrictionKind::BusinessInitiated
+                | RestrictionKind::CustomerInitiated
+                | RestrictionKind::UtilityTemplates
+                | RestrictionKind::DirectSendUtilityTemplates
         )
     }
 }
@@ -725,7 +729,7 @@ mod tests {
             (
                 "RESTRICTED_DIRECT_SEND_UTILITY_TEMPLATES",
                 DirectSendUtilityTemplates,
-                false,
+                true,
             ),
             ("RESTRICTED_USER_INITIATED_CALLING", Calling, false),
             (
@@ -733,7 +737,7 @@ mod tests {
                 Calling,
                 false,
             ),
-            ("RESTRICTED_UTILITY_TEMPLATES", UtilityTemplates, false),
+            ("RESTRICTED_UTILITY_TEMPLATES", UtilityTemplates, true),
         ];
         for (t, kind, blocks) in today {
             let ev = one(json!({"event": "ACCOUNT_RESTRICTION", "restriction_info": [

@@ -240,6 +240,8 @@ fn scope_text(s: Scope) -> &'static str {
         Scope::AllSends => "all sends",
         Scope::BusinessInitiated => "business-initiated (template) sends",
         Scope::CustomerInitiated => "customer-initiated (reply) sends",
+        Scope::MarketingTemplates => "MARKETING template sends",
+        Scope::UtilityTemplates => "UTILITY template sends",
     }
 }
 

@@ -656,6 +656,7 @@ impl Policy {
         }
         let limit = self.classify_limit;
         let mut local = Some(local);
+        let waba = call.account.map(|a| a.waba);
         let mut judge = |guard: &crate::circuit::OpenGuard| -> Admit<R> {
             // Partial scopes need the body: a template or not. One too large to read is
             // forwarded either way (Meta decides).
@@ -669,6 +670,18 @@ impl Policy {
                 }
                 (Scope::CustomerInitiated, Body::Read(b)) => {
                     Some(!crate::circuit::template::is_template(b))
+                }
+                // A category scope holds only templates whose category is known to be it:
+                // one of unknown category is forwarded, never blocked by guesswork.
+                (s @ (Scope::MarketingTemplates | Scope::UtilityTemplates), Body::Read(b)) => {
+                    let want = match s {
+                        Scope::MarketingTemplates => "MARKETING",
+                        _ => "UTILITY",
+                    };
+                    let category = waba
+                        .zip(crate::circuit::template::of_send(b))
+                        .and_then(|(w, t)| self.table.cooldowns().category(w.as_str(), &t));
+                    Some(category.is_some_and(|c| &*c == want))
                 }
             };
             match (in_scope, local.take()) {

@@ -57,16 +57,24 @@ pub const OFFBOARDED: &str = "ACCOUNT_OFFBOARDED";
 /// (`None`: nothing blocked). Business-initiated alone blocks templates, customer-initiated
 /// alone blocks the other sends, both block every send.
 pub fn restriction_scope(kinds: impl IntoIterator<Item = RestrictionKind>) -> Option<Scope> {
-    let (mut biz, mut cust) = (false, false);
+    let (mut biz, mut cust, mut utility) = (false, false, false);
     for k in kinds {
         biz |= k == RestrictionKind::BusinessInitiated;
         cust |= k == RestrictionKind::CustomerInitiated;
+        utility |= matches!(
+            k,
+            RestrictionKind::UtilityTemplates | RestrictionKind::DirectSendUtilityTemplates
+        );
     }
-    match (biz, cust) {
-        (true, true) => Some(Scope::AllSends),
-        (true, false) => Some(Scope::BusinessInitiated),
-        (false, true) => Some(Scope::CustomerInitiated),
-        (false, false) => None,
+    match (biz, cust, utility) {
+        (true, true, _) => Some(Scope::AllSends),
+        (true, false, _) => Some(Scope::BusinessInitiated),
+        // A circuit has one scope: replies blocked and utility templates too would need a
+        // union the model has not; the replies are held, utility templates go to Meta
+        // (which answers them) rather than holding marketing ones by mistake.
+        (false, true, _) => Some(Scope::CustomerInitiated),
+        (false, false, true) => Some(Scope::UtilityTemplates),
+        (false, false, false) => None,
     }
 }
 
@@ -788,26 +796,32 @@ mod tests {
         const BIZ: &str = "RESTRICTED_BIZ_INITIATED_MESSAGING";
         const CUST: &str = "RESTRICTED_CUSTOMER_INITIATED_MESSAGING";
         let table: &[(&str, Option<Scope>)] = &[
-            // Meta's list today: only the two messaging types block a send the gateway
-            // guards; calling and adding numbers never open a send circuit; utility
-            // templates cannot be told apart in a send body (recorded only).
+            // Meta's list today: the two messaging types and the utility templates (by
+            // their category, once known) block sends the gateway guards; calling and
+            // adding numbers never open a send circuit.
             ("RESTRICTED_ADD_PHONE_NUMBER_ACTION", None),
             ("RESTRICTED_BIZ_INITIATED_AND_USER_INITIATED_CALLING", None),
             (BIZ, Some(BusinessInitiated)),
             ("RESTRICTED_BUSINESS_INITIATED_CALLING", None),
             (CUST, Some(CustomerInitiated)),
-            ("RESTRICTED_DIRECT_SEND_UTILITY_TEMPLATES", None),
+            (
+                "RESTRICTED_DIRECT_SEND_UTILITY_TEMPLATES",
+                Some(UtilityTemplates),
+            ),
             ("RESTRICTED_USER_INITIATED_CALLING", None),
             ("RESTRICTED_USER_INITIATED_CALLING_CALL_BUTTON_HIDDEN", None),
-            ("RESTRICTED_UTILITY_TEMPLATES", None),
+            ("RESTRICTED_UTILITY_TEMPLATES", Some(UtilityTemplates)),
             // Older names, and one Meta may add.
             ("RESTRICTED_BIZ_INITIATED_CALLING", None),
             ("RESTRICTED_CUSTOMER_INITIATED_CALLING", None),
             ("RESTRICTED_SOMETHING_NEW", None),
         ];
+        // One scope per circuit: template sends cover utility templates; replies with
+        // utility templates keep the replies' scope (see `restriction_scope`).
         let union = |a: Option<Scope>, b: Option<Scope>| match (a, b) {
             (None, x) | (x, None) => x,
             (Some(x), Some(y)) if x == y => Some(x),
+            (Some(UtilityTemplates), Some(x)) | (Some(x), Some(UtilityTemplates)) => Some(x),
             _ => Some(AllSends),
         };
         let want_of = |s: Option<Scope>| match s {

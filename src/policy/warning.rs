@@ -156,6 +156,41 @@ pub fn spam_rate(
     }
 }
 
+/// The opt-in hold after a warning of `kind` recorded at `at` (`[warnings]
+/// hold_marketing`): the WABA's circuit opens for MARKETING template sends until
+/// `at + hold_for`, answered locally with 368 like a policy block. Applied only while the
+/// WABA's circuit is closed (a wider block stays as it is).
+pub fn marketing_hold(
+    waba_id: &str,
+    kind: WarningKind,
+    at: DateTime<Utc>,
+    hold_for: std::time::Duration,
+) -> Change {
+    let until = at + chrono::Duration::from_std(hold_for).unwrap_or(chrono::Duration::MAX);
+    Change {
+        waba_id: waba_id.to_string(),
+        phone_number_id: None,
+        template: None,
+        country: None,
+        recipient: None,
+        action: Action::Open {
+            scope: crate::circuit::Scope::MarketingTemplates,
+            code: Some(crate::graph::codes::POLICY_BLOCK),
+            until: Some(until),
+        },
+        source: Source::Admin,
+        at,
+        reason: format!(
+            "MARKETING templates held after a {} warning (warnings.hold_marketing), for {} min",
+            kind.as_str(),
+            hold_for.as_secs().div_ceil(60)
+        ),
+        evidence: Some(Evidence::Admin {
+            reason: format!("warnings.hold_marketing includes {}", kind.as_str()),
+        }),
+    }
+}
+
 /// True when `record` (the WABA's, or the phone number's) already holds a spam-rate
 /// warning for `phone` at or after `since`: another replica announced this episode.
 pub fn spam_announced(record: Option<&Circuit>, phone: &str, since: DateTime<Utc>) -> bool {

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
-use crate::circuit::{Circuit, Source, Table};
-use crate::config::{Config, HealthConfig};
+use crate::circuit::{Circuit, Origin, Source, Table, WarningKind};
+use crate::config::{Config, HealthConfig, WarningsConfig};
 use crate::upstream::Target;
 use health::HealthChecker;
 
@@ -77,6 +77,7 @@ pub fn start(cfg: &Config, target: &Target, table: Arc<Table>) -> Signals {
             "health polling: one replica per circuit through redis leases when fleet_wide, within hourly_budget polls per WABA"
         );
     }
+    let holds = cfg.warnings.clone();
     let mut watchers = Watchers {
         table,
         checker: checker.clone(),
@@ -91,6 +92,9 @@ pub fn start(cfg: &Config, target: &Target, table: Arc<Table>) -> Signals {
         }
         while let Some(notice) = rx.recv().await {
             watchers.update(&notice.circuit);
+            if let (Origin::Local, Some(w)) = (notice.origin, &notice.warning) {
+                hold_marketing(&watchers.table, &holds, &notice.circuit, w.kind);
+            }
         }
     });
     Signals {
@@ -98,6 +102,31 @@ pub fn start(cfg: &Config, target: &Target, table: Arc<Table>) -> Signals {
         discovery,
         budget,
     }
+}
+
+/// The opt-in hold of a WABA's MARKETING templates after a warning this replica recorded
+/// (`[warnings] hold_marketing`; once per fleet, as the warning is): only while the WABA's
+/// circuit is closed — a wider block is never narrowed.
+fn hold_marketing(table: &Table, cfg: &WarningsConfig, record: &Circuit, kind: WarningKind) {
+    if !cfg.hold_marketing.contains(&kind) || record.waba_id.is_empty() {
+        return;
+    }
+    if table.get(&record.waba_id).is_some_and(|c| c.is_open()) {
+        tracing::info!(waba_id = %record.waba_id, kind = kind.as_str(), "warning with a marketing hold: the WABA's circuit is already open, left as it is");
+        return;
+    }
+    let at = record
+        .history
+        .iter()
+        .rev()
+        .find(|t| t.warning.as_ref().is_some_and(|w| w.kind == kind))
+        .map_or_else(Utc::now, |t| t.at);
+    table.apply(crate::policy::warning::marketing_hold(
+        &record.waba_id,
+        kind,
+        at,
+        cfg.hold_for,
+    ));
 }
 
 /// A spawned task, aborted when dropped.

@@ -369,8 +369,6 @@ async fn spam_rate_answers_warn_once_per_episode(engine: Engine) {
     .await;
 }
 
-both_engines!(spam_rate_answers_warn_once_per_episode);
-
 /// A `messages` change reporting template statuses (`sent`, priced `marketing`) for `users`.
 fn statuses(t: i64, users: &[u64], category: &str) -> Value {
     let st: Vec<Value> = users
@@ -481,3 +479,110 @@ async fn the_fleet_counts_template_reach_and_warns_at_80_and_100_percent() {
     })
     .await;
 }
+
+fn template_send(name: &str) -> String {
+    json!({"messaging_product": "whatsapp", "to": "15551234567", "type": "template",
+           "template": {"name": name, "language": {"code": "en_US"}}})
+    .to_string()
+}
+
+fn approved(t: i64, name: &str, category: &str) -> Value {
+    envelope(vec![entry(
+        WABA,
+        t,
+        vec![change(
+            "message_template_status_update",
+            json!({"event": "APPROVED", "message_template_id": 1, "message_template_name": name,
+                   "message_template_language": "en_US", "message_template_category": category,
+                   "reason": "NONE"}),
+        )],
+    )])
+}
+
+/// Category scopes, once categories are known: a warning an operator opted in to holds
+/// the WABA's MARKETING template sends (and nothing else); a utility-templates
+/// restriction holds UTILITY template sends (and nothing else). Templates of unknown
+/// category are forwarded.
+async fn category_scopes_hold_only_their_templates(engine: Engine) {
+    bounded(async {
+        let fake = FakeCloud::start().await;
+        let name = engine.name();
+        let warnings = "[warnings]\nhold_marketing = [\"template_quality\"]\nhold_for = \"1h\"\n";
+        let gw = Gateway::start(&config(engine.config_line(), &fake.url(), None, warnings)).await;
+        let t = now_unix() - 60;
+        post(&gw, &approved(t, "promo_offer", "MARKETING")).await;
+        post(&gw, &approved(t, "order_update", "UTILITY")).await;
+        let status = |body: String| {
+            let gw = &gw;
+            async move { gw.send_str(PHONE, &body).await.status().as_u16() }
+        };
+        assert_eq!(
+            status(template_send("promo_offer")).await,
+            200,
+            "{name}: no hold yet"
+        );
+
+        // A RED template (the utility one): the opted-in hold holds MARKETING templates.
+        post(&gw, &quality_body(t + 1)).await;
+        let t0 = Instant::now();
+        while gw.circuit(ADMIN, WABA).await.1["state"] != "open" {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "{name}: the hold did not open"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let c = gw.circuit(ADMIN, WABA).await.1;
+        assert_eq!(c["scope"], "marketing_templates", "{name}: {c}");
+        assert!(c["until"].is_string(), "{name}: {c}");
+        let before = fake.count_for_phone(PHONE);
+        let r = gw.send_str(PHONE, &template_send("promo_offer")).await;
+        assert_eq!(r.status(), 403, "{name}");
+        assert_eq!(r.headers()["x-wa-breaker"], "open");
+        assert_eq!(
+            fake.count_for_phone(PHONE),
+            before,
+            "{name}: not sent to Meta"
+        );
+        for body in [
+            template_send("order_update"),
+            template_send("not_categorized"),
+            TEXT_BODY.to_string(),
+        ] {
+            assert_eq!(status(body.clone()).await, 200, "{name}: {body}");
+        }
+        gw.admin_post(&format!("/admin/circuits/{WABA}/close"), Some(ADMIN), None)
+            .await;
+
+        // RESTRICTED_UTILITY_TEMPLATES: utility templates held, marketing ones flow.
+        post(
+            &gw,
+            &account_update(
+                WABA,
+                now_unix() + 1,
+                restriction(&["RESTRICTED_UTILITY_TEMPLATES"], json!(now_unix() + 3600)),
+            ),
+        )
+        .await;
+        let c = gw.circuit(ADMIN, WABA).await.1;
+        assert_eq!(
+            (c["state"].as_str(), c["scope"].as_str()),
+            (Some("open"), Some("utility_templates")),
+            "{name}: {c}"
+        );
+        assert_eq!(status(template_send("order_update")).await, 403, "{name}");
+        for body in [
+            template_send("promo_offer"),
+            template_send("not_categorized"),
+            TEXT_BODY.to_string(),
+        ] {
+            assert_eq!(status(body.clone()).await, 200, "{name}: {body}");
+        }
+    })
+    .await;
+}
+
+both_engines!(
+    spam_rate_answers_warn_once_per_episode,
+    category_scopes_hold_only_their_templates,
+);
