@@ -136,6 +136,8 @@ enum ScopeArg {
     AllSends,
     BusinessInitiated,
     CustomerInitiated,
+    UtilityTemplates,
+    MarketingTemplates,
 }
 
 impl ScopeArg {
@@ -144,6 +146,8 @@ impl ScopeArg {
             ScopeArg::AllSends => "all_sends",
             ScopeArg::BusinessInitiated => "business_initiated",
             ScopeArg::CustomerInitiated => "customer_initiated",
+            ScopeArg::UtilityTemplates => "utility_templates",
+            ScopeArg::MarketingTemplates => "marketing_templates",
         }
     }
 }
