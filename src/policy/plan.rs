@@ -32,6 +32,42 @@ pub struct Step {
     pub only_known_waba: bool,
 }
 
+impl Step {
+    /// A record on the WABA of `entry` (a note or a warning, per `action`) for webhook
+    /// change `ch`, at its event time, the change's value kept as evidence under `event`.
+    pub fn waba_record(
+        entry: &Entry,
+        ch: &ChangeItem,
+        action: Action,
+        reason: String,
+        event: &str,
+        now: DateTime<Utc>,
+    ) -> Step {
+        Step {
+            change: Change {
+                waba_id: entry.id.clone(),
+                phone_number_id: None,
+                template: None,
+                country: None,
+                recipient: None,
+                action,
+                source: Source::Webhook,
+                at: entry.event_time(ch, now),
+                reason,
+                evidence: Some(Evidence::Webhook {
+                    entry_id: entry.id.clone(),
+                    field: ch.field.clone(),
+                    event: event.to_string(),
+                    value: ch.value.clone(),
+                }),
+            },
+            check_health: false,
+            only_if_opened_by: None,
+            only_known_waba: false,
+        }
+    }
+}
+
 /// The rule for opens that name a WABA nothing else vouches for (pure): `change` stays an
 /// open when `known` — the WABA is configured, learned in the directory (a phone number
 /// maps to it), or already has a circuit record — and becomes a note otherwise. The

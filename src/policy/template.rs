@@ -227,30 +227,16 @@ pub fn plan_template_quality(
         }),
         _ => Action::Note,
     };
-    let step = Step {
-        change: Change {
-            waba_id: entry.id.clone(),
-            phone_number_id: None,
-            template: None,
-            country: None,
-            recipient: None,
-            action,
-            source: Source::Webhook,
-            at: entry.event_time(ch, now),
-            reason: format!(
-                "{FIELD_TEMPLATE_QUALITY}: template {name} quality {previous} -> {label} (recorded, not a block)",
-            ),
-            evidence: Some(Evidence::Webhook {
-                entry_id: entry.id.clone(),
-                field: ch.field.clone(),
-                event: label.to_string(),
-                value: ch.value.clone(),
-            }),
-        },
-        check_health: false,
-        only_if_opened_by: None,
-        only_known_waba: false,
-    };
+    let step = Step::waba_record(
+        entry,
+        ch,
+        action,
+        format!(
+            "{FIELD_TEMPLATE_QUALITY}: template {name} quality {previous} -> {label} (recorded, not a block)",
+        ),
+        label,
+        now,
+    );
     Some((step, label))
 }
 
@@ -309,30 +295,14 @@ pub fn plan_template_category(entry: &Entry, ch: &ChangeItem, now: DateTime<Utc>
     } else {
         Action::Note
     };
-    Some(Step {
-        change: Change {
-            waba_id: entry.id.clone(),
-            phone_number_id: None,
-            template: None,
-            recipient: None,
-            country: None,
-            action,
-            source: Source::Webhook,
-            at: entry.event_time(ch, now),
-            reason: format!(
-                "{FIELD_TEMPLATE_CATEGORY}: template {name} {text} (recorded, not a block)"
-            ),
-            evidence: Some(Evidence::Webhook {
-                entry_id: entry.id.clone(),
-                field: ch.field.clone(),
-                event: event.to_string(),
-                value: ch.value.clone(),
-            }),
-        },
-        check_health: false,
-        only_if_opened_by: None,
-        only_known_waba: false,
-    })
+    Some(Step::waba_record(
+        entry,
+        ch,
+        action,
+        format!("{FIELD_TEMPLATE_CATEGORY}: template {name} {text} (recorded, not a block)"),
+        event,
+        now,
+    ))
 }
 
 #[cfg(test)]

@@ -101,28 +101,14 @@ pub fn plan_capability(
         Some((_, was)) => (Action::Note, format!("messaging limit {was} -> {spelled}")),
         None => (Action::Note, format!("messaging limit {spelled}")),
     };
-    Some(Step {
-        change: Change {
-            waba_id: entry.id.clone(),
-            phone_number_id: None,
-            template: None,
-            recipient: None,
-            country: None,
-            action,
-            source: Source::Webhook,
-            at: entry.event_time(ch, now),
-            reason: format!("{FIELD_CAPABILITY}: {text} (recorded, not a block)"),
-            evidence: Some(Evidence::Webhook {
-                entry_id: entry.id.clone(),
-                field: ch.field.clone(),
-                event: spelled,
-                value: ch.value.clone(),
-            }),
-        },
-        check_health: false,
-        only_if_opened_by: None,
-        only_known_waba: false,
-    })
+    Some(Step::waba_record(
+        entry,
+        ch,
+        action,
+        format!("{FIELD_CAPABILITY}: {text} (recorded, not a block)"),
+        &spelled,
+        now,
+    ))
 }
 
 /// The warning for the first 131048 of an episode on `phone` (its WABA `waba_id`, empty
