@@ -88,8 +88,11 @@ async fn three_replicas_one_poller_and_takeover_within_a_lease() {
         let answer = Duration::from_millis(60);
         fake.set_health_reply(WABA, slow_blocked(answer));
         let interval = Duration::from_millis(150);
-        let lease = Duration::from_secs(1);
-        let cfg = fleet_config(&fake.url(), Some(&redis.url()), "150ms", "1s", 10_000);
+        // A lease of 20 intervals: long enough that a replica starved of CPU for a moment
+        // (a busy 2-core machine) keeps it — with 1 s, a stall under load handed it over
+        // mid-run — and short enough to time the takeover.
+        let lease = Duration::from_secs(3);
+        let cfg = fleet_config(&fake.url(), Some(&redis.url()), "150ms", "3s", 10_000);
         let gws = vec![
             Gateway::start(&cfg).await,
             Gateway::start(&cfg).await,
