@@ -165,6 +165,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let policy =
         Arc::new(Policy::new(cfg.policy_settings(), table.clone()).with_discovery(discovery));
     signals::replicas::start(&cfg, table.origin(), policy.clone());
+    signals::replicas::start_gauges(&cfg, policy.clone());
     let limits = Limits::new(
         cfg.upstream_concurrency,
         cfg.upstream_large_concurrency,

@@ -3,9 +3,12 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Most `wa_breaker_shaping_pace` series at once (the slowest numbers).
+pub const PACE_SERIES: usize = 1000;
 
 /// Where a webhook-reported error sat in a `messages` delivery (the `site` label).
 pub const WEBHOOK_ERROR_SITES: &[&str] = &["status", "value"];
@@ -36,6 +39,9 @@ pub struct Metrics {
     pub messaging_limit: IntGaugeVec,
     /// `wa_breaker_fleet_replicas`: replicas sharing each phone number's pace.
     pub fleet_replicas: IntGauge,
+    /// `wa_breaker_shaping_pace{phone_number_id}`: the pace of each number paced below its
+    /// throughput now (a series only while lowered, at most [`PACE_SERIES`]).
+    pub shaping_pace: GaugeVec,
     pub transitions: IntCounterVec,
     pub forwarded: IntCounter,
     pub answered_locally: IntCounter,
@@ -193,6 +199,14 @@ impl Metrics {
         let fleet_replicas = IntGauge::new(
             "wa_breaker_fleet_replicas",
             "Replicas alive (heartbeats over Redis) sharing each phone number's pace; 1 alone",
+        )
+        .expect("valid metric");
+        let shaping_pace = GaugeVec::new(
+            Opts::new(
+                "wa_breaker_shaping_pace",
+                "Messages/s this replica paces a phone number at, for numbers paced below their throughput now (after Meta's 130429 or 131048); the slowest first, at most 1000 series",
+            ),
+            &["phone_number_id"],
         )
         .expect("valid metric");
         let transitions = IntCounterVec::new(
@@ -463,6 +477,7 @@ impl Metrics {
             Box::new(messaging_limit_users.clone()),
             Box::new(messaging_limit.clone()),
             Box::new(fleet_replicas.clone()),
+            Box::new(shaping_pace.clone()),
             Box::new(notify_sent.clone()),
             Box::new(notify_failures.clone()),
             Box::new(notify_dropped.clone()),
@@ -509,6 +524,7 @@ impl Metrics {
             messaging_limit_users,
             messaging_limit,
             fleet_replicas,
+            shaping_pace,
             transitions,
             upstream_by_class: ["2xx", "3xx", "4xx", "5xx", "error"]
                 .map(|c| upstream_duration.with_label_values(&[c])),

@@ -443,6 +443,29 @@ impl Pacer {
         }
     }
 
+    /// The numbers paced below their throughput's share at `now` (after Meta's 130429 or
+    /// 131048) with their pace on this replica, slowest first, at most `max` (a bounded label
+    /// set for the per-number gauge).
+    pub fn lowered(&self, now: Instant, max: usize) -> Vec<(GraphId, f64)> {
+        let at = self.at(now);
+        let replicas = self.replicas();
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = match shard.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            out.extend(shard.iter().filter_map(|(phone, cell)| {
+                let rate = cell.rate(at, replicas);
+                let whole = f64::from(cell.throughput) / f64::from(replicas);
+                (rate + 1e-9 < whole).then_some((*phone, rate))
+            }));
+        }
+        out.sort_by(|a, b| a.1.total_cmp(&b.1));
+        out.truncate(max);
+        out
+    }
+
     /// Numbers tracked now.
     pub fn tracked(&self) -> usize {
         self.shards
@@ -464,6 +487,7 @@ mod tests {
 
     /// 5/s with a 1 s `max_delay`: 30 sends at once — 5 go now, 5 more wait up to 1 s
     /// (one every 200 ms), 20 are over; no second sees more than 10.
+
     #[test]
     fn a_burst_of_one_second_then_the_pace_then_over() {
         let mut c = Cell::new(5);
@@ -616,5 +640,35 @@ mod tests {
         }
         assert!(p.tracked() <= SHARDS);
         assert!(evicted >= 1000 - SHARDS);
+    }
+
+    #[test]
+    fn lowered_numbers_are_listed_lowest_first() {
+        let p = Pacer::new(Settings {
+            mode: ShapingMode::Enforce,
+            throughput: 80,
+            ..Settings::default()
+        });
+        let t0 = Instant::now();
+        let a = id("111");
+        let b = id("222");
+        let c = id("333");
+        p.check(c, t0);
+        p.throttled(a, t0);
+        p.throttled(b, t0);
+        p.throttled(b, t0 + Duration::from_secs(2));
+        let now = t0 + Duration::from_secs(3);
+        let low = p.lowered(now, 10);
+        assert_eq!(
+            low.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![b, a]
+        );
+        assert!(
+            (low[0].1 - 20.0).abs() < 1e-6 && (low[1].1 - 40.0).abs() < 1e-6,
+            "{low:?}"
+        );
+        assert_eq!(p.lowered(now, 1).len(), 1);
+        // Whole again after the recovery: no longer listed.
+        assert!(p.lowered(t0 + Duration::from_secs(120), 10).is_empty());
     }
 }

@@ -122,3 +122,33 @@ pub fn start(cfg: &Config, replica: &str, policy: Arc<Policy>) {
         }
     });
 }
+
+/// How often the per-number pace gauge is refreshed.
+const GAUGE_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps `wa_breaker_shaping_pace` current: every [`GAUGE_EVERY`], one series per number
+/// paced below its throughput (the slowest [`crate::metrics::PACE_SERIES`]), none for the
+/// others — so the label set stays small and says which numbers Meta is pushing back on.
+/// Nothing with shaping off.
+pub fn start_gauges(cfg: &Config, policy: Arc<Policy>) {
+    if cfg.shaping.mode == crate::policy::pace::ShapingMode::Off {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(GAUGE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let lowered = policy
+                .pacer()
+                .lowered(std::time::Instant::now(), crate::metrics::PACE_SERIES);
+            METRICS.shaping_pace.reset();
+            for (phone, rate) in lowered {
+                METRICS
+                    .shaping_pace
+                    .with_label_values(&[phone.as_str()])
+                    .set(rate);
+            }
+        }
+    });
+}

@@ -418,8 +418,54 @@ phone_number_ids = ["{PHONE_A1}", "{PHONE_A2}"]
     );
 }
 
+/// Meta answers a send of a number 130429 anyway: the number's pace halves, and the
+/// per-number gauge shows it (a series only for numbers paced below their throughput).
+async fn a_number_meta_throttled_is_shown_at_its_lowered_pace(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let gw = start(engine, &fake.url(), "enforce").await;
+    let name = engine.name();
+    fake.queue_phone(
+        PHONE_A2,
+        vec![Reply::graph_error(400, 130429, "(#130429) Rate limit hit")],
+    );
+    assert_eq!(send_timed(&gw, PHONE_A2).await.code, Some(130429), "{name}");
+    assert_eq!(send_timed(&gw, PHONE_A1).await.status, 200, "{name}");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let text = loop {
+        let text = gw.metrics().await;
+        if metric(
+            &text,
+            "wa_breaker_shaping_pace",
+            &[("phone_number_id", PHONE_A2)],
+        )
+        .is_some()
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let pace = metric(
+        &text,
+        "wa_breaker_shaping_pace",
+        &[("phone_number_id", PHONE_A2)],
+    );
+    // 80/s halved; a recovery step (10 s) cannot have passed yet.
+    assert_eq!(pace, Some(40.0), "{name}: {text}");
+    assert_eq!(
+        metric(
+            &text,
+            "wa_breaker_shaping_pace",
+            &[("phone_number_id", PHONE_A1)]
+        ),
+        None,
+        "{name}: a number at its full pace has no series"
+    );
+}
+
 both_engines!(
     two_replicas_share_a_numbers_pace_and_one_takes_it_all_when_the_other_stops,
+    a_number_meta_throttled_is_shown_at_its_lowered_pace,
     a_number_over_its_pace_waits_then_is_answered_130429_locally,
     observe_mode_forwards_everything_and_counts_what_it_would_hold,
     a_pair_meta_answered_131056_is_held_and_a_repeat_quadruples_the_hold,
