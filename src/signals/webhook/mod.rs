@@ -123,7 +123,7 @@ impl Webhook {
     }
 
     /// Handles one webhook request.
-    pub async fn handle(&self, req: Request<Body>) -> Response<Body> {
+    pub async fn handle(self: &Arc<Self>, req: Request<Body>) -> Response<Body> {
         match *req.method() {
             Method::GET => self.challenge(req.uri().query().unwrap_or_default()),
             Method::POST => self.post(req).await,
@@ -165,7 +165,7 @@ impl Webhook {
         }
     }
 
-    async fn post(&self, req: Request<Body>) -> Response<Body> {
+    async fn post(self: &Arc<Self>, req: Request<Body>) -> Response<Body> {
         METRICS.webhooks.with_label_values(&["received"]).inc();
         if self.secrets.is_empty() {
             if !self.warned_unconfigured.swap(true, Ordering::Relaxed) {
@@ -213,42 +213,25 @@ impl Webhook {
                 return text(StatusCode::BAD_REQUEST, "body could not be read\n");
             }
         };
-        if !verify(&self.secrets, &body, &sig) {
-            METRICS
-                .webhooks
-                .with_label_values(&["rejected_signature"])
-                .inc();
-            tracing::warn!(
-                bytes = body.len(),
-                "webhook POST rejected: X-Hub-Signature-256 matches no configured app secret"
-            );
-            return text(StatusCode::UNAUTHORIZED, "invalid X-Hub-Signature-256\n");
-        }
-        let mut env = match payload::parse(&body) {
-            Ok(env) => env,
-            Err(e) => {
-                METRICS.webhooks.with_label_values(&["invalid"]).inc();
-                tracing::warn!(error = %e, "signed webhook POST is not a webhook envelope; nothing applied");
-                return text(StatusCode::BAD_REQUEST, &format!("{e}\n"));
+        // A large delivery (Meta batches up to about 1 000 changes; `max_body` may allow far
+        // more) is checked, parsed and applied on the blocking pool: done inline, a batch of
+        // 100 000 entries held this worker's other connections for seconds.
+        let accepted = if body.len() > INLINE_BODY {
+            let (this, body) = (Arc::clone(self), body.clone());
+            match tokio::task::spawn_blocking(move || this.accept(&body, &sig)).await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::error!(error = %e, "webhook delivery could not be applied (task failed); answering 500 so Meta delivers again");
+                    return text(StatusCode::INTERNAL_SERVER_ERROR, "not applied\n");
+                }
             }
+        } else {
+            self.accept(&body, &sig)
         };
-
-        let oldest = Utc::now()
-            .checked_sub_signed(self.max_event_age)
-            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
-        let stale = env.bound_age(oldest);
-        if stale > 0 {
-            METRICS
-                .webhooks
-                .with_label_values(&["stale"])
-                .inc_by(stale as u64);
-            tracing::info!(
-                stale,
-                oldest = %oldest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                "webhook events older than max_event_age ignored (a replay: Meta redelivers for up to 7 days); acknowledged"
-            );
-        }
-        let last_seq = self.apply(&env);
+        let last_seq = match accepted {
+            Ok(seq) => seq,
+            Err(resp) => return resp,
+        };
         let durable = async {
             match last_seq {
                 Some(seq) => {
@@ -276,6 +259,50 @@ impl Webhook {
             return text(StatusCode::BAD_GATEWAY, "relay to forward_url failed\n");
         }
         text(StatusCode::OK, "ok\n")
+    }
+
+    /// Verifies, parses and applies one delivery's `body` signed `sig`: the sequence number
+    /// of its last applied change, or the answer refusing it. Synchronous (CPU only).
+    fn accept(&self, body: &[u8], sig: &[u8; 32]) -> Result<Option<u64>, Response<Body>> {
+        if !verify(&self.secrets, body, sig) {
+            METRICS
+                .webhooks
+                .with_label_values(&["rejected_signature"])
+                .inc();
+            tracing::warn!(
+                bytes = body.len(),
+                "webhook POST rejected: X-Hub-Signature-256 matches no configured app secret"
+            );
+            return Err(text(
+                StatusCode::UNAUTHORIZED,
+                "invalid X-Hub-Signature-256\n",
+            ));
+        }
+        let mut env = match payload::parse(body) {
+            Ok(env) => env,
+            Err(e) => {
+                METRICS.webhooks.with_label_values(&["invalid"]).inc();
+                tracing::warn!(error = %e, "signed webhook POST is not a webhook envelope; nothing applied");
+                return Err(text(StatusCode::BAD_REQUEST, &format!("{e}\n")));
+            }
+        };
+
+        let oldest = Utc::now()
+            .checked_sub_signed(self.max_event_age)
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        let stale = env.bound_age(oldest);
+        if stale > 0 {
+            METRICS
+                .webhooks
+                .with_label_values(&["stale"])
+                .inc_by(stale as u64);
+            tracing::info!(
+                stale,
+                oldest = %oldest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "webhook events older than max_event_age ignored (a replay: Meta redelivers for up to 7 days); acknowledged"
+            );
+        }
+        Ok(self.apply(&env))
     }
 
     /// Applies a delivery's changes; returns the sequence number of the last applied one.
@@ -599,6 +626,9 @@ fn signature(h: &HeaderMap) -> Option<[u8; 32]> {
     hex::decode_to_slice(hex_sig, &mut out).ok()?;
     Some(out)
 }
+
+/// Deliveries larger than this are verified, parsed and applied on the blocking pool.
+const INLINE_BODY: usize = 256 * 1024;
 
 /// True when `sig` is the HMAC-SHA256 of `body` under any of `secrets` (constant time).
 pub fn verify(secrets: &[Secret], body: &[u8], sig: &[u8]) -> bool {
