@@ -149,12 +149,9 @@ impl Admin {
                         "no pair hold for that phone number and recipient",
                     );
                 }
-                let applied = self.table.apply(crate::policy::pair::end(
-                    id,
-                    to,
-                    Source::Admin,
-                    Utc::now(),
-                ));
+                let applied =
+                    self.table
+                        .apply(crate::policy::pair::end(id, to, Source::Admin, Utc::now()));
                 tracing::info!(phone_number_id = id, "admin request: pair hold cleared");
                 self.durable_answer(
                     applied.map(|(_, seq)| seq),

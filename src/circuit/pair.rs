@@ -131,7 +131,9 @@ pub fn combine(incoming: &Circuit, current: &Circuit) -> Option<Circuit> {
         return None;
     }
     let (a, b) = (incoming.pair?, current.pair?);
-    let later = current.until.is_some_and(|u| incoming.until.is_none_or(|i| u > i));
+    let later = current
+        .until
+        .is_some_and(|u| incoming.until.is_none_or(|i| u > i));
     if !later && b.level <= a.level {
         return None;
     }
@@ -234,7 +236,12 @@ impl PairIndex {
     }
 
     /// The hold of `phone` to `to` at `now`, when one holds: its end and level.
-    pub fn held(&self, phone: &GraphId, to: u64, now: DateTime<Utc>) -> Option<(DateTime<Utc>, u32)> {
+    pub fn held(
+        &self,
+        phone: &GraphId,
+        to: u64,
+        now: DateTime<Utc>,
+    ) -> Option<(DateTime<Utc>, u32)> {
         let at = ns(now);
         let s = self.shard(phone);
         let e = s.phones.get(phone)?.get(&to)?;
@@ -277,7 +284,12 @@ impl PairIndex {
             };
             for (phone, m) in &s.phones {
                 for (to, e) in m.iter().filter(|(_, e)| e.until != i64::MIN) {
-                    out.push((*phone, *to, DateTime::from_timestamp_nanos(e.until), e.level));
+                    out.push((
+                        *phone,
+                        *to,
+                        DateTime::from_timestamp_nanos(e.until),
+                        e.level,
+                    ));
                 }
             }
         }
@@ -342,7 +354,12 @@ impl PairIndex {
     /// shard: `max_pairs` / [`SHARDS`], at least 1): none while its shard has room; else
     /// every one of the shard past its reach and no longer held, or — when none is —
     /// the one whose reach ends first. As (phone number, recipient).
-    pub fn victims(&self, phone: &GraphId, max_pairs: usize, now: DateTime<Utc>) -> Vec<(GraphId, u64)> {
+    pub fn victims(
+        &self,
+        phone: &GraphId,
+        max_pairs: usize,
+        now: DateTime<Utc>,
+    ) -> Vec<(GraphId, u64)> {
         let per_shard = max_pairs.div_ceil(SHARDS).max(1);
         let at = ns(now);
         let s = self.shard(phone);
@@ -397,7 +414,10 @@ mod tests {
 
     #[test]
     fn keys_and_lengths() {
-        assert_eq!(key(PHONE, "15557654321"), "pair:106540352242922:15557654321");
+        assert_eq!(
+            key(PHONE, "15557654321"),
+            "pair:106540352242922:15557654321"
+        );
         let c = record(0, 4, Some(8), true, 0);
         assert_eq!(c.key(), "pair:106540352242922:15557654321");
         assert!(c.is_pair() && !c.is_cooldown() && c.is_hold() && c.has_valid_ids());
@@ -422,7 +442,10 @@ mod tests {
         );
         // While held (a record another replica made): four times longer.
         let held = record(0, 4, Some(8), true, 0);
-        assert_eq!(hit(Some(&held), at(1), FOUR).map(|h| (h.level, h.until)), Some((1, at(17))));
+        assert_eq!(
+            hit(Some(&held), at(1), FOUR).map(|h| (h.level, h.until)),
+            Some((1, at(17)))
+        );
         // Ended by its timer but within reach: still a repeat; past its reach: level 0.
         let ended = Circuit {
             updated_at: at(4),
@@ -432,16 +455,28 @@ mod tests {
         assert_eq!(hit(Some(&ended), at(9), FOUR).map(|h| h.level), Some(0));
         // Capped.
         let high = record(9, 900, Some(1800), true, 0);
-        assert_eq!(hit(Some(&high), at(1), FOUR).map(|h| h.until), Some(at(1) + chrono::Duration::minutes(15)));
+        assert_eq!(
+            hit(Some(&high), at(1), FOUR).map(|h| h.until),
+            Some(at(1) + chrono::Duration::minutes(15))
+        );
         // A delivery ended it at 10: an older answer changes nothing; a newer starts again.
         let delivered = record(1, 0, None, false, 10);
         assert_eq!(hit(Some(&delivered), at(9), FOUR), None);
-        assert_eq!(hit(Some(&delivered), at(11), FOUR).map(|h| h.level), Some(0));
+        assert_eq!(
+            hit(Some(&delivered), at(11), FOUR).map(|h| h.level),
+            Some(0)
+        );
         // An answer out of order never shortens an open hold.
         let long = record(2, 100, Some(164), true, 50);
-        assert_eq!(hit(Some(&long), at(40), FOUR).map(|h| h.until), Some(at(296)));
+        assert_eq!(
+            hit(Some(&long), at(40), FOUR).map(|h| h.until),
+            Some(at(296))
+        );
         let longer = record(0, 500, Some(504), true, 50);
-        assert_eq!(hit(Some(&longer), at(40), FOUR).map(|h| h.until), Some(at(500)));
+        assert_eq!(
+            hit(Some(&longer), at(40), FOUR).map(|h| h.until),
+            Some(at(500))
+        );
     }
 
     #[test]

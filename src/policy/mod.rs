@@ -539,10 +539,7 @@ impl Policy {
             return;
         };
         let now = Utc::now();
-        let Some((c, _)) = self
-            .table
-            .apply(pair::hit(phone, to, self.pair_hold, now))
-        else {
+        let Some((c, _)) = self.table.apply(pair::hit(phone, to, self.pair_hold, now)) else {
             return;
         };
         tracing::info!(

@@ -175,7 +175,12 @@ mod tests {
         let t = Table::with_limits("t", 5, limits, Directory::new([], 100));
         let now = Utc::now();
         for i in 0..1000u64 {
-            t.apply(hit(id(&(1000 + i).to_string()), i, Duration::from_secs(4), now));
+            t.apply(hit(
+                id(&(1000 + i).to_string()),
+                i,
+                Duration::from_secs(4),
+                now,
+            ));
         }
         assert!(t.pairs().len() <= shards, "{}", t.pairs().len());
         assert!(t.len() <= shards);

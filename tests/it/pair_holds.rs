@@ -53,8 +53,9 @@ fn pair_rate() -> Reply {
 
 /// A text send to `to`: status, `x-wa-breaker`, `retry-after`, Graph code.
 async fn send(gw: &Gateway, to: &str) -> (u16, Option<String>, Option<u64>, Option<i64>) {
-    let body = json!({"messaging_product": "whatsapp", "to": to, "type": "text", "text": {"body": "hi"}})
-        .to_string();
+    let body =
+        json!({"messaging_product": "whatsapp", "to": to, "type": "text", "text": {"body": "hi"}})
+            .to_string();
     let r = gw.send_str(PHONE, &body).await;
     let h = |k: &str| {
         r.headers()
@@ -117,13 +118,23 @@ async fn a_pair_hold_on_one_replica_holds_repeats_and_clears_on_the_other(engine
     let redis = RedisServer::start();
     let fake = FakeCloud::start().await;
     let cfg = config(engine, "enforce", "2s", &redis_line(&redis));
-    let a = Gateway::builder(&cfg).var("upstream", &fake.url()).start().await;
-    let b = Gateway::builder(&cfg).var("upstream", &fake.url()).start().await;
+    let a = Gateway::builder(&cfg)
+        .var("upstream", &fake.url())
+        .start()
+        .await;
+    let b = Gateway::builder(&cfg)
+        .var("upstream", &fake.url())
+        .start()
+        .await;
     let name = engine.name();
 
     // (a)
     fake.queue_phone(PHONE, vec![pair_rate()]);
-    assert_eq!(send(&a, R).await.3, Some(131056), "{name}: Meta's answer relayed");
+    assert_eq!(
+        send(&a, R).await.3,
+        Some(131056),
+        "{name}: Meta's answer relayed"
+    );
     wait_level(&b, Some(0), &format!("{name}: the hold reached B")).await;
     let (status, marker, retry, code) = send(&b, "+1 555-765-4321").await;
     assert_eq!(
@@ -131,8 +142,15 @@ async fn a_pair_hold_on_one_replica_holds_repeats_and_clears_on_the_other(engine
         (400, Some("shaped"), Some(131056)),
         "{name}: B answers the retry"
     );
-    assert!(retry.is_some_and(|s| (1..=2).contains(&s)), "{name}: {retry:?}");
-    assert_eq!(fake.count_for_phone(PHONE), 1, "{name}: nothing more reached Meta");
+    assert!(
+        retry.is_some_and(|s| (1..=2).contains(&s)),
+        "{name}: {retry:?}"
+    );
+    assert_eq!(
+        fake.count_for_phone(PHONE),
+        1,
+        "{name}: nothing more reached Meta"
+    );
 
     // (d) The hold ends on both (the expiry timer); within its reach, Meta's 131056
     // through B quadruples it.
@@ -140,7 +158,11 @@ async fn a_pair_hold_on_one_replica_holds_repeats_and_clears_on_the_other(engine
     wait_level(&a, None, &format!("{name}: the hold ended on A")).await;
     fake.queue_phone(PHONE, vec![pair_rate()]);
     let (_, marker, _, code) = send(&b, R).await;
-    assert_eq!((marker, code), (None, Some(131056)), "{name}: forwarded, Meta says 131056");
+    assert_eq!(
+        (marker, code),
+        (None, Some(131056)),
+        "{name}: forwarded, Meta says 131056"
+    );
     wait_level(&a, Some(1), &format!("{name}: level 1 reached A")).await;
     let (status, marker, retry, _) = send(&a, R).await;
     assert_eq!((status, marker.as_deref()), (400, Some("shaped")), "{name}");
@@ -150,14 +172,22 @@ async fn a_pair_hold_on_one_replica_holds_repeats_and_clears_on_the_other(engine
     );
     assert_eq!(fake.count_for_phone(PHONE), 2, "{name}");
     let m = a.metrics().await;
-    assert_eq!(metric(&m, "wa_breaker_shaping_pairs", &[]), Some(1.0), "{name}");
+    assert_eq!(
+        metric(&m, "wa_breaker_shaping_pairs", &[]),
+        Some(1.0),
+        "{name}"
+    );
 
     // (e)
     let path = format!("/admin/holds/pair/{PHONE}/{R}");
     assert_eq!(delete(&a, &path).await, 200, "{name}");
     wait_level(&b, None, &format!("{name}: the clear reached B")).await;
     let (status, marker, ..) = send(&b, R).await;
-    assert_eq!((status, marker), (200, None), "{name}: forwarded once cleared");
+    assert_eq!(
+        (status, marker),
+        (200, None),
+        "{name}: forwarded once cleared"
+    );
     assert_eq!(delete(&b, &path).await, 404, "{name}: none left");
     assert_eq!(fake.count_for_phone(PHONE), 3, "{name}");
 }
@@ -179,7 +209,11 @@ async fn a_delivery_on_one_replica_ends_the_hold_on_the_other(engine: Engine) {
     fake.queue_phone(PHONE, vec![pair_rate()]);
     assert_eq!(send(&a, R).await.3, Some(131056), "{name}");
     let (status, marker, ..) = send(&a, R).await;
-    assert_eq!((status, marker.as_deref()), (400, Some("shaped")), "{name}: held on A");
+    assert_eq!(
+        (status, marker.as_deref()),
+        (400, Some("shaped")),
+        "{name}: held on A"
+    );
     wait_level(&b, Some(0), &format!("{name}: the hold reached B")).await;
     let (status, marker, ..) = send(&b, R).await;
     assert_eq!((status, marker), (200, None), "{name}: delivered through B");
@@ -212,15 +246,25 @@ async fn a_pair_hold_survives_kill9_and_a_restart(engine: Engine) {
         (400, Some("shaped"), Some(131056)),
         "{name}: held after the restart"
     );
-    assert!(retry.is_some_and(|s| (20..=30).contains(&s)), "{name}: {retry:?}");
+    assert!(
+        retry.is_some_and(|s| (20..=30).contains(&s)),
+        "{name}: {retry:?}"
+    );
     assert_eq!(fake.count_for_phone(PHONE), 1, "{name}");
     wait_level(&gw, Some(0), name).await;
     let m = gw.metrics().await;
-    assert_eq!(metric(&m, "wa_breaker_shaping_pairs", &[]), Some(1.0), "{name}");
+    assert_eq!(
+        metric(&m, "wa_breaker_shaping_pairs", &[]),
+        Some(1.0),
+        "{name}"
+    );
     // A pair hold is not a circuit.
     let r = gw.admin_get("/admin/circuits", Some(ADMIN)).await;
     let all: Vec<Value> = r.json().await.unwrap();
-    assert!(all.iter().all(|c| c["recipient"].is_null()), "{name}: {all:?}");
+    assert!(
+        all.iter().all(|c| c["recipient"].is_null()),
+        "{name}: {all:?}"
+    );
 }
 
 both_engines!(

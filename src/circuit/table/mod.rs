@@ -24,11 +24,11 @@ use dashmap::{DashMap, DashSet};
 use tokio::sync::mpsc;
 
 use super::cooldown::CooldownIndex;
-use super::pair::PairIndex;
 use super::directory::{Directory, Mapping, Resolved};
 use super::guard::OpenGuard;
 use super::model::{Circuit, Source, Transition};
 use super::order::{decide, newer, Action, Change, Outcome};
+use super::pair::PairIndex;
 use super::template::TemplateRef;
 use crate::graph::GraphId;
 
@@ -329,9 +329,7 @@ impl Table {
         let mut evicted = 0;
         for (p, to) in self.pairs().victims(&phone, self.limits.max_pairs, now) {
             let victim = super::pair::key(p.as_str(), &to.to_string());
-            let gone = self
-                .circuits
-                .remove_if(victim.as_str(), |_, c| c.is_pair());
+            let gone = self.circuits.remove_if(victim.as_str(), |_, c| c.is_pair());
             if let Some((k, c)) = gone {
                 self.guards.forget(&k, &c);
                 let seq = self.next_seq();
@@ -693,7 +691,9 @@ impl Table {
             })
             .collect();
         closed.sort();
-        let over = self.circuit_count().saturating_sub(self.limits.max_circuits);
+        let over = self
+            .circuit_count()
+            .saturating_sub(self.limits.max_circuits);
         let mut dropped = 0;
         for (i, (at, key, categorized, hold)) in closed.into_iter().enumerate() {
             // A template's category outlives `closed_ttl` (it stays true for months);
