@@ -505,6 +505,85 @@ mod tests {
         assert_eq!(combine(&closed, &a), None);
     }
 
+    fn hit_change(phone: &str, to: u64, at: DateTime<Utc>) -> crate::circuit::Change {
+        crate::circuit::Change {
+            waba_id: String::new(),
+            phone_number_id: Some(phone.into()),
+            template: None,
+            country: None,
+            recipient: Some(to.to_string()),
+            action: crate::circuit::Action::PairHit { hold: FOUR },
+            source: crate::circuit::Source::Send,
+            at,
+            reason: "131056".into(),
+            evidence: None,
+        }
+    }
+
+    /// In the table: a newer record from another replica with a shorter hold is merged to
+    /// the later end and the higher level, and published from here; holds count against
+    /// their own caps (a replica's merges too), never `max_circuits` or
+    /// `max_unknown_circuits`.
+    #[test]
+    fn the_table_merges_to_the_longer_hold_and_holds_have_their_own_cap() {
+        use crate::circuit::{Directory, Limits, Origin, Table};
+        let limits = Limits {
+            max_circuits: 2,
+            max_unknown: 1,
+            max_pairs: 64,
+            ..Limits::default()
+        };
+        let t = Table::with_limits("a", 5, limits, Directory::new([], 100));
+        let mut notices = t.subscribe();
+        let now = Utc::now();
+        let (held, _) = t.apply(hit_change(PHONE, 1, now)).unwrap();
+        let (held, _) = t.apply(hit_change(PHONE, 1, now)).unwrap();
+        assert_eq!(held.pair.map(|p| p.level), Some(1));
+        // Replica b recorded level 0 a moment later, without having seen ours.
+        let mut theirs = Circuit {
+            origin: "b".into(),
+            updated_at: now + chrono::Duration::milliseconds(5),
+            version: 1,
+            until: Some(now + chrono::Duration::seconds(4)),
+            pair: Some(Repeat {
+                level: 0,
+                reach: Some(now + chrono::Duration::seconds(8)),
+            }),
+            ..held.clone()
+        };
+        theirs.opened_at = theirs.updated_at.into();
+        while notices.try_recv().is_ok() {}
+        assert!(t.merge(theirs.clone()));
+        let kept = t.get(&held.key()).unwrap();
+        assert_eq!(kept.until, held.until, "the later end");
+        assert_eq!(kept.pair.map(|p| p.level), Some(1), "the higher level");
+        assert_eq!(kept.origin, "a");
+        assert!(crate::circuit::newer(&kept, &theirs));
+        let n = notices.try_recv().unwrap();
+        assert_eq!(n.origin, Origin::Local, "published from here");
+        // Many pairs: not circuits, not unknown circuits.
+        for i in 2..40 {
+            t.apply(hit_change(PHONE, i, now)).unwrap();
+        }
+        assert_eq!(t.unknown_open_count(), 0);
+        let close = crate::circuit::Change {
+            waba_id: "102290129340398".into(),
+            phone_number_id: None,
+            recipient: None,
+            action: crate::circuit::Action::Close,
+            source: crate::circuit::Source::Webhook,
+            ..hit_change(PHONE, 0, now)
+        };
+        assert!(t.apply(close).is_some(), "a WABA's close still finds room");
+        // Merges from other replicas count against the cap: 64 / 16 = 4 per shard.
+        for i in 100..140u64 {
+            let mut c = theirs.clone();
+            c.recipient = Some(i.to_string());
+            t.merge(c);
+        }
+        assert!(t.pairs().len() <= 4, "{}", t.pairs().len());
+    }
+
     #[test]
     fn the_index_follows_records_and_the_cap_picks_victims() {
         let idx = PairIndex::default();

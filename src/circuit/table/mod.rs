@@ -600,6 +600,10 @@ impl Table {
         let over_cap = !incoming.is_open()
             && !incoming.is_hold()
             && self.circuit_count() >= self.limits.max_circuits;
+        // A pair hold from another replica counts against this replica's cap too.
+        if incoming.is_pair() {
+            self.make_room_for_pair(&key, incoming.phone_number_id.as_deref());
+        }
         let mut incoming = incoming;
         let mut origin = Origin::Remote;
         let entry = self.circuits.entry(key.clone());
