@@ -536,7 +536,7 @@ mod tests {
         let t = Table::with_limits("a", 5, limits, Directory::new([], 100));
         let mut notices = t.subscribe();
         let now = Utc::now();
-        let (held, _) = t.apply(hit_change(PHONE, 1, now)).unwrap();
+        t.apply(hit_change(PHONE, 1, now)).unwrap();
         let (held, _) = t.apply(hit_change(PHONE, 1, now)).unwrap();
         assert_eq!(held.pair.map(|p| p.level), Some(1));
         // Replica b recorded level 0 a moment later, without having seen ours.
