@@ -113,8 +113,11 @@ pub struct Metrics {
     /// memory (`shaping` caps the numbers it tracks).
     pub shaping_evicted: IntCounter,
     /// `wa_breaker_shaping_pairs_evicted_total`: (phone number, recipient) pairs dropped
-    /// from the pair holds' memory (capped) to make room for a new hold.
+    /// (their records) to stay within `shaping.max_pairs`.
     pub shaping_pairs_evicted: IntCounter,
+    /// `wa_breaker_shaping_pairs`: pair holds held (the fleet's, as this replica's table
+    /// knows them).
+    pub shaping_pairs: IntGauge,
     /// `wa_breaker_shaping_cooldowns`: marketing cooldowns held (the fleet's, as this
     /// replica's table knows them).
     pub shaping_cooldowns: IntGauge,
@@ -426,7 +429,12 @@ impl Metrics {
         .expect("valid metric");
         let shaping_pairs_evicted = IntCounter::new(
             "wa_breaker_shaping_pairs_evicted_total",
-            "(Phone number, recipient) pairs dropped from the pair holds' memory to stay within its cap",
+            "(Phone number, recipient) pair records dropped to stay within shaping.max_pairs",
+        )
+        .expect("valid metric");
+        let shaping_pairs = IntGauge::new(
+            "wa_breaker_shaping_pairs",
+            "Pair holds (after Meta's 131056) held: the fleet's, as this replica knows them",
         )
         .expect("valid metric");
         let shaping_cooldowns = IntGauge::new(
@@ -486,6 +494,7 @@ impl Metrics {
             Box::new(shaping_wait.clone()),
             Box::new(shaping_evicted.clone()),
             Box::new(shaping_pairs_evicted.clone()),
+            Box::new(shaping_pairs.clone()),
             Box::new(shaping_cooldowns.clone()),
             Box::new(shaping_cooldowns_evicted.clone()),
         ] {
@@ -553,6 +562,7 @@ impl Metrics {
             shaping_wait,
             shaping_evicted,
             shaping_pairs_evicted,
+            shaping_pairs,
             shaping_cooldowns,
             shaping_cooldowns_evicted,
         }

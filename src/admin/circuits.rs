@@ -47,7 +47,7 @@ impl Admin {
                     None => self.table.list(),
                 };
                 // Marketing cooldowns are holds: `GET /admin/holds` lists them.
-                let all = all.into_iter().filter(|c| !c.is_cooldown()).collect();
+                let all = all.into_iter().filter(|c| !c.is_hold()).collect();
                 let shown: Vec<Value> = q.apply(all).iter().map(shown).collect();
                 json(StatusCode::OK, &shown)
             }
@@ -114,7 +114,7 @@ impl Admin {
             .table
             .list()
             .into_iter()
-            .filter(|c| !c.is_cooldown() && (c.key() == own || is_waba_level(c)))
+            .filter(|c| !c.is_hold() && (c.key() == own || is_waba_level(c)))
             .collect();
         if let Some(w) = &waba {
             if !out.iter().any(|c| c.key() == *w) {

@@ -1,7 +1,6 @@
-//! `/admin/holds…` and `/admin/templates…`: the shaping's holds — marketing cooldowns (the
-//! fleet's: records of the circuit table, shared over Redis) and pair holds (this
-//! replica's: kept in its memory only) — listed and cleared, and a template's category set
-//! by an operator.
+//! `/admin/holds…` and `/admin/templates…`: the shaping's holds — marketing cooldowns and
+//! pair holds, the fleet's (records of the circuit table, shared over Redis) — listed and
+//! cleared, and a template's category set by an operator.
 
 use std::time::Instant;
 
@@ -52,8 +51,8 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 impl Admin {
-    /// `GET /admin/holds`: the marketing cooldowns held (the fleet's) and this replica's
-    /// pair holds, soonest end first.
+    /// `GET /admin/holds`: the marketing cooldowns and pair holds held (the fleet's),
+    /// soonest end first.
     pub(super) fn list_holds(&self) -> Response<Body> {
         let now = Utc::now();
         let mut holds: Vec<(DateTime<Utc>, Hold)> = self
@@ -76,21 +75,21 @@ impl Admin {
                 ))
             })
             .collect();
-        if let Some(policy) = &self.policy {
-            for (phone, to, left, level) in policy.pairs().held(Instant::now()) {
-                let until = now + chrono::Duration::from_std(left).unwrap_or_default();
-                holds.push((
-                    until,
-                    Hold {
-                        kind: "pair",
-                        phone_number_id: Some(phone.to_string()),
-                        waba_id: None,
-                        recipient: to.to_string(),
-                        until: rfc3339(until),
-                        level: Some(level),
-                    },
-                ));
+        for (phone, to, until, level) in self.table.pairs().list() {
+            if until <= now {
+                continue;
             }
+            holds.push((
+                until,
+                Hold {
+                    kind: "pair",
+                    phone_number_id: Some(phone.to_string()),
+                    waba_id: None,
+                    recipient: to.to_string(),
+                    until: rfc3339(until),
+                    level: Some(level),
+                },
+            ));
         }
         holds.sort_by_key(|(until, _)| *until);
         let shown: Vec<Hold> = holds.into_iter().map(|(_, h)| h).collect();
@@ -125,9 +124,9 @@ impl Admin {
         )
     }
 
-    /// `DELETE /admin/holds/marketing/{waba_id}/{recipient}`: ends the cooldown (for the
-    /// whole fleet); `DELETE /admin/holds/pair/{phone_number_id}/{recipient}`: ends this
-    /// replica's pair hold. The recipient may be written as a send's `to` is.
+    /// `DELETE /admin/holds/marketing/{waba_id}/{recipient}`: ends the cooldown;
+    /// `DELETE /admin/holds/pair/{phone_number_id}/{recipient}`: ends the pair hold and its
+    /// reach — both for the whole fleet. The recipient may be written as a send's `to` is.
     pub(super) async fn clear_hold(&self, kind: &str, id: &str, recipient: &str) -> Response<Body> {
         if !GraphId::is_valid(id) {
             return json_error(StatusCode::BAD_REQUEST, "the id must be a numeric Graph id");
@@ -142,19 +141,23 @@ impl Admin {
         };
         match kind {
             "pair" => {
-                let cleared = match (&self.policy, GraphId::new(id)) {
-                    (Some(p), Some(phone)) => p.pairs().delivered(&phone, to),
-                    _ => false,
-                };
-                if !cleared {
+                let active = GraphId::new(id)
+                    .is_some_and(|phone| self.table.pairs().active(&phone, to, Utc::now()));
+                if !active {
                     return json_error(
                         StatusCode::NOT_FOUND,
-                        "no pair hold for that phone number and recipient on this replica",
+                        "no pair hold for that phone number and recipient",
                     );
                 }
+                let applied =
+                    self.table
+                        .apply(crate::policy::pair::end(id, to, Source::Admin, Utc::now()));
                 tracing::info!(phone_number_id = id, "admin request: pair hold cleared");
-                // Kept in this replica's memory only: nothing to store.
-                json(StatusCode::OK, &serde_json::json!({"cleared": true}))
+                self.durable_answer(
+                    applied.map(|(_, seq)| seq),
+                    serde_json::json!({"cleared": true}),
+                )
+                .await
             }
             _ => {
                 let key = crate::circuit::cooldown::key(id, &to.to_string());

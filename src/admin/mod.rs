@@ -70,7 +70,7 @@ pub struct Admin {
     configured: HashSet<String>,
     /// When the configuration was loaded: the `updated_at` of configured mappings.
     started: DateTime<Utc>,
-    /// The policy, for this replica's pair holds (`/admin/holds`).
+    /// The policy, for the numbers' pace on this replica (`/admin/pace`).
     policy: Option<Arc<crate::policy::Policy>>,
 }
 
@@ -92,7 +92,7 @@ impl Admin {
         }
     }
 
-    /// With the policy whose pair holds `/admin/holds` lists and clears.
+    /// With the policy whose pacer `/admin/pace` reads.
     pub fn with_policy(mut self, policy: Arc<crate::policy::Policy>) -> Admin {
         self.policy = Some(policy);
         self

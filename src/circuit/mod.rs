@@ -11,6 +11,7 @@ pub mod directory;
 mod guard;
 mod model;
 mod order;
+pub mod pair;
 mod table;
 pub mod template;
 

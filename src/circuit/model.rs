@@ -274,9 +274,15 @@ pub struct Circuit {
     pub country: Option<String>,
     /// Set for a marketing cooldown (after Meta's 131049 for this recipient): the
     /// recipient's digits; the record holds the WABA's MARKETING template sends to them
-    /// while open (key `cooldown:{waba}:{digits}`, see [`super::cooldown`]).
+    /// while open (key `cooldown:{waba}:{digits}`, see [`super::cooldown`]). Set with
+    /// `phone_number_id` (and no WABA) for a pair hold (after Meta's 131056): the record
+    /// holds that phone number's sends to them while open (key
+    /// `pair:{phone_number_id}:{digits}`, see [`super::pair`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,
+    /// A pair hold's level and reach (see [`super::pair::Repeat`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<super::pair::Repeat>,
     /// A template record's category, as Meta (or an operator) last gave it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<Box<super::cooldown::Category>>,
@@ -318,6 +324,7 @@ impl Circuit {
             template: None,
             country: None,
             recipient: None,
+            pair: None,
             category: None,
             state: State::Closed,
             scope: Scope::AllSends,
@@ -346,9 +353,21 @@ impl Circuit {
         )
     }
 
-    /// True for a marketing cooldown's record (a hold, not a circuit: never polled,
-    /// announced or given metric series of its own).
+    /// True for a marketing cooldown's record.
     pub fn is_cooldown(&self) -> bool {
+        self.recipient.is_some() && self.template.is_none() && self.phone_number_id.is_none()
+    }
+
+    /// True for a pair hold's record (`pair:{phone_number_id}:{digits}`).
+    pub fn is_pair(&self) -> bool {
+        self.recipient.is_some() && self.phone_number_id.is_some()
+    }
+
+    /// True for a hold (a marketing cooldown or a pair hold), not a circuit: never
+    /// polled, widened, announced or given metric series of its own, not listed by
+    /// `/admin/circuits`, and not counted against `max_circuits` (holds have caps of
+    /// their own).
+    pub fn is_hold(&self) -> bool {
         self.recipient.is_some() && self.template.is_none()
     }
 
@@ -367,6 +386,13 @@ impl Circuit {
                 && self.phone_number_id.is_none()
                 && self.recipient.is_none()
                 && t.is_valid();
+        }
+        if let (Some(r), Some(p)) = (&self.recipient, &self.phone_number_id) {
+            return id(p)
+                && self.waba_id.is_empty()
+                && self.template.is_none()
+                && self.country.is_none()
+                && super::cooldown::recipient_is_valid(r);
         }
         if let Some(r) = &self.recipient {
             return id(&self.waba_id)
@@ -417,7 +443,10 @@ pub(crate) fn full_key(
 ) -> String {
     match (template, recipient, country) {
         (Some(t), _, _) => super::template::key(waba_id, t),
-        (None, Some(r), _) => super::cooldown::key(waba_id, r),
+        (None, Some(r), _) => match phone_number_id {
+            Some(p) => super::pair::key(p, r),
+            None => super::cooldown::key(waba_id, r),
+        },
         (None, None, Some(c)) => format!("{}{waba_id}:{c}", super::country::KEY_PREFIX),
         (None, None, None) => key(waba_id, phone_number_id),
     }

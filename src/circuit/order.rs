@@ -27,6 +27,13 @@ pub enum Action {
     Note,
     /// Record a warning: a note that is listed and announced (it blocks nothing).
     Warn(Warning),
+    /// Meta answered a send with 131056: hold the pair (a record keyed by
+    /// `phone_number_id` and `recipient`) by the repeat rule of [`super::pair::hit`],
+    /// first for `hold`. A delivery or an operator ends it with [`Action::Close`].
+    PairHit {
+        /// `shaping.pair_hold`: the first hold.
+        hold: std::time::Duration,
+    },
     /// Record a template's category (a note that also sets [`Circuit::category`]; creates
     /// a closed template record when there is none).
     Categorize {
@@ -154,7 +161,12 @@ pub fn decide(
         )
     };
 
+    if cur.is_pair() {
+        return decide_pair(current, cur, next, change, now);
+    }
+
     match &change.action {
+        Action::PairHit { .. } => Outcome::Ignored("not a pair hold"),
         Action::Categorize { category, coming } => {
             let Some(next_category) =
                 super::cooldown::categorize(cur.category.as_deref(), change, category, coming)
@@ -298,6 +310,85 @@ pub fn decide(
                 transition: true,
             }
         }
+    }
+}
+
+/// A change to a pair hold's record (see [`super::pair`]): a 131056 holds it by the repeat
+/// rule, the timer closes it (its reach stays), a delivery or an operator ends it and its
+/// reach; anything else is ignored. No history is kept: a pair hold is many and routine,
+/// and its record must stay small (up to `shaping.max_pairs` of them, on disk and in
+/// Redis). A close never creates a record.
+fn decide_pair(
+    current: Option<&Circuit>,
+    cur: &Circuit,
+    mut next: Circuit,
+    change: &Change,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let stale = change.at < cur.updated_at;
+    match &change.action {
+        Action::PairHit { hold } => {
+            let Some(h) = super::pair::hit(current, change.at, *hold) else {
+                return Outcome::Ignored("older than the delivery that ended the pair's hold");
+            };
+            let was_open = cur.is_open();
+            next.state = State::Open;
+            next.scope = Scope::AllSends;
+            next.code = Some(crate::graph::codes::PAIR_RATE);
+            next.reason = change.reason.clone();
+            next.source = change.source;
+            if !was_open {
+                next.opened_at = Some(change.at);
+            }
+            next.until = Some(h.until);
+            next.pair = Some(super::pair::Repeat {
+                level: h.level,
+                reach: Some(h.reach),
+            });
+            next.updated_at = cur.updated_at.max(change.at);
+            Outcome::Applied {
+                circuit: next,
+                transition: !was_open,
+            }
+        }
+        Action::Expire { until } => {
+            if !cur.is_open() || cur.until != Some(*until) {
+                return Outcome::Ignored("pair hold no longer holds that expiry");
+            }
+            if stale {
+                return Outcome::Ignored("older than the pair hold");
+            }
+            next.state = State::Closed;
+            next.until = None;
+            next.reason = change.reason.clone();
+            next.source = change.source;
+            next.updated_at = change.at;
+            Outcome::Applied {
+                circuit: next,
+                transition: true,
+            }
+        }
+        Action::Close => {
+            let reach = cur.pair.and_then(|p| p.reach).is_some_and(|r| r > now);
+            if current.is_none() || (!cur.is_open() && !reach) {
+                return Outcome::Ignored("no pair hold to end");
+            }
+            if stale {
+                return Outcome::Ignored("older than the pair hold");
+            }
+            let was_open = cur.is_open();
+            next.state = State::Closed;
+            next.until = None;
+            next.pair = cur.pair.map(|p| super::pair::Repeat { reach: None, ..p });
+            next.reason = change.reason.clone();
+            next.source = change.source;
+            next.updated_at = change.at;
+            Outcome::Applied {
+                circuit: next,
+                transition: was_open,
+            }
+        }
+        _ => Outcome::Ignored("not a change a pair hold takes"),
     }
 }
 

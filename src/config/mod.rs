@@ -375,6 +375,7 @@ impl Config {
             keep_closed: self.max_event_age,
             widen_codes: self.trip_codes.clone(),
             max_cooldowns: self.shaping.max_cooldowns,
+            max_pairs: self.shaping.max_pairs,
         };
         let directory = Directory::new(
             self.accounts
@@ -606,6 +607,11 @@ mod tests {
         cfg.shaping.max_cooldowns = 0;
         rejects(&cfg, "shaping.max_cooldowns");
         cfg.shaping.max_cooldowns = 100_000;
+        cfg.shaping.max_pairs = 0;
+        rejects(&cfg, "shaping.max_pairs");
+        cfg.shaping.max_pairs = 10_000_001;
+        rejects(&cfg, "shaping.max_pairs");
+        cfg.shaping.max_pairs = 100_000;
         cfg.shaping.phone_throughput.insert("+1 555".into(), 20);
         rejects(&cfg, "shaping.phone_throughput");
         cfg.shaping.phone_throughput.clear();

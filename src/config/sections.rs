@@ -150,6 +150,9 @@ pub struct ShapingConfig {
     pub marketing_cooldown: Duration,
     /// Marketing cooldowns held at once; past it, the one ending first is dropped.
     pub max_cooldowns: usize,
+    /// Pair holds (records of a (phone number, recipient) pair after Meta's 131056) kept
+    /// at once; past it, those past their reach are dropped first, then the one ending first.
+    pub max_pairs: usize,
     /// `[shaping.phone_throughput]`: messages/s per phone-number id (the operator's word wins).
     pub phone_throughput: BTreeMap<String, u32>,
 }
@@ -164,6 +167,7 @@ impl Default for ShapingConfig {
             spam_cooldown: Duration::from_secs(3600),
             marketing_cooldown: Duration::from_secs(24 * 3600),
             max_cooldowns: 100_000,
+            max_pairs: 100_000,
             phone_throughput: BTreeMap::new(),
         }
     }

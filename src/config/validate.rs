@@ -288,6 +288,8 @@ impl Config {
     fn validate_shaping(&self) -> Result<(), ConfigError> {
         // Meta asks for at least 24 h; a week is the longest hold that still ends.
         const MAX_MARKETING_COOLDOWN: Duration = Duration::from_secs(7 * 24 * 3600);
+        // The most pair holds kept (each a record in memory, on disk and in Redis).
+        const MAX_PAIRS: usize = 10_000_000;
         use super::sections::MAX_THROUGHPUT;
         let s = &self.shaping;
         if !(1..=MAX_THROUGHPUT).contains(&s.throughput) {
@@ -359,6 +361,12 @@ impl Config {
         }
         if s.max_cooldowns == 0 {
             return Err(invalid("shaping.max_cooldowns", "must be at least 1"));
+        }
+        if !(1..=MAX_PAIRS).contains(&s.max_pairs) {
+            return Err(invalid(
+                "shaping.max_pairs",
+                format!("must be between 1 and {MAX_PAIRS}"),
+            ));
         }
         for (id, n) in &s.phone_throughput {
             if !GraphId::is_valid(id) {

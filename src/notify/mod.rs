@@ -118,12 +118,12 @@ struct Queue {
 /// Only what this replica changed, and only transitions and warnings (not other notes,
 /// not removals).
 fn worth_announcing(n: &Notice) -> bool {
-    // A marketing cooldown is a hold on one recipient, not a circuit: many and routine
-    // (`wa_breaker_shaping_cooldowns` counts them).
+    // A marketing cooldown or a pair hold is a hold on one recipient, not a circuit: many
+    // and routine (`wa_breaker_shaping_cooldowns`, `wa_breaker_shaping_pairs` count them).
     n.origin == Origin::Local
         && (n.transition || n.warning.is_some())
         && !n.removed
-        && !n.circuit.is_cooldown()
+        && !n.circuit.is_hold()
 }
 
 async fn dispatch(mut notices: mpsc::UnboundedReceiver<Notice>, mut queues: Vec<Queue>) {

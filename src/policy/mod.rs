@@ -326,8 +326,9 @@ pub struct Policy {
     discovery: Option<Arc<dyn Discovery>>,
     /// Every phone number's pace (`[shaping]`).
     pacer: pace::Pacer,
-    /// (Phone number, recipient) pairs held after Meta's 131056 (`shaping.pair_hold`).
-    pairs: pair::Pairs,
+    /// `shaping.pair_hold`: the first hold of a (phone number, recipient) pair after
+    /// Meta's 131056 (the holds are records of the table, [`pair`]).
+    pair_hold: Duration,
 }
 
 /// What the pair step ([`Policy::pair`]) decided for a send.
@@ -355,7 +356,7 @@ pub enum Paced {
 impl Policy {
     /// A policy with `settings`, reading and changing `table`.
     pub fn new(settings: Settings, table: Arc<Table>) -> Policy {
-        let pairs = pair::Pairs::new(settings.shaping.pair_hold, settings.shaping.max_pairs);
+        let pair_hold = settings.shaping.pair_hold;
         Policy {
             table,
             mode: settings.mode,
@@ -367,7 +368,7 @@ impl Policy {
             ack_late_logged: AtomicBool::new(false),
             discovery: None,
             pacer: pace::Pacer::new(settings.shaping),
-            pairs,
+            pair_hold,
         }
     }
 
@@ -404,11 +405,6 @@ impl Policy {
     /// Every phone number's pace.
     pub fn pacer(&self) -> &pace::Pacer {
         &self.pacer
-    }
-
-    /// (Phone number, recipient) pairs on hold.
-    pub fn pairs(&self) -> &pair::Pairs {
-        &self.pairs
     }
 
     /// The cooldown step, after the guard and before the pair holds: a send of a MARKETING
@@ -461,12 +457,13 @@ impl Policy {
     }
 
     /// The pair step, after the guard and before the pace: a send to a recipient its
-    /// phone number is holding after Meta's 131056 is answered locally with Meta's 131056
-    /// envelope (`enforce`); `observe` counts it and lets it go. The body is read (for its
-    /// `to`) only when the phone number has holds: every other send pays one atomic load.
+    /// phone number is holding after Meta's 131056 (on any replica: the holds are records
+    /// of the table) is answered locally with Meta's 131056 envelope (`enforce`);
+    /// `observe` counts it and lets it go. The body is read (for its `to`) only when the
+    /// phone number has pair records: every other send pays one atomic load.
     #[inline]
     pub fn pair(&self, call: Call, body: Body<'_>) -> Paired {
-        if !self.pairs.any() || call.kind != Kind::Send {
+        if !self.table.pairs().any() || call.kind != Kind::Send {
             return Paired::Go(None);
         }
         match (call.phone, body) {
@@ -479,21 +476,23 @@ impl Policy {
     #[cold]
     fn pair_held(&self, phone: GraphId, body: &[u8]) -> Paired {
         let mode = self.pacer.mode();
-        let now = Instant::now();
-        if mode == pace::ShapingMode::Off || !self.pairs.has_holds(&phone, now) {
+        let pairs = self.table.pairs();
+        if mode == pace::ShapingMode::Off || !pairs.has(&phone) {
             return Paired::Go(None);
         }
         let Some(to) = pair::recipient(body) else {
             return Paired::Go(None);
         };
-        match self.pairs.check(&phone, to, now) {
-            pair::Check::Free => Paired::Go(Some(to)),
-            pair::Check::Held { .. } if mode == pace::ShapingMode::Observe => {
+        let now = Utc::now();
+        match pairs.held(&phone, to, now) {
+            None => Paired::Go(Some(to)),
+            Some(_) if mode == pace::ShapingMode::Observe => {
                 METRICS.shaping_observed("pair", "answer");
                 Paired::Go(Some(to))
             }
-            pair::Check::Held { retry_after, level } => {
+            Some((until, level)) => {
                 METRICS.shaped("pair");
+                let retry_after = (until - now).to_std().unwrap_or(Duration::from_secs(1));
                 let details = format!(
                     "wa-breaker answered this send locally, it did not reach Meta: Meta answered an earlier send from phone number {} to this recipient with 131056 (pair rate limit), and the pair is held for {} more second(s) (hold {} after {} repeat(s)). Retry after retry-after.",
                     phone.as_str(),
@@ -512,16 +511,25 @@ impl Policy {
     }
 
     /// A send whose pair step read its recipient `to` was delivered (2xx): the pair's hold
-    /// and reach end.
+    /// and reach end, for the whole fleet (a record change, when the pair is held or within
+    /// reach; nothing otherwise). The answer does not wait for it to be stored.
     #[cold]
     pub fn delivered(&self, call: Call, to: u64) {
-        if let Some(phone) = call.phone {
-            self.pairs.delivered(&phone, to);
+        let Some(phone) = call.phone else {
+            return;
+        };
+        let now = Utc::now();
+        if self.table.pairs().active(&phone, to, now) {
+            self.table
+                .apply(pair::end(phone.as_str(), to, Source::Send, now));
         }
     }
 
     /// Meta answered a send of `phone` with 131056: its pair (the recipient read from the
-    /// request) is held (see [`pair`]); once per 131056, logged.
+    /// request) is held (see [`pair`]), a record of the table at the level the shared
+    /// record gives; once per 131056, logged. Unlike a trip, the answer does not wait for
+    /// the record to be durable: a hold lost to a kill -9 costs one more 131056, never a
+    /// block, and the app must not wait for a disk for it.
     #[cold]
     fn pair_rate_hit(&self, phone: GraphId, request: Option<&[u8]>) {
         if self.pacer.mode() == pace::ShapingMode::Off {
@@ -530,13 +538,14 @@ impl Policy {
         let Some(to) = request.and_then(pair::recipient) else {
             return;
         };
-        let (hold, evicted) = self.pairs.hit(phone, to, Instant::now());
-        if evicted > 0 {
-            METRICS.shaping_pairs_evicted.inc_by(evicted as u64);
-        }
+        let now = Utc::now();
+        let Some((c, _)) = self.table.apply(pair::hit(phone, to, self.pair_hold, now)) else {
+            return;
+        };
         tracing::info!(
             phone_number_id = %phone.as_str(),
-            hold_secs = hold.as_secs(),
+            hold_secs = c.until.map_or(0, |u| (u - now).num_seconds()),
+            level = c.pair.map_or(0, |p| p.level),
             shaping = self.pacer.mode().as_str(),
             "Meta answered 131056 (pair rate limit): sends from this phone number to this recipient are held for the hold"
         );

@@ -87,8 +87,6 @@ pub struct Settings {
     /// `shaping.pair_hold`: the first hold of a (phone number, recipient) pair after
     /// Meta's 131056 ([`super::pair`]).
     pub pair_hold: Duration,
-    /// (Phone number, recipient) pairs held at once (evicted past it, idle ones first).
-    pub max_pairs: usize,
     /// `shaping.spam_cooldown`: how long Meta's 131048 halves a number's pace.
     pub spam_cooldown: Duration,
 }
@@ -102,7 +100,6 @@ impl Default for Settings {
             phone_throughput: HashMap::new(),
             max_numbers: 100_000,
             pair_hold: Duration::from_secs(4),
-            max_pairs: 100_000,
             spam_cooldown: Duration::from_secs(3600),
         }
     }

@@ -1,272 +1,63 @@
-//! Pair holds (`shaping.pair_hold`): after Meta answers a send with 131056 (the
-//! (business number, user) pair rate limit), later sends from that phone number to that
-//! recipient are answered locally for the hold, four times longer for each repeat within
-//! the hold's reach ([`Pairs::hit`]), capped at [`CAP`]; a delivered send for the pair ends
-//! it ([`Pairs::delivered`]). A pure decision over a sharded map (a short lock on one shard,
-//! never held across an await; no global lock). Sends of a phone number with no hold pay one
-//! atomic load ([`Pairs::any`]) or one shard lookup ([`Pairs::has_holds`]) and their body
-//! is not read.
+//! Pair holds (`shaping.pair_hold`), the decisions: after Meta answers a send with 131056
+//! (the (business number, user) pair rate limit), later sends from that phone number to
+//! that recipient are answered locally for the hold, four times longer for each repeat
+//! within the hold's reach, capped at [`CAP`] ([`hit`]); a delivered send for the pair ends
+//! it ([`end`]). A hold is a record of the circuit table, shared over Redis and kept in the
+//! embedded store; the rule and the hot path's index are [`crate::circuit::pair`]. Sends
+//! of a phone number with no pair record pay one atomic load or one shard lookup and their
+//! body is not read.
 //!
 //! Recipients compare by their digits ([`recipient`]): `+1 555-765-4321` is `15557654321`.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
+use crate::circuit::{Action, Change, Evidence, Source};
 use crate::graph::GraphId;
 
-/// The longest hold.
-pub const CAP: Duration = Duration::from_secs(15 * 60);
-/// Each repeat within the hold's reach holds this many times longer (Meta: retry after 4^n s).
-pub const FACTOR: u32 = 4;
-/// Shards of the pair map (by phone number).
-pub const SHARDS: usize = 16;
+pub use crate::circuit::pair::{CAP, FACTOR};
 
-/// One pair's hold.
-#[derive(Clone, Copy, Debug)]
-struct Hold {
-    /// Sends are held until then (ns since the epoch).
-    until: i64,
-    /// A 131056 up to then repeats the hold (four times longer); past it the pair is
-    /// forgotten. The hold's end plus its length again.
-    reach: i64,
-    /// Repeats so far (0: the first hold).
-    level: u32,
-}
-
-#[derive(Default)]
-struct Shard {
-    phones: HashMap<GraphId, HashMap<u64, Hold>>,
-    pairs: usize,
-}
-
-impl Shard {
-    /// Drops `phone`'s pairs past their reach.
-    fn prune(&mut self, phone: &GraphId, now: i64) {
-        let Some(m) = self.phones.get_mut(phone) else {
-            return;
-        };
-        let before = m.len();
-        m.retain(|_, h| h.reach > now);
-        let gone = before - m.len();
-        if m.is_empty() {
-            self.phones.remove(phone);
-        }
-        self.pairs -= gone;
+/// Meta answered a send of `phone` to `to` (digits) with 131056 at `at`: the change that
+/// holds the pair for `hold` at first (the table applies the repeat rule to the shared
+/// record). No evidence is kept: the key names the recipient already, and the record must
+/// stay small.
+pub fn hit(phone: GraphId, to: u64, hold: Duration, at: DateTime<Utc>) -> Change {
+    Change {
+        waba_id: String::new(),
+        phone_number_id: Some(phone.to_string()),
+        template: None,
+        country: None,
+        recipient: Some(to.to_string()),
+        action: Action::PairHit { hold },
+        source: Source::Send,
+        at,
+        reason: "Meta answered 131056 (pair rate limit)".into(),
+        evidence: None,
     }
 }
 
-/// What the pair step found for one send.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Check {
-    /// No hold for the pair.
-    Free,
-    /// Held: answered locally for this long (or counted in observe mode).
-    Held {
-        /// Until the hold ends.
-        retry_after: Duration,
-        /// Its repeats so far.
-        level: u32,
-    },
-}
-
-/// Every (phone number, recipient) pair on hold. One per process, shared by every worker.
-pub struct Pairs {
-    hold: Duration,
-    per_shard: usize,
-    epoch: Instant,
-    /// Pairs held or within reach, all shards together: 0 is the fast path.
-    live: AtomicUsize,
-    shards: Box<[Mutex<Shard>]>,
-}
-
-fn nanos(d: Duration) -> i64 {
-    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
-}
-
-impl Pairs {
-    /// Holds of `hold` first, at most `max_pairs` pairs tracked (idle ones evicted first).
-    pub fn new(hold: Duration, max_pairs: usize) -> Pairs {
-        Pairs {
-            hold,
-            per_shard: max_pairs.div_ceil(SHARDS).max(1),
-            epoch: Instant::now(),
-            live: AtomicUsize::new(0),
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-        }
-    }
-
-    fn at(&self, now: Instant) -> i64 {
-        nanos(now.saturating_duration_since(self.epoch))
-    }
-
-    fn shard(&self, phone: &GraphId) -> std::sync::MutexGuard<'_, Shard> {
-        let h = phone
-            .as_bytes()
-            .iter()
-            .rev()
-            .take(2)
-            .fold(0usize, |h, b| h * 10 + *b as usize);
-        match self.shards[h % SHARDS].lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    fn sync_live(&self, before: usize, after: usize) {
-        if after > before {
-            self.live.fetch_add(after - before, Ordering::Relaxed);
-        } else if before > after {
-            self.live.fetch_sub(before - after, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether any pair is tracked at all (one atomic load: the pass-through path).
-    #[inline]
-    pub fn any(&self) -> bool {
-        self.live.load(Ordering::Relaxed) > 0
-    }
-
-    /// Whether `phone` has pairs held or within reach (its sends' bodies are read then).
-    pub fn has_holds(&self, phone: &GraphId, now: Instant) -> bool {
-        let now = self.at(now);
-        let mut s = self.shard(phone);
-        let before = s.pairs;
-        s.prune(phone, now);
-        let after = s.pairs;
-        let has = s.phones.contains_key(phone);
-        drop(s);
-        self.sync_live(before, after);
-        has
-    }
-
-    /// A send of `phone` to `to` (digits, [`recipient`]) at `now`.
-    pub fn check(&self, phone: &GraphId, to: u64, now: Instant) -> Check {
-        let at = self.at(now);
-        let s = self.shard(phone);
-        match s.phones.get(phone).and_then(|m| m.get(&to)) {
-            Some(h) if h.until > at => Check::Held {
-                retry_after: Duration::from_nanos((h.until - at) as u64),
-                level: h.level,
-            },
-            _ => Check::Free,
-        }
-    }
-
-    /// Meta answered a send of `phone` to `to` with 131056 at `now`: the pair is held for
-    /// `pair_hold`, or four times the last hold when this comes within its reach (capped
-    /// at [`CAP`]). Returns the hold and the idle pairs evicted to make room.
-    pub fn hit(&self, phone: GraphId, to: u64, now: Instant) -> (Duration, usize) {
-        let at = self.at(now);
-        let mut s = self.shard(&phone);
-        let before = s.pairs;
-        s.prune(&phone, at);
-        let level = s
-            .phones
-            .get(&phone)
-            .and_then(|m| m.get(&to))
-            .map_or(0, |h| h.level.saturating_add(1));
-        let hold = (0..level)
-            .try_fold(self.hold, |d, _| d.checked_mul(FACTOR))
-            .unwrap_or(CAP)
-            .min(CAP);
-        let mut evicted = 0;
-        let known = s.phones.get(&phone).is_some_and(|m| m.contains_key(&to));
-        if !known && s.pairs >= self.per_shard {
-            let pruned = s.pairs;
-            for m in s.phones.values_mut() {
-                m.retain(|_, h| h.reach > at);
-            }
-            s.phones.retain(|_, m| !m.is_empty());
-            s.pairs = s.phones.values().map(HashMap::len).sum();
-            if s.pairs >= self.per_shard {
-                // All held: the one ending first goes.
-                let first = s
-                    .phones
-                    .iter()
-                    .flat_map(|(p, m)| m.iter().map(move |(t, h)| (h.reach, *p, *t)))
-                    .min_by_key(|(reach, _, _)| *reach);
-                if let Some((_, p, t)) = first {
-                    if let Some(m) = s.phones.get_mut(&p) {
-                        m.remove(&t);
-                        if m.is_empty() {
-                            s.phones.remove(&p);
-                        }
-                    }
-                    s.pairs -= 1;
-                }
-            }
-            evicted = pruned - s.pairs;
-        }
-        let len = nanos(hold);
-        let until = at.saturating_add(len);
-        let fresh = s
-            .phones
-            .entry(phone)
-            .or_default()
-            .insert(
-                to,
-                Hold {
-                    until,
-                    reach: until.saturating_add(len),
-                    level,
-                },
-            )
-            .is_none();
-        if fresh {
-            s.pairs += 1;
-        }
-        let after = s.pairs;
-        drop(s);
-        self.sync_live(before, after);
-        (hold, evicted)
-    }
-
-    /// A send of `phone` to `to` was delivered (2xx), or an operator cleared the pair: it
-    /// is forgotten. True when it was tracked.
-    pub fn delivered(&self, phone: &GraphId, to: u64) -> bool {
-        let mut s = self.shard(phone);
-        let before = s.pairs;
-        let mut found = false;
-        if let Some(m) = s.phones.get_mut(phone) {
-            if m.remove(&to).is_some() {
-                found = true;
-                if m.is_empty() {
-                    s.phones.remove(phone);
-                }
-                s.pairs -= 1;
-            }
-        }
-        let after = s.pairs;
-        drop(s);
-        self.sync_live(before, after);
-        found
-    }
-
-    /// The pairs held at `now` (not those only within reach), for the admin API: phone
-    /// number, recipient's digits, time left, repeats so far.
-    pub fn held(&self, now: Instant) -> Vec<(GraphId, u64, Duration, u32)> {
-        let at = self.at(now);
-        let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            let s = match shard.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            for (phone, m) in &s.phones {
-                for (to, h) in m.iter().filter(|(_, h)| h.until > at) {
-                    let left = Duration::from_nanos((h.until - at) as u64);
-                    out.push((*phone, *to, left, h.level));
-                }
-            }
-        }
-        out
-    }
-
-    /// Pairs tracked now.
-    pub fn tracked(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
+/// The change that ends the hold of `phone` to `to` (and its reach): a delivered send
+/// (`Source::Send`) or an operator (`Source::Admin`, ordered after everything the record
+/// holds). It creates no record.
+pub fn end(phone: &str, to: u64, source: Source, at: DateTime<Utc>) -> Change {
+    let reason = match source {
+        Source::Admin => "cleared by an operator",
+        _ => "a send to the recipient was delivered (2xx)",
+    };
+    Change {
+        waba_id: String::new(),
+        phone_number_id: Some(phone.to_string()),
+        template: None,
+        country: None,
+        recipient: Some(to.to_string()),
+        action: Action::Close,
+        source,
+        at,
+        reason: reason.into(),
+        evidence: (source == Source::Admin).then(|| Evidence::Admin {
+            reason: reason.into(),
+        }),
     }
 }
 
@@ -333,46 +124,65 @@ mod tests {
 
     #[test]
     fn a_hold_quadruples_within_its_reach_and_a_delivery_ends_it() {
-        let p = Pairs::new(Duration::from_secs(4), 100);
-        let t0 = Instant::now();
-        let (phone, other) = (id("111"), id("222"));
-        assert!(!p.any());
-        assert_eq!(p.hit(phone, 15, t0).0, Duration::from_secs(4));
-        assert!(p.any() && p.has_holds(&phone, t0) && !p.has_holds(&other, t0));
-        assert!(matches!(
-            p.check(&phone, 15, t0),
-            Check::Held { level: 0, .. }
-        ));
-        assert_eq!(p.check(&phone, 16, t0), Check::Free);
-        assert_eq!(p.check(&other, 15, t0), Check::Free);
+        use crate::circuit::Table;
+        let t = Table::new("t", 5);
+        let four = Duration::from_secs(4);
+        let t0 = Utc::now();
+        let (phone, other) = (id("106540352242922"), id("106540352242923"));
+        let pairs = t.pairs();
+        let until = |at| {
+            t.apply(hit(phone, 15, four, at))
+                .and_then(|(c, _)| c.until)
+                .map(|u| (u - at).num_seconds())
+        };
+        assert!(!pairs.any());
+        assert_eq!(until(t0), Some(4));
+        assert!(pairs.any() && pairs.has(&phone) && !pairs.has(&other));
+        assert_eq!(pairs.held(&phone, 15, t0).map(|h| h.1), Some(0));
+        assert_eq!(pairs.held(&phone, 16, t0), None);
+        assert_eq!(pairs.held(&other, 15, t0), None);
         // Over, but within reach: the next 131056 holds 16 s, then 64 s …
-        let t1 = t0 + Duration::from_secs(5);
-        assert_eq!(p.check(&phone, 15, t1), Check::Free);
-        assert_eq!(p.hit(phone, 15, t1).0, Duration::from_secs(16));
-        assert_eq!(p.hit(phone, 15, t1).0, Duration::from_secs(64));
+        let t1 = t0 + chrono::Duration::seconds(5);
+        assert_eq!(pairs.held(&phone, 15, t1), None);
+        assert_eq!(until(t1), Some(16));
+        assert_eq!(until(t1), Some(64));
         for _ in 0..10 {
-            p.hit(phone, 15, t1);
+            until(t1);
         }
-        assert_eq!(p.hit(phone, 15, t1).0, CAP);
-        p.delivered(&phone, 15);
-        assert!(!p.any());
-        assert_eq!(p.hit(phone, 15, t1).0, Duration::from_secs(4));
-        // Past its reach the pair is forgotten: a first hold again.
-        let t2 = t1 + Duration::from_secs(9);
-        assert!(!p.has_holds(&phone, t2));
-        assert!(!p.any());
-        assert_eq!(p.hit(phone, 15, t2).0, Duration::from_secs(4));
+        assert_eq!(until(t1), Some(CAP.as_secs() as i64));
+        // A delivery ends it, and its reach: a first hold again.
+        let t2 = t1 + chrono::Duration::seconds(1);
+        assert!(t.apply(end(phone.as_str(), 15, Source::Send, t2)).is_some());
+        assert!(pairs.held(&phone, 15, t2).is_none());
+        assert!(!pairs.active(&phone, 15, t2));
+        // A delivery for a pair with no record creates none.
+        assert!(t.apply(end(phone.as_str(), 99, Source::Send, t2)).is_none());
+        assert_eq!(until(t2 + chrono::Duration::seconds(1)), Some(4));
+        assert_eq!(pairs.len(), 1);
+        // The record is not a circuit: not counted against max_unknown_circuits.
+        assert_eq!(t.unknown_open_count(), 0);
+        assert_eq!(t.open_count(), 0);
     }
 
     #[test]
     fn memory_is_bounded() {
-        let p = Pairs::new(Duration::from_secs(4), SHARDS);
-        let t0 = Instant::now();
-        let mut evicted = 0;
+        use crate::circuit::{Directory, Limits, Table};
+        let shards = crate::circuit::pair::SHARDS;
+        let limits = Limits {
+            max_pairs: shards,
+            ..Limits::default()
+        };
+        let t = Table::with_limits("t", 5, limits, Directory::new([], 100));
+        let now = Utc::now();
         for i in 0..1000u64 {
-            evicted += p.hit(id(&(1000 + i).to_string()), i, t0).1;
+            t.apply(hit(
+                id(&(1000 + i).to_string()),
+                i,
+                Duration::from_secs(4),
+                now,
+            ));
         }
-        assert!(p.tracked() <= SHARDS);
-        assert!(evicted >= 1000 - SHARDS);
+        assert!(t.pairs().len() <= shards, "{}", t.pairs().len());
+        assert!(t.len() <= shards);
     }
 }

@@ -171,7 +171,7 @@ impl Task {
                 Some(n) = circuits.recv() => {
                     // A phone number's circuit opened while its WABA is unknown.
                     let c = &n.circuit;
-                    if c.is_open() && c.waba_id.is_empty() {
+                    if c.is_open() && c.waba_id.is_empty() && !c.is_hold() {
                         if let Some(phone) = c.phone_number_id.as_deref().and_then(GraphId::new) {
                             self.consider(Hint { phone, token: None }, &done_tx);
                         }

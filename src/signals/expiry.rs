@@ -53,7 +53,7 @@ pub async fn expire_at(
             && cur.phone_number_id.is_none()
             && cur.template.is_none()
             && cur.country.is_none()
-            && !cur.is_cooldown()
+            && !cur.is_hold()
     });
     let until_s = until.to_rfc3339_opts(SecondsFormat::Secs, true);
     let mut reason = format!("restriction ended at {until_s}");

@@ -91,6 +91,12 @@ pub fn start(cfg: &Config, target: &Target, table: Arc<Table>) -> Signals {
             watchers.update(c);
         }
         while let Some(notice) = rx.recv().await {
+            if notice.removed {
+                // Dropped from the table (pruned, or a hold evicted past its cap): no
+                // timer or poller may outlive it.
+                watchers.forget(&notice.circuit.key());
+                continue;
+            }
             watchers.update(&notice.circuit);
             if let (Origin::Local, Some(w)) = (notice.origin, &notice.warning) {
                 hold_marketing(&watchers.table, &holds, &notice.circuit, w.kind);
@@ -164,12 +170,13 @@ impl Watchers {
             // A template's circuit is Meta's template state, not the WABA's health: closed by
             // its webhook, its known end or an operator.
             // A country's circuit likewise: Health Status does not report countries.
-            // A marketing cooldown is a hold with a known end: its timer closes it.
+            // A marketing cooldown or a pair hold is a hold with a known end: its timer
+            // closes it.
             Some(_)
                 if c.source == Source::Admin
                     || c.template.is_some()
                     || c.country.is_some()
-                    || c.is_cooldown() =>
+                    || c.is_hold() =>
             {
                 self.stop_polling(id);
             }
@@ -201,6 +208,12 @@ impl Watchers {
                 self.timers.remove(id);
             }
         }
+    }
+
+    /// Forgets a record dropped from the table.
+    fn forget(&mut self, key: &str) {
+        self.stop_polling(key);
+        self.timers.remove(key);
     }
 
     /// Stops `key`'s poll loop, if one runs, and drops its lease (when this replica

@@ -175,14 +175,15 @@ pub const CLOSED_COOLDOWN_TTL: Duration = Duration::from_secs(3600);
 /// The TTL of a circuit's key written at `now`: open with `until` → `until` + [`UNTIL_GRACE`];
 /// open until a signal → none; closed → `closed_ttl`, except a template record that keeps
 /// the template's category (none: it stays true for months; `max_circuits` bounds them) and
-/// an ended marketing cooldown ([`CLOSED_COOLDOWN_TTL`]).
+/// an ended marketing cooldown or pair hold ([`CLOSED_COOLDOWN_TTL`]).
 pub fn ttl_for(c: &Circuit, now: DateTime<Utc>, closed_ttl: Duration) -> Ttl {
     match (c.state, c.until) {
         (State::Open, None) => Ttl::Persist,
         (State::Closed, _) if c.category.is_some() => Ttl::Persist,
         // An ended marketing cooldown orders nothing a later status could change (its end
-        // follows from the status's own time): kept an hour, for replicas catching up.
-        (State::Closed, _) if c.is_cooldown() => {
+        // follows from the status's own time): kept an hour, for replicas catching up. An
+        // ended pair hold likewise (its reach is minutes at most).
+        (State::Closed, _) if c.is_hold() => {
             Ttl::Millis(closed_ttl.min(CLOSED_COOLDOWN_TTL).max(MIN_TTL).as_millis() as u64)
         }
         (State::Open, Some(until)) => {
@@ -202,7 +203,7 @@ pub fn worth_restoring(c: &Circuit, now: DateTime<Utc>, closed_ttl: Duration) ->
     let end = match (c.state, c.until) {
         (State::Open, None) => return true,
         (State::Closed, _) if c.category.is_some() => return true,
-        (State::Closed, _) if c.is_cooldown() => return false,
+        (State::Closed, _) if c.is_hold() => return false,
         (State::Open, Some(until)) => add(until, UNTIL_GRACE),
         (State::Closed, _) => add(c.last_activity(), closed_ttl),
     };

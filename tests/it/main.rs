@@ -27,6 +27,7 @@ mod marketing;
 mod notify;
 mod observability;
 mod overload;
+mod pair_holds;
 mod proxy;
 mod relay;
 mod shaping;

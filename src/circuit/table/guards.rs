@@ -10,6 +10,7 @@ use dashmap::DashMap;
 use crate::circuit::cooldown::CooldownIndex;
 use crate::circuit::guard::OpenGuard;
 use crate::circuit::model::Circuit;
+use crate::circuit::pair::PairIndex;
 use crate::circuit::template::{TemplateIndex, TemplateRef};
 use crate::graph::GraphId;
 
@@ -30,6 +31,8 @@ pub(super) struct Guards {
     countries: TemplateIndex,
     /// Open marketing cooldowns and template categories.
     pub(super) cooldowns: CooldownIndex,
+    /// Pair holds' records.
+    pub(super) pairs: PairIndex,
 }
 
 impl Guards {
@@ -98,6 +101,8 @@ impl Guards {
     pub(super) fn forget(&self, key: &str, c: &Circuit) {
         if c.template.is_some() {
             self.cooldowns.forget_category(key);
+        } else if c.is_pair() {
+            self.pairs.sync(c, true);
         } else if c.is_cooldown() {
             self.cooldowns.sync(key, c, true);
         }
@@ -117,6 +122,10 @@ impl Guards {
         if c.is_cooldown() {
             // A hold, not a circuit: no open gauge of its own.
             self.cooldowns.sync(key, c, false);
+            return None;
+        }
+        if c.is_pair() {
+            self.pairs.sync(c, false);
             return None;
         }
         if let Some(phone) = c.phone_number_id.as_deref().and_then(GraphId::new) {

@@ -28,6 +28,7 @@ use super::directory::{Directory, Mapping, Resolved};
 use super::guard::OpenGuard;
 use super::model::{Circuit, Source, Transition};
 use super::order::{decide, newer, Action, Change, Outcome};
+use super::pair::PairIndex;
 use super::template::TemplateRef;
 use crate::graph::GraphId;
 
@@ -97,6 +98,10 @@ pub struct Limits {
     /// Marketing cooldowns held at once (`shaping.max_cooldowns`): past it, a new one
     /// evicts the one that ends first (counted).
     pub max_cooldowns: usize,
+    /// Pair hold records kept at once (`shaping.max_pairs`, kept per shard of the pair
+    /// index): past it, a new pair evicts those past their reach, else the one whose reach
+    /// ends first (counted).
+    pub max_pairs: usize,
 }
 
 impl Default for Limits {
@@ -109,6 +114,7 @@ impl Default for Limits {
             keep_closed: Duration::from_secs(7 * 24 * 3600),
             widen_codes: crate::graph::codes::DEFAULT_TRIP_CODES.to_vec(),
             max_cooldowns: 100_000,
+            max_pairs: 100_000,
         }
     }
 }
@@ -140,9 +146,16 @@ pub struct Table {
 }
 
 /// True for a circuit whose key a send chose: a send's phone number of no known WABA, or a
-/// send's template (see [`Limits::max_unknown`]).
-fn chosen_by_send(source: Source, waba_id: &str, phone: Option<&str>, template: bool) -> bool {
-    source == Source::Send && (template || (phone.is_some() && waba_id.is_empty()))
+/// send's template (see [`Limits::max_unknown`]). Not a pair hold (`recipient`): those
+/// have their own cap (`max_pairs`).
+fn chosen_by_send(
+    source: Source,
+    waba_id: &str,
+    phone: Option<&str>,
+    template: bool,
+    recipient: bool,
+) -> bool {
+    source == Source::Send && !recipient && (template || (phone.is_some() && waba_id.is_empty()))
 }
 
 impl Table {
@@ -287,6 +300,56 @@ impl Table {
         &self.guards.cooldowns
     }
 
+    /// Hot path: the pair holds' records.
+    #[inline]
+    pub fn pairs(&self) -> &PairIndex {
+        &self.guards.pairs
+    }
+
+    /// Records that count against `max_circuits`: every one but the holds (marketing
+    /// cooldowns and pair holds have caps of their own, so a flood of them never pushes
+    /// out a circuit's record). A closed cooldown not yet pruned counts for a minute.
+    fn circuit_count(&self) -> usize {
+        self.circuits
+            .len()
+            .saturating_sub(self.cooldowns().len() + self.pairs().len())
+    }
+
+    /// Past `max_pairs` (per shard of the pair index), the pair records past their reach
+    /// are dropped, else the one whose reach ends first (stores delete them), to make room
+    /// for the new pair `key` of `phone`. Returns how many were dropped.
+    fn make_room_for_pair(&self, key: &str, phone: Option<&str>) -> usize {
+        let Some(phone) = phone.and_then(GraphId::new) else {
+            return 0;
+        };
+        if self.circuits.contains_key(key) {
+            return 0;
+        }
+        let now = Utc::now();
+        let mut evicted = 0;
+        for (p, to) in self.pairs().victims(&phone, self.limits.max_pairs, now) {
+            let victim = super::pair::key(p.as_str(), &to.to_string());
+            let gone = self.circuits.remove_if(victim.as_str(), |_, c| c.is_pair());
+            if let Some((k, c)) = gone {
+                self.guards.forget(&k, &c);
+                let seq = self.next_seq();
+                self.notify(&c, Origin::Local, seq, false, true, None);
+                evicted += 1;
+            }
+        }
+        if evicted > 0 {
+            crate::metrics::METRICS
+                .shaping_pairs_evicted
+                .inc_by(evicted as u64);
+            tracing::debug!(
+                evicted,
+                max_pairs = self.limits.max_pairs,
+                "pair holds dropped to stay within shaping.max_pairs"
+            );
+        }
+        evicted
+    }
+
     /// Past `max_cooldowns`, the open cooldown that ends first is dropped (stores delete
     /// it) to make room for a new one (key `key`). Returns how many were dropped.
     fn make_room_for_cooldown(&self, key: &str) -> usize {
@@ -376,6 +439,7 @@ impl Table {
             &c.waba_id,
             c.phone_number_id.as_deref(),
             c.template.is_some(),
+            c.recipient.is_some(),
         );
         if chosen && c.is_open() {
             self.unknown.insert(key.clone());
@@ -402,6 +466,7 @@ impl Table {
                 &change.waba_id,
                 change.phone_number_id.as_deref(),
                 change.template.is_some(),
+                change.recipient.is_some(),
             )
             && self.unknown.insert(key.clone())
         {
@@ -428,16 +493,20 @@ impl Table {
                 self.ignored("unknown_waba", &change.waba_id);
                 return None;
             }
-            if self.circuits.len() >= self.limits.max_circuits {
+            if change.recipient.is_none() && self.circuit_count() >= self.limits.max_circuits {
                 self.ignored("over_cap", &change.waba_id);
                 return None;
             }
         }
         if change.recipient.is_some()
             && change.template.is_none()
+            && change.phone_number_id.is_none()
             && matches!(change.action, Action::Open { .. })
         {
             self.make_room_for_cooldown(&key);
+        }
+        if matches!(change.action, Action::PairHit { .. }) {
+            self.make_room_for_pair(&key, change.phone_number_id.as_deref());
         }
         let entry = self.circuits.entry(key.clone());
         let current = match &entry {
@@ -501,11 +570,11 @@ impl Table {
         }
         self.track_unknown(&key, &circuit);
         let held = entry.insert(circuit.clone());
-        if circuit.is_cooldown() || matches!(change.action, Action::Categorize { .. }) {
+        if circuit.is_hold() || matches!(change.action, Action::Categorize { .. }) {
             // Holds and categories are many and routine: no transition line or counter
-            // per recipient (`wa_breaker_shaping_cooldowns` counts them). The key is not
-            // logged: a cooldown's names a recipient.
-            tracing::debug!(waba_id = %circuit.waba_id, state = circuit.state.as_str(), reason = %circuit.reason, "cooldown or category recorded");
+            // per recipient (`wa_breaker_shaping_cooldowns` and `wa_breaker_shaping_pairs`
+            // count them). The key is not logged: a hold's names a recipient.
+            tracing::debug!(waba_id = %circuit.waba_id, state = circuit.state.as_str(), reason = %circuit.reason, "hold or category recorded");
         } else if transition {
             self.report_transition(&key, &circuit, was_open);
         } else if let Some(w) = &warning {
@@ -521,7 +590,8 @@ impl Table {
         self.notify(&circuit, Origin::Local, seq, transition, false, warning);
         drop(held);
         // A phone number's circuit opened while its WABA was not known: maybe it is by now.
-        if let (Some(p), true) = (&circuit.phone_number_id, transition && circuit.is_open()) {
+        let widens = transition && circuit.is_open() && !circuit.is_hold();
+        if let (Some(p), true) = (&circuit.phone_number_id, widens) {
             if let Some(r) = self.directory.resolve(p) {
                 self.widen(p, &r.waba);
             }
@@ -543,12 +613,27 @@ impl Table {
     fn merge_logged(&self, incoming: Circuit, log: bool) -> bool {
         let key: Arc<str> = Arc::from(incoming.key().as_str());
         // Counted before the entry is taken: `len` read-locks every shard.
-        let over_cap = !incoming.is_open() && self.circuits.len() >= self.limits.max_circuits;
+        let over_cap = !incoming.is_open()
+            && !incoming.is_hold()
+            && self.circuit_count() >= self.limits.max_circuits;
+        // A pair hold from another replica counts against this replica's cap too.
+        if incoming.is_pair() {
+            self.make_room_for_pair(&key, incoming.phone_number_id.as_deref());
+        }
+        let mut incoming = incoming;
+        let mut origin = Origin::Remote;
         let entry = self.circuits.entry(key.clone());
         let (was_open, was_scope) = match &entry {
             dashmap::Entry::Occupied(o) => {
                 if !newer(&incoming, o.get()) {
                     return false;
+                }
+                // Two pair holds recorded at once on two replicas: the later end and the
+                // higher level win, ordered after both and published from here.
+                if let Some(mut c) = super::pair::combine(&incoming, o.get()) {
+                    c.origin = self.origin.clone();
+                    incoming = c;
+                    origin = Origin::Local;
                 }
                 (o.get().is_open(), Some(o.get().scope))
             }
@@ -569,11 +654,11 @@ impl Table {
         self.track_unknown(&key, &incoming);
         let transition = was_open != incoming.is_open()
             || (incoming.is_open() && was_scope != Some(incoming.scope));
-        if log && was_open != incoming.is_open() && !incoming.is_cooldown() {
+        if log && was_open != incoming.is_open() && !incoming.is_hold() {
             self.log_transition(&incoming, was_open);
         }
         let held = entry.insert(incoming.clone());
-        self.notify(&incoming, Origin::Remote, seq, transition, false, None);
+        self.notify(&incoming, origin, seq, transition, false, None);
         drop(held);
         true
     }
@@ -618,25 +703,26 @@ impl Table {
             .circuits
             .iter()
             .filter(|c| !c.is_open())
+            // A closed pair hold within its reach stays: the next 131056 repeats it.
+            .filter(|c| !c.is_pair() || c.pair.and_then(|p| p.reach).is_none_or(|r| r <= now))
             .map(|c| {
                 let key = c.key().clone();
-                (
-                    c.last_activity(),
-                    key,
-                    c.category.is_some(),
-                    c.is_cooldown(),
-                )
+                (c.last_activity(), key, c.category.is_some(), c.is_hold())
             })
             .collect();
         closed.sort();
-        let over = self.circuits.len().saturating_sub(self.limits.max_circuits);
+        let over = self
+            .circuit_count()
+            .saturating_sub(self.limits.max_circuits);
         let mut dropped = 0;
-        for (i, (at, key, categorized, cooldown)) in closed.into_iter().enumerate() {
+        for (i, (at, key, categorized, hold)) in closed.into_iter().enumerate() {
             // A template's category outlives `closed_ttl` (it stays true for months);
             // only `max_circuits` drops such a record. An ended marketing cooldown goes at
             // once: a late status cannot re-open it (its end follows from the status's own
-            // time, already past), and thousands of them must not crowd `max_circuits`.
-            let expired = (now - at > ttl && !categorized) || cooldown;
+            // time, already past), and thousands of them must not crowd `max_circuits`. So
+            // does an ended pair hold past its reach (or ended by a delivery): a late
+            // 131056 starts a first hold again, which is the rule past the reach.
+            let expired = (now - at > ttl && !categorized) || hold;
             if !expired && (i >= over || now - at <= keep) {
                 // Not this one; a newer ended cooldown may still go.
                 continue;
@@ -650,7 +736,7 @@ impl Table {
                 let seq = self.next_seq();
                 self.unknown.remove(key.as_ref());
                 self.guards.forget(&key, &c);
-                if !c.is_cooldown() {
+                if !c.is_hold() {
                     self.series.forget(&key, &c);
                 }
                 self.notify(&c, Origin::Local, seq, false, true, None);
