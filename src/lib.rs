@@ -158,12 +158,33 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let target = Target::new(&cfg)?;
     // Subscribed before the signals start, so an expiry right after start is announced.
     notify::start(&cfg.notify, &table, target.client());
-    let signals = signals::start(&cfg, &target, table.clone());
+    let (levels, levels_rx) = signals::throughput::channel(&cfg).unzip();
+    let signals = signals::start(&cfg, &target, table.clone(), levels.clone());
     let discovery = signals
         .discovery()
         .map(|h| Arc::new(h) as Arc<dyn policy::Discovery>);
-    let policy =
-        Arc::new(Policy::new(cfg.policy_settings(), table.clone()).with_discovery(discovery));
+    let policy = Arc::new(
+        Policy::new(cfg.policy_settings(), table.clone())
+            .with_discovery(discovery)
+            .with_throughput_reads(
+                levels
+                    .clone()
+                    .map(|l| Arc::new(l) as Arc<dyn policy::ThroughputReads>),
+                signals::throughput::token(&cfg).is_some(),
+            ),
+    );
+    if let Some(rx) = levels_rx {
+        signals::throughput::start(
+            &cfg,
+            &target,
+            policy.clone(),
+            rx,
+            signals.discovery().is_some(),
+        );
+    }
+    if let Some(w) = cfg.shaping_level_warning() {
+        tracing::warn!("{w}");
+    }
     signals::replicas::start(&cfg, table.origin(), policy.clone());
     signals::replicas::start_gauges(&cfg, policy.clone());
     let limits = Limits::new(
@@ -180,6 +201,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         target.client(),
         signals.health(),
         signals.budget(),
+        levels,
     ));
     let relay = cfg.fast_path.then(|| {
         relay::Relay::new(

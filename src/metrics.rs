@@ -91,6 +91,10 @@ pub struct Metrics {
     pub phone_numbers_known: IntGaugeVec,
     /// Discovery's Health Status reads of unmapped phone numbers, by result.
     pub discovery_lookups: IntCounterVec,
+    /// `wa_breaker_shaping_throughput_reads_total{result}`: Meta's throughput level of a
+    /// phone number, read or learned (`standard`, `high`, `unknown`, `error`, `auth_error`,
+    /// `dropped`, `upgrade`, `upgrade_unknown_number`).
+    pub throughput_reads: IntCounterVec,
     /// `wa_breaker_webhook_errors_total{code, site}`: Graph error codes Meta reported only by
     /// webhook (`messages` deliveries: `statuses[].errors[]`, `value.errors[]`).
     webhook_errors: IntCounterVec,
@@ -360,6 +364,26 @@ impl Metrics {
         ] {
             discovery_lookups.with_label_values(&[r]);
         }
+        let throughput_reads = IntCounterVec::new(
+            Opts::new(
+                "wa_breaker_shaping_throughput_reads_total",
+                "Meta's throughput level of phone numbers: reads by result, and THROUGHPUT_UPGRADE webhooks",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for r in [
+            "standard",
+            "high",
+            "unknown",
+            "error",
+            "auth_error",
+            "dropped",
+            "upgrade",
+            "upgrade_unknown_number",
+        ] {
+            throughput_reads.with_label_values(&[r]);
+        }
         let webhook_errors = IntCounterVec::new(
             Opts::new(
                 "wa_breaker_webhook_errors_total",
@@ -475,6 +499,7 @@ impl Metrics {
             Box::new(mappings_learned.clone()),
             Box::new(phone_numbers_known.clone()),
             Box::new(discovery_lookups.clone()),
+            Box::new(throughput_reads.clone()),
             Box::new(client_timeouts.clone()),
             Box::new(client_body_errors.clone()),
             Box::new(webhook_errors.clone()),
@@ -551,6 +576,7 @@ impl Metrics {
             mappings_learned,
             phone_numbers_known,
             discovery_lookups,
+            throughput_reads,
             client_timeouts,
             client_body_errors,
             webhook_errors,

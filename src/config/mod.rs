@@ -260,6 +260,22 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Said at start when `shaping.mode = "enforce"` and nothing can read Meta's throughput
+    /// level of a phone number (no `health.access_token`, no `discovery.use_caller_token`).
+    pub fn shaping_level_warning(&self) -> Option<&'static str> {
+        let token = self
+            .health
+            .access_token
+            .as_ref()
+            .is_some_and(|t| !t.expose().is_empty());
+        (self.shaping.mode == crate::policy::pace::ShapingMode::Enforce
+            && !token
+            && !self.discovery.use_caller_token)
+            .then_some(
+                "shaping.mode = \"enforce\" without health.access_token (nor discovery.use_caller_token): Meta's throughput level of a phone number cannot be read, so numbers are paced at shaping.throughput unless listed in [shaping.phone_throughput] (a number Meta upgraded to 1 000/s is held at the default; a THROUGHPUT_UPGRADE webhook still raises it)",
+            )
+    }
+
     /// Said at start (and by `check-config`) when nothing can tell the gateway which WABA a
     /// phone number belongs to: no `[[accounts]]`, no webhook secret, no way to read
     /// Health Status.
@@ -576,7 +592,7 @@ mod tests {
     #[test]
     fn shaping_defaults_and_bounds() {
         let mut cfg = Config::default();
-        assert_eq!(cfg.shaping.mode, crate::policy::pace::ShapingMode::Observe);
+        assert_eq!(cfg.shaping.mode, crate::policy::pace::ShapingMode::Enforce);
         assert_eq!(cfg.shaping.throughput, 80);
         cfg.validate().unwrap();
         let rejects = |c: &Config, key: &str| {

@@ -160,7 +160,7 @@ pub struct ShapingConfig {
 impl Default for ShapingConfig {
     fn default() -> Self {
         ShapingConfig {
-            mode: crate::policy::pace::ShapingMode::Observe,
+            mode: crate::policy::pace::ShapingMode::Enforce,
             throughput: 80,
             max_delay: Duration::from_secs(1),
             pair_hold: Duration::from_secs(4),

@@ -5,6 +5,7 @@ pub mod health;
 pub mod id;
 
 pub mod route;
+pub mod throughput;
 pub mod webhook;
 
 pub use id::GraphId;

@@ -121,6 +121,33 @@ pub const FIELD_MESSAGES: &str = "messages";
 /// Field of account alerts (may name a `PHONE_NUMBER` entity).
 pub const FIELD_ACCOUNT_ALERTS: &str = "account_alerts";
 
+/// Field of a phone number's throughput changes (`event: THROUGHPUT_UPGRADE`).
+pub const FIELD_PHONE_QUALITY: &str = "phone_number_quality_update";
+/// The `phone_number_quality_update` event of a throughput upgrade.
+pub const EVENT_THROUGHPUT_UPGRADE: &str = "THROUGHPUT_UPGRADE";
+
+/// A `messages` change's `value.metadata`: its `display_phone_number` and numeric
+/// `phone_number_id` (how a display number, all a `THROUGHPUT_UPGRADE` names, maps to an id).
+pub fn display_of(change: &ChangeItem) -> Option<(&str, &str)> {
+    if change.field != FIELD_MESSAGES {
+        return None;
+    }
+    let m = change.value.get("metadata")?;
+    let display = m.get("display_phone_number")?.as_str()?;
+    let id = m.get("phone_number_id")?.as_str()?;
+    super::GraphId::is_valid(id).then_some((display, id))
+}
+
+/// The `display_phone_number` of a `phone_number_quality_update` `THROUGHPUT_UPGRADE`
+/// change (the event names no phone-number id).
+pub fn throughput_upgrade(change: &ChangeItem) -> Option<&str> {
+    if change.field != FIELD_PHONE_QUALITY || change.event_name() != Some(EVENT_THROUGHPUT_UPGRADE)
+    {
+        return None;
+    }
+    change.value.get("display_phone_number")?.as_str()
+}
+
 /// The phone-number id that `change` of a WABA's `entry` says belongs to that WABA: the
 /// `messages` field's `value.metadata.phone_number_id`, or an `account_alerts` change about a
 /// `PHONE_NUMBER` entity (`value.entity_id`). Only numeric ids are returned.
@@ -891,5 +918,41 @@ mod tests {
         );
         assert_eq!(one(json!({"event": 5})), AccountEvent::Other(None));
         assert_eq!(one(json!("text")), AccountEvent::Other(None));
+    }
+
+    #[test]
+    fn throughput_upgrade_and_display_numbers() {
+        let ch = |field: &str, value: serde_json::Value| ChangeItem {
+            field: field.into(),
+            value,
+            time: None,
+        };
+        let up = ch(
+            FIELD_PHONE_QUALITY,
+            serde_json::json!({"display_phone_number": "15550783881", "event": "THROUGHPUT_UPGRADE"}),
+        );
+        assert_eq!(throughput_upgrade(&up), Some("15550783881"));
+        let flagged = ch(
+            FIELD_PHONE_QUALITY,
+            serde_json::json!({"display_phone_number": "15550783881", "event": "FLAGGED"}),
+        );
+        assert_eq!(throughput_upgrade(&flagged), None);
+        assert_eq!(
+            throughput_upgrade(&ch(
+                FIELD_PHONE_QUALITY,
+                serde_json::json!({"event": "THROUGHPUT_UPGRADE"})
+            )),
+            None
+        );
+        let msg = ch(
+            FIELD_MESSAGES,
+            serde_json::json!({"metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"}}),
+        );
+        assert_eq!(display_of(&msg), Some(("15550783881", "106540352242922")));
+        let bad = ch(
+            FIELD_MESSAGES,
+            serde_json::json!({"metadata": {"display_phone_number": "1", "phone_number_id": "abc"}}),
+        );
+        assert_eq!(display_of(&bad), None);
     }
 }

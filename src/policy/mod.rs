@@ -117,6 +117,14 @@ pub trait Discovery: Send + Sync {
     fn hint(&self, phone: GraphId, authorization: Option<&[u8]>);
 }
 
+/// Where the pace step reports a phone number it sees for the first time, so its
+/// throughput level is asked of Meta off the hot path (the signals side implements it with a
+/// non-blocking queue push and answers through [`pace::Pacer::set_level`]).
+pub trait ThroughputReads: Send + Sync {
+    /// `phone` is new to the pacer (and has no operator entry).
+    fn want(&self, phone: GraphId);
+}
+
 /// The hold of a 131057 (maintenance) answer without a usable `retry-after`.
 pub const MAINTENANCE_HOLD: Duration = Duration::from_secs(60);
 /// Bounds of a 131057 answer's `retry-after`: a value outside is clamped (a zero or past
@@ -324,6 +332,8 @@ pub struct Policy {
     ack_late_logged: AtomicBool,
     /// Where sends of unmapped phone numbers are reported (see [`Policy::discover`]).
     discovery: Option<Arc<dyn Discovery>>,
+    /// Where numbers new to the pacer are reported (see [`ThroughputReads`]).
+    throughput_reads: Option<Arc<dyn ThroughputReads>>,
     /// Every phone number's pace (`[shaping]`).
     pacer: pace::Pacer,
     /// `shaping.pair_hold`: the first hold of a (phone number, recipient) pair after
@@ -367,6 +377,7 @@ impl Policy {
             request_timeout: settings.request_timeout,
             ack_late_logged: AtomicBool::new(false),
             discovery: None,
+            throughput_reads: None,
             pacer: pace::Pacer::new(settings.shaping),
             pair_hold,
         }
@@ -375,6 +386,21 @@ impl Policy {
     /// With discovery: sends of unmapped phone numbers are reported to it.
     pub fn with_discovery(mut self, discovery: Option<Arc<dyn Discovery>>) -> Policy {
         self.discovery = discovery;
+        self
+    }
+
+    /// With Meta's throughput levels: numbers new to the pacer are reported to `reads`;
+    /// `reading` says a token reads them (a new number is then paced at the highest level
+    /// until its read answers, see [`pace::Pacer::expect_levels`]).
+    pub fn with_throughput_reads(
+        mut self,
+        reads: Option<Arc<dyn ThroughputReads>>,
+        reading: bool,
+    ) -> Policy {
+        if reads.is_some() && reading {
+            self.pacer.expect_levels();
+        }
+        self.throughput_reads = reads;
         self
     }
 
@@ -569,6 +595,11 @@ impl Policy {
         if checked.evicted > 0 {
             METRICS.shaping_evicted.inc_by(checked.evicted as u64);
         }
+        if checked.fresh {
+            if let Some(r) = &self.throughput_reads {
+                r.want(phone);
+            }
+        }
         match checked.decision {
             pace::Decision::Go => Paced::Go(Some(now)),
             _ => self.over_pace(phone, checked, now),
@@ -579,7 +610,7 @@ impl Policy {
     #[cold]
     fn over_pace(&self, phone: GraphId, checked: pace::Checked, now: Instant) -> Paced {
         let mode = self.pacer.mode();
-        let throughput = self.pacer.throughput(&phone);
+        let throughput = checked.throughput;
         if checked.episode_starts {
             tracing::info!(
                 phone_number_id = %phone.as_str(),

@@ -21,6 +21,18 @@
 //! another 131048 meanwhile extends it. The first one of such an episode is a warning
 //! (`spam_rate`, see [`super::warning`]).
 //!
+//! **Meta's level.** A number's throughput is, first found: the operator's
+//! `[shaping.phone_throughput]`, Meta's level of the number ([`Pacer::set_level`]: the
+//! signals side reads `GET /{phone-number-id}?fields=throughput` once per number and again
+//! on `THROUGHPUT_UPGRADE`; `STANDARD` is [`crate::graph::throughput::STANDARD_MPS`], `HIGH`
+//! [`crate::graph::throughput::HIGH_MPS`]), else `shaping.throughput`. While the first read
+//! of a number is in flight ([`Pacer::expect_levels`], at most [`PENDING_MAX`]) it is paced at
+//! the highest level Meta grants (or `shaping.throughput` when that is higher), so a number
+//! Meta has upgraded is never held at the default meanwhile; a failed or unknown read ends
+//! that at once (the default). A change of throughput carries the number's backlog over
+//! (the sends already reserved, at most one second's worth at the new rate), so it takes
+//! effect for the number's next sends; the 130429 and 131048 cuts apply on top.
+//!
 //! With several replicas each paces at its share: the rate divided by the replicas alive
 //! ([`Pacer::set_replicas`], counted with heartbeats over Redis by `signals::replicas`),
 //! so the fleet together keeps the number's throughput. Alone (no Redis) the share is 1.
@@ -33,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::graph::throughput::{Level, HIGH_MPS};
 use crate::graph::GraphId;
 
 /// Shards of the per-number map.
@@ -46,15 +59,19 @@ pub const FLOOR: f64 = 0.125;
 pub const RECOVER_STEP: Duration = Duration::from_secs(10);
 /// The share of the throughput one recovery step gives back.
 pub const RECOVER_SHARE: f64 = 0.1;
+/// The longest a number is paced at the highest level while its first level read is in
+/// flight; past it (a read lost or slow) it is paced at `shaping.throughput` until the read
+/// answers.
+pub const PENDING_MAX: Duration = Duration::from_secs(10);
 
 /// `shaping.mode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ShapingMode {
-    /// Sends over the pace wait, or are answered locally past `max_delay`.
+    /// Sends over the pace wait, or are answered locally past `max_delay` (the default).
+    #[default]
     Enforce,
     /// Count and log what would have been held; forward everything.
-    #[default]
     Observe,
     /// No pacing at all.
     Off,
@@ -94,7 +111,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            mode: ShapingMode::Observe,
+            mode: ShapingMode::Enforce,
             throughput: 80,
             max_delay: Duration::from_secs(1),
             phone_throughput: HashMap::new(),
@@ -121,11 +138,43 @@ pub enum Decision {
     },
 }
 
+/// Where a number's throughput comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The operator's `[shaping.phone_throughput]`.
+    PhoneThroughput,
+    /// Meta's level of the number (the `throughput` field).
+    Meta,
+    /// Its first level read is in flight: paced at the highest level meanwhile.
+    Pending,
+    /// `shaping.throughput`: nothing better is known.
+    Throughput,
+}
+
+impl Source {
+    /// As `GET /admin/pace` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::PhoneThroughput => "phone_throughput",
+            Source::Meta => "meta",
+            Source::Pending => "pending",
+            Source::Throughput => "throughput",
+        }
+    }
+}
+
 /// A number's pace as the pacer holds it (for the admin API and logs).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct PaceView {
-    /// The number's throughput (the operator's, else the default), messages/s.
+    /// The number's throughput (the operator's, else Meta's level, else the default),
+    /// messages/s.
     pub throughput: u32,
+    /// Where it comes from.
+    pub source: Source,
+    /// Meta's level of the number, when it was read (shown even when the operator's entry
+    /// wins).
+    pub level: Option<Level>,
     /// Its pace now on this replica (lowered after Meta's 130429 and 131048, divided
     /// among the replicas), messages/s.
     pub rate: f64,
@@ -150,6 +199,11 @@ struct Cell {
     over: bool,
     /// The pace is halved until then after Meta's 131048 (ns since the epoch; 0: never).
     spam_until: i64,
+    /// Meta's level of the number, once read.
+    level: Option<Level>,
+    /// Its first level read is in flight until then at the latest (ns since the epoch; 0:
+    /// none): paced at the highest level meanwhile.
+    pending_until: i64,
 }
 
 impl Cell {
@@ -161,7 +215,27 @@ impl Cell {
             cut_to: 1.0,
             over: false,
             spam_until: 0,
+            level: None,
+            pending_until: 0,
         }
+    }
+
+    /// The number's throughput becomes `throughput` at `now`: the sends already reserved
+    /// carry over (at most one second's worth at the new rate), so the next sends follow
+    /// the new rate at once — a raise frees slots, a cut makes the number full rather than
+    /// owing more than a second.
+    fn retarget(&mut self, throughput: u32, now: i64, replicas: u32) {
+        if throughput == self.throughput {
+            return;
+        }
+        let old = self.rate(now, replicas);
+        self.throughput = throughput.max(1);
+        if self.tat <= now {
+            return;
+        }
+        let new = self.rate(now, replicas);
+        let owed = ((self.tat - now) as f64 * old / 1e9).min(new.floor().max(1.0));
+        self.tat = now + (owed * 1e9 / new) as i64;
     }
 
     /// The share of the throughput the number is paced at `now`.
@@ -230,6 +304,10 @@ pub struct Checked {
     pub episode_starts: bool,
     /// Idle numbers dropped to make room for this one.
     pub evicted: usize,
+    /// The number was not tracked and has no operator entry: worth asking Meta's level.
+    pub fresh: bool,
+    /// The number's throughput (for the local reply's details and the log line).
+    pub throughput: u32,
 }
 
 /// The shard maps' hasher: FNV-1a from a per-process random basis (the pace is checked on
@@ -270,6 +348,8 @@ pub struct Pacer {
     max_delay: i64,
     spam_cooldown: i64,
     phone_throughput: HashMap<GraphId, u32>,
+    /// Meta's levels are read ([`Pacer::expect_levels`]): a new number is pending.
+    levels_read: bool,
     per_shard: usize,
     epoch: Instant,
     shards: Box<[Shard]>,
@@ -286,6 +366,7 @@ impl Pacer {
             max_delay: nanos(settings.max_delay),
             spam_cooldown: nanos(settings.spam_cooldown),
             phone_throughput: settings.phone_throughput,
+            levels_read: false,
             per_shard: settings.max_numbers.div_ceil(SHARDS).max(1),
             epoch: Instant::now(),
             shards: {
@@ -318,22 +399,57 @@ impl Pacer {
         Duration::from_nanos(self.max_delay.max(0) as u64)
     }
 
-    /// A number's throughput: the operator's, else the default.
-    pub fn throughput(&self, phone: &GraphId) -> u32 {
+    /// Meta's level of each number will be read (a token is configured): a number seen for
+    /// the first time is paced at the highest level until its read answers ([`Pacer::set_level`],
+    /// at most [`PENDING_MAX`]). Called once, before the pacer is shared.
+    pub fn expect_levels(&mut self) {
+        self.levels_read = true;
+    }
+
+    /// The throughput of a number the pacer does not track yet: the operator's, else the
+    /// default.
+    fn base(&self, phone: &GraphId) -> u32 {
         self.phone_throughput
             .get(phone)
             .copied()
             .unwrap_or(self.throughput)
     }
 
-    /// Where a number's throughput comes from: `phone_throughput` (the operator's word) or
-    /// `throughput` (the default).
-    pub fn throughput_source(&self, phone: &GraphId) -> &'static str {
-        if self.phone_throughput.contains_key(phone) {
-            "phone_throughput"
-        } else {
-            "throughput"
+    /// The throughput a number whose level is being read is paced at meanwhile.
+    fn pending_throughput(&self) -> u32 {
+        self.throughput.max(HIGH_MPS)
+    }
+
+    /// A number's throughput now: the operator's, else Meta's level, else the default.
+    pub fn throughput(&self, phone: &GraphId) -> u32 {
+        self.view(phone, Instant::now()).throughput
+    }
+
+    /// Meta's level of `phone`, read at `now` (`None`: the read failed or named no level
+    /// known here — keep what is known). Unless the operator set the number's throughput,
+    /// it becomes the level's from its next send; a pending first read ends either way.
+    /// Only a tracked number changes (an untracked one is asked again at its first send).
+    /// True when the number is tracked.
+    pub fn set_level(&self, phone: &GraphId, level: Option<Level>, now: Instant) -> bool {
+        let now = self.at(now);
+        let operator = self.phone_throughput.contains_key(phone);
+        let replicas = self.replicas();
+        let mut shard = match self.shard(phone).lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(cell) = shard.get_mut(phone) else {
+            return false;
+        };
+        if level.is_some() {
+            cell.level = level;
         }
+        cell.pending_until = 0;
+        if !operator {
+            let t = cell.level.map_or(self.throughput, Level::mps);
+            cell.retarget(t, now, replicas);
+        }
+        true
     }
 
     /// A number's shard, by its last two digits (spread evenly enough, two additions).
@@ -370,10 +486,29 @@ impl Pacer {
             }
             evicted = before - shard.len();
         }
+        let mut fresh = false;
+        let replicas = self.replicas();
         let cell = shard
             .entry(phone)
-            .or_insert_with(|| Cell::new(self.throughput(&phone)));
-        let decision = cell.decide(now, self.max_delay, self.replicas());
+            .or_insert_with(|| match self.phone_throughput.get(&phone) {
+                Some(t) => Cell::new(*t),
+                None => {
+                    fresh = true;
+                    if self.levels_read {
+                        let mut c = Cell::new(self.pending_throughput());
+                        c.pending_until = now.saturating_add(nanos(PENDING_MAX)).max(1);
+                        c
+                    } else {
+                        Cell::new(self.throughput)
+                    }
+                }
+            });
+        if cell.pending_until != 0 && now >= cell.pending_until {
+            // The read did not answer in time: the default until it does.
+            cell.pending_until = 0;
+            cell.retarget(self.throughput, now, replicas);
+        }
+        let decision = cell.decide(now, self.max_delay, replicas);
         let over = decision != Decision::Go;
         let episode_starts = over && !cell.over;
         cell.over = over;
@@ -381,13 +516,15 @@ impl Pacer {
             decision,
             episode_starts,
             evicted,
+            fresh,
+            throughput: cell.throughput,
         }
     }
 
     /// Meta answered a send of `phone` with 130429 at `now`: its pace is lowered.
     pub fn throttled(&self, phone: GraphId, now: Instant) {
         let now = self.at(now);
-        let throughput = self.throughput(&phone);
+        let throughput = self.base(&phone);
         let mut shard = match self.shard(&phone).lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -403,7 +540,7 @@ impl Pacer {
     /// was not halved for it already): worth one warning.
     pub fn spam_limited(&self, phone: GraphId, now: Instant) -> bool {
         let now = self.at(now);
-        let throughput = self.throughput(&phone);
+        let throughput = self.base(&phone);
         let mut shard = match self.shard(&phone).lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -422,18 +559,34 @@ impl Pacer {
     /// A number's pace at `now`.
     pub fn view(&self, phone: &GraphId, now: Instant) -> PaceView {
         let at = self.at(now);
-        let throughput = self.throughput(phone);
+        let throughput = self.base(phone);
         let shard = match self.shard(phone).lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let cell = shard.get(phone).copied().unwrap_or(Cell::new(throughput));
+        let mut cell = shard.get(phone).copied().unwrap_or(Cell::new(throughput));
+        drop(shard);
+        let pending = cell.pending_until != 0 && at < cell.pending_until;
+        if cell.pending_until != 0 && !pending {
+            cell.throughput = self.throughput;
+        }
+        let source = if self.phone_throughput.contains_key(phone) {
+            Source::PhoneThroughput
+        } else if cell.level.is_some() {
+            Source::Meta
+        } else if pending {
+            Source::Pending
+        } else {
+            Source::Throughput
+        };
         let replicas = self.replicas();
         let rate = cell.rate(at, replicas);
         let burst = (rate.floor() as i64).max(1);
         let slot = cell.tat.max(at) - ((1e9 / rate) as i64).saturating_mul(burst - 1);
         PaceView {
             throughput: cell.throughput,
+            source,
+            level: cell.level,
             rate,
             replicas,
             backlog_secs: (slot - at).max(0) as f64 / 1e9,
@@ -667,5 +820,95 @@ mod tests {
         assert_eq!(p.lowered(now, 1).len(), 1);
         // Whole again after the recovery: no longer listed.
         assert!(p.lowered(t0 + Duration::from_secs(120), 10).is_empty());
+    }
+
+    /// With levels read: a new number is pending (paced at HIGH, not held at the default),
+    /// Meta's level then paces it, the operator's entry wins over it, an unknown answer
+    /// keeps what is known, and a read that never answers ends at PENDING_MAX.
+    #[test]
+    fn meta_level_paces_a_number_between_the_operator_and_the_default() {
+        let mut phones = HashMap::new();
+        phones.insert(id("111"), 2);
+        let mut p = Pacer::new(Settings {
+            mode: ShapingMode::Enforce,
+            throughput: 5,
+            max_delay: Duration::ZERO,
+            phone_throughput: phones,
+            ..Settings::default()
+        });
+        p.expect_levels();
+        let t0 = p.epoch + Duration::from_secs(1);
+        let first = p.check(id("222"), t0);
+        assert!(first.fresh, "a new number is worth a read");
+        assert_eq!(first.throughput, HIGH_MPS, "pending: the highest level");
+        assert_eq!(p.view(&id("222"), t0).source, Source::Pending);
+        for _ in 0..200 {
+            assert_eq!(p.check(id("222"), t0).decision, Decision::Go);
+        }
+        assert!(!p.check(id("222"), t0).fresh, "once");
+        assert!(
+            !p.check(id("111"), t0).fresh,
+            "the operator's number is not read"
+        );
+
+        // STANDARD answers: 80/s; the 202 sends reserved at 1 000/s carry over as one
+        // second's worth at 80/s (the number is full, it does not owe 2.5 s).
+        assert!(p.set_level(&id("222"), Some(Level::Standard), t0));
+        let v = p.view(&id("222"), t0);
+        assert_eq!(
+            (v.throughput, v.source, v.level),
+            (80, Source::Meta, Some(Level::Standard))
+        );
+        assert!(v.backlog_secs <= 1.0, "{v:?}");
+        assert!(matches!(
+            p.check(id("222"), t0).decision,
+            Decision::Over { .. }
+        ));
+        // Two seconds on, a whole burst of 80 again.
+        let t2 = t0 + Duration::from_secs(2);
+        for _ in 0..80 {
+            assert_eq!(p.check(id("222"), t2).decision, Decision::Go);
+        }
+        assert!(matches!(
+            p.check(id("222"), t2).decision,
+            Decision::Over { .. }
+        ));
+        // Upgraded: HIGH frees the slots at once.
+        p.set_level(&id("222"), Some(Level::High), t2);
+        for _ in 0..900 {
+            assert_eq!(p.check(id("222"), t2).decision, Decision::Go);
+        }
+        // An unknown answer keeps what is known; a 130429 halves on top.
+        p.set_level(&id("222"), None, t2);
+        assert_eq!(p.view(&id("222"), t2).throughput, 1000);
+        p.throttled(id("222"), t2);
+        assert_eq!(p.view(&id("222"), t2).rate, 500.0);
+
+        // The operator's entry wins over Meta's level (shown, not used).
+        p.check(id("111"), t0);
+        p.set_level(&id("111"), Some(Level::High), t0);
+        let v = p.view(&id("111"), t0);
+        assert_eq!(
+            (v.throughput, v.source, v.level),
+            (2, Source::PhoneThroughput, Some(Level::High))
+        );
+
+        // A read that never answers: the default after PENDING_MAX; an untracked number is
+        // not created by a level.
+        p.check(id("333"), t0);
+        let late = t0 + PENDING_MAX + Duration::from_millis(1);
+        assert_eq!(p.check(id("333"), late).throughput, 5);
+        assert_eq!(p.view(&id("333"), late).source, Source::Throughput);
+        assert!(!p.set_level(&id("444"), Some(Level::High), t0));
+        assert_eq!(p.view(&id("444"), t0).source, Source::Throughput);
+
+        // Without levels read, a new number is paced at the default at once.
+        let q = Pacer::new(Settings {
+            throughput: 5,
+            ..Settings::default()
+        });
+        let c = q.check(id("222"), t0);
+        assert!(c.fresh);
+        assert_eq!(c.throughput, 5);
     }
 }

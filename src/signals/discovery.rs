@@ -15,6 +15,10 @@
 //! read and dropped; it is never stored, logged or exported. Otherwise there is no read, and
 //! phone numbers are learned from webhooks and operators only.
 //!
+//! **Throughput.** With the shaping on ([`super::throughput`]) the read asks
+//! `fields=health_status,throughput` — one request for both — and reports the number's
+//! throughput level to the level task, which then need not read it again.
+//!
 //! Phone-number circuits that open while their WABA is unknown (see the policy core) are
 //! followed too, so the widening does not wait for the next send.
 
@@ -83,7 +87,12 @@ fn bearer(v: &[u8]) -> Option<Secret> {
 }
 
 /// Starts discovery, or says why it is off (`None`).
-pub fn start(cfg: &Config, target: &Target, table: Arc<Table>) -> Option<Hints> {
+pub fn start(
+    cfg: &Config,
+    target: &Target,
+    table: Arc<Table>,
+    levels: Option<super::throughput::Levels>,
+) -> Option<Hints> {
     let d = &cfg.discovery;
     if !d.health_reads {
         tracing::info!("discovery.health_reads = false: phone numbers are learned from webhooks and operators only");
@@ -106,6 +115,7 @@ pub fn start(cfg: &Config, target: &Target, table: Arc<Table>) -> Option<Hints> 
             base: format!("{}/{}/", target.base_url(), cfg.graph_version),
             timeout: cfg.health.timeout,
             permits: Arc::new(Semaphore::new(d.max_concurrent.max(1))),
+            levels,
         }),
         token,
         retry_after: d.retry_after,
@@ -285,14 +295,28 @@ struct Lookup {
     base: String,
     timeout: Duration,
     permits: Arc<Semaphore>,
+    /// The throughput level task, told the level read along (`None`: shaping off).
+    levels: Option<super::throughput::Levels>,
 }
 
 impl Lookup {
     async fn read(&self, phone: &GraphId, token: &Secret) -> Found {
-        let uri = format!("{}{phone}?fields=health_status", self.base);
+        let fields = if self.levels.is_some() {
+            "health_status,throughput"
+        } else {
+            "health_status"
+        };
+        let uri = format!("{}{phone}?fields={fields}", self.base);
         match health::fetch(&self.client, &uri, token, self.timeout).await {
             Err(e) => Found::Error(e),
-            Ok((status, body)) => owner(status, &body),
+            Ok((status, body)) => {
+                if let (Some(levels), true) = (&self.levels, status.is_success()) {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                        levels.learned(*phone, crate::graph::throughput::level_of(&v));
+                    }
+                }
+                owner(status, &body)
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod expiry;
 pub mod fleet;
 pub mod health;
 pub mod replicas;
+pub mod throughput;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -59,12 +60,17 @@ impl Signals {
 
 /// Starts the background signal tasks (health poller, expiry timers). Call after the
 /// store has loaded state into `table`, inside the runtime.
-pub fn start(cfg: &Config, target: &Target, table: Arc<Table>) -> Signals {
+pub fn start(
+    cfg: &Config,
+    target: &Target,
+    table: Arc<Table>,
+    levels: Option<throughput::Levels>,
+) -> Signals {
     let checker = HealthChecker::new(cfg, target);
     if checker.is_none() {
         tracing::info!("no health.access_token: Health Status polling is off (webhooks, expiry and operators still close circuits)");
     }
-    let discovery = discovery::start(cfg, target, table.clone());
+    let discovery = discovery::start(cfg, target, table.clone(), levels);
     let budget = budget::Budget::start(cfg, table.clone());
     let mut rx = table.subscribe();
     let initial = table.list();

@@ -7,7 +7,7 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::meta::Can;
+use super::meta::{self, Can};
 use super::webhook::{self, Effect};
 use super::world::{is_id, Block, PhoneHealth, Queued, Scope, TemplateStatus};
 use super::Sim;
@@ -106,6 +106,14 @@ struct WabaHealthReq {
 #[serde(deny_unknown_fields)]
 struct ThroughputReq {
     level: String,
+    /// Also deliver the `phone_number_quality_update` `THROUGHPUT_UPGRADE` Meta sends when a
+    /// number reaches `HIGH` (it names only the display number).
+    #[serde(default)]
+    webhook: bool,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    app_secret: Option<String>,
 }
 
 fn parse_until(until: Option<&Value>, for_: Option<&str>) -> Result<Option<DateTime<Utc>>, Answer> {
@@ -161,7 +169,7 @@ pub async fn handle(
             ok(json!({"phone_number_id": p, "was_blocked": sim.world().unblock_phone(p)}))
         }),
         (Method::POST, ["phones", p, "health"]) => phone_health(sim, p, bytes),
-        (Method::POST, ["phones", p, "throughput"]) => throughput(sim, p, bytes),
+        (Method::POST, ["phones", p, "throughput"]) => throughput(sim, p, bytes).await,
         (Method::POST, ["templates", name, op @ ("pause" | "disable" | "unpause")]) => {
             template(sim, name, op, bytes).await
         }
@@ -313,7 +321,7 @@ fn phone_health(sim: &Sim, phone: &str, bytes: &[u8]) -> Result<Answer, Answer> 
     Ok(ok(json!({"phone_number_id": phone, "health": req})))
 }
 
-fn throughput(sim: &Sim, phone: &str, bytes: &[u8]) -> Result<Answer, Answer> {
+async fn throughput(sim: &Sim, phone: &str, bytes: &[u8]) -> Result<Answer, Answer> {
     need_id("phone number", phone)?;
     let req: ThroughputReq = body(bytes)?;
     let level = req.level.to_ascii_uppercase();
@@ -321,9 +329,22 @@ fn throughput(sim: &Sim, phone: &str, bytes: &[u8]) -> Result<Answer, Answer> {
         return Err(bad("level must be STANDARD, HIGH or NOT_APPLICABLE"));
     }
     sim.world().set_throughput(phone, &level);
-    Ok(ok(
-        json!({"phone_number_id": phone, "throughput": {"level": level}}),
-    ))
+    let out = json!({"phone_number_id": phone, "throughput": {"level": level}});
+    if req.webhook && level == "HIGH" {
+        let waba = sim.world().owner(phone).map(str::to_string);
+        let Some(waba) = waba else {
+            return Err(bad(
+                "the phone number belongs to no simulated WABA (--account)",
+            ));
+        };
+        let hook = json!({
+            "waba_id": waba,
+            "field": "phone_number_quality_update",
+            "value": {"display_phone_number": meta::display_number(phone), "event": "THROUGHPUT_UPGRADE"},
+        });
+        return Ok(and_webhook(sim, "raw", hook, &req.url, &req.app_secret, out).await);
+    }
+    Ok(ok(out))
 }
 
 async fn template(sim: &Sim, name: &str, op: &str, bytes: &[u8]) -> Result<Answer, Answer> {

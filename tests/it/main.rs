@@ -41,5 +41,6 @@ mod store_redis;
 mod store_redis_sentinel;
 mod store_redis_tls;
 mod support_selftest;
+mod throughput;
 mod walkthrough;
 mod warnings;

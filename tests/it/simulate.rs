@@ -23,6 +23,7 @@ both_engines!(
     discovery_and_health_polls_read_the_simulator,
     a_failed_status_webhook_opens_the_waba,
     metas_codes_on_demand_pass_through_or_trip,
+    the_simulators_throughput_upgrade_raises_the_pace,
 );
 
 fn accounts() -> String {
@@ -277,6 +278,74 @@ async fn discovery_and_health_polls_read_the_simulator(engine: Engine) {
     .await
 }
 
+/// The simulator's levels pace the gateway: P1 is read at STANDARD (80/s) at its first
+/// send, by discovery's read (its WABA is not configured), in the same request; a `messages` webhook names its display number; the simulator upgrades it to HIGH
+/// and sends Meta's THROUGHPUT_UPGRADE: the gateway reads the level again and paces P1 at
+/// 1 000/s.
+async fn the_simulators_throughput_upgrade_raises_the_pace(engine: Engine) {
+    bounded(async {
+        let sim = simulator().await;
+        let extra = format!("[health]\naccess_token = \"{HEALTH_TOKEN}\"\n");
+        let gw = Gateway::start(&config(engine, &sim.url(), &extra)).await;
+        let hook = format!("{}/webhook", gw.url());
+        let pace = || async {
+            let r = gw
+                .admin_get(&format!("/admin/pace/{P1}"), Some(ADMIN))
+                .await;
+            r.json::<Value>().await.unwrap()
+        };
+        let wait = |throughput: u64| async move {
+            let t0 = std::time::Instant::now();
+            loop {
+                let p = pace().await;
+                if p["throughput"] == throughput {
+                    return p;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(10), "{p}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        assert_eq!(gw.send(P1, &text_body()).await.status(), 200);
+        let p = wait(80).await;
+        assert_eq!(
+            (&p["source"], &p["level"]),
+            (&json!("meta"), &json!("STANDARD"))
+        );
+        // P1's WABA was not known: discovery's Health Status read asked for the level too
+        // (one request), so there was no read of its own.
+        assert_eq!(sim.requests("health", Some(P1)).await.len(), 1);
+        assert_eq!(sim.requests("throughput", Some(P1)).await.len(), 0);
+        sim.control(
+            "/_sim/webhooks/messages",
+            &json!({"url": hook, "phone_number_id": P1, "statuses": [{"status": "delivered"}]}),
+        )
+        .await;
+        let v = sim
+            .control(
+                &format!("/_sim/phones/{P1}/throughput"),
+                &json!({"level": "HIGH", "webhook": true, "url": hook}),
+            )
+            .await;
+        assert_eq!(v["webhook"]["status"], 200, "{v}");
+        assert_eq!(
+            v["webhook"]["payload"]["entry"][0]["changes"][0]["value"]["event"],
+            "THROUGHPUT_UPGRADE"
+        );
+        let p = wait(1000).await;
+        assert_eq!(p["level"], "HIGH", "{p}");
+        // HIGH at once from the event; the level is read again too.
+        let t0 = std::time::Instant::now();
+        while sim.requests("throughput", Some(P1)).await.is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "no re-read");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(pace().await["throughput"], 1000);
+        assert_eq!(sim.requests("throughput", Some(P1)).await.len(), 1);
+    })
+    .await
+}
+
 /// A `messages` webhook whose failed status carries 368 opens the WABA before any send
 /// fails (the asynchronous answer to a send).
 async fn a_failed_status_webhook_opens_the_waba(engine: Engine) {
@@ -312,7 +381,12 @@ async fn a_failed_status_webhook_opens_the_waba(engine: Engine) {
 async fn metas_codes_on_demand_pass_through_or_trip(engine: Engine) {
     bounded(async {
         let sim = simulator().await;
-        let gw = Gateway::start(&config(engine, &sim.url(), &accounts())).await;
+        // This test is about Meta's codes reaching the app as Meta sent them. With the
+        // shaping enforcing (the default) the first send's 131056 would hold the pair and the
+        // next send to that recipient would be answered locally (tested in `shaping`), and
+        // 131048 would halve the pace: observe forwards every send.
+        let shaping = format!("{}\n[shaping]\nmode = \"observe\"\n", accounts());
+        let gw = Gateway::start(&config(engine, &sim.url(), &shaping)).await;
         for code in [131056, 130429, 131048] {
             sim.control(
                 "/_sim/errors",

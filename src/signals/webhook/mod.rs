@@ -74,6 +74,9 @@ pub struct Webhook {
     /// `shaping.marketing_cooldown`, or `None` with `shaping.mode = "off"` (131049 statuses
     /// then hold nothing).
     marketing_cooldown: Option<std::time::Duration>,
+    /// Meta's throughput levels (`None` with `shaping.mode = "off"`): `messages` metadata
+    /// teaches display numbers, `THROUGHPUT_UPGRADE` raises one.
+    levels: Option<super::throughput::Levels>,
 }
 
 impl Webhook {
@@ -85,6 +88,7 @@ impl Webhook {
         client: HttpClient,
         health: Option<Arc<HealthChecker>>,
         budget: Option<super::budget::Budget>,
+        levels: Option<super::throughput::Levels>,
     ) -> Webhook {
         let w = &cfg.webhook;
         // Validated at load time; an unparsable URL here would be a bug, not a config error.
@@ -119,6 +123,7 @@ impl Webhook {
             budget,
             marketing_cooldown: (cfg.shaping.mode != crate::policy::pace::ShapingMode::Off)
                 .then_some(cfg.shaping.marketing_cooldown),
+            levels,
         }
     }
 
@@ -324,6 +329,15 @@ impl Webhook {
             for ch in &entry.changes {
                 if let Some(seq) = self.learn(entry, ch, now) {
                     last = Some(last.map_or(seq, |l: u64| l.max(seq)));
+                }
+                if let Some(levels) = &self.levels {
+                    if let Some((display, id)) = payload::display_of(ch) {
+                        levels.seen(display, id);
+                    }
+                    if let Some(display) = payload::throughput_upgrade(ch) {
+                        levels.upgraded(display);
+                        continue;
+                    }
                 }
                 let own = match ch.field.as_str() {
                     FIELD_MESSAGES => Some(self.apply_message_errors(entry, ch, now)),
