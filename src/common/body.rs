@@ -233,3 +233,26 @@ impl Default for Body {
         Body::empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A held body lets go of what it holds once its last frame is read, while the body
+    /// itself is still alive (an HTTP/2 stream keeps its answer's body until it is done).
+    #[tokio::test]
+    async fn a_held_body_releases_its_hold_when_it_ends() {
+        let hold = Arc::new(());
+        let mut body = Body::held(Body::full("answer"), Box::new(hold.clone()));
+        assert_eq!(Arc::strong_count(&hold), 2);
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "answer");
+        assert!(body.is_end_stream());
+        assert_eq!(Arc::strong_count(&hold), 1, "released with the last frame");
+        drop(body);
+        let body = Body::held(Body::full("answer"), Box::new(hold.clone()));
+        drop(body);
+        assert_eq!(Arc::strong_count(&hold), 1, "released when dropped unread");
+    }
+}

@@ -541,6 +541,19 @@ mod tests {
     }
 
     #[test]
+    fn client_h2_max_streams_is_1_to_10000() {
+        let mut cfg = Config::default();
+        cfg.validate().unwrap_or_else(|e| panic!("default: {e}"));
+        for bad in [0, 10_001] {
+            cfg.client_h2_max_streams = bad;
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("client_h2_max_streams"), "{bad}: {e}");
+        }
+        cfg.client_h2_max_streams = 1;
+        cfg.validate().unwrap_or_else(|e| panic!("1: {e}"));
+    }
+
+    #[test]
     fn listen_shared_needs_redis() {
         let mut cfg = Config {
             listen_shared: true,

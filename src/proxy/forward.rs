@@ -3,15 +3,17 @@
 //! (HTTP/1.1, or HTTP/2 by ALPN over TLS); refuses an answer head the framing rule refuses
 //! ([`crate::policy::framing::answer_head`]). The deadline is the classify layer's.
 //!
-//! The answer's body is read whole when it is small (up to 64 KiB or `classify_body_limit`,
-//! which covers every send's answer), so the upstream connection goes back to the pool at
-//! once, whatever pace the client reads at: slow readers keep no upstream connection busy
-//! and, over HTTP/2 upstream, hold none of the connection's window. A larger answer streams
-//! as the client reads it and holds a permit of its own budget
-//! ([`crate::upstream::Limits::answers`]) until its body is done or dropped: the upstream
-//! connections slow readers can keep busy are bounded by that budget, not by their
-//! streams. No permit free: the answer is dropped at once and the client gets a 502 (no
-//! upstream connection waits; no send's answer is that large).
+//! An HTTP/2 client's answer (many streams share its connection) is read whole when it is
+//! small (up to 64 KiB or `classify_body_limit`, which covers every send's answer), so the
+//! upstream connection goes back to the pool at once, whatever pace the client reads at:
+//! slow readers keep no upstream connection busy and, over an HTTP/2 upstream, hold none of
+//! its window. A larger answer streams as the client reads it and holds a permit of its
+//! own budget ([`crate::upstream::Limits::answers`]) until its body is done or dropped: the
+//! upstream connections slow readers can keep busy are bounded by that budget, not by
+//! their streams. No permit free: the answer is dropped at once and the client gets a 502
+//! (no upstream connection waits; no send's answer is that large). An HTTP/1 client's
+//! answer streams as it comes: it keeps at most one upstream connection per client
+//! connection.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -76,6 +78,10 @@ impl Service<Request<Body>> for Forward {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
+        // Only an HTTP/2 client's answers are read whole or counted: over HTTP/1 a slow
+        // reader keeps one upstream connection per client connection at most, bounded by
+        // `max_connections`, and the read would cost every send on that path.
+        let whole = (parts.version == http::Version::HTTP_2).then_some(self.whole);
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(self.scheme.clone());
         uri.authority = Some(self.authority.clone());
@@ -90,7 +96,7 @@ impl Service<Request<Body>> for Forward {
             client_body,
             inner: self.client.request(Request::from_parts(parts, body)),
             answers: self.answers.clone(),
-            whole: self.whole,
+            whole,
             read: None,
         }
     }
@@ -186,7 +192,8 @@ pin_project! {
         inner: legacy::ResponseFuture,
         client_body: Option<ClientBody>,
         answers: Arc<Limiter>,
-        whole: usize,
+        // `None`: an HTTP/1 client's answer, streamed as it comes.
+        whole: Option<usize>,
         read: Option<Read>,
     }
 }
@@ -197,7 +204,7 @@ impl Future for ResponseFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Some(read) = this.read.as_mut() {
-            return read.poll(cx, this.answers, *this.whole);
+            return read.poll(cx, this.answers, this.whole.unwrap_or(usize::MAX));
         }
         let Poll::Ready(result) = this.inner.poll(cx) else {
             return Poll::Pending;
@@ -214,6 +221,9 @@ impl Future for ResponseFuture {
                     return Poll::Ready(Err(ForwardError::Broken(Box::new(e))));
                 }
                 hop::strip(&mut parts.headers);
+                let Some(whole) = *this.whole else {
+                    return Poll::Ready(Ok(Response::from_parts(parts, Body::stream(body))));
+                };
                 if body.is_end_stream() {
                     return Poll::Ready(Ok(Response::from_parts(parts, Body::empty())));
                 }
@@ -221,7 +231,7 @@ impl Future for ResponseFuture {
                     .headers
                     .get(header::CONTENT_LENGTH)
                     .and_then(|v| content_length(v.as_bytes()));
-                if declared.is_some_and(|n| n > *this.whole as u64) {
+                if declared.is_some_and(|n| n > whole as u64) {
                     return Poll::Ready(large(parts, Body::stream(body), this.answers));
                 }
                 let mut read = Read {
@@ -230,7 +240,7 @@ impl Future for ResponseFuture {
                     buf: BytesMut::new(),
                     first: None,
                 };
-                let poll = read.poll(cx, this.answers, *this.whole);
+                let poll = read.poll(cx, this.answers, whole);
                 if poll.is_pending() {
                     *this.read = Some(read);
                 }
