@@ -229,6 +229,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             ),
             deadlines: relay::ClientDeadlines::new(&cfg),
             connections: connections.clone(),
+            h2_max_streams: cfg.client_h2_max_streams,
         };
         running.push(spawn_worker(
             i,

@@ -30,6 +30,35 @@ pub struct Engines {
     pub deadlines: crate::relay::ClientDeadlines,
     /// `max_connections`: one permit per open client connection, shared by every worker.
     pub connections: Arc<Semaphore>,
+    /// `client_h2_max_streams`: streams open at once on one HTTP/2 connection.
+    pub h2_max_streams: u32,
+}
+
+/// What one HTTP/2 stream's answer may buffer on its way to a client that reads slowly:
+/// h2 stops polling the answer's body once this much waits to be written (hyper's default
+/// is ~400 KiB). With [`crate::upstream::ANSWER_CHUNK_MAX`], the chunk in hand, a stream
+/// holds at most about 128 KiB of its answer.
+pub const H2_SEND_BUF: usize = 64 * 1024;
+
+/// An HTTP/2 client's request bodies: the window per stream and per connection (hyper's
+/// defaults, set here so the bound does not move with hyper). What a connection's streams
+/// have sent and the gateway has not yet forwarded is at most the connection window.
+pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+/// See [`H2_STREAM_WINDOW`].
+pub const H2_CONN_WINDOW: u32 = 1024 * 1024;
+/// An HTTP/2 request's header list (`SETTINGS_MAX_HEADER_LIST_SIZE`; hyper's default).
+pub const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// Applies the HTTP/2 bounds to `builder`: `client_h2_max_streams` concurrent streams, the
+/// send buffer per stream, the receive windows and the header list (see README "Edges").
+fn bound_h2(builder: &mut auto::Builder<TokioExecutor>, max_streams: u32) {
+    builder
+        .http2()
+        .max_concurrent_streams(max_streams)
+        .max_send_buf_size(H2_SEND_BUF)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONN_WINDOW)
+        .max_header_list_size(H2_MAX_HEADER_LIST);
 }
 
 /// Serves the main listener until `shutdown` flips, then drains for up to `drain`.
@@ -46,6 +75,7 @@ pub async fn serve_main(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(engines.deadlines.header.min(engines.deadlines.idle));
+    bound_h2(&mut builder, engines.h2_max_streams);
     let graceful = GracefulShutdown::new();
     // Each relay connection holds a sender; all dropped = all drained.
     let (alive, mut drained) = mpsc::channel::<()>(1);

@@ -38,8 +38,15 @@ pin_project! {
         Full { data: Option<Bytes> },
         /// A buffered prefix, then the rest of the body (a client's keeps its marks).
         Prefixed { prefix: Option<Bytes>, rest: Pin<Box<Body>> },
+        /// A body that holds something until it is done or dropped (a streamed answer
+        /// holds its large-answer permit, `crate::upstream::Limits::answers`).
+        Held { inner: Pin<Box<Body>>, hold: Option<Hold> },
     }
 }
+
+/// What a [`Body::Held`] keeps until its body ends (then released at once, not when the
+/// body is dropped) or is dropped.
+pub type Hold = Box<dyn std::any::Any + Send + Sync>;
 
 /// Set when a client's request body broke off, was malformed or missed
 /// `client_body_timeout` (kept as a request extension too, for the forwarder).
@@ -96,6 +103,14 @@ impl Body {
     pub fn stream(inner: Incoming) -> Body {
         Body::Stream { inner }
     }
+
+    /// `inner`, holding `hold` until it ends or is dropped.
+    pub fn held(inner: Body, hold: Hold) -> Body {
+        Body::Held {
+            inner: Box::pin(inner),
+            hold: Some(hold),
+        }
+    }
 }
 
 impl HttpBody for Body {
@@ -146,6 +161,15 @@ impl HttpBody for Body {
                 Some(p) => Poll::Ready(Some(Ok(Frame::data(p)))),
                 None => rest.as_mut().poll_frame(cx),
             },
+            BodyProj::Held { inner, hold } => {
+                let r = inner.as_mut().poll_frame(cx);
+                if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+                    || inner.is_end_stream()
+                {
+                    hold.take();
+                }
+                r
+            }
         }
     }
 
@@ -154,6 +178,7 @@ impl HttpBody for Body {
             Body::Stream { inner } | Body::Client { inner, .. } => inner.is_end_stream(),
             Body::Full { data } => data.is_none(),
             Body::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            Body::Held { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -173,6 +198,7 @@ impl HttpBody for Body {
                 }
                 h
             }
+            Body::Held { inner, .. } => inner.size_hint(),
         }
     }
 }
@@ -183,7 +209,7 @@ pub async fn buffer(body: Body, limit: usize) -> Result<Result<Bytes, Body>, Box
     use http_body_util::BodyExt;
     let mut rest = match body {
         Body::Full { data } => return Ok(Ok(data.unwrap_or_default())),
-        Body::Prefixed { .. } => return Ok(Err(body)),
+        Body::Prefixed { .. } | Body::Held { .. } => return Ok(Err(body)),
         Body::Stream { .. } | Body::Client { .. } => body,
     };
     let mut buf = bytes::BytesMut::new();
@@ -205,5 +231,28 @@ pub async fn buffer(body: Body, limit: usize) -> Result<Result<Bytes, Body>, Box
 impl Default for Body {
     fn default() -> Self {
         Body::empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A held body lets go of what it holds once its last frame is read, while the body
+    /// itself is still alive (an HTTP/2 stream keeps its answer's body until it is done).
+    #[tokio::test]
+    async fn a_held_body_releases_its_hold_when_it_ends() {
+        let hold = Arc::new(());
+        let mut body = Body::held(Body::full("answer"), Box::new(hold.clone()));
+        assert_eq!(Arc::strong_count(&hold), 2);
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "answer");
+        assert!(body.is_end_stream());
+        assert_eq!(Arc::strong_count(&hold), 1, "released with the last frame");
+        drop(body);
+        let body = Body::held(Body::full("answer"), Box::new(hold.clone()));
+        drop(body);
+        assert_eq!(Arc::strong_count(&hold), 1, "released when dropped unread");
     }
 }

@@ -142,6 +142,9 @@ pub struct Config {
     /// listener stops accepting and the kernel queues new ones. `0`: half the process's
     /// open-file limit at start (the rest is for upstream connections, the store, admin).
     pub max_connections: usize,
+    /// Streams open at once on one HTTP/2 client connection (its `SETTINGS_MAX_CONCURRENT_STREAMS`);
+    /// a client that opens more gets them refused (`RST_STREAM` `REFUSED_STREAM`).
+    pub client_h2_max_streams: u32,
     /// Requests in flight to the upstream, across workers; more wait.
     pub upstream_concurrency: usize,
     /// Most requests waiting for an upstream permit at once; more are answered 503
@@ -232,6 +235,7 @@ impl Default for Config {
             client_body_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::from_secs(60),
             max_connections: 0,
+            client_h2_max_streams: 100,
             upstream_concurrency: 1024,
             upstream_queue_max: 4096,
             upstream_queue_timeout: Duration::from_secs(5),
@@ -551,6 +555,19 @@ mod tests {
             cfg.upstream = good.into();
             cfg.validate().unwrap_or_else(|e| panic!("{good}: {e}"));
         }
+    }
+
+    #[test]
+    fn client_h2_max_streams_is_1_to_10000() {
+        let mut cfg = Config::default();
+        cfg.validate().unwrap_or_else(|e| panic!("default: {e}"));
+        for bad in [0, 10_001] {
+            cfg.client_h2_max_streams = bad;
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("client_h2_max_streams"), "{bad}: {e}");
+        }
+        cfg.client_h2_max_streams = 1;
+        cfg.validate().unwrap_or_else(|e| panic!("1: {e}"));
     }
 
     #[test]

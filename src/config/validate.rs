@@ -172,6 +172,9 @@ impl Config {
         if self.upstream_concurrency == 0 {
             return Err(invalid("upstream_concurrency", "must be at least 1"));
         }
+        if !(1..=10_000).contains(&self.client_h2_max_streams) {
+            return Err(invalid("client_h2_max_streams", "must be 1 to 10000"));
+        }
         if self.upstream_large_concurrency == 0 {
             return Err(invalid("upstream_large_concurrency", "must be at least 1"));
         }

@@ -2,21 +2,37 @@
 //! hop-by-hop rule ([`crate::policy::hop`]) and `Host`, over the worker's pooled client
 //! (HTTP/1.1, or HTTP/2 by ALPN over TLS); refuses an answer head the framing rule refuses
 //! ([`crate::policy::framing::answer_head`]). The deadline is the classify layer's.
+//!
+//! An HTTP/2 client's answer (many streams share its connection) is read whole when it is
+//! small (up to 64 KiB or `classify_body_limit`, which covers every send's answer), so the
+//! upstream connection goes back to the pool at once, whatever pace the client reads at:
+//! slow readers keep no upstream connection busy and, over an HTTP/2 upstream, hold none of
+//! its window. A larger answer streams as the client reads it and holds a permit of its
+//! own budget ([`crate::upstream::Limits::answers`]) until its body is done or dropped: the
+//! upstream connections slow readers can keep busy are bounded by that budget, not by
+//! their streams. No permit free: the answer is dropped at once and the client gets a 502
+//! (no upstream connection waits; no send's answer is that large). An HTTP/1 client's
+//! answer streams as it comes: it keeps at most one upstream connection per client
+//! connection.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
+use bytes::{Bytes, BytesMut};
 use http::uri::{Authority, Scheme};
 use http::{header, Request, Response, Uri};
+use http_body::Body as _;
+use hyper::body::Incoming;
 use hyper_util::client::legacy;
 use pin_project_lite::pin_project;
 use tower::Service;
 
 use super::body::{Body, ClientBody};
+use crate::policy::framing::content_length;
 use crate::policy::{framing, hop, ForwardError};
-use crate::upstream::{HttpClient, Target};
+use crate::upstream::{HttpClient, Limiter, Target};
 
 /// See module docs.
 #[derive(Clone)]
@@ -25,15 +41,27 @@ pub struct Forward {
     client: Arc<HttpClient>,
     scheme: Scheme,
     authority: Authority,
+    /// The large-answer budget.
+    answers: Arc<Limiter>,
+    /// Answers up to this many bytes are read whole.
+    whole: usize,
 }
 
 impl Forward {
-    /// A forwarder to `target` over `client`.
-    pub fn new(target: &Target, client: HttpClient) -> Forward {
+    /// A forwarder to `target` over `client`; answers up to `whole` bytes are read whole,
+    /// larger ones stream holding a permit of `answers`.
+    pub fn new(
+        target: &Target,
+        client: HttpClient,
+        answers: Arc<Limiter>,
+        whole: usize,
+    ) -> Forward {
         Forward {
             client: Arc::new(client),
             scheme: target.scheme.clone(),
             authority: target.authority.clone(),
+            answers,
+            whole,
         }
     }
 }
@@ -50,6 +78,10 @@ impl Service<Request<Body>> for Forward {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
+        // Only an HTTP/2 client's answers are read whole or counted: over HTTP/1 a slow
+        // reader keeps one upstream connection per client connection at most, bounded by
+        // `max_connections`, and the read would cost every send on that path.
+        let whole = (parts.version == http::Version::HTTP_2).then_some(self.whole);
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(self.scheme.clone());
         uri.authority = Some(self.authority.clone());
@@ -63,7 +95,93 @@ impl Service<Request<Body>> for Forward {
         ResponseFuture {
             client_body,
             inner: self.client.request(Request::from_parts(parts, body)),
+            answers: self.answers.clone(),
+            whole,
+            read: None,
         }
+    }
+}
+
+/// An answer whose head is in, while its body is read to see whether it is small.
+struct Read {
+    parts: Option<http::response::Parts>,
+    body: Option<Incoming>,
+    buf: BytesMut,
+    /// The first chunk, kept as is while it is the only one (no copy).
+    first: Option<Bytes>,
+}
+
+/// No large-answer permit was free: the answer is dropped.
+#[derive(Debug, thiserror::Error)]
+#[error("answer larger than the gateway reads whole, and every large-answer permit is out")]
+struct NoAnswerPermit;
+
+impl Read {
+    /// Reads until the body ends (the answer, whole) or passes `whole` bytes (the answer
+    /// streams, holding a large-answer permit).
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        answers: &Arc<Limiter>,
+        whole: usize,
+    ) -> Poll<Result<Response<Body>, ForwardError>> {
+        loop {
+            let Some(body) = self.body.as_mut() else {
+                panic!("forward future polled after completion");
+            };
+            let data = match ready!(Pin::new(body).poll_frame(cx)) {
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => d,
+                    // Trailers on a Graph answer are not expected; dropped.
+                    Err(_) => continue,
+                },
+                Some(Err(e)) => return Poll::Ready(Err(ForwardError::Broken(Box::new(e)))),
+                None => {
+                    let data = match self.first.take() {
+                        Some(d) => d,
+                        None => std::mem::take(&mut self.buf).freeze(),
+                    };
+                    self.body = None;
+                    let parts = self.parts.take().expect("parts until completion");
+                    return Poll::Ready(Ok(Response::from_parts(parts, Body::full(data))));
+                }
+            };
+            if let Some(f) = self.first.take() {
+                self.buf.extend_from_slice(&f);
+            }
+            if self.buf.is_empty() && data.len() <= whole {
+                self.first = Some(data);
+            } else {
+                self.buf.extend_from_slice(&data);
+            }
+            if self.first.as_ref().map_or(self.buf.len(), Bytes::len) > whole {
+                let prefix = match self.first.take() {
+                    Some(d) => d,
+                    None => std::mem::take(&mut self.buf).freeze(),
+                };
+                let (Some(parts), Some(rest)) = (self.parts.take(), self.body.take()) else {
+                    panic!("forward future polled after completion");
+                };
+                let body = Body::Prefixed {
+                    prefix: Some(prefix),
+                    rest: Box::pin(Body::stream(rest)),
+                };
+                return Poll::Ready(large(parts, body, answers));
+            }
+        }
+    }
+}
+
+/// An answer too large to read whole streams with a permit of the large-answer budget, or
+/// is dropped (502) when none is free: no upstream connection waits for one.
+fn large(
+    parts: http::response::Parts,
+    body: Body,
+    answers: &Arc<Limiter>,
+) -> Result<Response<Body>, ForwardError> {
+    match answers.try_acquire_owned() {
+        Some(p) => Ok(Response::from_parts(parts, Body::held(body, Box::new(p)))),
+        None => Err(ForwardError::Broken(Box::new(NoAnswerPermit))),
     }
 }
 
@@ -73,6 +191,10 @@ pin_project! {
         #[pin]
         inner: legacy::ResponseFuture,
         client_body: Option<ClientBody>,
+        answers: Arc<Limiter>,
+        // `None`: an HTTP/1 client's answer, streamed as it comes.
+        whole: Option<usize>,
+        read: Option<Read>,
     }
 }
 
@@ -81,6 +203,9 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if let Some(read) = this.read.as_mut() {
+            return read.poll(cx, this.answers, this.whole.unwrap_or(usize::MAX));
+        }
         let Poll::Ready(result) = this.inner.poll(cx) else {
             return Poll::Pending;
         };
@@ -96,7 +221,30 @@ impl Future for ResponseFuture {
                     return Poll::Ready(Err(ForwardError::Broken(Box::new(e))));
                 }
                 hop::strip(&mut parts.headers);
-                Ok(Response::from_parts(parts, Body::stream(body)))
+                let Some(whole) = *this.whole else {
+                    return Poll::Ready(Ok(Response::from_parts(parts, Body::stream(body))));
+                };
+                if body.is_end_stream() {
+                    return Poll::Ready(Ok(Response::from_parts(parts, Body::empty())));
+                }
+                let declared = parts
+                    .headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| content_length(v.as_bytes()));
+                if declared.is_some_and(|n| n > whole as u64) {
+                    return Poll::Ready(large(parts, Body::stream(body), this.answers));
+                }
+                let mut read = Read {
+                    parts: Some(parts),
+                    body: Some(body),
+                    buf: BytesMut::new(),
+                    first: None,
+                };
+                let poll = read.poll(cx, this.answers, whole);
+                if poll.is_pending() {
+                    *this.read = Some(read);
+                }
+                return poll;
             }
             Err(e) if e.is_connect() => Err(ForwardError::Connect(Box::new(e))),
             // The client stopped sending its body (`client_body_timeout`).

@@ -46,12 +46,13 @@ pub type Stack = guard::Guard<pace::Pace<limit::Limit<classify::Classify<forward
 /// Builds a worker's stack over `policy`, counting against `limits` (the `ready` budget
 /// shared with the relay), forwarding with `client` (one per worker: its own pool).
 pub fn stack(policy: Arc<Policy>, limits: Limits, target: &Target, client: HttpClient) -> Stack {
+    let (answers, whole) = (limits.answers.clone(), policy.read_first_limit());
     ServiceBuilder::new()
         .layer(guard::GuardLayer::new(policy.clone()))
         .layer(pace::PaceLayer::new(policy.clone()))
         .layer(limit::LimitLayer::new(policy.clone(), limits))
         .layer(classify::ClassifyLayer::new(policy))
-        .service(forward::Forward::new(target, client))
+        .service(forward::Forward::new(target, client, answers, whole))
 }
 
 /// The hyper engine's rendering of a gateway-made answer (hyper adds `content-length` and

@@ -71,6 +71,11 @@ pub struct Limits {
     pub ready: Arc<Limiter>,
     /// `upstream_large_concurrency`.
     pub large: Arc<Limiter>,
+    /// Answers too large to read whole (larger than 64 KiB or `classify_body_limit`) while
+    /// they stream to the client: as many as `upstream_large_concurrency`, a budget of
+    /// their own, so the upstream connections that slow readers keep busy are bounded
+    /// (held from the answer's head until its body is done or dropped).
+    pub answers: Arc<Limiter>,
 }
 
 impl Limits {
@@ -80,6 +85,7 @@ impl Limits {
         Limits {
             ready: Arc::new(Limiter::new(ready, queue)),
             large: Arc::new(Limiter::new(large, queue)),
+            answers: Arc::new(Limiter::new(large, queue)),
         }
     }
 }

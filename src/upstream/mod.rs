@@ -34,6 +34,20 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 /// Idle connections kept per pool (one pool per worker and engine).
 pub const POOL_MAX_IDLE: usize = 512;
 
+/// The most an upstream HTTP/1.1 answer's body chunk can be: hyper's read buffer for the
+/// connection (its default grows to ~400 KiB). A chunk is held while it waits for a slow
+/// client, so this bounds what one streamed answer holds besides the client's send buffer.
+pub const ANSWER_CHUNK_MAX: usize = 64 * 1024;
+
+/// An upstream HTTP/2 stream's receive window. An answer's bytes count against the
+/// connection's window until the client has taken them, so a few answers that clients
+/// never read must not exhaust it: [`H2_CONN_WINDOW`] leaves room for 128 of these (the
+/// large-answer budget, `upstream_large_concurrency`, is 64 by default) and small answers
+/// are read whole at once (`crate::proxy::forward`).
+pub const H2_STREAM_WINDOW: u32 = 256 * 1024;
+/// See [`H2_STREAM_WINDOW`]: an upstream HTTP/2 connection's receive window.
+pub const H2_CONN_WINDOW: u32 = 32 * 1024 * 1024;
+
 /// The HTTP client type of the hyper engine, the health poller and the webhook relay.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -155,6 +169,9 @@ pub fn http_client(trust: &ClientConfig, connect_timeout: Duration) -> HttpClien
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(POOL_MAX_IDLE)
+        .http1_max_buf_size(ANSWER_CHUNK_MAX)
+        .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+        .http2_initial_connection_window_size(H2_CONN_WINDOW)
         // Only requests not yet written are retried (see the module docs).
         .retry_canceled_requests(true)
         .build(https)

@@ -20,6 +20,7 @@ mod discovery;
 mod durability;
 mod edges;
 mod framing_props;
+mod h2_bounds;
 mod health_fleet;
 mod instruction_budget;
 mod levels;
