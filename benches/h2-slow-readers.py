@@ -84,6 +84,9 @@ state_dir = "{d}"
 upstream = "http://127.0.0.1:{up.getsockname()[1]}"
 admin_token = "bench-admin-token-0123456789"
 request_timeout = "30s"
+# Hundreds of streams to one phone number: the pace (enforce by default, 80/s) must not bind.
+[shaping]
+throughput = 100000
 [[accounts]]
 waba_id = "{WABA}"
 phone_number_ids = ["{PHONE}"]

@@ -10,6 +10,10 @@
 # Needs target/release/wa-breaker and target/release/examples/fake_cloud
 # (cargo build --release --bins --examples) and python3.
 set -euo pipefail
+# The pace step runs on every send (shaping.mode defaults to enforce) but must not bind:
+# these loads drive one phone number far past Meta's 80/s. Binaries from before shaping
+# ignore the variable (unknown WA_BREAKER_ variables are logged and ignored).
+export WA_BREAKER_SHAPING__THROUGHPUT=${WA_BREAKER_SHAPING__THROUGHPUT:-100000}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 N=${N:-200}
 RUN=$(mktemp -d "${STATE_PARENT:-/tmp}/wab-trip.XXXXXX")

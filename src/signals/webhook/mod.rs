@@ -235,7 +235,10 @@ impl Webhook {
         };
         let last_seq = match accepted {
             Ok(seq) => seq,
-            Err(resp) => return resp,
+            Err(Refused::Signature) => {
+                return text(StatusCode::UNAUTHORIZED, "invalid X-Hub-Signature-256\n")
+            }
+            Err(Refused::Invalid(e)) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
         };
         let durable = async {
             match last_seq {
@@ -267,8 +270,8 @@ impl Webhook {
     }
 
     /// Verifies, parses and applies one delivery's `body` signed `sig`: the sequence number
-    /// of its last applied change, or the answer refusing it. Synchronous (CPU only).
-    fn accept(&self, body: &[u8], sig: &[u8; 32]) -> Result<Option<u64>, Response<Body>> {
+    /// of its last applied change, or why it was refused. Synchronous (CPU only).
+    fn accept(&self, body: &[u8], sig: &[u8; 32]) -> Result<Option<u64>, Refused> {
         if !verify(&self.secrets, body, sig) {
             METRICS
                 .webhooks
@@ -278,17 +281,14 @@ impl Webhook {
                 bytes = body.len(),
                 "webhook POST rejected: X-Hub-Signature-256 matches no configured app secret"
             );
-            return Err(text(
-                StatusCode::UNAUTHORIZED,
-                "invalid X-Hub-Signature-256\n",
-            ));
+            return Err(Refused::Signature);
         }
         let mut env = match payload::parse(body) {
             Ok(env) => env,
             Err(e) => {
                 METRICS.webhooks.with_label_values(&["invalid"]).inc();
                 tracing::warn!(error = %e, "signed webhook POST is not a webhook envelope; nothing applied");
-                return Err(text(StatusCode::BAD_REQUEST, &format!("{e}\n")));
+                return Err(Refused::Invalid(e.to_string()));
             }
         };
 
@@ -639,6 +639,14 @@ fn signature(h: &HeaderMap) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(hex_sig, &mut out).ok()?;
     Some(out)
+}
+
+/// Why a delivery was refused after its body was read (logged and counted where found).
+enum Refused {
+    /// `X-Hub-Signature-256` matches no configured app secret.
+    Signature,
+    /// Signed, but not a webhook envelope: the parser's message.
+    Invalid(String),
 }
 
 /// Deliveries larger than this are verified, parsed and applied on the blocking pool.
