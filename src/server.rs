@@ -402,7 +402,10 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1 only: probes, scrapes, the CLI and the console speak it, and hyper has no
+    // HTTP/2 idle or head deadline — an h2c preface is refused at once instead of holding
+    // a place under the cap.
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     // As on the main listener's hyper engine: the head's clock starts when the connection
     // waits for a request, so it also bounds a kept-alive connection's idle time.
     builder

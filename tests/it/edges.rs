@@ -552,6 +552,41 @@ async fn partial_heads_on_the_admin_listener_are_cut_and_capped(engine: Engine) 
     drop(partial);
 }
 
+/// The admin listener speaks HTTP/1 only: an h2c connection (preface, SETTINGS, then
+/// nothing) is refused at once rather than held open under the cap — hyper has no HTTP/2
+/// idle deadline, and 100 such connections used to keep their places for good.
+async fn h2c_on_the_admin_listener_is_refused_at_once(engine: Engine) {
+    let fake = FakeCloud::start().await;
+    let gw = start(
+        engine,
+        &fake.url(),
+        "client_header_timeout = \"30s\"\nclient_idle_timeout = \"30s\"\nadmin_max_connections = 8",
+    )
+    .await;
+    let t0 = Instant::now();
+    let mut conns = Vec::new();
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(gw.admin_addr()).await.unwrap();
+        let mut out = H2_PREFACE.to_vec();
+        out.extend(h2_frame(SETTINGS, 0, 0, &[]));
+        let _ = s.write_all(&out).await;
+        conns.push(s);
+    }
+    // Each is closed long before the 30 s deadlines; the cap of 8 never fills for good.
+    for s in conns.iter_mut().take(8) {
+        let (_, after) = until_closed(s, t0).await;
+        assert!(
+            after < Duration::from_secs(5),
+            "{}: h2c admin connection closed after {after:?}",
+            engine.name()
+        );
+    }
+    let healthz = tokio::time::timeout(Duration::from_secs(5), gw.admin_get("/healthz", None))
+        .await
+        .unwrap_or_else(|_| panic!("{}: /healthz did not answer", engine.name()));
+    assert_eq!(healthz.status(), 200);
+}
+
 /// HTTP/2 (prior knowledge) deadlines, issue 25 item 1: one second each.
 const H2_DEADLINES: &str = r#"
 client_header_timeout = "1s"
@@ -801,6 +836,7 @@ both_engines!(
     every_spelling_of_a_send_to_an_open_circuit_is_answered_locally,
     a_drain_answers_in_flight_sends_with_connection_close,
     partial_heads_on_the_admin_listener_are_cut_and_capped,
+    h2c_on_the_admin_listener_is_refused_at_once,
     an_idle_h2_connection_is_closed_at_the_deadline,
     a_split_or_dripped_h2_preface_is_recognised,
     an_unfinished_h2_headers_block_is_closed_at_the_deadline,
