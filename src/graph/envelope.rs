@@ -49,6 +49,29 @@ struct RawError {
     error_data: Option<serde_json::Value>,
 }
 
+/// A failed Graph read (a management read: Health Status, a phone number's fields),
+/// described once for every reader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// For a log line: `HTTP 400: Graph error 100: …`, or `HTTP 502` without an envelope.
+    pub what: String,
+    /// The token was refused (HTTP 401 or Graph code 190): retrying will not help.
+    pub auth: bool,
+}
+
+/// Describes a failed read answered `status` with `body`.
+pub fn failure(status: u16, body: &[u8]) -> Failure {
+    let err = parse(body);
+    let what = match &err {
+        Some(e) => format!("HTTP {status}: Graph error {}: {}", e.code, e.message),
+        None => format!("HTTP {status}"),
+    };
+    Failure {
+        what,
+        auth: status == 401 || err.is_some_and(|e| e.code == 190),
+    }
+}
+
 /// Parses a Graph error envelope; `None` when the body is not one.
 pub fn parse(body: &[u8]) -> Option<GraphError> {
     let env: Envelope = serde_json::from_slice(body).ok()?;
@@ -133,6 +156,21 @@ mod tests {
         assert_eq!(e.error_subcode, Some(2494100));
         assert_eq!(e.fbtrace_id.as_deref(), Some("AbCdEfGhIjK"));
         assert_eq!(e.details.as_deref(), Some("restricted"));
+    }
+
+    #[test]
+    fn failures_are_described_and_auth_is_recognised() {
+        let body = br#"{"error":{"message":"Invalid OAuth access token","type":"OAuthException","code":190}}"#;
+        let f = failure(400, body);
+        assert_eq!(
+            f.what,
+            "HTTP 400: Graph error 190: Invalid OAuth access token"
+        );
+        assert!(f.auth);
+        assert!(failure(401, b"<html>").auth);
+        let f = failure(502, b"bad gateway");
+        assert_eq!((f.what.as_str(), f.auth), ("HTTP 502", false));
+        assert!(!failure(400, br#"{"error":{"message":"x","code":100}}"#).auth);
     }
 
     #[test]

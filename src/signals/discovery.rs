@@ -324,20 +324,13 @@ impl Lookup {
 /// Reads the owning WABA from a phone number's Health Status answer (pure).
 fn owner(status: StatusCode, body: &[u8]) -> Found {
     if !status.is_success() {
-        let err = envelope::parse(body);
-        let what = match &err {
-            Some(e) => format!(
-                "HTTP {}: Graph error {}: {}",
-                status.as_u16(),
-                e.code,
-                e.message
-            ),
-            None => format!("HTTP {}", status.as_u16()),
-        };
-        return match (status, err.map(|e| e.code)) {
-            (StatusCode::UNAUTHORIZED, _) | (_, Some(190)) => Found::AuthError(what),
-            (s, _) if s.is_client_error() => Found::Unknown(what),
-            _ => Found::Error(what),
+        let f = envelope::failure(status.as_u16(), body);
+        return if f.auth {
+            Found::AuthError(f.what)
+        } else if status.is_client_error() {
+            Found::Unknown(f.what)
+        } else {
+            Found::Error(f.what)
         };
     }
     let hs = match graph_health::parse(body) {

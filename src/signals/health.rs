@@ -195,21 +195,11 @@ pub fn classify(node: Node<'_>, status: StatusCode, body: &[u8]) -> PollOutcome 
             Err(e) => PollOutcome::Error(format!("HTTP {}: {e}", status.as_u16())),
         };
     }
-    let err = envelope::parse(body);
-    let code = err.as_ref().map(|e| e.code);
-    let what = match &err {
-        Some(e) => format!(
-            "HTTP {}: Graph error {}: {}",
-            status.as_u16(),
-            e.code,
-            e.message
-        ),
-        None => format!("HTTP {}", status.as_u16()),
-    };
-    if status == StatusCode::UNAUTHORIZED || code == Some(190) {
-        PollOutcome::AuthError(what)
+    let f = envelope::failure(status.as_u16(), body);
+    if f.auth {
+        PollOutcome::AuthError(f.what)
     } else {
-        PollOutcome::Error(what)
+        PollOutcome::Error(f.what)
     }
 }
 

@@ -483,19 +483,11 @@ impl Reader {
 /// What a `?fields=throughput` answer says (pure).
 fn level(status: StatusCode, body: &[u8]) -> Result<Read, Failed> {
     if !status.is_success() {
-        let err = envelope::parse(body);
-        let what = match &err {
-            Some(e) => format!(
-                "HTTP {}: Graph error {}: {}",
-                status.as_u16(),
-                e.code,
-                e.message
-            ),
-            None => format!("HTTP {}", status.as_u16()),
-        };
-        return Err(match (status, err.map(|e| e.code)) {
-            (StatusCode::UNAUTHORIZED, _) | (_, Some(190)) => Failed::Auth(what),
-            _ => Failed::Other(what),
+        let f = envelope::failure(status.as_u16(), body);
+        return Err(if f.auth {
+            Failed::Auth(f.what)
+        } else {
+            Failed::Other(f.what)
         });
     }
     graph_tput::parse(body).map_err(Failed::Other)
