@@ -2,10 +2,13 @@
 //! order — guard → pace (a wait for the slot, and the guard again) → permit (and the guard
 //! again) → forward → classify → settle → respond.
 
+use std::pin::Pin;
+
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Sleep;
 
 use super::h1::body::BodyReader;
 use super::h1::request::RequestHead;
@@ -34,6 +37,7 @@ impl Relay {
         head: &RequestHead,
         close: bool,
         drain: &watch::Receiver<bool>,
+        mut upstream_deadline: Pin<&mut Sleep>,
         s: &mut Scratch,
     ) -> bool {
         let policy = &*self.shared.policy;
@@ -116,15 +120,16 @@ impl Relay {
         };
 
         s.up.extend_from_slice(body);
-        let deadline = tokio::time::Instant::from_std(admitted.deadline());
+        // The connection's upstream timer, moved on (see `Relay::connection`).
+        upstream_deadline
+            .as_mut()
+            .reset(tokio::time::Instant::from_std(admitted.deadline()));
         // A client that goes away while the upstream has not answered gives its permit
         // back at once (issue 25: it was held until `request_timeout`).
         let sent = tokio::select! {
-                    biased;
-            sent = tokio::time::timeout_at(
-                deadline,
-                self.forward(head.method == Method::HEAD, &closing, s),
-            ) => sent,
+            biased;
+            sent = self.forward(head.method == Method::HEAD, &closing, s) => Ok(sent),
+            () = &mut upstream_deadline => Err(()),
             () = gone(client) => return false,
         };
         // What the answer head (or the failure) told the client.

@@ -19,7 +19,9 @@
 //!
 //! Needs `valgrind` (`scripts/test` installs Debian's package when it is missing; or set
 //! `VALGRIND` to a binary). `WAB_BUDGET_WRITE=1` writes the measured figures into the
-//! baseline file instead of checking them.
+//! baseline file instead of checking them; `WAB_BUDGET_KEEP=DIR` keeps the profile parts
+//! there (`callgrind_annotate --inclusive=yes DIR/relay.3` shows where a send's
+//! instructions go).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -252,6 +254,16 @@ phone_number_ids = ["{PHONE}"]
             total - park
         })
         .collect();
+    // `WAB_BUDGET_KEEP=DIR` keeps the profile parts for `callgrind_annotate` (part 3: the
+    // N₂ pass-through sends, part 6: the N₂ local answers).
+    if let Some(dir) = std::env::var_os("WAB_BUDGET_KEEP") {
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).expect("WAB_BUDGET_KEEP directory");
+        for i in 1..=6 {
+            let from = PathBuf::from(format!("{}.{i}", out_file.display()));
+            std::fs::copy(&from, dir.join(format!("{name}.{i}"))).expect("keep a part");
+        }
+    }
     let per = |a: u64, b: u64| b.saturating_sub(a) / (N2 - N1) as u64;
     (per(parts[1], parts[2]), per(parts[4], parts[5]))
 }
