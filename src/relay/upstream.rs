@@ -20,6 +20,8 @@ use crate::upstream::http2::{H2Response, StreamSlot};
 use crate::upstream::pool::{Conn, Pool};
 
 /// An answer whose head is in, with its body still to come.
+// The HTTP/1.1 variant is the hot path: boxed, it would cost every send an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Upstream {
     /// On an HTTP/1.1 connection: its bytes are relayed as they came.
     H1 {
