@@ -13,7 +13,9 @@
 # same round trip without a proxy), stub_status on :9081 (connections accepted = TLS
 # handshakes). On this side, each proxy under test listens on loopback and forwards over
 # the WAN:
-#   wa-breaker (relay)  fast_path = true: pooled HTTP/1.1 over TLS (rustls)
+#   wa-breaker (relay)  fast_path = true: HTTP/2 by ALPN over TLS (rustls; a few
+#                       connections per worker, streams multiplexed); HTTP/1.1 pool when
+#                       the server selects http/1.1 (binaries before h2up: HTTP/1.1 only)
 #   wa-breaker (hyper)  fast_path = false: hyper's client, HTTP/2 by ALPN
 #   nginx               proxy_pass https, proxy_ssl_session_reuse, upstream keepalive 512
 #   HAProxy             server ... ssl, http-reuse always (HTTP/1.1: no alpn set)
@@ -269,7 +271,7 @@ conns_of() { # pids -> established TCP connections to the TLS upstream owned by 
 steal_other() { awk '/^cpu / { printf "%.0f %.0f\n", $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
 
 declare -A PORT=([direct]="$NS_IP:9080" [relay]=127.0.0.1:9215 [hyper]=127.0.0.1:9217 [nginx]=127.0.0.1:9212 [haproxy]=127.0.0.1:9213)
-declare -A LABEL=([direct]="direct (plain HTTP over the WAN, no proxy)" [relay]="wa-breaker relay (HTTP/1.1 over TLS)"
+declare -A LABEL=([direct]="direct (plain HTTP over the WAN, no proxy)" [relay]="wa-breaker relay (HTTP/2 by ALPN, else HTTP/1.1)"
   [hyper]="wa-breaker hyper engine (HTTP/2 by ALPN)" [nginx]="nginx (proxy_ssl, keepalive 512)" [haproxy]="HAProxy (ssl, http-reuse always)")
 declare -A SRV=([direct]="" [relay]=$PID_relay [hyper]=$PID_hyper [nginx]=$(cat "$RUNDIR/nginx.pid") [haproxy]=$(cat "$RUNDIR/haproxy.pid"))
 RES=$RUNDIR/wan.tsv

@@ -12,14 +12,30 @@ use tokio::time::Sleep;
 
 use super::h1::body::BodyReader;
 use super::h1::request::RequestHead;
-use super::h1::response::{parse_response, ResponseHead};
+use super::h1::response::parse_response;
 use super::h1::BadResponse;
+use super::upstream::{h2_body, h2_request, H2Answer, Upstream};
 use super::{Relay, Scratch};
 use crate::common::error_chain;
 use crate::policy::exchange::{Admission, Answered, Guard, Pace, Routed, Settle};
-use crate::policy::framing::Codings;
-use crate::policy::{Answer, Body, Call, ForwardError, Reply};
-use crate::upstream::pool::Conn;
+use crate::policy::{Body, Call, ForwardError, Reply};
+use crate::upstream::http2::{Failed, H2Pool, Pick};
+use crate::upstream::pool::{Conn, Connected};
+
+/// Times one send may go to another HTTP/2 stream after the server did not process it
+/// (refused it, or it was above the server's GOAWAY).
+const MAX_UNPROCESSED: usize = 2;
+/// Times one send may find a connection going away before its request left (each time
+/// that connection is dropped from the set).
+const MAX_NOT_SENT: usize = 4;
+
+/// Where [`Relay::forward_h2`] sent the request.
+enum Via {
+    /// Answered on an HTTP/2 stream.
+    H2(Box<H2Answer>),
+    /// The upstream speaks HTTP/1.1: send on this connection (just opened), or a pooled one.
+    H1(Option<Conn>),
+}
 
 impl Relay {
     /// Answers the request in `req` (`head` says where its parts are) on `client`, taking
@@ -119,7 +135,6 @@ impl Relay {
             }
         };
 
-        s.up.extend_from_slice(body);
         // The connection's upstream timer, moved on (see `Relay::connection`).
         upstream_deadline
             .as_mut()
@@ -128,14 +143,14 @@ impl Relay {
         // back at once (issue 25: it was held until `request_timeout`).
         let sent = tokio::select! {
             biased;
-            sent = self.forward(head.method == Method::HEAD, &closing, s) => Ok(sent),
+            sent = self.forward(head.method == Method::HEAD, &closing, body, s) => Ok(sent),
             () = &mut upstream_deadline => Err(()),
             () = gone(client) => return false,
         };
         // What the answer head (or the failure) told the client.
         let close = closing();
-        let (mut conn, rh) = match sent {
-            Ok(Ok(ok)) => ok,
+        let mut up = match sent {
+            Ok(Ok(up)) => up,
             Ok(Err(e)) => {
                 admitted.failed(&e);
                 return self.failed(client, e, close, s).await;
@@ -147,8 +162,7 @@ impl Relay {
             }
         };
 
-        let mut reader = BodyReader::new(rh.framing, std::mem::take(&mut s.resp), rh.head_len);
-        let settle = match admitted.answered(policy, rh.status, rh.content_length()) {
+        let settle = match admitted.answered(policy, up.status(), up.content_length()) {
             Answered::Pass(settle) => settle,
             Answered::Read(reading) => {
                 // The error body is read by the same deadline as the head: a stalled body
@@ -158,39 +172,21 @@ impl Relay {
                     biased;
                     read = tokio::time::timeout_at(
                         deadline,
-                        reader.buffer(&mut conn, reading.limit(), &mut s.decoded),
+                        up.buffer(reading.limit(), &mut s.decoded),
                     ) => read,
                     () = gone(client) => return false,
                 };
                 match read {
-                    Ok(Ok(true)) => {
-                        let judged: &[u8] = if reader.chunked() {
-                            &s.decoded
-                        } else {
-                            reader.framed()
-                        };
-                        let codings = Codings::collect(rh.content_encoding(reader.head()));
-                        let answer = Answer {
-                            status: rh.status,
-                            content_encoding: codings.as_slice(),
-                            retry_after: rh.retry_after(reader.head()),
-                            body: judged,
-                            // The relay holds every request whole: judge reads it only for a
-                            // template code.
-                            request: Some(body),
-                        };
-                        reading.judge(policy, answer)
-                    }
+                    Ok(Ok(true)) => up.judge(reading, policy, &s.decoded, body),
                     // Too large to judge: relayed as it comes.
                     Ok(Ok(false)) => reading.too_large(),
                     Ok(Err(e)) => {
-                        s.resp = reader.into_buffer();
-                        let e = ForwardError::Broken(Box::new(e));
+                        up.finish(false, &self.pool, &mut s.resp);
                         reading.failed(&e);
                         return self.failed(client, e, close, s).await;
                     }
                     Err(_) => {
-                        s.resp = reader.into_buffer();
+                        up.finish(false, &self.pool, &mut s.resp);
                         let e = ForwardError::Timeout(reading.timeout());
                         reading.failed(&e);
                         return self.failed(client, e, close, s).await;
@@ -201,17 +197,12 @@ impl Relay {
         // The permit is back; a tripping answer reaches the app once the open is durable.
         settle.done(policy).await;
 
-        let relayed = relay_body(&mut reader, &mut conn, client, &mut s.out).await;
-        let reusable = reader.reusable() && !rh.close;
-        s.resp = reader.into_buffer();
-        match relayed {
-            Ok(()) if reusable => self.pool.put(conn),
-            Ok(()) => {}
-            Err(e) => {
-                // The head is out: all that is left is to close the client's connection.
-                tracing::debug!(error = %e, "answer body broke off mid-relay");
-                return false;
-            }
+        let relayed = up.relay(client, &mut s.out).await;
+        let reusable = up.finish(relayed.is_ok(), &self.pool, &mut s.resp);
+        if let Err(e) = relayed {
+            // The head is out: all that is left is to close the client's connection.
+            tracing::debug!(error = %e, "answer body broke off mid-relay");
+            return false;
         }
         !close && reusable
     }
@@ -228,23 +219,36 @@ impl Relay {
         send(client, close, s).await
     }
 
-    /// Writes `s.up` to an upstream connection and reads the answer's head into `s.resp`
-    /// (the client's version of it into `s.out`).
+    /// Forwards the request (its head to send upstream in `s.up`, its `body`) and reads the
+    /// answer's head, whose client version goes into `s.out`: over HTTP/2 when the upstream
+    /// speaks it, else on an HTTP/1.1 connection (its bytes read into `s.resp`).
     async fn forward(
         &self,
         head_request: bool,
         close: &impl Fn() -> bool,
+        body: &[u8],
         s: &mut Scratch,
-    ) -> Result<(Conn, ResponseHead), ForwardError> {
-        let mut conn = match self.pool.take() {
-            Some(c) => c,
-            None => self
-                .shared
-                .connector
-                .connect()
-                .await
-                .map_err(|e| ForwardError::Connect(Box::new(e)))?,
+    ) -> Result<Upstream, ForwardError> {
+        let fresh = if self.shared.connector.may_speak_h2() {
+            match self.forward_h2(head_request, close, body, s).await? {
+                Via::H2(answer) => return Ok(Upstream::H2(answer)),
+                Via::H1(conn) => conn,
+            }
+        } else {
+            None
         };
+        let mut conn = match fresh.or_else(|| self.pool.take()) {
+            Some(c) => c,
+            None => match self.shared.connector.connect().await {
+                Ok(Connected::H1(c)) => c,
+                // Only an `https` upstream selects h2, and those went above.
+                Ok(Connected::H2(_)) => {
+                    return Err(ForwardError::Broken("unexpected HTTP/2 connection".into()))
+                }
+                Err(e) => return Err(ForwardError::Connect(Box::new(e))),
+            },
+        };
+        s.up.extend_from_slice(body);
         let broken = |e: std::io::Error| ForwardError::Broken(Box::new(e));
         conn.write_all(&s.up).await.map_err(broken)?;
         s.resp.clear();
@@ -258,10 +262,80 @@ impl Relay {
                     "upstream closed the connection before answering".into(),
                 ));
             }
-            if let Some(rh) = parse_response(&s.resp, head_request, close(), &mut s.out)
+            if let Some(head) = parse_response(&s.resp, head_request, close(), &mut s.out)
                 .map_err(|e: BadResponse| ForwardError::Broken(Box::new(e)))?
             {
-                return Ok((conn, rh));
+                let reader =
+                    BodyReader::new(head.framing, std::mem::take(&mut s.resp), head.head_len);
+                return Ok(Upstream::H1 { conn, head, reader });
+            }
+        }
+    }
+
+    /// Over HTTP/2 when this worker's upstream speaks it: a stream on an open connection
+    /// (opening one when none has room), retried on another only when the server did not
+    /// process it ([`Failed::Unprocessed`]). `Via::H1` when the upstream speaks HTTP/1.1
+    /// (with the connection just opened, if one was).
+    async fn forward_h2(
+        &self,
+        head_request: bool,
+        close: &impl Fn() -> bool,
+        body: &[u8],
+        s: &mut Scratch,
+    ) -> Result<Via, ForwardError> {
+        let connector = &self.shared.connector;
+        let connect_failed = |e: std::io::Error| ForwardError::Connect(Box::new(e));
+        let mut unprocessed = 0;
+        let mut not_sent = 0;
+        loop {
+            match self.h2.pick() {
+                Pick::Stream(lease) => {
+                    let request = h2_request(&s.up, &self.shared.target_authority)?;
+                    match H2Pool::send(lease, request, h2_body(body)).await {
+                        Ok(answer) => {
+                            let answer = H2Answer::new(answer, head_request, close(), &mut s.out)?;
+                            return Ok(Via::H2(Box::new(answer)));
+                        }
+                        Err(Failed::Unprocessed(e)) if unprocessed < MAX_UNPROCESSED => {
+                            tracing::debug!(error = %e, "upstream did not process a stream: sent again");
+                            unprocessed += 1;
+                        }
+                        Err(Failed::NotSent(e)) if not_sent < MAX_NOT_SENT => {
+                            tracing::debug!(error = %e, "upstream connection going away: sent on another");
+                            not_sent += 1;
+                        }
+                        Err(Failed::NotSent(e) | Failed::Unprocessed(e) | Failed::Broken(e)) => {
+                            return Err(ForwardError::Broken(Box::new(e)))
+                        }
+                    }
+                }
+                Pick::H1 => {
+                    if let Some(conn) = self.pool.take() {
+                        return Ok(Via::H1(Some(conn)));
+                    }
+                    match connector.connect().await.map_err(connect_failed)? {
+                        Connected::H1(conn) => return Ok(Via::H1(Some(conn))),
+                        // The upstream speaks h2 now: it serves from here on.
+                        Connected::H2(tls) => {
+                            let opening = self.h2.opening();
+                            opening
+                                .h2(tls)
+                                .await
+                                .map_err(|e| ForwardError::Connect(Box::new(e)))?;
+                        }
+                    }
+                }
+                Pick::Wait(changed) => changed.await,
+                Pick::Open(opening) => match connector.connect().await.map_err(connect_failed)? {
+                    Connected::H2(tls) => opening
+                        .h2(tls)
+                        .await
+                        .map_err(|e| ForwardError::Connect(Box::new(e)))?,
+                    Connected::H1(conn) => {
+                        opening.h1();
+                        return Ok(Via::H1(Some(conn)));
+                    }
+                },
             }
         }
     }
@@ -302,32 +376,11 @@ async fn send(client: &mut TcpStream, close: bool, s: &mut Scratch) -> bool {
     client.write_all(&s.out).await.is_ok() && !close
 }
 
-/// Sends the client's head (in `out`) with the first piece of the body in one write, then
-/// the rest as it arrives.
-async fn relay_body<R, W>(
-    reader: &mut BodyReader,
-    conn: &mut R,
-    client: &mut W,
-    out: &mut Vec<u8>,
-) -> std::io::Result<()>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    if let Some(first) = reader.next(conn).await? {
-        out.extend_from_slice(first);
-    }
-    client.write_all(out).await?;
-    while let Some(piece) = reader.next(conn).await? {
-        client.write_all(piece).await?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::relay::h1::Framing;
+    use crate::relay::upstream::relay_body;
 
     /// The answer relay through its caller: the head and body from an upstream that writes
     /// the answer in two pieces, split at every point, over an in-memory pipe.

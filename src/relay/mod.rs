@@ -6,7 +6,9 @@
 //! ([`crate::policy`]) at every step, writes the head (hop-by-hop fields dropped, `host`
 //! rewritten) and body to a pooled upstream connection ([`crate::upstream::pool`]) and
 //! relays the answer's bytes back, reading error bodies first so the classifier can judge
-//! them. See `BENCHMARKS.md` for what that saves.
+//! them. To an `https` upstream that selects `h2` by ALPN, the send goes as a stream on one
+//! of a few HTTP/2 connections per worker ([`crate::upstream::http2`]) and the answer is
+//! re-framed for the HTTP/1.1 client ([`upstream`]). See `BENCHMARKS.md` for what that saves.
 //!
 //! Anything else — HTTP/1.0, h2c, chunked or large request bodies, `Expect`, upgrades, the
 //! webhook path, bad syntax — is handed to the hyper engine with the bytes already read
@@ -15,6 +17,7 @@
 mod exchange;
 pub mod h1;
 pub mod rewind;
+mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::policy::{Policy, Route};
+use crate::upstream::http2::H2Pool;
 use crate::upstream::pool::{Connector, Pool};
 use crate::upstream::{Limiter, Target};
 use h1::request::{self, Parsed};
@@ -40,6 +44,8 @@ struct Shared {
     connector: Connector,
     /// `host` sent upstream.
     authority: String,
+    /// `:authority` sent upstream over HTTP/2.
+    target_authority: http::uri::Authority,
     deadlines: ClientDeadlines,
 }
 
@@ -66,11 +72,12 @@ impl ClientDeadlines {
     }
 }
 
-/// One worker's relay: the shared parts and this worker's upstream pool.
+/// One worker's relay: the shared parts and this worker's upstream connections.
 #[derive(Clone)]
 pub struct Relay {
     shared: Arc<Shared>,
     pool: Pool,
+    h2: H2Pool,
 }
 
 impl Relay {
@@ -88,17 +95,20 @@ impl Relay {
                 limiter,
                 connector: Connector::new(target),
                 authority: target.authority.to_string(),
+                target_authority: target.authority.clone(),
                 deadlines,
             }),
             pool: Pool::default(),
+            h2: H2Pool::default(),
         }
     }
 
-    /// The same relay with its own upstream pool, for another worker.
+    /// The same relay with its own upstream connections, for another worker.
     pub fn worker(&self) -> Relay {
         Relay {
             shared: self.shared.clone(),
             pool: Pool::default(),
+            h2: H2Pool::default(),
         }
     }
 
@@ -107,7 +117,10 @@ impl Relay {
         let mut every = tokio::time::interval(SWEEP_EVERY);
         loop {
             tokio::select! {
-                _ = every.tick() => self.pool.sweep(),
+                _ = every.tick() => {
+                    self.pool.sweep();
+                    self.h2.sweep();
+                }
                 _ = stop.changed() => return,
             }
         }

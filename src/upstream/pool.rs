@@ -1,5 +1,6 @@
 //! The relay's upstream connections: one idle pool per worker (HTTP/1.1, plain or TLS), so
-//! taking a connection never crosses threads. Idle policy: [`super::POOL_IDLE_TIMEOUT`] and
+//! taking a connection never crosses threads. An `https` upstream that selects `h2` by ALPN
+//! is spoken to over HTTP/2 instead ([`super::http2`]). Idle policy: [`super::POOL_IDLE_TIMEOUT`] and
 //! [`super::POOL_MAX_IDLE`], the same as hyper's pools.
 //!
 //! Concurrency: a pool is touched only by its own worker's tasks (a single-threaded
@@ -22,11 +23,19 @@ use super::{Target, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE};
 pub enum Conn {
     /// `http://` upstream.
     Plain(TcpStream),
-    /// `https://` upstream (ALPN `http/1.1`).
+    /// `https://` upstream that selected `http/1.1` (or no protocol) by ALPN.
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// Opens the relay's upstream connections: TCP, then TLS (ALPN `http/1.1`) for https.
+/// A new upstream connection, by the protocol the upstream chose.
+pub enum Connected {
+    /// HTTP/1.1: plain, or TLS where the server selected `http/1.1` or nothing.
+    H1(Conn),
+    /// TLS where the server selected `h2`: handed to [`super::http2`].
+    H2(Box<TlsStream<TcpStream>>),
+}
+
+/// Opens the relay's upstream connections: TCP, then TLS (ALPN `h2`, `http/1.1`) for https.
 #[derive(Clone)]
 pub struct Connector {
     target: Target,
@@ -38,8 +47,9 @@ impl Connector {
     pub fn new(target: &Target) -> Connector {
         let tls = target.tls_name.as_ref().map(|_| {
             let mut config = (*target.trust).clone();
-            // The relay speaks HTTP/1.1 only.
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            // HTTP/2 when the server offers it (few connections for many sends in flight),
+            // else HTTP/1.1.
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             TlsConnector::from(Arc::new(config))
         });
         Connector {
@@ -48,8 +58,13 @@ impl Connector {
         }
     }
 
+    /// True for an `https` upstream: the server may select `h2`.
+    pub fn may_speak_h2(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Opens a new connection within the connect timeout.
-    pub async fn connect(&self) -> io::Result<Conn> {
+    pub async fn connect(&self) -> io::Result<Connected> {
         let t = &self.target;
         let fut = async {
             let tcp = TcpStream::connect((t.host.as_str(), t.port)).await?;
@@ -57,9 +72,13 @@ impl Connector {
             match (&self.tls, &t.tls_name) {
                 (Some(connector), Some(name)) => {
                     let tls = connector.connect(name.clone(), tcp).await?;
-                    Ok(Conn::Tls(Box::new(tls)))
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        Ok(Connected::H2(Box::new(tls)))
+                    } else {
+                        Ok(Connected::H1(Conn::Tls(Box::new(tls))))
+                    }
                 }
-                _ => Ok(Conn::Plain(tcp)),
+                _ => Ok(Connected::H1(Conn::Plain(tcp))),
             }
         };
         match tokio::time::timeout(t.connect_timeout, fut).await {

@@ -21,6 +21,7 @@ mod durability;
 mod edges;
 mod framing_props;
 mod h2_bounds;
+mod h2_upstream;
 mod health_fleet;
 mod instruction_budget;
 mod levels;

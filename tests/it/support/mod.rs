@@ -11,6 +11,7 @@
 pub mod engine;
 pub mod fake_cloud;
 pub mod gateway;
+pub mod h2_upstream;
 pub mod raw;
 pub mod redis;
 pub mod simulator;
@@ -27,8 +28,8 @@ pub use self::gateway::{
     TEXT_BODY,
 };
 pub use self::raw::{
-    closed, fixture, raw, read_answer, read_to_close, send_req, tls_acceptor, Answer, RawReply,
-    RawUpstream, Writes, BYTE_PAUSE, OK_RAW, SPLIT_PAUSE,
+    closed, fixture, raw, read_answer, read_to_close, send_req, tls_acceptor, tls_acceptor_alpn,
+    Answer, RawReply, RawUpstream, Writes, BYTE_PAUSE, OK_RAW, SPLIT_PAUSE,
 };
 pub use self::redis::{free_port, redis_available, RedisServer, RedisSubscriber, Resp};
 pub use self::simulator::Simulator;

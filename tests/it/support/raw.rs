@@ -92,8 +92,14 @@ pub fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Serves TLS with the test CA's certificate for 127.0.0.1 and localhost.
+/// Serves TLS with the test CA's certificate for 127.0.0.1 and localhost (no ALPN: the
+/// client's HTTP/1.1).
 pub fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    tls_acceptor_alpn(&[])
+}
+
+/// [`tls_acceptor`] selecting the first of `alpn` the client offers.
+pub fn tls_acceptor_alpn(alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use tokio_rustls::rustls::{crypto::ring, ServerConfig};
@@ -103,12 +109,13 @@ pub fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
             .collect::<Result<_, _>>()
             .unwrap();
     let key = PrivateKeyDer::from_pem_file(fixture("upstream.key")).unwrap();
-    let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 

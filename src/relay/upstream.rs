@@ -1,0 +1,395 @@
+//! The upstream side of one relayed exchange, over either transport: HTTP/1.1 bytes on a
+//! pooled connection ([`crate::upstream::pool`]) or a stream on an HTTP/2 connection
+//! ([`crate::upstream::http2`]). The exchange ([`super::exchange`]) takes the same steps in
+//! the same order with either; only how the answer's bytes move differs, here.
+
+use bytes::Bytes;
+use h2::RecvStream;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, RETRY_AFTER};
+use http::{HeaderMap, Method, Request, Uri};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::h1::body::BodyReader;
+use super::h1::encode;
+use super::h1::response::ResponseHead;
+use super::h1::{BadResponse, MAX_HEADERS};
+use crate::policy::exchange::{Reading, Settle};
+use crate::policy::framing::{content_length, Codings};
+use crate::policy::{Answer, ForwardError, Policy};
+use crate::upstream::http2::{H2Response, StreamSlot};
+use crate::upstream::pool::{Conn, Pool};
+
+/// An answer whose head is in, with its body still to come.
+// The HTTP/1.1 variant is the hot path: boxed, it would cost every send an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Upstream {
+    /// On an HTTP/1.1 connection: its bytes are relayed as they came.
+    H1 {
+        conn: Conn,
+        head: ResponseHead,
+        reader: BodyReader,
+    },
+    /// On an HTTP/2 stream: re-framed for the HTTP/1.1 client.
+    H2(Box<H2Answer>),
+}
+
+/// An HTTP/2 answer being relayed to an HTTP/1.1 client.
+pub(super) struct H2Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: RecvStream,
+    /// Counts the stream on its connection until the answer is relayed.
+    _slot: StreamSlot,
+    /// The client gets no body (HEAD, 204, 304).
+    empty: bool,
+    /// No `content-length` from the upstream: relayed `transfer-encoding: chunked`.
+    chunked: bool,
+    /// Body bytes already read (an error body read to be judged), relayed first.
+    held: Vec<u8>,
+    /// The stream's body has ended.
+    ended: bool,
+}
+
+impl Upstream {
+    /// The answer's status.
+    pub(super) fn status(&self) -> u16 {
+        match self {
+            Upstream::H1 { head, .. } => head.status,
+            Upstream::H2(a) => a.status,
+        }
+    }
+
+    /// The declared body length, for [`crate::policy::Policy::inspect`].
+    pub(super) fn content_length(&self) -> Option<u64> {
+        match self {
+            Upstream::H1 { head, .. } => head.content_length(),
+            Upstream::H2(a) if a.empty => Some(0),
+            Upstream::H2(a) => a
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| content_length(v.as_bytes())),
+        }
+    }
+
+    /// Reads the body to judge it: `Ok(true)` when whole within `limit`, `Ok(false)` when
+    /// larger (then relayed unjudged from what was read). `decoded` takes a chunked
+    /// HTTP/1.1 body de-chunked.
+    pub(super) async fn buffer(
+        &mut self,
+        limit: usize,
+        decoded: &mut Vec<u8>,
+    ) -> Result<bool, ForwardError> {
+        match self {
+            Upstream::H1 { conn, reader, .. } => reader
+                .buffer(conn, limit, decoded)
+                .await
+                .map_err(|e| ForwardError::Broken(Box::new(e))),
+            Upstream::H2(a) => {
+                while !a.ended {
+                    if a.held.len() > limit {
+                        return Ok(false);
+                    }
+                    match a.body.data().await {
+                        Some(Ok(data)) => {
+                            a.held.extend_from_slice(&data);
+                            // Held here now: the upstream may send more.
+                            let _ = a.body.flow_control().release_capacity(data.len());
+                        }
+                        Some(Err(e)) => return Err(ForwardError::Broken(Box::new(e))),
+                        None => a.ended = true,
+                    }
+                }
+                Ok(a.held.len() <= limit)
+            }
+        }
+    }
+
+    /// The body is in ([`Upstream::buffer`] said whole): the policy judges the answer.
+    pub(super) fn judge<P>(
+        &self,
+        reading: Reading<P>,
+        policy: &Policy,
+        decoded: &[u8],
+        request: &[u8],
+    ) -> Settle {
+        match self {
+            Upstream::H1 { head, reader, .. } => {
+                let judged: &[u8] = if reader.chunked() {
+                    decoded
+                } else {
+                    reader.framed()
+                };
+                let codings = Codings::collect(head.content_encoding(reader.head()));
+                reading.judge(
+                    policy,
+                    Answer {
+                        status: head.status,
+                        content_encoding: codings.as_slice(),
+                        retry_after: head.retry_after(reader.head()),
+                        body: judged,
+                        // The relay holds every request whole: judge reads it only for a
+                        // template code.
+                        request: Some(request),
+                    },
+                )
+            }
+            Upstream::H2(a) => {
+                let codings = Codings::collect(
+                    a.headers
+                        .get_all(CONTENT_ENCODING)
+                        .iter()
+                        .map(|v| v.as_bytes()),
+                );
+                reading.judge(
+                    policy,
+                    Answer {
+                        status: a.status,
+                        content_encoding: codings.as_slice(),
+                        retry_after: a.headers.get(RETRY_AFTER).map(|v| v.as_bytes()),
+                        body: &a.held,
+                        request: Some(request),
+                    },
+                )
+            }
+        }
+    }
+
+    /// Sends the client's head (in `out`) with the first piece of the body in one write,
+    /// then the rest as it arrives.
+    pub(super) async fn relay<W: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut W,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        match self {
+            Upstream::H1 { conn, reader, .. } => relay_body(reader, conn, client, out).await,
+            Upstream::H2(a) => a.relay(client, out).await,
+        }
+    }
+
+    /// After the answer: whether the client's connection can carry another request
+    /// (`relayed`: the body reached the client whole). An HTTP/1.1 connection goes back to
+    /// the pool when it can be reused, `resp` gets its buffer back; an HTTP/2 stream ends
+    /// here.
+    pub(super) fn finish(self, relayed: bool, pool: &Pool, resp: &mut Vec<u8>) -> bool {
+        match self {
+            Upstream::H1 { conn, head, reader } => {
+                let reusable = reader.reusable() && !head.close;
+                *resp = reader.into_buffer();
+                if relayed && reusable {
+                    pool.put(conn);
+                }
+                reusable
+            }
+            Upstream::H2(_) => true,
+        }
+    }
+}
+
+/// Sends the client's head (in `out`) with the first piece of the body in one write, then
+/// the rest as it arrives.
+pub(super) async fn relay_body<R, W>(
+    reader: &mut BodyReader,
+    conn: &mut R,
+    client: &mut W,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    if let Some(first) = reader.next(conn).await? {
+        out.extend_from_slice(first);
+    }
+    client.write_all(out).await?;
+    while let Some(piece) = reader.next(conn).await? {
+        client.write_all(piece).await?;
+    }
+    Ok(())
+}
+
+impl H2Answer {
+    /// An HTTP/2 answer's head is in: `out` gets the client's head — the status line, the
+    /// answer's fields but hop-by-hop ones, `content-length` when the upstream gave one,
+    /// else `transfer-encoding: chunked` (none when there is no body), and
+    /// `connection: close` when `close`.
+    pub(super) fn new(
+        answer: H2Response,
+        head_request: bool,
+        close: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<H2Answer, ForwardError> {
+        let (parts, body) = answer.response.into_parts();
+        let mut headers = parts.headers;
+        crate::policy::hop::strip(&mut headers);
+        let status = parts.status.as_u16();
+        if status == 101 {
+            return Err(ForwardError::Broken(Box::new(BadResponse::Upgrade)));
+        }
+        if headers.len() + 2 > MAX_HEADERS {
+            return Err(ForwardError::Broken(Box::new(BadResponse::Malformed(
+                "too many header fields",
+            ))));
+        }
+        let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
+        if lengths > 1 {
+            return Err(ForwardError::Broken(Box::new(BadResponse::Framing)));
+        }
+        let empty = head_request || status == 204 || status == 304;
+        let chunked = !empty && lengths == 0;
+        out.clear();
+        encode::status_line(out, parts.status);
+        for (name, value) in headers.iter() {
+            encode::header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        let ended = body.is_end_stream();
+        Ok(H2Answer {
+            status,
+            headers,
+            body,
+            _slot: answer.slot,
+            empty,
+            chunked,
+            held: Vec::new(),
+            ended,
+        })
+    }
+
+    async fn relay<W: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut W,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        if self.empty {
+            return client.write_all(out).await;
+        }
+        let held = std::mem::take(&mut self.held);
+        self.frame(out, &held);
+        // The head goes with the first piece of the body.
+        let mut released = 0;
+        if held.is_empty() && !self.ended {
+            if let Some(data) = self.next().await? {
+                self.frame(out, &data);
+                released = data.len();
+            }
+        }
+        let mut finished = self.ended;
+        if finished {
+            self.end(out);
+        }
+        client.write_all(out).await?;
+        let _ = self.body.flow_control().release_capacity(released);
+        while let Some(data) = self.next().await? {
+            out.clear();
+            self.frame(out, &data);
+            finished = self.ended;
+            if finished {
+                self.end(out);
+            }
+            client.write_all(out).await?;
+            // The client has it: the upstream may send as much again.
+            let _ = self.body.flow_control().release_capacity(data.len());
+        }
+        if !finished && self.chunked {
+            out.clear();
+            self.end(out);
+            client.write_all(out).await?;
+        }
+        Ok(())
+    }
+
+    /// The next piece of the body; `None` at its end.
+    async fn next(&mut self) -> std::io::Result<Option<Bytes>> {
+        while !self.ended {
+            match self.body.data().await {
+                Some(Ok(data)) => {
+                    self.ended = self.body.is_end_stream();
+                    if !data.is_empty() {
+                        return Ok(Some(data));
+                    }
+                }
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => self.ended = true,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Appends `data` to `out`, as a chunk when relaying chunked.
+    fn frame(&self, out: &mut Vec<u8>, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if self.chunked {
+            hex(out, data.len());
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(data);
+        }
+    }
+
+    /// The last chunk, when relaying chunked.
+    fn end(&self, out: &mut Vec<u8>) {
+        if self.chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+}
+
+/// `n` in hexadecimal (a chunk size).
+fn hex(out: &mut Vec<u8>, n: usize) {
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[(n >> (i * 4)) & 0xf]);
+    }
+}
+
+/// The HTTP/2 request for a relayed HTTP/1.1 one: `up` is its head as the relay would send
+/// it upstream over HTTP/1.1 (hop-by-hop fields already dropped, `host` rewritten), which
+/// becomes `:method`, `:path` and, with `authority`, `:scheme https` and `:authority`.
+pub(super) fn h2_request(
+    up: &[u8],
+    authority: &http::uri::Authority,
+) -> Result<Request<()>, ForwardError> {
+    let bad = |what: &'static str| ForwardError::Broken(Box::new(BadResponse::Malformed(what)));
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS + 1];
+    let mut req = httparse::Request::new(&mut fields);
+    match req.parse(up) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(bad("request head")),
+    }
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Err(bad("request head"));
+    };
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("method"))?;
+    let uri = Uri::builder()
+        .scheme("https")
+        .authority(authority.clone())
+        .path_and_query(target)
+        .build()
+        .map_err(|_| bad("request target"))?;
+    let mut request = Request::builder().method(method).uri(uri);
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        // `host` is the `:authority`; HTTP/2 has no connection-specific fields.
+        if name.eq_ignore_ascii_case(b"host") || crate::policy::hop::is_fixed(name) {
+            continue;
+        }
+        request = request.header(name, h.value);
+    }
+    request.body(()).map_err(|_| bad("request field"))
+}
+
+/// The request body for an HTTP/2 stream.
+pub(super) fn h2_body(body: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(body)
+}

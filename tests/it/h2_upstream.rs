@@ -1,0 +1,383 @@
+//! Sends to an `https` upstream that speaks HTTP/2 (ALPN `h2`), as Graph does, on both
+//! engines: many sends in flight share a few connections; a GOAWAY moves later sends to a
+//! new connection without delivering any twice; a reset stream is the gateway's 502 and is
+//! not sent again, a refused one is; a 368 on one stream trips the circuit while the other
+//! streams complete; an answer without `content-length` reaches the HTTP/1.1 client
+//! chunked. (An `https` upstream that offers only HTTP/1.1:
+//! `relay::an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file`.)
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use h2::Reason;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::support::h2_upstream::{duplicates, to_of, H2Action, H2Upstream};
+use crate::support::*;
+
+const WABA_A: &str = "102290129340398";
+const PHONE_A1: &str = "106540352242922";
+const PHONE_A2: &str = "106540352242923";
+const ADMIN: &str = "test-admin-token-0123456789";
+/// Worker threads of the gateway under test.
+const WORKERS: usize = 2;
+
+async fn start(engine: Engine, up: &H2Upstream) -> Gateway {
+    let ca = fixture("ca.pem");
+    let config = format!(
+        r#"
+{}
+listen = "{{listen}}"
+admin_listen = "{{admin_listen}}"
+state_dir = "{{state_dir}}"
+upstream = "{}"
+upstream_ca_file = "{ca}"
+admin_token = "{ADMIN}"
+request_timeout = "5s"
+workers = {WORKERS}
+
+# 200 sends to one number at once: no pacing.
+[shaping]
+throughput = 10000
+
+[[accounts]]
+waba_id = "{WABA_A}"
+phone_number_ids = ["{PHONE_A1}", "{PHONE_A2}"]
+"#,
+        engine.config_line(),
+        up.url()
+    );
+    Gateway::builder(&config).start().await
+}
+
+/// A text send to `to` (the fake echoes `to`; tests use it as the send's id).
+fn body(to: &str) -> String {
+    format!(
+        r#"{{"messaging_product":"whatsapp","recipient_type":"individual","to":"{to}","type":"text","text":{{"body":"hello"}}}}"#
+    )
+}
+
+/// One send on its own client connection.
+async fn send_one(listen: String, phone: &'static str, to: String) -> Answer {
+    let addr = listen.trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(send_req(phone, "", &body(&to)).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    read_answer(&mut s, &mut buf).await
+}
+
+/// `n` sends at once, each on its own client connection, `to` = `{prefix}{i:04}`.
+async fn send_many(gw: &Gateway, prefix: &str, n: usize) -> Vec<(String, Answer)> {
+    let tasks = (0..n).map(|i| {
+        let to = format!("{prefix}{i:04}");
+        let url = gw.url();
+        tokio::spawn(async move { (to.clone(), send_one(url, PHONE_A1, to).await) })
+    });
+    join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+fn ok_body(to: &str) -> String {
+    format!("{{\"ok\":true,\"to\":\"{to}\"}}")
+}
+
+/// 200 sends held upstream at once (each on its own client connection), then answered:
+/// each must be answered 200 with the upstream's bytes.
+async fn held_round(gw: &Gateway, up: &H2Upstream, prefix: &str) {
+    up.rearm();
+    let sends = {
+        let gw_url = gw.url();
+        let prefix = prefix.to_string();
+        tokio::spawn(async move {
+            let tasks = (0..200).map(|i| {
+                let to = format!("{prefix}{i:04}");
+                let url = gw_url.clone();
+                tokio::spawn(async move { (to.clone(), send_one(url, PHONE_A1, to).await) })
+            });
+            join_all(tasks).await
+        })
+    };
+    wait_until("200 sends held at once", || up.held() == 200).await;
+    up.release();
+    for r in sends.await.unwrap() {
+        let (to, a) = r.unwrap();
+        assert_eq!(a.status, 200, "{}", a.head);
+        assert_eq!(String::from_utf8_lossy(&a.body), ok_body(&to));
+    }
+}
+
+/// 200 sends in flight at once go as streams over at most two connections per worker
+/// (an HTTP/1.1 pool needs one connection per send in flight), each delivered once with
+/// the right `:path`, `:authority` and `authorization`, each answered with the
+/// upstream's bytes. hyper's pool opens one connection per request while it has none
+/// (it learns the protocol from the first): there, a second round opens none.
+async fn many_sends_in_flight_share_a_few_http2_connections(engine: Engine) {
+    let up = H2Upstream::start(250).await;
+    // Each send is held until all are in: they are all in flight at once.
+    up.respond_with(|_| H2Action::Hold);
+    let gw = start(engine, &up).await;
+    held_round(&gw, &up, "1555001").await;
+    let first_round = up.connections();
+    held_round(&gw, &up, "1555002").await;
+    let seen = up.processed();
+    assert_eq!(
+        seen.len(),
+        400,
+        "{}: each send delivered once",
+        engine.name()
+    );
+    assert!(duplicates(&seen).is_empty(), "{:?}", duplicates(&seen));
+    let authority = format!("localhost:{}", up.addr().port());
+    for s in &seen {
+        assert_eq!(s.method, "POST");
+        assert_eq!(s.path, format!("/v21.0/{PHONE_A1}/messages"));
+        assert_eq!(s.authority, authority);
+        assert_eq!(
+            s.authorization.as_deref(),
+            Some(format!("Bearer {TEST_TOKEN}").as_str())
+        );
+    }
+    if engine.is_relay() {
+        assert!(
+            up.connections() <= 2 * WORKERS,
+            "relay: {} TLS connections for 200 sends in flight on {WORKERS} workers",
+            up.connections()
+        );
+    } else {
+        assert_eq!(
+            up.connections(),
+            first_round,
+            "hyper: the second round opened connections"
+        );
+    }
+}
+
+/// A graceful GOAWAY after 5 streams on each connection: every send is answered 200 and
+/// delivered exactly once (streams above the GOAWAY are sent again on a new connection,
+/// streams below it finish), and later sends go over new connections.
+async fn a_goaway_moves_later_sends_to_a_new_connection_delivering_each_once(engine: Engine) {
+    let up = H2Upstream::start(100).await;
+    up.goaway_after(5);
+    let gw = start(engine, &up).await;
+    let mut answered = 0;
+    for round in 0..4 {
+        for (to, a) in send_many(&gw, &format!("155502{round}"), 8).await {
+            assert_eq!(a.status, 200, "{}: {to}: {}", engine.name(), a.head);
+            assert_eq!(String::from_utf8_lossy(&a.body), ok_body(&to));
+            answered += 1;
+        }
+    }
+    let seen = up.processed();
+    assert!(
+        duplicates(&seen).is_empty(),
+        "delivered twice: {:?}",
+        duplicates(&seen)
+    );
+    assert_eq!(
+        seen.len(),
+        answered,
+        "{}: each send delivered once",
+        engine.name()
+    );
+    // Each connection went away after 5 streams (or the few more in flight before its
+    // last GOAWAY): the later rounds went over new connections.
+    let last_round = seen
+        .iter()
+        .filter(|s| to_of(&s.body).starts_with("1555023"))
+        .map(|s| s.conn)
+        .min()
+        .unwrap_or(0);
+    assert!(
+        last_round > WORKERS,
+        "{}: the last round went over new connections (from connection {last_round} on)",
+        engine.name()
+    );
+}
+
+/// A stream the upstream resets (`INTERNAL_ERROR`) after reading it may have been
+/// processed: that send gets the gateway's 502 and is not sent again; the others on the
+/// same connection are answered.
+async fn a_reset_stream_is_a_502_and_is_not_sent_again(engine: Engine) {
+    let up = H2Upstream::start(100).await;
+    let reset = "15550039999";
+    up.respond_with(move |s| {
+        if to_of(&s.body) == reset {
+            H2Action::Reset(Reason::INTERNAL_ERROR)
+        } else {
+            H2Action::Ok
+        }
+    });
+    let gw = start(engine, &up).await;
+    assert_eq!(
+        send_one(gw.url(), PHONE_A1, "15550030000".into())
+            .await
+            .status,
+        200
+    );
+    let url = gw.url();
+    let mut tasks: Vec<_> = (1..10)
+        .map(|i| tokio::spawn(send_one(url.clone(), PHONE_A1, format!("155500300{i:02}"))))
+        .collect();
+    tasks.push(tokio::spawn(send_one(url, PHONE_A1, reset.into())));
+    let answers: Vec<Answer> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let (last, others) = answers.split_last().unwrap();
+    assert_eq!(last.status, 502, "{}: {}", engine.name(), last.head);
+    assert_eq!(
+        last.header("x-wa-breaker").as_deref(),
+        Some("upstream-error")
+    );
+    assert!(String::from_utf8_lossy(&last.body).contains("WaBreakerException"));
+    for a in others {
+        assert_eq!(a.status, 200, "{}", a.head);
+    }
+    let times = up.seen().iter().filter(|s| to_of(&s.body) == reset).count();
+    assert_eq!(times, 1, "{}: the reset send is not retried", engine.name());
+    let (_, circuit) = gw.circuit(ADMIN, WABA_A).await;
+    assert_ne!(circuit["state"], "open");
+}
+
+/// A stream the upstream refuses (`REFUSED_STREAM`: not processed) is sent again by the
+/// relay, once, and answered; the upstream processed it once. hyper's client does not send
+/// a refused stream again: the send is the gateway's 502, delivered never (not twice).
+async fn a_refused_stream_is_sent_again_and_delivered_once(engine: Engine) {
+    let up = H2Upstream::start(100).await;
+    let refused = "15550049999";
+    let first = Arc::new(AtomicBool::new(true));
+    up.respond_with(move |s| {
+        if to_of(&s.body) == refused && first.swap(false, Ordering::SeqCst) {
+            H2Action::Reset(Reason::REFUSED_STREAM)
+        } else {
+            H2Action::Ok
+        }
+    });
+    let gw = start(engine, &up).await;
+    let a = send_one(gw.url(), PHONE_A1, refused.into()).await;
+    let seen: Vec<_> = up
+        .seen()
+        .into_iter()
+        .filter(|s| to_of(&s.body) == refused)
+        .collect();
+    let processed = seen.iter().filter(|s| !s.refused).count();
+    if engine.is_relay() {
+        assert_eq!(a.status, 200, "{}: {}", engine.name(), a.head);
+        assert_eq!(String::from_utf8_lossy(&a.body), ok_body(refused));
+        assert_eq!(seen.len(), 2, "refused, then sent again");
+        assert_eq!(processed, 1);
+    } else {
+        assert_eq!(a.status, 502, "{}: {}", engine.name(), a.head);
+        assert_eq!(a.header("x-wa-breaker").as_deref(), Some("upstream-error"));
+        assert_eq!(seen.len(), 1);
+        assert_eq!(processed, 0);
+    }
+}
+
+/// One stream answers 403 / 368 while 20 others are in flight on the same connections
+/// (held until the 368 is answered): the WABA's circuit opens — the next send is answered
+/// by the gateway — and the 20 complete 200.
+async fn a_368_on_one_stream_trips_while_the_others_complete(engine: Engine) {
+    let up = H2Upstream::start(100).await;
+    let trip = "15550059999";
+    up.respond_with(move |s| {
+        if to_of(&s.body) == trip {
+            H2Action::Answer(403, BLOCKED_368_BODY.to_string())
+        } else {
+            H2Action::Hold
+        }
+    });
+    let gw = start(engine, &up).await;
+    let url = gw.url();
+    let held: Vec<_> = (0..20)
+        .map(|i| tokio::spawn(send_one(url.clone(), PHONE_A1, format!("155500500{i:02}"))))
+        .collect();
+    wait_until("20 sends held upstream", || up.held() == 20).await;
+    let a = send_one(gw.url(), PHONE_A1, trip.into()).await;
+    assert_eq!(a.status, 403, "{}: {}", engine.name(), a.head);
+    assert!(String::from_utf8_lossy(&a.body).contains("368"));
+    let before = up.seen().len();
+    let local = send_one(gw.url(), PHONE_A2, "15550058888".into()).await;
+    assert_eq!(local.status, 403, "{}: {}", engine.name(), local.head);
+    assert_eq!(local.header("x-wa-breaker").as_deref(), Some("open"));
+    assert_eq!(
+        up.seen().len(),
+        before,
+        "the local answer sent nothing upstream"
+    );
+    up.release();
+    for r in join_all(held).await {
+        let a = r.unwrap();
+        assert_eq!(a.status, 200, "{}: {}", engine.name(), a.head);
+    }
+    let (_, circuit) = gw.circuit(ADMIN, WABA_A).await;
+    assert_eq!(circuit["state"], "open");
+}
+
+/// An HTTP/2 answer without `content-length` reaches the HTTP/1.1 client chunked, whole.
+async fn an_answer_without_length_reaches_the_client_chunked(engine: Engine) {
+    let up = H2Upstream::start(100).await;
+    up.respond_with(|_| H2Action::OkUnframed);
+    let gw = start(engine, &up).await;
+    let to = "15550060000";
+    let mut s = TcpStream::connect(gw.url().trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(send_req(PHONE_A1, "Connection: close\r\n", &body(to)).as_bytes())
+        .await
+        .unwrap();
+    let raw = read_to_close(&mut s, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\ntransfer-encoding: chunked"),
+        "{}: {head}",
+        engine.name()
+    );
+    // De-chunk.
+    let mut body = String::new();
+    let mut rest = rest;
+    loop {
+        let (size, after) = rest.split_once("\r\n").unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        body.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    assert_eq!(body, ok_body(to));
+}
+
+/// Waits (up to 10 s) until `cond` holds.
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+both_engines!(
+    many_sends_in_flight_share_a_few_http2_connections,
+    a_goaway_moves_later_sends_to_a_new_connection_delivering_each_once,
+    a_reset_stream_is_a_502_and_is_not_sent_again,
+    a_refused_stream_is_sent_again_and_delivered_once,
+    a_368_on_one_stream_trips_while_the_others_complete,
+    an_answer_without_length_reaches_the_client_chunked,
+);

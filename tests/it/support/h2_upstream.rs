@@ -1,0 +1,262 @@
+//! An HTTP/2 upstream over TLS (ALPN `h2` only, the test CA's certificate) built on the
+//! `h2` crate's server, for the gateway's HTTP/2 path to Graph: it records every stream it
+//! processed (connection, `:path`, `:authority`, `authorization`, body), answers 200 with
+//! the request's `to` echoed by default, and on demand refuses or resets a stream, holds
+//! answers until released, or goes away (graceful GOAWAY) after N streams on a connection.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::Reason;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::raw::tls_acceptor_alpn;
+
+/// What the fake does with a stream whose request it has read.
+#[derive(Clone, Debug)]
+pub enum H2Action {
+    /// 200, `{"ok":true,"to":…}` framed by `content-length`.
+    Ok,
+    /// 200, the same body without `content-length`, in two DATA frames.
+    OkUnframed,
+    /// This status and JSON body.
+    Answer(u16, String),
+    /// `RST_STREAM` with this code (recorded as processed unless `REFUSED_STREAM`).
+    Reset(Reason),
+    /// 200 once [`H2Upstream::release`] is called.
+    Hold,
+}
+
+/// A stream the fake read.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// Which TLS connection (1-based, in accept order).
+    pub conn: usize,
+    pub method: String,
+    pub path: String,
+    pub authority: String,
+    pub authorization: Option<String>,
+    pub body: String,
+    /// Refused (`REFUSED_STREAM`): the server did not process it.
+    pub refused: bool,
+}
+
+type Responder = Arc<dyn Fn(&Seen) -> H2Action + Send + Sync>;
+
+struct Inner {
+    seen: Mutex<Vec<Seen>>,
+    connections: AtomicUsize,
+    responder: Mutex<Responder>,
+    goaway_after: Mutex<Option<usize>>,
+    released: watch::Sender<bool>,
+    held: AtomicUsize,
+}
+
+/// The fake HTTP/2 upstream.
+#[derive(Clone)]
+pub struct H2Upstream {
+    addr: SocketAddr,
+    inner: Arc<Inner>,
+}
+
+/// The `to` of a JSON send body (the fake echoes it).
+pub fn to_of(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["to"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+impl H2Upstream {
+    /// Listens on 127.0.0.1 (TLS, ALPN `h2`), allowing `max_streams` concurrent streams per
+    /// connection.
+    pub async fn start(max_streams: u32) -> H2Upstream {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (released, _) = watch::channel(false);
+        let up = H2Upstream {
+            addr: l.local_addr().unwrap(),
+            inner: Arc::new(Inner {
+                seen: Mutex::new(Vec::new()),
+                connections: AtomicUsize::new(0),
+                responder: Mutex::new(Arc::new(|_: &Seen| H2Action::Ok)),
+                goaway_after: Mutex::new(None),
+                released,
+                held: AtomicUsize::new(0),
+            }),
+        };
+        let acceptor = tls_acceptor_alpn(&[b"h2"]);
+        let me = up.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let n = me.inner.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                    me.serve(tls, n, max_streams).await;
+                });
+            }
+        });
+        up
+    }
+
+    async fn serve<S>(self, io: S, conn: usize, max_streams: u32)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Ok(mut c) = h2::server::Builder::new()
+            .max_concurrent_streams(max_streams)
+            .handshake::<_, Bytes>(io)
+            .await
+        else {
+            return;
+        };
+        let goaway_after = *self.inner.goaway_after.lock().unwrap();
+        let mut accepted = 0;
+        while let Some(r) = c.accept().await {
+            let Ok((req, respond)) = r else { return };
+            accepted += 1;
+            tokio::spawn(self.clone().stream(conn, req, respond));
+            if Some(accepted) == goaway_after {
+                // GOAWAY: the streams accepted so far are answered, later ones refused.
+                c.graceful_shutdown();
+            }
+        }
+    }
+
+    async fn stream(
+        self,
+        conn: usize,
+        req: http::Request<h2::RecvStream>,
+        mut respond: SendResponse<Bytes>,
+    ) {
+        let (parts, mut body) = req.into_parts();
+        let mut bytes = Vec::new();
+        while let Some(d) = body.data().await {
+            let Ok(d) = d else { return };
+            let _ = body.flow_control().release_capacity(d.len());
+            bytes.extend_from_slice(&d);
+        }
+        let mut seen = Seen {
+            conn,
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            authority: parts
+                .uri
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            authorization: parts
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+            refused: false,
+        };
+        let responder = self.inner.responder.lock().unwrap().clone();
+        let action = responder(&seen);
+        seen.refused = matches!(action, H2Action::Reset(Reason::REFUSED_STREAM));
+        self.inner.seen.lock().unwrap().push(seen.clone());
+        let ok_body = format!("{{\"ok\":true,\"to\":\"{}\"}}", to_of(&seen.body));
+        let (status, body, framed) = match action {
+            H2Action::Reset(reason) => {
+                respond.send_reset(reason);
+                return;
+            }
+            H2Action::Ok => (200, ok_body, true),
+            H2Action::OkUnframed => (200, ok_body, false),
+            H2Action::Answer(status, body) => (status, body, true),
+            H2Action::Hold => {
+                self.inner.held.fetch_add(1, Ordering::SeqCst);
+                let mut rx = self.inner.released.subscribe();
+                let _ = rx.wait_for(|r| *r).await;
+                (200, ok_body, true)
+            }
+        };
+        let mut head = http::Response::builder()
+            .status(status)
+            .header("content-type", "application/json");
+        if framed {
+            head = head.header("content-length", body.len());
+        }
+        let Ok(mut send) = respond.send_response(head.body(()).unwrap(), false) else {
+            return;
+        };
+        let body = Bytes::from(body);
+        if framed {
+            let _ = send.send_data(body, true);
+        } else {
+            let half = body.len() / 2;
+            let _ = send.send_data(body.slice(..half), false);
+            let _ = send.send_data(body.slice(half..), true);
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://localhost:{port}` (the certificate's name).
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// Chooses the action for each stream from what it carried.
+    pub fn respond_with(&self, f: impl Fn(&Seen) -> H2Action + Send + Sync + 'static) {
+        *self.inner.responder.lock().unwrap() = Arc::new(f);
+    }
+
+    /// Connections accepted from now on go away (graceful GOAWAY) after `n` streams.
+    pub fn goaway_after(&self, n: usize) {
+        *self.inner.goaway_after.lock().unwrap() = Some(n);
+    }
+
+    /// Answers the held streams.
+    pub fn release(&self) {
+        self.inner.released.send_replace(true);
+    }
+
+    /// Holds answers again (after [`H2Upstream::release`]), counting held streams anew.
+    pub fn rearm(&self) {
+        self.inner.released.send_replace(false);
+        self.inner.held.store(0, Ordering::SeqCst);
+    }
+
+    /// Streams held now or before.
+    pub fn held(&self) -> usize {
+        self.inner.held.load(Ordering::SeqCst)
+    }
+
+    /// Every stream read, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.inner.seen.lock().unwrap().clone()
+    }
+
+    /// Streams processed (read and not refused).
+    pub fn processed(&self) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| !s.refused).collect()
+    }
+
+    /// TLS connections accepted.
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// The `to` values that occur more than once among `seen`.
+pub fn duplicates(seen: &[Seen]) -> Vec<String> {
+    let mut once = HashSet::new();
+    seen.iter()
+        .map(|s| to_of(&s.body))
+        .filter(|to| !once.insert(to.clone()))
+        .collect()
+}
