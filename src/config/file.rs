@@ -22,7 +22,7 @@ use super::Account;
 
 /// `[[accounts]]` tables parsed at once: `toml_edit`'s document costs ~1.8 KB per table,
 /// so a chunk's document stays under 1 MB.
-const CHUNK: usize = 512;
+const CHUNK: usize = 64;
 
 /// The top-level key deserialised outside figment.
 pub(super) const ACCOUNTS: &str = "accounts";
@@ -310,31 +310,142 @@ impl Provider for Rest {
 mod tests {
     use super::*;
 
-    #[test]
-    fn accounts_are_typed_and_the_rest_is_figments() {
-        let s: Split = toml::from_str(
-            "log_level = \"warn\"\n[webhook]\npath = \"/wh\"\n\
-             [[accounts]]\nwaba_id = \"1\"\nphone_number_ids = [\"2\", \"3\"]\n",
+    fn account(i: usize) -> String {
+        format!(
+            "[[accounts]]\nwaba_id = \"{i}\"\nphone_number_ids = [\"{}\"]\n",
+            1000 + i
         )
-        .unwrap();
-        let a = s.accounts.unwrap();
-        assert_eq!(a.len(), 1);
-        assert_eq!(a[0].waba_id, "1");
-        assert_eq!(a[0].phone_number_ids, ["2", "3"]);
-        assert!(!s.rest.contains_key(ACCOUNTS));
-        assert_eq!(s.rest["log_level"].as_str(), Some("warn"));
-        assert!(s.rest["webhook"].as_dict().is_some());
+    }
+
+    /// What a split gives, as comparable values.
+    type Seen = Option<(Option<Vec<(String, Vec<String>)>>, Dict)>;
+
+    fn seen(s: Option<Split>) -> Seen {
+        s.map(|s| {
+            let accounts = s.accounts.map(|v| {
+                v.into_iter()
+                    .map(|a| (a.waba_id, a.phone_number_ids))
+                    .collect()
+            });
+            (accounts, s.rest)
+        })
+    }
+
+    /// The oracle: the chunked parse gives what one parse of the whole document gives, and
+    /// fails where it fails.
+    #[test]
+    fn chunks_give_what_the_whole_document_gives() {
+        let many: String = (0..(2 * CHUNK + 5)).map(account).collect();
+        let docs = [
+            String::new(),
+            "log_level = \"warn\"\n".into(),
+            format!("log_level = \"warn\"\n{}{}", account(1), account(2)),
+            format!(
+                "workers = 2\n{many}[webhook]\npath = \"/wh\"\n{}",
+                account(9999)
+            ),
+            format!(
+                "{}[[notify]]\nkind = \"slack\"\nurl = \"https://x\"\n{}",
+                account(1),
+                account(2)
+            ),
+            format!(
+                "{}[shaping.phone_throughput]\n\"1001\" = 20\n{}",
+                account(1),
+                account(2)
+            ),
+            // Strings, comments and values that look like headers.
+            format!(
+                "graph_version = \"\"\"\n[[accounts]]\nwaba_id = \"9\"\n\"\"\"\n{}",
+                account(1)
+            ),
+            format!("graph_version = '''\n[[accounts]]\n'''\n{}", account(1)),
+            format!("graph_version = \"a\\\"[[accounts]]\"\n{}", account(1)),
+            format!("graph_version = \"\"\"a\"\"\"\"\n{}", account(1)),
+            format!("graph_version = ''\nredis_prefix = \"\"\n{}", account(1)),
+            format!(
+                "trip_codes = [\n368,\n[1],\n# [[accounts]]\n]\n{}",
+                account(1)
+            ),
+            format!("{}[webhook]\nx = {{ a = \"[[accounts]]\" }}\n", account(1)),
+            format!(
+                "[[accounts]] # ] [\nwaba_id = \"1\" # ]\nphone_number_ids = [\"2\"]\n{}",
+                account(3)
+            ),
+            format!(
+                "  [[ accounts ]]\n  waba_id = \"1\"\n  phone_number_ids = [\n\"2\",\n]\n{}",
+                account(3)
+            ),
+            format!(
+                "[[\"accounts\"]]\nwaba_id = \"1\"\nphone_number_ids = [\"2\"]\n{}",
+                account(3)
+            ),
+            format!(
+                "log_level = \"warn\"\r\n{}",
+                account(1).replace('\n', "\r\n")
+            ),
+            account(1).trim_end().to_string(),
+            // Written another way, or wrong: left whole (and to figment).
+            "accounts = [{waba_id = \"1\", phone_number_ids = [\"2\"]}]\n".into(),
+            format!("accounts = []\n{}", account(1)),
+            format!("accounts.x = 1\n{}", account(1)),
+            format!("{}[accounts.extra]\nx = 1\n", account(1)),
+            format!("{}[[accounts.more]]\nx = 1\n", account(1)),
+            "[accounts]\nwaba_id = \"1\"\n".into(),
+            format!(
+                "{}[[accounts]]\nwaba_id = 3\nphone_number_ids = [\"4\"]\n",
+                account(1)
+            ),
+            format!(
+                "{}[[accounts]]\nwaba_id = \"3\"\nphones = [\"4\"]\n",
+                account(1)
+            ),
+            format!(
+                "{}[[accounts]]\nwaba_id = \"3\"\nwaba_id = \"4\"\n",
+                account(1)
+            ),
+            format!("{}[[accounts]]\nwaba_id = \"3\n", account(1)),
+            format!("{}x = \"\"\"\n", account(1)),
+            format!("{}[webhook]\npath = \n", account(1)),
+            format!("{}trip_codes = [\n[[accounts]]\n", account(1)),
+        ];
+        for doc in &docs {
+            let whole: Option<Split> = toml::from_str(doc).ok();
+            assert_eq!(seen(Split::parse(doc)), seen(whole), "{doc}");
+        }
+        let big = format!("workers = 2\n{many}");
+        let n = Split::parse(&big).and_then(|s| s.accounts).map(|a| a.len());
+        assert_eq!(n, Some(2 * CHUNK + 5));
     }
 
     #[test]
-    fn a_bad_account_is_left_to_figment() {
-        for bad in [
-            "[[accounts]]\nwaba_id = 1\nphone_number_ids = [\"2\"]\n",
-            "[[accounts]]\nwaba_id = \"1\"\nphone_numbers = [\"2\"]\n",
-            "[accounts]\nwaba_id = \"1\"\n",
-            "accounts = ",
+    fn the_scan_finds_each_accounts_table_and_nothing_else() {
+        let doc = format!(
+            "a = 1\n{}[b]\nc = \"[[accounts]]\"\n{}",
+            account(1),
+            account(2)
+        );
+        let blocks = account_blocks(&doc).unwrap();
+        assert_eq!(blocks.len(), 2);
+        assert_eq!(&doc[blocks[0].clone()], account(1));
+        assert_eq!(&doc[blocks[1].clone()], account(2));
+        // Not followed: the whole document is parsed at once.
+        for doc in [
+            "x = \"\"\"\n",
+            "x = [\n",
+            "[accounts.x]\n",
+            "x = ]\n",
+            "x = \"a\n\"\n",
         ] {
-            assert!(toml::from_str::<Split>(bad).is_err(), "{bad}");
+            assert!(account_blocks(doc).is_none(), "{doc}");
         }
+    }
+
+    #[test]
+    fn adjacent_tables_are_parsed_a_chunk_at_a_time() {
+        let blocks: Vec<Range<usize>> = (0..5).map(|i| i * 10..i * 10 + 10).collect();
+        assert_eq!(chunks(&blocks, 2), [0..20, 20..40, 40..50]);
+        let apart = [0..10, 15..20, 20..30];
+        assert_eq!(chunks(&apart, 64), [0..10, 15..30]);
     }
 }
