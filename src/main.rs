@@ -1,11 +1,11 @@
 //! The `wa-breaker` binary: flags, config, logging, runtime.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use wa_breaker::config::{Config, ConfigError, LogFormat};
+use wa_breaker::config::{Config, LogFormat};
 use wa_breaker::{cli, simulate, StoreError};
 
 /// wa-breaker: a WhatsApp Cloud API send gateway that stops sending for a WhatsApp
@@ -72,7 +72,12 @@ fn main() -> ExitCode {
         Some(Command::Simulate(o)) => return simulate::main(o, args.config.as_deref()),
         _ => {}
     }
-    let mut cfg = match load_config(args.config.as_deref()) {
+    // On this thread: `[[accounts]]` is parsed a few tables at a time (`config::file`), so
+    // even 10 000 accounts leave only small temporaries. (A short-lived loading thread used
+    // to keep figment's tens of MB of value trees in an arena of its own; with the parse
+    // this small, that arena's top, which `malloc_trim` leaves alone, cost more than it
+    // saved: 6.0 MB of anonymous memory at idle with it, 5.4 MB without, issue 24.)
+    let mut cfg = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wa-breaker: {e}");
@@ -163,29 +168,8 @@ fn init_logging(cfg: &Config) {
     }
 }
 
-/// Loads the config on a short-lived thread and keeps a copy made on this one. glibc gives
-/// the loading thread a heap arena of its own, so everything the parse allocates — tens of
-/// MB for 10 000 accounts (the TOML document, figment's value tree and its merged copy) —
-/// lands there, mixed with the strings of the result; the copy made here is compact, and
-/// once the original is dropped that whole arena is free for [`release_freed_memory`].
-/// Parsed on the main thread, the surviving strings were scattered over the freed pages and
-/// kept ~7 MB of them resident (issue 24).
-fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
-    let loaded = std::thread::scope(|s| s.spawn(|| Config::load(path)).join());
-    match loaded {
-        Ok(Ok(parsed)) => {
-            // The copy is the point: made here, it lives in the main arena.
-            let copy = Config::clone(&parsed);
-            drop(parsed);
-            Ok(copy)
-        }
-        Ok(Err(e)) => Err(e),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
-
-/// Parsing a large config (10 000 accounts) leaves tens of MB of freed heap that glibc keeps;
-/// hand it back to the OS once, before serving.
+/// Parsing a large config (10 000 accounts) leaves freed heap that glibc keeps; hand it back
+/// to the OS once, before serving.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.

@@ -12,6 +12,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod file;
 mod secret;
 mod sections;
 mod validate;
@@ -324,13 +325,25 @@ fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {
 
 impl Config {
     /// Loads defaults, then the file (if any), then `WA_BREAKER_…` variables, and validates.
+    ///
+    /// The file's `[[accounts]]` are deserialised outside figment (see `file`): the same
+    /// result, without figment's value tree of 10 000 accounts at start-up.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut fig = Figment::new();
+        let mut file_accounts = None;
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError::NotFound(path.to_path_buf()));
             }
-            fig = fig.merge(Toml::file_exact(path));
+            fig = match file::Split::read(path) {
+                Some(split) => {
+                    file_accounts = split.accounts;
+                    fig.merge(file::Rest::new(path, split.rest))
+                }
+                // Unreadable, not TOML, or a bad `[[accounts]]`: the whole file through
+                // figment, which reports it (every problem, with its key and the file).
+                None => fig.merge(Toml::file_exact(path)),
+            };
         }
         let keys = top_level_keys();
         fig = fig.merge(
@@ -338,10 +351,16 @@ impl Config {
                 .split("__")
                 .filter(move |k| known_env_key(&keys, k.as_str())),
         );
-        let cfg: Config = fig.extract().map_err(|e| {
+        let mut cfg: Config = fig.extract().map_err(|e| {
             let msgs: Vec<String> = e.into_iter().map(describe).collect();
             ConfigError::Parse(format!("invalid config: {}", msgs.join("; ")))
         })?;
+        // As figment's merge would: `WA_BREAKER_ACCOUNTS`, when set, replaces the file's.
+        if let Some(accounts) = file_accounts {
+            if !fig.contains(file::ACCOUNTS) {
+                cfg.accounts = accounts;
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }

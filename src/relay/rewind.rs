@@ -6,23 +6,29 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The stream and how many bytes arrived since the gateway last wrote on it.
+/// What [`Rewind`] and [`Handle`] share: how many bytes arrived since the gateway last
+/// wrote, and the stream once hyper has dropped the connection in the middle of a request.
 struct Shared {
-    stream: TcpStream,
     unanswered: AtomicUsize,
+    parked: Mutex<Option<TcpStream>>,
 }
 
 /// `prefix`, then the rest of the stream.
+///
+/// It owns the stream and reads through `TcpStream`'s own `poll_read`, which forgets the
+/// socket's readiness after a short read: the next read waits for epoll instead of trying
+/// a `recvfrom` that returns EAGAIN (one per request, with `poll_read_ready` + `try_read`).
 pub struct Rewind {
     prefix: Vec<u8>,
     at: usize,
-    inner: Arc<Shared>,
+    stream: Option<TcpStream>,
+    shared: Arc<Shared>,
 }
 
 /// The connection as seen from outside hyper.
@@ -31,19 +37,42 @@ pub struct Handle(Arc<Shared>);
 impl Rewind {
     /// Replays `prefix` before reading from `stream`.
     pub fn new(stream: TcpStream, prefix: Vec<u8>) -> (Rewind, Handle) {
-        let inner = Arc::new(Shared {
+        let shared = Arc::new(Shared {
             unanswered: AtomicUsize::new(prefix.len()),
-            stream,
+            parked: Mutex::new(None),
         });
-        let handle = Handle(inner.clone());
+        let handle = Handle(shared.clone());
         (
             Rewind {
                 prefix,
                 at: 0,
-                inner,
+                stream: Some(stream),
+                shared,
             },
             handle,
         )
+    }
+
+    fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        match self.stream.as_mut() {
+            Some(s) => Ok(Pin::new(s)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Drop for Rewind {
+    /// A request under way when hyper lets the connection go (a head past its deadline):
+    /// the stream stays open for [`Handle::answer_and_close`]. Otherwise it closes now.
+    fn drop(&mut self) {
+        if self.shared.unanswered.load(Ordering::Relaxed) > 0 {
+            let mut parked = self
+                .shared
+                .parked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *parked = self.stream.take();
+        }
     }
 }
 
@@ -55,8 +84,16 @@ impl Handle {
     }
 
     /// Writes `answer` (best effort: a client gone is fine) and closes the write side.
+    /// Only once the [`Rewind`] is dropped (hyper gave the connection up); before, or
+    /// when no request was under way, there is no stream here and nothing is written.
     pub async fn answer_and_close(&self, answer: &[u8]) {
-        let s = &self.0.stream;
+        let parked = self
+            .0
+            .parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(s) = parked else { return };
         let mut left = answer;
         while !left.is_empty() {
             if s.writable().await.is_err() {
@@ -68,7 +105,7 @@ impl Handle {
                 Err(_) => return,
             }
         }
-        let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
+        let _ = socket2::SockRef::from(&s).shutdown(std::net::Shutdown::Write);
     }
 }
 
@@ -89,21 +126,13 @@ impl AsyncRead for Rewind {
             }
             return Poll::Ready(Ok(()));
         }
-        let s = &this.inner.stream;
-        loop {
-            ready!(s.poll_read_ready(cx))?;
-            // `try_read_buf` clears the readiness on WouldBlock, so the loop waits again.
-            // It reads into the unfilled part as it is: `try_read(initialize_unfilled())`
-            // zeroed all of hyper's spare read buffer (~8 KiB) on every call (issue 24).
-            match s.try_read_buf(buf) {
-                Ok(n) => {
-                    this.inner.unanswered.fetch_add(n, Ordering::Relaxed);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let before = buf.filled().len();
+        let r = this.stream()?.poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            let n = buf.filled().len() - before;
+            this.shared.unanswered.fetch_add(n, Ordering::Relaxed);
         }
+        r
     }
 }
 
@@ -114,18 +143,11 @@ impl AsyncWrite for Rewind {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let s = &this.inner.stream;
-        loop {
-            ready!(s.poll_write_ready(cx))?;
-            match s.try_write(buf) {
-                Ok(n) => {
-                    this.inner.unanswered.store(0, Ordering::Relaxed);
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let r = this.stream()?.poll_write(cx, buf);
+        if let Poll::Ready(Ok(_)) = r {
+            this.shared.unanswered.store(0, Ordering::Relaxed);
         }
+        r
     }
 
     fn poll_write_vectored(
@@ -134,18 +156,11 @@ impl AsyncWrite for Rewind {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let s = &this.inner.stream;
-        loop {
-            ready!(s.poll_write_ready(cx))?;
-            match s.try_write_vectored(bufs) {
-                Ok(n) => {
-                    this.inner.unanswered.store(0, Ordering::Relaxed);
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let r = this.stream()?.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(_)) = r {
+            this.shared.unanswered.store(0, Ordering::Relaxed);
         }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -158,7 +173,10 @@ impl AsyncWrite for Rewind {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let s = socket2::SockRef::from(&self.inner.stream);
+        let Some(stream) = self.stream.as_ref() else {
+            return Poll::Ready(Ok(()));
+        };
+        let s = socket2::SockRef::from(stream);
         Poll::Ready(match s.shutdown(std::net::Shutdown::Write) {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
             r => r,
@@ -199,10 +217,27 @@ mod tests {
         assert!(h.request_started());
         r.write_all(b"x").await.unwrap();
         assert!(!h.request_started(), "a write answers what was read");
-        drop(r);
+        h.answer_and_close(b"no").await; // hyper still has the connection: nothing
+        c.write_all(b"POST").await.unwrap();
+        let n = r.read(&mut b).await.unwrap();
+        assert_eq!(&b[..n], b"POST");
+        drop(r); // hyper gives up with a request under way
         h.answer_and_close(b"bye").await;
         let mut got = Vec::new();
         c.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"xbye");
+    }
+
+    #[tokio::test]
+    async fn an_answered_connection_closes_when_dropped() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let (r, h) = Rewind::new(s, Vec::new());
+        drop(r);
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty());
+        h.answer_and_close(b"bye").await;
     }
 }

@@ -658,6 +658,77 @@ fn config_errors_are_clear_and_exit_non_zero() {
     );
 }
 
+/// `[[accounts]]` is parsed apart from the rest of the file (issue 24: the start-up peak):
+/// accounts on both sides of other tables, past one parse chunk (64), still load and layer
+/// with the environment as before — another key from the environment keeps them,
+/// `WA_BREAKER_ACCOUNTS` replaces them — and a bad account is named with its index and file.
+#[test]
+fn accounts_load_apart_from_the_rest_and_layer_with_the_environment() {
+    let mut text = String::from("state_dir = \"{state_dir}\"\nlog_level = \"warn\"\n");
+    let account = |i: u64| {
+        format!(
+            "[[accounts]]\nwaba_id = \"{}\"\nphone_number_ids = [\"{}\", \"{}\"]\n\n",
+            100_000_000_000_000 + i,
+            200_000_000_000_000 + 2 * i,
+            200_000_000_000_000 + 2 * i + 1
+        )
+    };
+    for i in 0..100 {
+        text.push_str(&account(i));
+    }
+    // A string that looks like a header is not one.
+    text.push_str("[webhook]\npath = \"/wh\"\nverify_token = \"\"\"\n[[accounts]]\n\"\"\"\n\n");
+    for i in 100..150 {
+        text.push_str(&account(i));
+    }
+    let tc = write_config(&text);
+    let out = Gateway::run_cli(
+        &["check-config", "--config", &tc.path_str()],
+        &[("WA_BREAKER_LOG_LEVEL", "debug")],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("150 WABAs with 300 phone numbers"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("log_level = \"debug\""), "{stdout}");
+    assert!(stdout.contains("path = \"/wh\""), "{stdout}");
+    let first = stdout.find("\"100000000000000\"").expect("first account");
+    let last = stdout.find("\"100000000000149\"").expect("last account");
+    assert!(first < last, "accounts keep the file's order");
+    assert!(stdout.contains("\"200000000000299\""), "{stdout}");
+
+    // The environment's accounts replace the file's, as figment's layering always did.
+    let out = Gateway::run_cli(
+        &["check-config", "--config", &tc.path_str()],
+        &[(
+            "WA_BREAKER_ACCOUNTS",
+            "[{waba_id=\"5\",phone_number_ids=[\"6\"]}]",
+        )],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("1 WABAs with 1 phone numbers"), "{stderr}");
+
+    // A bad account: the same message as ever, its index and the file named.
+    let tc = write_config(&format!(
+        "{text}[[accounts]]\nwaba_id = 7\nphone_number_ids = [\"8\"]\n"
+    ));
+    let out = Gateway::run_cli(&["check-config", "--config", &tc.path_str()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`accounts.150.waba_id` in ")
+            && stderr
+                .contains("config.toml: invalid type: found signed int `7`, expected a string"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_config_prints_effective_settings_with_secrets_masked() {
     let tc = write_config(&format!(
