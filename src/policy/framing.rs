@@ -115,7 +115,11 @@ mod tests {
         for b in 0..=255u8 {
             let v = [b'1', b];
             let want = b.is_ascii_digit().then(|| 10 + u64::from(b - b'0'));
-            let want = if b.is_ascii_whitespace() && b != 0x0b { Some(1) } else { want };
+            let want = if b.is_ascii_whitespace() && b != 0x0b {
+                Some(1)
+            } else {
+                want
+            };
             assert_eq!(content_length(&v), want, "byte {b:#x}");
         }
         for bad in [
