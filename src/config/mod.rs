@@ -87,6 +87,8 @@ pub struct Config {
     pub upstream: String,
     /// Extra CA certificates (PEM) trusted for an `https://` upstream.
     pub upstream_ca_file: Option<PathBuf>,
+    /// Offer `h2` by ALPN to an `https://` upstream (both engines); off, HTTP/1.1 only.
+    pub upstream_http2: bool,
     /// Directory of the embedded circuit store (`circuits.redb`); one per instance.
     pub state_dir: PathBuf,
     /// Bearer token for `/admin` (at least 16 characters); absent, `/admin` is disabled.
@@ -214,6 +216,7 @@ impl Default for Config {
             admin_listen: ([127, 0, 0, 1], 9090).into(),
             upstream: "https://graph.facebook.com".into(),
             upstream_ca_file: None,
+            upstream_http2: true,
             state_dir: "./wa-breaker-state".into(),
             admin_token: None,
             redis_url: None,

@@ -96,6 +96,8 @@ pub struct Target {
     pub(crate) tls_name: Option<ServerName<'static>>,
     /// Trusted roots (webpki's plus `upstream_ca_file`); no ALPN set: each user sets its own.
     pub(crate) trust: Arc<ClientConfig>,
+    /// Offer `h2` by ALPN (`upstream_http2`); else HTTP/1.1 only.
+    pub(crate) http2: bool,
     /// TCP (and TLS) connect timeout.
     pub connect_timeout: Duration,
 }
@@ -137,6 +139,7 @@ impl Target {
             port,
             tls_name,
             trust,
+            http2: cfg.upstream_http2,
             connect_timeout: cfg.connect_timeout,
         })
     }
@@ -150,7 +153,7 @@ impl Target {
     /// policy. The trust store is the one configured; the client also reaches other URLs
     /// (the webhook relay) over it.
     pub fn client(&self) -> HttpClient {
-        http_client(&self.trust, self.connect_timeout)
+        build_client(&self.trust, self.connect_timeout, self.http2)
     }
 }
 
@@ -159,6 +162,11 @@ impl Target {
 /// own Graph calls, the webhook relay, notifications, the admin CLI, the simulator's
 /// webhooks).
 pub fn http_client(trust: &ClientConfig, connect_timeout: Duration) -> HttpClient {
+    build_client(trust, connect_timeout, true)
+}
+
+/// [`http_client`], offering `h2` by ALPN only when `http2`.
+fn build_client(trust: &ClientConfig, connect_timeout: Duration, http2: bool) -> HttpClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -166,9 +174,12 @@ pub fn http_client(trust: &ClientConfig, connect_timeout: Duration) -> HttpClien
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(trust.clone())
         .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+        .enable_http1();
+    let https = if http2 {
+        https.enable_http2().wrap_connector(http)
+    } else {
+        https.wrap_connector(http)
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(POOL_MAX_IDLE)

@@ -48,8 +48,12 @@ impl Connector {
         let tls = target.tls_name.as_ref().map(|_| {
             let mut config = (*target.trust).clone();
             // HTTP/2 when the server offers it (few connections for many sends in flight),
-            // else HTTP/1.1.
-            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            // else HTTP/1.1; only HTTP/1.1 when `upstream_http2` is off.
+            config.alpn_protocols = if target.http2 {
+                vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+            } else {
+                vec![b"http/1.1".to_vec()]
+            };
             TlsConnector::from(Arc::new(config))
         });
         Connector {
@@ -58,9 +62,9 @@ impl Connector {
         }
     }
 
-    /// True for an `https` upstream: the server may select `h2`.
+    /// True for an `https` upstream offered `h2`: the server may select it.
     pub fn may_speak_h2(&self) -> bool {
-        self.tls.is_some()
+        self.tls.is_some() && self.target.http2
     }
 
     /// Opens a new connection within the connect timeout.

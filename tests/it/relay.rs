@@ -330,6 +330,32 @@ async fn connection_close_from_the_client_is_honoured(engine: Engine) {
     assert!(a.header("date").is_some());
 }
 
+/// `upstream_http2 = false`: to an upstream that prefers `h2`, both engines offer only
+/// `http/1.1` and are served over it; with the default they pick `h2`, which this
+/// HTTP/1.1-only fake cannot speak (so the switch is what made the difference).
+async fn upstream_http2_off_speaks_http1_to_an_upstream_that_prefers_h2(engine: Engine) {
+    let up = RawUpstream::start_tls_alpn(&[b"h2", b"http/1.1"]).await;
+    let url = format!("https://localhost:{}", up.addr().port());
+    let ca = fixture("ca.pem");
+    let gw = start(
+        engine,
+        &url,
+        &format!("upstream_ca_file = \"{ca}\"\nupstream_http2 = false"),
+    )
+    .await;
+    for _ in 0..3 {
+        let r = gw.send_str(PHONE_A1, TEMPLATE_BODY).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "{\"ok\":true}");
+    }
+    assert_eq!(up.requests().len(), 3);
+
+    let gw2 = start(engine, &url, &format!("upstream_ca_file = \"{ca}\"")).await;
+    let r = gw2.send_str(PHONE_A1, TEMPLATE_BODY).await;
+    assert_eq!(r.status(), 502, "h2 was negotiated with an HTTP/1.1-only server");
+    assert_eq!(up.requests().len(), 3, "nothing reached it as a request");
+}
+
 async fn an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file(engine: Engine) {
     let up = RawUpstream::start_tls().await;
     let port = up.addr().port();
@@ -810,6 +836,7 @@ both_engines!(
     pipelined_requests_are_answered_in_order_on_one_upstream_connection,
     connection_close_from_the_client_is_honoured,
     an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file,
+    upstream_http2_off_speaks_http1_to_an_upstream_that_prefers_h2,
     headers_named_by_connection_in_answers_are_dropped,
     split_answers_reach_the_client_intact,
     ambiguous_framing_and_an_unasked_101_become_502,

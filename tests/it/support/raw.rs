@@ -128,6 +128,11 @@ impl RawUpstream {
         Self::start_with(Some(tls_acceptor())).await
     }
 
+    /// TLS offering `alpn` (the server picks its first one the client also offers).
+    pub async fn start_tls_alpn(alpn: &[&[u8]]) -> RawUpstream {
+        Self::start_with(Some(tls_acceptor_alpn(alpn))).await
+    }
+
     async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> RawUpstream {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up = RawUpstream {
