@@ -58,6 +58,16 @@ impl H2Conn {
         !self.closed.load(Ordering::Relaxed)
             && self.streams.load(Ordering::Relaxed) < self.send.current_max_send_streams()
     }
+
+    /// A stream slot on this connection, counted until the lease's answer is relayed.
+    fn lease(&self) -> Lease {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        Lease {
+            send: self.send.clone(),
+            closed: self.closed.clone(),
+            _stream: StreamSlot(self.streams.clone()),
+        }
+    }
 }
 
 struct Inner {
@@ -149,15 +159,22 @@ impl H2Pool {
             Proto::Unknown | Proto::H2 => {}
         }
         inner.conns.retain(|c| !c.closed.load(Ordering::Relaxed));
-        if let Some(c) = inner.conns.iter_mut().find(|c| c.usable()) {
-            c.streams.fetch_add(1, Ordering::Relaxed);
-            return Pick::Stream(Lease {
-                send: c.send.clone(),
-                closed: c.closed.clone(),
-                _stream: StreamSlot(c.streams.clone()),
-            });
+        if let Some(c) = inner.conns.iter().find(|c| c.usable()) {
+            return Pick::Stream(c.lease());
         }
         if inner.opening {
+            // Every open connection is at the server's limit and another is being opened
+            // (TCP, TLS, the preface: ~3 round trips). Queue on the least busy open one
+            // instead — h2 holds the stream until one of its slots frees, usually long
+            // before — so a burst past the limit does not wait for a handshake (the p99
+            // tail of a WAN run's start, issue 24).
+            if let Some(c) = inner
+                .conns
+                .iter()
+                .min_by_key(|c| c.streams.load(Ordering::Relaxed))
+            {
+                return Pick::Stream(c.lease());
+            }
             return Pick::Wait(self.changed.clone().notified_owned());
         }
         inner.opening = true;

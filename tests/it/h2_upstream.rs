@@ -160,6 +160,60 @@ async fn many_sends_in_flight_share_a_few_http2_connections(engine: Engine) {
     }
 }
 
+/// A burst past the server's `max_concurrent_streams` (10 here): on the relay the sends over
+/// the limit queue on the open connection while one more connection opens, rather than
+/// each batch of 10 waiting for a connection of its own (TCP, TLS and the preface: ~3
+/// round trips of a WAN each time). All 60 are answered, each delivered once (on hyper,
+/// streams the server refused are the gateway's 502, never delivered).
+async fn a_burst_past_the_stream_limit_queues_instead_of_opening_connections(engine: Engine) {
+    let up = H2Upstream::start(10).await;
+    up.respond_with(|_| H2Action::Hold);
+    let gw = start(engine, &up).await;
+    let gw_url = gw.url();
+    let sends = tokio::spawn(async move {
+        let tasks = (0..60).map(|i| {
+            let to = format!("1555003{i:04}");
+            let url = gw_url.clone();
+            tokio::spawn(async move { (to.clone(), send_one(url, PHONE_A1, to).await) })
+        });
+        join_all(tasks).await
+    });
+    // The first connections' streams are all held; what is over the limit waits.
+    wait_until("the first streams held", || up.held() >= 10).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = up.connections();
+    up.release();
+    let mut answered = 0;
+    for r in sends.await.unwrap() {
+        let (to, a) = r.unwrap();
+        if engine.is_relay() || a.status == 200 {
+            assert_eq!(a.status, 200, "{}", a.head);
+            assert_eq!(String::from_utf8_lossy(&a.body), ok_body(&to));
+            answered += 1;
+        } else {
+            // hyper's client assumes 100 streams until the server's SETTINGS arrive and does
+            // not send a refused stream again (README "Retries"): the gateway's 502.
+            assert_eq!(a.status, 502, "{}", a.head);
+            assert_eq!(a.header("x-wa-breaker").as_deref(), Some("upstream-error"));
+        }
+    }
+    let seen = up.processed();
+    assert_eq!(
+        seen.len(),
+        answered,
+        "{}: each 200 delivered once, nothing else",
+        engine.name()
+    );
+    assert!(duplicates(&seen).is_empty(), "{:?}", duplicates(&seen));
+    if engine.is_relay() {
+        assert!(
+            during <= 2 * WORKERS && up.connections() <= 2 * WORKERS,
+            "relay: {during} connections during the burst, {} after, for 60 sends with a limit of 10 streams on {WORKERS} workers",
+            up.connections()
+        );
+    }
+}
+
 /// A graceful GOAWAY after 5 streams on each connection: every send is answered 200 and
 /// delivered exactly once (streams above the GOAWAY are sent again on a new connection,
 /// streams below it finish), and later sends go over new connections.
@@ -380,4 +434,5 @@ both_engines!(
     a_refused_stream_is_sent_again_and_delivered_once,
     a_368_on_one_stream_trips_while_the_others_complete,
     an_answer_without_length_reaches_the_client_chunked,
+    a_burst_past_the_stream_limit_queues_instead_of_opening_connections,
 );
