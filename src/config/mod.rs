@@ -268,14 +268,18 @@ impl Default for Config {
 }
 
 impl Config {
+    /// A non-empty `health.access_token` is set: the gateway can read Graph itself.
+    fn has_health_token(&self) -> bool {
+        self.health
+            .access_token
+            .as_ref()
+            .is_some_and(|t| !t.expose().is_empty())
+    }
+
     /// Said at start when `shaping.mode = "enforce"` and nothing can read Meta's throughput
     /// level of a phone number (no `health.access_token`, no `discovery.use_caller_token`).
     pub fn shaping_level_warning(&self) -> Option<&'static str> {
-        let token = self
-            .health
-            .access_token
-            .as_ref()
-            .is_some_and(|t| !t.expose().is_empty());
+        let token = self.has_health_token();
         (self.shaping.mode == crate::policy::pace::ShapingMode::Enforce
             && !token
             && !self.discovery.use_caller_token)
@@ -288,11 +292,7 @@ impl Config {
     /// phone number belongs to: no `[[accounts]]`, no webhook secret, no way to read
     /// Health Status.
     pub fn protection_warning(&self) -> Option<&'static str> {
-        let token = self
-            .health
-            .access_token
-            .as_ref()
-            .is_some_and(|t| !t.expose().is_empty());
+        let token = self.has_health_token();
         let can_read = self.discovery.health_reads && (token || self.discovery.use_caller_token);
         (self.accounts.is_empty() && self.webhook.app_secret.is_empty() && !can_read).then_some(
             "sends are forwarded but not protected by WABA: no [[accounts]], no webhook.app_secret and no health.access_token, so no phone number's WABA can be known — a blocked number stops only after its own first 368, and the WABA's other numbers keep sending. Fix: set webhook.app_secret (learns from Meta's webhooks), health.access_token (or discovery.use_caller_token = true), or list [[accounts]]",

@@ -328,7 +328,7 @@ impl H2Answer {
             return;
         }
         if self.chunked {
-            hex(out, data.len());
+            encode::hex(out, data.len());
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(data);
             out.extend_from_slice(b"\r\n");
@@ -342,14 +342,6 @@ impl H2Answer {
         if self.chunked {
             out.extend_from_slice(b"0\r\n\r\n");
         }
-    }
-}
-
-/// `n` in hexadecimal (a chunk size).
-fn hex(out: &mut Vec<u8>, n: usize) {
-    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
-    for i in (0..digits).rev() {
-        out.push(b"0123456789abcdef"[(n >> (i * 4)) & 0xf]);
     }
 }
 

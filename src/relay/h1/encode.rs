@@ -28,6 +28,14 @@ pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `n` in lowercase hexadecimal, no leading zeros (a chunk size).
+pub fn hex(out: &mut Vec<u8>, n: usize) {
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[(n >> (i * 4)) & 0xf]);
+    }
+}
+
 /// `{name}: {n}\r\n` without formatting machinery.
 pub fn header_decimal(out: &mut Vec<u8>, name: &[u8], n: u64) {
     out.extend_from_slice(name);
@@ -107,6 +115,9 @@ mod tests {
             n.clear();
             decimal(&mut n, v);
             assert_eq!(n, v.to_string().as_bytes());
+            n.clear();
+            hex(&mut n, v as usize);
+            assert_eq!(n, format!("{:x}", v as usize).as_bytes());
         }
         let mut out = Vec::new();
         status_line(&mut out, StatusCode::FORBIDDEN);
