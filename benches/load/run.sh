@@ -54,6 +54,10 @@
 #                        its connections, measured time, warm-up and rounds (medians)
 #   FR_BIN=path          the generator (default target/release/examples/fixed_rate; built
 #                        with the gateway unless WAB_NO_BUILD=1)
+#   PROFILE=0            leave out the per-request profile (benches/load/profile.sh, run
+#                        last: user/kernel CPU, context switches, TCP segments and
+#                        syscalls per request for wa-breaker and nginx, and the kernel's
+#                        floor from `cargo bench --bench kernel_floor`)
 #   WAN=0                leave out the TLS + emulated-WAN table (benches/load/wan.sh, run
 #                        at the end; needs root for its network namespace)
 #   TASKSET=1            pin wrk to WRK_CPUS (default 0) and every server to
@@ -1049,6 +1053,15 @@ if [[ ${WAN:-1} != 0 && $GATEWAY == 1 ]]; then
     { echo; sed 's/^## /### /' "$OUT_DIR/wan.md"; } >>"$REPORT"
   else
     printf '\n### TLS upstream over an emulated WAN\n\nfailed: %s\n' "$(tail -3 "$RUNDIR/wan.err" | tr '\n' ' ')" >>"$REPORT"
+  fi
+fi
+
+# Where a send's CPU goes (its own ports; every server above still up but idle).
+if [[ ${PROFILE:-1} != 0 && $GATEWAY == 1 ]]; then
+  if WAB_BIN=$WAB_BIN OUT_DIR=$OUT_DIR bash "$HERE/profile.sh" >"$RUNDIR/profile.out" 2>"$RUNDIR/profile.err"; then
+    { echo; sed 's/^## /### /' "$OUT_DIR/profile.md"; } >>"$REPORT"
+  else
+    printf '\n### Per-request profile\n\nfailed: %s\n' "$(tail -3 "$RUNDIR/profile.err" | tr '\n' ' ')" >>"$REPORT"
   fi
 fi
 
