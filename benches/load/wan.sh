@@ -25,6 +25,7 @@
 # accepts). Everything it starts, the namespace and the veth are removed on exit.
 #
 # Environment: WAN_RATE=2000 WAN_CONNS=256 WAN_DURATION=15s WAN_WARMUP=3s WAN_DELAY=25ms
+#   WAN_ROWS="direct relay hyper nginx haproxy" (the rows to run, in this order)
 #   WAB_BIN, FR_BIN (built by run.sh), OUT_DIR (default target/bench-load), KEEP_TMP=1.
 set -euo pipefail
 # The pace step runs on every send (shaping.mode defaults to enforce) but must not bind:
@@ -276,7 +277,9 @@ declare -A LABEL=([direct]="direct (plain HTTP over the WAN, no proxy)" [relay]=
 declare -A SRV=([direct]="" [relay]=$PID_relay [hyper]=$PID_hyper [nginx]=$(cat "$RUNDIR/nginx.pid") [haproxy]=$(cat "$RUNDIR/haproxy.pid"))
 RES=$RUNDIR/wan.tsv
 : >"$RES"
-for t in direct relay hyper nginx haproxy; do
+WAN_ROWS=${WAN_ROWS:-direct relay hyper nginx haproxy}
+for t in $WAN_ROWS; do
+  [[ -n ${PORT[$t]:-} ]] || die "WAN_ROWS: no row '$t' (direct relay hyper nginx haproxy)"
   code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{}' "http://${PORT[$t]}$URL_PATH" || true)
   [[ $code == 200 ]] || die "$t sample answered $code"
   a0=$(accepts); s0=$(ticks_of "${SRV[$t]}"); st0=$(steal_other)
