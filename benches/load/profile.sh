@@ -21,6 +21,7 @@
 # everything started is stopped on exit.
 #
 # Environment: CONNS=64 DURATION=8 (s) WARMUP=2 (s) ROUNDS=3 STRACE=1 FLOOR=1
+#   WAB_ACCOUNTS=10000 ([[accounts]] in the gateway's config, as run.sh generates them)
 #   WAB_BIN (default target/release/wa-breaker; not built here), OUT_DIR (default
 #   target/bench-load: profile.md), KEEP_TMP=1.
 set -euo pipefail
@@ -36,6 +37,7 @@ WARMUP=${WARMUP:-2}
 ROUNDS=${ROUNDS:-3}
 STRACE=${STRACE:-1}
 FLOOR=${FLOOR:-1}
+WAB_ACCOUNTS=${WAB_ACCOUNTS:-10000}
 WAB_BIN=${WAB_BIN:-$ROOT/target/release/wa-breaker}
 OUT_DIR=${OUT_DIR:-$ROOT/target/bench-load}
 HZ=$(getconf CLK_TCK 2>/dev/null || echo 100)
@@ -92,6 +94,9 @@ log_level = "warn"
 waba_id = "102290129340398"
 phone_number_ids = ["106540352242922"]
 EOF
+# The rest of the accounts, as run.sh writes them (%.0f: mawk's %d overflows at 2^31).
+awk -v n=$((WAB_ACCOUNTS - 1)) 'BEGIN { for (i = 1; i <= n; i++)
+  printf "\n[[accounts]]\nwaba_id = \"%.0f\"\nphone_number_ids = [\"%.0f\"]\n", 100000000000000 + i, 200000000000000 + i }' >>"$RUNDIR/gw.toml"
 "$WAB_BIN" --config "$RUNDIR/gw.toml" >"$RUNDIR/gw.log" 2>&1 &
 GW=$!
 for _ in $(seq 1 100); do
@@ -165,7 +170,7 @@ REPORT=$RUNDIR/profile.md
   echo "## Per-request profile — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo "- \`bash benches/load/profile.sh\` (CONNS=$CONNS, ${DURATION}s measured after ${WARMUP}s warm-up, $ROUNDS rounds); $(nproc) CPUs, $(uname -r)"
-  echo "- wa-breaker: $WAB_BIN (relay, workers pinned), 1 account; nginx: benches/load/nginx-proxy.conf (2 workers pinned); both in front of nginx-up.conf"
+  echo "- wa-breaker: $WAB_BIN (relay, workers pinned), $WAB_ACCOUNTS accounts; nginx: benches/load/nginx-proxy.conf (2 workers pinned); both in front of nginx-up.conf"
   echo
   echo "| target | round | rps | CPU µs/req | user µs | kernel µs | voluntary cs/req | involuntary cs/req | TCP segs out/req | pure ACKs/req |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
