@@ -25,6 +25,7 @@
 #   WAB_BIN (default target/release/wa-breaker; not built here), OUT_DIR (default
 #   target/bench-load: profile.md), KEEP_TMP=1.
 set -euo pipefail
+# The pace step must not bind: the load drives one phone number far past Meta's 80/s.
 export WA_BREAKER_SHAPING__THROUGHPUT=${WA_BREAKER_SHAPING__THROUGHPUT:-100000}
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 export LC_ALL=C
