@@ -25,7 +25,8 @@
 # accepts). Everything it starts, the namespace and the veth are removed on exit.
 #
 # Environment: WAN_RATE=2000 WAN_CONNS=256 WAN_DURATION=15s WAN_WARMUP=3s WAN_DELAY=25ms
-#   WAN_ROWS="direct relay hyper nginx haproxy" (the rows to run, in this order)
+#   WAN_ROWS="direct relay hyper nginx haproxy" (the rows to run, in this order; without
+#   direct, the "added" columns are "—")
 #   WAB_BIN, FR_BIN (built by run.sh), OUT_DIR (default target/bench-load), KEEP_TMP=1.
 set -euo pipefail
 # The pace step runs on every send (shaping.mode defaults to enforce) but must not bind:
@@ -60,6 +61,10 @@ NS_IP=10.241.$ID.2
 log() { printf '[wan %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+WAN_ROWS=${WAN_ROWS:-direct relay hyper nginx haproxy}
+for t in $WAN_ROWS; do
+  [[ " direct relay hyper nginx haproxy " == *" $t "* ]] || die "WAN_ROWS: no row '$t' (direct relay hyper nginx haproxy)"
+done
 [[ $(id -u) == 0 ]] || die "needs root (ip netns, tc); run.sh skips this table otherwise"
 for t in ip tc openssl nginx haproxy curl ss; do
   command -v "$t" >/dev/null || die "$t not found (apt-get install iproute2 openssl nginx-light haproxy curl)"
@@ -277,9 +282,7 @@ declare -A LABEL=([direct]="direct (plain HTTP over the WAN, no proxy)" [relay]=
 declare -A SRV=([direct]="" [relay]=$PID_relay [hyper]=$PID_hyper [nginx]=$(cat "$RUNDIR/nginx.pid") [haproxy]=$(cat "$RUNDIR/haproxy.pid"))
 RES=$RUNDIR/wan.tsv
 : >"$RES"
-WAN_ROWS=${WAN_ROWS:-direct relay hyper nginx haproxy}
 for t in $WAN_ROWS; do
-  [[ -n ${PORT[$t]:-} ]] || die "WAN_ROWS: no row '$t' (direct relay hyper nginx haproxy)"
   code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{}' "http://${PORT[$t]}$URL_PATH" || true)
   [[ $code == 200 ]] || die "$t sample answered $code"
   a0=$(accepts); s0=$(ticks_of "${SRV[$t]}"); st0=$(steal_other)
@@ -315,10 +318,12 @@ REPORT=$RUNDIR/wan.md
       t = $1; p50[t] = v["p50_us"] / 1000; p99[t] = v["p99_us"] / 1000; p999[t] = v["p999_us"] / 1000
       sent = rate * ((w + 0) + (m + 0)); cpu = (sent > 0 && t != "direct") ? $3 * 1e6 / hz / sent : 0
       split($6, s, " "); stl = (s[4] - s[2] > 0) ? 100 * (s[3] - s[1]) / (s[4] - s[2]) : 0
-      if (t == "direct") { d50 = p50[t]; d99 = p99[t]; d999 = p999[t] }
+      if (t == "direct") { d50 = p50[t]; d99 = p99[t]; d999 = p999[t]; hasd = 1 }
+      # added over direct: only when the direct row ran (WAN_ROWS without it: "—")
+      nod = (t == "direct" || !hasd)
       printf "| %s | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %d | %d | %.1f |\n", label[t], p50[t], p99[t], p999[t],
-        (t == "direct") ? "—" : sprintf("%+.2f", p50[t] - d50), (t == "direct") ? "—" : sprintf("%+.2f", p99[t] - d99),
-        (t == "direct") ? "—" : sprintf("%+.2f", p999[t] - d999), (t == "direct") ? "—" : sprintf("%.1f", cpu),
+        nod ? "—" : sprintf("%+.2f", p50[t] - d50), nod ? "—" : sprintf("%+.2f", p99[t] - d99),
+        nod ? "—" : sprintf("%+.2f", p999[t] - d999), (t == "direct") ? "—" : sprintf("%.1f", cpu),
         $4, (t == "direct") ? "—" : $5, v["achieved"], v["errors"], stl }
   ' <(for t in "${!LABEL[@]}"; do printf '%s\t%s\n' "$t" "${LABEL[$t]}"; done) "$RES"
   echo
