@@ -139,6 +139,10 @@ for r in $(seq 1 "$ROUNDS"); do
     s1=$(snap "${PIDS[$t]}")
     req=$(requests_of <<<"$out")
     [[ -n $req && $req -gt 0 ]] || die "$t: no requests counted: $out"
+    # Every answer must be the upstream's 200: errors would make the CPU per request
+    # someone else's figure.
+    bad=$(awk '/^WAB_SUMMARY/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] != "requests" && kv[1] != "duration_us") n += kv[2] } print n + 0 }' <<<"$out")
+    [[ $bad == 0 ]] || die "$t: $bad non-2xx answers or socket errors in the measured run: $(grep '^WAB_SUMMARY' <<<"$out")"
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$r" "$req" "$s0" "$s1" "$segs" >>"$RES"
     log "round $r $t: $req requests"
   done
