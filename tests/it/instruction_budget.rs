@@ -17,6 +17,11 @@
 //! kernel's work (the syscalls themselves) is never in callgrind's counts: the syscall
 //! count per request is measured by `benches/load/profile.sh` instead.
 //!
+//! The same pass-through send is counted a second time over TLS to an HTTP/2 upstream
+//! (ALPN `h2`, the path to Graph): the TLS records, the HTTP/2 framing and HPACK, and on
+//! the relay the re-framing of the HTTP/1.1 request as an HTTP/2 one. A local answer never
+//! reaches the upstream, so it is counted once.
+//!
 //! Needs `valgrind` (`scripts/test` installs Debian's package when it is missing; or set
 //! `VALGRIND` to a binary). `WAB_BUDGET_WRITE=1` writes the measured figures into the
 //! baseline file instead of checking them; `WAB_BUDGET_KEEP=DIR` keeps the profile parts
@@ -29,6 +34,8 @@ use std::time::Duration;
 
 use crate::support::fake_cloud::FakeCloud;
 use crate::support::gateway::{Gateway, TEMPLATE_BODY, TEST_TOKEN, TEST_VERSION};
+use crate::support::h2_upstream::H2Upstream;
+use crate::support::raw::fixture;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -60,22 +67,48 @@ struct Baseline {
 }
 
 /// What each figure is, in the order of the baseline file.
-const FIGURES: [(&str, &str); 4] = [
+const FIGURES: [(&str, &str); 6] = [
     ("relay_pass", "relay, pass-through send (200 from upstream)"),
     ("relay_local", "relay, local answer (circuit open, 403)"),
     ("hyper_pass", "hyper engine, pass-through send"),
     ("hyper_local", "hyper engine, local answer"),
+    (
+        "relay_h2_pass",
+        "relay, pass-through send over TLS to an HTTP/2 upstream",
+    ),
+    (
+        "hyper_h2_pass",
+        "hyper engine, pass-through send over TLS to an HTTP/2 upstream",
+    ),
 ];
+
+/// The upstream a gateway under callgrind forwards to.
+#[derive(Clone, Copy, PartialEq)]
+enum Upstream {
+    /// The fake Cloud API: plain HTTP/1.1.
+    Plain,
+    /// TLS with ALPN `h2` (the test CA), like Graph.
+    H2,
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instructions_per_request_stay_within_the_budget() {
     let valgrind = find_valgrind();
-    let (relay, hyper) = tokio::join!(measure(&valgrind, true), measure(&valgrind, false));
+    let (relay, hyper) = tokio::join!(
+        measure(&valgrind, true, Upstream::Plain),
+        measure(&valgrind, false, Upstream::Plain)
+    );
+    let (relay_h2, hyper_h2) = tokio::join!(
+        measure(&valgrind, true, Upstream::H2),
+        measure(&valgrind, false, Upstream::H2)
+    );
     let measured: HashMap<&str, u64> = [
-        ("relay_pass", relay.0),
-        ("relay_local", relay.1),
-        ("hyper_pass", hyper.0),
-        ("hyper_local", hyper.1),
+        ("relay_pass", relay[0]),
+        ("relay_local", relay[1]),
+        ("hyper_pass", hyper[0]),
+        ("hyper_local", hyper[1]),
+        ("relay_h2_pass", relay_h2[0]),
+        ("hyper_h2_pass", hyper_h2[0]),
     ]
     .into_iter()
     .collect();
@@ -164,16 +197,34 @@ fn find_valgrind() -> PathBuf {
     })
 }
 
-/// One gateway (relay or hyper engine) under callgrind: per-request instructions of a
-/// pass-through send and of a local answer.
-async fn measure(valgrind: &Path, relay: bool) -> (u64, u64) {
-    let name = if relay { "relay" } else { "hyper" };
-    let fake = FakeCloud::start().await;
+/// One gateway (relay or hyper engine) under callgrind, forwarding to `upstream`:
+/// instructions per pass-through send, then (plain upstream only) per local answer.
+async fn measure(valgrind: &Path, relay: bool, upstream: Upstream) -> Vec<u64> {
+    let name = match (relay, upstream) {
+        (true, Upstream::Plain) => "relay",
+        (false, Upstream::Plain) => "hyper",
+        (true, Upstream::H2) => "relay_h2",
+        (false, Upstream::H2) => "hyper_h2",
+    };
+    // Kept alive until the gateway stops: whichever this run forwards to.
+    let (fake, h2) = match upstream {
+        Upstream::Plain => (Some(FakeCloud::start().await), None),
+        Upstream::H2 => (None, Some(H2Upstream::start(100).await)),
+    };
+    let upstream_lines = match (&fake, &h2) {
+        (Some(f), _) => format!("upstream = \"{}\"", f.url()),
+        (_, Some(h)) => format!(
+            "upstream = \"{}\"\nupstream_ca_file = \"{}\"",
+            h.url(),
+            fixture("ca.pem")
+        ),
+        _ => unreachable!("one upstream is started"),
+    };
     let config = format!(
         r#"
 listen = "{{listen}}"
 admin_listen = "{{admin_listen}}"
-upstream = "{upstream}"
+{upstream_lines}
 state_dir = "{{state_dir}}"
 admin_token = "{ADMIN_TOKEN}"
 log_level = "warn"
@@ -191,8 +242,7 @@ mode = "enforce"
 [[accounts]]
 waba_id = "{WABA}"
 phone_number_ids = ["{PHONE}"]
-"#,
-        upstream = fake.url()
+"#
     );
     let out = tempfile::Builder::new()
         .prefix("wa-breaker-budget-")
@@ -218,24 +268,34 @@ phone_number_ids = ["{PHONE}"]
     phase(WARM, 200).await;
     phase(N1, 200).await;
     phase(N2, 200).await;
-    let r = gw
-        .admin_post(
-            &format!("/admin/circuits/{WABA}/open"),
-            Some(ADMIN_TOKEN),
-            Some(&json!({"reason": "budget"})),
-        )
-        .await;
-    assert_eq!(r.status(), 200, "{name}: open the circuit");
-    phase(WARM, 403).await;
-    phase(N1, 403).await;
-    phase(N2, 403).await;
+    if upstream == Upstream::Plain {
+        let r = gw
+            .admin_post(
+                &format!("/admin/circuits/{WABA}/open"),
+                Some(ADMIN_TOKEN),
+                Some(&json!({"reason": "budget"})),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{name}: open the circuit");
+        phase(WARM, 403).await;
+        phase(N1, 403).await;
+        phase(N2, 403).await;
+    }
     let st = gw.stop().await;
     assert!(
         st.success(),
         "{name}: the gateway under valgrind exited with {st}"
     );
+    if let Some(h) = &h2 {
+        assert_eq!(
+            h.processed().len(),
+            WARM + N1 + N2,
+            "{name}: every send reached the HTTP/2 upstream"
+        );
+    }
 
-    let parts: Vec<u64> = (1..=6)
+    let n_parts = if upstream == Upstream::Plain { 6 } else { 3 };
+    let parts: Vec<u64> = (1..=n_parts)
         .map(|i| {
             let p = PathBuf::from(format!("{}.{i}", out_file.display()));
             let text = std::fs::read_to_string(&p).unwrap_or_else(|e| {
@@ -259,13 +319,17 @@ phone_number_ids = ["{PHONE}"]
     if let Some(dir) = std::env::var_os("WAB_BUDGET_KEEP") {
         let dir = PathBuf::from(dir);
         std::fs::create_dir_all(&dir).expect("WAB_BUDGET_KEEP directory");
-        for i in 1..=6 {
+        for i in 1..=n_parts {
             let from = PathBuf::from(format!("{}.{i}", out_file.display()));
             std::fs::copy(&from, dir.join(format!("{name}.{i}"))).expect("keep a part");
         }
     }
     let per = |a: u64, b: u64| b.saturating_sub(a) / (N2 - N1) as u64;
-    (per(parts[1], parts[2]), per(parts[4], parts[5]))
+    let mut figures = vec![per(parts[1], parts[2])];
+    if upstream == Upstream::Plain {
+        figures.push(per(parts[4], parts[5]));
+    }
+    figures
 }
 
 /// `n` sends, one after another on one keep-alive connection; each must answer `want`.
