@@ -14,7 +14,7 @@ use super::h1::body::BodyReader;
 use super::h1::request::RequestHead;
 use super::h1::response::parse_response;
 use super::h1::BadResponse;
-use super::upstream::{h2_body, h2_request, H2Answer, Upstream};
+use super::upstream::{h2_request, H2Answer, Upstream};
 use super::{Relay, Scratch};
 use crate::common::error_chain;
 use crate::policy::exchange::{Admission, Answered, Guard, Pace, Routed, Settle};
@@ -290,8 +290,8 @@ impl Relay {
         loop {
             match self.h2.pick() {
                 Pick::Stream(lease) => {
-                    let request = h2_request(&s.up, &self.shared.target_authority)?;
-                    match H2Pool::send(lease, request, h2_body(body)).await {
+                    let (request, body) = h2_request(&s.up, body, &self.shared.target_authority)?;
+                    match H2Pool::send(lease, request, body).await {
                         Ok(answer) => {
                             let answer = H2Answer::new(answer, head_request, close(), &mut s.out)?;
                             return Ok(Via::H2(Box::new(answer)));

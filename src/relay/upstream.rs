@@ -3,9 +3,10 @@
 //! ([`crate::upstream::http2`]). The exchange ([`super::exchange`]) takes the same steps in
 //! the same order with either; only how the answer's bytes move differs, here.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use h2::RecvStream;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, RETRY_AFTER};
+use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Uri};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -345,43 +346,108 @@ impl H2Answer {
     }
 }
 
-/// The HTTP/2 request for a relayed HTTP/1.1 one: `up` is its head as the relay would send
-/// it upstream over HTTP/1.1 (hop-by-hop fields already dropped, `host` rewritten), which
-/// becomes `:method`, `:path` and, with `authority`, `:scheme https` and `:authority`.
+/// The HTTP/2 request for a relayed HTTP/1.1 one, and its body: `up` is its head as the
+/// relay would send it upstream over HTTP/1.1 (hop-by-hop fields already dropped, `host`
+/// rewritten), which becomes `:method`, `:path` and, with `authority`, `:scheme https` and
+/// `:authority`.
+///
+/// Head and body are copied once, into one buffer, and the path and every field value are
+/// views of it: one allocation a send instead of one per field (issue 24: this re-framing
+/// was ~10 % of an HTTP/2 send's instructions).
 pub(super) fn h2_request(
     up: &[u8],
+    body: &[u8],
     authority: &http::uri::Authority,
-) -> Result<Request<()>, ForwardError> {
+) -> Result<(Request<()>, Bytes), ForwardError> {
     let bad = |what: &'static str| ForwardError::Broken(Box::new(BadResponse::Malformed(what)));
+    let mut buf = BytesMut::with_capacity(up.len() + body.len());
+    buf.extend_from_slice(up);
+    buf.extend_from_slice(body);
+    let buf = buf.freeze();
+    let head = &buf[..up.len()];
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS + 1];
     let mut req = httparse::Request::new(&mut fields);
-    match req.parse(up) {
+    match req.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(bad("request head")),
     }
     let (Some(method), Some(target)) = (req.method, req.path) else {
         return Err(bad("request head"));
     };
-    let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("method"))?;
-    let uri = Uri::builder()
-        .scheme("https")
-        .authority(authority.clone())
-        .path_and_query(target)
-        .build()
-        .map_err(|_| bad("request target"))?;
-    let mut request = Request::builder().method(method).uri(uri);
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTPS);
+    uri.authority = Some(authority.clone());
+    uri.path_and_query = Some(
+        PathAndQuery::from_maybe_shared(buf.slice_ref(target.as_bytes()))
+            .map_err(|_| bad("request target"))?,
+    );
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         // `host` is the `:authority`; HTTP/2 has no connection-specific fields.
         if name.eq_ignore_ascii_case(b"host") || crate::policy::hop::is_fixed(name) {
             continue;
         }
-        request = request.header(name, h.value);
+        let name = HeaderName::from_bytes(name).map_err(|_| bad("request field"))?;
+        let value = HeaderValue::from_maybe_shared(buf.slice_ref(h.value))
+            .map_err(|_| bad("request field"))?;
+        headers.append(name, value);
     }
-    request.body(()).map_err(|_| bad("request field"))
+    let mut request = Request::new(());
+    *request.method_mut() = Method::from_bytes(method.as_bytes()).map_err(|_| bad("method"))?;
+    *request.uri_mut() = Uri::from_parts(uri).map_err(|_| bad("request target"))?;
+    *request.headers_mut() = headers;
+    Ok((request, buf.slice(up.len()..)))
 }
 
-/// The request body for an HTTP/2 stream.
-pub(super) fn h2_body(body: &[u8]) -> Bytes {
-    Bytes::copy_from_slice(body)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authority() -> http::uri::Authority {
+        "graph.facebook.com".parse().unwrap()
+    }
+
+    /// The head becomes the pseudo-fields and fields, `host` and hop-by-hop fields left
+    /// out, repeated fields kept in order; the body follows whole.
+    #[test]
+    fn an_http1_head_becomes_the_http2_request() {
+        let head = b"POST /v21.0/106540352242922/messages?debug=all HTTP/1.1\r\n\
+            host: graph.facebook.com\r\ncontent-type: application/json\r\n\
+            Authorization: Bearer EAAG\tx\r\nx-trace: a\r\nX-Trace: b\r\n\
+            te: trailers\r\ncontent-length: 7\r\n\r\n";
+        let (req, body) = h2_request(head, b"{\"a\":1}", &authority()).unwrap();
+        assert_eq!(req.method(), Method::POST);
+        assert_eq!(
+            req.uri().to_string(),
+            "https://graph.facebook.com/v21.0/106540352242922/messages?debug=all"
+        );
+        assert_eq!(req.uri().query(), Some("debug=all"));
+        let h = req.headers();
+        assert!(h.get("host").is_none() && h.get("te").is_none());
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(h["authorization"], "Bearer EAAG\tx");
+        let trace: Vec<_> = h.get_all("x-trace").iter().collect();
+        assert_eq!(trace, ["a", "b"]);
+        assert_eq!(h["content-length"], "7");
+        assert_eq!(h.len(), 5);
+        assert_eq!(&body[..], b"{\"a\":1}");
+        let (get, empty) = h2_request(b"GET / HTTP/1.1\r\n\r\n", b"", &authority()).unwrap();
+        assert_eq!((get.method(), get.uri().path()), (&Method::GET, "/"));
+        assert!(empty.is_empty());
+    }
+
+    /// A head the relay could not have built is an error, never a panic.
+    #[test]
+    fn a_broken_head_is_an_error() {
+        for head in [
+            &b"POST /x HTTP/1.1\r\ncontent-type: a"[..],
+            b"\r\n\r\n",
+            b"P\x01ST /x HTTP/1.1\r\n\r\n",
+            b"POST x HTTP/1.1\r\n\r\n",
+            b"POST /x HTTP/1.1\r\nbad\x7fname: 1\r\n\r\n",
+        ] {
+            assert!(h2_request(head, b"", &authority()).is_err(), "{head:?}");
+        }
+    }
 }
