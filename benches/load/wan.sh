@@ -8,7 +8,7 @@
 # (this project's VMs: "Specified qdisc kind is unknown") get the same delay from
 # examples/delay_relay.rs instead, a TCP relay in the namespace that holds each chunk
 # 25 ms per direction in front of the stand-in (the report says which). In the namespace, nginx is the
-# stand-in Graph: TLS on :9443 (certificate from a test CA made here with openssl, ALPN
+# stand-in Graph: TLS 1.2 and 1.3 on :9443 (certificate from a test CA made here with openssl, ALPN
 # h2 and http/1.1, like graph.facebook.com), plain HTTP on :9080 (the "direct" row: the
 # same round trip without a proxy), stub_status on :9081 (connections accepted = TLS
 # handshakes). On this side, each proxy under test listens on loopback and forwards over
@@ -26,7 +26,8 @@
 #
 # Environment: WAN_RATE=2000 WAN_CONNS=256 WAN_DURATION=15s WAN_WARMUP=3s WAN_DELAY=25ms
 #   WAN_ROWS="direct relay hyper nginx haproxy" (the rows to run, in this order; without
-#   direct, the "added" columns are "—")
+#   direct, the "added" columns are "—"; with WAB_BIN_BEFORE the default adds "before"
+#   after relay: that older binary, configured as the relay row, on :9219)
 #   WAB_BIN, FR_BIN (built by run.sh), OUT_DIR (default target/bench-load), KEEP_TMP=1.
 set -euo pipefail
 # The pace step runs on every send (shaping.mode defaults to enforce) but must not bind:
@@ -61,9 +62,16 @@ NS_IP=10.241.$ID.2
 log() { printf '[wan %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-WAN_ROWS=${WAN_ROWS:-direct relay hyper nginx haproxy}
+WAB_BIN_BEFORE=${WAB_BIN_BEFORE:-}
+if [[ -n $WAB_BIN_BEFORE ]]; then
+  [[ -x $WAB_BIN_BEFORE ]] || die "WAB_BIN_BEFORE=$WAB_BIN_BEFORE is not an executable file"
+  WAN_ROWS=${WAN_ROWS:-direct relay before hyper nginx haproxy}
+else
+  WAN_ROWS=${WAN_ROWS:-direct relay hyper nginx haproxy}
+fi
 for t in $WAN_ROWS; do
-  [[ " direct relay hyper nginx haproxy " == *" $t "* ]] || die "WAN_ROWS: no row '$t' (direct relay hyper nginx haproxy)"
+  [[ " direct relay before hyper nginx haproxy " == *" $t "* ]] || die "WAN_ROWS: no row '$t' (direct relay before hyper nginx haproxy)"
+  [[ $t != before || -n $WAB_BIN_BEFORE ]] || die "WAN_ROWS: the before row needs WAB_BIN_BEFORE"
 done
 [[ $(id -u) == 0 ]] || die "needs root (ip netns, tc); run.sh skips this table otherwise"
 for t in ip tc openssl nginx haproxy curl ss; do
@@ -164,8 +172,14 @@ SEND_RESULT='{"messaging_product":"whatsapp","contacts":[{"input":"15551234567",
   keepalive_requests 1000000;
   keepalive_timeout 120s;
   http2_max_concurrent_streams 1000;
+  # What each request came over (TLS version, HTTP version), for the report's "upstream
+  # protocol" column; buffered, so the stand-in does not write a line per request.
+  log_format proto '\$ssl_protocol \$server_protocol';
   server {
     listen $UP_TLS ssl http2;
+    access_log $RUNDIR/up-proto.log proto buffer=64k flush=1s;
+    # TLS 1.3 as Graph offers it (nginx before 1.23.4 offers only up to 1.2 by default).
+    ssl_protocols TLSv1.2 TLSv1.3;
     ssl_certificate $RUNDIR/up.pem;
     ssl_certificate_key $RUNDIR/up.key;
     location / { default_type application/json; return 200 '$SEND_RESULT'; }
@@ -203,6 +217,7 @@ accepts() { curl -s "http://$NS_IP:9081/" | awk 'NR == 3 { print $1 }'; }
       proxy_ssl_verify on;
       proxy_ssl_name graph.wan.test;
       proxy_ssl_session_reuse on;
+      proxy_ssl_protocols TLSv1.2 TLSv1.3;
     }
   }
 }
@@ -230,7 +245,7 @@ EOF
 haproxy -f "$RUNDIR/haproxy.cfg" -D -p "$RUNDIR/haproxy.pid" >"$RUNDIR/haproxy.log" 2>&1 \
   || die "haproxy: $(tail -3 "$RUNDIR/haproxy.log")"
 
-gateway() { # name port admin fast_path
+gateway() { # name port admin fast_path [binary]
   mkdir -p "$RUNDIR/state-$1"
   cat >"$RUNDIR/$1.toml" <<EOF
 listen = "127.0.0.1:$2"
@@ -247,7 +262,7 @@ upstream_concurrency = 4096
 waba_id = "102290129340398"
 phone_number_ids = ["106540352242922"]
 EOF
-  "$WAB_BIN" --config "$RUNDIR/$1.toml" >"$RUNDIR/$1.log" 2>&1 &
+  "${5:-$WAB_BIN}" --config "$RUNDIR/$1.toml" >"$RUNDIR/$1.log" 2>&1 &
   PIDS+=($!)
   eval "PID_$1=$!"
   for _ in $(seq 1 100); do
@@ -258,6 +273,8 @@ EOF
 }
 gateway relay 9215 9216 true
 gateway hyper 9217 9218 false
+PID_before=""
+[[ -z $WAB_BIN_BEFORE ]] || gateway before 9219 9220 true "$WAB_BIN_BEFORE"
 
 # ---------------------------------------------------------------- measuring
 ticks_of() { # pids (and their children) -> utime+stime ticks
@@ -276,16 +293,18 @@ conns_of() { # pids -> established TCP connections to the TLS upstream owned by 
 }
 steal_other() { awk '/^cpu / { printf "%.0f %.0f\n", $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
 
-declare -A PORT=([direct]="$NS_IP:9080" [relay]=127.0.0.1:9215 [hyper]=127.0.0.1:9217 [nginx]=127.0.0.1:9212 [haproxy]=127.0.0.1:9213)
+declare -A PORT=([direct]="$NS_IP:9080" [relay]=127.0.0.1:9215 [before]=127.0.0.1:9219 [hyper]=127.0.0.1:9217 [nginx]=127.0.0.1:9212 [haproxy]=127.0.0.1:9213)
 declare -A LABEL=([direct]="direct (plain HTTP over the WAN, no proxy)" [relay]="wa-breaker relay (HTTP/2 by ALPN, else HTTP/1.1)"
+  [before]="wa-breaker relay, before (WAB_BIN_BEFORE)"
   [hyper]="wa-breaker hyper engine (HTTP/2 by ALPN)" [nginx]="nginx (proxy_ssl, keepalive 512)" [haproxy]="HAProxy (ssl, http-reuse always)")
-declare -A SRV=([direct]="" [relay]=$PID_relay [hyper]=$PID_hyper [nginx]=$(cat "$RUNDIR/nginx.pid") [haproxy]=$(cat "$RUNDIR/haproxy.pid"))
+declare -A SRV=([direct]="" [relay]=$PID_relay [before]=$PID_before [hyper]=$PID_hyper [nginx]=$(cat "$RUNDIR/nginx.pid") [haproxy]=$(cat "$RUNDIR/haproxy.pid"))
 RES=$RUNDIR/wan.tsv
 : >"$RES"
 for t in $WAN_ROWS; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{}' "http://${PORT[$t]}$URL_PATH" || true)
   [[ $code == 200 ]] || die "$t sample answered $code"
   a0=$(accepts); s0=$(ticks_of "${SRV[$t]}"); st0=$(steal_other)
+  p0=$(wc -l <"$RUNDIR/up-proto.log" 2>/dev/null || echo 0)
   raw=$OUT_DIR/raw/wan-$t.txt
   log "$t: $WAN_RATE sends/s over $WAN_CONNS connections, warm-up $WAN_WARMUP, $WAN_DURATION"
   "$FR_BIN" --url "http://${PORT[$t]}$URL_PATH" --rate "$WAN_RATE" --conns "$WAN_CONNS" \
@@ -293,11 +312,17 @@ for t in $WAN_ROWS; do
   s1=$(ticks_of "${SRV[$t]}"); st1=$(steal_other)
   up=$([[ $t == direct ]] && echo "—" || conns_of "${SRV[$t]}")
   a1=$(accepts)
+  # The protocol the stand-in saw most in this row (its log is flushed every second).
+  if [[ $t == direct ]]; then proto="—"; else
+    sleep 1.5
+    proto=$(tail -n +"$((p0 + 1))" "$RUNDIR/up-proto.log" | sort | uniq -c | sort -rn \
+      | awk '{ n[NR] = $1; k[NR] = $2 " " $3; t += $1 } END { if (t) printf "%s (%.0f %%)", k[1], 100 * n[1] / t; else printf "?" }')
+  fi
   line=$(grep '^FIXED_RATE ' "$raw") || die "no result in $raw"
   log "  $line"
   # handshakes: connections the TLS upstream accepted in the run, less this script's
   # own stub_status query (direct: its plain connections, no TLS)
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$line" "$((s1 - s0))" "$up" "$((a1 - a0 - 1))" "$st0 $st1" >>"$RES"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$line" "$((s1 - s0))" "$up" "$((a1 - a0 - 1))" "$st0 $st1" "$proto" >>"$RES"
 done
 
 # ---------------------------------------------------------------- report
@@ -305,12 +330,12 @@ REPORT=$RUNDIR/wan.md
 {
   echo "## TLS upstream over an emulated WAN — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "- netns $NS joined by a veth pair; delay: $DELAY_HOW; a plain request's time to first byte: ${RTT:-?} ms (new connection: handshake + request); stand-in Graph: nginx, TLS 1.3 with a test CA, ALPN h2 + http/1.1"
+  echo "- netns $NS joined by a veth pair; delay: $DELAY_HOW; a plain request's time to first byte: ${RTT:-?} ms (new connection: handshake + request); stand-in Graph: nginx, TLS 1.2 and 1.3 offered (as Graph) with a test CA, ALPN h2 + http/1.1"
   echo "- load: examples/fixed_rate.rs, $WAN_RATE sends/s over $WAN_CONNS client connections on loopback, warm-up $WAN_WARMUP, measured $WAN_DURATION; latency corrected for coordinated omission"
   echo "- wa-breaker: workers = default (one per CPU, pinned), upstream_concurrency = 4096; nginx 2 workers pinned; HAProxy 2 threads pinned"
   echo
-  echo "| target | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | server CPU µs/send | upstream conns open | TLS handshakes | achieved/s | errors | steal % |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| target | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | server CPU µs/send | upstream conns open | TLS handshakes | upstream protocol | achieved/s | errors | steal % |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
   awk -F'\t' -v hz="$HZ" -v rate="$WAN_RATE" -v w="$WAN_WARMUP" -v m="$WAN_DURATION" '
     FNR == NR { label[$1] = $2; next }
     { n = split($2, kv, " "); delete v
@@ -321,13 +346,13 @@ REPORT=$RUNDIR/wan.md
       if (t == "direct") { d50 = p50[t]; d99 = p99[t]; d999 = p999[t]; hasd = 1 }
       # added over direct: only when the direct row ran (WAN_ROWS without it: "—")
       nod = (t == "direct" || !hasd)
-      printf "| %s | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %d | %d | %.1f |\n", label[t], p50[t], p99[t], p999[t],
+      printf "| %s | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %s | %d | %d | %.1f |\n", label[t], p50[t], p99[t], p999[t],
         nod ? "—" : sprintf("%+.2f", p50[t] - d50), nod ? "—" : sprintf("%+.2f", p99[t] - d99),
         nod ? "—" : sprintf("%+.2f", p999[t] - d999), (t == "direct") ? "—" : sprintf("%.1f", cpu),
-        $4, (t == "direct") ? "—" : $5, v["achieved"], v["errors"], stl }
+        $4, (t == "direct") ? "—" : $5, $7, v["achieved"], v["errors"], stl }
   ' <(for t in "${!LABEL[@]}"; do printf '%s\t%s\n' "$t" "${LABEL[$t]}"; done) "$RES"
   echo
-  echo "\`upstream conns open\`: established TCP connections from the proxy to the TLS upstream at the end of its run (ss). \`TLS handshakes\`: connections the upstream accepted during the run (stub_status), each one handshake. \`server CPU µs/send\`: the proxy's CPU (user + system) over every send of the run, warm-up included."
+  echo "\`upstream conns open\`: established TCP connections from the proxy to the TLS upstream at the end of its run (ss). \`TLS handshakes\`: connections the upstream accepted during the run (stub_status), each one handshake. \`server CPU µs/send\`: the proxy's CPU (user + system) over every send of the run, warm-up included. \`upstream protocol\`: the TLS and HTTP versions the stand-in logged for most of the row's requests (share in brackets)."
 } >"$REPORT"
 cp "$REPORT" "$OUT_DIR/wan.md"
 cp "$RES" "$OUT_DIR/wan.tsv"
