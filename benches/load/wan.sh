@@ -17,14 +17,18 @@
 #                       connections per worker, streams multiplexed); HTTP/1.1 pool when
 #                       the server selects http/1.1 (binaries before h2up: HTTP/1.1 only)
 #   wa-breaker (hyper)  fast_path = false: hyper's client, HTTP/2 by ALPN
-#   nginx               proxy_pass https, proxy_ssl_session_reuse, upstream keepalive 512
+#   nginx               proxy_pass https, proxy_ssl_session_reuse, TLS 1.2-1.3, upstream
+#                       keepalive 512
 #   HAProxy             server ... ssl, http-reuse always (HTTP/1.1: no alpn set)
 # examples/fixed_rate.rs sends WAN_RATE sends/s over WAN_CONNS client connections to each
-# in turn. Per row: added latency over direct, server CPU per send, upstream connections
-# open at the end (ss, by process) and TLS handshakes during the run (stub_status
-# accepts). Everything it starts, the namespace and the veth are removed on exit.
+# in turn, WAN_ROUNDS times. Per row: added latency over direct and server CPU per send
+# (medians of the rounds), upstream connections open at the end (ss, by process), TLS
+# handshakes over the rounds (stub_status accepts) and the TLS/HTTP versions the stand-in
+# logged. Everything it starts, the namespace and the veth are removed on exit.
 #
 # Environment: WAN_RATE=2000 WAN_CONNS=256 WAN_DURATION=15s WAN_WARMUP=3s WAN_DELAY=25ms
+#   WAN_ROUNDS=3 (every row runs once per round, rows in turn; the table gives medians and
+#   a second table every round's p99, CPU per send and handshakes)
 #   WAN_ROWS="direct relay hyper nginx haproxy" (the rows to run, in this order; without
 #   direct, the "added" columns are "—"; with WAB_BIN_BEFORE the default adds "before"
 #   after relay: that older binary, configured as the relay row, on :9219)
@@ -44,6 +48,8 @@ WAN_CONNS=${WAN_CONNS:-256}
 WAN_DURATION=${WAN_DURATION:-15s}
 WAN_WARMUP=${WAN_WARMUP:-3s}
 WAN_DELAY=${WAN_DELAY:-25ms}
+WAN_ROUNDS=${WAN_ROUNDS:-3}
+[[ $WAN_ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "[wan] ERROR: WAN_ROUNDS must be a positive whole number" >&2; exit 1; }
 WAB_BIN=${WAB_BIN:-$ROOT/target/release/wa-breaker}
 FR_BIN=${FR_BIN:-$ROOT/target/release/examples/fixed_rate}
 DELAY_BIN=${DELAY_BIN:-$ROOT/target/release/examples/delay_relay}
@@ -300,59 +306,96 @@ declare -A LABEL=([direct]="direct (plain HTTP over the WAN, no proxy)" [relay]=
 declare -A SRV=([direct]="" [relay]=$PID_relay [before]=$PID_before [hyper]=$PID_hyper [nginx]=$(cat "$RUNDIR/nginx.pid") [haproxy]=$(cat "$RUNDIR/haproxy.pid"))
 RES=$RUNDIR/wan.tsv
 : >"$RES"
-for t in $WAN_ROWS; do
-  code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{}' "http://${PORT[$t]}$URL_PATH" || true)
-  [[ $code == 200 ]] || die "$t sample answered $code"
-  a0=$(accepts); s0=$(ticks_of "${SRV[$t]}"); st0=$(steal_other)
-  p0=$(wc -l <"$RUNDIR/up-proto.log" 2>/dev/null || echo 0)
-  raw=$OUT_DIR/raw/wan-$t.txt
-  log "$t: $WAN_RATE sends/s over $WAN_CONNS connections, warm-up $WAN_WARMUP, $WAN_DURATION"
-  "$FR_BIN" --url "http://${PORT[$t]}$URL_PATH" --rate "$WAN_RATE" --conns "$WAN_CONNS" \
-    --duration "$WAN_DURATION" --warmup "$WAN_WARMUP" >"$raw" 2>&1 || die "fixed_rate: $(tail -3 "$raw")"
-  s1=$(ticks_of "${SRV[$t]}"); st1=$(steal_other)
-  up=$([[ $t == direct ]] && echo "—" || conns_of "${SRV[$t]}")
-  a1=$(accepts)
-  # The protocol the stand-in saw most in this row (its log is flushed every second).
-  if [[ $t == direct ]]; then proto="—"; else
-    sleep 1.5
-    proto=$(tail -n +"$((p0 + 1))" "$RUNDIR/up-proto.log" | sort | uniq -c | sort -rn \
-      | awk '{ n[NR] = $1; k[NR] = $2 " " $3; t += $1 } END { if (t) printf "%s (%.0f %%)", k[1], 100 * n[1] / t; else printf "?" }')
-  fi
-  line=$(grep '^FIXED_RATE ' "$raw") || die "no result in $raw"
-  log "  $line"
-  # handshakes: connections the TLS upstream accepted in the run, less this script's
-  # own stub_status query (direct: its plain connections, no TLS)
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$line" "$((s1 - s0))" "$up" "$((a1 - a0 - 1))" "$st0 $st1" "$proto" >>"$RES"
+for r in $(seq 1 "$WAN_ROUNDS"); do
+  for t in $WAN_ROWS; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{}' "http://${PORT[$t]}$URL_PATH" || true)
+    [[ $code == 200 ]] || die "$t sample answered $code"
+    a0=$(accepts); s0=$(ticks_of "${SRV[$t]}"); st0=$(steal_other)
+    p0=$(wc -l <"$RUNDIR/up-proto.log" 2>/dev/null || echo 0)
+    raw=$OUT_DIR/raw/wan-$t-r$r.txt
+    log "round $r/$WAN_ROUNDS, $t: $WAN_RATE sends/s over $WAN_CONNS connections, warm-up $WAN_WARMUP, $WAN_DURATION"
+    "$FR_BIN" --url "http://${PORT[$t]}$URL_PATH" --rate "$WAN_RATE" --conns "$WAN_CONNS" \
+      --duration "$WAN_DURATION" --warmup "$WAN_WARMUP" >"$raw" 2>&1 || die "fixed_rate: $(tail -3 "$raw")"
+    s1=$(ticks_of "${SRV[$t]}"); st1=$(steal_other)
+    up=$([[ $t == direct ]] && echo "—" || conns_of "${SRV[$t]}")
+    a1=$(accepts)
+    # The protocol the stand-in saw most in this row (its log is flushed every second).
+    if [[ $t == direct ]]; then proto="—"; else
+      sleep 1.5
+      proto=$(tail -n +"$((p0 + 1))" "$RUNDIR/up-proto.log" | sort | uniq -c | sort -rn \
+        | awk '{ n[NR] = $1; k[NR] = $2 " " $3; t += $1 } END { if (t) printf "%s (%.0f %%)", k[1], 100 * n[1] / t; else printf "?" }')
+    fi
+    line=$(grep '^FIXED_RATE ' "$raw") || die "no result in $raw"
+    log "  $line"
+    # handshakes: connections the TLS upstream accepted in the run, less this script's
+    # own stub_status query (direct: its plain connections, no TLS)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$line" "$((s1 - s0))" "$up" "$((a1 - a0 - 1))" "$st0 $st1" "$proto" "$r" >>"$RES"
+  done
 done
 
 # ---------------------------------------------------------------- report
 REPORT=$RUNDIR/wan.md
+# Per row, over the rounds: the median of each latency percentile and of CPU per send
+# (the middle value; of an even count, the lower middle), the sum of handshakes and of
+# errors, the lowest achieved rate, the highest steal; connections open and the protocol
+# as at the end of the last round. "added" = the row's median less direct's median.
 {
   echo "## TLS upstream over an emulated WAN — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo "- netns $NS joined by a veth pair; delay: $DELAY_HOW; a plain request's time to first byte: ${RTT:-?} ms (new connection: handshake + request); stand-in Graph: nginx, TLS 1.2 and 1.3 offered (as Graph) with a test CA, ALPN h2 + http/1.1"
-  echo "- load: examples/fixed_rate.rs, $WAN_RATE sends/s over $WAN_CONNS client connections on loopback, warm-up $WAN_WARMUP, measured $WAN_DURATION; latency corrected for coordinated omission"
+  echo "- load: examples/fixed_rate.rs, $WAN_RATE sends/s over $WAN_CONNS client connections on loopback, warm-up $WAN_WARMUP, measured $WAN_DURATION; latency corrected for coordinated omission; $WAN_ROUNDS round(s) of every row in turn, medians"
   echo "- wa-breaker: workers = default (one per CPU, pinned), upstream_concurrency = 4096; nginx 2 workers pinned; HAProxy 2 threads pinned"
   echo
   echo "| target | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | server CPU µs/send | upstream conns open | TLS handshakes | upstream protocol | achieved/s | errors | steal % |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
-  awk -F'\t' -v hz="$HZ" -v rate="$WAN_RATE" -v w="$WAN_WARMUP" -v m="$WAN_DURATION" '
+  awk -F'\t' -v hz="$HZ" -v rate="$WAN_RATE" -v w="$WAN_WARMUP" -v m="$WAN_DURATION" -v rows="$WAN_ROWS" '
+    function med(key,    n, i, j, a, x) {
+      n = cnt[key]; for (i = 1; i <= n; i++) a[i] = val[key, i]
+      for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+      return a[int((n + 1) / 2)]
+    }
+    function add(key, x) { val[key, ++cnt[key]] = x }
     FNR == NR { label[$1] = $2; next }
     { n = split($2, kv, " "); delete v
       for (i = 2; i <= n; i++) { split(kv[i], x, "="); v[x[1]] = x[2] }
-      t = $1; p50[t] = v["p50_us"] / 1000; p99[t] = v["p99_us"] / 1000; p999[t] = v["p999_us"] / 1000
-      sent = rate * ((w + 0) + (m + 0)); cpu = (sent > 0 && t != "direct") ? $3 * 1e6 / hz / sent : 0
+      t = $1; sent = rate * ((w + 0) + (m + 0))
+      add(t SUBSEP "p50", v["p50_us"] / 1000); add(t SUBSEP "p99", v["p99_us"] / 1000); add(t SUBSEP "p999", v["p999_us"] / 1000)
+      add(t SUBSEP "cpu", (sent > 0) ? $3 * 1e6 / hz / sent : 0)
       split($6, s, " "); stl = (s[4] - s[2] > 0) ? 100 * (s[3] - s[1]) / (s[4] - s[2]) : 0
-      if (t == "direct") { d50 = p50[t]; d99 = p99[t]; d999 = p999[t]; hasd = 1 }
-      # added over direct: only when the direct row ran (WAN_ROWS without it: "—")
-      nod = (t == "direct" || !hasd)
-      printf "| %s | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %s | %d | %d | %.1f |\n", label[t], p50[t], p99[t], p999[t],
-        nod ? "—" : sprintf("%+.2f", p50[t] - d50), nod ? "—" : sprintf("%+.2f", p99[t] - d99),
-        nod ? "—" : sprintf("%+.2f", p999[t] - d999), (t == "direct") ? "—" : sprintf("%.1f", cpu),
-        $4, (t == "direct") ? "—" : $5, $7, v["achieved"], v["errors"], stl }
+      if (!(t in steal) || stl > steal[t]) steal[t] = stl
+      if (!(t in ach) || v["achieved"] + 0 < ach[t]) ach[t] = v["achieved"] + 0
+      err[t] += v["errors"]; hs[t] += $5; conns[t] = $4; proto[t] = $7; seen[t] = 1 }
+    END {
+      nr = split(rows, order, " ")
+      if ("direct" in seen) { d50 = med("direct" SUBSEP "p50"); d99 = med("direct" SUBSEP "p99"); d999 = med("direct" SUBSEP "p999") }
+      for (k = 1; k <= nr; k++) { t = order[k]; if (!(t in seen)) continue
+        p50 = med(t SUBSEP "p50"); p99 = med(t SUBSEP "p99"); p999 = med(t SUBSEP "p999")
+        # added over direct: only when the direct row ran (WAN_ROWS without it: "—")
+        nod = (t == "direct" || !("direct" in seen))
+        printf "| %s | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %s | %d | %d | %.1f |\n", label[t], p50, p99, p999,
+          nod ? "—" : sprintf("%+.2f", p50 - d50), nod ? "—" : sprintf("%+.2f", p99 - d99),
+          nod ? "—" : sprintf("%+.2f", p999 - d999), (t == "direct") ? "—" : sprintf("%.1f", med(t SUBSEP "cpu")),
+          conns[t], (t == "direct") ? "—" : hs[t], proto[t], ach[t], err[t], steal[t] }
+    }
   ' <(for t in "${!LABEL[@]}"; do printf '%s\t%s\n' "$t" "${LABEL[$t]}"; done) "$RES"
   echo
-  echo "\`upstream conns open\`: established TCP connections from the proxy to the TLS upstream at the end of its run (ss). \`TLS handshakes\`: connections the upstream accepted during the run (stub_status), each one handshake. \`server CPU µs/send\`: the proxy's CPU (user + system) over every send of the run, warm-up included. \`upstream protocol\`: the TLS and HTTP versions the stand-in logged for most of the row's requests (share in brackets)."
+  echo "\`upstream conns open\`: established TCP connections from the proxy to the TLS upstream at the end of its last round (ss). \`TLS handshakes\`: connections the upstream accepted over all rounds (stub_status), each one handshake. \`server CPU µs/send\`: the proxy's CPU (user + system) over every send of a round, warm-up included (median of the rounds). \`upstream protocol\`: the TLS and HTTP versions the stand-in logged for most of the last round's requests (share in brackets)."
+  if [[ $WAN_ROUNDS -gt 1 ]]; then
+    echo
+    echo "Every round (p99 ms / server CPU µs per send / TLS handshakes):"
+    echo
+    awk -F'\t' -v hz="$HZ" -v rate="$WAN_RATE" -v w="$WAN_WARMUP" -v m="$WAN_DURATION" -v rows="$WAN_ROWS" -v nrounds="$WAN_ROUNDS" '
+      { n = split($2, kv, " "); delete v
+        for (i = 2; i <= n; i++) { split(kv[i], x, "="); v[x[1]] = x[2] }
+        sent = rate * ((w + 0) + (m + 0))
+        cell[$1, $8] = sprintf("%.2f / %s / %s", v["p99_us"] / 1000, ($1 == "direct") ? "—" : sprintf("%.1f", $3 * 1e6 / hz / sent), ($1 == "direct") ? "—" : $5) }
+      END {
+        printf "| row |"; for (r = 1; r <= nrounds; r++) printf " round %d |", r; printf "\n|---|"
+        for (r = 1; r <= nrounds; r++) printf "---:|"; printf "\n"
+        nr = split(rows, order, " ")
+        for (k = 1; k <= nr; k++) { printf "| %s |", order[k]; for (r = 1; r <= nrounds; r++) printf " %s |", cell[order[k], r]; printf "\n" }
+      }' "$RES"
+  fi
 } >"$REPORT"
 cp "$REPORT" "$OUT_DIR/wan.md"
 cp "$RES" "$OUT_DIR/wan.tsv"
