@@ -9,11 +9,9 @@
 
 use chrono::{DateTime, Utc};
 use libfuzzer_sys::fuzz_target;
-use wa_breaker::graph::plan::{
-    message_errors, plan, plan_message_errors, plan_template, plan_template_quality,
-    webhook_template, Step,
-};
 use wa_breaker::graph::webhook::{parse, phone_of, FIELD_MESSAGES};
+use wa_breaker::policy::plan::{message_errors, plan, plan_message_errors, Step};
+use wa_breaker::policy::template::{plan_template, plan_template_quality, webhook_template};
 
 /// The default trip codes.
 const TRIP_CODES: &[i64] = &[368, 131031];
