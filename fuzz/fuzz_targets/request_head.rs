@@ -3,8 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wa_breaker::h1::request::{header_value, parse_request, Parsed};
-use wa_breaker::h1::{content_length, MAX_BODY, MAX_HEAD};
+use wa_breaker::h1::request::{header_value, parse_head, parse_request, Parsed};
+use wa_breaker::h1::{MAX_BODY, MAX_HEAD};
+use wa_breaker::policy::framing::content_length;
 
 const AUTHORITY: &str = "graph.example:443";
 
@@ -32,6 +33,32 @@ fuzz_target!(|data: &[u8]| {
         other => panic!("accepted head re-parses as {other:?}"),
     }
     assert_eq!(again, upstream);
+
+    // The fields the relay forwards, as its HTTP/2 request reads them in place: inside the
+    // head, never `host`, each a name and a value HTTP/2 can carry; the target a valid
+    // `:path`.
+    let mut forward = Vec::new();
+    match parse_head(raw, &mut forward) {
+        Parsed::Request(h) => assert_eq!(h, head),
+        other => panic!("accepted head parses as {other:?} alone"),
+    }
+    assert!(head.target.0 == head.path.0 && head.path.1 <= head.target.1);
+    let target = &raw[head.target.0..head.target.1];
+    assert!(
+        http::uri::PathAndQuery::try_from(target).is_ok(),
+        "target {target:?}"
+    );
+    for f in &forward {
+        assert!(f.name.1 <= head.head_len && f.value.1 <= head.head_len);
+        let name = &raw[f.name.0..f.name.1];
+        let value = &raw[f.value.0..f.value.1];
+        assert!(!name.eq_ignore_ascii_case(b"host"));
+        assert!(http::HeaderName::from_bytes(name).is_ok(), "name {name:?}");
+        assert!(
+            http::HeaderValue::from_bytes(value).is_ok(),
+            "value {value:?}"
+        );
+    }
     // What the relay reads off the head: exactly one Host; lookups never panic.
     assert!(
         header_value(raw, b"host").is_some(),

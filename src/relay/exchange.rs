@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use super::h1::body::BodyReader;
-use super::h1::request::RequestHead;
+use super::h1::request::{write_upstream, RequestHead};
 use super::h1::response::parse_response;
 use super::h1::BadResponse;
 use super::upstream::{h2_request, H2Answer, Upstream};
@@ -143,7 +143,7 @@ impl Relay {
         // back at once (issue 25: it was held until `request_timeout`).
         let sent = tokio::select! {
             biased;
-            sent = self.forward(head.method == Method::HEAD, &closing, body, s) => Ok(sent),
+            sent = self.forward(req, head, &closing, s) => Ok(sent),
             () = &mut upstream_deadline => Err(()),
             () = gone(client) => return false,
         };
@@ -219,18 +219,20 @@ impl Relay {
         send(client, close, s).await
     }
 
-    /// Forwards the request (its head to send upstream in `s.up`, its `body`) and reads the
-    /// answer's head, whose client version goes into `s.out`: over HTTP/2 when the upstream
-    /// speaks it, else on an HTTP/1.1 connection (its bytes read into `s.resp`).
+    /// Forwards the request (`req`, its parts and fields to forward found by
+    /// [`super::h1::request::parse_head`]) and reads the answer's head, whose client version
+    /// goes into `s.out`: over HTTP/2 when the upstream speaks it, else on an HTTP/1.1
+    /// connection (the head written into `s.up`, the answer's bytes read into `s.resp`).
     async fn forward(
         &self,
-        head_request: bool,
+        req: &[u8],
+        head: &RequestHead,
         close: &impl Fn() -> bool,
-        body: &[u8],
         s: &mut Scratch,
     ) -> Result<Upstream, ForwardError> {
+        let head_request = head.method == Method::HEAD;
         let fresh = if self.shared.connector.may_speak_h2() {
-            match self.forward_h2(head_request, close, body, s).await? {
+            match self.forward_h2(req, head, close, s).await? {
                 Via::H2(answer) => return Ok(Upstream::H2(answer)),
                 Via::H1(conn) => conn,
             }
@@ -248,7 +250,8 @@ impl Relay {
                 Err(e) => return Err(ForwardError::Connect(Box::new(e))),
             },
         };
-        s.up.extend_from_slice(body);
+        write_upstream(req, head, &s.forward, &self.shared.authority, &mut s.up);
+        s.up.extend_from_slice(&req[head.head_len..]);
         let broken = |e: std::io::Error| ForwardError::Broken(Box::new(e));
         conn.write_all(&s.up).await.map_err(broken)?;
         s.resp.clear();
@@ -278,11 +281,12 @@ impl Relay {
     /// (with the connection just opened, if one was).
     async fn forward_h2(
         &self,
-        head_request: bool,
+        req: &[u8],
+        head: &RequestHead,
         close: &impl Fn() -> bool,
-        body: &[u8],
         s: &mut Scratch,
     ) -> Result<Via, ForwardError> {
+        let head_request = head.method == Method::HEAD;
         let connector = &self.shared.connector;
         let connect_failed = |e: std::io::Error| ForwardError::Connect(Box::new(e));
         let mut unprocessed = 0;
@@ -290,7 +294,8 @@ impl Relay {
         loop {
             match self.h2.pick() {
                 Pick::Stream(lease) => {
-                    let (request, body) = h2_request(&s.up, body, &self.shared.target_authority)?;
+                    let (request, body) =
+                        h2_request(req, head, &s.forward, &self.shared.target_authority)?;
                     match H2Pool::send(lease, request, body).await {
                         Ok(answer) => {
                             let answer = H2Answer::new(answer, head_request, close(), &mut s.out)?;

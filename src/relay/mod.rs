@@ -162,7 +162,7 @@ impl Relay {
             let mut head_deadline: Option<tokio::time::Instant> = None;
             let (head, call) = loop {
                 if !buf.is_empty() {
-                    match request::parse_request(&buf, &shared.authority, &mut scratch.up) {
+                    match request::parse_head(&buf, &mut scratch.forward) {
                         Parsed::Partial => {}
                         Parsed::Handoff => return handoff(stream, buf).await,
                         Parsed::Request(head) => {
@@ -353,7 +353,10 @@ const IDLE_KEEP: usize = 1024;
 /// Per-connection buffers, reused across requests.
 #[derive(Default)]
 struct Scratch {
-    /// The request as sent upstream (head, then body).
+    /// Where the request's fields to forward are in its buffer (written by
+    /// [`request::parse_head`]).
+    forward: Vec<request::Field>,
+    /// The request as sent upstream over HTTP/1.1 (head, then body).
     up: Vec<u8>,
     /// The upstream's answer as read (owned by the body reader while it relays).
     resp: Vec<u8>,
@@ -378,6 +381,12 @@ impl Scratch {
             if v.capacity() > IDLE_KEEP {
                 v.shrink_to(IDLE_KEEP);
             }
+        }
+        // The same bound for the field list (a request with many fields grew it).
+        const FIELDS_KEEP: usize = IDLE_KEEP / std::mem::size_of::<request::Field>();
+        self.forward.clear();
+        if self.forward.capacity() > FIELDS_KEEP {
+            self.forward.shrink_to(FIELDS_KEEP);
         }
     }
 }

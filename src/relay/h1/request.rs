@@ -25,6 +25,8 @@ pub struct RequestHead {
     pub method: Method,
     /// Byte range of the path (without the query) in the buffer.
     pub path: (usize, usize),
+    /// Byte range of the whole target (path and query) in the buffer.
+    pub target: (usize, usize),
     /// Length of the head, including the blank line.
     pub head_len: usize,
     /// `content-length` (0 when absent).
@@ -33,11 +35,22 @@ pub struct RequestHead {
     pub close: bool,
 }
 
-/// Parses a request head at the start of `buf`. On [`Parsed::Request`], `upstream` holds
-/// the head to send upstream: the same method, target and header fields (names and values
-/// as the client wrote them) but for hop-by-hop ones ([`crate::policy::hop`]) and `host`,
-/// which becomes `authority`.
-pub fn parse_request(buf: &[u8], authority: &str, upstream: &mut Vec<u8>) -> Parsed {
+/// A header field the relay forwards: byte ranges of its name and value in the buffer
+/// (as the client wrote them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    /// Byte range of the name.
+    pub name: (usize, usize),
+    /// Byte range of the value.
+    pub value: (usize, usize),
+}
+
+/// Parses a request head at the start of `buf`. On [`Parsed::Request`], `forward` holds
+/// the fields to send upstream, in order: all but hop-by-hop ones ([`crate::policy::hop`])
+/// and `host`. Nothing is written yet — a request the gateway answers itself needs no
+/// upstream head; [`write_upstream`] (HTTP/1.1) or the relay's HTTP/2 request (which
+/// reads the fields in place) build it when the request is forwarded.
+pub fn parse_head(buf: &[u8], forward: &mut Vec<Field>) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -83,33 +96,70 @@ pub fn parse_request(buf: &[u8], authority: &str, upstream: &mut Vec<u8>) -> Par
         return Parsed::Handoff;
     }
 
-    upstream.clear();
-    upstream.extend_from_slice(method.as_str().as_bytes());
-    upstream.push(b' ');
-    upstream.extend_from_slice(target.as_bytes());
-    upstream.extend_from_slice(b" HTTP/1.1\r\n");
-    encode::header(upstream, b"host", authority.as_bytes());
+    // httparse's slices point into `buf`: their offsets are the ranges.
+    let at = |part: &[u8]| {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        (start, start + part.len())
+    };
+    forward.clear();
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if hop.drops(name) || name.eq_ignore_ascii_case(b"host") {
             continue;
         }
-        encode::header(upstream, name, h.value);
+        forward.push(Field {
+            name: at(name),
+            value: at(h.value),
+        });
     }
-    upstream.extend_from_slice(b"\r\n");
 
     let path = match target.bytes().position(|b| b == b'?') {
         Some(q) => &target[..q],
         None => target,
     };
-    let start = path.as_ptr() as usize - buf.as_ptr() as usize;
     Parsed::Request(RequestHead {
         method,
-        path: (start, start + path.len()),
+        path: at(path.as_bytes()),
+        target: at(target.as_bytes()),
         head_len,
         body_len: body_len.unwrap_or(0),
         close: hop.close(),
     })
+}
+
+/// Writes into `upstream` the head to send upstream over HTTP/1.1 for a request
+/// [`parse_head`] took from `buf` (`head`, `forward`): the same method, target and
+/// fields (names and values as the client wrote them), `host` = `authority` first.
+pub fn write_upstream(
+    buf: &[u8],
+    head: &RequestHead,
+    forward: &[Field],
+    authority: &str,
+    upstream: &mut Vec<u8>,
+) {
+    let part = |(a, b): (usize, usize)| &buf[a..b];
+    upstream.clear();
+    upstream.extend_from_slice(head.method.as_str().as_bytes());
+    upstream.push(b' ');
+    upstream.extend_from_slice(part(head.target));
+    upstream.extend_from_slice(b" HTTP/1.1\r\n");
+    encode::header(upstream, b"host", authority.as_bytes());
+    for f in forward {
+        encode::header(upstream, part(f.name), part(f.value));
+    }
+    upstream.extend_from_slice(b"\r\n");
+}
+
+/// [`parse_head`], then [`write_upstream`] when the request is taken: `upstream` holds
+/// the head to send upstream. What the relay does for a request it forwards over
+/// HTTP/1.1, in one call (tests, fuzzing, benchmarks).
+pub fn parse_request(buf: &[u8], authority: &str, upstream: &mut Vec<u8>) -> Parsed {
+    let mut forward = Vec::new();
+    let parsed = parse_head(buf, &mut forward);
+    if let Parsed::Request(head) = &parsed {
+        write_upstream(buf, head, &forward, authority, upstream);
+    }
+    parsed
 }
 
 /// True when every byte of an origin-form target is one RFC 3986 allows there unescaped
