@@ -206,19 +206,22 @@ async fn measure(valgrind: &Path, relay: bool, upstream: Upstream) -> Vec<u64> {
         (true, Upstream::H2) => "relay_h2",
         (false, Upstream::H2) => "hyper_h2",
     };
-    // Kept alive until the gateway stops: whichever this run forwards to.
-    let (fake, h2) = match upstream {
-        Upstream::Plain => (Some(FakeCloud::start().await), None),
-        Upstream::H2 => (None, Some(H2Upstream::start(100).await)),
-    };
-    let upstream_lines = match (&fake, &h2) {
-        (Some(f), _) => format!("upstream = \"{}\"", f.url()),
-        (_, Some(h)) => format!(
-            "upstream = \"{}\"\nupstream_ca_file = \"{}\"",
-            h.url(),
-            fixture("ca.pem")
-        ),
-        _ => unreachable!("one upstream is started"),
+    // The upstream (kept alive until the gateway stops) and its config lines.
+    let (_fake, h2, upstream_lines) = match upstream {
+        Upstream::Plain => {
+            let fake = FakeCloud::start().await;
+            let lines = format!("upstream = \"{}\"", fake.url());
+            (Some(fake), None, lines)
+        }
+        Upstream::H2 => {
+            let h2 = H2Upstream::start(100).await;
+            let lines = format!(
+                "upstream = \"{}\"\nupstream_ca_file = \"{}\"",
+                h2.url(),
+                fixture("ca.pem")
+            );
+            (None, Some(h2), lines)
+        }
     };
     let config = format!(
         r#"
