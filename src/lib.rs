@@ -218,7 +218,12 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let connections = Arc::new(tokio::sync::Semaphore::new(cfg.connection_cap()));
     let mut running = Vec::with_capacity(workers);
     for (i, listener) in main.into_iter().enumerate() {
-        let stack = proxy::stack(policy.clone(), limits.clone(), &target, target.client());
+        let stack = proxy::stack(
+            policy.clone(),
+            limits.clone(),
+            &target,
+            target.forward_clients(),
+        );
         let engines = server::Engines {
             relay: relay.as_ref().map(relay::Relay::worker),
             edge: proxy::Edge::new(

@@ -32,13 +32,14 @@ use tower::Service;
 use super::body::{Body, ClientBody};
 use crate::policy::framing::content_length;
 use crate::policy::{framing, hop, ForwardError};
-use crate::upstream::{HttpClient, Limiter, Target};
+use crate::upstream::alpn::{Clients, LearnFailed, Route, Wait};
+use crate::upstream::{Limiter, Target};
 
 /// See module docs.
 #[derive(Clone)]
 pub struct Forward {
     // Behind an Arc: the stack is cloned per request, and a client clone is a dozen Arcs.
-    client: Arc<HttpClient>,
+    clients: Arc<Clients>,
     scheme: Scheme,
     authority: Authority,
     /// The large-answer budget.
@@ -48,16 +49,11 @@ pub struct Forward {
 }
 
 impl Forward {
-    /// A forwarder to `target` over `client`; answers up to `whole` bytes are read whole,
-    /// larger ones stream holding a permit of `answers`.
-    pub fn new(
-        target: &Target,
-        client: HttpClient,
-        answers: Arc<Limiter>,
-        whole: usize,
-    ) -> Forward {
+    /// A forwarder to `target` over `clients` (the worker's: its own pools); answers up
+    /// to `whole` bytes are read whole, larger ones stream holding a permit of `answers`.
+    pub fn new(target: &Target, clients: Clients, answers: Arc<Limiter>, whole: usize) -> Forward {
         Forward {
-            client: Arc::new(client),
+            clients: Arc::new(clients),
             scheme: target.scheme.clone(),
             authority: target.authority.clone(),
             answers,
@@ -92,9 +88,11 @@ impl Service<Request<Body>> for Forward {
         parts.headers.remove(header::HOST);
         let client_body = parts.extensions.remove::<ClientBody>();
         parts.extensions = http::Extensions::new();
+        let req = Request::from_parts(parts, body);
+        let sending = sending(&self.clients, self.clients.learner.route(req.uri()), req);
         ResponseFuture {
             client_body,
-            inner: self.client.request(Request::from_parts(parts, body)),
+            sending,
             answers: self.answers.clone(),
             whole,
             read: None,
@@ -185,11 +183,71 @@ fn large(
     }
 }
 
+/// Where `req` goes by `route`.
+fn sending(clients: &Arc<Clients>, route: Route, req: Request<Body>) -> Sending {
+    match route {
+        Route::H1 => Sending::Sent(clients.h1.request(req)),
+        Route::H2 => Sending::Sent(clients.h2.request(req)),
+        Route::Wait(wait) => Sending::Waiting(Box::new(Waiting {
+            clients: clients.clone(),
+            req,
+            wait,
+        })),
+        Route::Failed(e) => Sending::Failed(Some(e)),
+    }
+}
+
+/// The request's way to the upstream: sent, or waiting for the worker to learn the
+/// upstream's protocol ([`crate::upstream::alpn`]).
+enum Sending {
+    /// Boxed: only the sends of a worker's first moments wait.
+    Waiting(Box<Waiting>),
+    Sent(legacy::ResponseFuture),
+    /// The learning connection it waited for failed (`None` once reported).
+    Failed(Option<LearnFailed>),
+}
+
+struct Waiting {
+    clients: Arc<Clients>,
+    req: Request<Body>,
+    wait: Wait,
+}
+
+/// Why no answer head came.
+enum Failure {
+    Client(legacy::Error),
+    Learning(LearnFailed),
+}
+
+impl Sending {
+    /// The answer's head from the client, once the request is on its way.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response<Incoming>, Failure>> {
+        loop {
+            match self {
+                Sending::Sent(f) => return Pin::new(f).poll(cx).map_err(Failure::Client),
+                Sending::Failed(e) => {
+                    let Some(e) = e.take() else {
+                        panic!("forward future polled after completion");
+                    };
+                    return Poll::Ready(Err(Failure::Learning(e)));
+                }
+                Sending::Waiting(w) => {
+                    ready!(w.wait.poll(cx));
+                    let route = w.clients.learner.route_after(&w.wait, w.req.uri());
+                    let Sending::Waiting(w) = std::mem::replace(self, Sending::Failed(None)) else {
+                        unreachable!("matched above");
+                    };
+                    *self = sending(&w.clients, route, w.req);
+                }
+            }
+        }
+    }
+}
+
 pin_project! {
     /// The upstream answer's head, or why there is none.
     pub struct ResponseFuture {
-        #[pin]
-        inner: legacy::ResponseFuture,
+        sending: Sending,
         client_body: Option<ClientBody>,
         answers: Arc<Limiter>,
         // `None`: an HTTP/1 client's answer, streamed as it comes.
@@ -206,7 +264,7 @@ impl Future for ResponseFuture {
         if let Some(read) = this.read.as_mut() {
             return read.poll(cx, this.answers, this.whole.unwrap_or(usize::MAX));
         }
-        let Poll::Ready(result) = this.inner.poll(cx) else {
+        let Poll::Ready(result) = this.sending.poll(cx) else {
             return Poll::Pending;
         };
         Poll::Ready(match result {
@@ -246,16 +304,19 @@ impl Future for ResponseFuture {
                 }
                 return poll;
             }
-            Err(e) if e.is_connect() => Err(ForwardError::Connect(Box::new(e))),
+            Err(Failure::Learning(e)) => Err(ForwardError::Connect(Box::new(e))),
+            Err(Failure::Client(e)) if e.is_connect() => Err(ForwardError::Connect(Box::new(e))),
             // The client stopped sending its body (`client_body_timeout`).
             Err(_) if this.client_body.as_ref().is_some_and(ClientBody::timed_out) => {
                 Err(ForwardError::ClientTimeout)
             }
             // The client's body broke while hyper sent it: the client's fault, not Meta's.
-            Err(e) if this.client_body.as_ref().is_some_and(ClientBody::is_broken) => {
+            Err(Failure::Client(e))
+                if this.client_body.as_ref().is_some_and(ClientBody::is_broken) =>
+            {
                 Err(ForwardError::ClientBody(Box::new(e)))
             }
-            Err(e) => Err(ForwardError::Broken(Box::new(e))),
+            Err(Failure::Client(e)) => Err(ForwardError::Broken(Box::new(e))),
         })
     }
 }

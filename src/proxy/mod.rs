@@ -29,7 +29,8 @@ use tower::ServiceBuilder;
 pub use crate::common::body::{self, Body};
 use crate::policy::reply::MARKER;
 use crate::policy::{Policy, Reply};
-use crate::upstream::{HttpClient, Limits, Target};
+use crate::upstream::alpn::Clients;
+use crate::upstream::{Limits, Target};
 pub use edge::Edge;
 
 /// A request on its way down the stack, with the exchange state the layer above left it in.
@@ -44,15 +45,15 @@ pub struct Exchanging<S> {
 pub type Stack = guard::Guard<pace::Pace<limit::Limit<classify::Classify<forward::Forward>>>>;
 
 /// Builds a worker's stack over `policy`, counting against `limits` (the `ready` budget
-/// shared with the relay), forwarding with `client` (one per worker: its own pool).
-pub fn stack(policy: Arc<Policy>, limits: Limits, target: &Target, client: HttpClient) -> Stack {
+/// shared with the relay), forwarding with `clients` (one set per worker: its own pools).
+pub fn stack(policy: Arc<Policy>, limits: Limits, target: &Target, clients: Clients) -> Stack {
     let (answers, whole) = (limits.answers.clone(), policy.read_first_limit());
     ServiceBuilder::new()
         .layer(guard::GuardLayer::new(policy.clone()))
         .layer(pace::PaceLayer::new(policy.clone()))
         .layer(limit::LimitLayer::new(policy.clone(), limits))
         .layer(classify::ClassifyLayer::new(policy))
-        .service(forward::Forward::new(target, client, answers, whole))
+        .service(forward::Forward::new(target, clients, answers, whole))
 }
 
 /// The hyper engine's rendering of a gateway-made answer (hyper adds `content-length` and

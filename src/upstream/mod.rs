@@ -11,6 +11,7 @@
 //! replaced by another (the relay checks it before reuse; hyper retries such "canceled"
 //! requests, which it only does when nothing was written).
 
+pub mod alpn;
 pub mod http2;
 pub mod limit;
 pub mod pool;
@@ -155,6 +156,18 @@ impl Target {
     pub fn client(&self) -> HttpClient {
         build_client(&self.trust, self.connect_timeout, self.http2)
     }
+
+    /// The hyper engine's clients for this upstream (one set per worker: its own pools),
+    /// learning whether it speaks `h2` from one connection ([`alpn`]).
+    pub fn forward_clients(&self) -> alpn::Clients {
+        let known = !(self.http2 && self.scheme == Scheme::HTTPS);
+        alpn::Clients::new(
+            connector(&self.trust, self.connect_timeout, self.http2),
+            self.connect_timeout,
+            known,
+            pool_builder,
+        )
+    }
 }
 
 /// A pooled hyper client (`http://` and `https://` with `trust`, HTTP/2 by ALPN) with the
@@ -167,6 +180,16 @@ pub fn http_client(trust: &ClientConfig, connect_timeout: Duration) -> HttpClien
 
 /// [`http_client`], offering `h2` by ALPN only when `http2`.
 fn build_client(trust: &ClientConfig, connect_timeout: Duration, http2: bool) -> HttpClient {
+    pool_builder(false).build(connector(trust, connect_timeout, http2))
+}
+
+/// TCP (no delay, `connect_timeout`), then TLS with `trust` for `https` (ALPN `h2` and
+/// `http/1.1`, or only `http/1.1` unless `http2`).
+fn connector(
+    trust: &ClientConfig,
+    connect_timeout: Duration,
+    http2: bool,
+) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -175,18 +198,24 @@ fn build_client(trust: &ClientConfig, connect_timeout: Duration, http2: bool) ->
         .with_tls_config(trust.clone())
         .https_or_http()
         .enable_http1();
-    let https = if http2 {
+    if http2 {
         https.enable_http2().wrap_connector(http)
     } else {
         https.wrap_connector(http)
-    };
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+    }
+}
+
+/// The one pool policy of hyper's clients; `http2_only` for the hyper engine's client of an
+/// upstream that selected `h2` ([`alpn`]).
+fn pool_builder(http2_only: bool) -> hyper_util::client::legacy::Builder {
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(POOL_MAX_IDLE)
         .http1_max_buf_size(ANSWER_CHUNK_MAX)
         .http2_initial_stream_window_size(H2_STREAM_WINDOW)
         .http2_initial_connection_window_size(H2_CONN_WINDOW)
+        .http2_only(http2_only)
         // Only requests not yet written are retried (see the module docs).
-        .retry_canceled_requests(true)
-        .build(https)
+        .retry_canceled_requests(true);
+    b
 }

@@ -3,7 +3,7 @@
 //! new connection without delivering any twice; a reset stream is the gateway's 502 and is
 //! not sent again, a refused one is; a 368 on one stream trips the circuit while the other
 //! streams complete; an answer without `content-length` reaches the HTTP/1.1 client
-//! chunked. (An `https` upstream that offers only HTTP/1.1:
+//! chunked; a first connection that fails fails only the send that opened it. (An `https` upstream that offers only HTTP/1.1:
 //! `relay::an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file`.)
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,8 +117,9 @@ async fn held_round(gw: &Gateway, up: &H2Upstream, prefix: &str) {
 /// 200 sends in flight at once go as streams over at most two connections per worker
 /// (an HTTP/1.1 pool needs one connection per send in flight), each delivered once with
 /// the right `:path`, `:authority` and `authorization`, each answered with the
-/// upstream's bytes. hyper's pool opens one connection per request while it has none
-/// (it learns the protocol from the first): there, a second round opens none.
+/// upstream's bytes. The first round starts with no connection open: one connection
+/// learns that the upstream speaks `h2` while the others wait (hyper's pool alone would
+/// open one per send and keep one).
 async fn many_sends_in_flight_share_a_few_http2_connections(engine: Engine) {
     let up = H2Upstream::start(250).await;
     // Each send is held until all are in: they are all in flight at once.
@@ -145,19 +146,59 @@ async fn many_sends_in_flight_share_a_few_http2_connections(engine: Engine) {
             Some(format!("Bearer {TEST_TOKEN}").as_str())
         );
     }
-    if engine.is_relay() {
-        assert!(
-            up.connections() <= 2 * WORKERS,
-            "relay: {} TLS connections for 200 sends in flight on {WORKERS} workers",
-            up.connections()
-        );
-    } else {
-        assert_eq!(
-            up.connections(),
-            first_round,
-            "hyper: the second round opened connections"
-        );
+    assert!(
+        first_round <= 2 * WORKERS && up.connections() <= 2 * WORKERS,
+        "{}: {first_round} TLS connections (TCP + TLS handshakes) for the first 200 sends in \
+         flight on {WORKERS} workers, {} after the second 200",
+        engine.name(),
+        up.connections()
+    );
+}
+
+/// 40 sends at once while the workers have no connection, and the first connection the
+/// upstream accepts is closed before TLS: the send whose connection that was is the
+/// gateway's 502 (`upstream-error`, nothing sent), and the sends waiting for the worker to
+/// learn the upstream's protocol go over the next connection — 39 delivered once each,
+/// over no more connections than without the failure.
+async fn a_failed_first_connection_fails_only_the_send_that_opened_it(engine: Engine) {
+    let up = H2Upstream::start(100).await;
+    up.respond_with(|_| H2Action::Hold);
+    up.drop_next(1);
+    let gw = start(engine, &up).await;
+    let gw_url = gw.url();
+    let sends = tokio::spawn(async move {
+        let tasks = (0..40).map(|i| {
+            let to = format!("1555007{i:04}");
+            let url = gw_url.clone();
+            tokio::spawn(async move { (to.clone(), send_one(url, PHONE_A1, to).await) })
+        });
+        join_all(tasks).await
+    });
+    wait_until("39 sends held upstream", || up.held() == 39).await;
+    up.release();
+    let (mut ok, mut failed) = (0, 0);
+    for r in sends.await.unwrap() {
+        let (to, a) = r.unwrap();
+        if a.status == 200 {
+            assert_eq!(String::from_utf8_lossy(&a.body), ok_body(&to));
+            ok += 1;
+        } else {
+            assert_eq!(a.status, 502, "{}", a.head);
+            assert_eq!(a.header("x-wa-breaker").as_deref(), Some("upstream-error"));
+            failed += 1;
+        }
     }
+    assert_eq!((ok, failed), (39, 1), "{}", engine.name());
+    let seen = up.processed();
+    assert_eq!(seen.len(), 39, "{}: each 200 delivered once", engine.name());
+    assert!(duplicates(&seen).is_empty(), "{:?}", duplicates(&seen));
+    assert!(
+        up.connections() <= 2 * WORKERS,
+        "{}: {} TLS connections after the failed one",
+        engine.name(),
+        up.connections()
+    );
+    assert!(gw.logs().contains("upstream request failed"));
 }
 
 /// A burst past the server's `max_concurrent_streams` (10 here): on the relay the sends over
@@ -435,4 +476,5 @@ both_engines!(
     a_368_on_one_stream_trips_while_the_others_complete,
     an_answer_without_length_reaches_the_client_chunked,
     a_burst_past_the_stream_limit_queues_instead_of_opening_connections,
+    a_failed_first_connection_fails_only_the_send_that_opened_it,
 );

@@ -374,6 +374,8 @@ async fn an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file(engine:
     let r = gw.send_str(PHONE_A1, TEMPLATE_BODY).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "{\"ok\":true}");
+    // The connection that learnt the upstream speaks HTTP/1.1 carried the send.
+    assert_eq!(up.connection_count(), 1, "{}", engine.name());
     let seen = up.requests();
     assert!(
         has_header(engine, &seen[0], "host", &format!("localhost:{port}")),
@@ -407,6 +409,31 @@ async fn an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file(engine:
     assert_eq!(r.headers()["x-wa-breaker"], "upstream-error");
     assert_eq!(up.requests().len(), 3);
     assert!(gw2.logs().contains("upstream request failed"));
+}
+
+/// 20 sends at once to an `https` upstream that selects HTTP/1.1 (each answer written a
+/// byte at a time: ~80 ms): learning the protocol from one connection does not make the
+/// others wait for each other — an HTTP/1.1 pool opens a connection per send in flight —
+/// and every send is answered.
+async fn sends_in_flight_to_an_http1_tls_upstream_each_get_a_connection(engine: Engine) {
+    let up = RawUpstream::start_tls().await;
+    up.respond_with(|_| Some(raw(OK_RAW).writes(Writes::ByteAtATime)));
+    let url = format!("https://localhost:{}", up.addr().port());
+    let ca = fixture("ca.pem");
+    let extra = format!("upstream_ca_file = \"{ca}\"\n\n[shaping]\nthroughput = 10000\n");
+    let gw = start(engine, &url, &extra).await;
+    let sends = (0..20).map(|_| gw.send_str(PHONE_A1, TEMPLATE_BODY));
+    for r in futures_util::future::join_all(sends).await {
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "{\"ok\":true}");
+    }
+    assert_eq!(up.requests().len(), 20);
+    assert!(
+        up.connection_count() >= 10,
+        "{}: {} connections for 20 sends in flight",
+        engine.name(),
+        up.connection_count()
+    );
 }
 
 /// Headers an answer's `Connection` names are hop-by-hop (RFC 9110 §7.6.1): dropped, like
@@ -844,6 +871,7 @@ both_engines!(
     pipelined_requests_are_answered_in_order_on_one_upstream_connection,
     connection_close_from_the_client_is_honoured,
     an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file,
+    sends_in_flight_to_an_http1_tls_upstream_each_get_a_connection,
     upstream_http2_off_speaks_http1_to_an_upstream_that_prefers_h2,
     headers_named_by_connection_in_answers_are_dropped,
     split_answers_reach_the_client_intact,

@@ -2,7 +2,8 @@
 //! `h2` crate's server, for the gateway's HTTP/2 path to Graph: it records every stream it
 //! processed (connection, `:path`, `:authority`, `authorization`, body), answers 200 with
 //! the request's `to` echoed by default, and on demand refuses or resets a stream, holds
-//! answers until released, or goes away (graceful GOAWAY) after N streams on a connection.
+//! answers until released, goes away (graceful GOAWAY) after N streams on a connection, or
+//! closes the next N connections before TLS.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -55,6 +56,8 @@ struct Inner {
     goaway_after: Mutex<Option<usize>>,
     released: watch::Sender<bool>,
     held: AtomicUsize,
+    /// TCP connections still to close at once, before TLS.
+    drop_next: AtomicUsize,
 }
 
 /// The fake HTTP/2 upstream.
@@ -87,12 +90,22 @@ impl H2Upstream {
                 goaway_after: Mutex::new(None),
                 released,
                 held: AtomicUsize::new(0),
+                drop_next: AtomicUsize::new(0),
             }),
         };
         let acceptor = tls_acceptor_alpn(&[b"h2"]);
         let me = up.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = l.accept().await {
+                let drop_it = me
+                    .inner
+                    .drop_next
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if drop_it {
+                    drop(tcp);
+                    continue;
+                }
                 let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let me = me.clone();
@@ -244,6 +257,12 @@ impl H2Upstream {
     /// Streams processed (read and not refused).
     pub fn processed(&self) -> Vec<Seen> {
         self.seen().into_iter().filter(|s| !s.refused).collect()
+    }
+
+    /// The next `n` TCP connections are closed at once, before TLS (not counted in
+    /// [`H2Upstream::connections`]).
+    pub fn drop_next(&self, n: usize) {
+        self.inner.drop_next.store(n, Ordering::SeqCst);
     }
 
     /// TLS connections accepted.
