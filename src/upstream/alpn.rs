@@ -37,7 +37,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
-use tower::Service;
+use tower::{Service, ServiceExt};
 
 use crate::common::error::error_chain;
 use crate::common::Body;
@@ -219,30 +219,29 @@ impl Learner {
     /// Opens the learning connection to `dst`, records what it selected, and parks it for
     /// the client that speaks that.
     async fn learn(self, dst: Uri) {
-        let mut connector = self.shared.connector.clone();
-        let opened = tokio::time::timeout(self.shared.timeout, connector.call(dst)).await;
-        let Ok(mut slow) = self.shared.slow.lock() else {
-            return;
+        let connector = self.shared.connector.clone();
+        let t = self.shared.timeout;
+        let opened = match tokio::time::timeout(t, connector.oneshot(dst)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(error_chain(e.as_ref())),
+            Err(_) => Err(format!("connect timed out after {t:?}")),
         };
-        slow.learning = false;
-        match opened {
-            Ok(Ok(stream)) => {
-                let h2 = stream.connected().is_negotiated_h2();
-                self.saw(h2);
-                slow.parked = Some((Instant::now(), h2, stream));
-            }
-            // Each waiting send logs the failure as its own (`upstream request failed`).
-            Ok(Err(e)) => {
-                slow.failures += 1;
-                slow.failure = Some(LearnFailed(error_chain(e.as_ref()).into()));
-            }
-            Err(_) => {
-                slow.failures += 1;
-                let t = self.shared.timeout;
-                slow.failure = Some(LearnFailed(format!("connect timed out after {t:?}").into()));
+        if let Ok(mut slow) = self.shared.slow.lock() {
+            slow.learning = false;
+            match opened {
+                Ok(stream) => {
+                    let h2 = stream.connected().is_negotiated_h2();
+                    self.saw(h2);
+                    slow.parked = Some((Instant::now(), h2, stream));
+                }
+                // The send that started it logs it (`upstream request failed`).
+                Err(e) => {
+                    slow.failures += 1;
+                    slow.failure = Some(LearnFailed(e.into()));
+                }
             }
         }
-        drop(slow);
+        // Always: no send is left waiting.
         self.shared.changed.notify_waiters();
     }
 }
