@@ -14,6 +14,7 @@ use futures_util::future::join_all;
 use h2::Reason;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use crate::support::h2_upstream::{duplicates, to_of, H2Action, H2Upstream};
 use crate::support::*;
@@ -73,16 +74,24 @@ async fn send_one(listen: String, phone: &'static str, to: String) -> Answer {
 
 /// `n` sends at once, each on its own client connection, `to` = `{prefix}{i:04}`.
 async fn send_many(gw: &Gateway, prefix: &str, n: usize) -> Vec<(String, Answer)> {
-    let tasks = (0..n).map(|i| {
-        let to = format!("{prefix}{i:04}");
-        let url = gw.url();
-        tokio::spawn(async move { (to.clone(), send_one(url, PHONE_A1, to).await) })
-    });
-    join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .collect()
+    spawn_sends(gw.url(), prefix, n).await.unwrap()
+}
+
+/// [`send_many`] in the background, for sends the upstream holds.
+fn spawn_sends(url: String, prefix: &str, n: usize) -> JoinHandle<Vec<(String, Answer)>> {
+    let prefix = prefix.to_string();
+    tokio::spawn(async move {
+        let tasks = (0..n).map(|i| {
+            let to = format!("{prefix}{i:04}");
+            let url = url.clone();
+            tokio::spawn(async move { (to.clone(), send_one(url, PHONE_A1, to).await) })
+        });
+        join_all(tasks)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect()
+    })
 }
 
 fn ok_body(to: &str) -> String {
@@ -93,22 +102,10 @@ fn ok_body(to: &str) -> String {
 /// each must be answered 200 with the upstream's bytes.
 async fn held_round(gw: &Gateway, up: &H2Upstream, prefix: &str) {
     up.rearm();
-    let sends = {
-        let gw_url = gw.url();
-        let prefix = prefix.to_string();
-        tokio::spawn(async move {
-            let tasks = (0..200).map(|i| {
-                let to = format!("{prefix}{i:04}");
-                let url = gw_url.clone();
-                tokio::spawn(async move { (to.clone(), send_one(url, PHONE_A1, to).await) })
-            });
-            join_all(tasks).await
-        })
-    };
+    let sends = spawn_sends(gw.url(), prefix, 200);
     wait_until("200 sends held at once", || up.held() == 200).await;
     up.release();
-    for r in sends.await.unwrap() {
-        let (to, a) = r.unwrap();
+    for (to, a) in sends.await.unwrap() {
         assert_eq!(a.status, 200, "{}", a.head);
         assert_eq!(String::from_utf8_lossy(&a.body), ok_body(&to));
     }
@@ -165,20 +162,11 @@ async fn a_failed_first_connection_fails_only_the_send_that_opened_it(engine: En
     up.respond_with(|_| H2Action::Hold);
     up.drop_next(1);
     let gw = start(engine, &up).await;
-    let gw_url = gw.url();
-    let sends = tokio::spawn(async move {
-        let tasks = (0..40).map(|i| {
-            let to = format!("1555007{i:04}");
-            let url = gw_url.clone();
-            tokio::spawn(async move { (to.clone(), send_one(url, PHONE_A1, to).await) })
-        });
-        join_all(tasks).await
-    });
+    let sends = spawn_sends(gw.url(), "1555007", 40);
     wait_until("39 sends held upstream", || up.held() == 39).await;
     up.release();
     let (mut ok, mut failed) = (0, 0);
-    for r in sends.await.unwrap() {
-        let (to, a) = r.unwrap();
+    for (to, a) in sends.await.unwrap() {
         if a.status == 200 {
             assert_eq!(String::from_utf8_lossy(&a.body), ok_body(&to));
             ok += 1;
@@ -210,23 +198,14 @@ async fn a_burst_past_the_stream_limit_queues_instead_of_opening_connections(eng
     let up = H2Upstream::start(10).await;
     up.respond_with(|_| H2Action::Hold);
     let gw = start(engine, &up).await;
-    let gw_url = gw.url();
-    let sends = tokio::spawn(async move {
-        let tasks = (0..60).map(|i| {
-            let to = format!("1555003{i:04}");
-            let url = gw_url.clone();
-            tokio::spawn(async move { (to.clone(), send_one(url, PHONE_A1, to).await) })
-        });
-        join_all(tasks).await
-    });
+    let sends = spawn_sends(gw.url(), "1555003", 60);
     // The first connections' streams are all held; what is over the limit waits.
     wait_until("the first streams held", || up.held() >= 10).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let during = up.connections();
     up.release();
     let mut answered = 0;
-    for r in sends.await.unwrap() {
-        let (to, a) = r.unwrap();
+    for (to, a) in sends.await.unwrap() {
         if engine.is_relay() || a.status == 200 {
             assert_eq!(a.status, 200, "{}", a.head);
             assert_eq!(String::from_utf8_lossy(&a.body), ok_body(&to));
