@@ -4,12 +4,17 @@
 //!
 //! Both engines forward over pools that follow [`POOL_IDLE_TIMEOUT`] and [`POOL_MAX_IDLE`]:
 //! the relay's per-worker HTTP/1.1 pool ([`pool`]) and HTTP/2 connections ([`http2`], for an
-//! `https` upstream that selects `h2` by ALPN) and hyper's client pool ([`Target::client`]).
+//! `https` upstream that selects `h2` by ALPN), and the hyper engine's two client pools per
+//! worker, HTTP/1.1 and HTTP/2-only, chosen by what one connection learnt ([`alpn`],
+//! [`Target::forward_clients`]); the gateway's own calls use [`Target::client`]. Both
+//! engines learn the protocol the same way: while it is unknown, one connection per worker
+//! and the other sends wait for it.
 //! Neither retries a request once any of its bytes were written: a send must not reach Meta
 //! twice (over HTTP/2, the relay retries only a stream the server refused or did not process
-//! before its GOAWAY, which HTTP/2 guarantees it never saw). A pooled connection that turns out closed before the request is written is
-//! replaced by another (the relay checks it before reuse; hyper retries such "canceled"
-//! requests, which it only does when nothing was written).
+//! before its GOAWAY, which HTTP/2 guarantees it never saw). A pooled connection that turns
+//! out closed before the request is written is replaced by another (the relay checks it
+//! before reuse; hyper retries such "canceled" requests, which it only does when nothing
+//! was written).
 
 pub mod alpn;
 pub mod http2;
