@@ -197,15 +197,16 @@ impl Learner {
     /// The learning connection, if it speaks `h2` (or HTTP/1.1) and is fresh.
     fn take_parked(&self, h2: bool) -> Option<Stream> {
         let mut slow = self.shared.slow.lock().ok()?;
-        match slow.parked.take() {
-            Some((at, is_h2, s)) if is_h2 == h2 && at.elapsed() < PARKED_MAX_AGE => Some(s),
-            Some(p) if p.1 != h2 && p.0.elapsed() < PARKED_MAX_AGE => {
-                // Kept for the other client.
-                slow.parked = Some(p);
-                None
-            }
-            _ => None,
+        let (at, is_h2, _) = slow.parked.as_ref()?;
+        if at.elapsed() >= PARKED_MAX_AGE {
+            slow.parked = None;
+            return None;
         }
+        if *is_h2 != h2 {
+            // Kept for the other client.
+            return None;
+        }
+        slow.parked.take().map(|(_, _, s)| s)
     }
 
     /// Parks `stream` (a connection whose protocol is known) for the first connect of the
