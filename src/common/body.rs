@@ -104,6 +104,16 @@ impl Body {
         Body::Stream { inner }
     }
 
+    /// The body's bytes when it is held whole (buffered, or none at all), so a request
+    /// can be sent again; `None` while it streams.
+    pub fn whole(&self) -> Option<Bytes> {
+        match self {
+            Body::Full { data } => Some(data.clone().unwrap_or_default()),
+            b if b.is_end_stream() => Some(Bytes::new()),
+            _ => None,
+        }
+    }
+
     /// `inner`, holding `hold` until it ends or is dropped.
     pub fn held(inner: Body, hold: Hold) -> Body {
         Body::Held {

@@ -14,6 +14,14 @@
 //! (no upstream connection waits; no send's answer is that large). An HTTP/1 client's
 //! answer streams as it comes: it keeps at most one upstream connection per client
 //! connection.
+//!
+//! Over HTTP/2, a stream the server did not process (refused, or above its GOAWAY: the
+//! rule both engines follow, [`crate::upstream::http2::unprocessed`]) is sent again, at most
+//! [`MAX_UNPROCESSED`] times, when the request's body is held whole. Every body up to
+//! [`crate::policy::Policy::read_first_limit`] (64 KiB, the relay's own limit, or
+//! `classify_body_limit` when larger) is read before the permit, and the relay hands larger
+//! ones to this engine, so both engines send the same requests again; a larger body
+//! streams, and such a stream is the gateway's 502.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,7 +30,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::uri::{Authority, Scheme};
-use http::{header, Request, Response, Uri};
+use http::{header, HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy;
@@ -33,6 +41,7 @@ use super::body::{Body, ClientBody};
 use crate::policy::framing::content_length;
 use crate::policy::{framing, hop, ForwardError};
 use crate::upstream::alpn::{Clients, LearnFailed, Route, Wait};
+use crate::upstream::http2::{unprocessed, MAX_UNPROCESSED};
 use crate::upstream::{Limiter, Target};
 
 /// See module docs.
@@ -186,8 +195,11 @@ fn large(
 /// Where `req` goes by `route`.
 fn sending(clients: &Arc<Clients>, route: Route, req: Request<Body>) -> Sending {
     match route {
-        Route::H1 => Sending::Sent(clients.h1.request(req)),
-        Route::H2 => Sending::Sent(clients.h2.request(req)),
+        Route::H1 => Sending::Sent(clients.h1.request(req), None),
+        Route::H2 => {
+            let again = Again::of(clients, &req);
+            Sending::Sent(clients.h2.request(req), again)
+        }
         Route::Wait(wait) => Sending::Waiting(Box::new(Waiting {
             clients: clients.clone(),
             req,
@@ -202,7 +214,8 @@ fn sending(clients: &Arc<Clients>, route: Route, req: Request<Body>) -> Sending 
 enum Sending {
     /// Boxed: only the sends of a worker's first moments wait.
     Waiting(Box<Waiting>),
-    Sent(legacy::ResponseFuture),
+    /// On its way; over HTTP/2 with what it takes to send it again.
+    Sent(legacy::ResponseFuture, Option<Box<Again>>),
     /// The learning connection it waited for failed (`None` once reported).
     Failed(Option<LearnFailed>),
 }
@@ -211,6 +224,57 @@ struct Waiting {
     clients: Arc<Clients>,
     req: Request<Body>,
     wait: Wait,
+}
+
+/// A request sent over HTTP/2 whose body is held whole: what it takes to send it again.
+/// Boxed, and made only on that path: the HTTP/1.1 path copies nothing.
+struct Again {
+    clients: Arc<Clients>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+    /// Times it may still be sent again.
+    left: usize,
+}
+
+impl Again {
+    /// `None` when `req`'s body streams (it cannot be sent twice).
+    fn of(clients: &Arc<Clients>, req: &Request<Body>) -> Option<Box<Again>> {
+        let body = req.body().whole()?;
+        Some(Box::new(Again {
+            clients: clients.clone(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            body,
+            left: MAX_UNPROCESSED,
+        }))
+    }
+
+    /// The request again.
+    fn request(&self) -> Request<Body> {
+        let mut req = Request::new(Body::full(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// The HTTP/2 error under a client's failure, if that is what it was.
+fn h2_error(e: &legacy::Error) -> Option<&h2::Error> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// Why no answer head came.
@@ -224,7 +288,18 @@ impl Sending {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response<Incoming>, Failure>> {
         loop {
             match self {
-                Sending::Sent(f) => return Pin::new(f).poll(cx).map_err(Failure::Client),
+                Sending::Sent(f, again) => {
+                    let r = ready!(Pin::new(&mut *f).poll(cx));
+                    if let (Err(e), Some(a)) = (&r, again.as_deref_mut()) {
+                        if a.left > 0 && h2_error(e).is_some_and(unprocessed) {
+                            tracing::debug!(error = %crate::common::error_chain(e), "upstream did not process a stream: sent again");
+                            a.left -= 1;
+                            *f = a.clients.h2.request(a.request());
+                            continue;
+                        }
+                    }
+                    return Poll::Ready(r.map_err(Failure::Client));
+                }
                 Sending::Failed(e) => {
                     let Some(e) = e.take() else {
                         panic!("forward future polled after completion");

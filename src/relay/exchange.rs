@@ -19,12 +19,9 @@ use super::{Relay, Scratch};
 use crate::common::error_chain;
 use crate::policy::exchange::{Admission, Answered, Guard, Pace, Routed, Settle};
 use crate::policy::{Body, Call, ForwardError, Reply};
-use crate::upstream::http2::{Failed, H2Pool, Pick};
+use crate::upstream::http2::{Failed, H2Pool, Pick, MAX_UNPROCESSED};
 use crate::upstream::pool::{Conn, Connected};
 
-/// Times one send may go to another HTTP/2 stream after the server did not process it
-/// (refused it, or it was above the server's GOAWAY).
-const MAX_UNPROCESSED: usize = 2;
 /// Times one send may find a connection going away before its request left (each time
 /// that connection is dropped from the set).
 const MAX_NOT_SENT: usize = 4;

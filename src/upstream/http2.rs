@@ -319,16 +319,28 @@ impl Drop for Opening {
     }
 }
 
-/// A stream's failure after its request was queued: unprocessed only when the server
-/// refused the stream or it is above the server's GOAWAY (h2 fails exactly those streams
-/// with the remote GOAWAY; streams below it that break get an I/O error).
+/// Times one send may go on another HTTP/2 stream after the server did not process it
+/// ([`unprocessed`]), on both engines.
+pub const MAX_UNPROCESSED: usize = 2;
+
+/// Whether HTTP/2 guarantees the server did not process a stream that failed with `e`:
+/// the server refused it (`RST_STREAM` `REFUSED_STREAM`), or it is above the last stream id
+/// of the server's GOAWAY (h2 fails exactly those streams with the remote GOAWAY; streams
+/// below it that break get an I/O error). Only such a stream is sent again, by either
+/// engine: the relay here, the hyper engine in `crate::proxy::forward`.
+pub fn unprocessed(e: &h2::Error) -> bool {
+    let refused = e.is_reset() && e.is_remote() && e.reason() == Some(Reason::REFUSED_STREAM);
+    let above_goaway = e.is_go_away() && e.is_remote();
+    refused || above_goaway
+}
+
+/// A stream's failure after its request was queued: [`Failed::Unprocessed`] by the rule of
+/// [`unprocessed`], else [`Failed::Broken`].
 fn judge(e: h2::Error, closed: &AtomicBool) -> Failed {
     if e.is_go_away() || e.is_io() {
         closed.store(true, Ordering::Relaxed);
     }
-    let refused = e.is_reset() && e.is_remote() && e.reason() == Some(Reason::REFUSED_STREAM);
-    let above_goaway = e.is_go_away() && e.is_remote();
-    if refused || above_goaway {
+    if unprocessed(&e) {
         Failed::Unprocessed(e)
     } else {
         Failed::Broken(e)
