@@ -1,7 +1,8 @@
 //! Sends to an `https` upstream that speaks HTTP/2 (ALPN `h2`), as Graph does, on both
 //! engines: many sends in flight share a few connections; a GOAWAY moves later sends to a
-//! new connection without delivering any twice; a reset stream is the gateway's 502 and is
-//! not sent again, a refused one is; a 368 on one stream trips the circuit while the other
+//! new connection without delivering any twice, and the streams above its last stream id
+//! are sent again there; a reset stream is the gateway's 502 and is not sent again, a
+//! refused one is; a 368 on one stream trips the circuit while the other
 //! streams complete; an answer without `content-length` reaches the HTTP/1.1 client
 //! chunked; a first connection that fails fails only the send that opened it. (An `https` upstream that offers only HTTP/1.1:
 //! `relay::an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file`.)
@@ -27,6 +28,11 @@ const ADMIN: &str = "test-admin-token-0123456789";
 const WORKERS: usize = 2;
 
 async fn start(engine: Engine, up: &H2Upstream) -> Gateway {
+    start_with(engine, up, WORKERS).await
+}
+
+/// [`start`] with `workers` worker threads.
+async fn start_with(engine: Engine, up: &H2Upstream, workers: usize) -> Gateway {
     let ca = fixture("ca.pem");
     let config = format!(
         r#"
@@ -38,7 +44,7 @@ upstream = "{}"
 upstream_ca_file = "{ca}"
 admin_token = "{ADMIN}"
 request_timeout = "5s"
-workers = {WORKERS}
+workers = {workers}
 
 # 200 sends to one number at once: no pacing.
 [shaping]
@@ -222,8 +228,9 @@ async fn a_burst_past_the_stream_limit_queues_instead_of_opening_connections(eng
 }
 
 /// A graceful GOAWAY after 5 streams on each connection: every send is answered 200 and
-/// delivered exactly once (streams above the GOAWAY are sent again on a new connection,
-/// streams below it finish), and later sends go over new connections.
+/// delivered exactly once (the streams the connection carried finish), and later sends go
+/// over new connections. (The `h2` server's GOAWAY names every stream it received; streams
+/// above a GOAWAY: `streams_above_a_goaway_are_sent_again_on_a_new_connection`.)
 async fn a_goaway_moves_later_sends_to_a_new_connection_delivering_each_once(engine: Engine) {
     let up = H2Upstream::start(100).await;
     up.goaway_after(5);
@@ -261,6 +268,45 @@ async fn a_goaway_moves_later_sends_to_a_new_connection_delivering_each_once(eng
         "{}: the last round went over new connections (from connection {last_round} on)",
         engine.name()
     );
+}
+
+/// A GOAWAY whose last stream id is below streams the upstream received (it did not process
+/// them; HTTP/2 guarantees it): the stream it names is answered, and the ones above it are
+/// sent again on a new connection, so every send is answered 200 and processed once.
+/// One worker, so that the sends share one connection.
+async fn streams_above_a_goaway_are_sent_again_on_a_new_connection(engine: Engine) {
+    let up = H2Upstream::start(100).await;
+    up.goaway_below_next(6);
+    let gw = start_with(engine, &up, 1).await;
+    let answers = spawn_sends(gw.url(), "1555006", 6).await.unwrap();
+    for (to, a) in &answers {
+        assert_eq!(a.status, 200, "{}: {to}: {}", engine.name(), a.head);
+        assert_eq!(String::from_utf8_lossy(&a.body), ok_body(to));
+    }
+    let seen = up.seen();
+    let above: Vec<_> = seen.iter().filter(|s| s.conn == 1 && s.refused).collect();
+    assert!(
+        !above.is_empty(),
+        "{}: streams above the GOAWAY on the first connection: {seen:?}",
+        engine.name()
+    );
+    let processed = up.processed();
+    assert!(
+        duplicates(&processed).is_empty(),
+        "{}: processed twice: {:?}",
+        engine.name(),
+        duplicates(&processed)
+    );
+    assert_eq!(processed.len(), 6, "{}: each processed once", engine.name());
+    for s in above {
+        let again = processed.iter().find(|p| to_of(&p.body) == to_of(&s.body));
+        assert!(
+            again.is_some_and(|p| p.conn > 1),
+            "{}: {} sent again on a new connection",
+            engine.name(),
+            to_of(&s.body)
+        );
+    }
 }
 
 /// A stream the upstream resets (`INTERNAL_ERROR`) after reading it may have been
@@ -481,6 +527,7 @@ both_engines!(
     a_goaway_moves_later_sends_to_a_new_connection_delivering_each_once,
     a_reset_stream_is_a_502_and_is_not_sent_again,
     a_refused_stream_is_sent_again_and_delivered_once,
+    streams_above_a_goaway_are_sent_again_on_a_new_connection,
     a_368_on_one_stream_trips_while_the_others_complete,
     an_answer_without_length_reaches_the_client_chunked,
     a_burst_past_the_stream_limit_queues_instead_of_opening_connections,

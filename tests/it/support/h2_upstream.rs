@@ -2,8 +2,10 @@
 //! `h2` crate's server, for the gateway's HTTP/2 path to Graph: it records every stream it
 //! processed (connection, `:path`, `:authority`, `authorization`, body), answers 200 with
 //! the request's `to` echoed by default, and on demand refuses or resets a stream, holds
-//! answers until released, goes away (graceful GOAWAY) after N streams on a connection, or
-//! closes the next N connections before TLS.
+//! answers until released, goes away (graceful GOAWAY) after N streams on a connection,
+//! closes the next N connections before TLS, or serves the next connection by hand
+//! ([`H2Upstream::goaway_below_next`]): a GOAWAY whose last stream id is below streams it
+//! received, which the `h2` crate's server never sends.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::Reason;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -43,7 +46,8 @@ pub struct Seen {
     pub authority: String,
     pub authorization: Option<String>,
     pub body: String,
-    /// Refused (`REFUSED_STREAM`): the server did not process it.
+    /// Refused (`REFUSED_STREAM`) or above the last stream id of the server's GOAWAY: the
+    /// server did not process it.
     pub refused: bool,
 }
 
@@ -58,6 +62,9 @@ struct Inner {
     held: AtomicUsize,
     /// TCP connections still to close at once, before TLS.
     drop_next: AtomicUsize,
+    /// Serve the next connection by hand: wait for this many streams, answer the first,
+    /// then GOAWAY naming it as the last.
+    goaway_below: Mutex<Option<usize>>,
 }
 
 /// The fake HTTP/2 upstream.
@@ -91,6 +98,7 @@ impl H2Upstream {
                 released,
                 held: AtomicUsize::new(0),
                 drop_next: AtomicUsize::new(0),
+                goaway_below: Mutex::new(None),
             }),
         };
         let acceptor = tls_acceptor_alpn(&[b"h2"]);
@@ -114,7 +122,11 @@ impl H2Upstream {
                         return;
                     };
                     let n = me.inner.connections.fetch_add(1, Ordering::SeqCst) + 1;
-                    me.serve(tls, n, max_streams).await;
+                    let by_hand = me.inner.goaway_below.lock().unwrap().take();
+                    match by_hand {
+                        Some(streams) => me.goaway_below(tls, n, streams).await,
+                        None => me.serve(tls, n, max_streams).await,
+                    }
                 });
             }
         });
@@ -143,6 +155,120 @@ impl H2Upstream {
                 c.graceful_shutdown();
             }
         }
+    }
+
+    /// HTTP/2 by hand (RFC 9113 framing; no HPACK decoding: the `to` comes from the body):
+    /// reads until `streams` requests are complete (or 5 s pass), answers the lowest stream
+    /// 200, sends GOAWAY (`NO_ERROR`) with that stream as the last, and closes once the
+    /// client has gone or 2 s pass. The streams above it are recorded as not processed.
+    async fn goaway_below<S>(self, mut io: S, conn: usize, streams: usize)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        const DATA: u8 = 0;
+        const HEADERS: u8 = 1;
+        const SETTINGS: u8 = 4;
+        const GOAWAY: u8 = 7;
+        const END_STREAM: u8 = 1;
+        const END_HEADERS: u8 = 4;
+        const PADDED: u8 = 8;
+        fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+            let len = payload.len() as u32;
+            let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
+            f.extend_from_slice(&stream.to_be_bytes());
+            f.extend_from_slice(payload);
+            f
+        }
+        let mut preface = [0u8; 24];
+        if io.read_exact(&mut preface).await.is_err() {
+            return;
+        }
+        if io.write_all(&frame(SETTINGS, 0, 0, &[])).await.is_err() {
+            return;
+        }
+        // stream id → (body, complete)
+        let mut open: std::collections::BTreeMap<u32, (Vec<u8>, bool)> = Default::default();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16384];
+        while open.values().filter(|(_, done)| *done).count() < streams {
+            let read = tokio::time::timeout_at(deadline, io.read(&mut chunk)).await;
+            let Ok(Ok(n)) = read else { break };
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            while buf.len() >= 9 {
+                let len =
+                    (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (ty, flags) = (buf[3], buf[4]);
+                let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+                let mut payload = &buf[9..9 + len];
+                if flags & PADDED != 0 && matches!(ty, DATA | HEADERS) && !payload.is_empty() {
+                    let pad = usize::from(payload[0]);
+                    payload = payload
+                        .get(1..payload.len().saturating_sub(pad))
+                        .unwrap_or_default();
+                }
+                match ty {
+                    // Acknowledge the client's SETTINGS.
+                    SETTINGS
+                        if flags & 1 == 0
+                            && io.write_all(&frame(SETTINGS, 1, 0, &[])).await.is_err() =>
+                    {
+                        return;
+                    }
+                    HEADERS => {
+                        open.insert(id, (Vec::new(), flags & END_STREAM != 0));
+                    }
+                    DATA => {
+                        if let Some((body, done)) = open.get_mut(&id) {
+                            body.extend_from_slice(payload);
+                            *done |= flags & END_STREAM != 0;
+                        }
+                    }
+                    _ => {}
+                }
+                buf.drain(..9 + len);
+            }
+        }
+        let Some((&first, _)) = open.iter().find(|(_, (_, done))| *done) else {
+            return;
+        };
+        for (id, (body, _)) in &open {
+            self.inner.seen.lock().unwrap().push(Seen {
+                conn,
+                method: "POST".into(),
+                path: String::new(),
+                authority: String::new(),
+                authorization: None,
+                body: String::from_utf8_lossy(body).into_owned(),
+                refused: *id != first,
+            });
+        }
+        let to = to_of(&String::from_utf8_lossy(&open[&first].0));
+        let answer = format!("{{\"ok\":true,\"to\":\"{to}\"}}");
+        // HPACK: `:status: 200` (static index 8), then `content-length` (static index 28)
+        // as a literal without indexing.
+        let len = answer.len().to_string();
+        let mut block = vec![0x88, 0x0f, 28 - 15, len.len() as u8];
+        block.extend_from_slice(len.as_bytes());
+        let mut out = frame(HEADERS, END_HEADERS, first, &block);
+        out.extend(frame(DATA, END_STREAM, first, answer.as_bytes()));
+        let mut goaway = first.to_be_bytes().to_vec();
+        goaway.extend_from_slice(&0u32.to_be_bytes());
+        out.extend(frame(GOAWAY, 0, 0, &goaway));
+        if io.write_all(&out).await.is_err() {
+            return;
+        }
+        let _ = io.flush().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while matches!(io.read(&mut chunk).await, Ok(n) if n > 0) {}
+        })
+        .await;
     }
 
     async fn stream(
@@ -231,6 +357,13 @@ impl H2Upstream {
     /// Connections accepted from now on go away (graceful GOAWAY) after `n` streams.
     pub fn goaway_after(&self, n: usize) {
         *self.inner.goaway_after.lock().unwrap() = Some(n);
+    }
+
+    /// The next connection is served by hand: once `streams` requests on it are complete,
+    /// the first is answered and a GOAWAY names it as the last stream; the others are above
+    /// it (not processed), and the client must send them again on another connection.
+    pub fn goaway_below_next(&self, streams: usize) {
+        *self.inner.goaway_below.lock().unwrap() = Some(streams);
     }
 
     /// Answers the held streams.
