@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::h2_frame::{frame, frames, GOAWAY, HEADERS, SETTINGS};
 use crate::support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -568,7 +569,7 @@ async fn h2c_on_the_admin_listener_is_refused_at_once(engine: Engine) {
     for _ in 0..100 {
         let mut s = TcpStream::connect(gw.admin_addr()).await.unwrap();
         let mut out = H2_PREFACE.to_vec();
-        out.extend(h2_frame(SETTINGS, 0, 0, &[]));
+        out.extend(frame(SETTINGS, 0, 0, &[]));
         let _ = s.write_all(&out).await;
         conns.push(s);
     }
@@ -595,31 +596,6 @@ client_idle_timeout = "1s"
 
 /// The HTTP/2 connection preface and an empty SETTINGS frame.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
-
-/// One HTTP/2 frame's bytes.
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// The (type, stream) of each whole frame in what a gateway wrote after its preface.
-fn h2_frames(mut b: &[u8]) -> Vec<(u8, u32)> {
-    let mut out = Vec::new();
-    while b.len() >= 9 {
-        let len = (usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2]);
-        let stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff;
-        out.push((b[3], stream));
-        b = &b[(9 + len).min(b.len())..];
-    }
-    out
-}
-
-const GOAWAY: u8 = 7;
-const SETTINGS: u8 = 4;
-const HEADERS: u8 = 1;
 
 /// Reads until the gateway closes `s` (EOF or reset): what it wrote and when, or None
 /// if still open after `limit`.
@@ -656,9 +632,9 @@ async fn an_idle_h2_connection_is_closed_at_the_deadline(engine: Engine) {
         "{}: closed after {after:?}",
         engine.name()
     );
-    let frames = h2_frames(&got);
+    let frames = frames(&got);
     assert!(
-        frames.iter().any(|f| f.0 == GOAWAY),
+        frames.iter().any(|f| f.kind == GOAWAY),
         "{}: {frames:?}",
         engine.name()
     );
@@ -693,9 +669,10 @@ async fn a_split_or_dripped_h2_preface_is_recognised(engine: Engine) {
         let (split, closed) = c.await.unwrap();
         let (got, _) = closed
             .unwrap_or_else(|| panic!("{}: split {split}: still open after 8 s", engine.name()));
-        let frames = h2_frames(&got);
+        let frames = frames(&got);
         assert!(
-            frames.first().is_some_and(|f| f.0 == SETTINGS) && frames.iter().any(|f| f.0 == GOAWAY),
+            frames.first().is_some_and(|f| f.kind == SETTINGS)
+                && frames.iter().any(|f| f.kind == GOAWAY),
             "{}: split {split} (dripped when {}): {frames:?} {:?}",
             engine.name(),
             H2_PREFACE.len(),
@@ -712,7 +689,7 @@ async fn an_unfinished_h2_headers_block_is_closed_at_the_deadline(engine: Engine
     let mut s = TcpStream::connect(gw.listen_addr()).await.unwrap();
     let mut out = H2_PREFACE.to_vec();
     // `:method GET`, `:scheme http`, and then nothing: END_STREAM without END_HEADERS.
-    out.extend(h2_frame(HEADERS, 0x1, 1, &[0x82, 0x86]));
+    out.extend(frame(HEADERS, 0x1, 1, &[0x82, 0x86]));
     s.write_all(&out).await.unwrap();
     let t0 = Instant::now();
     let (got, at) = h2_until_closed(&mut s, Duration::from_secs(6))
@@ -724,9 +701,9 @@ async fn an_unfinished_h2_headers_block_is_closed_at_the_deadline(engine: Engine
         engine.name(),
         at - t0
     );
-    let frames = h2_frames(&got);
+    let frames = frames(&got);
     assert!(
-        !frames.iter().any(|f| f.0 == HEADERS),
+        !frames.iter().any(|f| f.kind == HEADERS),
         "{}: answered {frames:?}",
         engine.name()
     );
@@ -745,20 +722,20 @@ async fn an_h2_connection_idle_after_a_request_is_closed(engine: Engine) {
     block.extend_from_slice(&[0x41, 2]);
     block.extend_from_slice(b"gw");
     let mut out = H2_PREFACE.to_vec();
-    out.extend(h2_frame(HEADERS, 0x5, 1, &block));
+    out.extend(frame(HEADERS, 0x5, 1, &block));
     s.write_all(&out).await.unwrap();
     let t0 = Instant::now();
     let (got, at) = h2_until_closed(&mut s, Duration::from_secs(8))
         .await
         .unwrap_or_else(|| panic!("{}: h2 connection still open after 8 s", engine.name()));
-    let frames = h2_frames(&got);
+    let frames = frames(&got);
     assert!(
-        frames.contains(&(HEADERS, 1)),
+        frames.iter().any(|f| (f.kind, f.stream) == (HEADERS, 1)),
         "{}: the request was not answered: {frames:?}",
         engine.name()
     );
     assert!(
-        frames.iter().any(|f| f.0 == GOAWAY),
+        frames.iter().any(|f| f.kind == GOAWAY),
         "{}: {frames:?}",
         engine.name()
     );
@@ -817,9 +794,9 @@ drain_timeout = "30s"
     let (got, _) = h2_until_closed(&mut s, Duration::from_secs(2))
         .await
         .expect("closed after exit");
-    let frames = h2_frames(&got);
+    let frames = frames(&got);
     assert!(
-        frames.iter().any(|f| f.0 == GOAWAY),
+        frames.iter().any(|f| f.kind == GOAWAY),
         "{}: {frames:?}",
         engine.name()
     );

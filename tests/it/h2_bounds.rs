@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::h2_frame::{frame, frames, HEADERS, RST_STREAM, SETTINGS, WINDOW_UPDATE};
 use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -39,34 +40,6 @@ phone_number_ids = ["{PHONE_A1}"]
         .await
 }
 
-/// One HTTP/2 frame's bytes.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// Each whole frame in what the gateway wrote: (type, stream, payload).
-fn frames(mut b: &[u8]) -> Vec<(u8, u32, Vec<u8>)> {
-    let mut out = Vec::new();
-    while b.len() >= 9 {
-        let len = (usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2]);
-        if b.len() < 9 + len {
-            break;
-        }
-        let stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff;
-        out.push((b[3], stream, b[9..9 + len].to_vec()));
-        b = &b[9 + len..];
-    }
-    out
-}
-
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const WINDOW_UPDATE: u8 = 8;
 const MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const INITIAL_WINDOW_SIZE: u16 = 0x4;
 const REFUSED_STREAM: u32 = 0x7;
@@ -151,8 +124,8 @@ async fn streams_past_the_cap_are_refused(engine: Engine) {
     let mut buf = [0u8; 16384];
     loop {
         let fs = frames(&got);
-        let answered = fs.iter().filter(|f| f.0 == HEADERS).count();
-        let refused = fs.iter().filter(|f| f.0 == RST_STREAM).count();
+        let answered = fs.iter().filter(|f| f.kind == HEADERS).count();
+        let refused = fs.iter().filter(|f| f.kind == RST_STREAM).count();
         if answered + refused >= 8 || Instant::now() > deadline {
             break;
         }
@@ -165,21 +138,24 @@ async fn streams_past_the_cap_are_refused(engine: Engine) {
     let fs = frames(&got);
     let settings = fs
         .iter()
-        .find(|f| f.0 == SETTINGS && f.1 == 0 && !f.2.is_empty())
+        .find(|f| f.kind == SETTINGS && f.stream == 0 && !f.payload.is_empty())
         .unwrap_or_else(|| panic!("{}: no SETTINGS: {fs:?}", engine.name()));
     let advertised = settings
-        .2
+        .payload
         .chunks(6)
         .find(|c| u16::from_be_bytes([c[0], c[1]]) == MAX_CONCURRENT_STREAMS)
         .map(|c| u32::from_be_bytes([c[2], c[3], c[4], c[5]]));
     assert_eq!(advertised, Some(5), "{}", engine.name());
     let refused: Vec<u32> = fs
         .iter()
-        .filter(|f| f.0 == RST_STREAM)
-        .filter(|f| u32::from_be_bytes([f.2[0], f.2[1], f.2[2], f.2[3]]) == REFUSED_STREAM)
-        .map(|f| f.1)
+        .filter(|f| f.kind == RST_STREAM)
+        .filter(|f| {
+            u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]])
+                == REFUSED_STREAM
+        })
+        .map(|f| f.stream)
         .collect();
-    let answered = fs.iter().filter(|f| f.0 == HEADERS).count();
+    let answered = fs.iter().filter(|f| f.kind == HEADERS).count();
     assert_eq!(refused.len(), 3, "{}: {refused:?}", engine.name());
     assert_eq!(answered, 5, "{}", engine.name());
     assert_eq!(

@@ -100,6 +100,17 @@ fn spawn_sends(url: String, prefix: &str, n: usize) -> JoinHandle<Vec<(String, A
     })
 }
 
+/// The upstream resets the streams of sends to `to` with `reason`; it answers the others.
+fn reset_to(up: &H2Upstream, to: &'static str, reason: Reason) {
+    up.respond_with(move |s| {
+        if to_of(&s.body) == to {
+            H2Action::Reset(reason)
+        } else {
+            H2Action::Ok
+        }
+    });
+}
+
 fn ok_body(to: &str) -> String {
     format!("{{\"ok\":true,\"to\":\"{to}\"}}")
 }
@@ -315,13 +326,7 @@ async fn streams_above_a_goaway_are_sent_again_on_a_new_connection(engine: Engin
 async fn a_reset_stream_is_a_502_and_is_not_sent_again(engine: Engine) {
     let up = H2Upstream::start(100).await;
     let reset = "15550039999";
-    up.respond_with(move |s| {
-        if to_of(&s.body) == reset {
-            H2Action::Reset(Reason::INTERNAL_ERROR)
-        } else {
-            H2Action::Ok
-        }
-    });
+    reset_to(&up, reset, Reason::INTERNAL_ERROR);
     let gw = start(engine, &up).await;
     assert_eq!(
         send_one(gw.url(), PHONE_A1, "15550030000".into())
@@ -383,13 +388,7 @@ async fn a_refused_stream_is_sent_again_and_delivered_once(engine: Engine) {
     assert_eq!(processed, 1, "{}", engine.name());
 
     let always = "15550049998";
-    up.respond_with(move |s| {
-        if to_of(&s.body) == always {
-            H2Action::Reset(Reason::REFUSED_STREAM)
-        } else {
-            H2Action::Ok
-        }
-    });
+    reset_to(&up, always, Reason::REFUSED_STREAM);
     let a = send_one(gw.url(), PHONE_A1, always.into()).await;
     assert_eq!(a.status, 502, "{}: {}", engine.name(), a.head);
     assert_eq!(a.header("x-wa-breaker").as_deref(), Some("upstream-error"));
@@ -408,13 +407,7 @@ async fn a_refused_stream_is_sent_again_and_delivered_once(engine: Engine) {
     // A body larger than the gateway holds whole (64 KiB) streams on both engines (the relay
     // hands it to hyper): a refused stream cannot be sent again, and is the 502.
     let big = "15550049997";
-    up.respond_with(move |s| {
-        if to_of(&s.body) == big {
-            H2Action::Reset(Reason::REFUSED_STREAM)
-        } else {
-            H2Action::Ok
-        }
-    });
+    reset_to(&up, big, Reason::REFUSED_STREAM);
     let text = "x".repeat(70 * 1024);
     let large = format!(
         r#"{{"messaging_product":"whatsapp","to":"{big}","type":"text","text":{{"body":"{text}"}}}}"#

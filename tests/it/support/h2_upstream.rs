@@ -165,20 +165,9 @@ impl H2Upstream {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        const DATA: u8 = 0;
-        const HEADERS: u8 = 1;
-        const SETTINGS: u8 = 4;
-        const GOAWAY: u8 = 7;
-        const END_STREAM: u8 = 1;
-        const END_HEADERS: u8 = 4;
-        const PADDED: u8 = 8;
-        fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-            let len = payload.len() as u32;
-            let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
-            f.extend_from_slice(&stream.to_be_bytes());
-            f.extend_from_slice(payload);
-            f
-        }
+        use super::h2_frame::{
+            self, frame, ACK, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, SETTINGS,
+        };
         let mut preface = [0u8; 24];
         if io.read_exact(&mut preface).await.is_err() {
             return;
@@ -198,41 +187,26 @@ impl H2Upstream {
                 return;
             }
             buf.extend_from_slice(&chunk[..n]);
-            while buf.len() >= 9 {
-                let len =
-                    (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
-                if buf.len() < 9 + len {
-                    break;
-                }
-                let (ty, flags) = (buf[3], buf[4]);
-                let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-                let mut payload = &buf[9..9 + len];
-                if flags & PADDED != 0 && matches!(ty, DATA | HEADERS) && !payload.is_empty() {
-                    let pad = usize::from(payload[0]);
-                    payload = payload
-                        .get(1..payload.len().saturating_sub(pad))
-                        .unwrap_or_default();
-                }
-                match ty {
+            while let Some(f) = h2_frame::take(&mut buf) {
+                match f.kind {
                     // Acknowledge the client's SETTINGS.
                     SETTINGS
-                        if flags & 1 == 0
-                            && io.write_all(&frame(SETTINGS, 1, 0, &[])).await.is_err() =>
+                        if f.flags & ACK == 0
+                            && io.write_all(&frame(SETTINGS, ACK, 0, &[])).await.is_err() =>
                     {
                         return;
                     }
                     HEADERS => {
-                        open.insert(id, (Vec::new(), flags & END_STREAM != 0));
+                        open.insert(f.stream, (Vec::new(), f.flags & END_STREAM != 0));
                     }
                     DATA => {
-                        if let Some((body, done)) = open.get_mut(&id) {
-                            body.extend_from_slice(payload);
-                            *done |= flags & END_STREAM != 0;
+                        if let Some((body, done)) = open.get_mut(&f.stream) {
+                            body.extend_from_slice(f.data());
+                            *done |= f.flags & END_STREAM != 0;
                         }
                     }
                     _ => {}
                 }
-                buf.drain(..9 + len);
             }
         }
         let Some((&first, _)) = open.iter().find(|(_, (_, done))| *done) else {

@@ -11,6 +11,7 @@
 pub mod engine;
 pub mod fake_cloud;
 pub mod gateway;
+pub mod h2_frame;
 pub mod h2_upstream;
 pub mod raw;
 pub mod redis;
