@@ -292,7 +292,8 @@ impl Sending {
                     let r = ready!(Pin::new(&mut *f).poll(cx));
                     if let (Err(e), Some(a)) = (&r, again.as_deref_mut()) {
                         if a.left > 0 && h2_error(e).is_some_and(unprocessed) {
-                            tracing::debug!(error = %crate::common::error_chain(e), "upstream did not process a stream: sent again");
+                            let error = crate::common::error_chain(e);
+                            tracing::debug!(%error, "upstream did not process a stream: sent again");
                             a.left -= 1;
                             *f = a.clients.h2.request(a.request());
                             continue;
