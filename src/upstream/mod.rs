@@ -11,10 +11,10 @@
 //! and the other sends wait for it.
 //! Neither retries a request once any of its bytes were written: a send must not reach Meta
 //! twice (over HTTP/2, both engines send again only a stream the server refused or did not
-//! process before its GOAWAY, which HTTP/2 guarantees it never saw: [`http2::unprocessed`]). A pooled connection that turns
-//! out closed before the request is written is replaced by another (the relay checks it
-//! before reuse; hyper retries such "canceled" requests, which it only does when nothing
-//! was written).
+//! process before its GOAWAY, which HTTP/2 guarantees it never saw: [`http2::unprocessed`]).
+//! A pooled connection that turns out closed before the request is written is replaced by
+//! another (the relay checks it before reuse; hyper retries such "canceled" requests, which
+//! it only does when nothing was written).
 
 pub mod alpn;
 pub mod http2;

@@ -2,10 +2,10 @@
 //! engines: many sends in flight share a few connections; a GOAWAY moves later sends to a
 //! new connection without delivering any twice, and the streams above its last stream id
 //! are sent again there; a reset stream is the gateway's 502 and is not sent again, a
-//! refused one is; a 368 on one stream trips the circuit while the other
-//! streams complete; an answer without `content-length` reaches the HTTP/1.1 client
-//! chunked; a first connection that fails fails only the send that opened it. (An `https` upstream that offers only HTTP/1.1:
-//! `relay::an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file`.)
+//! refused one is; a 368 on one stream trips the circuit while the other streams complete;
+//! an answer without `content-length` reaches the HTTP/1.1 client chunked; a first
+//! connection that fails fails only the send that opened it. (An `https` upstream that
+//! offers only HTTP/1.1: `relay::an_https_upstream_is_relayed_over_tls_trusting_upstream_ca_file`.)
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -69,13 +69,18 @@ fn body(to: &str) -> String {
 
 /// One send on its own client connection.
 async fn send_one(listen: String, phone: &'static str, to: String) -> Answer {
-    let addr = listen.trim_start_matches("http://").to_string();
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(send_req(phone, "", &body(&to)).as_bytes())
+    send_body(&listen, phone, &body(&to)).await
+}
+
+/// A send of `body` on its own client connection.
+async fn send_body(listen: &str, phone: &str, body: &str) -> Answer {
+    let mut s = TcpStream::connect(listen.trim_start_matches("http://"))
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    read_answer(&mut s, &mut buf).await
+    s.write_all(send_req(phone, "", body).as_bytes())
+        .await
+        .unwrap();
+    read_answer(&mut s, &mut Vec::new()).await
 }
 
 /// `n` sends at once, each on its own client connection, `to` = `{prefix}{i:04}`.
@@ -412,13 +417,7 @@ async fn a_refused_stream_is_sent_again_and_delivered_once(engine: Engine) {
     let large = format!(
         r#"{{"messaging_product":"whatsapp","to":"{big}","type":"text","text":{{"body":"{text}"}}}}"#
     );
-    let mut c = TcpStream::connect(gw.url().trim_start_matches("http://"))
-        .await
-        .unwrap();
-    c.write_all(send_req(PHONE_A1, "", &large).as_bytes())
-        .await
-        .unwrap();
-    let a = read_answer(&mut c, &mut Vec::new()).await;
+    let a = send_body(&gw.url(), PHONE_A1, &large).await;
     assert_eq!(a.status, 502, "{}: {}", engine.name(), a.head);
     assert_eq!(a.header("x-wa-breaker").as_deref(), Some("upstream-error"));
     let times = up.seen().iter().filter(|s| to_of(&s.body) == big).count();
