@@ -21,7 +21,11 @@
 //! [`crate::policy::Policy::read_first_limit`] (64 KiB, the relay's own limit, or
 //! `classify_body_limit` when larger) is read before the permit, and the relay hands larger
 //! ones to this engine, so both engines send the same requests again; a larger body
-//! streams, and such a stream is the gateway's 502.
+//! streams, and such a stream is the gateway's 502. The same body goes to the HTTP/1.1
+//! client when the HTTP/2 client's connection it was to go over selected HTTP/1.1 (the
+//! upstream changed; nothing was written:
+//! [`NoLongerH2`](crate::upstream::alpn::NoLongerH2)), as the relay sends it over that
+//! connection.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -265,12 +269,12 @@ impl Again {
     }
 }
 
-/// The HTTP/2 error under a client's failure, if that is what it was.
-fn h2_error(e: &legacy::Error) -> Option<&h2::Error> {
+/// The first error of type `T` in a client failure's cause chain.
+fn cause<T: std::error::Error + 'static>(e: &legacy::Error) -> Option<&T> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
-        if let Some(h2) = c.downcast_ref::<h2::Error>() {
-            return Some(h2);
+        if let Some(t) = c.downcast_ref::<T>() {
+            return Some(t);
         }
         cause = c.source();
     }
@@ -291,11 +295,20 @@ impl Sending {
                 Sending::Sent(f, again) => {
                     let r = ready!(Pin::new(&mut *f).poll(cx));
                     if let (Err(e), Some(a)) = (&r, again.as_deref_mut()) {
-                        if a.left > 0 && h2_error(e).is_some_and(unprocessed) {
+                        if a.left > 0 && cause::<h2::Error>(e).is_some_and(unprocessed) {
                             let error = crate::common::error_chain(e);
                             tracing::debug!(%error, "upstream did not process a stream: sent again");
                             a.left -= 1;
                             *f = a.clients.h2.request(a.request());
+                            continue;
+                        }
+                        // The connection it was to go over, or waited for, selected
+                        // HTTP/1.1 (a connect error: nothing was written).
+                        if e.is_connect() && a.clients.learner.speaks_http1() {
+                            tracing::debug!("the upstream selected HTTP/1.1: sent over it");
+                            *f = a.clients.h1.request(a.request());
+                            // HTTP/1.1 sends nothing again.
+                            *again = None;
                             continue;
                         }
                     }

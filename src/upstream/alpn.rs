@@ -14,13 +14,18 @@
 //!   HTTP/1.1 pool must; the learning connection is its first.
 //!
 //! A connection opened later tells again: the HTTP/2 client's connection that selects
-//! HTTP/1.1 (the upstream changed) fails its sends with a connect error — nothing was
-//! written — and moves the next ones to the HTTP/1.1 client; the HTTP/1.1 client's that
-//! selects `h2` moves the next sends to the HTTP/2 client. If the learning connection
-//! fails (it has `connect_timeout` for TCP and TLS, as the relay's), the send that started
-//! it fails with its error (502, nothing sent) and the sends that waited for it start the
-//! next one, as the relay's do: an upstream that is down sees one attempt per worker at a
-//! time, not one per send.
+//! HTTP/1.1 (the upstream changed) fails its connect with [`NoLongerH2`] — nothing was
+//! written — and is parked for the HTTP/1.1 client, where the send goes instead
+//! (`crate::proxy::forward`), as do the sends that waited for that connection and the
+//! next ones; the HTTP/2 client opens no other connection meanwhile. The HTTP/1.1
+//! client's connection that selects `h2` serves its send over HTTP/2 (hyper's pool does)
+//! and moves the next sends to the HTTP/2 client. So the send that finds the change is not
+//! failed for it, on either engine.
+//!
+//! If the learning connection fails (it has `connect_timeout` for TCP and TLS, as the
+//! relay's), the send that started it fails with its error (502, nothing sent) and the
+//! sends that waited for it start the next one, as the relay's do: an upstream that is
+//! down sees one attempt per worker at a time, not one per send.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -178,6 +183,11 @@ impl Learner {
         }
     }
 
+    /// The last connection opened selected HTTP/1.1 (or there is nothing to learn).
+    pub fn speaks_http1(&self) -> bool {
+        self.shared.proto.load(Ordering::Acquire) == H1
+    }
+
     fn known(&self) -> Option<Route> {
         match self.shared.proto.load(Ordering::Acquire) {
             H1 => Some(Route::H1),
@@ -274,6 +284,11 @@ impl Service<Uri> for Learning {
     fn call(&mut self, dst: Uri) -> Self::Future {
         if let Some(s) = self.learner.take_parked(self.h2) {
             return Box::pin(std::future::ready(Ok(s)));
+        }
+        if self.h2 && self.learner.speaks_http1() {
+            // Routed here before a connection selected HTTP/1.1: no handshake to learn it
+            // again (a burst at the change would open one connection per send).
+            return Box::pin(std::future::ready(Err(NoLongerH2.into())));
         }
         let (learner, h2_only) = (self.learner.clone(), self.h2);
         let connecting = self.inner.call(dst);

@@ -325,6 +325,69 @@ async fn streams_above_a_goaway_are_sent_again_on_a_new_connection(engine: Engin
     }
 }
 
+/// The upstream changes protocol, as one whose ALPN answer changed: while it selects
+/// HTTP/1.1 on new connections the sends go over HTTP/1.1, and once it selects `h2` again
+/// over HTTP/2 — each answered 200 and processed once. The sends that find the change (a
+/// burst: one finds it on a new connection, the others wait for that one) are not failed
+/// for it: nothing was written, and they go over the protocol the connection selected.
+/// One worker, so that one pool sees every change.
+async fn a_change_of_protocol_at_the_upstream_fails_no_send(engine: Engine) {
+    let up = H2Upstream::start(100).await;
+    // The HTTP/2 connection goes away after 2 streams: the next send opens a new one.
+    up.goaway_after(2);
+    let gw = start_with(engine, &up, 1).await;
+    let name = engine.name();
+    let one = |to: String| {
+        let url = gw.url();
+        async move {
+            let a = send_one(url, PHONE_A1, to.clone()).await;
+            assert_eq!(a.status, 200, "{name}: {to}: {}", a.head);
+            assert_eq!(String::from_utf8_lossy(&a.body), ok_body(&to));
+        }
+    };
+    for i in 0..2 {
+        one(format!("155507100{i:02}")).await;
+    }
+    wait_until("the HTTP/2 connection gone", || up.h2_open() == 0).await;
+    up.speak_http1(true);
+    for (to, a) in send_many(&gw, "15550720", 6).await {
+        assert_eq!(a.status, 200, "{name}: HTTP/1.1: {to}: {}", a.head);
+        assert_eq!(String::from_utf8_lossy(&a.body), ok_body(&to));
+    }
+    up.speak_http1(false);
+    // Each HTTP/1.1 connection open (up to 6) closes after its next answer; then HTTP/2.
+    for i in 0..8 {
+        one(format!("155507300{i:02}")).await;
+    }
+    let processed = up.processed();
+    assert!(
+        duplicates(&processed).is_empty(),
+        "{name}: processed twice: {:?}",
+        duplicates(&processed)
+    );
+    assert_eq!(processed.len(), 16, "{name}: each processed once");
+    let over_http1 = |prefix: &str| -> Vec<bool> {
+        let mut sends: Vec<_> = processed
+            .iter()
+            .filter(|s| to_of(&s.body).starts_with(prefix))
+            .map(|s| (to_of(&s.body), s.http1))
+            .collect();
+        sends.sort();
+        sends.into_iter().map(|(_, http1)| http1).collect()
+    };
+    assert_eq!(over_http1("1555071"), [false; 2], "{name}: HTTP/2 first");
+    assert_eq!(
+        over_http1("1555072"),
+        [true; 6],
+        "{name}: HTTP/1.1 after the change"
+    );
+    assert_eq!(
+        over_http1("1555073")[6..],
+        [false; 2],
+        "{name}: HTTP/2 again"
+    );
+}
+
 /// A stream the upstream resets (`INTERNAL_ERROR`) after reading it may have been
 /// processed: that send gets the gateway's 502 and is not sent again; the others on the
 /// same connection are answered.
@@ -520,6 +583,7 @@ both_engines!(
     a_reset_stream_is_a_502_and_is_not_sent_again,
     a_refused_stream_is_sent_again_and_delivered_once,
     streams_above_a_goaway_are_sent_again_on_a_new_connection,
+    a_change_of_protocol_at_the_upstream_fails_no_send,
     a_368_on_one_stream_trips_while_the_others_complete,
     an_answer_without_length_reaches_the_client_chunked,
     a_burst_past_the_stream_limit_queues_instead_of_opening_connections,

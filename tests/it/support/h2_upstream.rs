@@ -5,11 +5,13 @@
 //! answers until released, goes away (graceful GOAWAY) after N streams on a connection,
 //! closes the next N connections before TLS, or serves the next connection by hand
 //! ([`H2Upstream::goaway_below_next`]): a GOAWAY whose last stream id is below streams it
-//! received, which the `h2` crate's server never sends.
+//! received, which the `h2` crate's server never sends. It can also change protocol
+//! ([`H2Upstream::speak_http1`]): new connections then select HTTP/1.1 and are served over
+//! it (hyper's server), as an upstream whose ALPN changed.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -49,6 +51,8 @@ pub struct Seen {
     /// Refused (`REFUSED_STREAM`) or above the last stream id of the server's GOAWAY: the
     /// server did not process it.
     pub refused: bool,
+    /// Came over HTTP/1.1 ([`H2Upstream::speak_http1`]), not as an HTTP/2 stream.
+    pub http1: bool,
 }
 
 type Responder = Arc<dyn Fn(&Seen) -> H2Action + Send + Sync>;
@@ -65,6 +69,10 @@ struct Inner {
     /// Serve the next connection by hand: wait for this many streams, answer the first,
     /// then GOAWAY naming it as the last.
     goaway_below: Mutex<Option<usize>>,
+    /// New connections select HTTP/1.1 (ALPN `http/1.1` only) and are served over it.
+    http1: AtomicBool,
+    /// HTTP/2 connections being served.
+    h2_open: AtomicUsize,
 }
 
 /// The fake HTTP/2 upstream.
@@ -99,9 +107,12 @@ impl H2Upstream {
                 held: AtomicUsize::new(0),
                 drop_next: AtomicUsize::new(0),
                 goaway_below: Mutex::new(None),
+                http1: AtomicBool::new(false),
+                h2_open: AtomicUsize::new(0),
             }),
         };
-        let acceptor = tls_acceptor_alpn(&[b"h2"]);
+        let h2 = tls_acceptor_alpn(&[b"h2"]);
+        let h1 = tls_acceptor_alpn(&[b"http/1.1"]);
         let me = up.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = l.accept().await {
@@ -115,13 +126,17 @@ impl H2Upstream {
                     continue;
                 }
                 let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
+                let http1 = me.inner.http1.load(Ordering::SeqCst);
+                let acceptor = if http1 { h1.clone() } else { h2.clone() };
                 let me = me.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let n = me.inner.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                    if http1 {
+                        return me.serve_http1(tls, n).await;
+                    }
                     let by_hand = me.inner.goaway_below.lock().unwrap().take();
                     match by_hand {
                         Some(streams) => me.goaway_below(tls, n, streams).await,
@@ -137,6 +152,15 @@ impl H2Upstream {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        /// Counts the connection in `h2_open` while it is served.
+        struct Open(Arc<Inner>);
+        impl Drop for Open {
+            fn drop(&mut self) {
+                self.0.h2_open.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.inner.h2_open.fetch_add(1, Ordering::SeqCst);
+        let _open = Open(self.inner.clone());
         let Ok(mut c) = h2::server::Builder::new()
             .max_concurrent_streams(max_streams)
             .handshake::<_, Bytes>(io)
@@ -221,6 +245,7 @@ impl H2Upstream {
                 authorization: None,
                 body: String::from_utf8_lossy(body).into_owned(),
                 refused: *id != first,
+                http1: false,
             });
         }
         let to = to_of(&String::from_utf8_lossy(&open[&first].0));
@@ -274,6 +299,7 @@ impl H2Upstream {
                 .map(str::to_string),
             body: String::from_utf8_lossy(&bytes).into_owned(),
             refused: false,
+            http1: false,
         };
         let responder = self.inner.responder.lock().unwrap().clone();
         let action = responder(&seen);
@@ -312,6 +338,71 @@ impl H2Upstream {
             let _ = send.send_data(body.slice(..half), false);
             let _ = send.send_data(body.slice(half..), true);
         }
+    }
+
+    /// HTTP/1.1 (hyper's server) on a connection that selected it: each request is recorded
+    /// and answered by the responder (`Answer`, else the default 200; resets and holds are
+    /// HTTP/2's). Once the upstream speaks `h2` again, an answer says `connection: close`, so
+    /// the client's next connection selects `h2`.
+    async fn serve_http1<S>(self, io: S, conn: usize)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        use http_body_util::{BodyExt, Full};
+        let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let me = self.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let header = |k: &str| {
+                    parts
+                        .headers
+                        .get(k)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let seen = Seen {
+                    conn,
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_string(),
+                    authority: header("host").unwrap_or_default(),
+                    authorization: header("authorization"),
+                    body: String::from_utf8_lossy(&bytes).into_owned(),
+                    refused: false,
+                    http1: true,
+                };
+                let responder = me.inner.responder.lock().unwrap().clone();
+                let (status, body) = match responder(&seen) {
+                    H2Action::Answer(status, body) => (status, body),
+                    _ => (
+                        200,
+                        format!("{{\"ok\":true,\"to\":\"{}\"}}", to_of(&seen.body)),
+                    ),
+                };
+                me.inner.seen.lock().unwrap().push(seen);
+                let mut head = http::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json");
+                if !me.inner.http1.load(Ordering::SeqCst) {
+                    head = head.header("connection", "close");
+                }
+                Ok::<_, std::convert::Infallible>(head.body(Full::new(Bytes::from(body))).unwrap())
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+            .await;
+    }
+
+    /// While `on`, new connections select HTTP/1.1 (ALPN `http/1.1` only) and are served over
+    /// it; open HTTP/2 connections go on (end them with [`H2Upstream::goaway_after`]). Off
+    /// again, open HTTP/1.1 connections close after their next answer.
+    pub fn speak_http1(&self, on: bool) {
+        self.inner.http1.store(on, Ordering::SeqCst);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -370,6 +461,11 @@ impl H2Upstream {
     /// [`H2Upstream::connections`]).
     pub fn drop_next(&self, n: usize) {
         self.inner.drop_next.store(n, Ordering::SeqCst);
+    }
+
+    /// HTTP/2 connections open now (served by the `h2` server; not those served by hand).
+    pub fn h2_open(&self) -> usize {
+        self.inner.h2_open.load(Ordering::SeqCst)
     }
 
     /// TLS connections accepted.
