@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::support::h2_upstream::{duplicates, to_of, H2Action, H2Upstream};
+use crate::support::h2_upstream::{duplicates, ok_body, to_of, H2Action, H2Upstream};
 use crate::support::*;
 
 const WABA_A: &str = "102290129340398";
@@ -114,10 +114,6 @@ fn reset_to(up: &H2Upstream, to: &'static str, reason: Reason) {
             H2Action::Ok
         }
     });
-}
-
-fn ok_body(to: &str) -> String {
-    format!("{{\"ok\":true,\"to\":\"{to}\"}}")
 }
 
 /// 200 sends held upstream at once (each on its own client connection), then answered:

@@ -82,6 +82,11 @@ pub struct H2Upstream {
     inner: Arc<Inner>,
 }
 
+/// The fake's default answer to a send to `to`: `{"ok":true,"to":…}`.
+pub fn ok_body(to: &str) -> String {
+    format!("{{\"ok\":true,\"to\":\"{to}\"}}")
+}
+
 /// The `to` of a JSON send body (the fake echoes it).
 pub fn to_of(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
@@ -248,8 +253,7 @@ impl H2Upstream {
                 http1: false,
             });
         }
-        let to = to_of(&String::from_utf8_lossy(&open[&first].0));
-        let answer = format!("{{\"ok\":true,\"to\":\"{to}\"}}");
+        let answer = ok_body(&to_of(&String::from_utf8_lossy(&open[&first].0)));
         // HPACK: `:status: 200` (static index 8), then `content-length` (static index 28)
         // as a literal without indexing.
         let len = answer.len().to_string();
@@ -305,7 +309,7 @@ impl H2Upstream {
         let action = responder(&seen);
         seen.refused = matches!(action, H2Action::Reset(Reason::REFUSED_STREAM));
         self.inner.seen.lock().unwrap().push(seen.clone());
-        let ok_body = format!("{{\"ok\":true,\"to\":\"{}\"}}", to_of(&seen.body));
+        let ok_body = ok_body(&to_of(&seen.body));
         let (status, body, framed) = match action {
             H2Action::Reset(reason) => {
                 respond.send_reset(reason);
@@ -378,10 +382,7 @@ impl H2Upstream {
                 let responder = me.inner.responder.lock().unwrap().clone();
                 let (status, body) = match responder(&seen) {
                     H2Action::Answer(status, body) => (status, body),
-                    _ => (
-                        200,
-                        format!("{{\"ok\":true,\"to\":\"{}\"}}", to_of(&seen.body)),
-                    ),
+                    _ => (200, ok_body(&to_of(&seen.body))),
                 };
                 me.inner.seen.lock().unwrap().push(seen);
                 let mut head = http::Response::builder()
