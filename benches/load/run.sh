@@ -50,8 +50,9 @@
 #                        open-loop rates (sends/s) of the fixed-rate table, driven by
 #                        examples/fixed_rate.rs (latency corrected for coordinated
 #                        omission); FIXED_RATES="" leaves the table out
-#   FR_CONNS=64 FR_DURATION=10s FR_WARMUP=2s FR_ROUNDS=1
-#                        its connections, measured time, warm-up and rounds (medians)
+#   FR_CONNS=64 FR_DURATION=10s FR_WARMUP=2s FR_ROUNDS=3
+#                        its connections, measured time, warm-up and rounds (medians;
+#                        every rate and target once per round, in turn)
 #   FR_BIN=path          the generator (default target/release/examples/fixed_rate; built
 #                        with the gateway unless WAB_NO_BUILD=1)
 #   PROFILE=0            leave out the per-request profile (benches/load/profile.sh, run
@@ -831,10 +832,12 @@ FIXED_RATES=${FIXED_RATES-"1000 5000 20000"}
 FR_CONNS=${FR_CONNS:-64}
 FR_DURATION=${FR_DURATION:-10s}
 FR_WARMUP=${FR_WARMUP:-2s}
-FR_ROUNDS=${FR_ROUNDS:-1}
+FR_ROUNDS=${FR_ROUNDS:-3}
 FR_BIN=${FR_BIN:-$ROOT/target/release/examples/fixed_rate}
 FR_RESULTS=$RUNDIR/fixed-rate.tsv
+FR_SUMMARY=$RUNDIR/fixed-summary.tsv
 : >"$FR_RESULTS"
+: >"$FR_SUMMARY"
 FR_TARGETS=(direct nginx haproxy)
 if [[ $PINGORA_ON == 1 ]]; then FR_TARGETS+=(pingora); fi
 if [[ $GATEWAY == 1 ]]; then
@@ -1017,7 +1020,9 @@ REPORT=$RUNDIR/report.md
     echo "| target | rate/s | server CPU µs/send | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | achieved/s | errors | non-2xx | generator late p99 ms | other CPU % | steal % |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for t in "${!LABEL[@]}"; do printf '%s\t%s\n' "$t" "${LABEL[$t]}"; done >"$RUNDIR/labels.tsv"
-    awk -F'\t' '
+    # FR_SUMMARY, one line per target and rate: target rate CPU µs/send p99 added-p99 (ms;
+    # "" for direct), the table's medians, read by the targets below.
+    awk -F'\t' -v sum="$FR_SUMMARY" '
       function med(key, col,   n, i, j, a, x) {
         n = cnt[key]
         for (i = 1; i <= n; i++) a[i] = val[key, i, col] + 0
@@ -1037,7 +1042,9 @@ REPORT=$RUNDIR/report.md
           else { a50 = sprintf("%+.2f", med(key, 4) - d50[p[2]]); a99 = sprintf("%+.2f", med(key, 6) - d99[p[2]]); a999 = sprintf("%+.2f", med(key, 7) - d999[p[2]]) }
           printf "| %s | %s | %.1f | %.2f | %.2f | %.2f | %s | %s | %s | %d | %d | %d | %.2f | %d | %.1f |\n",
             label[p[1]], p[2], med(key, 14), med(key, 4), med(key, 6), med(key, 7), a50, a99, a999,
-            med(key, 9), med(key, 10), med(key, 11), med(key, 13), oth[key], stl[key] } }
+            med(key, 9), med(key, 10), med(key, 11), med(key, 13), oth[key], stl[key]
+          printf "%s\t%s\t%.1f\t%.3f\t%s\n", p[1], p[2], med(key, 14), med(key, 6),
+            (a99 == "—") ? "" : sprintf("%.3f", med(key, 6) - d99[p[2]]) > sum } }
     ' "$RUNDIR/labels.tsv" "$FR_RESULTS"
   fi
   echo
@@ -1049,7 +1056,8 @@ REPORT=$RUNDIR/report.md
 if [[ ${WAN:-1} != 0 && $GATEWAY == 1 ]]; then
   if [[ $(id -u) != 0 ]]; then
     printf '\n### TLS upstream over an emulated WAN\n\nskipped: needs root (ip netns); run benches/load/wan.sh as root\n' >>"$REPORT"
-  elif WAB_BIN=$WAB_BIN FR_BIN=$FR_BIN OUT_DIR=$OUT_DIR bash "$HERE/wan.sh" >"$RUNDIR/wan.out" 2>"$RUNDIR/wan.err"; then
+  elif rm -f "$OUT_DIR/wan-summary.tsv" \
+    && WAB_BIN=$WAB_BIN FR_BIN=$FR_BIN OUT_DIR=$OUT_DIR bash "$HERE/wan.sh" >"$RUNDIR/wan.out" 2>"$RUNDIR/wan.err"; then
     { echo; sed 's/^## /### /' "$OUT_DIR/wan.md"; } >>"$REPORT"
   else
     printf '\n### TLS upstream over an emulated WAN\n\nfailed: %s\n' "$(tail -3 "$RUNDIR/wan.err" | tr '\n' ' ')" >>"$REPORT"
@@ -1065,11 +1073,107 @@ if [[ ${PROFILE:-1} != 0 && $GATEWAY == 1 ]]; then
   fi
 fi
 
+# ---------------------------------------------------------------- targets
+# Every target of BENCHMARKS.md's table, judged on this run's medians: targets.tsv (key,
+# target, figure, met: yes / no / n/a), which runs.sh reads to say in how many whole runs
+# each target held. A ratio is judged as printed (two decimals), so the table never shows
+# "0.80 ×" beside "no".
+TARGETS_TSV=$RUNDIR/targets.tsv
+: >"$TARGETS_TSV"
+target() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$TARGETS_TSV"; }
+# -> "figure<TAB>met": CPU per request a against b, met when a / b <= bound.
+cpu_vs() { # a_us b_us bound
+  awk -v a="$1" -v b="$2" -v m="$3" 'BEGIN { if (a == "" || b == "" || b <= 0) { print "n/a\tn/a"; exit }
+    r = sprintf("%.2f", a / b); printf "%s × (%.1f vs %.1f µs)\t%s\n", r, a, b, (r + 0 <= m) ? "yes" : "no" }'
+}
+# -> "figure<TAB>met": rps of target t against each peer, met when every ratio >= bound
+# and t's p99 is no worse than that peer's (the load table's PASS rule).
+rps_vs() { # t conns bound peer...
+  local t=$1 c=$2 m=$3 p args=()
+  shift 3
+  for p in "$@"; do args+=("${LABEL[$p]%% *}" "$(get "$p" "$c" 3)" "$(get "$p" "$c" 5)"); done
+  awk -v r="$(get "$t" "$c" 3)" -v q="$(get "$t" "$c" 5)" -v m="$m" 'BEGIN {
+    ok = (r != ""); fig = ""; p99 = ""
+    for (i = 1; i < ARGC; i += 3) { n = ARGV[i]; pr = ARGV[i + 1]; pq = ARGV[i + 2]
+      if (r == "" || pr == "" || pr <= 0) { print "n/a\tn/a"; exit }
+      x = sprintf("%.2f", r / pr); if (x + 0 < m || q + 0 > pq + 0) ok = 0
+      fig = fig (fig == "" ? "" : ", ") x " × " n; p99 = p99 (p99 == "" ? "" : " / ") sprintf("%.2f", pq) }
+    printf "%s (p99 %.2f vs %s ms)\t%s\n", fig, q, p99, ok ? "yes" : "no"; exit }' "${args[@]}"
+}
+if [[ $GATEWAY == 1 ]]; then
+  for c in $CONNS; do
+    IFS=$'\t' read -r f m <<<"$(cpu_vs "$(get wab_pass "$c" 10)" "$(get nginx "$c" 10)" 0.8)"
+    target "pass_cpu_nginx_$c" "pass-through CPU per request ≤ 0.8 × nginx's, $c conns" "$f" "$m"
+    IFS=$'\t' read -r f m <<<"$(cpu_vs "$(get wab_pass "$c" 10)" "$(get haproxy "$c" 10)" 0.8)"
+    target "pass_cpu_haproxy_$c" "pass-through CPU per request ≤ 0.8 × HAProxy's, $c conns" "$f" "$m"
+    IFS=$'\t' read -r f m <<<"$(cpu_vs "$(get wab_pass "$c" 10)" "$(get pingora "$c" 10)" 1.0)"
+    target "pass_cpu_pingora_$c" "pass-through CPU per request ≤ pingora's, $c conns" "$f" "$m"
+    IFS=$'\t' read -r f m <<<"$(rps_vs wab_pass "$c" 1.05 nginx haproxy)"
+    target "pass_rps_$c" "pass-through rps ≥ 1.05 × nginx and HAProxy, p99 no worse, $c conns" "$f" "$m"
+    IFS=$'\t' read -r f m <<<"$(cpu_vs "$(get wab_local "$c" 10)" "$(get nginx_403 "$c" 10)" 1.0)"
+    target "local_cpu_$c" "local answer CPU ≤ 1.0 × nginx's \`return 403\`, $c conns" "$f" "$m"
+    IFS=$'\t' read -r f m <<<"$(rps_vs wab_local "$c" 1.0 nginx_403)"
+    target "local_rps_$c" "local answer rps ≥ 1.0 × nginx's \`return 403\`, p99 no worse, $c conns" "$f" "$m"
+  done
+  # Fixed 5 000/s: added p99 over direct <= 0.5 ms and <= every peer's.
+  fr=$(awk -F'\t' '$2 == 5000 { a[$1] = $5 } END {
+      if (a["wab_pass"] == "") { print "n/a\tn/a"; exit }
+      w = sprintf("%.2f", a["wab_pass"]); best = ""; bn = ""
+      split("nginx haproxy pingora", ps, " ")
+      for (i = 1; i <= 3; i++) if (ps[i] in a && a[ps[i]] != "" && (best == "" || a[ps[i]] + 0 < best + 0)) { best = sprintf("%.2f", a[ps[i]]); bn = ps[i] }
+      if (best == "") { print "n/a\tn/a"; exit }
+      printf "%+.2f ms (best peer: %s %+.2f)\t%s\n", w, bn, best, (w + 0 <= 0.5 && w + 0 <= best + 0) ? "yes" : "no" }' "${FR_SUMMARY:-/dev/null}")
+  IFS=$'\t' read -r f m <<<"$fr"
+  target fixed_5000_p99 "fixed 5 000 sends/s: added p99 ≤ 0.5 ms and ≤ the best peer's" "$f" "$m"
+  # TLS over the emulated WAN, both engines against nginx.
+  WAN_SUM=$OUT_DIR/wan-summary.tsv
+  [[ ${WAN:-1} != 0 && -s $WAN_SUM ]] || WAN_SUM=/dev/null
+  wan() { awk -F'\t' -v r="$1" -v f="$2" '$1 == r { print $f }' "$WAN_SUM"; }
+  for e in relay hyper; do
+    name=$([[ $e == relay ]] && echo "relay" || echo "hyper engine")
+    a=$(wan "$e" 5)
+    if [[ -n $a ]]; then
+      f=$(awk -v a="$a" 'BEGIN { printf "%+.2f ms", a }')
+      m=$(awk -v a="$a" 'BEGIN { print (sprintf("%.2f", a) + 0 <= 1.0) ? "yes" : "no" }')
+    else f=n/a m=n/a; fi
+    target "wan_p99_$e" "TLS, 50 ms RTT, 2 000/s: added p99 ≤ 1 ms ($name)" "$f" "$m"
+    a=$(wan "$e" 7) b=$(wan nginx 7)
+    if [[ -n $a && -n $b ]]; then
+      f="$a vs nginx's $b ($(wan "$e" 8) vs $(wan nginx 8) handshakes)"
+      m=$( ((a * 10 <= b)) && echo yes || echo no)
+    else f=n/a m=n/a; fi
+    target "wan_conns_$e" "… upstream connections ≤ 1/10 of nginx's ($name)" "$f" "$m"
+    IFS=$'\t' read -r f m <<<"$(cpu_vs "$(wan "$e" 6)" "$(wan nginx 6)" 0.8)"
+    target "wan_cpu_$e" "… CPU per send ≤ 0.8 × nginx's ($name)" "$f" "$m"
+  done
+  if [[ -n ${RSS_IDLE[main]:-} ]]; then
+    f=$(kb_mb "${RSS_IDLE[main]}")
+    m=$( ((RSS_IDLE[main] <= 20480)) && echo yes || echo no)
+  else f=n/a m=n/a; fi
+  target idle_rss "idle RSS ≤ 20 MB with $WAB_ACCOUNTS WABAs" "$f" "$m"
+  # The conditions the figures were taken in, for runs.sh's table.
+  cond=$(awk -F'\t' 'FNR == NR { if ($10 + 0 > o) o = $10 + 0; if ($12 + 0 > s) s = $12 + 0; next }
+      { if ($15 + 0 > o) o = $15 + 0; if ($16 + 0 > s) s = $16 + 0 }
+      END { printf "other processes ≤ %d %% of the CPU, steal ≤ %.1f %%", o, s }' "$RESULTS" "${FR_RESULTS:-/dev/null}")
+  target _conditions "conditions (load and fixed-rate tables)" "$cond, $RERUNS re-runs" ""
+  {
+    echo
+    echo "### Targets"
+    echo
+    echo "Every target of BENCHMARKS.md, judged on this run's medians (ratios as printed, two decimals); \`bash benches/load/runs.sh\` says in how many whole runs each held."
+    echo
+    echo "| target | this run | met? |"
+    echo "|---|---|---|"
+    awk -F'\t' '{ printf "| %s | %s | %s |\n", $2, $3, ($4 == "yes") ? "**yes**" : $4 }' "$TARGETS_TSV"
+  } >>"$REPORT"
+fi
+
 cp "$REPORT" "$OUT_DIR/latest.md"
 if [[ $GATEWAY == 1 ]]; then cp "$RUNDIR/${GW_LOG[main]}" "$OUT_DIR/${GW_LOG[main]}"; fi
 if [[ $BEFORE == 1 ]]; then cp "$RUNDIR/${GW_LOG[before]}" "$OUT_DIR/${GW_LOG[before]}"; fi
 cp "$RESULTS" "$OUT_DIR/results.tsv"
 if [[ -s ${FR_RESULTS:-} ]]; then cp "$FR_RESULTS" "$OUT_DIR/fixed-rate.tsv"; fi
+if [[ -s ${TARGETS_TSV:-} ]]; then cp "$TARGETS_TSV" "$OUT_DIR/targets.tsv"; fi
 echo
 cat "$REPORT"
 echo

@@ -32,7 +32,8 @@
 #   WAN_ROWS="direct relay hyper nginx haproxy" (the rows to run, in this order; without
 #   direct, the "added" columns are "—"; with WAB_BIN_BEFORE the default adds "before"
 #   after relay: that older binary, configured as the relay row, on :9219)
-#   WAB_BIN, FR_BIN (built by run.sh), OUT_DIR (default target/bench-load), KEEP_TMP=1.
+#   WAB_BIN, FR_BIN (built by run.sh), OUT_DIR (default target/bench-load: wan.md, wan.tsv
+#   with every round's raw line, wan-summary.tsv with the table's medians), KEEP_TMP=1.
 set -euo pipefail
 # The pace step runs on every send (shaping.mode defaults to enforce) but must not bind:
 # these loads drive one phone number far past Meta's 80/s. Binaries from before shaping
@@ -335,6 +336,9 @@ done
 
 # ---------------------------------------------------------------- report
 REPORT=$RUNDIR/wan.md
+# wan-summary.tsv, one line per row: row p50 p99 p99.9 (ms) added-p99 (ms) CPU µs/send
+# upstream-conns handshakes errors steal% (the table's medians; read by run.sh's targets)
+SUMMARY=$RUNDIR/wan-summary.tsv
 # Per row, over the rounds: the median of each latency percentile and of CPU per send
 # (the middle value; of an even count, the lower middle), the sum of handshakes and of
 # errors, the lowest achieved rate, the highest steal; connections open and the protocol
@@ -348,7 +352,7 @@ REPORT=$RUNDIR/wan.md
   echo
   echo "| target | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | server CPU µs/send | upstream conns open | TLS handshakes | upstream protocol | achieved/s | errors | steal % |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
-  awk -F'\t' -v hz="$HZ" -v rate="$WAN_RATE" -v w="$WAN_WARMUP" -v m="$WAN_DURATION" -v rows="$WAN_ROWS" '
+  awk -F'\t' -v hz="$HZ" -v rate="$WAN_RATE" -v w="$WAN_WARMUP" -v m="$WAN_DURATION" -v rows="$WAN_ROWS" -v sum="$SUMMARY" '
     function med(key,    n, i, j, a, x) {
       n = cnt[key]; for (i = 1; i <= n; i++) a[i] = val[key, i]
       for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
@@ -375,7 +379,11 @@ REPORT=$RUNDIR/wan.md
         printf "| %s | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %s | %d | %d | %.1f |\n", label[t], p50, p99, p999,
           nod ? "—" : sprintf("%+.2f", p50 - d50), nod ? "—" : sprintf("%+.2f", p99 - d99),
           nod ? "—" : sprintf("%+.2f", p999 - d999), (t == "direct") ? "—" : sprintf("%.1f", med(t SUBSEP "cpu")),
-          conns[t], (t == "direct") ? "—" : hs[t], proto[t], ach[t], err[t], steal[t] }
+          conns[t], (t == "direct") ? "—" : hs[t], proto[t], ach[t], err[t], steal[t]
+        # The same medians for run.sh'"'"'s target table ("" where the table shows "—").
+        printf "%s\t%.3f\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%d\t%.1f\n", t, p50, p99, p999,
+          nod ? "" : sprintf("%.3f", p99 - d99), (t == "direct") ? "" : sprintf("%.1f", med(t SUBSEP "cpu")),
+          (t == "direct") ? "" : conns[t], (t == "direct") ? "" : hs[t], err[t], steal[t] > sum }
     }
   ' <(for t in "${!LABEL[@]}"; do printf '%s\t%s\n' "$t" "${LABEL[$t]}"; done) "$RES"
   echo
@@ -399,4 +407,5 @@ REPORT=$RUNDIR/wan.md
 } >"$REPORT"
 cp "$REPORT" "$OUT_DIR/wan.md"
 cp "$RES" "$OUT_DIR/wan.tsv"
+cp "$SUMMARY" "$OUT_DIR/wan-summary.tsv"
 cat "$REPORT"
