@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::graph::GraphId;
+use crate::graph::{GraphId, IdHasher};
 
 /// A phone number and the WABA it belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,10 +92,10 @@ pub enum Set {
 
 /// The phone → WABA directory.
 pub struct Directory {
-    config: HashMap<GraphId, GraphId>,
+    config: HashMap<GraphId, GraphId, IdHasher>,
     /// Operator entries for configured phone numbers (they win over the configuration);
     /// swapped whole, rarely.
-    overrides: ArcSwap<HashMap<GraphId, GraphId>>,
+    overrides: ArcSwap<HashMap<GraphId, GraphId, IdHasher>>,
     has_overrides: AtomicBool,
     /// Every entry other than the configuration's, tombstones included.
     entries: DashMap<GraphId, (Option<GraphId>, Mapping)>,
@@ -118,7 +118,7 @@ impl Directory {
         accounts: impl IntoIterator<Item = (&'a str, &'a [String])>,
         max_learned: usize,
     ) -> Directory {
-        let mut config = HashMap::new();
+        let mut config = HashMap::default();
         let wabas = DashMap::new();
         for (waba, phones) in accounts {
             let Some(w) = GraphId::new(waba) else {
@@ -134,7 +134,7 @@ impl Directory {
         let config_wabas = wabas.len();
         Directory {
             config,
-            overrides: ArcSwap::from_pointee(HashMap::new()),
+            overrides: ArcSwap::from_pointee(HashMap::default()),
             has_overrides: AtomicBool::new(false),
             entries: DashMap::new(),
             live: AtomicUsize::new(0),
@@ -272,7 +272,7 @@ impl Directory {
 
     /// The operator entries of configured phone numbers, as the hot path reads them.
     fn rebuild_overrides(&self) {
-        let map: HashMap<GraphId, GraphId> = self
+        let map: HashMap<GraphId, GraphId, IdHasher> = self
             .entries
             .iter()
             .filter(|e| {

@@ -8,5 +8,5 @@ pub mod route;
 pub mod throughput;
 pub mod webhook;
 
-pub use id::GraphId;
+pub use id::{GraphId, IdHasher};
 pub mod codes;

@@ -12,18 +12,18 @@ use crate::circuit::guard::OpenGuard;
 use crate::circuit::model::Circuit;
 use crate::circuit::pair::PairIndex;
 use crate::circuit::template::{TemplateIndex, TemplateRef};
-use crate::graph::GraphId;
+use crate::graph::{GraphId, IdHasher};
 
 /// See the module docs.
 #[derive(Default)]
 pub(super) struct Guards {
-    open: DashMap<Arc<str>, Arc<OpenGuard>>,
+    open: DashMap<Arc<str>, Arc<OpenGuard>, IdHasher>,
     /// At least `open.len()`: lets the hot path skip the map with one plain load when
     /// nothing is open (`DashMap::is_empty` read-locks every shard, a write to lines every
     /// core shares).
     open_len: AtomicUsize,
     /// Open phone-number circuits, by phone number.
-    phones: DashMap<GraphId, Arc<OpenGuard>>,
+    phones: DashMap<GraphId, Arc<OpenGuard>, IdHasher>,
     phones_len: AtomicUsize,
     /// Open template circuits.
     templates: TemplateIndex,
