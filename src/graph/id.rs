@@ -44,9 +44,9 @@ impl GraphId {
 }
 
 /// The hasher of the maps a send looks its ids up in (the directory's configured phone
-/// numbers, the open circuits' guards): std's SipHash cost ~120–240 instructions per lookup,
-/// 3–6 % of a send. foldhash is seeded per process like std's, and these maps' keys come
-/// from the configuration, the operator or a trip, never from a request alone.
+/// numbers, the open circuits' guards, the pace table): std's SipHash cost ~120–240
+/// instructions per lookup, 3–6 % of a send. foldhash is seeded per process like std's;
+/// the only one of these maps a request can add keys to, the pace table, is capped.
 pub type IdHasher = foldhash::fast::RandomState;
 
 /// Hashes the digits only (not the unused tail of the inline array): a send hashes its

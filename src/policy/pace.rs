@@ -38,7 +38,6 @@
 //! so the fleet together keeps the number's throughput. Alone (no Redis) the share is 1.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -46,7 +45,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::graph::throughput::{Level, HIGH_MPS};
-use crate::graph::GraphId;
+use crate::graph::{GraphId, IdHasher};
 
 /// Shards of the per-number map.
 pub const SHARDS: usize = 16;
@@ -310,36 +309,9 @@ pub struct Checked {
     pub throughput: u32,
 }
 
-/// The shard maps' hasher: FNV-1a from a per-process random basis (the pace is checked on
-/// every send; SipHash cost more than the rest of the check). Keys are request-chosen
-/// digit strings, so the basis is not predictable; each shard is capped anyway.
-#[derive(Clone, Copy, Debug)]
-struct Fnv(u64);
-
-impl BuildHasher for Fnv {
-    type Hasher = FnvHasher;
-    fn build_hasher(&self) -> FnvHasher {
-        FnvHasher(self.0)
-    }
-}
-
-struct FnvHasher(u64);
-
-impl Hasher for FnvHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.0 = (self.0 ^ n as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    fn finish(&self) -> u64 {
-        self.0 ^ (self.0 >> 29)
-    }
-}
-
-type Shard = Mutex<HashMap<GraphId, Cell, Fnv>>;
+// Keys are request-chosen digit strings: the hasher is seeded per process, and each shard
+// is capped anyway.
+type Shard = Mutex<HashMap<GraphId, Cell, IdHasher>>;
 
 /// Every phone number's pace. One per process, shared by every worker.
 pub struct Pacer {
@@ -369,12 +341,9 @@ impl Pacer {
             levels_read: false,
             per_shard: settings.max_numbers.div_ceil(SHARDS).max(1),
             epoch: Instant::now(),
-            shards: {
-                let basis = Fnv(std::hash::RandomState::new().hash_one(0xcbf2_9ce4_8422_2325u64));
-                (0..SHARDS)
-                    .map(|_| Mutex::new(HashMap::with_hasher(basis)))
-                    .collect()
-            },
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             replicas: AtomicU32::new(1),
         }
     }
