@@ -55,6 +55,35 @@ pub struct Seen {
     pub http1: bool,
 }
 
+impl Seen {
+    /// A request received on connection `conn`, over HTTP/1.1 or as an HTTP/2 stream (its
+    /// authority: `:authority`, else `host`).
+    fn of(conn: usize, parts: &http::request::Parts, body: &[u8], http1: bool) -> Seen {
+        let header = |k: &str| {
+            parts
+                .headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Seen {
+            conn,
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            authority: parts
+                .uri
+                .authority()
+                .map(|a| a.to_string())
+                .or_else(|| header("host"))
+                .unwrap_or_default(),
+            authorization: header("authorization"),
+            body: String::from_utf8_lossy(body).into_owned(),
+            refused: false,
+            http1,
+        }
+    }
+}
+
 type Responder = Arc<dyn Fn(&Seen) -> H2Action + Send + Sync>;
 
 struct Inner {
@@ -287,24 +316,7 @@ impl H2Upstream {
             let _ = body.flow_control().release_capacity(d.len());
             bytes.extend_from_slice(&d);
         }
-        let mut seen = Seen {
-            conn,
-            method: parts.method.to_string(),
-            path: parts.uri.path().to_string(),
-            authority: parts
-                .uri
-                .authority()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            authorization: parts
-                .headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-            refused: false,
-            http1: false,
-        };
+        let mut seen = Seen::of(conn, &parts, &bytes, false);
         let responder = self.inner.responder.lock().unwrap().clone();
         let action = responder(&seen);
         seen.refused = matches!(action, H2Action::Reset(Reason::REFUSED_STREAM));
@@ -362,23 +374,7 @@ impl H2Upstream {
                     .await
                     .map(|b| b.to_bytes())
                     .unwrap_or_default();
-                let header = |k: &str| {
-                    parts
-                        .headers
-                        .get(k)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
-                };
-                let seen = Seen {
-                    conn,
-                    method: parts.method.to_string(),
-                    path: parts.uri.path().to_string(),
-                    authority: header("host").unwrap_or_default(),
-                    authorization: header("authorization"),
-                    body: String::from_utf8_lossy(&bytes).into_owned(),
-                    refused: false,
-                    http1: true,
-                };
+                let seen = Seen::of(conn, &parts, &bytes, true);
                 let responder = me.inner.responder.lock().unwrap().clone();
                 let (status, body) = match responder(&seen) {
                     H2Action::Answer(status, body) => (status, body),
